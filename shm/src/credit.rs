@@ -1,0 +1,400 @@
+//! The channel credit table: per-channel byte credit as shared counters.
+//!
+//! Each entry holds a 32-bit wrapping `granted_total` (written by the
+//! channel's receiver) and `sent_total` (written by its sender), each on its
+//! own cache line next to that side's state word. The sender may send `n`
+//! bytes only while `granted_total - sent_total >= n`; it then adds `n` to
+//! `sent_total`. The receiver adds to `granted_total` as it consumes. A
+//! sender out of credit sets its `PARKED` bit and sleeps on the
+//! `granted_total` futex; the receiver wakes it only when that bit is set
+//! (the doorbell protocol of [`crate::doorbell`], with `granted_total` as the
+//! futex word: SYNC POINT A).
+//!
+//! The shared counters are a convenience for an honest peer, never the
+//! source of truth: [`CreditReceiver`] keeps its own count of what it granted
+//! and what arrived, so a sender that sends past its credit is caught
+//! ([`Rule::CreditNoOverrun`]) whatever it writes into the table, and
+//! [`CreditSender`] refuses a `granted_total` that moves backwards or jumps
+//! more than 2^31 ahead ([`Rule::CreditGrantMonotonic`]).
+//!
+//! An entry is (re)initialized with [`CreditTable::reset`] by whichever side
+//! allocates the channel id, before it tells the peer about the channel (that
+//! message travels through a ring, whose Release/Acquire makes the reset
+//! visible).
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+
+use crate::doorbell::{ParkFlag, WaitCtx, WaitStrategy, wait_until};
+use crate::error::{Error, Result, Rule};
+use crate::futex::Futex;
+use crate::liveness::{Keepalive, Liveness};
+use crate::sync::PlatformFutex;
+use crate::sync::atomic::{AtomicU32, Ordering, fence};
+
+/// Sender state bit: the sender is parked (or about to park) on `granted_total`.
+const SENDER_PARKED: u32 = 1;
+/// Receiver state bit: the receiver closed the channel; no more credit comes.
+const RECEIVER_CLOSED: u32 = 1;
+/// Largest credit window: counters are compared as wrapping differences.
+const MAX_WINDOW: u32 = 1 << 31;
+
+#[repr(C)]
+#[derive(Default)]
+struct ReceiverWords {
+    /// Bytes granted since reset (wrapping). Written only by the receiver. The futex word.
+    granted_total: AtomicU32,
+    /// `RECEIVER_CLOSED` bit. Written only by the receiver.
+    state: AtomicU32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct SenderWords {
+    /// Bytes sent since reset (wrapping). Written only by the sender.
+    sent_total: AtomicU32,
+    /// `SENDER_PARKED` bit. Written only by the sender.
+    state: AtomicU32,
+}
+
+/// One channel's entry in shared memory.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct CreditEntry {
+    receiver: CachePadded<ReceiverWords>,
+    sender: CachePadded<SenderWords>,
+}
+
+#[cfg(not(osmos_loom))]
+const _: () = {
+    assert!(std::mem::size_of::<CreditEntry>() == crate::layout::CREDIT_ENTRY_BYTES);
+    assert!(std::mem::align_of::<CreditEntry>() == crate::layout::STRUCT_ALIGN);
+};
+
+/// A handle on the credit table. Cheap to clone; hands out per-channel ends.
+#[derive(Clone)]
+pub struct CreditTable {
+    /// Invariant: `len` entries, valid while `keep` lives.
+    base: NonNull<CreditEntry>,
+    len: u32,
+    keep: Keepalive,
+    liveness: Liveness,
+}
+
+// SAFETY: the entries are atomics kept alive by `keep`.
+unsafe impl Send for CreditTable {}
+// SAFETY: see `Send`; all access is atomic.
+unsafe impl Sync for CreditTable {}
+
+impl fmt::Debug for CreditTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreditTable")
+            .field("channels", &self.len)
+            .finish()
+    }
+}
+
+impl CreditTable {
+    /// # Safety
+    ///
+    /// `base` must point to `len` entries that stay valid while `keep` lives.
+    pub(crate) unsafe fn new(
+        base: NonNull<CreditEntry>,
+        len: u32,
+        keep: Keepalive,
+        liveness: Liveness,
+    ) -> Self {
+        Self {
+            base,
+            len,
+            keep,
+            liveness,
+        }
+    }
+
+    /// Number of channel entries.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn entry(&self, channel: u32) -> Result<NonNull<CreditEntry>> {
+        if channel >= self.len {
+            return Err(Error::InvalidArgument {
+                reason: format!(
+                    "channel index {channel} is outside the credit table (0..{})",
+                    self.len
+                ),
+            });
+        }
+        // SAFETY: `channel < len`, so the result is inside the table.
+        Ok(unsafe { self.base.add(channel as usize) })
+    }
+
+    /// Reinitializes a channel's counters: `initial` bytes granted, nothing
+    /// sent, no state bits. Call before announcing the channel to the peer.
+    pub fn reset(&self, channel: u32, initial: u32) -> Result<()> {
+        let e = self.entry(channel)?;
+        // SAFETY: valid while `self.keep` lives.
+        let e = unsafe { e.as_ref() };
+        e.receiver.granted_total.store(initial, Ordering::Relaxed);
+        e.receiver.state.store(0, Ordering::Relaxed);
+        e.sender.sent_total.store(0, Ordering::Relaxed);
+        e.sender.state.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The sending end of `channel`, starting from `initial` bytes of credit.
+    pub fn sender(&self, channel: u32, initial: u32) -> Result<CreditSender> {
+        let entry = self.entry(channel)?;
+        Ok(CreditSender {
+            entry,
+            channel,
+            sent: 0,
+            granted_seen: initial,
+            _keep: self.keep.clone(),
+            liveness: self.liveness.clone(),
+            strategy: WaitStrategy::default(),
+        })
+    }
+
+    /// The receiving end of `channel`, having granted `initial` bytes.
+    pub fn receiver(&self, channel: u32, initial: u32) -> Result<CreditReceiver> {
+        let entry = self.entry(channel)?;
+        Ok(CreditReceiver {
+            entry,
+            channel,
+            granted: initial,
+            received: 0,
+            _keep: self.keep.clone(),
+        })
+    }
+}
+
+/// The sending side of one channel's credit. `Send`, not `Sync`.
+pub struct CreditSender {
+    /// Invariant: valid while `_keep` lives.
+    entry: NonNull<CreditEntry>,
+    channel: u32,
+    /// Bytes sent since reset (private truth, wrapping).
+    sent: u32,
+    /// `granted_total` as last validated (wrapping).
+    granted_seen: u32,
+    _keep: Keepalive,
+    liveness: Liveness,
+    strategy: WaitStrategy,
+}
+
+// SAFETY: atomics kept alive by `_keep`.
+unsafe impl Send for CreditSender {}
+
+impl fmt::Debug for CreditSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreditSender")
+            .field("channel", &self.channel)
+            .field("sent", &self.sent)
+            .field("granted_seen", &self.granted_seen)
+            .finish()
+    }
+}
+
+impl CreditSender {
+    fn entry(&self) -> &CreditEntry {
+        // SAFETY: valid while `self._keep` lives (field invariant).
+        unsafe { self.entry.as_ref() }
+    }
+
+    /// The channel's index.
+    pub fn channel(&self) -> u32 {
+        self.channel
+    }
+
+    /// Sets how this end waits before parking.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// Bytes that may be sent now, after validating the receiver's counter.
+    pub fn available(&mut self) -> Result<u32> {
+        let e = self.entry();
+        // ORDERING: Acquire pairs with the receiver's Release store in `grant`
+        // (and `close`): the state it published before is visible.
+        let g = e.receiver.granted_total.load(Ordering::Acquire);
+        if e.receiver.state.load(Ordering::Acquire) & RECEIVER_CLOSED != 0 {
+            return Err(Error::ChannelClosed {
+                channel: self.channel,
+            });
+        }
+        let advance = g.wrapping_sub(self.granted_seen);
+        let window = g.wrapping_sub(self.sent);
+        if advance > MAX_WINDOW || window > MAX_WINDOW {
+            return Err(Error::violation(
+                Rule::CreditGrantMonotonic,
+                format!(
+                    "channel {}: granted_total went from {} to {g} with {} sent",
+                    self.channel, self.granted_seen, self.sent
+                ),
+            ));
+        }
+        self.granted_seen = g;
+        Ok(window)
+    }
+
+    fn take_now(&mut self, n: u32) -> Result<bool> {
+        if self.available()? < n {
+            return Ok(false);
+        }
+        self.sent = self.sent.wrapping_add(n);
+        // ORDERING: Release, pairs with nothing the protocol depends on (the
+        // receiver trusts its own count); it keeps the counter's history
+        // ordered after the credit it consumed, for diagnostics.
+        self.entry().sender.sent_total.store(self.sent, Ordering::Release);
+        Ok(true)
+    }
+
+    fn check_n(&self, n: u32) -> Result<()> {
+        if n > MAX_WINDOW {
+            return Err(Error::InvalidArgument {
+                reason: format!("cannot take {n} bytes of credit at once (at most 2^31)"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes `n` bytes of credit if available now.
+    pub fn try_take(&mut self, n: u32) -> Result<bool> {
+        self.check_n(n)?;
+        self.take_now(n)
+    }
+
+    /// Takes `n` bytes of credit, parking until the receiver grants enough,
+    /// closes the channel, dies, or `deadline` passes.
+    pub fn take(&mut self, n: u32, deadline: Option<Instant>) -> Result<()> {
+        self.check_n(n)?;
+        if self.take_now(n)? {
+            return Ok(());
+        }
+        let entry = self.entry;
+        // SAFETY: valid while `self._keep` lives; the reference does not
+        // outlive this call.
+        let e = unsafe { entry.as_ref() };
+        let liveness = self.liveness.clone();
+        let ctx = WaitCtx {
+            liveness: &liveness,
+            strategy: self.strategy,
+            deadline,
+            what: "channel credit",
+        };
+        wait_until(
+            &ctx,
+            &e.receiver.granted_total,
+            Some(&e.receiver.state),
+            ParkFlag::Bit(&e.sender.state, SENDER_PARKED),
+            || Ok(self.take_now(n)?.then_some(())),
+        )
+    }
+}
+
+/// The receiving side of one channel's credit. `Send`, not `Sync`.
+pub struct CreditReceiver {
+    /// Invariant: valid while `_keep` lives.
+    entry: NonNull<CreditEntry>,
+    channel: u32,
+    /// Bytes granted since reset (private truth, wrapping).
+    granted: u32,
+    /// Bytes received since reset (private truth, wrapping). `received - granted <= 0`.
+    received: u32,
+    _keep: Keepalive,
+}
+
+// SAFETY: atomics kept alive by `_keep`.
+unsafe impl Send for CreditReceiver {}
+
+impl fmt::Debug for CreditReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreditReceiver")
+            .field("channel", &self.channel)
+            .field("granted", &self.granted)
+            .field("received", &self.received)
+            .finish()
+    }
+}
+
+impl CreditReceiver {
+    fn entry(&self) -> &CreditEntry {
+        // SAFETY: valid while `self._keep` lives (field invariant).
+        unsafe { self.entry.as_ref() }
+    }
+
+    /// The channel's index.
+    pub fn channel(&self) -> u32 {
+        self.channel
+    }
+
+    /// Bytes granted and not yet received.
+    pub fn outstanding(&self) -> u32 {
+        self.granted.wrapping_sub(self.received)
+    }
+
+    /// Accounts for `n` bytes that arrived on the channel. Errors with
+    /// [`Rule::CreditNoOverrun`] if the sender exceeded its credit.
+    pub fn on_received(&mut self, n: u32) -> Result<()> {
+        if n > self.outstanding() {
+            return Err(Error::violation(
+                Rule::CreditNoOverrun,
+                format!(
+                    "channel {}: {n} bytes arrived with only {} granted and not yet used ({} granted, {} received in total)",
+                    self.channel,
+                    self.outstanding(),
+                    self.granted,
+                    self.received
+                ),
+            ));
+        }
+        self.received = self.received.wrapping_add(n);
+        Ok(())
+    }
+
+    /// Grants `n` more bytes and wakes the sender if it is parked.
+    pub fn grant(&mut self, n: u32) -> Result<()> {
+        if n > MAX_WINDOW - self.outstanding() {
+            return Err(Error::InvalidArgument {
+                reason: format!(
+                    "granting {n} bytes would open channel {} past the 2^31-byte window ({} outstanding)",
+                    self.channel,
+                    self.outstanding()
+                ),
+            });
+        }
+        self.granted = self.granted.wrapping_add(n);
+        let e = self.entry();
+        // ORDERING: Release pairs with the sender's Acquire load in `available`.
+        e.receiver.granted_total.store(self.granted, Ordering::Release);
+        // ORDERING: SYNC POINT A (ringer side), pairs with the fence in
+        // `doorbell::park_loop` after the sender sets `SENDER_PARKED`.
+        fence(Ordering::SeqCst);
+        if e.sender.state.load(Ordering::Relaxed) & SENDER_PARKED != 0 {
+            PlatformFutex::wake_all(&e.receiver.granted_total);
+        }
+        Ok(())
+    }
+
+    /// Closes the channel from the receiving side: a parked sender wakes and
+    /// gets [`Error::ChannelClosed`].
+    pub fn close(&mut self) {
+        let e = self.entry();
+        // ORDERING: Release pairs with the sender's Acquire load in
+        // `available` and its snapshot in `doorbell::park_loop`. A parked
+        // sender sleeps on this word too: it is woken here, or its sleep's
+        // compare fails because the word changed after its snapshot.
+        e.receiver.state.fetch_or(RECEIVER_CLOSED, Ordering::Release);
+        PlatformFutex::wake_all(&e.receiver.state);
+    }
+}

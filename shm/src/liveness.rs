@@ -1,0 +1,290 @@
+//! Liveness words: each side's state, its epoch and the CPU it last waited on.
+//!
+//! Each side owns one cache line (`SideWords`) and is its only honest writer.
+//! The state moves `Vacant → Attached → Closing → Dead`; `Dead` may also be
+//! written by a supervisor on behalf of a side that can no longer write (the
+//! host marks a cell dead when its pidfd reports the exit). Every sleeper in
+//! the segment sleeps on both state words as well as on its own condition
+//! (see [`crate::futex`]), so marking a side dead — one store and one
+//! `FUTEX_WAKE` on that side's state word — wakes every futex waiter of
+//! either side, and one that was about to sleep finds the word changed and
+//! returns. Every wait checks the states after each wake and returns
+//! [`Error::PeerGone`](crate::Error::PeerGone) instead of sleeping on a dead
+//! peer.
+//!
+//! The values read from the peer's line are hints: a hostile peer can write
+//! anything there, and the worst it achieves is to end its own session early
+//! or to change how long this side spins before parking.
+
+use std::fmt;
+use std::ptr::NonNull;
+
+use crossbeam_utils::CachePadded;
+
+use crate::futex::Futex;
+use crate::sync::PlatformFutex;
+use crate::sync::atomic::{AtomicU32, Ordering};
+
+/// Which end of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The process that created the segment and spawned the cell.
+    Host,
+    /// The plugin process that attached to the segment.
+    Cell,
+}
+
+impl Side {
+    /// The other side.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Host => Side::Cell,
+            Side::Cell => Side::Host,
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Host => "host",
+            Side::Cell => "cell",
+        })
+    }
+}
+
+/// A side's published state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Not attached yet.
+    Vacant,
+    /// Attached and running.
+    Attached,
+    /// Said goodbye; frames already published may still be drained.
+    Closing,
+    /// Gone: no more frames, credit or releases will come.
+    Dead,
+    /// A value no honest side writes.
+    Unknown(u32),
+}
+
+impl PeerState {
+    fn to_word(self) -> u32 {
+        match self {
+            PeerState::Vacant => 0,
+            PeerState::Attached => 1,
+            PeerState::Closing => 2,
+            PeerState::Dead => 3,
+            PeerState::Unknown(v) => v,
+        }
+    }
+
+    fn from_word(v: u32) -> Self {
+        match v {
+            0 => PeerState::Vacant,
+            1 => PeerState::Attached,
+            2 => PeerState::Closing,
+            3 => PeerState::Dead,
+            v => PeerState::Unknown(v),
+        }
+    }
+}
+
+impl fmt::Display for PeerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerState::Vacant => f.write_str("vacant"),
+            PeerState::Attached => f.write_str("attached"),
+            PeerState::Closing => f.write_str("closing"),
+            PeerState::Dead => f.write_str("dead"),
+            PeerState::Unknown(v) => write!(f, "invalid state word {v:#x}"),
+        }
+    }
+}
+
+/// One side's line. Written only by that side (or by a supervisor marking it dead).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct SideWords {
+    /// A [`PeerState`] word: 0 vacant, 1 attached, 2 closing, 3 dead.
+    state: AtomicU32,
+    /// The host writes the segment's epoch at creation; the cell copies the
+    /// epoch it attached to, acknowledging which incarnation it serves.
+    epoch: AtomicU32,
+    /// CPU this side last ran on when it began a wait, plus one (0 = unknown).
+    /// A hint for the wait strategy: spinning for a peer on our own CPU is useless.
+    cpu: AtomicU32,
+}
+
+/// The liveness block in the segment.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct LivenessWords {
+    host: CachePadded<SideWords>,
+    cell: CachePadded<SideWords>,
+}
+
+#[cfg(not(osmos_loom))]
+const _: () = {
+    assert!(std::mem::size_of::<LivenessWords>() == 256);
+    assert!(std::mem::align_of::<LivenessWords>() == 128);
+};
+
+impl LivenessWords {
+    fn side(&self, side: Side) -> &SideWords {
+        match side {
+            Side::Host => &self.host,
+            Side::Cell => &self.cell,
+        }
+    }
+}
+
+/// Keeps the memory behind raw pointers alive (the mapping, or a model's boxes).
+pub(crate) type Keepalive = std::sync::Arc<dyn Send + Sync>;
+
+/// A handle on the liveness block, as seen from one side. Cheap to clone.
+#[derive(Clone)]
+pub struct Liveness {
+    /// Invariant: valid while `_keep` lives.
+    words: NonNull<LivenessWords>,
+    side: Side,
+    _keep: Keepalive,
+}
+
+// SAFETY: the pointer addresses atomics kept alive by `_keep`; atomics are
+// usable from any thread.
+unsafe impl Send for Liveness {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Liveness {}
+
+impl fmt::Debug for Liveness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Liveness")
+            .field("side", &self.side)
+            .field("host", &self.state(Side::Host))
+            .field("cell", &self.state(Side::Cell))
+            .finish()
+    }
+}
+
+impl Liveness {
+    /// # Safety
+    ///
+    /// `words` must stay valid while `keep` lives.
+    pub(crate) unsafe fn new(words: NonNull<LivenessWords>, side: Side, keep: Keepalive) -> Self {
+        Self {
+            words,
+            side,
+            _keep: keep,
+        }
+    }
+
+    fn words(&self) -> &LivenessWords {
+        // SAFETY: valid while `self._keep` lives (constructor contract).
+        unsafe { self.words.as_ref() }
+    }
+
+    /// The side this handle speaks for.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The published state of `side`. For the peer's side this is a hint
+    /// written by a process that may be hostile.
+    pub fn state(&self, side: Side) -> PeerState {
+        // ORDERING: Acquire pairs with the Release in `publish`/`mark_dead`,
+        // so frames published before a Closing/Dead state are visible after it.
+        PeerState::from_word(self.words().side(side).state.load(Ordering::Acquire))
+    }
+
+    /// Publishes this side's own state (`Attached` or `Closing`). Use
+    /// [`Liveness::mark_dead`] for `Dead`, which also wakes every sleeper.
+    pub fn publish(&self, state: PeerState) {
+        if state == PeerState::Dead {
+            self.mark_dead(self.side);
+            return;
+        }
+        // ORDERING: Release pairs with the Acquire in `state`.
+        self.words()
+            .side(self.side)
+            .state
+            .store(state.to_word(), Ordering::Release);
+    }
+
+    /// Marks `side` dead and wakes every futex waiter in the segment (all of
+    /// them also sleep on this word), so that every waiter on either side
+    /// re-checks and returns instead of sleeping. A supervisor calls this for
+    /// a peer it saw exit; a side calls it for itself on shutdown.
+    pub fn mark_dead(&self, side: Side) {
+        let word = &self.words().side(side).state;
+        // ORDERING: Release pairs with the Acquire snapshot in
+        // `doorbell::park_loop`; a waiter whose snapshot predates this store
+        // has its `futex_waitv` compare fail, or is woken below.
+        word.store(PeerState::Dead.to_word(), Ordering::Release);
+        PlatformFutex::wake_all(word);
+    }
+
+    /// The state words of (this side, the peer), for sleeping on.
+    pub(crate) fn state_words(&self) -> (&AtomicU32, &AtomicU32) {
+        let w = self.words();
+        (&w.side(self.side).state, &w.side(self.side.peer()).state)
+    }
+
+    /// `check`, from state words already copied out.
+    pub(crate) fn check_words(&self, own: u32, peer: u32) -> crate::Result<()> {
+        if peer == PeerState::Dead.to_word() {
+            return Err(crate::Error::PeerGone {
+                peer: self.side.peer(),
+                state: PeerState::Dead,
+            });
+        }
+        if own == PeerState::Dead.to_word() {
+            return Err(crate::Error::Shutdown);
+        }
+        Ok(())
+    }
+
+    /// The epoch `side` published.
+    pub fn epoch(&self, side: Side) -> u32 {
+        self.words().side(side).epoch.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: u32) {
+        self.words().side(self.side).epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// `Err(PeerGone)` if the peer is dead, `Err(Shutdown)` if this side was
+    /// shut down, `Ok(())` otherwise.
+    pub fn check(&self) -> crate::Result<()> {
+        let (own, peer) = self.state_words();
+        // ORDERING: Acquire, as in `state`.
+        self.check_words(own.load(Ordering::Acquire), peer.load(Ordering::Acquire))
+    }
+
+    /// Records the CPU this side is running on, for the peer's wait strategy.
+    pub(crate) fn note_cpu(&self, cpu: u32) {
+        self.words().side(self.side).cpu.store(cpu, Ordering::Relaxed);
+    }
+
+    /// The CPU the peer last recorded (plus one), 0 if unknown.
+    pub(crate) fn peer_cpu(&self) -> u32 {
+        self.words().side(self.side.peer()).cpu.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(osmos_loom)]
+impl Liveness {
+    /// A model-only liveness block, as a pair of handles (host, cell).
+    pub(crate) fn new_model() -> (Self, Self) {
+        let block = std::sync::Arc::new(LivenessWords::default());
+        let ptr = NonNull::from(&*block);
+        let keep: Keepalive = block;
+        // SAFETY: `block` is owned by `keep`.
+        unsafe {
+            (
+                Self::new(ptr, Side::Host, keep.clone()),
+                Self::new(ptr, Side::Cell, keep),
+            )
+        }
+    }
+}

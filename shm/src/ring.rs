@@ -1,0 +1,600 @@
+//! Single-producer single-consumer ring of variable-length frames.
+//!
+//! The data area is `capacity` bytes (a power of two). `head` and `tail` are
+//! byte positions that only grow (64-bit, so they never wrap in practice);
+//! the offset of a position is `position % capacity`. A frame is an 8-byte
+//! header (payload length in the low 32 bits, kind in the high 32) followed
+//! by the payload, padded to a multiple of 8. A frame never crosses the end of
+//! the data area: when the space left before the end is too small, the
+//! producer writes a padding frame that runs exactly to the end and starts
+//! over at offset 0 (the "wrap" of a BipBuffer-style byte ring, as in rtrb's
+//! chunk API or the Linux io_uring/perf rings, adapted to framed records).
+//!
+//! Invariants (positions as the honest side keeps them privately):
+//! - `head <= tail <= head + capacity`, both multiples of 8;
+//! - `[head, tail)` holds whole frames; only the producer writes
+//!   `[tail, head + capacity)`, only the consumer reads `[head, tail)`.
+//!
+//! Each side keeps its own position privately and only *publishes* it; it
+//! reads the peer's position, copies it once, and validates it against the
+//! invariants before use. A frame header is likewise read once (a single
+//! 8-byte load), validated, then used. A peer that breaks an invariant gets a
+//! [`Violation`](crate::Violation), never an out-of-bounds access or a hang.
+//!
+//! Synchronization: the producer writes a frame, then stores `tail` with
+//! Release; the consumer loads `tail` with Acquire (SYNC POINT R1). The
+//! consumer copies a frame out, then stores `head` with Release; the
+//! producer loads `head` with Acquire before reusing the space (SYNC POINT R2).
+//! Doorbells carry the wakeups: `readable` (rung by the producer) and
+//! `writable` (rung by the consumer).
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+
+use crate::doorbell::{Doorbell, WaitCtx, WaitStrategy};
+use crate::error::{Error, Result, Rule};
+use crate::layout::FRAME_HEADER;
+use crate::liveness::{Keepalive, Liveness};
+use crate::sync::SharedBytes;
+use crate::sync::atomic::{AtomicU64, Ordering};
+
+const KIND_INLINE: u32 = 1;
+const KIND_SLOT: u32 = 2;
+const KIND_PAD: u32 = 3;
+
+/// What a frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// The payload is the message itself.
+    Inline,
+    /// The payload is a 16-byte [`SlotRef`](crate::SlotRef) to a slot of the
+    /// sender's pool.
+    SlotRef,
+}
+
+impl FrameKind {
+    fn word(self) -> u32 {
+        match self {
+            FrameKind::Inline => KIND_INLINE,
+            FrameKind::SlotRef => KIND_SLOT,
+        }
+    }
+}
+
+/// The ring's control block in shared memory.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct RingCtrl {
+    /// Consumer position. Written only by the consumer. Range: see module doc.
+    head: CachePadded<AtomicU64>,
+    /// Producer position. Written only by the producer. Range: see module doc.
+    tail: CachePadded<AtomicU64>,
+    /// Rung by the producer after publishing; the consumer waits here when empty.
+    readable: Doorbell,
+    /// Rung by the consumer after releasing; the producer waits here when full.
+    writable: Doorbell,
+}
+
+#[cfg(not(osmos_loom))]
+const _: () = {
+    assert!(std::mem::size_of::<RingCtrl>() == crate::layout::RING_CTRL_BYTES);
+    assert!(std::mem::align_of::<RingCtrl>() == crate::layout::STRUCT_ALIGN);
+};
+
+/// Where a ring lives: its control block, data area and what keeps them mapped.
+#[derive(Clone)]
+pub(crate) struct RingMem {
+    /// Invariant: valid while `_keep` lives.
+    pub(crate) ctrl: NonNull<RingCtrl>,
+    pub(crate) data: SharedBytes,
+    pub(crate) _keep: Keepalive,
+}
+
+// SAFETY: the control block is atomics and the data is accessed through
+// `SharedBytes`; both are kept alive by `_keep` and usable from any thread.
+unsafe impl Send for RingMem {}
+
+impl RingMem {
+    fn ctrl(&self) -> &RingCtrl {
+        // SAFETY: valid while `self._keep` lives (field invariant).
+        unsafe { self.ctrl.as_ref() }
+    }
+}
+
+fn frame_size(len: u64) -> u64 {
+    (FRAME_HEADER as u64 + len + 7) & !7
+}
+
+/// Builds the producer and consumer of one ring.
+pub(crate) fn split(
+    mem: RingMem,
+    max_payload: u32,
+    producer_live: Liveness,
+    consumer_live: Liveness,
+) -> (FrameProducer, FrameConsumer) {
+    let cap = mem.data.len() as u64;
+    debug_assert!(cap.is_power_of_two() && cap >= 64);
+    debug_assert!(u64::from(max_payload) + FRAME_HEADER as u64 <= cap / 2);
+    let p = FrameProducer {
+        mem: mem.clone(),
+        cap,
+        max_payload,
+        tail: 0,
+        head_seen: 0,
+        liveness: producer_live,
+        strategy: WaitStrategy::default(),
+    };
+    let c = FrameConsumer {
+        mem,
+        cap,
+        max_payload,
+        head: 0,
+        tail_seen: 0,
+        current: None,
+        liveness: consumer_live,
+        strategy: WaitStrategy::default(),
+    };
+    (p, c)
+}
+
+/// The writing end of a frame ring. `Send`, not `Sync`: one thread produces.
+pub struct FrameProducer {
+    mem: RingMem,
+    /// Data area bytes (a power of two).
+    cap: u64,
+    max_payload: u32,
+    /// Our position, private. Equals the published tail outside a grant.
+    tail: u64,
+    /// Consumer position as last validated: `tail - cap <= head_seen <= tail`.
+    head_seen: u64,
+    liveness: Liveness,
+    strategy: WaitStrategy,
+}
+
+impl fmt::Debug for FrameProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameProducer")
+            .field("capacity", &self.cap)
+            .field("tail", &self.tail)
+            .field("head_seen", &self.head_seen)
+            .finish()
+    }
+}
+
+impl FrameProducer {
+    /// Largest payload a frame can carry.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload as usize
+    }
+
+    /// Sets how this end waits before parking.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// Reloads and validates the consumer's position. Returns whether it moved.
+    fn refresh_head(&mut self) -> Result<bool> {
+        // ORDERING: SYNC POINT R2, Acquire pairs with the consumer's Release
+        // store of `head`: its reads of the space it released are done.
+        let h = self.mem.ctrl().head.load(Ordering::Acquire);
+        // Valid iff head_seen <= h <= tail, computed without overflow.
+        if h.wrapping_sub(self.head_seen) > self.tail.wrapping_sub(self.head_seen) || h % 8 != 0 {
+            return Err(Error::violation(
+                Rule::RingHeadInRange,
+                format!(
+                    "consumer published head {h}, outside [{}, {}] or unaligned",
+                    self.head_seen, self.tail
+                ),
+            ));
+        }
+        let moved = h != self.head_seen;
+        self.head_seen = h;
+        Ok(moved)
+    }
+
+    fn publish_tail(&self) {
+        // ORDERING: SYNC POINT R1, Release pairs with the consumer's Acquire
+        // load of `tail`: the frame bytes written before are visible to it.
+        self.mem.ctrl().tail.store(self.tail, Ordering::Release);
+        self.mem.ctrl().readable.ring();
+    }
+
+    /// Finds room for a frame of `len` payload bytes; `Ok(None)` if the ring
+    /// is too full right now.
+    fn try_room(&mut self, kind: FrameKind, len: usize) -> Result<Option<(u64, usize)>> {
+        if len > self.max_payload as usize {
+            return Err(Error::FrameTooLarge {
+                len,
+                max: self.max_payload as usize,
+            });
+        }
+        let size = frame_size(len as u64);
+        let mut refreshed = false;
+        loop {
+            let free = self.cap - (self.tail - self.head_seen);
+            let off = self.tail % self.cap;
+            let to_end = self.cap - off;
+            if to_end < size {
+                if free >= to_end {
+                    // Pad to the end and publish the pad at once, so that the
+                    // consumer can release it even if the ring is otherwise
+                    // empty; then try again from offset 0.
+                    let pad = (to_end - FRAME_HEADER as u64) | (u64::from(KIND_PAD) << 32);
+                    self.mem.data.write_u64(off as usize, pad);
+                    self.tail += to_end;
+                    self.publish_tail();
+                    continue;
+                }
+            } else if free >= size {
+                let _ = kind;
+                return Ok(Some((off, size as usize)));
+            }
+            if refreshed || !self.refresh_head()? {
+                return Ok(None);
+            }
+            refreshed = true;
+        }
+    }
+
+    /// Reserves an inline frame of up to `len` payload bytes without waiting.
+    /// `Ok(None)` means the ring is full now; [`Error::FrameTooLarge`] means
+    /// the frame can never fit.
+    pub fn try_reserve(&mut self, len: usize) -> Result<Option<FrameGrant<'_>>> {
+        self.try_reserve_kind(FrameKind::Inline, len)
+    }
+
+    pub(crate) fn try_reserve_kind(&mut self, kind: FrameKind, len: usize) -> Result<Option<FrameGrant<'_>>> {
+        Ok(self.try_room(kind, len)?.map(|(off, _)| FrameGrant {
+            producer: self,
+            off,
+            len,
+            kind,
+        }))
+    }
+
+    /// Reserves an inline frame of up to `len` payload bytes, waiting for
+    /// space until `deadline` (or for as long as the consumer lives).
+    pub fn reserve(&mut self, len: usize, deadline: Option<Instant>) -> Result<FrameGrant<'_>> {
+        self.reserve_kind(FrameKind::Inline, len, deadline)
+    }
+
+    pub(crate) fn reserve_kind(
+        &mut self,
+        kind: FrameKind,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<FrameGrant<'_>> {
+        if self.try_room(kind, len)?.is_none() {
+            let mem = self.mem.clone();
+            let liveness = self.liveness.clone();
+            let ctx = WaitCtx {
+                liveness: &liveness,
+                strategy: self.strategy,
+                deadline,
+                what: "ring space",
+            };
+            mem.ctrl()
+                .writable
+                .wait_until(&ctx, || Ok(self.try_room(kind, len)?.map(|_| ())))?;
+        }
+        let (off, _) = self
+            .try_room(kind, len)?
+            .expect("room found by the wait is still there");
+        Ok(FrameGrant {
+            producer: self,
+            off,
+            len,
+            kind,
+        })
+    }
+}
+
+/// Space reserved for one frame. Write the payload, then [`commit`](Self::commit).
+/// Dropping a grant without committing sends nothing.
+pub struct FrameGrant<'a> {
+    producer: &'a mut FrameProducer,
+    /// Offset of the frame header in the data area.
+    off: u64,
+    /// Payload bytes reserved.
+    len: usize,
+    kind: FrameKind,
+}
+
+impl FrameGrant<'_> {
+    /// Payload bytes reserved.
+    pub fn capacity(&self) -> usize {
+        self.len
+    }
+
+    /// Copies `bytes` into the payload at `at`.
+    pub fn write(&mut self, at: usize, bytes: &[u8]) -> Result<()> {
+        if at.checked_add(bytes.len()).is_none_or(|end| end > self.len) {
+            return Err(Error::InvalidArgument {
+                reason: format!(
+                    "write of {} bytes at {at} overruns a {}-byte frame",
+                    bytes.len(),
+                    self.len
+                ),
+            });
+        }
+        self.producer
+            .mem
+            .data
+            .write(self.off as usize + FRAME_HEADER + at, bytes);
+        Ok(())
+    }
+
+    /// The reserved payload, to serialize into in place.
+    ///
+    /// The bytes are in shared memory. An honest consumer does not read them
+    /// before [`commit`](Self::commit); a hostile one could write to them, so
+    /// do not rely on reading back what you wrote.
+    #[cfg(not(osmos_loom))]
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let p = self
+            .producer
+            .mem
+            .data
+            .ptr_at(self.off as usize + FRAME_HEADER, self.len);
+        // SAFETY: `p..p+len` is inside the data area (bounds-checked) and
+        // reserved to this producer until commit; `&mut self` prevents a
+        // second slice over it from this process.
+        unsafe { std::slice::from_raw_parts_mut(p, self.len) }
+    }
+
+    /// Publishes the frame with `len` payload bytes (at most the reserved
+    /// capacity) and rings the consumer's doorbell.
+    pub fn commit(self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::InvalidArgument {
+                reason: format!("commit of {len} bytes exceeds the {}-byte reservation", self.len),
+            });
+        }
+        let p = self.producer;
+        let header = len as u64 | (u64::from(self.kind.word()) << 32);
+        p.mem.data.write_u64(self.off as usize, header);
+        p.tail += frame_size(len as u64);
+        p.publish_tail();
+        Ok(())
+    }
+}
+
+/// A validated frame's place in the data area.
+#[derive(Clone, Copy, Debug)]
+struct FrameMeta {
+    /// Offset of the payload.
+    payload: usize,
+    len: usize,
+    kind: FrameKind,
+    /// Bytes to advance `head` by on release.
+    size: u64,
+}
+
+/// The reading end of a frame ring. `Send`, not `Sync`: one thread consumes.
+pub struct FrameConsumer {
+    mem: RingMem,
+    cap: u64,
+    max_payload: u32,
+    /// Our position, private. Equals the published head outside a view.
+    head: u64,
+    /// Producer position as last validated: `head <= tail_seen <= head + cap`.
+    tail_seen: u64,
+    /// The frame at `head`, validated once (never re-read from shared memory).
+    current: Option<FrameMeta>,
+    liveness: Liveness,
+    strategy: WaitStrategy,
+}
+
+impl fmt::Debug for FrameConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameConsumer")
+            .field("capacity", &self.cap)
+            .field("head", &self.head)
+            .field("tail_seen", &self.tail_seen)
+            .finish()
+    }
+}
+
+impl FrameConsumer {
+    /// Sets how this end waits before parking.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// Reloads and validates the producer's position.
+    fn refresh_tail(&mut self) -> Result<()> {
+        // ORDERING: SYNC POINT R1, Acquire pairs with the producer's Release
+        // store of `tail`: the frames before it are fully written.
+        let t = self.mem.ctrl().tail.load(Ordering::Acquire);
+        // Valid iff tail_seen <= t <= head + cap, computed without overflow.
+        let ahead = t.wrapping_sub(self.head);
+        if ahead > self.cap || ahead < self.tail_seen - self.head || t % 8 != 0 {
+            return Err(Error::violation(
+                Rule::RingTailInRange,
+                format!(
+                    "producer published tail {t}, outside [{}, {}] or unaligned",
+                    self.tail_seen,
+                    self.head + self.cap
+                ),
+            ));
+        }
+        self.tail_seen = t;
+        Ok(())
+    }
+
+    fn publish_head(&self) {
+        // ORDERING: SYNC POINT R2, Release pairs with the producer's Acquire
+        // load of `head`: our reads of the released bytes are complete.
+        self.mem.ctrl().head.store(self.head, Ordering::Release);
+        self.mem.ctrl().writable.ring();
+    }
+
+    /// Validates the next frame, consuming padding; `Ok(None)` if empty.
+    fn next_frame(&mut self) -> Result<Option<FrameMeta>> {
+        if let Some(m) = self.current {
+            return Ok(Some(m));
+        }
+        loop {
+            if self.head == self.tail_seen {
+                self.refresh_tail()?;
+                if self.head == self.tail_seen {
+                    return Ok(None);
+                }
+            }
+            let off = self.head % self.cap;
+            let avail = self.tail_seen - self.head;
+            let to_end = self.cap - off;
+            // A single 8-byte load: the header is fetched exactly once.
+            let header = self.mem.data.read_u64(off as usize);
+            let len = header & 0xffff_ffff;
+            let kind = (header >> 32) as u32;
+            let kind = match kind {
+                KIND_PAD => {
+                    if len + FRAME_HEADER as u64 != to_end || to_end > avail {
+                        return Err(Error::violation(
+                            Rule::PadToRingEnd,
+                            format!(
+                                "padding of {len} bytes at ring offset {off} must run exactly to the end ({} bytes) within the {avail} published",
+                                to_end - FRAME_HEADER as u64
+                            ),
+                        ));
+                    }
+                    self.head += to_end;
+                    self.publish_head();
+                    continue;
+                }
+                KIND_INLINE => FrameKind::Inline,
+                KIND_SLOT => FrameKind::SlotRef,
+                other => {
+                    return Err(Error::violation(
+                        Rule::FrameKindKnown,
+                        format!("frame at ring offset {off} has kind word {other:#x}"),
+                    ));
+                }
+            };
+            let size = frame_size(len);
+            if len > u64::from(self.max_payload) || size > avail {
+                return Err(Error::violation(
+                    Rule::FrameLengthInBounds,
+                    format!(
+                        "frame at ring offset {off} claims {len} payload bytes (max {}, {} published)",
+                        self.max_payload,
+                        avail.saturating_sub(FRAME_HEADER as u64)
+                    ),
+                ));
+            }
+            if size > to_end {
+                return Err(Error::violation(
+                    Rule::FrameContiguous,
+                    format!(
+                        "frame at ring offset {off} of {size} bytes crosses the ring end ({to_end} bytes left)"
+                    ),
+                ));
+            }
+            let meta = FrameMeta {
+                payload: off as usize + FRAME_HEADER,
+                len: len as usize,
+                kind,
+                size,
+            };
+            self.current = Some(meta);
+            return Ok(Some(meta));
+        }
+    }
+
+    /// The next frame, without waiting. `Ok(None)` if the ring is empty.
+    pub fn try_peek(&mut self) -> Result<Option<FrameView<'_>>> {
+        Ok(self.next_frame()?.map(|meta| FrameView { consumer: self, meta }))
+    }
+
+    /// The next frame, waiting until `deadline` (or for as long as the producer lives).
+    pub fn peek(&mut self, deadline: Option<Instant>) -> Result<FrameView<'_>> {
+        if self.next_frame()?.is_none() {
+            let mem = self.mem.clone();
+            let liveness = self.liveness.clone();
+            let ctx = WaitCtx {
+                liveness: &liveness,
+                strategy: self.strategy,
+                deadline,
+                what: "a frame",
+            };
+            mem.ctrl()
+                .readable
+                .wait_until(&ctx, || Ok(self.next_frame()?.map(|_| ())))?;
+        }
+        let meta = self.current.expect("frame found by the wait is still current");
+        Ok(FrameView { consumer: self, meta })
+    }
+}
+
+/// A validated frame at the head of the ring. Read it, then
+/// [`release`](Self::release) it; dropping the view without releasing leaves
+/// the frame to be peeked again.
+pub struct FrameView<'a> {
+    consumer: &'a mut FrameConsumer,
+    meta: FrameMeta,
+}
+
+impl FrameView<'_> {
+    /// What the frame carries.
+    pub fn kind(&self) -> FrameKind {
+        self.meta.kind
+    }
+
+    /// Payload bytes.
+    pub fn len(&self) -> usize {
+        self.meta.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.meta.len == 0
+    }
+
+    /// Copies the payload bytes `[at, at + dst.len())` out.
+    pub fn read(&self, at: usize, dst: &mut [u8]) -> Result<()> {
+        if at.checked_add(dst.len()).is_none_or(|end| end > self.meta.len) {
+            return Err(Error::InvalidArgument {
+                reason: format!(
+                    "read of {} bytes at {at} overruns a {}-byte frame",
+                    dst.len(),
+                    self.meta.len
+                ),
+            });
+        }
+        self.consumer.mem.data.read(self.meta.payload + at, dst);
+        Ok(())
+    }
+
+    /// Copies the whole payload into a new vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0; self.meta.len];
+        self.consumer.mem.data.read(self.meta.payload, &mut v);
+        v
+    }
+
+    /// The payload, in place in shared memory.
+    ///
+    /// An honest producer does not touch these bytes until release; a hostile
+    /// one may change them while you read, so decode them as untrusted input
+    /// and read each byte once (or copy them out with [`to_vec`](Self::to_vec)).
+    #[cfg(not(osmos_loom))]
+    pub fn bytes(&self) -> &[u8] {
+        let p = self.consumer.mem.data.ptr_at(self.meta.payload, self.meta.len);
+        // SAFETY: in bounds (checked by `ptr_at`) and valid while the
+        // consumer (which keeps the mapping) is borrowed. The producer side
+        // never writes `[head, tail)`; see the doc above for a hostile one.
+        unsafe { std::slice::from_raw_parts(p, self.meta.len) }
+    }
+
+    /// Marks the frame consumed, freeing its space for the producer.
+    pub fn release(self) {
+        let c = self.consumer;
+        c.head += self.meta.size;
+        c.current = None;
+        c.publish_head();
+    }
+}

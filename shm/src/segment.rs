@@ -1,0 +1,258 @@
+//! The shared memory segment: a sealed memfd, mapped by both sides.
+//!
+//! The host calls [`Segment::create`]: `memfd_create(MFD_CLOEXEC |
+//! MFD_ALLOW_SEALING)`, `ftruncate` to the layout's size, then
+//! `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL` so that no process can ever
+//! resize it (a shrunk shared mapping turns every access past the new end
+//! into `SIGBUS`). There is no file path; the cell gets the fd by
+//! inheritance and calls [`Segment::attach`], which checks the seals, copies
+//! the header out once, and refuses a segment whose recorded layout differs
+//! from the one it computes. The host keeps its own [`Layout`] and never
+//! reads a size or offset back from shared memory.
+//!
+//! [`Segment::endpoint`] turns a segment into one side's [`Endpoint`]: the
+//! producer of its outgoing ring and the owner of its outgoing slot pool,
+//! the consumer of its incoming ring and the reader of its incoming pool,
+//! the credit table and the liveness words.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{MemfdFlags, SealFlags};
+
+use crate::credit::{CreditEntry, CreditTable};
+use crate::endpoint::{Endpoint, FrameReceiver, FrameSender};
+use crate::error::{Error, Result};
+use crate::layout::{Direction, HEADER_BYTES, Layout, RawHeader, SegmentConfig};
+use crate::liveness::{Keepalive, Liveness, LivenessWords, PeerState, Side};
+use crate::pool::{self, PoolCtrl, PoolMem};
+use crate::ring::{self, RingCtrl, RingMem};
+use crate::sync::SharedBytes;
+
+/// The seals every segment carries.
+pub const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::SEAL);
+
+/// The mapping and the fd behind it; shared by every handle of a segment.
+struct Mapped {
+    map: MmapRaw,
+    fd: OwnedFd,
+}
+
+/// One cell's shared memory segment, as seen from one side.
+pub struct Segment {
+    mapped: Arc<Mapped>,
+    layout: Layout,
+    side: Side,
+    epoch: u32,
+    endpoint_taken: AtomicBool,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("side", &self.side)
+            .field("epoch", &self.epoch)
+            .field("bytes", &self.layout.total)
+            .field("fd", &self.mapped.fd.as_raw_fd())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Creates, sizes, seals, maps and initializes a segment (host side).
+    /// `epoch` identifies this incarnation of the cell (e.g. its restart count).
+    pub fn create(config: &SegmentConfig, epoch: u32) -> Result<Segment> {
+        let layout = Layout::compute(config)?;
+        let fd = rustix::fs::memfd_create("osmos-segment", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(|e| Error::io("memfd_create", e))?;
+        rustix::fs::ftruncate(&fd, layout.total as u64).map_err(|e| Error::io("ftruncate", e))?;
+        rustix::fs::fcntl_add_seals(&fd, REQUIRED_SEALS).map_err(|e| Error::io("fcntl(F_ADD_SEALS)", e))?;
+        let map = MmapOptions::new()
+            .len(layout.total)
+            .map_raw(fd.as_raw_fd())
+            .map_err(|e| Error::io("mmap", e))?;
+        let header = layout.header(epoch);
+        // SAFETY: the mapping is `layout.total >= HEADER_BYTES` bytes, page
+        // aligned, and nobody else has the fd yet.
+        unsafe { map.as_mut_ptr().cast::<RawHeader>().write(header) };
+        let seg = Segment {
+            mapped: Arc::new(Mapped { map, fd }),
+            layout,
+            side: Side::Host,
+            epoch,
+            endpoint_taken: AtomicBool::new(false),
+        };
+        let live = seg.liveness();
+        live.set_epoch(epoch);
+        live.publish(PeerState::Attached);
+        Ok(seg)
+    }
+
+    /// Attaches to a segment created by a host (cell side): checks the seals,
+    /// validates the header and maps it.
+    pub fn attach(fd: OwnedFd) -> Result<Segment> {
+        let bad = |reason: String| Error::BadSegment { reason };
+        let size = rustix::fs::fstat(&fd).map_err(|e| Error::io("fstat", e))?.st_size;
+        let size = usize::try_from(size).map_err(|_| bad(format!("negative size {size}")))?;
+        if size < HEADER_BYTES {
+            return Err(bad(format!(
+                "it is {size} bytes, smaller than a header ({HEADER_BYTES})"
+            )));
+        }
+        let seals = rustix::fs::fcntl_get_seals(&fd)
+            .map_err(|e| bad(format!("cannot read its seals ({e}); it is not a sealed memfd")))?;
+        if !seals.contains(REQUIRED_SEALS) {
+            return Err(bad(format!(
+                "it is not sealed against resizing (seals {seals:?}, need {REQUIRED_SEALS:?}); a resize would crash this process"
+            )));
+        }
+        let map = MmapOptions::new()
+            .len(size)
+            .map_raw(fd.as_raw_fd())
+            .map_err(|e| Error::io("mmap", e))?;
+        // SAFETY: the mapping holds at least HEADER_BYTES >= size_of::<RawHeader>()
+        // bytes and is page aligned; the header is plain integers (any bit
+        // pattern is valid). One volatile copy: the header is fetched once.
+        let header = unsafe { map.as_ptr().cast::<RawHeader>().read_volatile() };
+        let (layout, epoch) = Layout::from_header(&header)?;
+        if layout.total != size {
+            return Err(bad(format!(
+                "header says {} bytes but the memfd has {size}",
+                layout.total
+            )));
+        }
+        let seg = Segment {
+            mapped: Arc::new(Mapped { map, fd }),
+            layout,
+            side: Side::Cell,
+            epoch,
+            endpoint_taken: AtomicBool::new(false),
+        };
+        let live = seg.liveness();
+        live.set_epoch(epoch);
+        live.publish(PeerState::Attached);
+        Ok(seg)
+    }
+
+    /// The memfd, to hand to the cell.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.mapped.fd.as_fd()
+    }
+
+    /// The layout this side computed (the host's own copy, never re-read).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Which side this handle is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The epoch the host gave this segment.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    fn keep(&self) -> Keepalive {
+        self.mapped.clone()
+    }
+
+    fn at<T>(&self, off: usize) -> NonNull<T> {
+        assert!(off + std::mem::size_of::<T>() <= self.layout.total);
+        // SAFETY: in bounds of the mapping (asserted); the base is non-null.
+        unsafe { NonNull::new_unchecked(self.mapped.map.as_mut_ptr().add(off).cast()) }
+    }
+
+    fn bytes(&self, off: usize, len: usize) -> SharedBytes {
+        assert!(off + len <= self.layout.total);
+        // SAFETY: in bounds of the mapping, which the handle holding this
+        // window also keeps alive; offsets are 128-aligned by the layout.
+        unsafe { SharedBytes::from_raw(self.mapped.map.as_mut_ptr().add(off), len) }
+    }
+
+    /// A handle on the liveness words, speaking for this side.
+    pub fn liveness(&self) -> Liveness {
+        // SAFETY: the block is inside the mapping, kept alive by the handle.
+        unsafe {
+            Liveness::new(
+                self.at::<LivenessWords>(self.layout.liveness),
+                self.side,
+                self.keep(),
+            )
+        }
+    }
+
+    /// The channel credit table.
+    pub fn credit_table(&self) -> CreditTable {
+        let n = self.layout.config.max_channels;
+        let base = self.at::<CreditEntry>(self.layout.channels);
+        assert!(self.layout.channels + n as usize * std::mem::size_of::<CreditEntry>() <= self.layout.total);
+        // SAFETY: `n` entries inside the mapping (asserted), kept alive by the handle.
+        unsafe { CreditTable::new(base, n, self.keep(), self.liveness()) }
+    }
+
+    fn ring_mem(&self, dir: Direction) -> RingMem {
+        let r = self.layout.rings[dir as usize];
+        RingMem {
+            ctrl: self.at::<RingCtrl>(r.ctrl),
+            data: self.bytes(r.data, r.bytes),
+            _keep: self.keep(),
+        }
+    }
+
+    fn pool_mem(&self, dir: Direction) -> PoolMem {
+        let p = &self.layout.pools[dir as usize];
+        let slots_start = p.classes.first().map_or(p.queue + p.queue_cap * 8, |c| c.offset);
+        let slots_end = p
+            .classes
+            .last()
+            .map_or(slots_start, |c| c.offset + c.size * c.count);
+        let classes = p
+            .classes
+            .iter()
+            .map(|c| crate::layout::ClassLayout {
+                offset: c.offset - slots_start,
+                ..*c
+            })
+            .collect();
+        PoolMem {
+            ctrl: self.at::<PoolCtrl>(p.ctrl),
+            queue: self.bytes(p.queue, p.queue_cap * 8),
+            slots: self.bytes(slots_start, slots_end - slots_start),
+            classes,
+            keep: self.keep(),
+        }
+    }
+
+    /// This side's endpoint. Each segment handle gives out one endpoint.
+    pub fn endpoint(&self) -> Result<Endpoint> {
+        if self
+            .endpoint_taken
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::InvalidArgument {
+                reason: format!("the {} endpoint of this segment was already taken", self.side),
+            });
+        }
+        let (out_dir, in_dir) = match self.side {
+            Side::Host => (Direction::HostToCell, Direction::CellToHost),
+            Side::Cell => (Direction::CellToHost, Direction::HostToCell),
+        };
+        let live = self.liveness();
+        let max = self.layout.config.max_frame;
+        let (producer, _) = ring::split(self.ring_mem(out_dir), max, live.clone(), live.clone());
+        let (_, consumer) = ring::split(self.ring_mem(in_dir), max, live.clone(), live.clone());
+        let (slots_out, _) = pool::split(self.pool_mem(out_dir), live.clone());
+        let (_, slots_in) = pool::split(self.pool_mem(in_dir), live.clone());
+        Ok(Endpoint {
+            sender: FrameSender::new(producer, slots_out),
+            receiver: FrameReceiver::new(consumer, slots_in),
+            credit: self.credit_table(),
+            liveness: live,
+        })
+    }
+}
