@@ -46,15 +46,16 @@ fn payload(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| (i * 31 + j) as u8).collect()
 }
 
-/// Producer sends frames of 16, 8 and 16 bytes through a 64-byte ring:
-/// the third frame needs a padding frame and a wrap, and the producer must
-/// park for space at least in some interleavings.
+/// Producer sends frames of 24, 8 and 16 payload bytes (32, 16 and 24 ring
+/// bytes) through a 64-byte ring: the third frame does not fit in the 16
+/// bytes before the end, so the producer pads, wraps, and reuses the space
+/// of the first frame, which it must wait (park) for in some interleavings.
 #[test]
 fn loom_ring_produce_consume_with_wrap() {
     loom::model(|| {
         let (host, cell) = Liveness::new_model();
         let (mut p, mut c) = model_ring(64, 24, &host, &cell);
-        let sizes = [16usize, 8, 16];
+        let sizes = [24usize, 8, 16];
         let t = thread::spawn(move || {
             for (i, &n) in sizes.iter().enumerate() {
                 let mut g = p.reserve(n, None).unwrap();
