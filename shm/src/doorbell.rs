@@ -281,3 +281,81 @@ fn park_loop<T>(
     flag.clear();
     result
 }
+
+#[cfg(all(test, not(osmos_loom)))]
+mod tests {
+    use super::*;
+    use crate::test_support::{pair, small_config};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn a_wait_times_out_naming_what_it_waited_for() {
+        let p = pair(&small_config());
+        let bell = Doorbell::default();
+        let ctx = WaitCtx {
+            liveness: &p.host.liveness,
+            strategy: WaitStrategy::default(),
+            deadline: Some(Instant::now() + Duration::from_millis(3)),
+            what: "the answer",
+        };
+        let err = bell.wait_until(&ctx, || Ok(None::<()>)).unwrap_err();
+        match &err {
+            Error::Timeout {
+                waiting_for: "the answer",
+                after,
+            } => assert!(*after >= Duration::from_millis(3)),
+            e => panic!("{e}"),
+        }
+        assert!(err.to_string().contains("the answer"));
+    }
+
+    #[test]
+    fn a_ring_wakes_a_parked_waiter_across_threads_many_times() {
+        let p = pair(&small_config());
+        let bell = Arc::new(Doorbell::default());
+        let flag = Arc::new(crate::sync::atomic::AtomicU32::new(0));
+        let live = p.host.liveness.clone();
+        let (b, f) = (bell.clone(), flag.clone());
+        let waiter = std::thread::spawn(move || {
+            for round in 1..=2000u32 {
+                let ctx = WaitCtx {
+                    liveness: &live,
+                    strategy: WaitStrategy::PARK,
+                    deadline: Some(Instant::now() + Duration::from_secs(10)),
+                    what: "round",
+                };
+                b.wait_until(&ctx, || Ok((f.load(Ordering::Acquire) >= round).then_some(())))
+                    .unwrap();
+            }
+        });
+        for round in 1..=2000u32 {
+            flag.store(round, Ordering::Release);
+            bell.ring();
+            if round % 2 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn errors_from_the_condition_end_the_wait() {
+        let p = pair(&small_config());
+        let bell = Doorbell::default();
+        let ctx = WaitCtx {
+            liveness: &p.host.liveness,
+            strategy: WaitStrategy::default(),
+            deadline: None,
+            what: "x",
+        };
+        let called = AtomicBool::new(false);
+        let err = bell
+            .wait_until(&ctx, || {
+                called.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err::<Option<()>, _>(Error::Shutdown)
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::Shutdown) && called.into_inner());
+    }
+}

@@ -418,3 +418,187 @@ const _: () = {
     assert!(std::mem::size_of::<RawHeader>() <= HEADER_BYTES);
     assert!(std::mem::align_of::<RawHeader>() == 8);
 };
+
+#[cfg(all(test, not(osmos_loom)))]
+mod tests {
+    use super::*;
+
+    fn regions(l: &Layout) -> Vec<(usize, usize)> {
+        let mut r = vec![(0, HEADER_BYTES), (l.liveness, 256)];
+        for ring in &l.rings {
+            r.push((ring.ctrl, RING_CTRL_BYTES));
+            r.push((ring.data, ring.bytes));
+        }
+        for pool in &l.pools {
+            r.push((pool.ctrl, POOL_CTRL_BYTES));
+            r.push((pool.queue, pool.queue_cap * 8));
+            for c in &pool.classes {
+                r.push((c.offset, c.size * c.count));
+            }
+        }
+        r.push((l.channels, l.config.max_channels as usize * CREDIT_ENTRY_BYTES));
+        r
+    }
+
+    #[test]
+    fn default_layout_is_aligned_disjoint_and_in_bounds() {
+        let l = Layout::compute(&SegmentConfig::default()).unwrap();
+        let mut r = regions(&l);
+        for &(off, len) in &r {
+            assert_eq!(off % STRUCT_ALIGN, 0, "region at {off} is not 128-aligned");
+            assert!(off + len <= l.total);
+        }
+        r.sort();
+        for w in r.windows(2) {
+            assert!(
+                w[0].0 + w[0].1 <= w[1].0,
+                "regions {:?} and {:?} overlap",
+                w[0],
+                w[1]
+            );
+        }
+        for pool in &l.pools {
+            assert!(pool.queue_cap >= pool.total_slots as usize);
+            for c in &pool.classes {
+                assert_eq!(c.offset % SLOT_ALIGN, 0);
+            }
+        }
+        assert_eq!(l.total % SLOT_ALIGN, 0);
+    }
+
+    #[test]
+    fn invalid_configs_are_refused_naming_the_value() {
+        let ok = SegmentConfig::default();
+        let cases: Vec<(SegmentConfig, &str)> = vec![
+            (
+                SegmentConfig {
+                    ring_bytes: 3000,
+                    ..ok.clone()
+                },
+                "ring_bytes",
+            ),
+            (
+                SegmentConfig {
+                    ring_bytes: 512,
+                    ..ok.clone()
+                },
+                "ring_bytes",
+            ),
+            (
+                SegmentConfig {
+                    max_frame: 0,
+                    ..ok.clone()
+                },
+                "max_frame",
+            ),
+            (
+                SegmentConfig {
+                    max_frame: ok.ring_bytes / 2,
+                    ..ok.clone()
+                },
+                "max_frame",
+            ),
+            (
+                SegmentConfig {
+                    slot_classes: vec![
+                        SlotClass { size: 4096, count: 1 },
+                        SlotClass { size: 1024, count: 1 },
+                    ],
+                    ..ok.clone()
+                },
+                "slot class 1",
+            ),
+            (
+                SegmentConfig {
+                    slot_classes: vec![SlotClass { size: 100, count: 1 }],
+                    ..ok.clone()
+                },
+                "slot class 0",
+            ),
+            (
+                SegmentConfig {
+                    slot_classes: vec![SlotClass { size: 128, count: 0 }],
+                    ..ok.clone()
+                },
+                "count",
+            ),
+            (
+                SegmentConfig {
+                    slot_classes: vec![SlotClass { size: 64, count: 1 }; 9],
+                    ..ok.clone()
+                },
+                "at most 8",
+            ),
+            (
+                SegmentConfig {
+                    max_channels: 70_000,
+                    ..ok.clone()
+                },
+                "max_channels",
+            ),
+            (
+                SegmentConfig {
+                    initial_credit: u32::MAX,
+                    ..ok.clone()
+                },
+                "initial_credit",
+            ),
+        ];
+        for (cfg, needle) in cases {
+            let err = Layout::compute(&cfg).unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+            assert!(
+                err.to_string().contains(needle),
+                "{err:?} should mention {needle}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_tampering_is_refused() {
+        let l = Layout::compute(&SegmentConfig::default()).unwrap();
+        let h = l.header(42);
+        let (back, epoch) = Layout::from_header(&h).unwrap();
+        assert_eq!((back, epoch), (l.clone(), 42));
+
+        let mut bad = h;
+        bad.magic ^= 1;
+        assert!(
+            Layout::from_header(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("not an osmos segment")
+        );
+
+        let mut bad = h;
+        bad.version = FORMAT_VERSION + 1;
+        match Layout::from_header(&bad).unwrap_err() {
+            Error::VersionMismatch { ours, theirs } => {
+                assert_eq!((ours, theirs), (FORMAT_VERSION, FORMAT_VERSION + 1))
+            }
+            e => panic!("{e}"),
+        }
+
+        let mut bad = h;
+        bad.offsets[3] += 128;
+        assert!(
+            Layout::from_header(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("differs")
+        );
+
+        let mut bad = h;
+        bad.slot_class_count = 9;
+        assert!(matches!(Layout::from_header(&bad), Err(Error::BadSegment { .. })));
+
+        let mut bad = h;
+        bad.ring_bytes = 1000;
+        assert!(
+            Layout::from_header(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("recorded configuration is invalid")
+        );
+    }
+}

@@ -63,6 +63,8 @@ mod segment;
 
 #[cfg(all(test, osmos_loom))]
 mod loom_models;
+#[cfg(all(test, not(osmos_loom)))]
+mod test_support;
 
 pub use credit::{CreditReceiver, CreditSender, CreditTable};
 pub use doorbell::{Doorbell, WaitStrategy};

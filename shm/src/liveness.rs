@@ -288,3 +288,96 @@ impl Liveness {
         }
     }
 }
+
+#[cfg(all(test, not(osmos_loom)))]
+mod tests {
+    use super::*;
+    use crate::Error;
+    use crate::test_support::{Pair, bound, pair, small_config};
+
+    #[test]
+    fn marking_the_peer_dead_wakes_a_parked_receiver() {
+        let Pair {
+            mut host,
+            cell,
+            host_seg: _h,
+            cell_seg: _c,
+        } = pair(&small_config());
+        let t = std::thread::spawn(move || host.receiver.recv(bound()).map(|m| m.len()));
+        // The supervisor (here: the cell itself, on its way out) marks the cell dead.
+        cell.liveness.mark_dead(Side::Cell);
+        match t.join().unwrap() {
+            Err(Error::PeerGone {
+                peer: Side::Cell,
+                state: PeerState::Dead,
+            }) => {}
+            other => panic!("expected PeerGone, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_published_before_death_are_still_delivered() {
+        let mut p = pair(&small_config());
+        p.cell.sender.send(b"last words", bound()).unwrap();
+        p.cell.liveness.mark_dead(Side::Cell);
+        assert_eq!(p.host.receiver.recv(bound()).unwrap().to_vec(), b"last words");
+        assert!(matches!(
+            p.host.receiver.recv(bound()),
+            Err(Error::PeerGone { .. })
+        ));
+    }
+
+    #[test]
+    fn a_local_shutdown_wakes_this_sides_waiters() {
+        let Pair {
+            host,
+            mut cell,
+            host_seg: _h,
+            cell_seg: _c,
+        } = pair(&small_config());
+        let live = cell.liveness.clone();
+        let t = std::thread::spawn(move || cell.receiver.recv(bound()).map(|m| m.len()));
+        live.mark_dead(Side::Cell);
+        assert!(matches!(t.join().unwrap(), Err(Error::Shutdown)));
+        assert_eq!(host.liveness.state(Side::Cell), PeerState::Dead);
+    }
+
+    #[test]
+    fn a_dead_peer_also_wakes_a_parked_sender_and_credit_waiter() {
+        let Pair {
+            mut host,
+            cell,
+            host_seg: _h,
+            cell_seg: _c,
+        } = pair(&small_config());
+        while host
+            .sender
+            .producer()
+            .try_reserve(248)
+            .unwrap()
+            .is_some_and(|g| g.commit(248).is_ok())
+        {}
+        host.credit.reset(0, 0).unwrap();
+        let mut credit = host.credit.sender(0, 0).unwrap();
+        credit.set_wait_strategy(crate::WaitStrategy::PARK);
+        let a = std::thread::spawn(move || host.sender.producer().reserve(248, bound()).map(|_| ()));
+        let b = std::thread::spawn(move || credit.take(1, bound()));
+        cell.liveness.mark_dead(Side::Cell);
+        assert!(matches!(a.join().unwrap(), Err(Error::PeerGone { .. })));
+        assert!(matches!(b.join().unwrap(), Err(Error::PeerGone { .. })));
+    }
+
+    #[test]
+    fn published_states_are_seen_by_both_sides() {
+        let p = pair(&small_config());
+        p.cell.liveness.publish(PeerState::Closing);
+        assert_eq!(p.host.liveness.state(Side::Cell), PeerState::Closing);
+        assert!(p.host.liveness.check().is_ok(), "closing is not dead");
+        // A hostile state word is reported, not trusted.
+        let off = p.cell_seg.layout().liveness + 128;
+        // SAFETY: the cell's state word is inside the segment.
+        unsafe { p.cell_seg.raw_at(off).cast::<u32>().write(77) };
+        assert_eq!(p.host.liveness.state(Side::Cell), PeerState::Unknown(77));
+        assert!(p.host.liveness.state(Side::Cell).to_string().contains("0x4d"));
+    }
+}

@@ -157,6 +157,13 @@ impl Segment {
         self.epoch
     }
 
+    #[cfg(test)]
+    pub(crate) fn test_ptr(&self, off: usize) -> *mut u8 {
+        assert!(off < self.layout.total);
+        // SAFETY: in bounds of the mapping (asserted).
+        unsafe { self.mapped.map.as_mut_ptr().add(off) }
+    }
+
     fn keep(&self) -> Keepalive {
         self.mapped.clone()
     }
@@ -254,5 +261,109 @@ impl Segment {
             credit: self.credit_table(),
             liveness: live,
         })
+    }
+}
+
+#[cfg(all(test, not(osmos_loom)))]
+mod tests {
+    use super::*;
+    use crate::layout::FORMAT_VERSION;
+    use crate::test_support::small_config;
+
+    fn dup(seg: &Segment) -> OwnedFd {
+        seg.fd().try_clone_to_owned().unwrap()
+    }
+
+    #[test]
+    fn attach_agrees_on_layout_epoch_and_states() {
+        let host = Segment::create(&small_config(), 9).unwrap();
+        let cell = Segment::attach(dup(&host)).unwrap();
+        assert_eq!(host.layout(), cell.layout());
+        assert_eq!((host.side(), cell.side()), (Side::Host, Side::Cell));
+        assert_eq!(cell.epoch(), 9);
+        let live = host.liveness();
+        assert_eq!(live.state(Side::Host), PeerState::Attached);
+        assert_eq!(live.state(Side::Cell), PeerState::Attached);
+        assert_eq!(
+            live.epoch(Side::Cell),
+            9,
+            "the cell acknowledges the epoch it attached to"
+        );
+    }
+
+    #[test]
+    fn sealed_segment_cannot_be_resized() {
+        let seg = Segment::create(&small_config(), 1).unwrap();
+        let total = seg.layout().total as u64;
+        for len in [0, total / 2, total + 4096] {
+            let err = rustix::fs::ftruncate(seg.fd(), len).unwrap_err();
+            assert_eq!(
+                err,
+                rustix::io::Errno::PERM,
+                "ftruncate to {len} must fail with EPERM"
+            );
+        }
+        let err = rustix::fs::fcntl_add_seals(seg.fd(), SealFlags::WRITE).unwrap_err();
+        assert_eq!(err, rustix::io::Errno::PERM, "F_SEAL_SEAL forbids further seals");
+        assert_eq!(rustix::fs::fstat(seg.fd()).unwrap().st_size as u64, total);
+    }
+
+    fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+        fd
+    }
+
+    fn attach_err(fd: OwnedFd) -> String {
+        Segment::attach(fd).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn attach_refuses_unsealed_tiny_and_foreign_fds() {
+        let unsealed = memfd(1 << 20, SealFlags::empty());
+        assert!(attach_err(unsealed).contains("not sealed against resizing"));
+        let tiny = memfd(16, REQUIRED_SEALS);
+        assert!(attach_err(tiny).contains("smaller than a header"));
+        let zeros = memfd(1 << 20, REQUIRED_SEALS);
+        assert!(attach_err(zeros).contains("not an osmos segment"));
+        let pipe: OwnedFd = std::io::pipe().unwrap().0.into();
+        assert!(attach_err(pipe).contains("refusing"));
+    }
+
+    #[test]
+    fn attach_refuses_a_size_that_differs_from_the_header() {
+        let host = Segment::create(&small_config(), 1).unwrap();
+        let total = host.layout().total;
+        let fd = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, total as u64 + 4096).unwrap();
+        let mut header = vec![0u8; HEADER_BYTES];
+        // SAFETY: the host mapping holds at least HEADER_BYTES bytes.
+        unsafe { std::ptr::copy_nonoverlapping(host.raw_at(0), header.as_mut_ptr(), HEADER_BYTES) };
+        rustix::io::pwrite(&fd, &header, 0).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, REQUIRED_SEALS).unwrap();
+        let err = attach_err(fd);
+        assert!(err.contains(&format!("header says {total} bytes")), "{err}");
+    }
+
+    #[test]
+    fn attach_refuses_another_format_version_naming_both() {
+        let host = Segment::create(&small_config(), 1).unwrap();
+        // SAFETY: the version word is at offset 8 of the header, in bounds.
+        unsafe { host.raw_at(8).cast::<u32>().write(FORMAT_VERSION + 6) };
+        match Segment::attach(dup(&host)).unwrap_err() {
+            Error::VersionMismatch { ours, theirs } => {
+                assert_eq!((ours, theirs), (FORMAT_VERSION, FORMAT_VERSION + 6))
+            }
+            e => panic!("expected a version mismatch, got {e}"),
+        }
+    }
+
+    #[test]
+    fn each_side_takes_its_endpoint_once() {
+        let host = Segment::create(&small_config(), 1).unwrap();
+        let _e = host.endpoint().unwrap();
+        let err = host.endpoint().unwrap_err();
+        assert!(err.to_string().contains("already taken"), "{err}");
     }
 }

@@ -1,0 +1,68 @@
+//! Helpers for the in-crate unit tests: a connected host/cell pair over a
+//! real sealed segment (two separate mappings of one memfd).
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use crate::{Endpoint, Segment, SegmentConfig, SlotClass, WaitStrategy};
+
+/// A small configuration: 4 KiB rings, 256-byte inline frames, 2 slot classes.
+pub(crate) fn small_config() -> SegmentConfig {
+    SegmentConfig {
+        ring_bytes: 4096,
+        max_frame: 256,
+        slot_classes: vec![
+            SlotClass { size: 1024, count: 2 },
+            SlotClass { size: 8192, count: 1 },
+        ],
+        max_channels: 4,
+        initial_credit: 100,
+    }
+}
+
+pub(crate) struct Pair {
+    pub host_seg: Segment,
+    pub cell_seg: Segment,
+    pub host: Endpoint,
+    pub cell: Endpoint,
+}
+
+/// Creates a segment, attaches a second mapping as the cell, takes both endpoints.
+pub(crate) fn pair(config: &SegmentConfig) -> Pair {
+    let host_seg = Segment::create(config, 7).expect("create segment");
+    let fd = host_seg
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("dup segment fd");
+    let cell_seg = Segment::attach(fd).expect("attach segment");
+    let mut host = host_seg.endpoint().expect("host endpoint");
+    let mut cell = cell_seg.endpoint().expect("cell endpoint");
+    for e in [&mut host, &mut cell] {
+        e.sender.set_wait_strategy(WaitStrategy::PARK);
+        e.receiver.set_wait_strategy(WaitStrategy::PARK);
+    }
+    Pair {
+        host_seg,
+        cell_seg,
+        host,
+        cell,
+    }
+}
+
+/// A deadline `ms` milliseconds from now.
+pub(crate) fn soon(ms: u64) -> Option<Instant> {
+    Some(Instant::now() + Duration::from_millis(ms))
+}
+
+/// A generous bound for waits that must succeed (only reached on a bug).
+pub(crate) fn bound() -> Option<Instant> {
+    soon(10_000)
+}
+
+impl Segment {
+    /// Test-only: a raw pointer into this side's mapping (for corrupting it).
+    pub(crate) fn raw_at(&self, off: usize) -> *mut u8 {
+        self.test_ptr(off)
+    }
+}

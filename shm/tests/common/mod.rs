@@ -1,0 +1,98 @@
+//! Helpers shared by the integration tests: a seeded generator, payload
+//! patterns and a child-process runner.
+#![allow(dead_code)]
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::process::{Child, Command, Stdio};
+
+/// SplitMix64: small, fast, seedable; good enough to pick sizes and bytes.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let w = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&w[..chunk.len()]);
+        }
+    }
+}
+
+/// Fills `buf` with the pattern of message `index` of stream `seed`.
+pub fn pattern(seed: u64, index: u64, buf: &mut [u8]) {
+    Rng::new(seed ^ index.wrapping_mul(0xa076_1d64_78bd_642f)).fill(buf);
+}
+
+/// A 64-bit checksum (FNV-1a over 8-byte words, then the tail bytes).
+pub fn checksum(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().unwrap())).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    for &b in words.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Environment variable that tells a re-executed test binary which child role to play.
+pub const CHILD_ROLE: &str = "OSMOS_SHM_TEST_CHILD";
+/// The fd number the segment is placed at in a child.
+pub const CHILD_SEGMENT_FD: i32 = 3;
+
+/// Re-executes this test binary to run `test_name` as child `role`, with the
+/// segment fd at [`CHILD_SEGMENT_FD`] (and every other fd close-on-exec).
+pub fn spawn_child(test_name: &str, role: &str, segment: BorrowedFd<'_>, extra_env: &[(&str, String)]) -> Child {
+    let exe = std::env::current_exe().expect("current test binary");
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ROLE, role)
+        .stdin(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let raw = segment.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls. dup2 gives the new fd no FD_CLOEXEC;
+    // if the fd already has the target number, clear FD_CLOEXEC instead.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            let r = if raw == CHILD_SEGMENT_FD {
+                libc::fcntl(raw, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, CHILD_SEGMENT_FD)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn child test process")
+}
+
+/// In a child: the segment fd placed by [`spawn_child`].
+pub fn inherited_segment_fd() -> std::os::fd::OwnedFd {
+    // SAFETY: the parent placed an open fd at this number for us, and no one
+    // else in this process owns it.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(CHILD_SEGMENT_FD) }
+}
