@@ -398,3 +398,142 @@ impl CreditReceiver {
         PlatformFutex::wake_all(&e.receiver.state);
     }
 }
+
+#[cfg(all(test, not(osmos_loom)))]
+mod tests {
+    use super::*;
+    use crate::test_support::{await_word, bound, pair, small_config, soon};
+
+    /// Offset of a channel's sender state word (which holds `SENDER_PARKED`).
+    fn sender_state(p: &crate::test_support::Pair, channel: usize) -> usize {
+        p.host_seg.layout().channels + channel * 256 + 128 + 4
+    }
+
+    #[test]
+    fn credit_is_taken_within_the_grant_and_refused_beyond() {
+        let p = pair(&small_config());
+        p.host.credit.reset(1, 100).unwrap();
+        let mut tx = p.host.credit.sender(1, 100).unwrap();
+        let mut rx = p.cell.credit.receiver(1, 100).unwrap();
+        assert!(tx.try_take(60).unwrap());
+        assert!(!tx.try_take(41).unwrap());
+        assert!(tx.try_take(40).unwrap());
+        assert_eq!(tx.available().unwrap(), 0);
+        rx.on_received(100).unwrap();
+        rx.grant(30).unwrap();
+        assert_eq!(tx.available().unwrap(), 30);
+        let err = tx.take(31, soon(5)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    waiting_for: "channel credit",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_grant_wakes_a_parked_sender() {
+        let p = pair(&small_config());
+        p.host.credit.reset(0, 0).unwrap();
+        let mut tx = p.host.credit.sender(0, 0).unwrap();
+        tx.set_wait_strategy(WaitStrategy::PARK);
+        let mut rx = p.cell.credit.receiver(0, 0).unwrap();
+        let t = std::thread::spawn(move || tx.take(10, bound()).map(|()| tx));
+        await_word(&p.host_seg, sender_state(&p, 0), |v| v & SENDER_PARKED != 0);
+        rx.grant(4).unwrap();
+        rx.grant(6).unwrap();
+        let mut tx = t.join().unwrap().unwrap();
+        assert_eq!(tx.available().unwrap(), 0);
+    }
+
+    #[test]
+    fn wrapping_counters_keep_working() {
+        let p = pair(&small_config());
+        p.host.credit.reset(2, 1000).unwrap();
+        let mut tx = p.host.credit.sender(2, 1000).unwrap();
+        let mut rx = p.cell.credit.receiver(2, 1000).unwrap();
+        // 5 GB through a 1000-byte window: the 32-bit totals wrap.
+        for _ in 0..5_000_000 {
+            assert!(tx.try_take(1000).unwrap());
+            rx.on_received(1000).unwrap();
+            rx.grant(1000).unwrap();
+        }
+        assert_eq!(tx.available().unwrap(), 1000);
+        assert!(!tx.try_take(1001).unwrap());
+    }
+
+    #[test]
+    fn an_overrun_is_caught_whatever_the_table_says() {
+        let p = pair(&small_config());
+        p.host.credit.reset(3, 100).unwrap();
+        let mut rx = p.host.credit.receiver(3, 100).unwrap();
+        // A lying cell grants itself a huge window in the shared table.
+        let mut cell_tx = p.cell.credit.sender(3, 100).unwrap();
+        let entry = p.cell_seg.layout().channels + 3 * 256;
+        // SAFETY: granted_total of entry 3 is inside the segment.
+        unsafe { p.cell_seg.raw_at(entry).cast::<u32>().write(1 << 30) };
+        assert!(
+            cell_tx.try_take(1 << 20).unwrap(),
+            "the shared counter is only a convenience"
+        );
+        rx.on_received(100).unwrap();
+        let err = rx.on_received(1).unwrap_err();
+        assert_eq!(err.rule(), Some(Rule::CreditNoOverrun), "{err}");
+        assert!(err.to_string().contains("100 granted"), "{err}");
+    }
+
+    #[test]
+    fn a_grant_that_moves_backwards_is_a_violation() {
+        let p = pair(&small_config());
+        p.host.credit.reset(0, 100).unwrap();
+        let mut tx = p.host.credit.sender(0, 100).unwrap();
+        assert!(tx.try_take(50).unwrap());
+        let entry = p.cell_seg.layout().channels;
+        // SAFETY: granted_total of entry 0 is inside the segment.
+        unsafe { p.cell_seg.raw_at(entry).cast::<u32>().write(20) };
+        assert_eq!(
+            tx.available().unwrap_err().rule(),
+            Some(Rule::CreditGrantMonotonic)
+        );
+    }
+
+    #[test]
+    fn a_close_wakes_a_parked_sender_with_channel_closed() {
+        let p = pair(&small_config());
+        p.host.credit.reset(1, 0).unwrap();
+        let mut tx = p.host.credit.sender(1, 0).unwrap();
+        tx.set_wait_strategy(WaitStrategy::PARK);
+        let mut rx = p.cell.credit.receiver(1, 0).unwrap();
+        let t = std::thread::spawn(move || tx.take(1, bound()));
+        await_word(&p.host_seg, sender_state(&p, 1), |v| v & SENDER_PARKED != 0);
+        rx.close();
+        assert!(matches!(
+            t.join().unwrap(),
+            Err(Error::ChannelClosed { channel: 1 })
+        ));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        let p = pair(&small_config());
+        assert!(matches!(
+            p.host.credit.sender(4, 0),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            p.host.credit.reset(99, 0),
+            Err(Error::InvalidArgument { .. })
+        ));
+        let mut tx = p.host.credit.sender(0, 0).unwrap();
+        assert!(matches!(
+            tx.try_take(u32::MAX),
+            Err(Error::InvalidArgument { .. })
+        ));
+        let mut rx = p.host.credit.receiver(0, 10).unwrap();
+        assert!(matches!(rx.grant(u32::MAX), Err(Error::InvalidArgument { .. })));
+    }
+}

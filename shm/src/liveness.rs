@@ -293,17 +293,21 @@ impl Liveness {
 mod tests {
     use super::*;
     use crate::Error;
-    use crate::test_support::{Pair, bound, pair, small_config};
+    use crate::test_support::{
+        Pair, RING_READABLE_PARKED, RING_WRITABLE_PARKED, await_word, bound, pair, small_config,
+    };
 
     #[test]
     fn marking_the_peer_dead_wakes_a_parked_receiver() {
         let Pair {
             mut host,
             cell,
-            host_seg: _h,
+            host_seg,
             cell_seg: _c,
         } = pair(&small_config());
+        let ring = host_seg.layout().rings[crate::Direction::CellToHost as usize];
         let t = std::thread::spawn(move || host.receiver.recv(bound()).map(|m| m.len()));
+        await_word(&host_seg, ring.ctrl + RING_READABLE_PARKED, |v| v == 1);
         // The supervisor (here: the cell itself, on its way out) marks the cell dead.
         cell.liveness.mark_dead(Side::Cell);
         match t.join().unwrap() {
@@ -347,9 +351,10 @@ mod tests {
         let Pair {
             mut host,
             cell,
-            host_seg: _h,
+            host_seg,
             cell_seg: _c,
         } = pair(&small_config());
+        let ring = host_seg.layout().rings[crate::Direction::HostToCell as usize];
         while host
             .sender
             .producer()
@@ -362,6 +367,8 @@ mod tests {
         credit.set_wait_strategy(crate::WaitStrategy::PARK);
         let a = std::thread::spawn(move || host.sender.producer().reserve(248, bound()).map(|_| ()));
         let b = std::thread::spawn(move || credit.take(1, bound()));
+        await_word(&host_seg, ring.ctrl + RING_WRITABLE_PARKED, |v| v == 1);
+        await_word(&host_seg, host_seg.layout().channels + 128 + 4, |v| v & 1 != 0);
         cell.liveness.mark_dead(Side::Cell);
         assert!(matches!(a.join().unwrap(), Err(Error::PeerGone { .. })));
         assert!(matches!(b.join().unwrap(), Err(Error::PeerGone { .. })));

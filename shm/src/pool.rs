@@ -633,9 +633,10 @@ mod tests {
         let Pair {
             mut host,
             mut cell,
-            host_seg: _h,
+            host_seg,
             cell_seg: _c,
         } = pair(&small_config());
+        let released_parked = host_seg.layout().pools[Direction::HostToCell as usize].ctrl + 256 + 128;
         let w = host.sender.slots();
         let refs: Vec<_> = (0..3).map(|i| send_slot(w, 900 + i, i as u8)).collect();
         let err = w.alloc(10, soon(5)).map(|_| ()).unwrap_err();
@@ -649,7 +650,11 @@ mod tests {
             ),
             "{err}"
         );
-        let t = std::thread::spawn(move || host.sender.slots().alloc(10, bound()).map(|g| g.capacity()));
+        let t = std::thread::spawn(move || {
+            host.sender.slots().set_wait_strategy(crate::WaitStrategy::PARK);
+            host.sender.slots().alloc(10, bound()).map(|g| g.capacity())
+        });
+        crate::test_support::await_word(&host_seg, released_parked, |v| v == 1);
         let held = cell.receiver_slots().open(refs[1]).unwrap();
         cell.receiver_slots().release(held).unwrap();
         assert_eq!(t.join().unwrap().unwrap(), 1024);

@@ -66,3 +66,26 @@ impl Segment {
         self.test_ptr(off)
     }
 }
+
+/// Waits (bounded, yielding) until the 32-bit word at `off` in `seg`'s
+/// mapping satisfies `pred`: how a test knows a waiter really parked before
+/// it rings.
+pub(crate) fn await_word(seg: &Segment, off: usize, pred: impl Fn(u32) -> bool) {
+    let word = seg.raw_at(off).cast::<u32>();
+    let start = Instant::now();
+    // SAFETY: callers pass the offset of an aligned u32 inside the segment;
+    // an atomic view of shared memory is always valid.
+    let word = unsafe { crate::sync::atomic::AtomicU32::from_ptr(word) };
+    while !pred(word.load(crate::sync::atomic::Ordering::Acquire)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "word at {off} never reached the expected value"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// Offset of a ring's `readable` doorbell `parked` word.
+pub(crate) const RING_READABLE_PARKED: usize = 256 + 128;
+/// Offset of a ring's `writable` doorbell `parked` word.
+pub(crate) const RING_WRITABLE_PARKED: usize = 512 + 128;
