@@ -402,7 +402,7 @@ impl CreditReceiver {
 #[cfg(all(test, not(osmos_loom)))]
 mod tests {
     use super::*;
-    use crate::test_support::{await_word, bound, pair, small_config, soon};
+    use crate::test_support::{WakeBound, await_word, pair, small_config, soon};
 
     /// Offset of a channel's sender state word (which holds `SENDER_PARKED`).
     fn sender_state(p: &crate::test_support::Pair, channel: usize) -> usize {
@@ -442,11 +442,13 @@ mod tests {
         let mut tx = p.host.credit.sender(0, 0).unwrap();
         tx.set_wait_strategy(WaitStrategy::PARK);
         let mut rx = p.cell.credit.receiver(0, 0).unwrap();
-        let t = std::thread::spawn(move || tx.take(10, bound()).map(|()| tx));
+        let wake = WakeBound::new();
+        let t = std::thread::spawn(move || tx.take(10, wake.deadline()).map(|()| tx));
         await_word(&p.host_seg, sender_state(&p, 0), |v| v & SENDER_PARKED != 0);
         rx.grant(4).unwrap();
         rx.grant(6).unwrap();
         let mut tx = t.join().unwrap().unwrap();
+        wake.assert_woken();
         assert_eq!(tx.available().unwrap(), 0);
     }
 
@@ -508,13 +510,15 @@ mod tests {
         let mut tx = p.host.credit.sender(1, 0).unwrap();
         tx.set_wait_strategy(WaitStrategy::PARK);
         let mut rx = p.cell.credit.receiver(1, 0).unwrap();
-        let t = std::thread::spawn(move || tx.take(1, bound()));
+        let wake = WakeBound::new();
+        let t = std::thread::spawn(move || tx.take(1, wake.deadline()));
         await_word(&p.host_seg, sender_state(&p, 1), |v| v & SENDER_PARKED != 0);
         rx.close();
         assert!(matches!(
             t.join().unwrap(),
             Err(Error::ChannelClosed { channel: 1 })
         ));
+        wake.assert_woken();
     }
 
     #[test]

@@ -136,3 +136,49 @@ impl Futex for OsFutex {
         let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
     }
 }
+
+#[cfg(all(test, not(osmos_loom)))]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn wait_any_honours_its_timeout() {
+        let a = AtomicU32::new(5);
+        let b = AtomicU32::new(6);
+        let start = Instant::now();
+        let r = OsFutex::wait_any(&[(&a, 5), (&b, 6)], Some(Duration::from_millis(30)));
+        let took = start.elapsed();
+        assert_eq!(r, FutexWait::TimedOut);
+        assert!(
+            took >= Duration::from_millis(30) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn wait_any_returns_at_once_when_a_word_differs() {
+        let a = AtomicU32::new(5);
+        let b = AtomicU32::new(6);
+        assert_eq!(
+            OsFutex::wait_any(&[(&a, 5), (&b, 7)], None),
+            FutexWait::ValueChanged
+        );
+    }
+
+    #[test]
+    fn a_wake_on_any_word_ends_the_wait() {
+        let words = std::sync::Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let w = words.clone();
+        let t = std::thread::spawn(move || {
+            OsFutex::wait_any(&[(&w[0], 0), (&w[1], 0)], Some(Duration::from_secs(10)))
+        });
+        // Keep waking the second word until the waiter has returned.
+        while !t.is_finished() {
+            words[1].store(1, std::sync::atomic::Ordering::Release);
+            OsFutex::wake_all(&words[1]);
+            std::thread::yield_now();
+        }
+        assert_ne!(t.join().unwrap(), FutexWait::TimedOut);
+    }
+}

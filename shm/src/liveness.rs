@@ -294,7 +294,7 @@ mod tests {
     use super::*;
     use crate::Error;
     use crate::test_support::{
-        Pair, RING_READABLE_PARKED, RING_WRITABLE_PARKED, await_word, bound, pair, small_config,
+        Pair, RING_READABLE_PARKED, RING_WRITABLE_PARKED, WakeBound, await_word, bound, pair, small_config,
     };
 
     #[test]
@@ -306,11 +306,14 @@ mod tests {
             cell_seg: _c,
         } = pair(&small_config());
         let ring = host_seg.layout().rings[crate::Direction::CellToHost as usize];
-        let t = std::thread::spawn(move || host.receiver.recv(bound()).map(|m| m.len()));
+        let wake = WakeBound::new();
+        let t = std::thread::spawn(move || host.receiver.recv(wake.deadline()).map(|m| m.len()));
         await_word(&host_seg, ring.ctrl + RING_READABLE_PARKED, |v| v == 1);
         // The supervisor (here: the cell itself, on its way out) marks the cell dead.
         cell.liveness.mark_dead(Side::Cell);
-        match t.join().unwrap() {
+        let r = t.join().unwrap();
+        wake.assert_woken();
+        match r {
             Err(Error::PeerGone {
                 peer: Side::Cell,
                 state: PeerState::Dead,
@@ -336,13 +339,17 @@ mod tests {
         let Pair {
             host,
             mut cell,
-            host_seg: _h,
+            host_seg,
             cell_seg: _c,
         } = pair(&small_config());
+        let ring = host_seg.layout().rings[crate::Direction::HostToCell as usize];
         let live = cell.liveness.clone();
-        let t = std::thread::spawn(move || cell.receiver.recv(bound()).map(|m| m.len()));
+        let wake = WakeBound::new();
+        let t = std::thread::spawn(move || cell.receiver.recv(wake.deadline()).map(|m| m.len()));
+        await_word(&host_seg, ring.ctrl + RING_READABLE_PARKED, |v| v == 1);
         live.mark_dead(Side::Cell);
         assert!(matches!(t.join().unwrap(), Err(Error::Shutdown)));
+        wake.assert_woken();
         assert_eq!(host.liveness.state(Side::Cell), PeerState::Dead);
     }
 
@@ -365,13 +372,15 @@ mod tests {
         host.credit.reset(0, 0).unwrap();
         let mut credit = host.credit.sender(0, 0).unwrap();
         credit.set_wait_strategy(crate::WaitStrategy::PARK);
-        let a = std::thread::spawn(move || host.sender.producer().reserve(248, bound()).map(|_| ()));
-        let b = std::thread::spawn(move || credit.take(1, bound()));
+        let wake = WakeBound::new();
+        let a = std::thread::spawn(move || host.sender.producer().reserve(248, wake.deadline()).map(|_| ()));
+        let b = std::thread::spawn(move || credit.take(1, wake.deadline()));
         await_word(&host_seg, ring.ctrl + RING_WRITABLE_PARKED, |v| v == 1);
         await_word(&host_seg, host_seg.layout().channels + 128 + 4, |v| v & 1 != 0);
         cell.liveness.mark_dead(Side::Cell);
         assert!(matches!(a.join().unwrap(), Err(Error::PeerGone { .. })));
         assert!(matches!(b.join().unwrap(), Err(Error::PeerGone { .. })));
+        wake.assert_woken();
     }
 
     #[test]

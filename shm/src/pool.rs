@@ -586,7 +586,7 @@ impl HeldSlot {
 mod tests {
     use super::*;
     use crate::layout::Direction;
-    use crate::test_support::{Pair, bound, pair, small_config, soon};
+    use crate::test_support::{Pair, pair, small_config, soon};
 
     fn send_slot(w: &mut SlotWriter, len: usize, fill: u8) -> SlotRef {
         let mut g = w.try_alloc(len).unwrap().expect("a free slot");
@@ -650,14 +650,19 @@ mod tests {
             ),
             "{err}"
         );
+        let wake = crate::test_support::WakeBound::new();
         let t = std::thread::spawn(move || {
             host.sender.slots().set_wait_strategy(crate::WaitStrategy::PARK);
-            host.sender.slots().alloc(10, bound()).map(|g| g.capacity())
+            host.sender
+                .slots()
+                .alloc(10, wake.deadline())
+                .map(|g| g.capacity())
         });
         crate::test_support::await_word(&host_seg, released_parked, |v| v == 1);
         let held = cell.receiver_slots().open(refs[1]).unwrap();
         cell.receiver_slots().release(held).unwrap();
         assert_eq!(t.join().unwrap().unwrap(), 1024);
+        wake.assert_woken();
     }
 
     #[test]

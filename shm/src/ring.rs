@@ -604,7 +604,8 @@ mod tests {
     use super::*;
     use crate::layout::Direction;
     use crate::test_support::{
-        Pair, RING_READABLE_PARKED, RING_WRITABLE_PARKED, await_word, bound, pair, small_config, soon,
+        Pair, RING_READABLE_PARKED, RING_WRITABLE_PARKED, WakeBound, await_word, bound, pair, small_config,
+        soon,
     };
 
     fn bytes(i: usize, len: usize) -> Vec<u8> {
@@ -741,13 +742,15 @@ mod tests {
         let ring = host_seg.layout().rings[Direction::HostToCell as usize];
         let mut sender = host.sender;
         for round in 0..20u8 {
+            let wake = WakeBound::new();
             let t = std::thread::spawn(move || {
-                let r = cell.receiver.recv(bound()).map(|m| m.to_vec());
+                let r = cell.receiver.recv(wake.deadline()).map(|m| m.to_vec());
                 (cell, r)
             });
             await_word(&host_seg, ring.ctrl + RING_READABLE_PARKED, |v| v == 1);
             sender.send(&[round; 9], bound()).unwrap();
             let (c, r) = t.join().unwrap();
+            wake.assert_woken();
             assert_eq!(r.unwrap(), [round; 9]);
             cell = c;
         }
@@ -769,15 +772,17 @@ mod tests {
             .unwrap()
             .is_some_and(|g| g.commit(248).is_ok())
         {}
+        let wake = WakeBound::new();
         let t = std::thread::spawn(move || {
             host.sender
                 .producer()
-                .reserve(248, bound())
+                .reserve(248, wake.deadline())
                 .map(|g| g.commit(248))
         });
         await_word(&host_seg, ring.ctrl + RING_WRITABLE_PARKED, |v| v == 1);
         cell.receiver.recv(bound()).unwrap().finish().unwrap();
         t.join().unwrap().unwrap().unwrap();
+        wake.assert_woken();
     }
 
     fn host_recv_rule(p: &mut Pair) -> Rule {

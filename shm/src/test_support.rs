@@ -89,3 +89,27 @@ pub(crate) fn await_word(seg: &Segment, off: usize, pred: impl Fn(u32) -> bool) 
 pub(crate) const RING_READABLE_PARKED: usize = 256 + 128;
 /// Offset of a ring's `writable` doorbell `parked` word.
 pub(crate) const RING_WRITABLE_PARKED: usize = 512 + 128;
+
+/// A deadline for a wait that must end by a wake, not by the deadline: a
+/// waiter re-checks its condition when its deadline passes, so a lost wakeup
+/// would otherwise only show up as a slow test.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WakeBound(Instant);
+
+impl WakeBound {
+    pub(crate) fn new() -> Self {
+        WakeBound(Instant::now() + Duration::from_secs(5))
+    }
+
+    pub(crate) fn deadline(self) -> Option<Instant> {
+        Some(self.0)
+    }
+
+    /// Panics if the deadline has passed: the waiter was not woken.
+    pub(crate) fn assert_woken(self) {
+        assert!(
+            Instant::now() < self.0,
+            "the waiter was never woken; it returned only at its deadline"
+        );
+    }
+}
