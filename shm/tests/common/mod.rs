@@ -60,7 +60,12 @@ pub const CHILD_SEGMENT_FD: i32 = 3;
 
 /// Re-executes this test binary to run `test_name` as child `role`, with the
 /// segment fd at [`CHILD_SEGMENT_FD`] (and every other fd close-on-exec).
-pub fn spawn_child(test_name: &str, role: &str, segment: BorrowedFd<'_>, extra_env: &[(&str, String)]) -> Child {
+pub fn spawn_child(
+    test_name: &str,
+    role: &str,
+    segment: BorrowedFd<'_>,
+    extra_env: &[(&str, String)],
+) -> Child {
     let exe = std::env::current_exe().expect("current test binary");
     let mut cmd = Command::new(exe);
     cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
@@ -96,3 +101,40 @@ pub fn inherited_segment_fd() -> std::os::fd::OwnedFd {
     // else in this process owns it.
     unsafe { std::os::fd::FromRawFd::from_raw_fd(CHILD_SEGMENT_FD) }
 }
+
+/// A read-only view of a segment, to watch words the library keeps private
+/// (such as a doorbell's parked flag) from a test.
+pub struct Watch {
+    map: memmap2::MmapRaw,
+}
+
+impl Watch {
+    pub fn new(seg: &osmos_shm::Segment) -> Self {
+        let map = memmap2::MmapOptions::new()
+            .len(seg.layout().total)
+            .map_raw_read_only(seg.fd().as_raw_fd())
+            .expect("map segment read-only");
+        Watch { map }
+    }
+
+    /// Waits (bounded, yielding) until the u32 at `off` satisfies `pred`.
+    pub fn await_word(&self, off: usize, what: &str, pred: impl Fn(u32) -> bool) {
+        assert!(off + 4 <= self.map.len() && off % 4 == 0);
+        // SAFETY: in bounds and aligned (asserted); an atomic view of shared
+        // memory is valid for any bit pattern; the mapping outlives `word`.
+        let word = unsafe { std::sync::atomic::AtomicU32::from_ptr(self.map.as_mut_ptr().add(off).cast()) };
+        let start = std::time::Instant::now();
+        while !pred(word.load(std::sync::atomic::Ordering::Acquire)) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "timed out waiting until {what}"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Offset, within a ring control block, of the `readable` doorbell's parked word.
+pub const RING_READABLE_PARKED: usize = 256 + 128;
+/// Offset, within a ring control block, of the `writable` doorbell's parked word.
+pub const RING_WRITABLE_PARKED: usize = 512 + 128;
