@@ -125,6 +125,15 @@ impl CreditTable {
         self.len == 0
     }
 
+    fn check_initial(initial: u32) -> Result<()> {
+        if initial > MAX_WINDOW {
+            return Err(Error::InvalidArgument {
+                reason: format!("initial credit {initial} exceeds the 2^31-byte window"),
+            });
+        }
+        Ok(())
+    }
+
     fn entry(&self, channel: u32) -> Result<NonNull<CreditEntry>> {
         if channel >= self.len {
             return Err(Error::InvalidArgument {
@@ -141,6 +150,7 @@ impl CreditTable {
     /// Reinitializes a channel's counters: `initial` bytes granted, nothing
     /// sent, no state bits. Call before announcing the channel to the peer.
     pub fn reset(&self, channel: u32, initial: u32) -> Result<()> {
+        Self::check_initial(initial)?;
         let e = self.entry(channel)?;
         // SAFETY: valid while `self.keep` lives.
         let e = unsafe { e.as_ref() };
@@ -153,6 +163,7 @@ impl CreditTable {
 
     /// The sending end of `channel`, starting from `initial` bytes of credit.
     pub fn sender(&self, channel: u32, initial: u32) -> Result<CreditSender> {
+        Self::check_initial(initial)?;
         let entry = self.entry(channel)?;
         Ok(CreditSender {
             entry,
@@ -167,6 +178,7 @@ impl CreditTable {
 
     /// The receiving end of `channel`, having granted `initial` bytes.
     pub fn receiver(&self, channel: u32, initial: u32) -> Result<CreditReceiver> {
+        Self::check_initial(initial)?;
         let entry = self.entry(channel)?;
         Ok(CreditReceiver {
             entry,
@@ -364,7 +376,7 @@ impl CreditReceiver {
 
     /// Grants `n` more bytes and wakes the sender if it is parked.
     pub fn grant(&mut self, n: u32) -> Result<()> {
-        if n > MAX_WINDOW - self.outstanding() {
+        if n > MAX_WINDOW.saturating_sub(self.outstanding()) {
             return Err(Error::InvalidArgument {
                 reason: format!(
                     "granting {n} bytes would open channel {} past the 2^31-byte window ({} outstanding)",
@@ -539,5 +551,19 @@ mod tests {
         ));
         let mut rx = p.host.credit.receiver(0, 10).unwrap();
         assert!(matches!(rx.grant(u32::MAX), Err(Error::InvalidArgument { .. })));
+        for initial in [(1u32 << 31) + 1, u32::MAX] {
+            assert!(matches!(
+                p.host.credit.receiver(0, initial),
+                Err(Error::InvalidArgument { .. })
+            ));
+            assert!(matches!(
+                p.host.credit.sender(0, initial),
+                Err(Error::InvalidArgument { .. })
+            ));
+            assert!(matches!(
+                p.host.credit.reset(0, initial),
+                Err(Error::InvalidArgument { .. })
+            ));
+        }
     }
 }

@@ -18,6 +18,7 @@
 
 use std::fmt;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
@@ -148,6 +149,10 @@ pub struct Liveness {
     /// Invariant: valid while `_keep` lives.
     words: NonNull<LivenessWords>,
     side: Side,
+    /// 1 once this side has been shut down, else 0. Process-local (the peer
+    /// cannot write it) and shared by every handle of one segment mapping;
+    /// waiters sleep on it, so a shutdown wakes them.
+    shutdown: Arc<AtomicU32>,
     _keep: Keepalive,
 }
 
@@ -171,10 +176,16 @@ impl Liveness {
     /// # Safety
     ///
     /// `words` must stay valid while `keep` lives.
-    pub(crate) unsafe fn new(words: NonNull<LivenessWords>, side: Side, keep: Keepalive) -> Self {
+    pub(crate) unsafe fn new(
+        words: NonNull<LivenessWords>,
+        side: Side,
+        shutdown: Arc<AtomicU32>,
+        keep: Keepalive,
+    ) -> Self {
         Self {
             words,
             side,
+            shutdown,
             _keep: keep,
         }
     }
@@ -216,6 +227,12 @@ impl Liveness {
     /// re-checks and returns instead of sleeping. A supervisor calls this for
     /// a peer it saw exit; a side calls it for itself on shutdown.
     pub fn mark_dead(&self, side: Side) {
+        if side == self.side {
+            // ORDERING: Release pairs with the Acquire snapshot in
+            // `doorbell::park_loop`, as for the shared word below.
+            self.shutdown.store(1, Ordering::Release);
+            PlatformFutex::wake_all(&self.shutdown);
+        }
         let word = &self.words().side(side).state;
         // ORDERING: Release pairs with the Acquire snapshot in
         // `doorbell::park_loop`; a waiter whose snapshot predates this store
@@ -224,21 +241,23 @@ impl Liveness {
         PlatformFutex::wake_all(word);
     }
 
-    /// The state words of (this side, the peer), for sleeping on.
+    /// The words a waiter sleeps on besides its condition: this side's
+    /// process-local shutdown word and the peer's shared state word.
     pub(crate) fn state_words(&self) -> (&AtomicU32, &AtomicU32) {
-        let w = self.words();
-        (&w.side(self.side).state, &w.side(self.side.peer()).state)
+        (&self.shutdown, &self.words().side(self.side.peer()).state)
     }
 
-    /// `check`, from state words already copied out.
-    pub(crate) fn check_words(&self, own: u32, peer: u32) -> crate::Result<()> {
+    /// `check`, from the words of [`Liveness::state_words`] already copied out.
+    /// This side's own shared state word is never consulted: a peer could
+    /// write it, and must not be able to shut this side down.
+    pub(crate) fn check_words(&self, shutdown: u32, peer: u32) -> crate::Result<()> {
         if peer == PeerState::Dead.to_word() {
             return Err(crate::Error::PeerGone {
                 peer: self.side.peer(),
                 state: PeerState::Dead,
             });
         }
-        if own == PeerState::Dead.to_word() {
+        if shutdown != 0 {
             return Err(crate::Error::Shutdown);
         }
         Ok(())
@@ -279,11 +298,12 @@ impl Liveness {
         let block = std::sync::Arc::new(LivenessWords::default());
         let ptr = NonNull::from(&*block);
         let keep: Keepalive = block;
+        let (host, cell) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         // SAFETY: `block` is owned by `keep`.
         unsafe {
             (
-                Self::new(ptr, Side::Host, keep.clone()),
-                Self::new(ptr, Side::Cell, keep),
+                Self::new(ptr, Side::Host, host, keep.clone()),
+                Self::new(ptr, Side::Cell, cell, keep),
             )
         }
     }
@@ -381,6 +401,26 @@ mod tests {
         assert!(matches!(a.join().unwrap(), Err(Error::PeerGone { .. })));
         assert!(matches!(b.join().unwrap(), Err(Error::PeerGone { .. })));
         wake.assert_woken();
+    }
+
+    #[test]
+    fn a_peer_cannot_shut_this_side_down() {
+        let mut p = pair(&small_config());
+        // A hostile cell writes `Dead` into the host's own state word.
+        let host_line = p.cell_seg.layout().liveness;
+        // SAFETY: the host's state word is inside the segment.
+        unsafe { p.cell_seg.raw_at(host_line).cast::<u32>().write(3) };
+        assert!(p.host.liveness.check().is_ok());
+        let err = p
+            .host
+            .receiver
+            .recv(crate::test_support::soon(5))
+            .map(|m| m.len())
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        // A real local shutdown still works.
+        p.host.liveness.mark_dead(Side::Host);
+        assert!(matches!(p.host.liveness.check(), Err(Error::Shutdown)));
     }
 
     #[test]

@@ -433,13 +433,23 @@ impl FrameConsumer {
     }
 
     /// Validates the next frame, consuming padding; `Ok(None)` if empty.
+    ///
+    /// Reloads the producer's tail at most once per call, so the padding
+    /// consumed in one call is bounded by what was published at that moment
+    /// (at most two pads): a producer that keeps republishing padding cannot
+    /// hold the caller here.
     fn next_frame(&mut self) -> Result<Option<FrameMeta>> {
         if let Some(m) = self.current {
             return Ok(Some(m));
         }
+        let mut refreshed = false;
         loop {
             if self.head == self.tail_seen {
+                if refreshed {
+                    return Ok(None);
+                }
                 self.refresh_tail()?;
+                refreshed = true;
                 if self.head == self.tail_seen {
                     return Ok(None);
                 }
@@ -727,7 +737,7 @@ mod tests {
         assert!(matches!(g.write(5, &[0; 6]), Err(Error::InvalidArgument { .. })));
         assert!(matches!(g.commit(11), Err(Error::InvalidArgument { .. })));
         // Neither the failed commit nor a dropped grant published anything.
-        drop(prod.try_reserve(10).unwrap().unwrap());
+        let _abandoned = prod.try_reserve(10).unwrap().unwrap();
         assert!(p.cell.receiver.try_recv().unwrap().is_none());
     }
 
@@ -843,6 +853,48 @@ mod tests {
         p.cell.sender.send(&[1; 100], bound()).unwrap();
         poke(&p, ring.data + 15 * 256, 1u64 << 32 | 256);
         assert_eq!(host_recv_rule(&mut p), Rule::FrameContiguous);
+    }
+
+    #[test]
+    fn a_producer_republishing_padding_cannot_hold_the_consumer() {
+        let p = pair(&small_config());
+        let ring = ring_of(&p, Direction::CellToHost);
+        let cap = ring.bytes as u64;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let Pair {
+            mut host,
+            cell_seg,
+            host_seg,
+            cell: _c,
+        } = p;
+        let scribbler = {
+            let stop = stop.clone();
+            // SAFETY (for the raw accesses below): head, tail and the first
+            // data word are inside the segment and 8-aligned; atomic views
+            // of shared memory are valid for any bit pattern.
+            let head = unsafe { AtomicU64::from_ptr(cell_seg.raw_at(ring.ctrl).cast()) };
+            let tail = unsafe { AtomicU64::from_ptr(cell_seg.raw_at(ring.ctrl + 128).cast()) };
+            let first = unsafe { AtomicU64::from_ptr(cell_seg.raw_at(ring.data).cast()) };
+            std::thread::spawn(move || {
+                let _keep = cell_seg;
+                // A whole-ring padding frame at offset 0, republished after
+                // every lap the consumer makes.
+                first.store((cap - 8) | 3 << 32, Ordering::Release);
+                while !stop.load(Ordering::Relaxed) {
+                    tail.store(head.load(Ordering::Acquire) + cap, Ordering::Release);
+                }
+            })
+        };
+        // SAFETY: the head word is inside the host's mapping, 8-aligned.
+        let head_word = unsafe { AtomicU64::from_ptr(host_seg.raw_at(ring.ctrl).cast()) };
+        for _ in 0..20_000 {
+            let before = head_word.load(Ordering::Acquire);
+            assert!(host.receiver.try_recv().unwrap().is_none());
+            let laps = (head_word.load(Ordering::Acquire) - before) / cap;
+            assert!(laps <= 2, "one try_recv consumed {laps} laps of padding");
+        }
+        stop.store(true, Ordering::Relaxed);
+        scribbler.join().unwrap();
     }
 
     #[test]

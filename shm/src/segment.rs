@@ -18,7 +18,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -48,6 +48,8 @@ pub struct Segment {
     side: Side,
     epoch: u32,
     endpoint_taken: AtomicBool,
+    /// This side's process-local shutdown word, shared by its liveness handles.
+    shutdown: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -84,6 +86,7 @@ impl Segment {
             side: Side::Host,
             epoch,
             endpoint_taken: AtomicBool::new(false),
+            shutdown: Arc::new(AtomicU32::new(0)),
         };
         let live = seg.liveness();
         live.set_epoch(epoch);
@@ -130,6 +133,7 @@ impl Segment {
             side: Side::Cell,
             epoch,
             endpoint_taken: AtomicBool::new(false),
+            shutdown: Arc::new(AtomicU32::new(0)),
         };
         let live = seg.liveness();
         live.set_epoch(epoch);
@@ -188,6 +192,7 @@ impl Segment {
             Liveness::new(
                 self.at::<LivenessWords>(self.layout.liveness),
                 self.side,
+                self.shutdown.clone(),
                 self.keep(),
             )
         }

@@ -16,7 +16,7 @@ pub(crate) type PlatformFutex = crate::futex::OsFutex;
 /// and panics on a violation, which can only be a bug in this crate (never a
 /// consequence of what the peer wrote, because callers validate peer-supplied
 /// values before they become offsets).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct SharedBytes {
     /// Start of the window. Invariant: valid for reads and writes of `len`
     /// bytes for as long as the owning mapping lives (the handle that holds a
