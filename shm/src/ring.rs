@@ -869,11 +869,11 @@ mod tests {
         } = p;
         let scribbler = {
             let stop = stop.clone();
-            // SAFETY (for the raw accesses below): head, tail and the first
-            // data word are inside the segment and 8-aligned; atomic views
-            // of shared memory are valid for any bit pattern.
+            // SAFETY: inside the segment, 8-aligned; the mapping is kept by the thread.
             let head = unsafe { AtomicU64::from_ptr(cell_seg.raw_at(ring.ctrl).cast()) };
+            // SAFETY: inside the segment, 8-aligned; the mapping is kept by the thread.
             let tail = unsafe { AtomicU64::from_ptr(cell_seg.raw_at(ring.ctrl + 128).cast()) };
+            // SAFETY: inside the segment, 8-aligned; the mapping is kept by the thread.
             let first = unsafe { AtomicU64::from_ptr(cell_seg.raw_at(ring.data).cast()) };
             std::thread::spawn(move || {
                 let _keep = cell_seg;
