@@ -68,12 +68,14 @@ impl Doorbell {
         }
     }
 
-    /// Waits until `check` returns `Some`, parking on this bell.
-    pub(crate) fn wait_until<T>(
-        &self,
-        ctx: &WaitCtx<'_>,
-        check: impl FnMut() -> Result<Option<T>>,
-    ) -> Result<T> {
+    /// Waits until `check` returns `Some`, spinning or yielding first as
+    /// `ctx.strategy` allows, then parking on this bell. `check` must read
+    /// the condition with Acquire loads, and whoever makes it true must
+    /// publish it (Release) before calling [`ring`](Self::ring). Returns
+    /// [`Error::PeerGone`] if the peer dies, [`Error::Shutdown`] if this side
+    /// is shut down, [`Error::Timeout`] at `ctx.deadline`, or the first error
+    /// `check` returns.
+    pub fn wait_until<T>(&self, ctx: &WaitCtx<'_>, check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
         wait_until(ctx, &self.seq, None, ParkFlag::Word(&self.parked), check)
     }
 }

@@ -80,18 +80,7 @@ impl Segment {
         // SAFETY: the mapping is `layout.total >= HEADER_BYTES` bytes, page
         // aligned, and nobody else has the fd yet.
         unsafe { map.as_mut_ptr().cast::<RawHeader>().write(header) };
-        let seg = Segment {
-            mapped: Arc::new(Mapped { map, fd }),
-            layout,
-            side: Side::Host,
-            epoch,
-            endpoint_taken: AtomicBool::new(false),
-            shutdown: Arc::new(AtomicU32::new(0)),
-        };
-        let live = seg.liveness();
-        live.set_epoch(epoch);
-        live.publish(PeerState::Attached);
-        Ok(seg)
+        Ok(Segment::attached(map, fd, layout, Side::Host, epoch))
     }
 
     /// Attaches to a segment created by a host (cell side): checks the seals,
@@ -127,10 +116,15 @@ impl Segment {
                 layout.total
             )));
         }
+        Ok(Segment::attached(map, fd, layout, Side::Cell, epoch))
+    }
+
+    /// Wraps a validated mapping and publishes this side as attached to `epoch`.
+    fn attached(map: MmapRaw, fd: OwnedFd, layout: Layout, side: Side, epoch: u32) -> Segment {
         let seg = Segment {
             mapped: Arc::new(Mapped { map, fd }),
             layout,
-            side: Side::Cell,
+            side,
             epoch,
             endpoint_taken: AtomicBool::new(false),
             shutdown: Arc::new(AtomicU32::new(0)),
@@ -138,7 +132,7 @@ impl Segment {
         let live = seg.liveness();
         live.set_epoch(epoch);
         live.publish(PeerState::Attached);
-        Ok(seg)
+        seg
     }
 
     /// The memfd, to hand to the cell.

@@ -30,6 +30,9 @@ impl Futex for ModelFutex {
     fn wait_any(words: &[(&AtomicU32, u32)], _timeout: Option<Duration>) -> FutexWait {
         let (lock, cv) = &*BUCKET;
         let guard = lock.lock().unwrap();
+        // ORDERING: SeqCst stands for the kernel's compare, which runs under
+        // the futex hash-bucket lock with full barriers; the bucket mutex
+        // orders it against `wake_all`.
         if words
             .iter()
             .any(|(w, expected)| w.load(Ordering::SeqCst) != *expected)
