@@ -1,7 +1,7 @@
 //! Loom models of every lock-free structure in the crate.
 //!
 //! Run with:
-//! `RUSTFLAGS="--cfg osmos_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p osmos-shm --release --lib loom`
+//! `RUSTFLAGS="--cfg osmos_loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p osmos-shm --release --lib loom`
 //!
 //! Each model is small and deterministic. Shared bytes are loom cells, so a
 //! frame or slot byte read without a happens-before edge to its write fails
