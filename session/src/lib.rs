@@ -1,11 +1,13 @@
-//! # osmos-session (not built yet)
+//! # osmos-session: one RPC session state machine over any link
 //!
-//! Will hold the transport-agnostic RPC session layer of osmos: the wire
-//! types (encoded with facet-postcard), the `Link` trait and its three links
-//! (in-memory, Unix/TCP byte stream, and shared memory over `osmos-shm`), and
-//! one session state machine over all of them — handshake, root and virtual
-//! connections, calls with cancellation and deadlines, typed streaming
-//! channels with per-channel credit, keepalive and goodbye — plus service
-//! definitions that give a typed client and a dispatcher.
+//! The transport-agnostic session layer of osmos (in progress).
 //!
-//! This crate currently contains no code; nothing here is usable yet.
+//! - [`wire`]: the messages, as facet types encoded with facet-postcard.
+//! - [`link`]: the [`Link`](link::Link) trait every transport implements.
+//!
+//! Still to come: the session state machine (handshake, connections, calls,
+//! cancellation, deadlines, keepalive), typed channels with flow control,
+//! service definitions, and the shm link.
+
+pub mod link;
+pub mod wire;

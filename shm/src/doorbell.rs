@@ -211,7 +211,7 @@ fn busy_phase<T>(
         }
         i = i.wrapping_add(1);
         // Reading the clock costs ~20 ns; look at it every 64 rounds.
-        if i % 64 == 0 && start.elapsed() >= budget {
+        if i.is_multiple_of(64) && start.elapsed() >= budget {
             return Ok(None);
         }
     }

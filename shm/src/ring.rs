@@ -181,7 +181,7 @@ impl FrameProducer {
         // store of `head`: its reads of the space it released are done.
         let h = self.mem.ctrl().head.load(Ordering::Acquire);
         // Valid iff head_seen <= h <= tail, computed without overflow.
-        if h.wrapping_sub(self.head_seen) > self.tail.wrapping_sub(self.head_seen) || h % 8 != 0 {
+        if h.wrapping_sub(self.head_seen) > self.tail.wrapping_sub(self.head_seen) || !h.is_multiple_of(8) {
             return Err(Error::violation(
                 Rule::RingHeadInRange,
                 format!(
@@ -411,7 +411,7 @@ impl FrameConsumer {
         let t = self.mem.ctrl().tail.load(Ordering::Acquire);
         // Valid iff tail_seen <= t <= head + cap, computed without overflow.
         let ahead = t.wrapping_sub(self.head);
-        if ahead > self.cap || ahead < self.tail_seen - self.head || t % 8 != 0 {
+        if ahead > self.cap || ahead < self.tail_seen - self.head || !t.is_multiple_of(8) {
             return Err(Error::violation(
                 Rule::RingTailInRange,
                 format!(

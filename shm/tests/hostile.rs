@@ -200,7 +200,7 @@ impl CellMem {
 
     fn word64(&self, off: usize) -> &AtomicU64 {
         assert!(
-            off % 8 == 0 && off + 8 <= self.len(),
+            off.is_multiple_of(8) && off + 8 <= self.len(),
             "test bug: u64 at {off} outside the segment"
         );
         // SAFETY: in bounds and 8-aligned (the mapping is page-aligned), and
@@ -213,7 +213,7 @@ impl CellMem {
 
     fn word32(&self, off: usize) -> &AtomicU32 {
         assert!(
-            off % 4 == 0 && off + 4 <= self.len(),
+            off.is_multiple_of(4) && off + 4 <= self.len(),
             "test bug: u32 at {off} outside the segment"
         );
         // SAFETY: as in `word64`, with 4-byte alignment.

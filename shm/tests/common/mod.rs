@@ -119,7 +119,7 @@ impl Watch {
 
     /// Waits (bounded, yielding) until the u32 at `off` satisfies `pred`.
     pub fn await_word(&self, off: usize, what: &str, pred: impl Fn(u32) -> bool) {
-        assert!(off + 4 <= self.map.len() && off % 4 == 0);
+        assert!(off + 4 <= self.map.len() && off.is_multiple_of(4));
         // SAFETY: in bounds and aligned (asserted); an atomic view of shared
         // memory is valid for any bit pattern; the mapping outlives `word`.
         let word = unsafe { std::sync::atomic::AtomicU32::from_ptr(self.map.as_mut_ptr().add(off).cast()) };

@@ -1,0 +1,1 @@
+//! In-memory link: a connected pair in one process (not built yet).

@@ -1,0 +1,156 @@
+//! Links: ordered, reliable carriers of whole frames between two peers.
+//!
+//! The session runs unchanged over any [`Link`]. A link is split into a
+//! sending half ([`LinkTx`]) and a receiving half ([`LinkRx`]), used by
+//! different tasks. Sending has a reservation step: [`LinkTx::reserve`] waits
+//! (asynchronously) until a frame of the given size can be written — this is
+//! where backpressure reaches the session — and hands out a [`SendPermit`]
+//! whose buffer the session encodes into in place, then commits. A permit
+//! dropped without [`SendPermit::commit`] sends nothing. Receiving hands out a
+//! frame that may borrow the link's memory (the shm link lends the frame in
+//! place) until the next receive.
+//!
+//! Links: [`memory`] (an in-process pair, for tests and in-process peers) and
+//! [`stream`] (length-prefixed frames over Unix or TCP sockets). The shm link
+//! runs over `osmos-shm`.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+
+pub mod memory;
+pub mod stream;
+
+/// How a link carries per-channel flow-control credit.
+#[derive(Clone, Debug)]
+pub enum CreditMode {
+    /// Credit travels as `GrantCredit` messages on the link itself.
+    Messages,
+    /// Credit lives in the shared channel table of an `osmos-shm` segment.
+    SharedTable(osmos_shm::CreditTable),
+}
+
+/// Why a link failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The peer closed its end (or it was dropped).
+    Closed,
+    /// The peer is gone: dead, or its end of the link broke.
+    PeerGone {
+        /// What happened, e.g. "connection reset by peer" or "cell died".
+        detail: String,
+    },
+    /// A frame is larger than the link allows.
+    FrameTooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The link's maximum.
+        max: usize,
+    },
+    /// The peer broke the link's framing rules; the link is unusable.
+    Violation {
+        /// The rule, e.g. `stream.length-in-bounds`.
+        rule: &'static str,
+        /// What was seen.
+        detail: String,
+    },
+    /// An I/O error from the operating system.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::Closed => f.write_str("the link was closed by the peer"),
+            LinkError::PeerGone { detail } => write!(f, "the peer is gone: {detail}"),
+            LinkError::FrameTooLarge { len, max } => {
+                write!(
+                    f,
+                    "frame of {len} bytes exceeds the link's maximum of {max} bytes"
+                )
+            }
+            LinkError::Violation { rule, detail } => {
+                write!(f, "the peer broke the link's framing [{rule}]: {detail}")
+            }
+            LinkError::Io(e) => write!(f, "link I/O failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LinkError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for LinkError {
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            UnexpectedEof | BrokenPipe | ConnectionReset | ConnectionAborted => LinkError::PeerGone {
+                detail: e.to_string(),
+            },
+            _ => LinkError::Io(e),
+        }
+    }
+}
+
+/// A bidirectional link, before it is split.
+pub trait Link: Send + 'static {
+    /// The sending half.
+    type Tx: LinkTx;
+    /// The receiving half.
+    type Rx: LinkRx;
+
+    /// Largest frame this link carries, in bytes.
+    fn max_frame(&self) -> usize;
+
+    /// How channel credit travels on this link.
+    fn credit_mode(&self) -> CreditMode;
+
+    /// Splits the link into its halves.
+    fn split(self) -> (Self::Tx, Self::Rx);
+}
+
+/// The sending half of a link. Frames arrive in the order they are committed.
+pub trait LinkTx: Send + 'static {
+    /// A reservation for one frame.
+    type Permit<'a>: SendPermit
+    where
+        Self: 'a;
+
+    /// Waits until a frame of exactly `len` bytes can be sent, and reserves it.
+    /// Fails with [`LinkError::FrameTooLarge`] if `len` exceeds
+    /// [`Link::max_frame`], and with the link's error if it broke.
+    fn reserve(&mut self, len: usize) -> impl Future<Output = Result<Self::Permit<'_>, LinkError>> + Send;
+
+    /// Sends everything committed so far and closes this direction; the peer's
+    /// next receive returns `Ok(None)` once it has read the earlier frames.
+    fn close(&mut self) -> impl Future<Output = Result<(), LinkError>> + Send;
+}
+
+/// Space for one frame. Fill [`buf`](SendPermit::buf), then
+/// [`commit`](SendPermit::commit); dropping the permit sends nothing.
+pub trait SendPermit: Send {
+    /// The frame's bytes, exactly the reserved length.
+    fn buf(&mut self) -> &mut [u8];
+
+    /// Sends the frame.
+    fn commit(self) -> impl Future<Output = Result<(), LinkError>> + Send;
+}
+
+/// The receiving half of a link.
+pub trait LinkRx: Send + 'static {
+    /// A received frame; it may borrow the link until dropped.
+    type Frame<'a>: Deref<Target = [u8]> + Send
+    where
+        Self: 'a;
+
+    /// The next frame; `Ok(None)` once the peer closed its sending half
+    /// cleanly and every earlier frame was received.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Self::Frame<'_>>, LinkError>> + Send;
+}

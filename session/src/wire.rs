@@ -1,0 +1,409 @@
+//! Wire types: every message a session sends, as facet types encoded with
+//! facet-postcard.
+//!
+//! One frame carries one [`Message`]. Byte payloads (`args`, `result`,
+//! `payload`) are already-encoded facet-postcard values of the user's types,
+//! borrowed in place when decoding (`from_slice_borrowed`), so a large
+//! payload is never copied by the envelope decoder.
+//!
+//! Messages fall in groups:
+//! - handshake: [`Message::Hello`], [`Message::HelloYourself`];
+//! - session: [`Message::ProtocolError`], [`Message::Goodbye`],
+//!   [`Message::Ping`], [`Message::Pong`];
+//! - connections: `ConnectionOpen` / `Accept` / `Reject` / `Close`;
+//! - requests: [`Message::Call`], [`Message::Response`], [`Message::Cancel`];
+//! - channels: [`Message::Item`], [`Message::Close`], [`Message::Reset`],
+//!   [`Message::GrantCredit`].
+//!
+//! Identifiers (connections, requests, channels) are chosen by the side that
+//! creates them: the initiator of a session uses odd numbers, the acceptor
+//! even ones, so the two never collide. Connection 0 is the root connection.
+
+use facet::Facet;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Limits each side announces in its hello. Each side obeys the limits the
+/// *peer* announced and enforces its own on what it receives.
+#[derive(Facet, Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Largest encoded message this side accepts, in bytes.
+    pub max_payload: u32,
+    /// Bytes of credit a channel this side receives on starts with.
+    pub initial_credit: u32,
+    /// Most calls this side serves at once; the peer queues past it.
+    pub max_concurrent_requests: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_payload: 4 << 20,
+            initial_credit: 256 << 10,
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+/// One metadata value.
+#[derive(Facet, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MetaValue {
+    /// A string.
+    Str(String),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+    /// A number.
+    U64(u64),
+}
+
+/// One metadata entry: a key and its value.
+#[derive(Facet, Clone, Debug, PartialEq, Eq)]
+pub struct MetaEntry {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: MetaValue,
+}
+
+/// Key/value metadata attached to calls, responses and connections.
+pub type Metadata = Vec<MetaEntry>;
+
+/// How a call ended, as carried by a [`Message::Response`].
+///
+/// The user's success value and error value are encoded by the typed layer;
+/// the protocol failures are the session's own, so a peer that does not know
+/// the method still answers in a form the caller understands.
+#[derive(Facet, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome<'a> {
+    /// The handler succeeded; the encoded return value.
+    Ok(&'a [u8]),
+    /// The handler failed with the service's error type; the encoded error.
+    UserError(&'a [u8]),
+    /// No method with this id on this connection.
+    UnknownMethod,
+    /// The arguments could not be decoded as the method's argument types.
+    InvalidPayload(String),
+    /// The call was cancelled.
+    Cancelled,
+    /// The handler panicked or the callee failed internally.
+    Internal(String),
+}
+
+/// Every message of the protocol.
+#[derive(Facet, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Message<'a> {
+    /// Sent first by the initiator.
+    Hello {
+        /// The protocol version the initiator speaks.
+        version: u32,
+        /// The initiator's limits.
+        settings: Settings,
+    },
+    /// The acceptor's answer to [`Message::Hello`].
+    HelloYourself {
+        /// The protocol version the acceptor speaks.
+        version: u32,
+        /// The acceptor's limits.
+        settings: Settings,
+    },
+    /// The sender saw the receiver break a protocol rule and ends the session.
+    ProtocolError {
+        /// The dotted name of the broken rule, e.g. `request.unique`.
+        rule: String,
+        /// What was seen.
+        detail: String,
+    },
+    /// The sender ends the session in an orderly way.
+    Goodbye {
+        /// Why.
+        reason: String,
+    },
+    /// Keepalive probe; answered by [`Message::Pong`] with the same nonce.
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+    },
+    /// Keepalive answer.
+    Pong {
+        /// The nonce of the ping.
+        nonce: u64,
+    },
+    /// Opens a virtual connection.
+    ConnectionOpen {
+        /// The new connection's id (the opener's parity).
+        conn: u64,
+        /// What the opener asks for (e.g. a service name).
+        metadata: Metadata,
+    },
+    /// Accepts a [`Message::ConnectionOpen`].
+    ConnectionAccept {
+        /// The connection.
+        conn: u64,
+        /// Anything the acceptor wants to say.
+        metadata: Metadata,
+    },
+    /// Refuses a [`Message::ConnectionOpen`].
+    ConnectionReject {
+        /// The connection.
+        conn: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Closes a virtual connection; its calls in flight fail.
+    ConnectionClose {
+        /// The connection.
+        conn: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Calls a method.
+    Call {
+        /// The connection the method is served on.
+        conn: u64,
+        /// The request id (the caller's parity), unique while in flight.
+        request: u64,
+        /// The method id: a stable hash of `Service.method`.
+        method: u64,
+        /// Call metadata.
+        metadata: Metadata,
+        /// Channels passed in the arguments.
+        channels: Vec<u64>,
+        /// The encoded arguments.
+        args: &'a [u8],
+    },
+    /// Answers a call.
+    Response {
+        /// The connection.
+        conn: u64,
+        /// The request being answered.
+        request: u64,
+        /// Response metadata.
+        metadata: Metadata,
+        /// Channels passed in the return value.
+        channels: Vec<u64>,
+        /// How the call ended.
+        outcome: Outcome<'a>,
+    },
+    /// The caller no longer wants the answer; the callee aborts the handler.
+    Cancel {
+        /// The connection.
+        conn: u64,
+        /// The request to cancel.
+        request: u64,
+    },
+    /// One item on a channel.
+    Item {
+        /// The channel.
+        channel: u64,
+        /// The encoded item.
+        payload: &'a [u8],
+    },
+    /// The sender of a channel is done; no more items follow.
+    Close {
+        /// The channel.
+        channel: u64,
+    },
+    /// Either end abandons a channel.
+    Reset {
+        /// The channel.
+        channel: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The receiver of a channel grants the sender more bytes.
+    GrantCredit {
+        /// The channel.
+        channel: u64,
+        /// Additional bytes the sender may send.
+        bytes: u32,
+    },
+}
+
+impl Message<'_> {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::HelloYourself { .. } => "HelloYourself",
+            Message::ProtocolError { .. } => "ProtocolError",
+            Message::Goodbye { .. } => "Goodbye",
+            Message::Ping { .. } => "Ping",
+            Message::Pong { .. } => "Pong",
+            Message::ConnectionOpen { .. } => "ConnectionOpen",
+            Message::ConnectionAccept { .. } => "ConnectionAccept",
+            Message::ConnectionReject { .. } => "ConnectionReject",
+            Message::ConnectionClose { .. } => "ConnectionClose",
+            Message::Call { .. } => "Call",
+            Message::Response { .. } => "Response",
+            Message::Cancel { .. } => "Cancel",
+            Message::Item { .. } => "Item",
+            Message::Close { .. } => "Close",
+            Message::Reset { .. } => "Reset",
+            Message::GrantCredit { .. } => "GrantCredit",
+        }
+    }
+}
+
+/// Encodes `value` into a new buffer.
+pub fn encode<'f, T: Facet<'f>>(value: &T) -> Result<Vec<u8>, String> {
+    facet_postcard::to_vec(value).map_err(|e| e.to_string())
+}
+
+/// Encodes a message straight into `dest` once its size is known: returns the
+/// plan whose [`total_size`](facet_postcard::ScatterPlan::total_size) to
+/// reserve and whose [`write_into`](facet_postcard::ScatterPlan::write_into)
+/// fills the reservation. Byte payloads are copied once, as whole slices.
+pub fn plan<'a, T: Facet<'a>>(value: &'a T) -> Result<facet_postcard::ScatterPlan<'a>, String> {
+    facet_postcard::to_scatter_plan(value).map_err(|e| e.to_string())
+}
+
+/// Decodes a message, borrowing its byte payloads from `frame`.
+pub fn decode(frame: &[u8]) -> Result<Message<'_>, String> {
+    facet_postcard::from_slice_borrowed(frame).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(m: Message<'_>) {
+        let bytes = encode(&m).unwrap();
+        let p = plan(&m).unwrap();
+        let mut planned = vec![0; p.total_size()];
+        p.write_into(&mut planned).unwrap();
+        assert_eq!(bytes, planned, "{} plan and vec agree", m.kind());
+        assert_eq!(decode(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let meta = vec![
+            MetaEntry {
+                key: "trace".into(),
+                value: MetaValue::Str("abc".into()),
+            },
+            MetaEntry {
+                key: "n".into(),
+                value: MetaValue::U64(u64::MAX),
+            },
+            MetaEntry {
+                key: "b".into(),
+                value: MetaValue::Bytes(vec![0, 255]),
+            },
+        ];
+        let big = vec![0x5a; 100_000];
+        let all = vec![
+            Message::Hello {
+                version: PROTOCOL_VERSION,
+                settings: Settings::default(),
+            },
+            Message::HelloYourself {
+                version: 9,
+                settings: Settings::default(),
+            },
+            Message::ProtocolError {
+                rule: "request.unique".into(),
+                detail: "id 3".into(),
+            },
+            Message::Goodbye { reason: "bye".into() },
+            Message::Ping { nonce: 1 },
+            Message::Pong { nonce: u64::MAX },
+            Message::ConnectionOpen {
+                conn: 3,
+                metadata: meta.clone(),
+            },
+            Message::ConnectionAccept {
+                conn: 3,
+                metadata: vec![],
+            },
+            Message::ConnectionReject {
+                conn: 3,
+                reason: "no".into(),
+            },
+            Message::ConnectionClose {
+                conn: 3,
+                reason: "done".into(),
+            },
+            Message::Call {
+                conn: 0,
+                request: 7,
+                method: 0xfeed,
+                metadata: meta,
+                channels: vec![1, 3],
+                args: &big,
+            },
+            Message::Response {
+                conn: 0,
+                request: 7,
+                metadata: vec![],
+                channels: vec![],
+                outcome: Outcome::Ok(&big[..10]),
+            },
+            Message::Response {
+                conn: 0,
+                request: 9,
+                metadata: vec![],
+                channels: vec![],
+                outcome: Outcome::InvalidPayload("x".into()),
+            },
+            Message::Cancel { conn: 0, request: 7 },
+            Message::Item {
+                channel: 5,
+                payload: &[1, 2, 3],
+            },
+            Message::Close { channel: 5 },
+            Message::Reset {
+                channel: 5,
+                reason: "gone".into(),
+            },
+            Message::GrantCredit {
+                channel: 5,
+                bytes: 4096,
+            },
+        ];
+        for m in all {
+            round_trip(m);
+        }
+    }
+
+    #[test]
+    fn payloads_are_borrowed_in_place() {
+        let data = vec![9u8; 4096];
+        let bytes = encode(&Message::Item {
+            channel: 1,
+            payload: &data,
+        })
+        .unwrap();
+        let Message::Item { payload, .. } = decode(&bytes).unwrap() else {
+            panic!()
+        };
+        let range = bytes.as_ptr_range();
+        assert!(
+            range.contains(&payload.as_ptr()),
+            "the payload points into the frame"
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode(&[]).is_err());
+        assert!(
+            decode(&[17]).unwrap_err().contains("out of range"),
+            "17 variants: 0..=16"
+        );
+        assert!(decode(&[10, 0, 1]).is_err(), "truncated call");
+        let mut seed = 1u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 8 * 8)) as u8).collect();
+            let _ = decode(&bytes);
+        }
+    }
+}
