@@ -1,13 +1,32 @@
 //! # osmos-session: one RPC session state machine over any link
 //!
-//! The transport-agnostic session layer of osmos (in progress).
+//! The transport-agnostic session layer of osmos. How the pieces fit:
 //!
-//! - [`wire`]: the messages, as facet types encoded with facet-postcard.
-//! - [`link`]: the [`Link`](link::Link) trait every transport implements.
+//! - [`wire`]: every message, as facet types encoded with facet-postcard.
+//! - [`link`]: the [`Link`] trait every transport implements, and the
+//!   in-memory and Unix/TCP stream links.
+//! - `session.rs`: the state machine. [`SessionBuilder`] runs the handshake
+//!   over a link and spawns the driver task; [`Connection`] is the handle for
+//!   calls, channels and virtual connections.
+//! - `channel.rs`: typed [`Tx<T>`] / [`Rx<T>`] channels with per-channel
+//!   credit, passed inside call arguments and results.
+//! - `service.rs`: [`service!`] turns a trait into a typed client and a
+//!   [`Dispatcher`]; method ids are stable hashes ([`method_id`]).
+//! - [`error`]: [`SessionError`] (why a session ended) and [`CallError`]
+//!   (why a call failed, with the service's own error kept apart from
+//!   protocol failures).
 //!
-//! Still to come: the session state machine (handshake, connections, calls,
-//! cancellation, deadlines, keepalive), typed channels with flow control,
-//! service definitions, and the shm link.
+//! A session needs a tokio runtime: the driver and the handlers run as tasks.
 
+mod channel;
+pub mod error;
 pub mod link;
+mod service;
+mod session;
 pub mod wire;
+
+pub use channel::{ChannelError, ChannelId, Rx, Tx};
+pub use error::{CallError, SessionError};
+pub use link::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
+pub use service::{Dispatch, Dispatcher, HandlerFuture, ReplyValue, decode_args, method_id};
+pub use session::{CallOptions, Connection, ConnectionAcceptor, Role, SessionBuilder, SessionConfig};

@@ -10,6 +10,16 @@
 //! frame that may borrow the link's memory (the shm link lends the frame in
 //! place) until the next receive.
 //!
+//! Contract details every link keeps:
+//! - [`LinkRx::recv`] is cancel-safe: dropping its future loses no frame
+//!   (the session waits on it inside `select!`).
+//! - A frame is sent whole or not at all: a permit dropped before commit, or
+//!   a commit future dropped midway, never leaves part of a frame for the peer.
+//! - Backpressure may surface in `reserve` (memory, shm) or in `commit`
+//!   (streams, once the socket buffer is full); callers treat both as waits.
+//! - A clean close and a vanished peer may look alike (`Ok(None)`); the
+//!   session's `Goodbye` tells them apart.
+//!
 //! Links: [`memory`] (an in-process pair, for tests and in-process peers) and
 //! [`stream`] (length-prefixed frames over Unix or TCP sockets). The shm link
 //! runs over `osmos-shm`.
@@ -34,7 +44,8 @@ pub enum CreditMode {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum LinkError {
-    /// The peer closed its end (or it was dropped).
+    /// The link is closed: the peer closed or dropped its end, or this side
+    /// already closed its sending half.
     Closed,
     /// The peer is gone: dead, or its end of the link broke.
     PeerGone {
@@ -62,7 +73,7 @@ pub enum LinkError {
 impl fmt::Display for LinkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LinkError::Closed => f.write_str("the link was closed by the peer"),
+            LinkError::Closed => f.write_str("the link is closed (by the peer, or by this side's close)"),
             LinkError::PeerGone { detail } => write!(f, "the peer is gone: {detail}"),
             LinkError::FrameTooLarge { len, max } => {
                 write!(

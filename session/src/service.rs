@@ -1,0 +1,202 @@
+//! Services: a trait defined once gives a typed client and a dispatcher.
+//!
+//! The [`service!`](crate::service!) macro turns a trait of `async fn`s
+//! returning `Result<T, E>` into: the trait itself (implement it to serve),
+//! a client whose methods make calls, and a dispatcher that decodes the
+//! arguments and runs the implementation. Method ids are stable 64-bit hashes
+//! of `"Service.method"` ([`method_id`]), so a method keeps its id across
+//! builds and reorderings, and two services on one connection do not collide.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use facet::Facet;
+
+use crate::wire::Metadata;
+
+/// The stable id of method `method` of service `service`: 64-bit FNV-1a of
+/// `"service.method"`.
+pub const fn method_id(service: &str, method: &str) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let parts = [service.as_bytes(), b".", method.as_bytes()];
+    let mut p = 0;
+    while p < parts.len() {
+        let bytes = parts[p];
+        let mut i = 0;
+        while i < bytes.len() {
+            h ^= bytes[i] as u64;
+            h = h.wrapping_mul(PRIME);
+            i += 1;
+        }
+        p += 1;
+    }
+    h
+}
+
+/// A handler's result, encoded by the session (with channels in it handed
+/// over to the peer).
+pub trait ReplyValue: Send {
+    /// Encodes the value: `(is_user_error, bytes)`, or why it could not be encoded.
+    fn encode_reply(self: Box<Self>) -> Result<(bool, Vec<u8>), String>;
+}
+
+impl<T, E> ReplyValue for Result<T, E>
+where
+    T: for<'f> Facet<'f> + Send,
+    E: for<'f> Facet<'f> + Send,
+{
+    fn encode_reply(self: Box<Self>) -> Result<(bool, Vec<u8>), String> {
+        match *self {
+            Ok(v) => facet_postcard::to_vec(&v)
+                .map(|b| (false, b))
+                .map_err(|e| e.to_string()),
+            Err(e) => facet_postcard::to_vec(&e)
+                .map(|b| (true, b))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// A running handler: resolves to its reply.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Box<dyn ReplyValue>> + Send>>;
+
+/// What a dispatcher makes of one call.
+pub enum Dispatch {
+    /// Run this handler.
+    Run(HandlerFuture),
+    /// No such method here.
+    UnknownMethod,
+    /// The arguments did not decode as the method's argument types.
+    InvalidPayload(String),
+}
+
+/// Serves calls on a connection.
+pub trait Dispatcher: Send + Sync + 'static {
+    /// Decodes the arguments of `method` (synchronously: channel handles in
+    /// them bind now) and returns the handler to run.
+    fn dispatch(&self, method: u64, metadata: &Metadata, args: &[u8]) -> Dispatch;
+}
+
+/// Decodes arguments for a dispatcher.
+///
+/// Refuses trailing bytes: a payload encoded for other argument types is
+/// reported as invalid rather than misread.
+pub fn decode_args<A: Facet<'static>>(args: &[u8]) -> Result<A, String> {
+    crate::channel::decode_exact(args)
+}
+
+/// Defines a service: a trait, a typed client and a dispatcher.
+///
+/// ```
+/// use osmos_session::service;
+///
+/// service! {
+///     /// Adds numbers.
+///     pub trait Calculator {
+///         client CalculatorClient;
+///         dispatcher CalculatorDispatcher;
+///         /// Adds two numbers; fails on overflow.
+///         async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+///     }
+/// }
+///
+/// struct Calc;
+/// impl Calculator for Calc {
+///     async fn add(&self, a: u32, b: u32) -> Result<u32, String> {
+///         a.checked_add(b).ok_or_else(|| "overflow".to_string())
+///     }
+/// }
+/// ```
+///
+/// Generated: `trait Calculator` (each method returns
+/// `impl Future<Output = Result<T, E>> + Send`), `CalculatorClient::new(conn)`
+/// with one `async fn` per method returning `Result<T, CallError<E>>` (plus a
+/// `*_with(options, ...)` variant taking [`CallOptions`](crate::CallOptions)),
+/// and `CalculatorDispatcher::new(impl)` (an [`Dispatcher`]).
+#[macro_export]
+macro_rules! service {
+    (
+        $(#[$meta:meta])*
+        $vis:vis trait $name:ident {
+            client $client:ident;
+            dispatcher $dispatcher:ident;
+            $(
+                $(#[$mmeta:meta])*
+                async fn $method:ident(&self $(, $arg:ident : $argty:ty)* $(,)?) -> Result<$ok:ty, $err:ty>;
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis trait $name: Send + Sync + 'static {
+            $(
+                $(#[$mmeta])*
+                fn $method(&self $(, $arg: $argty)*)
+                    -> impl ::std::future::Future<Output = ::std::result::Result<$ok, $err>> + Send;
+            )*
+        }
+
+        #[doc = concat!("Typed client of the `", stringify!($name), "` service.")]
+        #[derive(Clone, Debug)]
+        $vis struct $client {
+            conn: $crate::Connection,
+        }
+
+        impl $client {
+            #[doc = concat!("A client calling `", stringify!($name), "` on `conn`.")]
+            pub fn new(conn: $crate::Connection) -> Self {
+                Self { conn }
+            }
+
+            /// The connection this client calls on.
+            pub fn connection(&self) -> &$crate::Connection {
+                &self.conn
+            }
+
+            $(
+                $(#[$mmeta])*
+                pub async fn $method(&self $(, $arg: $argty)*) -> ::std::result::Result<$ok, $crate::CallError<$err>> {
+                    self.conn
+                        .call(
+                            $crate::method_id(stringify!($name), stringify!($method)),
+                            &($($arg,)*),
+                            $crate::CallOptions::default(),
+                        )
+                        .await
+                }
+            )*
+        }
+
+        #[doc = concat!("Serves the `", stringify!($name), "` service from an implementation.")]
+        $vis struct $dispatcher<S>(::std::sync::Arc<S>);
+
+        impl<S: $name> $dispatcher<S> {
+            /// Wraps an implementation.
+            pub fn new(service: S) -> ::std::sync::Arc<Self> {
+                ::std::sync::Arc::new(Self(::std::sync::Arc::new(service)))
+            }
+        }
+
+        impl<S: $name> $crate::Dispatcher for $dispatcher<S> {
+            #[allow(unused_variables, unused_parens)]
+            fn dispatch(&self, method: u64, metadata: &$crate::wire::Metadata, args: &[u8]) -> $crate::Dispatch {
+                $(
+                    if method == $crate::method_id(stringify!($name), stringify!($method)) {
+                        return match $crate::decode_args::<($($argty,)*)>(args) {
+                            Err(e) => $crate::Dispatch::InvalidPayload(e),
+                            Ok(($($arg,)*)) => {
+                                let service = self.0.clone();
+                                $crate::Dispatch::Run(Box::pin(async move {
+                                    let r: ::std::result::Result<$ok, $err> = service.$method($($arg),*).await;
+                                    Box::new(r) as Box<dyn $crate::ReplyValue>
+                                }))
+                            }
+                        };
+                    }
+                )*
+                $crate::Dispatch::UnknownMethod
+            }
+        }
+    };
+}

@@ -1,0 +1,1225 @@
+//! The session state machine, run by one driver task per session.
+//!
+//! [`SessionBuilder::initiate`] / [`SessionBuilder::accept`] take any
+//! [`Link`], run the handshake, then spawn the **driver**: a task that owns
+//! the link's receiving half and handles every incoming message in order. It
+//! never waits on the link's sending half (whose backpressure could otherwise
+//! deadlock two peers that both stop reading): what it must send (pongs,
+//! refusals, protocol errors) goes through an unbounded **outbox** drained by
+//! a writer task. Callers and handlers send directly, under the link's send
+//! lock.
+//!
+//! Rules enforced on what the peer sends (each violation ends the session
+//! with a `ProtocolError` naming the rule, and fails every pending call with
+//! that reason):
+//!
+//! | rule | meaning |
+//! |---|---|
+//! | `frame.decodable` | every frame decodes as a [`Message`] |
+//! | `frame.max-payload` | no frame exceeds our `max_payload` |
+//! | `handshake.hello-first` / `handshake.once` | the handshake comes first, once |
+//! | `id.parity` | ids the peer creates have the peer's parity |
+//! | `conn.known` / `conn.unique` | messages name open connections; new ids are new |
+//! | `request.unique` / `request.limit` | a request id is not reused while in flight; at most our `max_concurrent_requests` at once |
+//! | `response.known-request` | responses answer calls we made |
+//! | `channel.known` / `channel.unique` | channel traffic names open channels |
+//! | `channel.no-data-after-close` / `channel.close-once` | no item after Close |
+//! | `credit.no-overrun` / `credit.grant-bounded` | items fit the credit granted |
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use facet::Facet;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tracing::{debug, warn};
+
+use crate::channel::{self, ChannelCore, Rx, Tx};
+use crate::error::{CallError, SessionError, Violation, violation};
+use crate::link::{Link, LinkError, LinkRx, LinkTx, SendPermit};
+use crate::service::{Dispatch, Dispatcher};
+use crate::wire::{self, Message, Metadata, Outcome, PROTOCOL_VERSION, Settings};
+
+/// Session tuning. The defaults suit peers on one machine.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Limits this side announces (and enforces).
+    pub settings: Settings,
+    /// Send a ping after this long without sending anything.
+    pub keepalive_interval: Duration,
+    /// End the session after this long without receiving anything.
+    pub keepalive_timeout: Duration,
+    /// Give up on a handshake after this long.
+    pub handshake_timeout: Duration,
+    /// A name for logs (e.g. the cell's name).
+    pub name: String,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            settings: Settings::default(),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+            name: "session".into(),
+        }
+    }
+}
+
+/// Decides whether to accept a virtual connection the peer opens: return the
+/// dispatcher that serves it, or the reason for refusing.
+pub type ConnectionAcceptor =
+    Arc<dyn Fn(&Metadata) -> Result<Option<Arc<dyn Dispatcher>>, String> + Send + Sync>;
+
+/// Builds a session over a link.
+#[derive(Clone, Default)]
+pub struct SessionBuilder {
+    config: SessionConfig,
+    root: Option<Arc<dyn Dispatcher>>,
+    acceptor: Option<ConnectionAcceptor>,
+}
+
+impl SessionBuilder {
+    /// A builder with the default configuration, serving nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the configuration.
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Serves `dispatcher` on the root connection.
+    pub fn serve(mut self, dispatcher: Arc<dyn Dispatcher>) -> Self {
+        self.root = Some(dispatcher);
+        self
+    }
+
+    /// Accepts virtual connections the peer opens, as `acceptor` decides.
+    /// Without an acceptor every `ConnectionOpen` is rejected.
+    pub fn accept_connections(mut self, acceptor: ConnectionAcceptor) -> Self {
+        self.acceptor = Some(acceptor);
+        self
+    }
+
+    /// Runs the handshake as the initiator and starts the session.
+    pub async fn initiate<L: Link>(self, link: L) -> Result<Connection, SessionError> {
+        self.start(link, Role::Initiator).await
+    }
+
+    /// Runs the handshake as the acceptor and starts the session.
+    pub async fn accept<L: Link>(self, link: L) -> Result<Connection, SessionError> {
+        self.start(link, Role::Acceptor).await
+    }
+
+    async fn start<L: Link>(self, link: L, role: Role) -> Result<Connection, SessionError> {
+        let max_frame = link.max_frame();
+        let (mut tx, mut rx) = link.split();
+        let ours = self.config.settings.clone();
+        let hello = match role {
+            Role::Initiator => Message::Hello {
+                version: PROTOCOL_VERSION,
+                settings: ours.clone(),
+            },
+            Role::Acceptor => Message::HelloYourself {
+                version: PROTOCOL_VERSION,
+                settings: ours.clone(),
+            },
+        };
+        let handshake = async {
+            if role == Role::Initiator {
+                send_on(&mut tx, &hello).await.map_err(link_failed)?;
+            }
+            let frame = rx
+                .recv()
+                .await
+                .map_err(link_failed)?
+                .ok_or_else(|| SessionError::Link {
+                    detail: "the peer closed the link during the handshake".into(),
+                })?;
+            let msg = wire::decode(&frame).map_err(|e| SessionError::Violation {
+                rule: "frame.decodable",
+                detail: format!("handshake frame: {e}"),
+            })?;
+            let (version, settings) = match (role, msg) {
+                (Role::Initiator, Message::HelloYourself { version, settings }) => (version, settings),
+                (Role::Acceptor, Message::Hello { version, settings }) => (version, settings),
+                (_, Message::Goodbye { reason }) => return Err(SessionError::Goodbye { reason }),
+                (_, other) => {
+                    return Err(SessionError::Violation {
+                        rule: "handshake.hello-first",
+                        detail: format!("expected the peer's hello, got {}", other.kind()),
+                    });
+                }
+            };
+            drop(frame);
+            if version != PROTOCOL_VERSION {
+                let goodbye = Message::Goodbye {
+                    reason: format!(
+                        "protocol version mismatch: this side speaks {PROTOCOL_VERSION}, the peer speaks {version}"
+                    ),
+                };
+                let _ = send_on(&mut tx, &goodbye).await;
+                return Err(SessionError::VersionMismatch {
+                    ours: PROTOCOL_VERSION,
+                    theirs: version,
+                });
+            }
+            if role == Role::Acceptor {
+                send_on(&mut tx, &hello).await.map_err(link_failed)?;
+            }
+            Ok(settings)
+        };
+        let peer = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(SessionError::HandshakeTimeout {
+                    after: self.config.handshake_timeout,
+                });
+            }
+        };
+        let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+        let (ended_tx, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            role,
+            name: self.config.name.clone(),
+            ours,
+            call_limit: Arc::new(Semaphore::new(peer.max_concurrent_requests.max(1) as usize)),
+            peer,
+            max_frame,
+            tx: tokio::sync::Mutex::new(Box::new(tx)),
+            ids: Ids::new(role),
+            state: Mutex::new(State::default()),
+            outbox: outbox_tx,
+            ended: ended_tx,
+            acceptor: self.acceptor,
+            last_sent: Mutex::new(Instant::now()),
+        });
+        shared.lock().conns.insert(
+            0,
+            ConnState {
+                dispatcher: self.root,
+            },
+        );
+        tokio::spawn(writer(shared.clone(), outbox_rx));
+        tokio::spawn(driver(shared.clone(), rx, self.config.clone()));
+        debug!(session = %shared.name, ?role, "session established");
+        Ok(Connection { shared, id: 0 })
+    }
+}
+
+fn link_failed(e: LinkError) -> SessionError {
+    SessionError::Link {
+        detail: e.to_string(),
+    }
+}
+
+/// Which side of the handshake this session took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sent `Hello`; creates odd ids.
+    Initiator,
+    /// Answered with `HelloYourself`; creates even ids.
+    Acceptor,
+}
+
+/// Id allocation with the role's parity.
+struct Ids {
+    next_request: AtomicU64,
+    next_channel: AtomicU64,
+    next_conn: AtomicU64,
+    /// 1 for the initiator (odd ids), 0 for the acceptor (even ids).
+    parity: u64,
+}
+
+impl Ids {
+    fn new(role: Role) -> Self {
+        let first = if role == Role::Initiator { 1 } else { 2 };
+        Ids {
+            next_request: AtomicU64::new(first),
+            next_channel: AtomicU64::new(first),
+            next_conn: AtomicU64::new(first),
+            parity: first % 2,
+        }
+    }
+
+    fn next(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(2, Ordering::Relaxed)
+    }
+
+    /// Whether `id` has the peer's parity (and is not the root connection).
+    fn is_peers(&self, id: u64) -> bool {
+        id != 0 && id % 2 != self.parity
+    }
+}
+
+/// One connection's local state.
+struct ConnState {
+    dispatcher: Option<Arc<dyn Dispatcher>>,
+}
+
+/// An outgoing call waiting for its response.
+struct Pending {
+    conn: u64,
+    complete: Box<dyn PendingCall>,
+}
+
+/// Completes a typed call from a response, decoding in place in the driver
+/// (so channels in the return value bind before later frames arrive).
+pub(crate) trait PendingCall: Send {
+    fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>);
+    fn fail(self: Box<Self>, error: CallFailure);
+}
+
+/// A failure that ends a call without a response.
+#[derive(Clone, Debug)]
+pub(crate) enum CallFailure {
+    Session(SessionError),
+    ConnectionClosed(String),
+}
+
+#[derive(Default)]
+struct State {
+    /// Our calls in flight, by request id.
+    pending: HashMap<u64, Pending>,
+    /// Requests we cancelled: a late response for one is not a violation.
+    cancelled: HashSet<u64>,
+    /// The peer's calls we are serving: (conn, request) → abort handle.
+    serving: HashMap<(u64, u64), tokio::task::AbortHandle>,
+    /// Open connections (0 is the root).
+    conns: HashMap<u64, ConnState>,
+    /// Virtual connections we are opening.
+    opening: HashMap<u64, oneshot::Sender<Result<Metadata, String>>>,
+    /// Open channels.
+    channels: HashMap<u64, Arc<ChannelCore>>,
+    /// Channels closed here recently: late traffic for them is dropped quietly.
+    retired: VecDeque<u64>,
+    retired_set: HashSet<u64>,
+    /// Why the session ended, once it has.
+    ended: Option<SessionError>,
+}
+
+const RETIRED_MEMORY: usize = 4096;
+
+/// The erased sending half of the link.
+trait ErasedTx: Send {
+    fn send_frame<'a>(
+        &'a mut self,
+        plan: &'a facet_postcard::ScatterPlan<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + 'a>>;
+    fn close(&mut self) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + '_>>;
+}
+
+impl<T: LinkTx> ErasedTx for T {
+    fn send_frame<'a>(
+        &'a mut self,
+        plan: &'a facet_postcard::ScatterPlan<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut permit = self.reserve(plan.total_size()).await?;
+            plan.write_into(permit.buf()).map_err(|e| LinkError::Violation {
+                rule: "encode.size",
+                detail: e.to_string(),
+            })?;
+            permit.commit().await
+        })
+    }
+
+    fn close(&mut self) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + '_>> {
+        Box::pin(LinkTx::close(self))
+    }
+}
+
+async fn send_on<T: LinkTx>(tx: &mut T, msg: &Message<'_>) -> Result<(), LinkError> {
+    let plan = wire::plan(msg).map_err(|e| LinkError::Violation {
+        rule: "encode",
+        detail: e,
+    })?;
+    ErasedTx::send_frame(tx, &plan).await
+}
+
+/// Everything the session's handles, driver and writer share.
+pub(crate) struct Shared {
+    role: Role,
+    name: String,
+    ours: Settings,
+    peer: Settings,
+    max_frame: usize,
+    /// Calls beyond the peer's `max_concurrent_requests` wait here.
+    call_limit: Arc<Semaphore>,
+    tx: tokio::sync::Mutex<Box<dyn ErasedTx>>,
+    ids: Ids,
+    state: Mutex<State>,
+    /// Encoded frames for the writer task (sent from the driver and from drops).
+    outbox: mpsc::UnboundedSender<Vec<u8>>,
+    /// Becomes `Some` when the session ends.
+    ended: watch::Sender<Option<SessionError>>,
+    acceptor: Option<ConnectionAcceptor>,
+    last_sent: Mutex<Instant>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn peer_settings(&self) -> &Settings {
+        &self.peer
+    }
+
+    fn ended(&self) -> Option<SessionError> {
+        self.lock().ended.clone()
+    }
+
+    /// Sends a message now (waiting for link capacity).
+    pub(crate) async fn send(&self, msg: &Message<'_>) -> Result<(), SessionError> {
+        if let Some(e) = self.ended() {
+            return Err(e);
+        }
+        let plan = wire::plan(msg).map_err(|e| SessionError::Link {
+            detail: format!("encoding failed: {e}"),
+        })?;
+        let len = plan.total_size();
+        let max = (self.peer.max_payload as usize).min(self.max_frame);
+        if len > max {
+            return Err(SessionError::Link {
+                detail: format!(
+                    "a {} message of {len} bytes exceeds the {max}-byte limit",
+                    msg.kind()
+                ),
+            });
+        }
+        let r = self.tx.lock().await.send_frame(&plan).await;
+        *self.last_sent.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        r.map_err(|e| {
+            let err = link_failed(e);
+            self.end(err.clone());
+            err
+        })
+    }
+
+    /// Queues a message for the writer task; for contexts that cannot wait.
+    pub(crate) fn send_later(&self, msg: &Message<'_>) {
+        if self.lock().ended.is_some() {
+            return;
+        }
+        match wire::encode(msg) {
+            Ok(bytes) => {
+                let _ = self.outbox.send(bytes);
+            }
+            Err(e) => warn!(session = %self.name, "could not encode {}: {e}", msg.kind()),
+        }
+    }
+
+    /// The message handing these channels to the peer was sent.
+    fn announce(&self, channels: &[u64]) {
+        for id in channels {
+            if let Some(core) = self.channel_core(*id) {
+                core.announce();
+            }
+        }
+    }
+
+    pub(crate) fn channel_core(&self, id: u64) -> Option<Arc<ChannelCore>> {
+        self.lock().channels.get(&id).cloned()
+    }
+
+    /// Removes a channel whose local handle is gone.
+    pub(crate) fn forget_channel(&self, id: u64) {
+        let mut s = self.lock();
+        if s.channels.remove(&id).is_some() {
+            retire(&mut s, id);
+        }
+    }
+
+    fn new_channel(&self, id: u64) -> Arc<ChannelCore> {
+        // A channel the peer created is known to it; one created here is
+        // announced when the message handing it over is sent.
+        let announced = self.ids.is_peers(id);
+        let core = ChannelCore::new(id, self.ours.initial_credit, self.peer.initial_credit, announced);
+        self.lock().channels.insert(id, core.clone());
+        core
+    }
+
+    /// Ends the session (once): records why, fails every pending call,
+    /// resets every channel, aborts every handler.
+    fn end(&self, why: SessionError) {
+        let (pending, serving, channels, opening) = {
+            let mut s = self.lock();
+            if s.ended.is_some() {
+                return;
+            }
+            s.ended = Some(why.clone());
+            (
+                std::mem::take(&mut s.pending),
+                std::mem::take(&mut s.serving),
+                std::mem::take(&mut s.channels),
+                std::mem::take(&mut s.opening),
+            )
+        };
+        debug!(session = %self.name, "session ended: {why}");
+        for (_, p) in pending {
+            p.complete.fail(CallFailure::Session(why.clone()));
+        }
+        for (_, h) in serving {
+            h.abort();
+        }
+        for (_, c) in channels {
+            c.on_reset(format!("the session ended: {why}"));
+        }
+        for (_, o) in opening {
+            let _ = o.send(Err(why.to_string()));
+        }
+        self.ended.send_replace(Some(why));
+    }
+}
+
+fn retire(s: &mut State, id: u64) {
+    if s.retired_set.insert(id) {
+        s.retired.push_back(id);
+        if s.retired.len() > RETIRED_MEMORY
+            && let Some(old) = s.retired.pop_front()
+        {
+            s.retired_set.remove(&old);
+        }
+    }
+}
+
+/// Resolves once the session has ended (the guard is dropped inside).
+async fn wait_ended(rx: &mut watch::Receiver<Option<SessionError>>) {
+    let _ = rx.wait_for(Option::is_some).await;
+}
+
+/// Drains the outbox onto the link.
+async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut ended = shared.ended.subscribe();
+    loop {
+        let bytes = tokio::select! {
+            b = outbox.recv() => match b { Some(b) => b, None => return },
+            _ = wait_ended(&mut ended) => return,
+        };
+        let Ok(msg) = wire::decode(&bytes) else { continue };
+        if shared.send(&msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The driver: receives and handles every message, keeps the session alive.
+async fn driver<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: SessionConfig) {
+    let mut ended = shared.ended.subscribe();
+    let mut last_received = Instant::now();
+    let mut tick = tokio::time::interval(
+        config
+            .keepalive_interval
+            .min(config.keepalive_timeout / 2)
+            .max(Duration::from_millis(1)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nonce = 0u64;
+    loop {
+        tokio::select! {
+            frame = rx.recv() => {
+                let frame = match frame {
+                    Ok(Some(f)) => f,
+                    Ok(None) => {
+                        shared.end(SessionError::Link { detail: "the peer closed the link".into() });
+                        break;
+                    }
+                    Err(e) => {
+                        shared.end(link_failed(e));
+                        break;
+                    }
+                };
+                last_received = Instant::now();
+                if let Err(v) = handle_frame(&shared, &frame) {
+                    drop(frame);
+                    fail_with_violation(&shared, v).await;
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                let silent = last_received.elapsed();
+                if silent >= config.keepalive_timeout {
+                    let why = SessionError::KeepaliveTimeout { silent_for: silent };
+                    shared.send_later(&Message::Goodbye { reason: why.to_string() });
+                    shared.end(why);
+                    break;
+                }
+                let idle = shared.last_sent.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+                if idle >= config.keepalive_interval || silent >= config.keepalive_interval {
+                    nonce += 1;
+                    shared.send_later(&Message::Ping { nonce });
+                }
+            }
+            _ = wait_ended(&mut ended) => break,
+        }
+    }
+    // Let the writer flush a final goodbye or protocol error, then close.
+    let mut tx = shared.tx.lock().await;
+    let _ = tx.close().await;
+}
+
+async fn fail_with_violation(shared: &Arc<Shared>, v: Violation) {
+    warn!(session = %shared.name, rule = v.rule, "peer broke a protocol rule: {}", v.detail);
+    let msg = Message::ProtocolError {
+        rule: v.rule.to_string(),
+        detail: v.detail.clone(),
+    };
+    let why = SessionError::Violation {
+        rule: v.rule,
+        detail: v.detail,
+    };
+    // Tell the peer, best effort and bounded: it may not be reading.
+    let _ = tokio::time::timeout(Duration::from_secs(1), shared.send(&msg)).await;
+    shared.end(why);
+}
+
+/// Handles one incoming frame. Errors are protocol violations.
+fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
+    if frame.len() > shared.ours.max_payload as usize {
+        return Err(violation(
+            "frame.max-payload",
+            format!(
+                "a frame of {} bytes exceeds our max_payload of {}",
+                frame.len(),
+                shared.ours.max_payload
+            ),
+        ));
+    }
+    let msg = wire::decode(frame).map_err(|e| violation("frame.decodable", e))?;
+    match msg {
+        Message::Hello { .. } | Message::HelloYourself { .. } => Err(violation(
+            "handshake.once",
+            format!("{} after the handshake", msg.kind()),
+        )),
+        Message::ProtocolError { rule, detail } => {
+            shared.end(SessionError::PeerReportedViolation { rule, detail });
+            Ok(())
+        }
+        Message::Goodbye { reason } => {
+            shared.end(SessionError::Goodbye { reason });
+            Ok(())
+        }
+        Message::Ping { nonce } => {
+            shared.send_later(&Message::Pong { nonce });
+            Ok(())
+        }
+        Message::Pong { .. } => Ok(()),
+        Message::ConnectionOpen { conn, metadata } => on_connection_open(shared, conn, &metadata),
+        Message::ConnectionAccept { conn, metadata } => on_connection_answer(shared, conn, Ok(metadata)),
+        Message::ConnectionReject { conn, reason } => on_connection_answer(shared, conn, Err(reason)),
+        Message::ConnectionClose { conn, reason } => {
+            if conn == 0 || !shared.lock().conns.contains_key(&conn) {
+                return Err(violation(
+                    "conn.known",
+                    format!("ConnectionClose for connection {conn}, which is not open"),
+                ));
+            }
+            close_connection(shared, conn, format!("the peer closed it: {reason}"));
+            Ok(())
+        }
+        Message::Call {
+            conn,
+            request,
+            method,
+            metadata,
+            channels,
+            args,
+        } => on_call(shared, conn, request, method, &metadata, &channels, args),
+        Message::Response {
+            conn,
+            request,
+            channels,
+            outcome,
+            ..
+        } => on_response(shared, conn, request, &channels, &outcome),
+        Message::Cancel { conn, request } => {
+            if let Some(h) = shared.lock().serving.remove(&(conn, request)) {
+                h.abort();
+            }
+            Ok(())
+        }
+        Message::Item { channel, payload } => match channel_for(shared, channel, "Item")? {
+            Some(core) => core.on_item(payload),
+            None => Ok(()),
+        },
+        Message::Close { channel } => match channel_for(shared, channel, "Close")? {
+            Some(core) => core.on_close(),
+            None => Ok(()),
+        },
+        Message::Reset { channel, reason } => {
+            if let Some(core) = channel_for(shared, channel, "Reset")? {
+                core.on_reset(reason);
+            }
+            Ok(())
+        }
+        Message::GrantCredit { channel, bytes } => match channel_for(shared, channel, "GrantCredit")? {
+            Some(core) => core.on_grant(bytes),
+            None => Ok(()),
+        },
+    }
+}
+
+/// The open channel `id`; `None` for a channel retired here (late traffic is
+/// dropped); a violation for a channel never opened.
+fn channel_for(shared: &Shared, id: u64, what: &str) -> Result<Option<Arc<ChannelCore>>, Violation> {
+    let s = shared.lock();
+    if let Some(c) = s.channels.get(&id) {
+        return Ok(Some(c.clone()));
+    }
+    if s.retired_set.contains(&id) {
+        return Ok(None);
+    }
+    Err(violation(
+        "channel.known",
+        format!("{what} for channel {id}, which is not open"),
+    ))
+}
+
+/// Opens the channels a message lists (created by the peer).
+fn open_peer_channels(shared: &Shared, channels: &[u64]) -> Result<(), Violation> {
+    for &id in channels {
+        if !shared.ids.is_peers(id) {
+            // Our own channel, handed back to us: it must be open here.
+            if shared.lock().channels.contains_key(&id) {
+                continue;
+            }
+            return Err(violation(
+                "channel.known",
+                format!("channel {id} has our parity but is not open"),
+            ));
+        }
+        if shared.lock().channels.contains_key(&id) {
+            return Err(violation(
+                "channel.unique",
+                format!("channel {id} is already open"),
+            ));
+        }
+        shared.new_channel(id);
+    }
+    Ok(())
+}
+
+fn on_call(
+    shared: &Arc<Shared>,
+    conn: u64,
+    request: u64,
+    method: u64,
+    metadata: &Metadata,
+    channels: &[u64],
+    args: &[u8],
+) -> Result<(), Violation> {
+    if !shared.ids.is_peers(request) {
+        return Err(violation(
+            "id.parity",
+            format!("request id {request} does not have the caller's parity"),
+        ));
+    }
+    let dispatcher = {
+        let s = shared.lock();
+        let Some(c) = s.conns.get(&conn) else {
+            return Err(violation(
+                "conn.known",
+                format!("Call on connection {conn}, which is not open"),
+            ));
+        };
+        if s.serving.contains_key(&(conn, request)) {
+            return Err(violation(
+                "request.unique",
+                format!("request {request} is already in flight"),
+            ));
+        }
+        if s.serving.len() >= shared.ours.max_concurrent_requests as usize {
+            return Err(violation(
+                "request.limit",
+                format!(
+                    "request {request} would be call number {} in flight, over our max_concurrent_requests of {}",
+                    s.serving.len() + 1,
+                    shared.ours.max_concurrent_requests
+                ),
+            ));
+        }
+        c.dispatcher.clone()
+    };
+    open_peer_channels(shared, channels)?;
+    let dispatch = match &dispatcher {
+        None => Dispatch::UnknownMethod,
+        Some(d) => {
+            let (r, _) =
+                channel::with_decode_context(shared, channels, || d.dispatch(method, metadata, args));
+            r
+        }
+    };
+    let respond = |outcome: Outcome<'_>| {
+        shared.send_later(&Message::Response {
+            conn,
+            request,
+            metadata: vec![],
+            channels: vec![],
+            outcome,
+        });
+    };
+    match dispatch {
+        Dispatch::UnknownMethod => respond(Outcome::UnknownMethod),
+        Dispatch::InvalidPayload(detail) => respond(Outcome::InvalidPayload(detail)),
+        Dispatch::Run(fut) => {
+            let sh = shared.clone();
+            // The handler runs in its own task so a panic is caught here and
+            // a Cancel can abort it.
+            let handler = tokio::spawn(fut);
+            let abort = handler.abort_handle();
+            let responder = tokio::spawn(async move {
+                let reply = handler.await;
+                let served = sh.lock().serving.remove(&(conn, request)).is_some();
+                if !served {
+                    return; // cancelled
+                }
+                let (encoded, channels) = match reply {
+                    Ok(value) => channel::with_encode_context(&sh, || value.encode_reply()),
+                    Err(e) if e.is_panic() => (Err("the handler panicked".to_string()), Vec::new()),
+                    Err(_) => (Err("the handler was aborted".to_string()), Vec::new()),
+                };
+                let outcome = match &encoded {
+                    Ok((false, bytes)) => Outcome::Ok(bytes),
+                    Ok((true, bytes)) => Outcome::UserError(bytes),
+                    Err(detail) => Outcome::Internal(detail.clone()),
+                };
+                let msg = Message::Response {
+                    conn,
+                    request,
+                    metadata: vec![],
+                    channels,
+                    outcome,
+                };
+                if sh.send(&msg).await.is_ok()
+                    && let Message::Response { channels, .. } = &msg
+                {
+                    sh.announce(channels);
+                }
+            });
+            drop(responder);
+            shared.lock().serving.insert((conn, request), abort);
+        }
+    }
+    Ok(())
+}
+
+fn on_response(
+    shared: &Arc<Shared>,
+    conn: u64,
+    request: u64,
+    channels: &[u64],
+    outcome: &Outcome<'_>,
+) -> Result<(), Violation> {
+    let pending = {
+        let mut s = shared.lock();
+        match s.pending.remove(&request) {
+            Some(p) => p,
+            None => {
+                if s.cancelled.remove(&request) {
+                    return Ok(());
+                }
+                return Err(violation(
+                    "response.known-request",
+                    format!("Response to request {request}, which is not in flight"),
+                ));
+            }
+        }
+    };
+    if pending.conn != conn {
+        return Err(violation(
+            "response.known-request",
+            format!(
+                "Response to request {request} on connection {conn}; it was made on {}",
+                pending.conn
+            ),
+        ));
+    }
+    open_peer_channels(shared, channels)?;
+    pending.complete.respond(shared, channels, outcome);
+    Ok(())
+}
+
+fn on_connection_open(shared: &Arc<Shared>, conn: u64, metadata: &Metadata) -> Result<(), Violation> {
+    if !shared.ids.is_peers(conn) {
+        return Err(violation(
+            "id.parity",
+            format!("connection id {conn} does not have the opener's parity"),
+        ));
+    }
+    if shared.lock().conns.contains_key(&conn) {
+        return Err(violation(
+            "conn.unique",
+            format!("connection {conn} is already open"),
+        ));
+    }
+    let decision = match &shared.acceptor {
+        None => Err("this side accepts no virtual connections".to_string()),
+        Some(a) => a(metadata),
+    };
+    match decision {
+        Ok(dispatcher) => {
+            shared.lock().conns.insert(conn, ConnState { dispatcher });
+            shared.send_later(&Message::ConnectionAccept {
+                conn,
+                metadata: vec![],
+            });
+        }
+        Err(reason) => shared.send_later(&Message::ConnectionReject { conn, reason }),
+    }
+    Ok(())
+}
+
+fn on_connection_answer(
+    shared: &Arc<Shared>,
+    conn: u64,
+    answer: Result<Metadata, String>,
+) -> Result<(), Violation> {
+    let Some(waiter) = shared.lock().opening.remove(&conn) else {
+        return Err(violation(
+            "conn.known",
+            format!("answer for connection {conn}, which we are not opening"),
+        ));
+    };
+    let _ = waiter.send(answer);
+    Ok(())
+}
+
+/// Forgets a connection: fails our calls on it, aborts its handlers.
+fn close_connection(shared: &Arc<Shared>, conn: u64, reason: String) {
+    let (pending, serving) = {
+        let mut s = shared.lock();
+        s.conns.remove(&conn);
+        let ids: Vec<u64> = s
+            .pending
+            .iter()
+            .filter(|(_, p)| p.conn == conn)
+            .map(|(id, _)| *id)
+            .collect();
+        let pending: Vec<Pending> = ids.iter().filter_map(|id| s.pending.remove(id)).collect();
+        let keys: Vec<(u64, u64)> = s.serving.keys().filter(|(c, _)| *c == conn).copied().collect();
+        let serving: Vec<_> = keys.iter().filter_map(|k| s.serving.remove(k)).collect();
+        (pending, serving)
+    };
+    for p in pending {
+        p.complete.fail(CallFailure::ConnectionClosed(reason.clone()));
+    }
+    for h in serving {
+        h.abort();
+    }
+}
+
+/// Options for one call.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Fail with [`CallError::DeadlineExceeded`] (and cancel) after this long.
+    pub timeout: Option<Duration>,
+    /// Metadata sent with the call.
+    pub metadata: Metadata,
+}
+
+impl CallOptions {
+    /// Options with a timeout.
+    pub fn timeout(timeout: Duration) -> Self {
+        CallOptions {
+            timeout: Some(timeout),
+            ..Default::default()
+        }
+    }
+}
+
+/// The typed completion of one call.
+struct TypedPending<T, E> {
+    tx: oneshot::Sender<Result<T, CallError<E>>>,
+}
+
+impl<T, E> PendingCall for TypedPending<T, E>
+where
+    T: Facet<'static> + Send + 'static,
+    E: Facet<'static> + Send + 'static,
+{
+    fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>) {
+        let result = match outcome {
+            Outcome::Ok(bytes) => {
+                let (r, _) =
+                    channel::with_decode_context(shared, channels, || channel::decode_exact::<T>(bytes));
+                r.map_err(|detail| CallError::Decode { detail })
+            }
+            Outcome::UserError(bytes) => match channel::decode_exact::<E>(bytes) {
+                Ok(e) => Err(CallError::User(e)),
+                Err(detail) => Err(CallError::Decode { detail }),
+            },
+            Outcome::UnknownMethod => Err(CallError::UnknownMethod { method: 0 }),
+            Outcome::InvalidPayload(d) => Err(CallError::InvalidPayload { detail: d.clone() }),
+            Outcome::Cancelled => Err(CallError::Cancelled),
+            Outcome::Internal(d) => Err(CallError::Internal { detail: d.clone() }),
+        };
+        let _ = self.tx.send(result);
+    }
+
+    fn fail(self: Box<Self>, error: CallFailure) {
+        let e = match error {
+            CallFailure::Session(s) => CallError::Session(s),
+            CallFailure::ConnectionClosed(reason) => CallError::ConnectionClosed { reason },
+        };
+        let _ = self.tx.send(Err(e));
+    }
+}
+
+/// Removes a call's pending entry and sends `Cancel` if the call's future is
+/// dropped before its response arrived.
+struct CallGuard {
+    shared: Arc<Shared>,
+    conn: u64,
+    request: u64,
+    armed: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let was_pending = {
+            let mut s = self.shared.lock();
+            let was = s.pending.remove(&self.request).is_some();
+            if was {
+                s.cancelled.insert(self.request);
+            }
+            was
+        };
+        if was_pending {
+            self.shared.send_later(&Message::Cancel {
+                conn: self.conn,
+                request: self.request,
+            });
+        }
+    }
+}
+
+/// A handle on one connection of a session: make calls, create channels,
+/// open virtual connections. Cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("session", &self.shared.name)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// The connection's id (0 for the root connection).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Which side of the handshake this session took.
+    pub fn role(&self) -> Role {
+        self.shared.role
+    }
+
+    /// The limits the peer announced.
+    pub fn peer_settings(&self) -> &Settings {
+        &self.shared.peer
+    }
+
+    /// Why the session ended, if it has.
+    pub fn ended(&self) -> Option<SessionError> {
+        self.shared.ended()
+    }
+
+    /// Waits until the session ends and returns why.
+    pub async fn closed(&self) -> SessionError {
+        let mut rx = self.shared.ended.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or_else(|| SessionError::Closed {
+                reason: "unknown".into(),
+            }),
+            Err(_) => SessionError::Closed {
+                reason: "the session was dropped".into(),
+            },
+        }
+    }
+
+    /// Ends the whole session with a goodbye: pending calls fail with
+    /// [`SessionError::Closed`].
+    pub async fn goodbye(&self, reason: &str) {
+        let _ = self
+            .shared
+            .send(&Message::Goodbye {
+                reason: reason.to_string(),
+            })
+            .await;
+        self.shared.end(SessionError::Closed {
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Creates a channel of `T` items: keep one end and pass the other to the
+    /// peer in a call.
+    pub fn channel<T>(&self) -> (Tx<T>, Rx<T>) {
+        let id = Ids::next(&self.shared.ids.next_channel);
+        let core = self.shared.new_channel(id);
+        channel::pair(&self.shared, core)
+    }
+
+    /// Calls `method` with `args`, waiting for the response. Calls beyond the
+    /// peer's concurrency limit wait for a slot. Dropping the returned future
+    /// cancels the call on the peer.
+    pub async fn call<A, T, E>(&self, method: u64, args: &A, options: CallOptions) -> Result<T, CallError<E>>
+    where
+        A: for<'f> Facet<'f>,
+        T: Facet<'static> + Send + 'static,
+        E: Facet<'static> + Send + 'static,
+    {
+        let work = self.call_inner(method, args, options.metadata);
+        match options.timeout {
+            None => work.await,
+            Some(t) => match tokio::time::timeout(t, work).await {
+                Ok(r) => r,
+                Err(_) => Err(CallError::DeadlineExceeded { after: t }),
+            },
+        }
+    }
+
+    async fn call_inner<A, T, E>(&self, method: u64, args: &A, metadata: Metadata) -> Result<T, CallError<E>>
+    where
+        A: for<'f> Facet<'f>,
+        T: Facet<'static> + Send + 'static,
+        E: Facet<'static> + Send + 'static,
+    {
+        let shared = &self.shared;
+        if let Some(e) = shared.ended() {
+            return Err(CallError::Session(e));
+        }
+        let _slot = shared.call_limit.clone().acquire_owned().await.map_err(|_| {
+            CallError::Session(shared.ended().unwrap_or(SessionError::Closed {
+                reason: "closed".into(),
+            }))
+        })?;
+        let (encoded, channels) = channel::with_encode_context(shared, || facet_postcard::to_vec(args));
+        let args = encoded.map_err(|e| CallError::Encode {
+            detail: e.to_string(),
+        })?;
+        let request = Ids::next(&shared.ids.next_request);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = shared.lock();
+            if let Some(e) = &s.ended {
+                return Err(CallError::Session(e.clone()));
+            }
+            if self.id != 0 && !s.conns.contains_key(&self.id) {
+                return Err(CallError::ConnectionClosed {
+                    reason: "the connection is closed".into(),
+                });
+            }
+            s.pending.insert(
+                request,
+                Pending {
+                    conn: self.id,
+                    complete: Box::new(TypedPending::<T, E> { tx }),
+                },
+            );
+        }
+        let mut guard = CallGuard {
+            shared: shared.clone(),
+            conn: self.id,
+            request,
+            armed: true,
+        };
+        let msg = Message::Call {
+            conn: self.id,
+            request,
+            method,
+            metadata,
+            channels,
+            args: &args,
+        };
+        let sent = shared.send(&msg).await;
+        if let Message::Call { channels, .. } = &msg {
+            shared.announce(channels);
+        }
+        if let Err(e) = sent {
+            guard.armed = false;
+            shared.lock().pending.remove(&request);
+            return Err(match e {
+                SessionError::Link { detail } if !detail.contains("link") => CallError::Encode { detail },
+                e => CallError::Session(e),
+            });
+        }
+        let result = rx.await.unwrap_or_else(|_| {
+            Err(CallError::Session(shared.ended().unwrap_or(
+                SessionError::Closed {
+                    reason: "closed".into(),
+                },
+            )))
+        });
+        guard.armed = false;
+        match result {
+            Err(CallError::UnknownMethod { .. }) => Err(CallError::UnknownMethod { method }),
+            r => r,
+        }
+    }
+
+    /// Opens a virtual connection on this session. `dispatcher` serves the
+    /// peer's calls on it (if any). Fails with the peer's reason if refused.
+    pub async fn open(
+        &self,
+        metadata: Metadata,
+        dispatcher: Option<Arc<dyn Dispatcher>>,
+    ) -> Result<Connection, CallError<String>> {
+        let shared = &self.shared;
+        let conn = Ids::next(&shared.ids.next_conn);
+        let (tx, rx) = oneshot::channel();
+        shared.lock().opening.insert(conn, tx);
+        shared.send(&Message::ConnectionOpen { conn, metadata }).await?;
+        match rx.await {
+            Ok(Ok(_)) => {
+                shared.lock().conns.insert(conn, ConnState { dispatcher });
+                Ok(Connection {
+                    shared: shared.clone(),
+                    id: conn,
+                })
+            }
+            Ok(Err(reason)) => Err(CallError::User(reason)),
+            Err(_) => Err(CallError::Session(shared.ended().unwrap_or(
+                SessionError::Closed {
+                    reason: "closed".into(),
+                },
+            ))),
+        }
+    }
+
+    /// Closes this virtual connection (the peer is told; calls in flight on
+    /// it fail). Closing the root connection ends the session.
+    pub async fn close(&self, reason: &str) {
+        if self.id == 0 {
+            self.goodbye(reason).await;
+            return;
+        }
+        if self.shared.lock().conns.contains_key(&self.id) {
+            close_connection(&self.shared, self.id, format!("closed here: {reason}"));
+            let _ = self
+                .shared
+                .send(&Message::ConnectionClose {
+                    conn: self.id,
+                    reason: reason.to_string(),
+                })
+                .await;
+        }
+    }
+}

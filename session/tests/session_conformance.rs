@@ -1,0 +1,938 @@
+//! The session conformance suite: the same test bodies run over every link
+//! (`memory_*`, `unix_*`, `tcp_*`). Each body gets a fresh connected link
+//! pair from the link's factory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use facet::Facet;
+use osmos_session::link::stream::StreamLink;
+use osmos_session::link::{Link, LinkRx, LinkTx, SendPermit, memory as mem};
+use osmos_session::wire::{self, Message, Outcome, PROTOCOL_VERSION, Settings};
+use osmos_session::{
+    CallError, CallOptions, Connection, Rx, SessionBuilder, SessionConfig, SessionError, Tx, service,
+};
+use tokio::sync::{Notify, oneshot};
+
+/// Bound on every wait in these tests; only reached when something hangs.
+const BOUND: Duration = Duration::from_secs(20);
+const MAX_FRAME: usize = 1 << 20;
+
+async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Makes connected link pairs.
+trait Factory {
+    type L: Link;
+    fn pair(&self) -> impl std::future::Future<Output = (Self::L, Self::L)> + Send;
+}
+
+struct MemoryFactory;
+impl Factory for MemoryFactory {
+    type L = mem::MemoryLink;
+    async fn pair(&self) -> (Self::L, Self::L) {
+        mem::pair(MAX_FRAME, 64)
+    }
+}
+
+struct UnixFactory;
+impl Factory for UnixFactory {
+    type L = StreamLink<tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf>;
+    async fn pair(&self) -> (Self::L, Self::L) {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        (StreamLink::unix(a, MAX_FRAME), StreamLink::unix(b, MAX_FRAME))
+    }
+}
+
+struct TcpFactory;
+impl Factory for TcpFactory {
+    type L = StreamLink<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
+    async fn pair(&self) -> (Self::L, Self::L) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (
+            StreamLink::tcp(a.unwrap(), MAX_FRAME).unwrap(),
+            StreamLink::tcp(b.unwrap().0, MAX_FRAME).unwrap(),
+        )
+    }
+}
+
+// ---------------------------------------------------------------- services
+
+#[derive(Facet, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+/// The calculator's error.
+pub enum CalcError {
+    /// The sum does not fit a u32.
+    Overflow {
+        /// Left operand.
+        a: u32,
+        /// Right operand.
+        b: u32,
+    },
+}
+
+service! {
+    /// The test service.
+    pub trait Calculator {
+        client CalculatorClient;
+        dispatcher CalculatorDispatcher;
+        /// Adds, failing on overflow.
+        async fn add(&self, a: u32, b: u32) -> Result<u32, CalcError>;
+        /// Echoes bytes.
+        async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, CalcError>;
+        /// Waits until released (or forever); reports its drop.
+        async fn block(&self, tag: u32) -> Result<u32, CalcError>;
+        /// Sends `0..count` on `out`, then closes it.
+        async fn count(&self, count: u32, out: Tx<u32>) -> Result<u32, CalcError>;
+        /// Sums everything received on `input`.
+        async fn sum(&self, input: Rx<u64>) -> Result<u64, CalcError>;
+        /// Returns a new channel on which it sends `0..count`.
+        async fn numbers(&self, count: u32) -> Result<Rx<u32>, CalcError>;
+    }
+}
+
+service! {
+    /// A second service, served by the initiator.
+    pub trait Greeter {
+        client GreeterClient;
+        dispatcher GreeterDispatcher;
+        /// Greets.
+        async fn greet(&self, name: String) -> Result<String, String>;
+    }
+}
+
+#[derive(Default)]
+struct Calc {
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    release: Notify,
+    dropped: std::sync::Mutex<Vec<oneshot::Sender<u32>>>,
+    conn: std::sync::OnceLock<Connection>,
+}
+
+/// Reports (through `Calc::dropped`) when a blocked handler is dropped.
+struct DropReport<'a>(&'a Calc, u32);
+impl Drop for DropReport<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        if let Some(tx) = self.0.dropped.lock().unwrap().pop() {
+            let _ = tx.send(self.1);
+        }
+    }
+}
+
+impl Calculator for Arc<Calc> {
+    async fn add(&self, a: u32, b: u32) -> Result<u32, CalcError> {
+        a.checked_add(b).ok_or(CalcError::Overflow { a, b })
+    }
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, CalcError> {
+        Ok(data)
+    }
+    async fn block(&self, tag: u32) -> Result<u32, CalcError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        let _report = DropReport(self, tag);
+        self.release.notified().await;
+        Ok(tag)
+    }
+    async fn count(&self, count: u32, out: Tx<u32>) -> Result<u32, CalcError> {
+        for i in 0..count {
+            out.send(&i).await.unwrap();
+        }
+        out.close().await.unwrap();
+        Ok(count)
+    }
+    async fn sum(&self, mut input: Rx<u64>) -> Result<u64, CalcError> {
+        let mut total = 0;
+        while let Some(v) = input.recv().await {
+            total += v.unwrap();
+        }
+        Ok(total)
+    }
+    async fn numbers(&self, count: u32) -> Result<Rx<u32>, CalcError> {
+        let conn = self.conn.get().expect("the server's connection").clone();
+        let (tx, rx) = conn.channel::<u32>();
+        tokio::spawn(async move {
+            for i in 0..count {
+                if tx.send(&i).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.close().await;
+        });
+        Ok(rx)
+    }
+}
+
+struct Greet;
+impl Greeter for Greet {
+    async fn greet(&self, name: String) -> Result<String, String> {
+        if name.is_empty() {
+            Err("no name".into())
+        } else {
+            Ok(format!("hello, {name}"))
+        }
+    }
+}
+
+fn config(settings: Settings) -> SessionConfig {
+    SessionConfig {
+        settings,
+        ..SessionConfig::default()
+    }
+}
+
+/// A session pair: the initiator serves Greeter, the acceptor serves Calculator.
+struct Pair {
+    client: Connection,
+    server: Connection,
+    calc: Arc<Calc>,
+}
+
+async fn pair_with<F: Factory>(f: &F, client_settings: Settings, server_settings: Settings) -> Pair {
+    let (a, b) = f.pair().await;
+    let calc = Arc::new(Calc::default());
+    let server = SessionBuilder::new()
+        .config(config(server_settings))
+        .serve(CalculatorDispatcher::new(calc.clone()))
+        .accept_connections(Arc::new({
+            let calc = calc.clone();
+            move |meta: &wire::Metadata| {
+                if meta.iter().any(|m| m.key == "refuse") {
+                    Err("refused by policy".to_string())
+                } else {
+                    Ok(Some(
+                        CalculatorDispatcher::new(calc.clone()) as Arc<dyn osmos_session::Dispatcher>
+                    ))
+                }
+            }
+        }));
+    let client = SessionBuilder::new()
+        .config(config(client_settings))
+        .serve(GreeterDispatcher::new(Greet));
+    let (server, client) = bounded("handshake", async {
+        tokio::join!(server.accept(b), client.initiate(a))
+    })
+    .await;
+    let (server, client) = (server.unwrap(), client.unwrap());
+    calc.conn.set(server.clone()).unwrap();
+    Pair { client, server, calc }
+}
+
+async fn pair<F: Factory>(f: &F) -> Pair {
+    pair_with(f, Settings::default(), Settings::default()).await
+}
+
+/// Starts a `block` call and returns once its handler is running.
+async fn start_blocked_call(
+    p: &Pair,
+    calc: &CalculatorClient,
+) -> tokio::task::JoinHandle<Result<u32, CallError<CalcError>>> {
+    let blocked = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.block(1).await }
+    });
+    bounded("handler", async {
+        while p.calc.running.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    blocked
+}
+
+// ---------------------------------------------------------------- bodies
+
+async fn calls_return_values<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    assert_eq!(bounded("add", calc.add(2, 3)).await.unwrap(), 5);
+    let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    assert_eq!(bounded("echo", calc.echo(data.clone())).await.unwrap(), data);
+    for i in 0..200 {
+        assert_eq!(calc.add(i, i).await.unwrap(), 2 * i);
+    }
+}
+
+async fn user_errors_are_distinct_from_protocol_errors<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    let err = bounded("add", calc.add(u32::MAX, 1)).await.unwrap_err();
+    assert_eq!(err, CallError::User(CalcError::Overflow { a: u32::MAX, b: 1 }));
+    // The session is still fine.
+    assert_eq!(calc.add(1, 1).await.unwrap(), 2);
+}
+
+async fn unknown_methods_and_invalid_payloads<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let r: Result<u32, CallError<String>> =
+        bounded("call", p.client.call(0x1234, &(1u32,), CallOptions::default())).await;
+    assert_eq!(r.unwrap_err(), CallError::UnknownMethod { method: 0x1234 });
+    let add = osmos_session::method_id("Calculator", "add");
+    let r: Result<u32, CallError<String>> = bounded(
+        "call",
+        p.client
+            .call(add, &(String::from("not numbers"),), CallOptions::default()),
+    )
+    .await;
+    assert!(matches!(r.unwrap_err(), CallError::InvalidPayload { .. }));
+    assert_eq!(
+        CalculatorClient::new(p.client.clone()).add(1, 2).await.unwrap(),
+        3
+    );
+}
+
+async fn both_peers_serve_and_call<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let greeter = GreeterClient::new(p.server.clone());
+    let calc = CalculatorClient::new(p.client.clone());
+    let (g, c) = bounded("calls", async {
+        tokio::join!(greeter.greet("cell".into()), calc.add(40, 2))
+    })
+    .await;
+    assert_eq!((g.unwrap(), c.unwrap()), ("hello, cell".to_string(), 42));
+    assert_eq!(
+        greeter.greet(String::new()).await.unwrap_err(),
+        CallError::User("no name".to_string())
+    );
+}
+
+async fn dropping_a_call_cancels_the_handler<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let (tx, rx) = oneshot::channel();
+    p.calc.dropped.lock().unwrap().push(tx);
+    let calc = CalculatorClient::new(p.client.clone());
+    {
+        let call = calc.block(7);
+        tokio::pin!(call);
+        // Let the call reach the handler, then drop it.
+        while p.calc.running.load(Ordering::SeqCst) == 0 {
+            tokio::select! {
+                _ = &mut call => panic!("the blocked call returned"),
+                _ = tokio::task::yield_now() => {}
+            }
+        }
+    }
+    assert_eq!(bounded("the handler to be aborted", rx).await.unwrap(), 7);
+    assert_eq!(calc.add(1, 1).await.unwrap(), 2, "the session survives a cancel");
+}
+
+async fn deadlines_fail_and_cancel<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let (tx, rx) = oneshot::channel();
+    p.calc.dropped.lock().unwrap().push(tx);
+    let block = osmos_session::method_id("Calculator", "block");
+    let r: Result<u32, CallError<CalcError>> = bounded(
+        "call",
+        p.client
+            .call(block, &(9u32,), CallOptions::timeout(Duration::from_millis(50))),
+    )
+    .await;
+    assert_eq!(
+        r.unwrap_err(),
+        CallError::DeadlineExceeded {
+            after: Duration::from_millis(50)
+        }
+    );
+    assert_eq!(bounded("the handler to be aborted", rx).await.unwrap(), 9);
+}
+
+async fn excess_calls_wait_for_the_limit<F: Factory>(f: F) {
+    let server = Settings {
+        max_concurrent_requests: 2,
+        ..Settings::default()
+    };
+    let p = pair_with(&f, Settings::default(), server).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn({
+                let calc = calc.clone();
+                async move { calc.block(i).await }
+            })
+        })
+        .collect();
+    // Release handlers one at a time until all six calls are done.
+    bounded("all calls", async {
+        while !calls.iter().all(|c| c.is_finished()) {
+            if p.calc.running.load(Ordering::SeqCst) > 0 {
+                assert!(
+                    p.calc.max_running.load(Ordering::SeqCst) <= 2,
+                    "at most 2 calls run at once"
+                );
+                p.calc.release.notify_one();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let mut tags = Vec::new();
+    for c in calls {
+        tags.push(bounded("call", c).await.unwrap().unwrap());
+    }
+    tags.sort();
+    assert_eq!(tags, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(p.calc.max_running.load(Ordering::SeqCst), 2);
+}
+
+async fn streams_from_callee_to_caller<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    let (tx, mut rx) = p.client.channel::<u32>();
+    let call = tokio::spawn(async move { calc.count(1000, tx).await });
+    let mut got = Vec::new();
+    while let Some(v) = bounded("items", rx.recv()).await {
+        got.push(v.unwrap());
+    }
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+    assert_eq!(bounded("call", call).await.unwrap().unwrap(), 1000);
+}
+
+async fn streams_from_caller_to_callee<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    let (tx, rx) = p.client.channel::<u64>();
+    let call = tokio::spawn(async move { calc.sum(rx).await });
+    for i in 1..=1000u64 {
+        bounded("send", tx.send(&i)).await.unwrap();
+    }
+    tx.close().await.unwrap();
+    assert_eq!(bounded("sum", call).await.unwrap().unwrap(), 500_500);
+}
+
+async fn channels_can_be_returned<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    let mut rx = bounded("numbers", calc.numbers(500)).await.unwrap();
+    let mut n = 0;
+    while let Some(v) = bounded("items", rx.recv()).await {
+        assert_eq!(v.unwrap(), n);
+        n += 1;
+    }
+    assert_eq!(n, 500);
+}
+
+async fn credit_exhaustion_stalls_and_resumes<F: Factory>(f: F) {
+    // The client receives with a window of 64 bytes: 1-byte items (u32 < 128
+    // encodes in one byte), so the server stalls after 64 unread items.
+    let client = Settings {
+        initial_credit: 64,
+        ..Settings::default()
+    };
+    let p = pair_with(&f, client, Settings::default()).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    let (tx, mut rx) = p.client.channel::<u32>();
+    let call = tokio::spawn(async move { calc.count(100, tx).await });
+    // Items up to the window arrive; the rest wait for credit.
+    for i in 0..64 {
+        assert_eq!(bounded("items", rx.recv()).await.unwrap().unwrap(), i % 128);
+    }
+    assert!(!call.is_finished());
+    let mut n = 64;
+    while let Some(v) = bounded("items", rx.recv()).await {
+        assert_eq!(v.unwrap(), n);
+        n += 1;
+    }
+    assert_eq!(n, 100);
+    assert_eq!(bounded("call", call).await.unwrap().unwrap(), 100);
+}
+
+async fn a_slow_receiver_stalls_only_its_channel<F: Factory>(f: F) {
+    let client = Settings {
+        initial_credit: 32,
+        ..Settings::default()
+    };
+    let p = pair_with(&f, client, Settings::default()).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    let (slow_tx, _slow_rx) = p.client.channel::<u32>();
+    let (fast_tx, mut fast_rx) = p.client.channel::<u32>();
+    let stalled = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.count(1000, slow_tx).await }
+    });
+    let flowing = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.count(1000, fast_tx).await }
+    });
+    let mut n = 0;
+    while let Some(v) = bounded("fast items", fast_rx.recv()).await {
+        assert_eq!(v.unwrap(), n);
+        n += 1;
+    }
+    assert_eq!(n, 1000);
+    assert_eq!(bounded("fast call", flowing).await.unwrap().unwrap(), 1000);
+    assert!(
+        !stalled.is_finished(),
+        "the unread channel's sender waits for credit"
+    );
+    assert_eq!(calc.add(1, 2).await.unwrap(), 3, "calls still flow");
+}
+
+async fn virtual_connections_open_reject_and_close<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let meta = vec![wire::MetaEntry {
+        key: "service".into(),
+        value: wire::MetaValue::Str("calc".into()),
+    }];
+    let vconn = bounded("open", p.client.open(meta, None)).await.unwrap();
+    assert_ne!(vconn.id(), 0);
+    let calc = CalculatorClient::new(vconn.clone());
+    assert_eq!(calc.add(20, 22).await.unwrap(), 42);
+    let refuse = vec![wire::MetaEntry {
+        key: "refuse".into(),
+        value: wire::MetaValue::U64(1),
+    }];
+    let err = bounded("open", p.client.open(refuse, None)).await.unwrap_err();
+    assert_eq!(err, CallError::User("refused by policy".to_string()));
+    // A call in flight on a closed connection fails; the root is unaffected.
+    let blocked = start_blocked_call(&p, &calc).await;
+    vconn.close("done").await;
+    let err = bounded("blocked call", blocked).await.unwrap().unwrap_err();
+    assert!(matches!(err, CallError::ConnectionClosed { .. }), "{err:?}");
+    assert!(matches!(
+        calc.add(1, 1).await.unwrap_err(),
+        CallError::ConnectionClosed { .. }
+    ));
+    assert_eq!(
+        CalculatorClient::new(p.client.clone()).add(1, 1).await.unwrap(),
+        2
+    );
+}
+
+async fn goodbye_fails_pending_calls_with_the_reason<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    let blocked = start_blocked_call(&p, &calc).await;
+    p.server.goodbye("maintenance").await;
+    let err = bounded("blocked call", blocked).await.unwrap().unwrap_err();
+    assert_eq!(
+        err,
+        CallError::Session(SessionError::Goodbye {
+            reason: "maintenance".into()
+        })
+    );
+    assert_eq!(
+        bounded("closed", p.client.closed()).await,
+        SessionError::Goodbye {
+            reason: "maintenance".into()
+        }
+    );
+    assert!(matches!(calc.add(1, 1).await.unwrap_err(), CallError::Session(_)));
+}
+
+// ------------------------------------------------ raw peers (lying, silent)
+
+/// Drives one end of a link by hand.
+struct Raw<L: Link> {
+    tx: L::Tx,
+    rx: L::Rx,
+}
+
+impl<L: Link> Raw<L> {
+    fn new(link: L) -> Self {
+        let (tx, rx) = link.split();
+        Raw { tx, rx }
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        let mut p = self.tx.reserve(bytes.len()).await.unwrap();
+        p.buf().copy_from_slice(bytes);
+        p.commit().await.unwrap();
+    }
+
+    async fn send(&mut self, m: &Message<'_>) {
+        self.send_bytes(&wire::encode(m).unwrap()).await;
+    }
+
+    /// The next message's kind and encoded bytes (None at end of link).
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        match bounded("raw recv", self.rx.recv()).await {
+            Ok(Some(f)) => Some(f.to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Reads until a message matching `pred` arrives.
+    async fn recv_until(&mut self, pred: impl Fn(&Message<'_>) -> bool) -> Option<Vec<u8>> {
+        while let Some(bytes) = self.recv().await {
+            if pred(&wire::decode(&bytes).unwrap()) {
+                return Some(bytes);
+            }
+        }
+        None
+    }
+}
+
+/// A real session (acceptor, serving Calculator) against a raw initiator
+/// that has done the handshake.
+async fn raw_against_server<F: Factory>(
+    f: &F,
+    server_settings: Settings,
+    keepalive: Option<Duration>,
+) -> (Raw<F::L>, Connection, Arc<Calc>) {
+    let (a, b) = f.pair().await;
+    let calc = Arc::new(Calc::default());
+    let mut cfg = config(server_settings);
+    if let Some(k) = keepalive {
+        cfg.keepalive_interval = k;
+        cfg.keepalive_timeout = k * 3;
+    }
+    let server = tokio::spawn(
+        SessionBuilder::new()
+            .config(cfg)
+            .serve(CalculatorDispatcher::new(calc.clone()))
+            .accept(b),
+    );
+    let mut raw = Raw::new(a);
+    raw.send(&Message::Hello {
+        version: PROTOCOL_VERSION,
+        settings: Settings::default(),
+    })
+    .await;
+    let hello = raw.recv().await.unwrap();
+    assert!(matches!(
+        wire::decode(&hello).unwrap(),
+        Message::HelloYourself {
+            version: PROTOCOL_VERSION,
+            ..
+        }
+    ));
+    let server = bounded("server", server).await.unwrap().unwrap();
+    (raw, server, calc)
+}
+
+async fn expect_violation<L: Link>(raw: &mut Raw<L>, server: &Connection, rule: &str) {
+    let bytes = raw
+        .recv_until(|m| matches!(m, Message::ProtocolError { .. }))
+        .await
+        .expect("a ProtocolError");
+    let Message::ProtocolError { rule: got, detail } = wire::decode(&bytes).unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(got, rule, "{detail}");
+    match bounded("session end", server.closed()).await {
+        SessionError::Violation { rule: r, .. } => assert_eq!(r, rule),
+        e => panic!("expected a violation of {rule}, got {e}"),
+    }
+    assert!(
+        raw.recv_until(|_| false).await.is_none(),
+        "the server closes the link after a violation"
+    );
+}
+
+async fn version_mismatch_names_both_versions<F: Factory>(f: F) {
+    let (a, b) = f.pair().await;
+    let server = tokio::spawn(SessionBuilder::new().accept(b));
+    let mut raw = Raw::new(a);
+    raw.send(&Message::Hello {
+        version: PROTOCOL_VERSION + 41,
+        settings: Settings::default(),
+    })
+    .await;
+    let err = bounded("server", server).await.unwrap().unwrap_err();
+    assert_eq!(
+        err,
+        SessionError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: PROTOCOL_VERSION + 41
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("speaks {}", PROTOCOL_VERSION + 41))
+    );
+    let bye = raw.recv().await.expect("a goodbye");
+    let Message::Goodbye { reason } = wire::decode(&bye).unwrap() else {
+        panic!("expected a goodbye")
+    };
+    assert!(reason.contains("version mismatch"), "{reason}");
+}
+
+async fn undecodable_frames_end_the_session<F: Factory>(f: F) {
+    let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
+    raw.send_bytes(&[0xff, 0xff, 0xff]).await;
+    expect_violation(&mut raw, &server, "frame.decodable").await;
+}
+
+async fn lying_frames_are_violations<F: Factory>(f: F) {
+    let add = osmos_session::method_id("Calculator", "add");
+    let args = wire::encode(&(1u32, 2u32)).unwrap();
+    let block = osmos_session::method_id("Calculator", "block");
+    let block_args = wire::encode(&(5u32,)).unwrap();
+    type Case = (&'static str, Vec<Vec<u8>>);
+    let enc = |m: Message<'_>| wire::encode(&m).unwrap();
+    let cases: Vec<Case> = vec![
+        (
+            "conn.known",
+            vec![enc(Message::Call {
+                conn: 77,
+                request: 1,
+                method: add,
+                metadata: vec![],
+                channels: vec![],
+                args: &args,
+            })],
+        ),
+        (
+            "id.parity",
+            vec![enc(Message::Call {
+                conn: 0,
+                request: 2,
+                method: add,
+                metadata: vec![],
+                channels: vec![],
+                args: &args,
+            })],
+        ),
+        (
+            "request.unique",
+            vec![
+                enc(Message::Call {
+                    conn: 0,
+                    request: 1,
+                    method: block,
+                    metadata: vec![],
+                    channels: vec![],
+                    args: &block_args,
+                }),
+                enc(Message::Call {
+                    conn: 0,
+                    request: 1,
+                    method: block,
+                    metadata: vec![],
+                    channels: vec![],
+                    args: &block_args,
+                }),
+            ],
+        ),
+        (
+            "response.known-request",
+            vec![enc(Message::Response {
+                conn: 0,
+                request: 9,
+                metadata: vec![],
+                channels: vec![],
+                outcome: Outcome::Cancelled,
+            })],
+        ),
+        (
+            "channel.known",
+            vec![enc(Message::Item {
+                channel: 5,
+                payload: &[1],
+            })],
+        ),
+        (
+            "handshake.once",
+            vec![enc(Message::Hello {
+                version: PROTOCOL_VERSION,
+                settings: Settings::default(),
+            })],
+        ),
+        (
+            "conn.known",
+            vec![enc(Message::ConnectionAccept {
+                conn: 3,
+                metadata: vec![],
+            })],
+        ),
+    ];
+    for (rule, frames) in cases {
+        let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
+        for frame in &frames {
+            raw.send_bytes(frame).await;
+        }
+        expect_violation(&mut raw, &server, rule).await;
+    }
+}
+
+async fn too_many_concurrent_requests_is_a_violation<F: Factory>(f: F) {
+    let server_settings = Settings {
+        max_concurrent_requests: 2,
+        ..Settings::default()
+    };
+    let (mut raw, server, _) = raw_against_server(&f, server_settings, None).await;
+    let block = osmos_session::method_id("Calculator", "block");
+    let args = wire::encode(&(5u32,)).unwrap();
+    for request in [1u64, 3, 5] {
+        raw.send(&Message::Call {
+            conn: 0,
+            request,
+            method: block,
+            metadata: vec![],
+            channels: vec![],
+            args: &args,
+        })
+        .await;
+    }
+    expect_violation(&mut raw, &server, "request.limit").await;
+}
+
+async fn credit_overrun_and_data_after_close_are_violations<F: Factory>(f: F) {
+    // The raw peer calls `sum` passing its own Rx... it must create the
+    // channel with its parity (odd) and list it in the call.
+    let server_settings = Settings {
+        initial_credit: 16,
+        ..Settings::default()
+    };
+    let sum = osmos_session::method_id("Calculator", "sum");
+    let args = wire::encode(&(1u64,)).unwrap(); // an Rx<u64> is its channel id
+    let call = |request| Message::Call {
+        conn: 0,
+        request,
+        method: sum,
+        metadata: vec![],
+        channels: vec![1],
+        args: &args,
+    };
+    let (mut raw, server, _) = raw_against_server(&f, server_settings.clone(), None).await;
+    raw.send(&call(1)).await;
+    raw.send(&Message::Item {
+        channel: 1,
+        payload: &[0; 17],
+    })
+    .await;
+    expect_violation(&mut raw, &server, "credit.no-overrun").await;
+
+    let (mut raw, server, _) = raw_against_server(&f, server_settings, None).await;
+    raw.send(&call(1)).await;
+    raw.send(&Message::Item {
+        channel: 1,
+        payload: &[7],
+    })
+    .await;
+    raw.send(&Message::Close { channel: 1 }).await;
+    raw.send(&Message::Item {
+        channel: 1,
+        payload: &[7],
+    })
+    .await;
+    // The handler may finish (and retire the channel) before the late item
+    // arrives; either the rule or a normal response is fine only if the item
+    // came after the channel was gone. Here it arrives in order behind Close.
+    let bytes = raw
+        .recv_until(|m| matches!(m, Message::ProtocolError { .. } | Message::Response { .. }))
+        .await
+        .unwrap();
+    match wire::decode(&bytes).unwrap() {
+        Message::ProtocolError { rule, .. } => assert_eq!(rule, "channel.no-data-after-close"),
+        Message::Response { outcome, .. } => {
+            // The handler consumed 7 and returned; the channel was retired.
+            assert_eq!(outcome, Outcome::Ok(&wire::encode(&7u64).unwrap()));
+            assert!(server.ended().is_none());
+        }
+        _ => unreachable!(),
+    }
+}
+
+async fn a_silent_peer_times_out<F: Factory>(f: F) {
+    let (mut raw, server, _) =
+        raw_against_server(&f, Settings::default(), Some(Duration::from_millis(100))).await;
+    // Read (so the server's writes never block) but never answer a ping.
+    let reader = tokio::spawn(async move { while raw.recv().await.is_some() {} });
+    match bounded("keepalive", server.closed()).await {
+        SessionError::KeepaliveTimeout { silent_for } => assert!(silent_for >= Duration::from_millis(300)),
+        e => panic!("expected a keepalive timeout, got {e}"),
+    }
+    bounded("reader", reader).await.unwrap();
+}
+
+async fn keepalive_keeps_an_idle_session_up<F: Factory>(f: F) {
+    let (a, b) = f.pair().await;
+    let cfg = SessionConfig {
+        keepalive_interval: Duration::from_millis(30),
+        keepalive_timeout: Duration::from_millis(120),
+        ..SessionConfig::default()
+    };
+    let calc = Arc::new(Calc::default());
+    let (server, client) = tokio::join!(
+        SessionBuilder::new()
+            .config(cfg.clone())
+            .serve(CalculatorDispatcher::new(calc))
+            .accept(b),
+        SessionBuilder::new().config(cfg).initiate(a)
+    );
+    let (server, client) = (server.unwrap(), client.unwrap());
+    // Idle for several timeouts, waiting on real time passing.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        server.ended().is_none() && client.ended().is_none(),
+        "pings kept both sides alive"
+    );
+    assert_eq!(CalculatorClient::new(client).add(1, 2).await.unwrap(), 3);
+}
+
+async fn a_dropped_link_fails_pending_calls<F: Factory>(f: F) {
+    let (a, b) = f.pair().await;
+    let client = tokio::spawn(SessionBuilder::new().initiate(a));
+    let mut raw = Raw::new(b);
+    let hello = raw.recv().await.unwrap();
+    assert!(matches!(wire::decode(&hello).unwrap(), Message::Hello { .. }));
+    raw.send(&Message::HelloYourself {
+        version: PROTOCOL_VERSION,
+        settings: Settings::default(),
+    })
+    .await;
+    let client = bounded("client", client).await.unwrap().unwrap();
+    let calc = CalculatorClient::new(client.clone());
+    let call = tokio::spawn(async move { calc.add(1, 2).await });
+    raw.recv_until(|m| matches!(m, Message::Call { .. }))
+        .await
+        .unwrap();
+    drop(raw);
+    let err = bounded("call", call).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, CallError::Session(SessionError::Link { .. })),
+        "{err:?}"
+    );
+}
+
+macro_rules! conformance {
+    ($link:ident, $factory:expr) => {
+        mod $link {
+            use super::*;
+            conformance!(@tests $factory;
+                calls_return_values,
+                user_errors_are_distinct_from_protocol_errors,
+                unknown_methods_and_invalid_payloads,
+                both_peers_serve_and_call,
+                dropping_a_call_cancels_the_handler,
+                deadlines_fail_and_cancel,
+                excess_calls_wait_for_the_limit,
+                streams_from_callee_to_caller,
+                streams_from_caller_to_callee,
+                channels_can_be_returned,
+                credit_exhaustion_stalls_and_resumes,
+                a_slow_receiver_stalls_only_its_channel,
+                virtual_connections_open_reject_and_close,
+                goodbye_fails_pending_calls_with_the_reason,
+                version_mismatch_names_both_versions,
+                undecodable_frames_end_the_session,
+                lying_frames_are_violations,
+                too_many_concurrent_requests_is_a_violation,
+                credit_overrun_and_data_after_close_are_violations,
+                a_silent_peer_times_out,
+                keepalive_keeps_an_idle_session_up,
+                a_dropped_link_fails_pending_calls,
+            );
+        }
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($factory).await;
+            }
+        )*
+    };
+}
+
+conformance!(memory, MemoryFactory);
+conformance!(unix, UnixFactory);
+conformance!(tcp, TcpFactory);
