@@ -1,5 +1,5 @@
 //! The session conformance suite: the same test bodies run over every link
-//! (`memory_*`, `unix_*`, `tcp_*`). Each body gets a fresh connected link
+//! (`memory::*`, `unix::*`, `tcp::*`, `shm::*`). Each body gets a fresh connected link
 //! pair from the link's factory.
 
 use std::sync::Arc;
@@ -45,6 +45,18 @@ impl Factory for UnixFactory {
     async fn pair(&self) -> (Self::L, Self::L) {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         (StreamLink::unix(a, MAX_FRAME), StreamLink::unix(b, MAX_FRAME))
+    }
+}
+
+struct ShmFactory;
+impl Factory for ShmFactory {
+    type L = osmos_session::link::shm::ShmLink;
+    async fn pair(&self) -> (Self::L, Self::L) {
+        use osmos_shm::{Segment, SegmentConfig as ShmConfig};
+        let host = Segment::create(&ShmConfig::default(), 1).unwrap();
+        let cell = Segment::attach(host.fd().try_clone_to_owned().unwrap()).unwrap();
+        let (h, c) = (host.endpoint().unwrap(), cell.endpoint().unwrap());
+        (Self::L::new(h), Self::L::new(c))
     }
 }
 
@@ -936,3 +948,4 @@ macro_rules! conformance {
 conformance!(memory, MemoryFactory);
 conformance!(unix, UnixFactory);
 conformance!(tcp, TcpFactory);
+conformance!(shm, ShmFactory);

@@ -80,6 +80,81 @@ impl Doorbell {
     }
 }
 
+/// A handle another thread can use to wait for a doorbell to ring: take
+/// [`seq`](BellWatcher::seq), try the operation, and if it must wait, call
+/// [`wait_change`](BellWatcher::wait_change) with the value seen before the
+/// try. Used to park a helper thread on behalf of async code.
+///
+/// At most one thread may wait on a given doorbell at a time (the parked flag
+/// is a single word): give each doorbell one waiting thread.
+#[derive(Clone)]
+pub struct BellWatcher {
+    /// Invariant: valid while `_keep` lives.
+    bell: std::ptr::NonNull<Doorbell>,
+    liveness: Liveness,
+    _keep: crate::liveness::Keepalive,
+}
+
+// SAFETY: the doorbell is atomics, kept alive by `_keep`.
+unsafe impl Send for BellWatcher {}
+// SAFETY: see `Send`; every access is atomic.
+unsafe impl Sync for BellWatcher {}
+
+impl std::fmt::Debug for BellWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BellWatcher").field("seq", &self.seq()).finish()
+    }
+}
+
+impl BellWatcher {
+    /// # Safety
+    ///
+    /// `bell` must stay valid while `keep` lives.
+    pub(crate) unsafe fn new(
+        bell: std::ptr::NonNull<Doorbell>,
+        liveness: Liveness,
+        keep: crate::liveness::Keepalive,
+    ) -> Self {
+        Self {
+            bell,
+            liveness,
+            _keep: keep,
+        }
+    }
+
+    fn bell(&self) -> &Doorbell {
+        // SAFETY: valid while `self._keep` lives (field invariant).
+        unsafe { self.bell.as_ref() }
+    }
+
+    /// The bell's ring count now. Take it *before* trying the operation.
+    pub fn seq(&self) -> u32 {
+        // ORDERING: Acquire pairs with the ringer's Release increment: what it
+        // published before ringing is visible to the try that follows.
+        self.bell().seq.load(Ordering::Acquire)
+    }
+
+    /// Blocks until the bell has rung since `seen` was read, the peer dies
+    /// ([`Error::PeerGone`]), this side shuts down ([`Error::Shutdown`]) or
+    /// `deadline` passes.
+    pub fn wait_change(&self, seen: u32, deadline: Option<Instant>) -> Result<()> {
+        let ctx = WaitCtx {
+            liveness: &self.liveness,
+            strategy: WaitStrategy::PARK,
+            deadline,
+            what: "a doorbell",
+        };
+        self.bell()
+            .wait_until(&ctx, || Ok((self.seq() != seen).then_some(())))
+    }
+
+    /// Rings the bell from this side: wakes this side's own waiter (e.g. to
+    /// stop a helper thread). The peer sees a spurious ring.
+    pub fn ring(&self) {
+        self.bell().ring();
+    }
+}
+
 /// How long to keep the CPU before parking on a futex.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitStrategy {

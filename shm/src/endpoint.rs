@@ -57,6 +57,12 @@ impl FrameSender {
         self.slots.set_wait_strategy(strategy);
     }
 
+    /// The ring producer and the slot pool owner at once, to hold a frame
+    /// reservation and a slot reservation together.
+    pub fn parts(&mut self) -> (&mut FrameProducer, &mut SlotWriter) {
+        (&mut self.producer, &mut self.slots)
+    }
+
     /// The ring producer, for frame-level use.
     pub fn producer(&mut self) -> &mut FrameProducer {
         &mut self.producer
@@ -128,6 +134,19 @@ impl FrameReceiver {
             slots,
             deferred: None,
         }
+    }
+
+    /// A watcher of the doorbell rung when frames are published.
+    pub fn readable_watcher(&self) -> crate::BellWatcher {
+        self.consumer.readable_watcher()
+    }
+
+    /// Whether a frame is ready now (validating the ring as it looks).
+    pub fn has_frame(&mut self) -> Result<bool> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        Ok(self.consumer.try_peek()?.is_some())
     }
 
     /// Sets how this receiver waits for frames.

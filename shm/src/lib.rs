@@ -67,7 +67,7 @@ mod loom_models;
 mod test_support;
 
 pub use credit::{CreditReceiver, CreditSender, CreditTable};
-pub use doorbell::{Doorbell, WaitStrategy};
+pub use doorbell::{BellWatcher, Doorbell, WaitStrategy};
 pub use error::{Error, Result, Rule, Violation};
 #[cfg(not(osmos_loom))]
 pub use futex::OsFutex;

@@ -203,6 +203,13 @@ impl SlotWriter {
         self.mem.classes.last().map_or(0, |c| c.size)
     }
 
+    /// A watcher of the doorbell the receiver rings when it releases slots.
+    pub fn released_watcher(&self) -> crate::BellWatcher {
+        let bell = std::ptr::NonNull::from(&self.mem.ctrl().released);
+        // SAFETY: the doorbell lives in the pool's memory, kept by `keep`.
+        unsafe { crate::BellWatcher::new(bell, self.liveness.clone(), self.mem.keep.clone()) }
+    }
+
     /// Slots sent and not yet released.
     pub fn in_flight(&self) -> usize {
         self.in_flight.iter().filter(|&&b| b).count()

@@ -165,6 +165,25 @@ impl fmt::Debug for FrameProducer {
 }
 
 impl FrameProducer {
+    /// A watcher of the doorbell the consumer rings when it frees space.
+    pub fn writable_watcher(&self) -> crate::BellWatcher {
+        let bell = std::ptr::NonNull::from(&self.mem.ctrl().writable);
+        // SAFETY: the doorbell lives in the ring's memory, kept by `_keep`.
+        unsafe { crate::BellWatcher::new(bell, self.liveness.clone(), self.mem._keep.clone()) }
+    }
+
+    /// Rings the consumer's doorbell without publishing anything: wakes a
+    /// consumer parked on an empty ring so that it re-checks (e.g. after this
+    /// side published a state change).
+    pub fn wake_consumer(&self) {
+        self.mem.ctrl().readable.ring();
+    }
+
+    /// Reserves a frame carrying a [`SlotRef`](crate::SlotRef), without waiting.
+    pub fn try_reserve_slot_ref(&mut self) -> Result<Option<FrameGrant<'_>>> {
+        self.try_reserve_kind(FrameKind::SlotRef, crate::SlotRef::ENCODED_LEN)
+    }
+
     /// Largest payload a frame can carry.
     pub fn max_payload(&self) -> usize {
         self.max_payload as usize
@@ -399,6 +418,13 @@ impl fmt::Debug for FrameConsumer {
 }
 
 impl FrameConsumer {
+    /// A watcher of the doorbell the producer rings when it publishes frames.
+    pub fn readable_watcher(&self) -> crate::BellWatcher {
+        let bell = std::ptr::NonNull::from(&self.mem.ctrl().readable);
+        // SAFETY: the doorbell lives in the ring's memory, kept by `_keep`.
+        unsafe { crate::BellWatcher::new(bell, self.liveness.clone(), self.mem._keep.clone()) }
+    }
+
     /// Sets how this end waits before parking.
     pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
         self.strategy = strategy;

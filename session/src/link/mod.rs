@@ -21,14 +21,15 @@
 //!   session's `Goodbye` tells them apart.
 //!
 //! Links: [`memory`] (an in-process pair, for tests and in-process peers) and
-//! [`stream`] (length-prefixed frames over Unix or TCP sockets). The shm link
-//! runs over `osmos-shm`.
+//! [`stream`] (length-prefixed frames over Unix or TCP sockets), and [`shm`]
+//! (rings and slot pools in an `osmos-shm` segment).
 
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 
 pub mod memory;
+pub mod shm;
 pub mod stream;
 
 /// How a link carries per-channel flow-control credit.
