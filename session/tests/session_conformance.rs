@@ -370,7 +370,18 @@ async fn excess_calls_wait_for_the_limit<F: Factory>(f: F) {
             })
         })
         .collect();
-    // Release handlers one at a time until all six calls are done.
+    // The limit is reached (two handlers run) and nothing fails...
+    bounded("two running handlers", async {
+        while p.calc.running.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        calls.iter().all(|c| !c.is_finished()),
+        "excess calls wait; none fails"
+    );
+    // ...then release handlers one at a time until all six calls are done.
     bounded("all calls", async {
         while !calls.iter().all(|c| c.is_finished()) {
             if p.calc.running.load(Ordering::SeqCst) > 0 {
