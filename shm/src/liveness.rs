@@ -280,6 +280,18 @@ impl Liveness {
         self.check_words(own.load(Ordering::Acquire), peer.load(Ordering::Acquire))
     }
 
+    /// Records the CPU this thread runs on and tells whether the peer last
+    /// recorded a different one: spinning for the peer only pays off when it
+    /// runs on another CPU. (A hint the peer writes; a lie only changes how
+    /// long this side spins.)
+    #[cfg(not(osmos_loom))]
+    pub fn peer_on_another_cpu(&self) -> bool {
+        let me = rustix::thread::sched_getcpu() as u32 + 1;
+        self.note_cpu(me);
+        let peer = self.peer_cpu();
+        peer != 0 && peer != me
+    }
+
     /// Records the CPU this side is running on, for the peer's wait strategy.
     pub(crate) fn note_cpu(&self, cpu: u32) {
         self.words().side(self.side).cpu.store(cpu, Ordering::Relaxed);

@@ -1,0 +1,221 @@
+//! `add(u32, u32)` round trip and calls/s over every link, in one run.
+//!
+//! ```text
+//! cargo run --release -p osmos-session --example rtt
+//! taskset -c 0 cargo run --release -p osmos-session --example rtt
+//! ```
+//!
+//! Rows: the memory, Unix, TCP and shm links with both peers in this process
+//! (two tokio runtimes), and the shm link with the server in a second process
+//! (this program re-executed with the segment at fd 3).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use osmos_session::link::shm::ShmLink;
+use osmos_session::link::stream::StreamLink;
+use osmos_session::link::{Link, memory};
+use osmos_session::{Connection, SessionBuilder, service};
+use osmos_shm::{Segment, SegmentConfig, Side};
+
+service! {
+    /// The measured service.
+    pub trait Adder {
+        client AdderClient;
+        dispatcher AdderDispatcher;
+        /// Adds.
+        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+    }
+}
+
+struct Add;
+impl Adder for Add {
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String> {
+        Ok(a.wrapping_add(b))
+    }
+}
+
+const WARMUP: usize = 2_000;
+const ROUNDS: usize = 20_000;
+const CONCURRENT: usize = 16;
+const PER_TASK: usize = 2_000;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Starts a server on its own runtime (its own thread) over `link`.
+fn serve<L: Link>(link: L) -> tokio::runtime::Runtime {
+    let rt = runtime();
+    rt.spawn(async move {
+        let conn = SessionBuilder::new()
+            .serve(AdderDispatcher::new(Add))
+            .accept(link)
+            .await
+            .expect("server handshake");
+        conn.closed().await;
+    });
+    rt
+}
+
+struct Row {
+    name: &'static str,
+    p50: Duration,
+    p99: Duration,
+    calls_per_sec: f64,
+}
+
+async fn measure(name: &'static str, conn: Connection) -> Row {
+    let client = AdderClient::new(conn);
+    let mut times = Vec::with_capacity(ROUNDS);
+    for i in 0..(WARMUP + ROUNDS) as u32 {
+        let t = Instant::now();
+        let r = client.add(i, 1).await.expect("add");
+        let dt = t.elapsed();
+        assert_eq!(r, i.wrapping_add(1));
+        if i as usize >= WARMUP {
+            times.push(dt);
+        }
+    }
+    times.sort();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move {
+                for i in 0..PER_TASK as u32 {
+                    c.add(i, i).await.expect("add");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = (CONCURRENT * PER_TASK) as f64 / start.elapsed().as_secs_f64();
+    client.connection().goodbye("measured").await;
+    Row {
+        name,
+        p50: times[times.len() / 2],
+        p99: times[times.len() * 99 / 100],
+        calls_per_sec: rate,
+    }
+}
+
+async fn in_process<L: Link>(name: &'static str, client: L, server: L) -> Row {
+    let server_rt = serve(server);
+    let conn = SessionBuilder::new()
+        .initiate(client)
+        .await
+        .expect("client handshake");
+    let row = measure(name, conn).await;
+    server_rt.shutdown_background();
+    row
+}
+
+async fn shm_cross_process() -> Row {
+    let seg = Segment::create(&SegmentConfig::default(), 1).unwrap();
+    let raw = seg.fd().as_raw_fd();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg("--cell").stdin(Stdio::null());
+    // SAFETY: only dup2/fcntl (async-signal-safe) run between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            let r = if raw == 3 {
+                libc::fcntl(raw, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn the cell");
+    let endpoint = seg.endpoint().unwrap();
+    let live = endpoint.liveness.clone();
+    let watcher = std::thread::spawn(move || {
+        let status = child.wait();
+        live.mark_dead(Side::Cell);
+        status
+    });
+    let conn = SessionBuilder::new()
+        .initiate(ShmLink::new(endpoint))
+        .await
+        .expect("handshake with the cell");
+    let row = measure("shm (2 processes)", conn).await;
+    let _ = watcher.join();
+    row
+}
+
+fn cell() {
+    runtime().block_on(async {
+        // SAFETY: the parent placed the segment at fd 3 for us alone.
+        let seg = Segment::attach(unsafe { OwnedFd::from_raw_fd(3) }).expect("attach");
+        let conn = SessionBuilder::new()
+            .serve(AdderDispatcher::new(Add))
+            .accept(ShmLink::new(seg.endpoint().expect("endpoint")))
+            .await
+            .expect("cell handshake");
+        conn.closed().await;
+    });
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--cell") {
+        cell();
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let rows = runtime().block_on(async {
+        let mut rows = Vec::new();
+        let (a, b) = memory::pair(1 << 20, 64);
+        rows.push(in_process("memory", a, b).await);
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        rows.push(in_process("unix", StreamLink::unix(a, 1 << 20), StreamLink::unix(b, 1 << 20)).await);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (a, b) = (
+            StreamLink::tcp(a.unwrap(), 1 << 20).unwrap(),
+            StreamLink::tcp(b.unwrap().0, 1 << 20).unwrap(),
+        );
+        rows.push(in_process("tcp (loopback)", a, b).await);
+        let host = Segment::create(&SegmentConfig::default(), 1).unwrap();
+        let cell = Segment::attach(host.fd().try_clone_to_owned().unwrap()).unwrap();
+        let (h, c) = (
+            ShmLink::new(host.endpoint().unwrap()),
+            ShmLink::new(cell.endpoint().unwrap()),
+        );
+        rows.push(in_process("shm (1 process)", h, c).await);
+        rows.push(shm_cross_process().await);
+        rows
+    });
+    println!(
+        "add(u32, u32) round trip, {ROUNDS} sequential calls; calls/s with {CONCURRENT} concurrent callers; {cpus} CPUs allowed"
+    );
+    println!("{:<20} {:>10} {:>10} {:>12}", "link", "p50", "p99", "calls/s");
+    let base = rows
+        .iter()
+        .find(|r| r.name == "memory")
+        .map(|r| r.p50)
+        .unwrap_or(Duration::from_nanos(1));
+    for r in &rows {
+        println!(
+            "{:<20} {:>7.1} µs {:>7.1} µs {:>12.0}   (p50 {:.2}× memory)",
+            r.name,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.calls_per_sec,
+            r.p50.as_secs_f64() / base.as_secs_f64()
+        );
+    }
+}
