@@ -29,6 +29,8 @@ use std::sync::{Arc, Mutex};
 use facet::Facet;
 use tokio::sync::Notify;
 
+use osmos_shm::{CreditReceiver, CreditSender, CreditTable};
+
 use crate::session::Shared;
 use crate::wire::Message;
 
@@ -63,6 +65,19 @@ pub enum ChannelError {
     },
     /// This handle is not bound to a session (it was handed over, or never bound).
     Unbound,
+    /// Every channel id this side may use is taken (the shm channel table is
+    /// full); close channels or raise the segment's `max_channels`.
+    Exhausted {
+        /// Channels this side may have open at once.
+        max: u32,
+    },
+    /// The peer broke a flow-control rule; the session was ended.
+    PeerBrokeProtocol {
+        /// The rule.
+        rule: &'static str,
+        /// What was seen.
+        detail: String,
+    },
 }
 
 impl fmt::Display for ChannelError {
@@ -75,6 +90,13 @@ impl fmt::Display for ChannelError {
                 f,
                 "could not decode an item ({detail}); are both sides built from the same service definition?"
             ),
+            ChannelError::Exhausted { max } => write!(
+                f,
+                "no free channel: all {max} channel ids this side may use are open; close some, or raise the segment's max_channels"
+            ),
+            ChannelError::PeerBrokeProtocol { rule, detail } => {
+                write!(f, "the peer broke protocol rule [{rule}]: {detail}; the session was ended")
+            }
             ChannelError::Unbound => f.write_str(
                 "this channel handle was handed to the peer (or never bound to a session) and cannot be used here",
             ),
@@ -84,30 +106,68 @@ impl fmt::Display for ChannelError {
 
 impl std::error::Error for ChannelError {}
 
+/// Which end of a channel a handle is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The sending end.
+    Tx,
+    /// The receiving end.
+    Rx,
+}
+
+/// How a channel starts its credit.
+pub(crate) enum FlowInit {
+    /// `GrantCredit` messages: our receive window and our initial send credit.
+    Messages { recv_window: u32, send_window: u32 },
+    /// The shm channel table, entry `index`; counters are set once the
+    /// channel's direction is known.
+    Table { table: CreditTable, index: u32 },
+}
+
+/// Per-channel credit, behind one seam: the session code calls the same
+/// operations whichever the link uses.
+enum Flow {
+    /// Credit travels as `GrantCredit` messages.
+    Messages {
+        /// Bytes we granted the peer in total (receiving side).
+        granted: u64,
+        /// Bytes we received in total (receiving side). `received <= granted`.
+        received: u64,
+        /// Bytes we may still send (sending side).
+        send_available: u64,
+    },
+    /// Credit lives in the shared channel table.
+    Table {
+        table: CreditTable,
+        index: u32,
+        /// Sending side's counters; `None` until the direction is known, and
+        /// while lent to a thread waiting for credit.
+        sender: Option<CreditSender>,
+        /// Receiving side's counters; `None` until the direction is known.
+        receiver: Option<CreditReceiver>,
+    },
+}
+
 /// The session's state of one channel, shared by its local handle(s) and the
 /// session driver.
 pub(crate) struct ChannelCore {
     pub(crate) id: u64,
+    /// This side created the channel (and owns its table index, if any).
+    pub(crate) created_here: bool,
     inner: Mutex<ChanInner>,
     /// Items, a close or a reset arrived.
     readable: Notify,
-    /// Credit or a reset arrived.
+    /// Credit, an announcement or a reset arrived.
     writable: Notify,
 }
 
-#[derive(Default)]
 struct ChanInner {
     queue: VecDeque<Vec<u8>>,
-    /// Bytes we granted the peer in total (receiving side).
-    granted: u64,
-    /// Bytes we received in total (receiving side). `received <= granted`.
-    received: u64,
     /// Bytes consumed by the local receiver since our last grant.
     consumed_since_grant: u64,
-    /// Window size used for grants: our initial credit.
+    /// Our receive window (our initial credit), for the grant policy.
     window: u64,
-    /// Bytes we may still send (sending side).
-    send_available: u64,
+    flow: Flow,
     /// The peer closed its sending side: no more items.
     remote_closed: bool,
     /// Set when either side reset the channel.
@@ -115,18 +175,71 @@ struct ChanInner {
     /// The peer knows this channel: it created it, or the message handing it
     /// over was sent. Items may only be sent once it is.
     announced: bool,
+    /// Local handles still alive.
+    local_tx: bool,
+    local_rx: bool,
+    /// This side sent its end's terminal message (`Close` for a sender,
+    /// `Reset` for a receiver).
+    sent_terminal: bool,
+    /// The peer's terminal message arrived.
+    got_terminal: bool,
+}
+
+/// Converts an `osmos-shm` credit error into a channel error.
+fn shm_credit_error(e: osmos_shm::Error) -> ChannelError {
+    match e {
+        osmos_shm::Error::Violation(v) => ChannelError::PeerBrokeProtocol {
+            rule: v.rule.name(),
+            detail: v.detail,
+        },
+        osmos_shm::Error::ChannelClosed { .. } => ChannelError::Reset {
+            reason: "the receiver closed the channel".into(),
+        },
+        other => ChannelError::SessionEnded {
+            reason: other.to_string(),
+        },
+    }
 }
 
 impl ChannelCore {
-    pub(crate) fn new(id: u64, recv_window: u32, send_window: u32, announced: bool) -> Arc<Self> {
+    pub(crate) fn new(
+        id: u64,
+        created_here: bool,
+        announced: bool,
+        init: FlowInit,
+        window: u32,
+    ) -> Arc<Self> {
+        let flow = match init {
+            FlowInit::Messages {
+                recv_window,
+                send_window,
+            } => Flow::Messages {
+                granted: u64::from(recv_window),
+                received: 0,
+                send_available: u64::from(send_window),
+            },
+            FlowInit::Table { table, index } => Flow::Table {
+                table,
+                index,
+                sender: None,
+                receiver: None,
+            },
+        };
         Arc::new(ChannelCore {
             id,
+            created_here,
             inner: Mutex::new(ChanInner {
-                granted: u64::from(recv_window),
-                window: u64::from(recv_window),
-                send_available: u64::from(send_window),
+                queue: VecDeque::new(),
+                consumed_since_grant: 0,
+                window: u64::from(window),
+                flow,
+                remote_closed: false,
+                reset: None,
                 announced,
-                ..ChanInner::default()
+                local_tx: false,
+                local_rx: false,
+                sent_terminal: false,
+                got_terminal: false,
             }),
             readable: Notify::new(),
             writable: Notify::new(),
@@ -136,6 +249,78 @@ impl ChannelCore {
     fn lock(&self) -> std::sync::MutexGuard<'_, ChanInner> {
         // A panic while holding this lock leaves plain counters behind; keep going.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The channel's table index, in table mode.
+    pub(crate) fn table_index(&self) -> Option<u32> {
+        match &self.lock().flow {
+            Flow::Table { index, .. } => Some(*index),
+            Flow::Messages { .. } => None,
+        }
+    }
+
+    /// A local handle of `end` now exists (created, or bound from a message).
+    pub(crate) fn attach(&self, end: End) {
+        let mut c = self.lock();
+        match end {
+            End::Tx => c.local_tx = true,
+            End::Rx => c.local_rx = true,
+        }
+    }
+
+    /// The direction is known: the receiver's initial credit is `initial`.
+    /// In table mode, `reset_entry` (the creator, before announcing) also
+    /// reinitializes the shared counters.
+    pub(crate) fn init_credit(&self, initial: u32, reset_entry: bool) -> Result<(), String> {
+        let mut c = self.lock();
+        if let Flow::Table {
+            table,
+            index,
+            sender,
+            receiver,
+        } = &mut c.flow
+        {
+            if sender.is_some() || receiver.is_some() {
+                return Ok(());
+            }
+            if reset_entry {
+                table.reset(*index, initial).map_err(|e| e.to_string())?;
+            }
+            *sender = Some(table.sender(*index, initial).map_err(|e| e.to_string())?);
+            *receiver = Some(table.receiver(*index, initial).map_err(|e| e.to_string())?);
+        }
+        Ok(())
+    }
+
+    /// A local handle of `end` was handed to the peer (it is no longer local).
+    pub(crate) fn detach(&self, end: End) {
+        let mut c = self.lock();
+        match end {
+            End::Tx => c.local_tx = false,
+            End::Rx => c.local_rx = false,
+        }
+    }
+
+    /// A local handle of `end` is done (its terminal message is being sent).
+    /// Returns whether the channel is now finished on both sides.
+    pub(crate) fn end_local(&self, end: End) -> bool {
+        let mut c = self.lock();
+        match end {
+            End::Tx => c.local_tx = false,
+            End::Rx => {
+                c.local_rx = false;
+                c.queue.clear();
+                if let Flow::Table {
+                    receiver: Some(r), ..
+                } = &mut c.flow
+                {
+                    // No more grants from here; a parked sender wakes.
+                    r.close();
+                }
+            }
+        }
+        c.sent_terminal = true;
+        c.sent_terminal && c.got_terminal
     }
 
     /// An item arrived (driver). Checks the peer's credit and queues it.
@@ -152,20 +337,39 @@ impl ChannelCore {
             ));
         }
         let len = payload.len() as u64;
-        if c.received + len > c.granted {
-            return Err(crate::error::violation(
-                "credit.no-overrun",
-                format!(
-                    "channel {}: item of {len} bytes with only {} bytes of credit left ({} granted, {} received)",
-                    self.id,
-                    c.granted - c.received,
-                    c.granted,
-                    c.received
-                ),
-            ));
+        match &mut c.flow {
+            Flow::Messages {
+                granted, received, ..
+            } => {
+                if *received + len > *granted {
+                    return Err(crate::error::violation(
+                        "credit.no-overrun",
+                        format!(
+                            "channel {}: item of {len} bytes with only {} bytes of credit left ({granted} granted, {received} received)",
+                            self.id,
+                            *granted - *received,
+                        ),
+                    ));
+                }
+                *received += len;
+            }
+            Flow::Table {
+                receiver: Some(r), ..
+            } => {
+                let n = u32::try_from(len).unwrap_or(u32::MAX);
+                r.on_received(n).map_err(|e| match e {
+                    osmos_shm::Error::Violation(v) => crate::error::violation(v.rule.name(), v.detail),
+                    other => crate::error::violation("credit.no-overrun", other.to_string()),
+                })?;
+            }
+            Flow::Table { receiver: None, .. } => {
+                return Err(crate::error::violation(
+                    "credit.no-overrun",
+                    format!("item on channel {} before any credit was granted", self.id),
+                ));
+            }
         }
-        c.received += len;
-        if c.reset.is_none() {
+        if c.reset.is_none() && c.local_rx {
             c.queue.push_back(payload.to_vec());
         }
         drop(c);
@@ -173,26 +377,40 @@ impl ChannelCore {
         Ok(())
     }
 
-    /// The peer granted more credit (driver).
+    /// The peer granted more credit by message (driver).
     pub(crate) fn on_grant(&self, bytes: u32) -> Result<(), crate::error::Violation> {
         let mut c = self.lock();
-        c.send_available += u64::from(bytes);
-        if c.send_available > u64::from(u32::MAX) {
-            return Err(crate::error::violation(
-                "credit.grant-bounded",
-                format!(
-                    "channel {}: the peer granted a window of {} bytes (at most 2^32)",
-                    self.id, c.send_available
-                ),
-            ));
+        match &mut c.flow {
+            Flow::Messages { send_available, .. } => {
+                *send_available += u64::from(bytes);
+                if *send_available > u64::from(u32::MAX) {
+                    return Err(crate::error::violation(
+                        "credit.grant-bounded",
+                        format!(
+                            "channel {}: the peer granted a window of {} bytes (at most 2^32)",
+                            self.id, send_available
+                        ),
+                    ));
+                }
+            }
+            Flow::Table { .. } => {
+                return Err(crate::error::violation(
+                    "credit.mode",
+                    format!(
+                        "GrantCredit for channel {} on a link whose credit is in the shared table",
+                        self.id
+                    ),
+                ));
+            }
         }
         drop(c);
         self.writable.notify_one();
         Ok(())
     }
 
-    /// The peer closed its sending side (driver).
-    pub(crate) fn on_close(&self) -> Result<(), crate::error::Violation> {
+    /// The peer closed its sending side (driver). Returns whether the channel
+    /// is now finished on both sides.
+    pub(crate) fn on_close(&self) -> Result<bool, crate::error::Violation> {
         let mut c = self.lock();
         if c.remote_closed {
             return Err(crate::error::violation(
@@ -201,9 +419,28 @@ impl ChannelCore {
             ));
         }
         c.remote_closed = true;
+        c.got_terminal = true;
+        let finished = c.sent_terminal && c.got_terminal;
         drop(c);
         self.readable.notify_one();
-        Ok(())
+        Ok(finished)
+    }
+
+    /// The peer reset the channel (driver). Returns whether this side must
+    /// acknowledge with `Close` (its sender is still open), and whether the
+    /// channel is now finished on both sides.
+    pub(crate) fn on_peer_reset(&self, reason: String) -> (bool, bool) {
+        let mut c = self.lock();
+        c.got_terminal = true;
+        let ack = c.local_tx && !c.sent_terminal;
+        if ack {
+            c.local_tx = false;
+            c.sent_terminal = true;
+        }
+        let finished = c.sent_terminal && c.got_terminal;
+        drop(c);
+        self.on_reset(reason);
+        (ack, finished)
     }
 
     /// The channel was reset (by the peer, or because the session ended).
@@ -233,28 +470,70 @@ impl ChannelCore {
             let notified = self.writable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
+            let lent = {
                 let mut c = self.lock();
                 if let Some(reason) = &c.reset {
                     return Err(ChannelError::Reset {
                         reason: reason.clone(),
                     });
                 }
-                if c.announced && c.send_available >= n {
-                    c.send_available -= n;
-                    // Someone else may be waiting for what is left.
-                    if c.send_available > 0 {
-                        self.writable.notify_one();
+                if !c.announced {
+                    None
+                } else {
+                    match &mut c.flow {
+                        Flow::Messages { send_available, .. } => {
+                            if *send_available >= n {
+                                *send_available -= n;
+                                if *send_available > 0 {
+                                    self.writable.notify_one();
+                                }
+                                return Ok(());
+                            }
+                            None
+                        }
+                        Flow::Table { sender, .. } => match sender {
+                            Some(s) => {
+                                let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+                                if s.try_take(n32).map_err(shm_credit_error)? {
+                                    return Ok(());
+                                }
+                                // Lend the counters to a blocking thread.
+                                sender.take().map(|s| (s, n32))
+                            }
+                            // Lent to another sender's wait, or not bound yet.
+                            None => None,
+                        },
                     }
-                    return Ok(());
                 }
+            };
+            let Some((mut s, n32)) = lent else {
+                notified.await;
+                continue;
+            };
+            // Wait in the blocking pool, in slices, so that a reset or the
+            // end of the session is noticed without a grant.
+            let (s, r) = tokio::task::spawn_blocking(move || {
+                let r = s.take(n32, Some(std::time::Instant::now() + CREDIT_WAIT_SLICE));
+                (s, r)
+            })
+            .await
+            .map_err(|e| ChannelError::SessionEnded {
+                reason: format!("the credit waiter failed: {e}"),
+            })?;
+            if let Flow::Table { sender, .. } = &mut self.lock().flow {
+                *sender = Some(s);
             }
-            notified.await;
+            self.writable.notify_one();
+            match r {
+                Ok(()) => return Ok(()),
+                Err(osmos_shm::Error::Timeout { .. }) => continue,
+                Err(e) => return Err(shm_credit_error(e)),
+            }
         }
     }
 
     /// The next queued item, waiting for one. `Ok(None)` once closed and drained.
-    /// Returns the bytes to grant back, if a grant is due.
+    /// Returns the bytes to grant back by message, if a grant is due.
     async fn next_item(&self) -> Result<Option<(Vec<u8>, Option<u32>)>, ChannelError> {
         loop {
             let notified = self.readable.notified();
@@ -264,15 +543,26 @@ impl ChannelCore {
                 let mut c = self.lock();
                 if let Some(item) = c.queue.pop_front() {
                     c.consumed_since_grant += item.len() as u64;
-                    let grant = if c.consumed_since_grant * 2 >= c.window.max(1) {
+                    let mut grant_message = None;
+                    if c.consumed_since_grant * 2 >= c.window.max(1) {
                         let g = c.consumed_since_grant.min(u64::from(u32::MAX));
                         c.consumed_since_grant -= g;
-                        c.granted += g;
-                        Some(g as u32)
-                    } else {
-                        None
-                    };
-                    return Ok(Some((item, grant)));
+                        match &mut c.flow {
+                            Flow::Messages { granted, .. } => {
+                                *granted += g;
+                                grant_message = Some(g as u32);
+                            }
+                            Flow::Table {
+                                receiver: Some(r), ..
+                            } => {
+                                // Only fails on a window past 2^31, which the
+                                // grant policy never opens.
+                                let _ = r.grant(g as u32);
+                            }
+                            Flow::Table { receiver: None, .. } => {}
+                        }
+                    }
+                    return Ok(Some((item, grant_message)));
                 }
                 if let Some(reason) = &c.reset {
                     return Err(ChannelError::Reset {
@@ -287,6 +577,10 @@ impl ChannelCore {
         }
     }
 }
+
+/// How long a blocked sender waits for table credit before re-checking for
+/// a reset or the end of the session.
+const CREDIT_WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a binding context is doing.
 enum BindMode {
@@ -382,7 +676,7 @@ pub(crate) fn decode_exact<T: Facet<'static>>(bytes: &[u8]) -> Result<T, String>
 }
 
 /// Binds a decoded channel id to the session's channel state.
-fn bind(id: ChannelId) -> Result<(Arc<Shared>, Arc<ChannelCore>), String> {
+fn bind(id: ChannelId, end: End) -> Result<(Arc<Shared>, Arc<ChannelCore>), String> {
     CONTEXT.with(|c| {
         let mut c = c.borrow_mut();
         let Some(ctx) = c.as_mut() else {
@@ -405,12 +699,19 @@ fn bind(id: ChannelId) -> Result<(Arc<Shared>, Arc<ChannelCore>), String> {
             .channel_core(id.0)
             .ok_or_else(|| format!("channel {} is not open", id.0))?;
         bound.push(id.0);
+        core.attach(end);
+        // We hold `end`: the receiver's initial credit is ours if we receive.
+        let initial = match end {
+            End::Rx => ctx.shared.our_initial_credit(),
+            End::Tx => ctx.shared.peer_settings().initial_credit,
+        };
+        core.init_credit(initial, false)?;
         Ok((ctx.shared.clone(), core))
     })
 }
 
-/// Hands a channel handle over to the peer while encoding.
-fn hand_over(id: u64, handed: &AtomicBool) -> Result<ChannelId, String> {
+/// Hands a channel handle (of `end`) over to the peer while encoding.
+fn hand_over(id: u64, handed: &AtomicBool, end: End, bound: Option<&Bound>) -> Result<ChannelId, String> {
     CONTEXT.with(|c| {
         let mut c = c.borrow_mut();
         match c.as_mut().map(|ctx| &mut ctx.mode) {
@@ -418,6 +719,17 @@ fn hand_over(id: u64, handed: &AtomicBool) -> Result<ChannelId, String> {
             Some(BindMode::Encode { collected }) => {
                 if handed.swap(true, Ordering::AcqRel) {
                     return Err(format!("channel {id} was already handed to the peer"));
+                }
+                if let Some(b) = bound {
+                    b.core.detach(end);
+                    // The peer gets `end`: the receiver's initial credit is
+                    // ours if the peer sends. The creator sets up the shared
+                    // counters now, before the message announcing it is sent.
+                    let initial = match end {
+                        End::Tx => b.shared.our_initial_credit(),
+                        End::Rx => b.shared.peer_settings().initial_credit,
+                    };
+                    b.core.init_credit(initial, b.core.created_here)?;
                 }
                 collected.push(id);
                 Ok(ChannelId(id))
@@ -477,6 +789,8 @@ impl<T> fmt::Debug for Rx<T> {
 /// Creates both ends of a new channel, bound to `shared`'s session.
 pub(crate) fn pair<T>(shared: &Arc<Shared>, core: Arc<ChannelCore>) -> (Tx<T>, Rx<T>) {
     let id = core.id;
+    core.attach(End::Tx);
+    core.attach(End::Rx);
     let tx = Tx {
         id,
         bound: Some(Bound {
@@ -501,7 +815,7 @@ pub(crate) fn pair<T>(shared: &Arc<Shared>, core: Arc<ChannelCore>) -> (Tx<T>, R
 impl<T> TryFrom<ChannelId> for Tx<T> {
     type Error = String;
     fn try_from(id: ChannelId) -> Result<Self, String> {
-        let (shared, core) = bind(id)?;
+        let (shared, core) = bind(id, End::Tx)?;
         Ok(Tx {
             id: id.0,
             bound: Some(Bound { shared, core }),
@@ -514,14 +828,14 @@ impl<T> TryFrom<ChannelId> for Tx<T> {
 impl<T> TryFrom<&Tx<T>> for ChannelId {
     type Error = String;
     fn try_from(tx: &Tx<T>) -> Result<Self, String> {
-        hand_over(tx.id, &tx.done)
+        hand_over(tx.id, &tx.done, End::Tx, tx.bound.as_ref())
     }
 }
 
 impl<T> TryFrom<ChannelId> for Rx<T> {
     type Error = String;
     fn try_from(id: ChannelId) -> Result<Self, String> {
-        let (shared, core) = bind(id)?;
+        let (shared, core) = bind(id, End::Rx)?;
         Ok(Rx {
             id: id.0,
             bound: Some(Bound { shared, core }),
@@ -534,7 +848,7 @@ impl<T> TryFrom<ChannelId> for Rx<T> {
 impl<T> TryFrom<&Rx<T>> for ChannelId {
     type Error = String;
     fn try_from(rx: &Rx<T>) -> Result<Self, String> {
-        hand_over(rx.id, &rx.done)
+        hand_over(rx.id, &rx.done, End::Rx, rx.bound.as_ref())
     }
 }
 
@@ -555,12 +869,14 @@ impl<T> Tx<T> {
     pub async fn close(self) -> Result<(), ChannelError> {
         let b = self.bound()?;
         self.done.store(true, Ordering::Release);
-        b.shared
-            .send(&Message::Close { channel: self.id })
-            .await
-            .map_err(|e| ChannelError::SessionEnded {
-                reason: e.to_string(),
-            })
+        let finished = b.core.end_local(End::Tx);
+        let sent = b.shared.send(&Message::Close { channel: self.id }).await;
+        if finished {
+            b.shared.retire_channel(self.id);
+        }
+        sent.map_err(|e| ChannelError::SessionEnded {
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -583,7 +899,14 @@ where
                 ),
             });
         }
-        b.core.take_credit(bytes.len() as u64).await?;
+        match b.core.take_credit(bytes.len() as u64).await {
+            Ok(()) => {}
+            Err(ChannelError::PeerBrokeProtocol { rule, detail }) => {
+                b.shared.fail_violation(rule, detail.clone());
+                return Err(ChannelError::PeerBrokeProtocol { rule, detail });
+            }
+            Err(e) => return Err(e),
+        }
         b.shared
             .send(&Message::Item {
                 channel: self.id,
@@ -601,8 +924,10 @@ impl<T> Drop for Tx<T> {
         if let Some(b) = &self.bound
             && !self.done.swap(true, Ordering::AcqRel)
         {
-            b.shared.forget_channel(self.id);
             b.shared.send_later(&Message::Close { channel: self.id });
+            if b.core.end_local(End::Tx) {
+                b.shared.retire_channel(self.id);
+            }
         }
     }
 }
@@ -650,11 +975,13 @@ impl<T> Drop for Rx<T> {
         if let Some(b) = &self.bound
             && !self.done.swap(true, Ordering::AcqRel)
         {
-            b.shared.forget_channel(self.id);
             b.shared.send_later(&Message::Reset {
                 channel: self.id,
                 reason: "the receiver was dropped".into(),
             });
+            if b.core.end_local(End::Rx) {
+                b.shared.retire_channel(self.id);
+            }
         }
     }
 }

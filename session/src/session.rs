@@ -37,9 +37,9 @@ use facet::Facet;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
-use crate::channel::{self, ChannelCore, Rx, Tx};
+use crate::channel::{self, ChannelCore, ChannelError, FlowInit, Rx, Tx};
 use crate::error::{CallError, SessionError, Violation, violation};
-use crate::link::{Link, LinkError, LinkRx, LinkTx, SendPermit};
+use crate::link::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
 use crate::service::{Dispatch, Dispatcher};
 use crate::wire::{self, Message, Metadata, Outcome, PROTOCOL_VERSION, Settings};
 
@@ -120,6 +120,7 @@ impl SessionBuilder {
 
     async fn start<L: Link>(self, link: L, role: Role) -> Result<Connection, SessionError> {
         let max_frame = link.max_frame();
+        let credit = link.credit_mode();
         let (mut tx, mut rx) = link.split();
         let ours = self.config.settings.clone();
         let hello = match role {
@@ -193,6 +194,7 @@ impl SessionBuilder {
             call_limit: Arc::new(Semaphore::new(peer.max_concurrent_requests.max(1) as usize)),
             peer,
             max_frame,
+            credit,
             tx: tokio::sync::Mutex::new(Box::new(tx)),
             ids: Ids::new(role),
             state: Mutex::new(State::default()),
@@ -298,6 +300,8 @@ struct State {
     opening: HashMap<u64, oneshot::Sender<Result<Metadata, String>>>,
     /// Open channels.
     channels: HashMap<u64, Arc<ChannelCore>>,
+    /// Table indices of open channels (shm credit mode).
+    table_busy: HashSet<u32>,
     /// Channels closed here recently: late traffic for them is dropped quietly.
     retired: VecDeque<u64>,
     retired_set: HashSet<u64>,
@@ -351,6 +355,8 @@ pub(crate) struct Shared {
     ours: Settings,
     peer: Settings,
     max_frame: usize,
+    /// How channel credit travels.
+    credit: CreditMode,
     /// Calls beyond the peer's `max_concurrent_requests` wait here.
     call_limit: Arc<Semaphore>,
     tx: tokio::sync::Mutex<Box<dyn ErasedTx>>,
@@ -430,21 +436,102 @@ impl Shared {
         self.lock().channels.get(&id).cloned()
     }
 
-    /// Removes a channel whose local handle is gone.
-    pub(crate) fn forget_channel(&self, id: u64) {
+    /// Forgets a channel finished on both sides (each side sent its terminal
+    /// message); its table index, if any, may be used again.
+    pub(crate) fn retire_channel(&self, id: u64) {
         let mut s = self.lock();
-        if s.channels.remove(&id).is_some() {
+        if let Some(core) = s.channels.remove(&id) {
+            if let Some(index) = core.table_index() {
+                s.table_busy.remove(&index);
+            }
             retire(&mut s, id);
         }
     }
 
-    fn new_channel(&self, id: u64) -> Arc<ChannelCore> {
+    /// The credit this side grants a channel it receives on.
+    pub(crate) fn our_initial_credit(&self) -> u32 {
+        self.ours.initial_credit
+    }
+
+    /// Ends the session because the peer broke a rule outside the driver.
+    pub(crate) fn fail_violation(&self, rule: &'static str, detail: String) {
+        warn!(session = %self.name, rule, "peer broke a protocol rule: {detail}");
+        self.send_later(&Message::ProtocolError {
+            rule: rule.to_string(),
+            detail: detail.clone(),
+        });
+        self.end(SessionError::Violation { rule, detail });
+    }
+
+    /// The table index of channel `id`: each side cycles through the indices
+    /// of its own parity, so both sides compute the same index from an id and
+    /// ids stay unique forever while indices are reused.
+    fn table_index(table: &osmos_shm::CreditTable, id: u64) -> Option<u32> {
+        let half = u64::from(table.len() / 2);
+        (half > 0).then(|| (((id / 2) % half) * 2 + id % 2) as u32)
+    }
+
+    /// Registers channel `id` (created by the peer, or allocated here).
+    fn new_channel(&self, id: u64) -> Result<Arc<ChannelCore>, Violation> {
         // A channel the peer created is known to it; one created here is
         // announced when the message handing it over is sent.
-        let announced = self.ids.is_peers(id);
-        let core = ChannelCore::new(id, self.ours.initial_credit, self.peer.initial_credit, announced);
-        self.lock().channels.insert(id, core.clone());
-        core
+        let peers = self.ids.is_peers(id);
+        let init = match &self.credit {
+            CreditMode::Messages => FlowInit::Messages {
+                recv_window: self.ours.initial_credit,
+                send_window: self.peer.initial_credit,
+            },
+            CreditMode::SharedTable(table) => {
+                let index = Self::table_index(table, id).ok_or_else(|| {
+                    violation(
+                        "channel.table-index-free",
+                        "the channel table has no entries".to_string(),
+                    )
+                })?;
+                FlowInit::Table {
+                    table: table.clone(),
+                    index,
+                }
+            }
+        };
+        let core = ChannelCore::new(id, !peers, peers, init, self.ours.initial_credit);
+        let mut s = self.lock();
+        if let Some(index) = core.table_index()
+            && !s.table_busy.insert(index)
+        {
+            return Err(violation(
+                "channel.table-index-free",
+                format!("channel {id} uses channel table entry {index}, which an open channel still uses"),
+            ));
+        }
+        s.channels.insert(id, core.clone());
+        Ok(core)
+    }
+
+    /// Allocates a new channel id of this side's parity (with a free table
+    /// index, in table mode).
+    fn alloc_channel(&self) -> Result<Arc<ChannelCore>, ChannelError> {
+        let attempts = match &self.credit {
+            CreditMode::Messages => 1,
+            CreditMode::SharedTable(table) => (table.len() / 2).max(1),
+        };
+        for _ in 0..attempts {
+            let id = Ids::next(&self.ids.next_channel);
+            let busy = match &self.credit {
+                CreditMode::Messages => false,
+                CreditMode::SharedTable(table) => match Self::table_index(table, id) {
+                    Some(index) => self.lock().table_busy.contains(&index),
+                    None => true,
+                },
+            };
+            if !busy {
+                return self.new_channel(id).map_err(|v| ChannelError::PeerBrokeProtocol {
+                    rule: v.rule,
+                    detail: v.detail,
+                });
+            }
+        }
+        Err(ChannelError::Exhausted { max: attempts })
     }
 
     /// Ends the session (once): records why, fails every pending call,
@@ -650,13 +737,24 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
             Some(core) => core.on_item(payload),
             None => Ok(()),
         },
-        Message::Close { channel } => match channel_for(shared, channel, "Close")? {
-            Some(core) => core.on_close(),
-            None => Ok(()),
-        },
+        Message::Close { channel } => {
+            if let Some(core) = channel_for(shared, channel, "Close")?
+                && core.on_close()?
+            {
+                shared.retire_channel(channel);
+            }
+            Ok(())
+        }
         Message::Reset { channel, reason } => {
             if let Some(core) = channel_for(shared, channel, "Reset")? {
-                core.on_reset(reason);
+                let (ack, finished) = core.on_peer_reset(reason);
+                if ack {
+                    // The receiver is gone: our sender's terminal message.
+                    shared.send_later(&Message::Close { channel });
+                }
+                if finished {
+                    shared.retire_channel(channel);
+                }
             }
             Ok(())
         }
@@ -702,9 +800,26 @@ fn open_peer_channels(shared: &Shared, channels: &[u64]) -> Result<(), Violation
                 format!("channel {id} is already open"),
             ));
         }
-        shared.new_channel(id);
+        shared.new_channel(id)?;
     }
     Ok(())
+}
+
+/// Abandons listed channels no handle was bound to (the handler never got
+/// them): reset them so the peer's end stops.
+fn abandon_unbound(shared: &Shared, channels: &[u64], bound: &[u64]) {
+    for &id in channels.iter().filter(|id| !bound.contains(id)) {
+        if let Some(core) = shared.channel_core(id) {
+            core.on_reset("the handler did not take this channel".into());
+            shared.send_later(&Message::Reset {
+                channel: id,
+                reason: "the handler did not take this channel".into(),
+            });
+            if core.end_local(crate::channel::End::Rx) {
+                shared.retire_channel(id);
+            }
+        }
+    }
 }
 
 fn on_call(
@@ -752,11 +867,15 @@ fn on_call(
     let dispatch = match &dispatcher {
         None => Dispatch::UnknownMethod,
         Some(d) => {
-            let (r, _) =
+            let (r, bound) =
                 channel::with_decode_context(shared, channels, || d.dispatch(method, metadata, args));
+            abandon_unbound(shared, channels, &bound);
             r
         }
     };
+    if dispatcher.is_none() {
+        abandon_unbound(shared, channels, &[]);
+    }
     let respond = |outcome: Outcome<'_>| {
         shared.send_later(&Message::Response {
             conn,
@@ -1071,10 +1190,12 @@ impl Connection {
 
     /// Creates a channel of `T` items: keep one end and pass the other to the
     /// peer in a call.
-    pub fn channel<T>(&self) -> (Tx<T>, Rx<T>) {
-        let id = Ids::next(&self.shared.ids.next_channel);
-        let core = self.shared.new_channel(id);
-        channel::pair(&self.shared, core)
+    ///
+    /// Fails with [`ChannelError::Exhausted`] on an shm link whose channel
+    /// table has no free entry of this side's.
+    pub fn channel<T>(&self) -> Result<(Tx<T>, Rx<T>), ChannelError> {
+        let core = self.shared.alloc_channel()?;
+        Ok(channel::pair(&self.shared, core))
     }
 
     /// Calls `method` with `args`, waiting for the response. Calls beyond the

@@ -169,7 +169,7 @@ impl Calculator for Arc<Calc> {
     }
     async fn numbers(&self, count: u32) -> Result<Rx<u32>, CalcError> {
         let conn = self.conn.get().expect("the server's connection").clone();
-        let (tx, rx) = conn.channel::<u32>();
+        let (tx, rx) = conn.channel::<u32>().unwrap();
         tokio::spawn(async move {
             for i in 0..count {
                 if tx.send(&i).await.is_err() {
@@ -407,7 +407,7 @@ async fn excess_calls_wait_for_the_limit<F: Factory>(f: F) {
 async fn streams_from_callee_to_caller<F: Factory>(f: F) {
     let p = pair(&f).await;
     let calc = CalculatorClient::new(p.client.clone());
-    let (tx, mut rx) = p.client.channel::<u32>();
+    let (tx, mut rx) = p.client.channel::<u32>().unwrap();
     let call = tokio::spawn(async move { calc.count(1000, tx).await });
     let mut got = Vec::new();
     while let Some(v) = bounded("items", rx.recv()).await {
@@ -420,7 +420,7 @@ async fn streams_from_callee_to_caller<F: Factory>(f: F) {
 async fn streams_from_caller_to_callee<F: Factory>(f: F) {
     let p = pair(&f).await;
     let calc = CalculatorClient::new(p.client.clone());
-    let (tx, rx) = p.client.channel::<u64>();
+    let (tx, rx) = p.client.channel::<u64>().unwrap();
     let call = tokio::spawn(async move { calc.sum(rx).await });
     for i in 1..=1000u64 {
         bounded("send", tx.send(&i)).await.unwrap();
@@ -450,7 +450,7 @@ async fn credit_exhaustion_stalls_and_resumes<F: Factory>(f: F) {
     };
     let p = pair_with(&f, client, Settings::default()).await;
     let calc = CalculatorClient::new(p.client.clone());
-    let (tx, mut rx) = p.client.channel::<u32>();
+    let (tx, mut rx) = p.client.channel::<u32>().unwrap();
     let call = tokio::spawn(async move { calc.count(100, tx).await });
     // Items up to the window arrive; the rest wait for credit.
     for i in 0..64 {
@@ -473,8 +473,8 @@ async fn a_slow_receiver_stalls_only_its_channel<F: Factory>(f: F) {
     };
     let p = pair_with(&f, client, Settings::default()).await;
     let calc = CalculatorClient::new(p.client.clone());
-    let (slow_tx, _slow_rx) = p.client.channel::<u32>();
-    let (fast_tx, mut fast_rx) = p.client.channel::<u32>();
+    let (slow_tx, _slow_rx) = p.client.channel::<u32>().unwrap();
+    let (fast_tx, mut fast_rx) = p.client.channel::<u32>().unwrap();
     let stalled = tokio::spawn({
         let calc = calc.clone();
         async move { calc.count(1000, slow_tx).await }

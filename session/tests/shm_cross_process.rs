@@ -149,7 +149,7 @@ async fn shm_session_across_processes_calls_and_streams() {
         big,
         "1 MiB echo through slots"
     );
-    let (tx, mut rx) = cell.connection().channel::<u32>();
+    let (tx, mut rx) = cell.connection().channel::<u32>().unwrap();
     let counting = tokio::spawn({
         let cell = cell.clone();
         async move { cell.count(20_000, tx).await }
@@ -165,7 +165,7 @@ async fn shm_session_across_processes_calls_and_streams() {
         .unwrap()
         .unwrap()
         .unwrap();
-    let (tx, rx) = cell.connection().channel::<u64>();
+    let (tx, rx) = cell.connection().channel::<u64>().unwrap();
     let summing = tokio::spawn({
         let cell = cell.clone();
         async move { cell.sum(rx).await }

@@ -150,7 +150,7 @@ impl Link for ShmLink {
     }
 
     fn credit_mode(&self) -> CreditMode {
-        CreditMode::Messages
+        CreditMode::SharedTable(self.endpoint.credit.clone())
     }
 
     fn split(self) -> (ShmTx, ShmRx) {
