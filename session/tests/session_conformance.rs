@@ -497,6 +497,30 @@ async fn a_slow_receiver_stalls_only_its_channel<F: Factory>(f: F) {
     assert_eq!(calc.add(1, 2).await.unwrap(), 3, "calls still flow");
 }
 
+async fn channels_are_reused_beyond_the_table_size<F: Factory>(f: F) {
+    // 300 channels one after another: more than the 128 table entries each
+    // side has on the shm link, so entries are reused once both sides closed.
+    let p = pair(&f).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    for round in 0..300u32 {
+        let (tx, mut rx) = p.client.channel::<u32>().unwrap();
+        let call = tokio::spawn({
+            let calc = calc.clone();
+            async move { calc.count(3, tx).await }
+        });
+        for i in 0..3 {
+            assert_eq!(
+                bounded("item", rx.recv()).await.unwrap().unwrap(),
+                i,
+                "round {round}"
+            );
+        }
+        assert!(bounded("end", rx.recv()).await.is_none());
+        bounded("call", call).await.unwrap().unwrap();
+        drop(rx);
+    }
+}
+
 async fn virtual_connections_open_reject_and_close<F: Factory>(f: F) {
     let p = pair(&f).await;
     let meta = vec![wire::MetaEntry {
@@ -891,6 +915,55 @@ async fn keepalive_keeps_an_idle_session_up<F: Factory>(f: F) {
     assert_eq!(CalculatorClient::new(client).add(1, 2).await.unwrap(), 3);
 }
 
+async fn a_violation_fails_pending_calls_with_the_rule<F: Factory>(f: F) {
+    let (a, b) = f.pair().await;
+    let client = tokio::spawn(SessionBuilder::new().initiate(a));
+    let mut raw = Raw::new(b);
+    raw.recv().await.unwrap();
+    raw.send(&Message::HelloYourself {
+        version: PROTOCOL_VERSION,
+        settings: Settings::default(),
+    })
+    .await;
+    let client = bounded("client", client).await.unwrap().unwrap();
+    let calc = CalculatorClient::new(client.clone());
+    let calls: Vec<_> = (0..3u32)
+        .map(|i| {
+            let calc = calc.clone();
+            tokio::spawn(async move { calc.add(i, i).await })
+        })
+        .collect();
+    for _ in 0..3 {
+        raw.recv_until(|m| matches!(m, Message::Call { .. }))
+            .await
+            .unwrap();
+    }
+    // Answer a request that was never made.
+    raw.send(&Message::Response {
+        conn: 0,
+        request: 1000,
+        metadata: vec![],
+        channels: vec![],
+        outcome: Outcome::Cancelled,
+    })
+    .await;
+    for c in calls {
+        match bounded("call", c).await.unwrap().unwrap_err() {
+            CallError::Session(SessionError::Violation { rule, .. }) => {
+                assert_eq!(rule, "response.known-request")
+            }
+            e => panic!("expected the violation, got {e:?}"),
+        }
+    }
+    let bytes = raw
+        .recv_until(|m| matches!(m, Message::ProtocolError { .. }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(wire::decode(&bytes).unwrap(), Message::ProtocolError { rule, .. } if rule == "response.known-request")
+    );
+}
+
 async fn a_dropped_link_fails_pending_calls<F: Factory>(f: F) {
     let (a, b) = f.pair().await;
     let client = tokio::spawn(SessionBuilder::new().initiate(a));
@@ -934,6 +1007,7 @@ macro_rules! conformance {
                 credit_exhaustion_stalls_and_resumes,
                 a_slow_receiver_stalls_only_its_channel,
                 virtual_connections_open_reject_and_close,
+                channels_are_reused_beyond_the_table_size,
                 goodbye_fails_pending_calls_with_the_reason,
                 version_mismatch_names_both_versions,
                 undecodable_frames_end_the_session,
@@ -943,6 +1017,7 @@ macro_rules! conformance {
                 a_silent_peer_times_out,
                 keepalive_keeps_an_idle_session_up,
                 a_dropped_link_fails_pending_calls,
+                a_violation_fails_pending_calls_with_the_rule,
             );
         }
     };
@@ -960,3 +1035,63 @@ conformance!(memory, MemoryFactory);
 conformance!(unix, UnixFactory);
 conformance!(tcp, TcpFactory);
 conformance!(shm, ShmFactory);
+
+// ------------------------------------------------------------ shm only
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shm_channel_table_exhaustion_is_an_error() {
+    let p = pair(&ShmFactory).await;
+    // The default segment has 256 entries: 128 per side.
+    let held: Vec<_> = (0..128).map(|_| p.client.channel::<u32>().unwrap()).collect();
+    let err = p.client.channel::<u32>().unwrap_err();
+    assert!(
+        matches!(err, osmos_session::ChannelError::Exhausted { max: 128 }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("max_channels"), "{err}");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shm_grant_credit_messages_are_a_violation() {
+    let (mut raw, server, _) = raw_against_server(&ShmFactory, Settings::default(), None).await;
+    // The raw peer hands the server a Tx (channel 1, the peer's parity) for
+    // `count`, then grants credit by message instead of through the table.
+    let count = osmos_session::method_id("Calculator", "count");
+    let args = wire::encode(&(5u32, 1u64)).unwrap();
+    raw.send(&Message::Call {
+        conn: 0,
+        request: 1,
+        method: count,
+        metadata: vec![],
+        channels: vec![1],
+        args: &args,
+    })
+    .await;
+    raw.send(&Message::GrantCredit {
+        channel: 1,
+        bytes: 100,
+    })
+    .await;
+    expect_violation(&mut raw, &server, "credit.mode").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shm_two_live_channels_on_one_table_entry_is_a_violation() {
+    let (mut raw, server, _) = raw_against_server(&ShmFactory, Settings::default(), None).await;
+    // Channels 1 and 257 map to the same table entry (128 entries per side).
+    let sum = osmos_session::method_id("Calculator", "sum");
+    for (request, channel) in [(1u64, 1u64), (3, 257)] {
+        let args = wire::encode(&(channel,)).unwrap();
+        raw.send(&Message::Call {
+            conn: 0,
+            request,
+            method: sum,
+            metadata: vec![],
+            channels: vec![channel],
+            args: &args,
+        })
+        .await;
+    }
+    expect_violation(&mut raw, &server, "channel.table-index-free").await;
+}
