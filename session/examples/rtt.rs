@@ -118,6 +118,19 @@ async fn in_process<L: Link>(name: &'static str, client: L, server: L) -> Row {
     row
 }
 
+/// CPU time (user + system) a process used so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces): utime is the
+    // 12th and stime the 13th after the closing parenthesis.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
 async fn shm_cross_process() -> Row {
     let seg = Segment::create(&SegmentConfig::default(), 1).unwrap();
     let raw = seg.fd().as_raw_fd();
@@ -140,6 +153,7 @@ async fn shm_cross_process() -> Row {
         });
     }
     let mut child = cmd.spawn().expect("spawn the cell");
+    let pid = child.id();
     let endpoint = seg.endpoint().unwrap();
     let live = endpoint.liveness.clone();
     let watcher = std::thread::spawn(move || {
@@ -151,6 +165,16 @@ async fn shm_cross_process() -> Row {
         .initiate(ShmLink::new(endpoint))
         .await
         .expect("handshake with the cell");
+    // Idle cost: a connected host and cell doing nothing for a while.
+    let idle = Duration::from_secs(3);
+    let (host0, cell0) = (cpu_time(std::process::id()), cpu_time(pid));
+    tokio::time::sleep(idle).await;
+    let (host1, cell1) = (cpu_time(std::process::id()), cpu_time(pid));
+    println!(
+        "idle connected host + cell over shm for {idle:?}: host used {:?}, cell used {:?} of CPU (10 ms clock ticks)",
+        host1 - host0,
+        cell1 - cell0
+    );
     let row = measure("shm (2 processes)", conn).await;
     let _ = watcher.join();
     row
