@@ -1,0 +1,1 @@
+//! The cell sandbox (being built).
