@@ -1,8 +1,289 @@
-//! # osmos-plugin-sdk (not built yet)
+//! # osmos-plugin-sdk: the cell side of osmos
 //!
-//! Will hold the cell side of osmos: reading the bootstrap from inherited
-//! fds and `OSMOS_*` variables, attaching to the segment, serving a service
-//! from a cell binary's `main`, and exiting cleanly when the host says
-//! goodbye or dies.
+//! A cell is any binary whose `main` hands a service to this crate:
 //!
-//! This crate currently contains no code; nothing here is usable yet.
+//! ```no_run
+//! use std::sync::Arc;
+//! use osmos_session::service;
+//!
+//! service! {
+//!     /// What this cell serves.
+//!     pub trait Greeter {
+//!         client GreeterClient;
+//!         dispatcher GreeterDispatcher;
+//!         /// Greets.
+//!         async fn greet(&self, name: String) -> Result<String, String>;
+//!     }
+//! }
+//!
+//! struct Hello;
+//! impl Greeter for Hello {
+//!     async fn greet(&self, name: String) -> Result<String, String> {
+//!         Ok(format!("hello, {name}"))
+//!     }
+//! }
+//!
+//! fn main() {
+//!     osmos_plugin_sdk::run("greeter: says hello", || GreeterDispatcher::new(Hello));
+//! }
+//! ```
+//!
+//! How it fits: [`Bootstrap::from_env`] reads what the host passed (the
+//! segment at fd 3, the control socket at fd 4, `OSMOS_*` variables; see
+//! [`osmos_session::control`]); [`Cell::start`] attaches to the segment,
+//! validates it and runs the handshake as the acceptor; [`Cell::serve`] serves
+//! until the host says goodbye. [`Cell::connection`] lets the cell call
+//! services the host exposes. [`run`] / [`run_with`] do all of that from a
+//! plain `main`, install a tracing layer that forwards the cell's events to
+//! the host, exit 0 on a clean shutdown, and — when the binary is run by hand,
+//! without a host — print what it is and how it is meant to run, and exit 2.
+
+use std::fmt;
+use std::future::Future;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use osmos_session::control::{
+    CONTROL_FD, ENV_CELL_NAME, ENV_CONTROL_FD, ENV_PROTOCOL, ENV_SEGMENT_FD, SEGMENT_FD,
+};
+use osmos_session::link::shm::ShmLink;
+use osmos_session::wire::PROTOCOL_VERSION;
+use osmos_session::{Connection, Dispatcher, SessionBuilder, SessionConfig, SessionError};
+use osmos_shm::Segment;
+
+mod logging;
+
+/// Exit code of a cell run by hand (no host).
+pub const EXIT_NOT_LAUNCHED_BY_HOST: i32 = 2;
+/// Exit code of a cell whose session failed.
+pub const EXIT_FAILED: i32 = 1;
+
+/// Why a cell could not start or serve.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CellError {
+    /// The process was not started by an osmos host (run by hand?).
+    NotLaunchedByHost {
+        /// What is missing.
+        missing: String,
+    },
+    /// The host speaks another protocol version.
+    ProtocolMismatch {
+        /// The version this cell speaks.
+        ours: u32,
+        /// What the host announced.
+        host: String,
+    },
+    /// The inherited segment is unusable.
+    Segment(osmos_shm::Error),
+    /// The session failed.
+    Session(SessionError),
+}
+
+impl fmt::Display for CellError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CellError::NotLaunchedByHost { missing } => {
+                write!(
+                    f,
+                    "not started by an osmos host ({missing}); start this cell from a host program"
+                )
+            }
+            CellError::ProtocolMismatch { ours, host } => write!(
+                f,
+                "protocol version mismatch: this cell speaks {ours}, the host speaks {host}; rebuild the cell against the host's osmos release"
+            ),
+            CellError::Segment(e) => write!(f, "cannot use the segment the host passed: {e}"),
+            CellError::Session(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for CellError {}
+
+/// What the host passed to this process.
+#[derive(Debug)]
+pub struct Bootstrap {
+    /// The cell's name.
+    pub name: String,
+    /// The shared memory segment.
+    pub segment: OwnedFd,
+    /// The control socket, for forwarding logs.
+    pub control: Option<OwnedFd>,
+}
+
+fn fd_is_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+impl Bootstrap {
+    /// Reads the bootstrap from the environment and the inherited fds. Each
+    /// call takes ownership of the fds, so call it once.
+    pub fn from_env() -> Result<Bootstrap, CellError> {
+        let name = std::env::var(ENV_CELL_NAME).map_err(|_| CellError::NotLaunchedByHost {
+            missing: format!("{ENV_CELL_NAME} is not set"),
+        })?;
+        let protocol = std::env::var(ENV_PROTOCOL).map_err(|_| CellError::NotLaunchedByHost {
+            missing: format!("{ENV_PROTOCOL} is not set"),
+        })?;
+        if protocol.parse::<u32>().ok() != Some(PROTOCOL_VERSION) {
+            return Err(CellError::ProtocolMismatch {
+                ours: PROTOCOL_VERSION,
+                host: protocol,
+            });
+        }
+        for (var, fd) in [(ENV_SEGMENT_FD, SEGMENT_FD), (ENV_CONTROL_FD, CONTROL_FD)] {
+            if std::env::var(var).ok().and_then(|v| v.parse::<i32>().ok()) != Some(fd) {
+                return Err(CellError::NotLaunchedByHost {
+                    missing: format!("{var} is not {fd}"),
+                });
+            }
+        }
+        if !fd_is_open(SEGMENT_FD) {
+            return Err(CellError::NotLaunchedByHost {
+                missing: format!("fd {SEGMENT_FD} (the segment) is not open"),
+            });
+        }
+        // SAFETY: fd 3 is open (checked) and was passed to us by the host for
+        // this purpose; nothing else in the process owns it.
+        let segment = unsafe { OwnedFd::from_raw_fd(SEGMENT_FD) };
+        // SAFETY: as above, for the control socket at fd 4 when it is open.
+        let control = fd_is_open(CONTROL_FD).then(|| unsafe { OwnedFd::from_raw_fd(CONTROL_FD) });
+        Ok(Bootstrap {
+            name,
+            segment,
+            control,
+        })
+    }
+}
+
+/// A running cell: attached, handshaken, serving.
+pub struct Cell {
+    name: String,
+    conn: Connection,
+}
+
+impl fmt::Debug for Cell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cell").field("name", &self.name).finish()
+    }
+}
+
+impl Cell {
+    /// Attaches to the host's segment and runs the handshake, serving
+    /// `dispatcher` on the root connection.
+    pub async fn start(bootstrap: Bootstrap, dispatcher: Arc<dyn Dispatcher>) -> Result<Cell, CellError> {
+        let segment = Segment::attach(bootstrap.segment).map_err(CellError::Segment)?;
+        let endpoint = segment.endpoint().map_err(CellError::Segment)?;
+        let config = SessionConfig {
+            name: bootstrap.name.clone(),
+            ..SessionConfig::default()
+        };
+        let conn = SessionBuilder::new()
+            .config(config)
+            .serve(dispatcher)
+            .accept(ShmLink::new(endpoint))
+            .await
+            .map_err(CellError::Session)?;
+        tracing::debug!(cell = %bootstrap.name, "attached and serving");
+        Ok(Cell {
+            name: bootstrap.name,
+            conn,
+        })
+    }
+
+    /// The cell's name, as the host knows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The connection to the host: make clients on it to call the host's services.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Serves until the session ends: `Ok` when the host said goodbye (a
+    /// clean shutdown), the reason otherwise.
+    pub async fn serve(self) -> Result<(), CellError> {
+        match self.conn.closed().await {
+            SessionError::Goodbye { .. } | SessionError::Closed { .. } => Ok(()),
+            e => Err(CellError::Session(e)),
+        }
+    }
+}
+
+/// What a cell run by hand prints.
+pub fn usage(about: &str) -> String {
+    let program = std::env::args().next().unwrap_or_else(|| "this program".into());
+    format!(
+        "{about}\n\n\
+         {program} is an osmos cell: a plugin process that an osmos host starts, sandboxes\n\
+         and talks to over shared memory. The host passes it a shared memory segment (fd {SEGMENT_FD}),\n\
+         a control socket (fd {CONTROL_FD}) and the {ENV_CELL_NAME} and {ENV_PROTOCOL} variables.\n\
+         Run by hand, it has nothing to serve.\n\n\
+         Start it from a host program instead, e.g.:\n\n    \
+         let cell = osmos_host::CellBuilder::new(\"{program}\").name(\"my-cell\").spawn().await?;\n"
+    )
+}
+
+/// Serves the dispatcher `make` builds, from a plain `main`, and exits: 0 on
+/// a clean shutdown, 1 on failure, 2 (after printing [`usage`]) when the
+/// binary was not started by a host.
+pub fn run<D>(about: &str, make: impl FnOnce() -> Arc<D>) -> !
+where
+    D: Dispatcher,
+{
+    let dispatcher: Arc<dyn Dispatcher> = make();
+    run_with(about, dispatcher, |cell| cell.serve())
+}
+
+/// Like [`run`], but hands the started [`Cell`] to `body` (to call the host's
+/// services before or while serving); `body`'s result decides the exit code.
+pub fn run_with<F, Fut>(about: &str, dispatcher: Arc<dyn Dispatcher>, body: F) -> !
+where
+    F: FnOnce(Cell) -> Fut,
+    Fut: Future<Output = Result<(), CellError>>,
+{
+    let bootstrap = match Bootstrap::from_env() {
+        Ok(b) => b,
+        Err(e @ CellError::NotLaunchedByHost { .. }) => {
+            eprintln!("{}\n({e})", usage(about));
+            std::process::exit(EXIT_NOT_LAUNCHED_BY_HOST);
+        }
+        Err(e) => {
+            eprintln!("cell: {e}");
+            std::process::exit(EXIT_FAILED);
+        }
+    };
+    logging::install(&bootstrap);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cell {}: cannot start the async runtime: {e}", bootstrap.name);
+            std::process::exit(EXIT_FAILED);
+        }
+    };
+    let name = bootstrap.name.clone();
+    let result = runtime.block_on(async move {
+        let cell = Cell::start(bootstrap, dispatcher).await?;
+        body(cell).await
+    });
+    match result {
+        Ok(()) => {
+            tracing::debug!(cell = %name, "clean shutdown");
+            runtime.shutdown_background();
+            std::process::exit(0)
+        }
+        Err(e) => {
+            tracing::error!(cell = %name, "{e}");
+            eprintln!("cell {name}: {e}");
+            runtime.shutdown_background();
+            std::process::exit(EXIT_FAILED)
+        }
+    }
+}

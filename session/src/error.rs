@@ -49,6 +49,11 @@ pub enum SessionError {
         /// How long the peer was silent.
         silent_for: Duration,
     },
+    /// The peer process died (reported by its supervisor, e.g. from a pidfd).
+    PeerDied {
+        /// Who died and how, e.g. "cell 'calc' (pid 4242) was killed by signal 9 (SIGKILL)".
+        detail: String,
+    },
     /// This side closed the session.
     Closed {
         /// The reason given to `close`.
@@ -83,6 +88,7 @@ impl fmt::Display for SessionError {
                 f,
                 "the peer was silent for {silent_for:?}, longer than the keepalive timeout; it is hung or unreachable"
             ),
+            SessionError::PeerDied { detail } => write!(f, "{detail}"),
             SessionError::Closed { reason } => write!(f, "the session was closed: {reason}"),
         }
     }

@@ -12,6 +12,7 @@
 //!   credit, passed inside call arguments and results.
 //! - `service.rs`: [`service!`] turns a trait into a typed client and a
 //!   [`Dispatcher`]; method ids are stable hashes ([`method_id`]).
+//! - [`control`]: the bootstrap contract between a host and its cells.
 //! - [`error`]: [`SessionError`] (why a session ended) and [`CallError`]
 //!   (why a call failed, with the service's own error kept apart from
 //!   protocol failures).
@@ -19,6 +20,7 @@
 //! A session needs a tokio runtime: the driver and the handlers run as tasks.
 
 mod channel;
+pub mod control;
 pub mod error;
 pub mod link;
 mod service;
@@ -29,4 +31,6 @@ pub use channel::{ChannelError, ChannelId, Rx, Tx};
 pub use error::{CallError, SessionError};
 pub use link::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
 pub use service::{Dispatch, Dispatcher, HandlerFuture, ReplyValue, decode_args, method_id};
-pub use session::{CallOptions, Connection, ConnectionAcceptor, Role, SessionBuilder, SessionConfig};
+pub use session::{
+    CallOptions, Connection, ConnectionAcceptor, Role, SessionBuilder, SessionConfig, SessionStats,
+};

@@ -168,6 +168,12 @@ macro_rules! service {
             )*
         }
 
+        impl ::std::convert::From<$crate::Connection> for $client {
+            fn from(conn: $crate::Connection) -> Self {
+                Self::new(conn)
+            }
+        }
+
         #[doc = concat!("Serves the `", stringify!($name), "` service from an implementation.")]
         $vis struct $dispatcher<S>(::std::sync::Arc<S>);
 

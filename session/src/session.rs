@@ -202,6 +202,7 @@ impl SessionBuilder {
             ended: ended_tx,
             acceptor: self.acceptor,
             last_sent: Mutex::new(Instant::now()),
+            stats: Counters::default(),
         });
         shared.lock().conns.insert(
             0,
@@ -368,6 +369,41 @@ pub(crate) struct Shared {
     ended: watch::Sender<Option<SessionError>>,
     acceptor: Option<ConnectionAcceptor>,
     last_sent: Mutex<Instant>,
+    stats: Counters,
+}
+
+/// Traffic counters of one session.
+#[derive(Default)]
+struct Counters {
+    calls_made: AtomicU64,
+    calls_served: AtomicU64,
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+/// A snapshot of a session's traffic and queues.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Calls this side made.
+    pub calls_made: u64,
+    /// Calls this side served.
+    pub calls_served: u64,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Bytes sent (encoded frames).
+    pub bytes_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Calls of ours waiting for a response now.
+    pub pending_calls: usize,
+    /// Calls of the peer's being served now.
+    pub serving_calls: usize,
+    /// Open channels.
+    pub open_channels: usize,
 }
 
 impl Shared {
@@ -402,6 +438,8 @@ impl Shared {
             });
         }
         let r = self.tx.lock().await.send_frame(&plan).await;
+        self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
         *self.last_sent.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         r.map_err(|e| {
             let err = link_failed(e);
@@ -625,6 +663,8 @@ async fn driver<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: SessionConfig
                     }
                 };
                 last_received = Instant::now();
+                shared.stats.frames_received.fetch_add(1, Ordering::Relaxed);
+                shared.stats.bytes_received.fetch_add(frame.len() as u64, Ordering::Relaxed);
                 if let Err(v) = handle_frame(&shared, &frame) {
                     drop(frame);
                     fail_with_violation(&shared, v).await;
@@ -889,6 +929,7 @@ fn on_call(
         Dispatch::UnknownMethod => respond(Outcome::UnknownMethod),
         Dispatch::InvalidPayload(detail) => respond(Outcome::InvalidPayload(detail)),
         Dispatch::Run(fut) => {
+            shared.stats.calls_served.fetch_add(1, Ordering::Relaxed);
             let sh = shared.clone();
             // The handler runs in its own task so a panic is caught here and
             // a Cancel can abort it.
@@ -1161,6 +1202,29 @@ impl Connection {
         self.shared.ended()
     }
 
+    /// Ends the session now with `why` (e.g. [`SessionError::PeerDied`] from
+    /// a supervisor that saw the peer exit): pending calls fail with it.
+    pub fn terminate(&self, why: SessionError) {
+        self.shared.end(why);
+    }
+
+    /// Traffic counters and queue depths of the session.
+    pub fn stats(&self) -> SessionStats {
+        let c = &self.shared.stats;
+        let s = self.shared.lock();
+        SessionStats {
+            calls_made: c.calls_made.load(Ordering::Relaxed),
+            calls_served: c.calls_served.load(Ordering::Relaxed),
+            frames_sent: c.frames_sent.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            frames_received: c.frames_received.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            pending_calls: s.pending.len(),
+            serving_calls: s.serving.len(),
+            open_channels: s.channels.len(),
+        }
+    }
+
     /// Waits until the session ends and returns why.
     pub async fn closed(&self) -> SessionError {
         let mut rx = self.shared.ended.subscribe();
@@ -1237,6 +1301,7 @@ impl Connection {
             detail: e.to_string(),
         })?;
         let request = Ids::next(&shared.ids.next_request);
+        shared.stats.calls_made.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
             let mut s = shared.lock();

@@ -1,8 +1,62 @@
-//! # osmos-tests (not built yet)
+//! # osmos-tests: cross-process tests and their test cells
 //!
-//! Will hold the cross-process integration, crash, chaos, hostile-cell and
-//! sandbox tests of osmos, with the test cell binaries they spawn.
-//! The shared-memory core's own cross-process and hostile-input tests live
-//! in `shm/tests/`.
+//! The services the test cells serve (and the host serves to them) are
+//! defined here once, so the cell binaries and the tests share them:
 //!
-//! This crate currently contains no code.
+//! - [`TestCell`] is what `test-cell` (`src/bin/test-cell.rs`) serves: calls,
+//!   streams, hangs, exits, and probes of its own environment and sandbox.
+//! - [`HostDirectory`] is a service a host exposes to its cells.
+//!
+//! The tests themselves are in `tests/`: `host.rs` (spawning, calls, streams,
+//! cancellation, death, restart, logs, bootstrap, many cells) and
+//! `sandbox.rs` (escape attempts).
+
+use osmos_session::{Rx, Tx, service};
+
+service! {
+    /// What the `test-cell` binary serves.
+    pub trait TestCell {
+        client TestCellClient;
+        dispatcher TestCellDispatcher;
+        /// Adds.
+        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+        /// Echoes bytes.
+        async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
+        /// Sends `0..n` on `out`, then closes it.
+        async fn count(&self, n: u32, out: Tx<u32>) -> Result<u32, String>;
+        /// Sums what arrives on `input`.
+        async fn sum(&self, input: Rx<u64>) -> Result<u64, String>;
+        /// Never returns (until cancelled or the cell dies).
+        async fn hang(&self) -> Result<(), String>;
+        /// Exits the process with `code` right away.
+        async fn exit(&self, code: i32) -> Result<(), String>;
+        /// The cell's pid.
+        async fn pid(&self) -> Result<u32, String>;
+        /// The cell's environment, sorted `KEY=VALUE` lines.
+        async fn env(&self) -> Result<Vec<String>, String>;
+        /// The fd numbers open in the cell (excluding the one used to list them).
+        async fn fds(&self) -> Result<Vec<i32>, String>;
+        /// Logs `message` through tracing (info) and prints it on stdout and stderr.
+        async fn log(&self, message: String) -> Result<(), String>;
+        /// Asks the host's `HostDirectory` for `key` and returns its answer.
+        async fn ask_host(&self, key: String) -> Result<String, String>;
+        /// Tries to read a file; `Ok(bytes read)` or `Err(the OS error)`.
+        async fn try_read(&self, path: String) -> Result<u64, String>;
+        /// Tries to create and write a file; `Err(the OS error)` if refused.
+        async fn try_write(&self, path: String) -> Result<(), String>;
+        /// Tries to open a TCP connection to `addr`.
+        async fn try_connect(&self, addr: String) -> Result<(), String>;
+        /// Tries to attach to its parent with ptrace.
+        async fn try_ptrace_parent(&self) -> Result<(), String>;
+    }
+}
+
+service! {
+    /// A service the host exposes to its cells.
+    pub trait HostDirectory {
+        client HostDirectoryClient;
+        dispatcher HostDirectoryDispatcher;
+        /// Looks up a key.
+        async fn lookup(&self, key: String) -> Result<String, String>;
+    }
+}

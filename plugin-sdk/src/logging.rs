@@ -1,0 +1,96 @@
+//! Forwards the cell's tracing events to the host over the control socket.
+//!
+//! Each event becomes one [`LogRecord`] packet on the `SOCK_SEQPACKET`
+//! control socket, sent without blocking: if the host is not reading, events
+//! are dropped rather than stalling the cell. The host re-emits them under
+//! its own tracing, tagged with the cell's name.
+
+use std::fmt::Write as _;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use osmos_session::control::{LogRecord, MAX_LOG_RECORD};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+
+use crate::Bootstrap;
+
+/// Formats an event's fields: the message first, then `key=value` pairs.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: String,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.rest, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.rest, " {}={value}", field.name());
+        }
+    }
+}
+
+struct ForwardLayer {
+    control: OwnedFd,
+}
+
+impl<S: tracing::Subscriber> Layer<S> for ForwardLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let meta = event.metadata();
+        let level = match *meta.level() {
+            tracing::Level::ERROR => 1,
+            tracing::Level::WARN => 2,
+            tracing::Level::INFO => 3,
+            tracing::Level::DEBUG => 4,
+            tracing::Level::TRACE => 5,
+        };
+        let mut message = fields.message;
+        message.push_str(&fields.rest);
+        let record = LogRecord {
+            level,
+            target: meta.target().to_string(),
+            message,
+        };
+        let Ok(mut bytes) = osmos_session::wire::encode(&record) else {
+            return;
+        };
+        bytes.truncate(MAX_LOG_RECORD);
+        // SAFETY: `bytes` is a valid buffer; MSG_DONTWAIT never blocks the cell.
+        unsafe {
+            libc::send(
+                self.control.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
+        }
+    }
+}
+
+/// Installs the forwarding layer as the global subscriber (if there is a
+/// control socket and no subscriber yet).
+pub(crate) fn install(bootstrap: &Bootstrap) {
+    let Some(control) = bootstrap.control.as_ref().and_then(|fd| fd.try_clone().ok()) else {
+        return;
+    };
+    // INFO and above unless the host passed another level in OSMOS_LOG.
+    let level = std::env::var("OSMOS_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let _ = tracing_subscriber::registry()
+        .with(ForwardLayer { control }.with_filter(level))
+        .try_init();
+}

@@ -1,0 +1,42 @@
+//! The host ↔ cell bootstrap contract, shared by `osmos-host` and
+//! `osmos-plugin-sdk`.
+//!
+//! A host starts a cell with exactly these file descriptors open:
+//! - [`SEGMENT_FD`]: the sealed shared memory segment (an `osmos-shm` memfd);
+//! - [`CONTROL_FD`]: one end of a `SOCK_SEQPACKET` Unix socket pair, on which
+//!   the cell sends [`LogRecord`]s (one per packet) for the host's tracing;
+//! - stdin (`/dev/null`), stdout and stderr (pipes the host reads line by line);
+//!
+//! and a cleared environment holding only the host's allow-list plus
+//! [`ENV_CELL_NAME`], [`ENV_PROTOCOL`], [`ENV_SEGMENT_FD`] and
+//! [`ENV_CONTROL_FD`]. The cell attaches to the segment and runs the session
+//! over it as the acceptor; the host is the initiator.
+
+use facet::Facet;
+
+/// The fd number of the shared memory segment in a cell.
+pub const SEGMENT_FD: i32 = 3;
+/// The fd number of the control socket in a cell.
+pub const CONTROL_FD: i32 = 4;
+/// The cell's name, as the host knows it.
+pub const ENV_CELL_NAME: &str = "OSMOS_CELL_NAME";
+/// The session protocol version the host speaks.
+pub const ENV_PROTOCOL: &str = "OSMOS_PROTOCOL_VERSION";
+/// The segment's fd number (always [`SEGMENT_FD`]; stated for clarity).
+pub const ENV_SEGMENT_FD: &str = "OSMOS_SEGMENT_FD";
+/// The control socket's fd number (always [`CONTROL_FD`]).
+pub const ENV_CONTROL_FD: &str = "OSMOS_CONTROL_FD";
+
+/// Largest control packet a host reads; longer records are cut by the sender.
+pub const MAX_LOG_RECORD: usize = 16 << 10;
+
+/// One tracing event of a cell, forwarded to the host.
+#[derive(Facet, Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    /// 1 error, 2 warn, 3 info, 4 debug, 5 trace.
+    pub level: u8,
+    /// The event's target (usually its module path).
+    pub target: String,
+    /// The message and fields, formatted.
+    pub message: String,
+}
