@@ -1,10 +1,32 @@
-//! # osmos-host (in progress)
+//! # osmos-host: spawn sandboxed cells and talk to them over shared memory
 //!
-//! Will hold the host side of osmos: spawning sandboxed cell processes with a
-//! fresh shared memory segment each, the bootstrap (inherited fds, cleared
-//! environment), death detection through pidfds, restart policies and log
-//! forwarding.
+//! How the pieces fit:
 //!
-//! - [`sandbox`]: the sandbox applied to a cell between fork and exec.
+//! - [`CellBuilder`] (`cell.rs`) describes a cell: its binary, arguments,
+//!   name, environment allow-list, [`SandboxPolicy`], [`RestartPolicy`],
+//!   segment configuration, optional sha256 of the binary, and services the
+//!   host exposes to it. [`CellBuilder::spawn`] returns a [`CellHandle`]:
+//!   typed clients, pid, state, stats, kill, graceful shutdown.
+//! - `spawn.rs` starts one incarnation: a fresh sealed segment, a control
+//!   socket, a cleared environment, the segment and socket at fds 3 and 4
+//!   (see [`osmos_session::control`]), `PR_SET_PDEATHSIG`, the sandbox, exec,
+//!   a pidfd, log forwarding, and the handshake.
+//! - [`sandbox`] prepares the sandbox in the parent and applies it in the
+//!   child between fork and exec.
+//! - A supervisor task per cell waits on its pidfd: a dying cell fails its
+//!   calls and streams at once with an error saying how it died
+//!   ([`osmos_session::SessionError::PeerDied`]), and is restarted as its
+//!   policy says.
+//!
+//! Cell stdout and stderr lines, and the tracing events the cell SDK
+//! forwards, reach this process's `tracing` under target `osmos::cell` with a
+//! `cell` field naming the cell.
 
+mod cell;
+mod error;
 pub mod sandbox;
+mod spawn;
+
+pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy};
+pub use error::{ExitInfo, HostError};
+pub use sandbox::{SandboxPolicy, SandboxReport};

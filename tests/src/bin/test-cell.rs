@@ -50,15 +50,17 @@ impl TestCell for Cell {
         Ok(std::process::id())
     }
     async fn env(&self) -> Result<Vec<String>, String> {
-        let mut v: Vec<String> =
-            std::env::vars_os().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).collect();
+        let mut v: Vec<String> = std::env::vars_os()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+            .collect();
         v.sort();
         Ok(v)
     }
     async fn fds(&self) -> Result<Vec<i32>, String> {
         let dir = std::fs::read_dir("/proc/self/fd").map_err(os_err)?;
-        let mut fds: Vec<i32> =
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        let mut fds: Vec<i32> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
         fds.sort();
         // The highest is the directory handle used to list them.
         fds.pop();
@@ -72,8 +74,22 @@ impl TestCell for Cell {
         Ok(())
     }
     async fn ask_host(&self, key: String) -> Result<String, String> {
-        let conn = self.host.get().ok_or("not connected yet")?.clone();
-        HostDirectoryClient::new(conn).lookup(key).await.map_err(|e| e.to_string())
+        // The connection is stored right after the handshake, which the host
+        // may already have answered with this call.
+        let start = std::time::Instant::now();
+        let conn = loop {
+            if let Some(c) = self.host.get() {
+                break c.clone();
+            }
+            if start.elapsed() > std::time::Duration::from_secs(5) {
+                return Err("the cell never learned its connection to the host".into());
+            }
+            tokio::task::yield_now().await;
+        };
+        HostDirectoryClient::new(conn)
+            .lookup(key)
+            .await
+            .map_err(|e| e.to_string())
     }
     async fn try_read(&self, path: String) -> Result<u64, String> {
         std::fs::read(&path).map(|b| b.len() as u64).map_err(os_err)

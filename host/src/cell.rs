@@ -1,0 +1,433 @@
+//! Cells: the builder, the handle, and the supervisor that watches each one.
+//!
+//! [`CellBuilder::spawn`] starts the first incarnation and a supervisor task
+//! that waits on the cell's pidfd. When the process exits, the supervisor
+//! ends the session with [`SessionError::PeerDied`] naming how it died (so
+//! every call and stream in flight fails at once with that reason), marks the
+//! cell dead in the segment (waking every waiter), and — if the
+//! [`RestartPolicy`] says so — starts a new incarnation after a backoff. The
+//! [`CellHandle`] always speaks to the current incarnation.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use osmos_session::{Connection, Dispatcher, SessionConfig, SessionError, SessionStats};
+use osmos_shm::{SegmentConfig, Side};
+use tokio::sync::watch;
+
+use crate::error::{ExitInfo, HostError};
+use crate::sandbox::{SandboxPolicy, SandboxReport};
+use crate::spawn::{self, Incarnation};
+
+/// What to do when a cell exits on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Leave it stopped.
+    Never,
+    /// Restart it after a failure (non-zero exit or a signal), waiting
+    /// `backoff`, then twice as long each time up to `max_backoff`, at most
+    /// `max_restarts` times in a row.
+    OnFailure {
+        /// Restarts allowed before giving up.
+        max_restarts: u32,
+        /// Wait before the first restart.
+        backoff: Duration,
+        /// Longest wait between restarts.
+        max_backoff: Duration,
+    },
+}
+
+impl RestartPolicy {
+    /// Restart on failure up to `max_restarts` times, starting with a 10 ms backoff.
+    pub fn on_failure(max_restarts: u32) -> Self {
+        RestartPolicy::OnFailure {
+            max_restarts,
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a cell is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CellState {
+    /// Being started.
+    Starting,
+    /// Running, serving through its session.
+    Running {
+        /// The process id.
+        pid: u32,
+    },
+    /// Its process exited; waiting to be started again.
+    Restarting {
+        /// How the last incarnation ended.
+        last_exit: ExitInfo,
+        /// Restarts so far.
+        restarts: u32,
+    },
+    /// Stopped for good (shut down, or exited with no restart due).
+    Stopped {
+        /// How it ended.
+        exit: ExitInfo,
+    },
+    /// The restart policy gave up.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for CellState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CellState::Starting => f.write_str("starting"),
+            CellState::Running { pid } => write!(f, "running as pid {pid}"),
+            CellState::Restarting { last_exit, restarts } => {
+                write!(f, "restarting (it {last_exit}; {restarts} restarts so far)")
+            }
+            CellState::Stopped { exit } => write!(f, "stopped (it {exit})"),
+            CellState::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+/// Everything needed to start a cell (again).
+#[derive(Clone)]
+pub(crate) struct CellConfig {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub name: String,
+    pub env_allow: Vec<String>,
+    pub env_set: Vec<(String, String)>,
+    pub sandbox: SandboxPolicy,
+    pub restart: RestartPolicy,
+    pub segment: SegmentConfig,
+    pub session: SessionConfig,
+    pub sha256: Option<String>,
+    pub serve: Option<Arc<dyn Dispatcher>>,
+}
+
+/// Describes a cell to spawn.
+pub struct CellBuilder {
+    config: CellConfig,
+}
+
+impl CellBuilder {
+    /// A cell running `program`, sandboxed by default, never restarted.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        let program = program.into();
+        let name = program
+            .file_name()
+            .map_or_else(|| "cell".to_string(), |n| n.to_string_lossy().into_owned());
+        CellBuilder {
+            config: CellConfig {
+                program,
+                args: Vec::new(),
+                name,
+                env_allow: Vec::new(),
+                env_set: Vec::new(),
+                sandbox: SandboxPolicy::default(),
+                restart: RestartPolicy::Never,
+                segment: SegmentConfig::default(),
+                session: SessionConfig::default(),
+                sha256: None,
+                serve: None,
+            },
+        }
+    }
+
+    /// The cell's name (in logs, errors and its `OSMOS_CELL_NAME`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Adds a command-line argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.config.args.push(arg.into());
+        self
+    }
+
+    /// Adds command-line arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
+        self.config.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Passes the host's value of the environment variable `key` through (the
+    /// cell's environment is otherwise cleared).
+    pub fn env_allow(mut self, key: impl Into<String>) -> Self {
+        self.config.env_allow.push(key.into());
+        self
+    }
+
+    /// Sets an environment variable in the cell.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.env_set.push((key.into(), value.into()));
+        self
+    }
+
+    /// The sandbox policy (on by default; [`SandboxPolicy::disabled`] to debug).
+    pub fn sandbox(mut self, policy: SandboxPolicy) -> Self {
+        self.config.sandbox = policy;
+        self
+    }
+
+    /// The restart policy.
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.config.restart = policy;
+        self
+    }
+
+    /// The segment configuration.
+    pub fn segment(mut self, config: SegmentConfig) -> Self {
+        self.config.segment = config;
+        self
+    }
+
+    /// The session configuration (its name is set to the cell's).
+    pub fn session(mut self, config: SessionConfig) -> Self {
+        self.config.session = config;
+        self
+    }
+
+    /// Refuses to run the binary unless its sha256 is `hex_digest`.
+    pub fn expect_sha256(mut self, hex_digest: impl Into<String>) -> Self {
+        self.config.sha256 = Some(hex_digest.into());
+        self
+    }
+
+    /// Serves `dispatcher` to the cell (services the cell may call).
+    pub fn serve(mut self, dispatcher: Arc<dyn Dispatcher>) -> Self {
+        self.config.serve = Some(dispatcher);
+        self
+    }
+
+    /// Starts the cell: returns once it is running and has completed the handshake.
+    pub async fn spawn(mut self) -> Result<CellHandle, HostError> {
+        self.config.session.name = self.config.name.clone();
+        let incarnation = spawn::start(&self.config, 0).await?;
+        let (state, _) = watch::channel(CellState::Running { pid: incarnation.pid });
+        let inner = Arc::new(Inner {
+            config: self.config,
+            state,
+            current: Mutex::new(Some(incarnation)),
+            restarts: AtomicU32::new(0),
+            shutting_down: AtomicBool::new(false),
+        });
+        tokio::spawn(supervise(inner.clone()));
+        Ok(CellHandle { inner })
+    }
+}
+
+struct Inner {
+    config: CellConfig,
+    state: watch::Sender<CellState>,
+    /// The running incarnation, if any.
+    current: Mutex<Option<Incarnation>>,
+    restarts: AtomicU32,
+    shutting_down: AtomicBool,
+}
+
+impl Inner {
+    fn current<R>(&self, f: impl FnOnce(&Incarnation) -> R) -> Option<R> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(f)
+    }
+}
+
+/// Watches the cell's process; restarts it as the policy says.
+async fn supervise(inner: Arc<Inner>) {
+    let name = inner.config.name.clone();
+    let mut backoff = match inner.config.restart {
+        RestartPolicy::OnFailure { backoff, .. } => backoff,
+        RestartPolicy::Never => Duration::ZERO,
+    };
+    loop {
+        let Some((pidfd, pid)) = inner.current(|i| (i.pidfd.clone(), i.pid)) else {
+            return;
+        };
+        let exit = spawn::wait_exit(&pidfd).await;
+        let detail = format!("cell '{name}' (pid {pid}) {exit}");
+        if let Some(inc) = inner.current.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            inc.conn.terminate(SessionError::PeerDied {
+                detail: detail.clone(),
+            });
+            inc.liveness.mark_dead(Side::Cell);
+        }
+        if inner.shutting_down.load(Ordering::Acquire) || exit.success() {
+            tracing::info!(cell = %name, "{detail}");
+            inner.state.send_replace(CellState::Stopped { exit });
+            return;
+        }
+        tracing::warn!(cell = %name, "{detail}");
+        let RestartPolicy::OnFailure {
+            max_restarts,
+            max_backoff,
+            ..
+        } = inner.config.restart
+        else {
+            inner.state.send_replace(CellState::Stopped { exit });
+            return;
+        };
+        loop {
+            let restarts = inner.restarts.load(Ordering::Relaxed);
+            if restarts >= max_restarts {
+                let reason = format!("gave up after {restarts} restarts; the last incarnation {exit}");
+                tracing::error!(cell = %name, "{reason}");
+                inner.state.send_replace(CellState::Failed { reason });
+                return;
+            }
+            inner.state.send_replace(CellState::Restarting {
+                last_exit: exit,
+                restarts,
+            });
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(max_backoff);
+            if inner.shutting_down.load(Ordering::Acquire) {
+                inner.state.send_replace(CellState::Stopped { exit });
+                return;
+            }
+            inner.restarts.fetch_add(1, Ordering::Relaxed);
+            match spawn::start(&inner.config, restarts + 1).await {
+                Ok(inc) => {
+                    tracing::info!(cell = %name, pid = inc.pid, restarts = restarts + 1, "restarted");
+                    // Store the incarnation before announcing it: a caller
+                    // woken by the state change must find it.
+                    let pid = inc.pid;
+                    *inner.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(inc);
+                    inner.state.send_replace(CellState::Running { pid });
+                    break;
+                }
+                Err(e) => tracing::warn!(cell = %name, "restart failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Traffic and lifecycle counters of a cell.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CellStats {
+    /// Times the cell was restarted.
+    pub restarts: u32,
+    /// The current incarnation's session counters (zero when not running).
+    pub session: SessionStats,
+}
+
+/// A handle on a spawned cell. Cheap to clone.
+#[derive(Clone)]
+pub struct CellHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CellHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CellHandle")
+            .field("name", &self.inner.config.name)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl CellHandle {
+    /// The cell's name.
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    /// The current process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.inner.current(|i| i.pid)
+    }
+
+    /// The cell's state now.
+    pub fn state(&self) -> CellState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Waits until the state satisfies `pred` (e.g. running again after a
+    /// restart) and returns it.
+    pub async fn wait_for(&self, pred: impl Fn(&CellState) -> bool) -> CellState {
+        let mut rx = self.inner.state.subscribe();
+        let r = rx.wait_for(|s| pred(s)).await.map(|s| s.clone());
+        r.unwrap_or_else(|_| self.state())
+    }
+
+    /// The current incarnation's root connection.
+    pub fn connection(&self) -> Result<Connection, HostError> {
+        self.inner
+            .current(|i| i.conn.clone())
+            .ok_or_else(|| HostError::NotRunning {
+                name: self.name().to_string(),
+                state: self.state().to_string(),
+            })
+    }
+
+    /// A typed client of the current incarnation, e.g. `handle.client::<CalculatorClient>()`.
+    pub fn client<C: From<Connection>>(&self) -> Result<C, HostError> {
+        self.connection().map(C::from)
+    }
+
+    /// What the sandbox applied (and, best-effort, skipped) for the current incarnation.
+    pub fn sandbox_report(&self) -> Option<SandboxReport> {
+        self.inner.current(|i| i.report.clone())
+    }
+
+    /// The last lines the current incarnation wrote to stderr.
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.inner
+            .current(|i| {
+                i.stderr_tail
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> CellStats {
+        CellStats {
+            restarts: self.inner.restarts.load(Ordering::Relaxed),
+            session: self.inner.current(|i| i.conn.stats()).unwrap_or_default(),
+        }
+    }
+
+    /// Kills the current incarnation with SIGKILL (the restart policy then
+    /// applies, as for any crash).
+    pub fn kill(&self) {
+        if let Some(pidfd) = self.inner.current(|i| i.pidfd.clone()) {
+            spawn::signal(&pidfd, rustix::process::Signal::KILL);
+        }
+    }
+
+    /// Shuts the cell down: goodbye, then up to `grace` for it to exit on its
+    /// own, then SIGKILL. Returns how it ended.
+    pub async fn shutdown(&self, grace: Duration) -> ExitInfo {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        let current = self.inner.current(|i| (i.conn.clone(), i.pidfd.clone()));
+        if let Some((conn, pidfd)) = current {
+            let _ = tokio::time::timeout(grace, conn.goodbye("the host is shutting this cell down")).await;
+            let stopped = |s: &CellState| matches!(s, CellState::Stopped { .. } | CellState::Failed { .. });
+            if tokio::time::timeout(grace, self.wait_for(stopped)).await.is_err() {
+                tracing::warn!(cell = %self.name(), "did not exit within {grace:?} of goodbye; killing it");
+                spawn::signal(&pidfd, rustix::process::Signal::KILL);
+            }
+        }
+        match self
+            .wait_for(|s| matches!(s, CellState::Stopped { .. } | CellState::Failed { .. }))
+            .await
+        {
+            CellState::Stopped { exit } => exit,
+            _ => ExitInfo::Signaled(libc::SIGKILL),
+        }
+    }
+}

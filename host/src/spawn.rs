@@ -1,0 +1,402 @@
+//! Starting one incarnation of a cell: the process, its fds, its session.
+//!
+//! Steps, in order:
+//! 1. Check the binary (and its sha256, when one is expected). With a
+//!    checksum, the binary is opened once, hashed from that fd, and executed
+//!    through `/proc/self/fd/N`, so the bytes checked are the bytes run.
+//! 2. Prepare the sandbox in the parent ([`crate::sandbox::prepare`]): every
+//!    allocation happens here, never after fork.
+//! 3. Create the segment and a `SOCK_SEQPACKET` control socket pair.
+//! 4. Fork on the spawner thread (see below), and in the child, with
+//!    async-signal-safe system calls only: move the segment and control
+//!    socket to fds 3 and 4, mark every other fd close-on-exec, set
+//!    `PR_SET_PDEATHSIG(SIGKILL)` and check the parent is still there, apply
+//!    the sandbox, exec. The environment is cleared except the allow-list and
+//!    the `OSMOS_*` variables.
+//! 5. Open a pidfd for the child, start forwarding its stdout, stderr and
+//!    control-socket log records to tracing, and run the handshake — raced
+//!    against the child's exit, so a cell that dies at start fails fast with
+//!    how it died and its last stderr lines.
+//!
+//! All forks happen on one process-lifetime thread: `PR_SET_PDEATHSIG`
+//! fires when the *thread* that forked exits, and tokio retires idle
+//! blocking threads.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc as std_mpsc};
+
+use osmos_session::control::{
+    CONTROL_FD, ENV_CELL_NAME, ENV_CONTROL_FD, ENV_PROTOCOL, ENV_SEGMENT_FD, LogRecord, MAX_LOG_RECORD,
+    SEGMENT_FD,
+};
+use osmos_session::link::shm::ShmLink;
+use osmos_session::wire::PROTOCOL_VERSION;
+use osmos_session::{Connection, SessionBuilder, SessionError};
+use osmos_shm::{Liveness, Segment};
+use sha2::Digest;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::cell::CellConfig;
+use crate::error::{ExitInfo, HostError};
+use crate::sandbox;
+
+/// How many stderr lines are kept for error messages.
+const STDERR_TAIL: usize = 10;
+
+/// A running incarnation of a cell.
+pub(crate) struct Incarnation {
+    pub pid: u32,
+    pub conn: Connection,
+    pub pidfd: Arc<OwnedFd>,
+    pub liveness: Liveness,
+    pub report: sandbox::SandboxReport,
+    pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// The process-lifetime thread every fork happens on.
+fn spawner() -> &'static Mutex<std_mpsc::Sender<SpawnJob>> {
+    static SPAWNER: OnceLock<Mutex<std_mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = std_mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("osmos-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("start the osmos spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+/// Runs `cmd.spawn()` on the spawner thread.
+async fn spawn_on_spawner(mut cmd: Command) -> std::io::Result<std::process::Child> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: SpawnJob = Box::new(move || {
+        let _ = tx.send(cmd.spawn());
+    });
+    spawner()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .map_err(|_| std::io::Error::other("the osmos spawner thread is gone"))?;
+    rx.await
+        .map_err(|_| std::io::Error::other("the osmos spawner thread dropped the request"))?
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Opens the binary and checks its digest; returns the open file.
+fn open_checked(program: &Path, expected: Option<&str>) -> Result<Option<std::fs::File>, HostError> {
+    let not_found = |source| HostError::ProgramNotFound {
+        program: program.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(program).map_err(not_found)?;
+    if !meta.is_file() {
+        return Err(not_found(std::io::Error::other("not a regular file")));
+    }
+    let Some(expected) = expected else { return Ok(None) };
+    let mut file = std::fs::File::open(program).map_err(not_found)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(not_found)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let actual = hex(&hasher.finalize());
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(HostError::ChecksumMismatch {
+            program: program.to_path_buf(),
+            expected: expected.to_ascii_lowercase(),
+            actual,
+        });
+    }
+    Ok(Some(file))
+}
+
+fn socketpair() -> Result<(OwnedFd, OwnedFd), HostError> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(HostError::Spawn {
+            op: "socketpair",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: the kernel returned two new fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Registers an owned fd with the runtime's reactor for readability.
+fn async_fd(fd: OwnedFd) -> Option<AsyncFd<OwnedFd>> {
+    // SAFETY: `fd` is an owned, open descriptor; the AsyncFd owns it, so it
+    // stays open and refers to the same file for the AsyncFd's lifetime.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+}
+
+/// Waits (asynchronously) for the process behind `pidfd` to exit and reaps it.
+pub(crate) async fn wait_exit(pidfd: &Arc<OwnedFd>) -> ExitInfo {
+    let fd = match pidfd.try_clone() {
+        Ok(fd) => fd,
+        Err(_) => return ExitInfo::Exited(-1),
+    };
+    if let Some(afd) = async_fd(fd) {
+        // A pidfd polls readable once the process has exited.
+        let _ = afd.readable().await.map(|mut g| g.retain_ready());
+    }
+    loop {
+        match rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        ) {
+            Ok(Some(status)) => {
+                if let Some(code) = status.exit_status() {
+                    return ExitInfo::Exited(code);
+                }
+                if let Some(sig) = status.terminating_signal() {
+                    return ExitInfo::Signaled(sig);
+                }
+                return ExitInfo::Exited(-1);
+            }
+            Ok(None) => tokio::task::yield_now().await,
+            Err(rustix::io::Errno::INTR) => continue,
+            // Already reaped (ECHILD): the exit was collected elsewhere.
+            Err(_) => return ExitInfo::Exited(-1),
+        }
+    }
+}
+
+/// Sends `signal` to the process behind `pidfd` (no-op once it is gone).
+pub(crate) fn signal(pidfd: &OwnedFd, signal: rustix::process::Signal) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, signal);
+}
+
+/// Forwards a stream of the cell's output to tracing, line by line.
+/// Returns the forwarding task, which ends at the stream's EOF.
+fn forward_lines(
+    name: String,
+    stream: &'static str,
+    fd: OwnedFd,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
+    Some(tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "osmos::cell", cell = %name, stream, "{line}");
+            if let Some(tail) = &tail {
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() == STDERR_TAIL {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        }
+    }))
+}
+
+/// Re-emits the cell's forwarded tracing events under the host's tracing.
+fn forward_records(name: String, control: OwnedFd) {
+    let Some(afd) = async_fd(control) else { return };
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_LOG_RECORD];
+        loop {
+            let Ok(mut guard) = afd.readable().await else {
+                return;
+            };
+            // SAFETY: `buf` is a valid buffer of its length.
+            let n = unsafe {
+                libc::recv(
+                    afd.get_ref().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                return; // the cell closed its end
+            }
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    guard.clear_ready();
+                    continue;
+                }
+                return;
+            }
+            // A record the cell garbled is dropped, not trusted.
+            let Ok(rec) = facet_postcard_decode(&buf[..n as usize]) else {
+                continue;
+            };
+            let (target, msg) = (rec.target.as_str(), rec.message.as_str());
+            match rec.level {
+                1 => tracing::error!(target: "osmos::cell", cell = %name, from = target, "{msg}"),
+                2 => tracing::warn!(target: "osmos::cell", cell = %name, from = target, "{msg}"),
+                3 => tracing::info!(target: "osmos::cell", cell = %name, from = target, "{msg}"),
+                4 => tracing::debug!(target: "osmos::cell", cell = %name, from = target, "{msg}"),
+                _ => tracing::trace!(target: "osmos::cell", cell = %name, from = target, "{msg}"),
+            }
+        }
+    });
+}
+
+fn facet_postcard_decode(bytes: &[u8]) -> Result<LogRecord, String> {
+    osmos_session::decode_args::<LogRecord>(bytes)
+}
+
+/// Starts incarnation `epoch` of the cell described by `config`.
+pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation, HostError> {
+    let program: PathBuf = config.program.clone();
+    let binary = open_checked(&program, config.sha256.as_deref())?;
+    let prepared = sandbox::prepare(&config.sandbox, &program).map_err(HostError::Sandbox)?;
+    let report = prepared.report().clone();
+    let segment = Segment::create(&config.segment, epoch).map_err(HostError::Segment)?;
+    let (host_ctl, cell_ctl) = socketpair()?;
+
+    let exec_path: OsString = match &binary {
+        Some(f) => format!("/proc/self/fd/{}", f.as_raw_fd()).into(),
+        None => program.clone().into_os_string(),
+    };
+    let mut cmd = Command::new(&exec_path);
+    cmd.arg0(program.file_name().unwrap_or(program.as_os_str()));
+    cmd.args(&config.args);
+    cmd.env_clear();
+    for key in &config.env_allow {
+        if let Some(v) = std::env::var_os(key) {
+            cmd.env(key, v);
+        }
+    }
+    for (k, v) in &config.env_set {
+        cmd.env(k, v);
+    }
+    cmd.env(ENV_CELL_NAME, &config.name)
+        .env(ENV_PROTOCOL, PROTOCOL_VERSION.to_string())
+        .env(ENV_SEGMENT_FD, SEGMENT_FD.to_string())
+        .env(ENV_CONTROL_FD, CONTROL_FD.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (seg_fd, ctl_fd) = (segment.fd().as_raw_fd(), cell_ctl.as_raw_fd());
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let prepared = Arc::new(prepared);
+    let in_child = prepared.clone();
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // only async-signal-safe system calls (fcntl, dup2, close_range, prctl,
+    // getppid, and the sandbox's own raw system calls); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move the two fds out of the way first, then into place: either
+            // may already sit at 3 or 4.
+            let seg = libc::fcntl(seg_fd, libc::F_DUPFD, 10);
+            let ctl = libc::fcntl(ctl_fd, libc::F_DUPFD, 10);
+            if seg < 0 || ctl < 0 || libc::dup2(seg, SEGMENT_FD) < 0 || libc::dup2(ctl, CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Everything past stdio and the two bootstrap fds closes on exec
+            // (the binary fd stays open until then, for /proc/self/fd exec).
+            if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A host that dies takes its cells with it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            sandbox::apply_in_child(&in_child)
+        });
+    }
+    let mut child = spawn_on_spawner(cmd).await.map_err(|source| HostError::Spawn {
+        op: "fork/exec",
+        source,
+    })?;
+    drop(binary);
+    drop(cell_ctl);
+    let pid = child.id();
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).expect("a child pid is positive"),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .map_err(|e| HostError::Spawn {
+        op: "pidfd_open",
+        source: e.into(),
+    })?;
+    let pidfd = Arc::new(pidfd);
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    if let Some(out) = child.stdout.take() {
+        forward_lines(config.name.clone(), "stdout", out.into(), None);
+    }
+    let stderr_task = child
+        .stderr
+        .take()
+        .and_then(|err| forward_lines(config.name.clone(), "stderr", err.into(), Some(tail.clone())));
+    forward_records(config.name.clone(), host_ctl);
+    // The std Child is not waited on: the pidfd reaps it.
+    drop(child);
+
+    let endpoint = segment.endpoint().map_err(HostError::Segment)?;
+    let liveness = endpoint.liveness.clone();
+    let mut session = SessionBuilder::new().config(config.session.clone());
+    if let Some(d) = &config.serve {
+        session = session.serve(d.clone());
+    }
+    let handshake = session.initiate(ShmLink::new(endpoint));
+    tokio::pin!(handshake);
+    let tail_text = |tail: &Arc<Mutex<VecDeque<String>>>| {
+        tail.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    tokio::select! {
+        r = &mut handshake => match r {
+            Ok(conn) => Ok(Incarnation { pid, conn, pidfd, liveness, report, stderr_tail: tail }),
+            Err(error) => {
+                signal(&pidfd, rustix::process::Signal::KILL);
+                let exit = wait_exit(&pidfd).await;
+                Err(HostError::Handshake { name: config.name.clone(), error, exit: Some(exit), stderr_tail: tail_text(&tail) })
+            }
+        },
+        exit = wait_exit(&pidfd) => {
+            liveness.mark_dead(osmos_shm::Side::Cell);
+            // The process is gone: its stderr reaches EOF once drained.
+            if let Some(t) = stderr_task {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), t).await;
+            }
+            Err(HostError::Handshake {
+                name: config.name.clone(),
+                error: SessionError::PeerDied { detail: format!("cell '{}' (pid {pid}) {exit} during startup", config.name) },
+                exit: Some(exit),
+                stderr_tail: tail_text(&tail),
+            })
+        }
+    }
+}
