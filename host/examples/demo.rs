@@ -100,9 +100,10 @@ async fn host() -> Result<(), Box<dyn std::error::Error>> {
             .restart(RestartPolicy::on_failure(3))
             .spawn()
             .await?;
+        let up = t.elapsed();
+        let pid = cell.client::<DemoClient>()?.pid().await?;
         println!(
-            "  {name}: pid {} up in {:?}",
-            cell.pid().unwrap_or(0),
+            "  {name}: pid {pid} up in {up:.1?}, first reply {:.1?} after spawn",
             t.elapsed()
         );
         cells.push(cell);
