@@ -626,3 +626,26 @@ fn rustix_pidfd(pid: i32) -> std::os::fd::OwnedFd {
     // SAFETY: the kernel returned a new fd that nothing else owns.
     unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_that_ignores_goodbye_is_killed_after_the_grace_period() {
+    let cell = bounded(
+        "spawn",
+        CellBuilder::new(CELL).name("lingers").arg("--linger").spawn(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(client(&cell).add(1, 1).await.unwrap(), 2);
+    let t = Instant::now();
+    let exit = bounded("shutdown", cell.shutdown(Duration::from_millis(200))).await;
+    assert_eq!(
+        exit,
+        ExitInfo::Signaled(libc::SIGKILL),
+        "killed once the grace period ran out"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "it got its grace period: {:?}",
+        t.elapsed()
+    );
+}

@@ -3,7 +3,8 @@
 //! Arguments: `--fail-at-start` writes a line to stderr and exits 3 before
 //! attaching; `--marker PATH` creates PATH first (to prove whether it ran);
 //! `--fail-if-exists PATH` fails at start if PATH exists, else creates it
-//! (so every incarnation after the first fails).
+//! (so every incarnation after the first fails); `--linger` keeps running
+//! after the host says goodbye (until killed).
 
 use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -130,6 +131,7 @@ fn main() {
         eprintln!("test-cell: failing at start as asked");
         std::process::exit(3);
     }
+    let linger = args.iter().any(|a| a == "--linger");
     let host = Arc::new(OnceLock::new());
     let dispatcher = TestCellDispatcher::new(Cell { host: host.clone() });
     osmos_plugin_sdk::run_with(
@@ -137,7 +139,12 @@ fn main() {
         dispatcher,
         move |cell| async move {
             let _ = host.set(cell.connection().clone());
-            cell.serve().await
+            let r = cell.serve().await;
+            if linger {
+                // Ignore the goodbye: keep running until killed.
+                std::future::pending::<()>().await;
+            }
+            r
         },
     );
 }
