@@ -1055,14 +1055,17 @@ async fn shm_channel_table_exhaustion_is_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shm_grant_credit_messages_are_a_violation() {
     let (mut raw, server, _) = raw_against_server(&ShmFactory, Settings::default(), None).await;
-    // The raw peer hands the server a Tx (channel 1, the peer's parity) for
-    // `count`, then grants credit by message instead of through the table.
-    let count = osmos_session::method_id("Calculator", "count");
-    let args = wire::encode(&(5u32, 1u64)).unwrap();
+    // The raw peer hands the server an Rx (channel 1, the peer's parity) for
+    // `sum`, so the server only receives on it, then grants credit by
+    // message, which the table mode forbids. (Handing the server a Tx instead
+    // would let its first send find the table entry the raw peer never set
+    // up, a different violation that could win the race.)
+    let sum = osmos_session::method_id("Calculator", "sum");
+    let args = wire::encode(&(1u64,)).unwrap();
     raw.send(&Message::Call {
         conn: 0,
         request: 1,
-        method: count,
+        method: sum,
         metadata: vec![],
         channels: vec![1],
         args: &args,
