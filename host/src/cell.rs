@@ -219,7 +219,24 @@ impl CellBuilder {
             shutting_down: AtomicBool::new(false),
         });
         tokio::spawn(supervise(inner.clone()));
-        Ok(CellHandle { inner })
+        let owner = Arc::new(Owner { inner: inner.clone() });
+        Ok(CellHandle { inner, _owner: owner })
+    }
+}
+
+/// Shared by every clone of a [`CellHandle`]: when the last one is dropped,
+/// the cell is killed and not restarted (the supervisor alone does not keep
+/// a cell running).
+struct Owner {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        if let Some(pidfd) = self.inner.current(|i| i.pidfd.clone()) {
+            spawn::signal(&pidfd, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -320,10 +337,12 @@ pub struct CellStats {
     pub session: SessionStats,
 }
 
-/// A handle on a spawned cell. Cheap to clone.
+/// A handle on a spawned cell. Cheap to clone. When the last clone is
+/// dropped, the cell is killed (use [`CellHandle::shutdown`] for a graceful end).
 #[derive(Clone)]
 pub struct CellHandle {
     inner: Arc<Inner>,
+    _owner: Arc<Owner>,
 }
 
 impl std::fmt::Debug for CellHandle {

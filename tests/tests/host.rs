@@ -649,3 +649,35 @@ async fn a_cell_that_ignores_goodbye_is_killed_after_the_grace_period() {
         t.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_kills_the_cell() {
+    let cell = bounded(
+        "spawn",
+        CellBuilder::new(CELL)
+            .name("dropped")
+            .restart(RestartPolicy::on_failure(3))
+            .spawn(),
+    )
+    .await
+    .unwrap();
+    let pid = cell.pid().unwrap();
+    let pidfd = rustix_pidfd(pid as i32);
+    let clone = cell.clone();
+    drop(cell);
+    assert_eq!(
+        client(&clone).add(1, 1).await.unwrap(),
+        2,
+        "a clone keeps it alive"
+    );
+    drop(clone);
+    // SAFETY: the AsyncFd owns the pidfd, which stays open for its lifetime.
+    let afd =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.to_string())
+            .unwrap();
+    bounded("the cell to die", afd.readable())
+        .await
+        .unwrap()
+        .retain_ready();
+}
