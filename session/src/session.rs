@@ -21,6 +21,8 @@
 //! | `id.parity` | ids the peer creates have the peer's parity |
 //! | `conn.known` / `conn.unique` | messages name open connections; new ids are new |
 //! | `request.unique` / `request.limit` | a request id is not reused while in flight; at most our `max_concurrent_requests` at once |
+//! | `conn.limit` / `channel.limit` | at most 4096 virtual connections and 65,536 open channels |
+//! | `peer.reads-its-answers` | at most 65,536 answers (pongs, refusals) wait for a peer that is not reading |
 //! | `response.known-request` | responses answer calls we made |
 //! | `channel.known` / `channel.unique` | channel traffic names open channels |
 //! | `channel.no-data-after-close` / `channel.close-once` | no item after Close |
@@ -29,7 +31,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -195,10 +197,11 @@ impl SessionBuilder {
             peer,
             max_frame,
             credit,
-            tx: tokio::sync::Mutex::new(Box::new(tx)),
+            tx: tokio::sync::Mutex::new(Some(Box::new(tx))),
             ids: Ids::new(role),
             state: Mutex::new(State::default()),
             outbox: outbox_tx,
+            outbox_len: AtomicUsize::new(0),
             ended: ended_tx,
             acceptor: self.acceptor,
             last_sent: Mutex::new(Instant::now()),
@@ -311,6 +314,12 @@ struct State {
 }
 
 const RETIRED_MEMORY: usize = 4096;
+/// Most answers queued for a peer that is not reading them.
+const MAX_OUTBOX: usize = 65_536;
+/// Most channels open at once in a session.
+const MAX_OPEN_CHANNELS: usize = 65_536;
+/// Most virtual connections open at once in a session.
+const MAX_CONNECTIONS: usize = 4096;
 
 /// The erased sending half of the link.
 trait ErasedTx: Send {
@@ -360,11 +369,14 @@ pub(crate) struct Shared {
     credit: CreditMode,
     /// Calls beyond the peer's `max_concurrent_requests` wait here.
     call_limit: Arc<Semaphore>,
-    tx: tokio::sync::Mutex<Box<dyn ErasedTx>>,
+    /// The link's sending half; `None` once the session ended and closed it.
+    tx: tokio::sync::Mutex<Option<Box<dyn ErasedTx>>>,
     ids: Ids,
     state: Mutex<State>,
     /// Encoded frames for the writer task (sent from the driver and from drops).
     outbox: mpsc::UnboundedSender<Vec<u8>>,
+    /// Frames queued in the outbox (bounded by [`MAX_OUTBOX`]).
+    outbox_len: AtomicUsize,
     /// Becomes `Some` when the session ends.
     ended: watch::Sender<Option<SessionError>>,
     acceptor: Option<ConnectionAcceptor>,
@@ -437,7 +449,21 @@ impl Shared {
                 ),
             });
         }
-        let r = self.tx.lock().await.send_frame(&plan).await;
+        // A send waiting for link capacity gives up when the session ends
+        // (dropping it releases the send lock; links send a frame whole or
+        // not at all).
+        let mut ended = self.ended.subscribe();
+        let r = tokio::select! {
+            r = async {
+                match self.tx.lock().await.as_mut() {
+                    Some(tx) => tx.send_frame(&plan).await,
+                    None => Err(LinkError::Closed),
+                }
+            } => r,
+            _ = wait_ended(&mut ended) => {
+                return Err(self.ended().unwrap_or(SessionError::Closed { reason: "ended".into() }));
+            }
+        };
         self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
         *self.last_sent.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
@@ -455,6 +481,20 @@ impl Shared {
         }
         match wire::encode(msg) {
             Ok(bytes) => {
+                // A peer that keeps asking for answers (pings, calls to
+                // refuse) without reading them would grow this queue forever.
+                let queued = self.outbox_len.fetch_add(1, Ordering::Relaxed) + 1;
+                if queued > MAX_OUTBOX {
+                    // End at once: telling a peer that does not read is futile.
+                    let detail =
+                        format!("{queued} answers are queued for the peer, which is not reading them");
+                    warn!(session = %self.name, rule = "peer.reads-its-answers", "{detail}");
+                    self.end(SessionError::Violation {
+                        rule: "peer.reads-its-answers",
+                        detail,
+                    });
+                    return;
+                }
                 let _ = self.outbox.send(bytes);
             }
             Err(e) => warn!(session = %self.name, "could not encode {}: {e}", msg.kind()),
@@ -629,6 +669,7 @@ async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Vec<u8>
             b = outbox.recv() => match b { Some(b) => b, None => return },
             _ = wait_ended(&mut ended) => return,
         };
+        shared.outbox_len.fetch_sub(1, Ordering::Relaxed);
         let Ok(msg) = wire::decode(&bytes) else { continue };
         if shared.send(&msg).await.is_err() {
             return;
@@ -688,9 +729,16 @@ async fn driver<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: SessionConfig
             _ = wait_ended(&mut ended) => break,
         }
     }
-    // Let the writer flush a final goodbye or protocol error, then close.
-    let mut tx = shared.tx.lock().await;
-    let _ = tx.close().await;
+    // Stop reading at once (the peer sees the link end), then close the
+    // sending half, bounded: the peer may not be reading.
+    drop(rx);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut tx = shared.tx.lock().await;
+        if let Some(mut t) = tx.take() {
+            let _ = t.close().await;
+        }
+    })
+    .await;
 }
 
 async fn fail_with_violation(shared: &Arc<Shared>, v: Violation) {
@@ -834,10 +882,23 @@ fn open_peer_channels(shared: &Shared, channels: &[u64]) -> Result<(), Violation
                 format!("channel {id} has our parity but is not open"),
             ));
         }
-        if shared.lock().channels.contains_key(&id) {
+        let open = {
+            let s = shared.lock();
+            if s.channels.contains_key(&id) {
+                return Err(violation(
+                    "channel.unique",
+                    format!("channel {id} is already open"),
+                ));
+            }
+            s.channels.len()
+        };
+        if open >= MAX_OPEN_CHANNELS {
             return Err(violation(
-                "channel.unique",
-                format!("channel {id} is already open"),
+                "channel.limit",
+                format!(
+                    "channel {id} would be open channel number {}, over the limit of {MAX_OPEN_CHANNELS}",
+                    open + 1
+                ),
             ));
         }
         shared.new_channel(id)?;
@@ -1014,11 +1075,23 @@ fn on_connection_open(shared: &Arc<Shared>, conn: u64, metadata: &Metadata) -> R
             format!("connection id {conn} does not have the opener's parity"),
         ));
     }
-    if shared.lock().conns.contains_key(&conn) {
-        return Err(violation(
-            "conn.unique",
-            format!("connection {conn} is already open"),
-        ));
+    {
+        let s = shared.lock();
+        if s.conns.contains_key(&conn) {
+            return Err(violation(
+                "conn.unique",
+                format!("connection {conn} is already open"),
+            ));
+        }
+        if s.conns.len() >= MAX_CONNECTIONS {
+            return Err(violation(
+                "conn.limit",
+                format!(
+                    "connection {conn} would be connection number {}, over the limit of {MAX_CONNECTIONS}",
+                    s.conns.len() + 1
+                ),
+            ));
+        }
     }
     let decision = match &shared.acceptor {
         None => Err("this side accepts no virtual connections".to_string()),

@@ -336,6 +336,15 @@ pub struct ShmRx {
     parker: Result<Parker, LinkError>,
 }
 
+impl Drop for ShmRx {
+    /// Nobody will read this side's ring again: mark this side dead, so that
+    /// a peer waiting for ring space (or anything else) gets `PeerGone`
+    /// instead of waiting forever.
+    fn drop(&mut self) {
+        self.liveness.mark_dead(self.liveness.side());
+    }
+}
+
 /// A frame received over shm, read in place; released when dropped.
 pub struct ShmFrame<'a>(osmos_shm::Message<'a>);
 
