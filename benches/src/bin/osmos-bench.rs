@@ -1,0 +1,250 @@
+//! The osmos report binary: every figure beside a floor measured in the same
+//! run, unpinned and then pinned to CPU 0.
+//!
+//! ```text
+//! cargo run --release -p osmos-benches --bin osmos-bench [-- --quick] [--json PATH]
+//! ```
+//!
+//! - `--quick`: under a minute (fewer iterations, 1 s of idle, 16 cells
+//!   instead of 64);
+//! - `--json PATH`: also write `{"machine": {...}, "results": [...]}`;
+//! - `--unpinned-only` / `--pinned-only`: run one of the two passes.
+//!
+//! The pinned pass is this program re-executed with a private `--pinned-pass
+//! ROWS` argument: it pins itself to CPU 0 before starting any thread, so its
+//! runtimes, its floor peers and its cells all inherit the mask. Started
+//! with `OSMOS_CELL_NAME` set (by a host) it is a bench cell; started with
+//! `--floor-child` it is the peer of a floor.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use osmos_benches::cases::{self, Floors, Params};
+use osmos_benches::report::{self, Machine, Row};
+use osmos_benches::service::{BenchDispatcher, BenchImpl};
+use osmos_benches::{floor, sys};
+
+struct Options {
+    quick: bool,
+    json: Option<PathBuf>,
+    pinned_pass: Option<PathBuf>,
+    unpinned: bool,
+    pinned: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        quick: false,
+        json: None,
+        pinned_pass: None,
+        unpinned: true,
+        pinned: true,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--json" => o.json = Some(it.next().ok_or("--json needs a path")?.into()),
+            "--pinned-pass" => o.pinned_pass = Some(it.next().ok_or("--pinned-pass needs a path")?.into()),
+            "--unpinned-only" => o.pinned = false,
+            "--pinned-only" => o.unpinned = false,
+            "-h" | "--help" => {
+                return Err(
+                    "usage: osmos-bench [--quick] [--json PATH] [--unpinned-only | --pinned-only]".into(),
+                );
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(o)
+}
+
+/// One pass over every floor and case. Errors of one group of cases are
+/// reported and the pass goes on.
+fn pass(p: Params, errors: &mut Vec<String>) -> Vec<Row> {
+    let label = if p.pinned { "pinned to CPU 0" } else { "unpinned" };
+    let started = Instant::now();
+    eprintln!("osmos-bench: {label} pass, {} CPUs allowed", sys::allowed_cpus());
+    let mut rows = Vec::new();
+    let cap = p.cap();
+    eprintln!("  floors: ping-pong");
+    match floor::pingpongs(p.rounds(), cap, p.pinned) {
+        Ok(r) => rows.extend(r),
+        Err(e) => errors.push(format!("{label}: ping-pong floors: {e}")),
+    }
+    if !p.pinned && sys::allowed_cpus() >= 2 {
+        eprintln!("  floors: ping-pong split across CPUs 0 and 1");
+        match floor::pingpongs_split(p.rounds(), cap) {
+            Ok(r) => rows.extend(r),
+            Err(e) => errors.push(format!("{label}: split ping-pong floors: {e}")),
+        }
+    }
+    eprintln!("  floors: ring copy");
+    match floor::ring_copy(p.runs(), p.stream_items(), p.pinned) {
+        Ok(r) => rows.push(r),
+        Err(e) => errors.push(format!("{label}: ring copy floor: {e}")),
+    }
+    let find = |name: &str| rows.iter().find(|r| r.name == name).map_or(0.0, |r| r.p50);
+    let floors = Floors {
+        adaptive_ns: find(floor::ADAPTIVE),
+        ring_gbps: find(floor::RING_COPY),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            errors.push(format!("{label}: cannot start a runtime: {e}"));
+            return rows;
+        }
+    };
+    rt.block_on(async {
+        eprintln!("  add over memory and unix");
+        match cases::in_process(&p, &floors).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => errors.push(format!("{label}: in-process links: {e}")),
+        }
+        eprintln!("  one cell: idle, add, echo, stream, concurrency");
+        match cases::one_cell(&p, &floors).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => errors.push(format!("{label}: one-cell cases: {e}")),
+        }
+        eprintln!("  many cells");
+        match cases::many_cells(&p).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => errors.push(format!("{label}: many cells: {e}")),
+        }
+        eprintln!("  spawn and kill");
+        match cases::spawn_and_kill(&p).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => errors.push(format!("{label}: spawn/kill: {e}")),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    eprintln!("  {label} pass took {:.1?}", started.elapsed());
+    rows
+}
+
+/// Runs the pinned pass in a fresh copy of this program and reads its rows.
+fn pinned_child(quick: bool, errors: &mut Vec<String>) -> Vec<Row> {
+    let path = std::env::temp_dir().join(format!("osmos-bench-pinned-{}.rows", std::process::id()));
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(format!("pinned pass: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("--pinned-pass").arg(&path);
+    if quick {
+        cmd.arg("--quick");
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => errors.push(format!("pinned pass exited with {s}")),
+        Err(e) => errors.push(format!("pinned pass: {e}")),
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    text.lines().filter_map(Row::from_line).collect()
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os(osmos_session::control::ENV_CELL_NAME).is_some() {
+        osmos_plugin_sdk::run("osmos-bench cell", || BenchDispatcher::new(BenchImpl));
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--floor-child") {
+        return ExitCode::from(u8::try_from(floor::child(&args[1..])).unwrap_or(1));
+    }
+    let opts = match parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut errors = Vec::new();
+
+    if let Some(path) = &opts.pinned_pass {
+        // First thing, before any thread exists: everything started from
+        // here on inherits the mask.
+        if let Err(e) = sys::pin_to_cpu0() {
+            eprintln!("osmos-bench: cannot pin to CPU 0: {e}");
+            return ExitCode::FAILURE;
+        }
+        let rows = pass(
+            Params {
+                quick: opts.quick,
+                pinned: true,
+            },
+            &mut errors,
+        );
+        let text: String = rows.iter().map(|r| r.to_line() + "\n").collect();
+        if let Err(e) = std::fs::write(path, text) {
+            errors.push(format!("writing {}: {e}", path.display()));
+        }
+        for e in &errors {
+            eprintln!("osmos-bench: error: {e}");
+        }
+        return if errors.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+
+    let machine = Machine::probe(opts.quick);
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    if opts.unpinned {
+        rows.extend(pass(
+            Params {
+                quick: opts.quick,
+                pinned: false,
+            },
+            &mut errors,
+        ));
+    }
+    if opts.pinned {
+        rows.extend(pinned_child(opts.quick, &mut errors));
+    }
+
+    println!(
+        "osmos-bench{}: {} CPUs ({} allowed), {}, {}",
+        if opts.quick { " --quick" } else { "" },
+        machine.cpus,
+        machine.allowed_cpus,
+        machine.kernel,
+        machine.cpu_model
+    );
+    println!(
+        "latencies: p50 and p99 in the p50|median and p99|lowest columns; rates: median and lowest of the runs.\n\
+         ratio = p50 / floor p50 (latency: × slower than the floor; rate: fraction of the floor's rate)."
+    );
+    if opts.quick {
+        println!("--quick: fewer iterations, 1 s of idle instead of 5 s, 16 cells instead of 64.");
+    }
+    println!();
+    print!("{}", report::table(&rows));
+    println!("\ntotal {:.1?}", started.elapsed());
+
+    if let Some(path) = &opts.json {
+        match std::fs::write(path, report::to_json(&machine, &rows)) {
+            Ok(()) => println!("wrote {}", path.display()),
+            Err(e) => errors.push(format!("writing {}: {e}", path.display())),
+        }
+    }
+    for e in &errors {
+        eprintln!("osmos-bench: error: {e}");
+    }
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

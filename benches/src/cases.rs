@@ -1,0 +1,453 @@
+//! The session cases: what a user of osmos sees, host ↔ cell.
+//!
+//! Every shm case talks to a real cell process: this program re-executed by
+//! [`CellBuilder`] with the default sandbox, serving [`Bench`](crate::service::Bench)
+//! through `osmos_plugin_sdk::run`. `add_rtt/unix` and `add_rtt/memory` run
+//! both peers in this process, each on its own one-worker runtime.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use osmos_host::{CellBuilder, CellHandle};
+use osmos_session::SessionBuilder;
+use osmos_session::link::stream::StreamLink;
+use osmos_session::link::{Link, memory};
+
+use crate::floor;
+use crate::report::Row;
+use crate::service::{BenchClient, BenchDispatcher, BenchImpl};
+
+/// Any error, sendable between tasks.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// `--quick`: fewer iterations, 1 s of idle, 16 cells instead of 64.
+    pub quick: bool,
+    /// Whether this pass runs pinned to CPU 0 (labels the rows).
+    pub pinned: bool,
+}
+
+impl Params {
+    /// Timed sequential round trips per latency case (after a tenth as many
+    /// warm-up ones).
+    pub fn rounds(&self) -> usize {
+        if self.quick { 2_000 } else { 20_000 }
+    }
+    /// Longest a single latency case may take before it stops early.
+    pub fn cap(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(1_500)
+        } else {
+            Duration::from_secs(8)
+        }
+    }
+    /// Repeated runs behind a rate.
+    pub fn runs(&self) -> usize {
+        if self.quick { 3 } else { 5 }
+    }
+    /// Items of 64 KiB per streaming run.
+    pub fn stream_items(&self) -> usize {
+        if self.quick { 1_000 } else { 4_000 }
+    }
+    /// Seconds of idle measured.
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(if self.quick { 1 } else { 5 })
+    }
+    /// Cell counts for the many-cells case.
+    pub fn cell_counts(&self) -> &'static [usize] {
+        if self.quick { &[1, 8, 16] } else { &[1, 8, 64] }
+    }
+    /// How long each many-cells run calls.
+    pub fn cells_window(&self) -> Duration {
+        Duration::from_millis(if self.quick { 400 } else { 2_000 })
+    }
+    /// Spawn/kill samples.
+    pub fn spawns(&self) -> usize {
+        if self.quick { 3 } else { 15 }
+    }
+}
+
+/// Floors the cases are compared against, from the same pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Floors {
+    /// p50 of `floor_adaptive/shm`, ns.
+    pub adaptive_ns: f64,
+    /// Median of `floor_ring_copy/shm`, GB/s.
+    pub ring_gbps: f64,
+}
+
+/// Times `op` `rounds` times after a tenth as many warm-up calls, stopping
+/// early once `cap` has passed (with at least 10 samples).
+async fn time_calls<F, Fut>(rounds: usize, cap: Duration, mut op: F) -> Result<Vec<Duration>, BoxError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    let warmup = rounds / 10;
+    let mut times = Vec::with_capacity(rounds);
+    let start = Instant::now();
+    for i in 0..(warmup + rounds) as u32 {
+        let t = Instant::now();
+        op(i).await?;
+        let dt = t.elapsed();
+        if i as usize >= warmup {
+            times.push(dt);
+        }
+        if start.elapsed() > cap && times.len() >= 10 {
+            break;
+        }
+    }
+    Ok(times)
+}
+
+fn latency_row(name: &str, times: &mut [Duration], p: &Params, floor_name: &str, floor_ns: f64) -> Row {
+    let short = times.len() < p.rounds();
+    let row = Row::latency(name, times, p.pinned).against(floor_name, floor_ns);
+    if short {
+        row.note(&format!("stopped early after {:?}", p.cap()))
+    } else {
+        row
+    }
+}
+
+async fn add_latency(client: &BenchClient, name: &str, p: &Params, f: &Floors) -> Result<Row, BoxError> {
+    let mut times = time_calls(p.rounds(), p.cap(), |i| {
+        let c = client.clone();
+        async move {
+            let r = c.add(i, 1).await?;
+            if r != i.wrapping_add(1) {
+                return Err(format!("add({i}, 1) returned {r}").into());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(latency_row(name, &mut times, p, floor::ADAPTIVE, f.adaptive_ns))
+}
+
+fn one_worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+}
+
+/// `add_rtt/<link>` with both peers in this process, the server on its own
+/// one-worker runtime.
+async fn add_in_process<L: Link>(
+    name: &str,
+    client: L,
+    server: L,
+    p: &Params,
+    f: &Floors,
+) -> Result<Row, BoxError> {
+    let server_rt = one_worker_runtime()?;
+    server_rt.spawn(async move {
+        if let Ok(conn) = SessionBuilder::new()
+            .serve(BenchDispatcher::new(BenchImpl))
+            .accept(server)
+            .await
+        {
+            conn.closed().await;
+        }
+    });
+    let conn = SessionBuilder::new().initiate(client).await?;
+    let client = BenchClient::new(conn);
+    let row = add_latency(&client, name, p, f).await;
+    client.connection().goodbye("measured").await;
+    server_rt.shutdown_background();
+    Ok(row?.note("both peers in one process"))
+}
+
+/// `add_rtt/memory` and `add_rtt/unix`.
+pub async fn in_process(p: &Params, f: &Floors) -> Result<Vec<Row>, BoxError> {
+    let mut rows = Vec::new();
+    let (a, b) = memory::pair(1 << 20, 64);
+    rows.push(add_in_process("add_rtt/memory", a, b, p, f).await?);
+    let (a, b) = tokio::net::UnixStream::pair()?;
+    rows.push(
+        add_in_process(
+            "add_rtt/unix",
+            StreamLink::unix(a, 1 << 20),
+            StreamLink::unix(b, 1 << 20),
+            p,
+            f,
+        )
+        .await?,
+    );
+    Ok(rows)
+}
+
+/// Spawns one bench cell (this program) with the default sandbox.
+pub async fn spawn_cell(name: &str) -> Result<CellHandle, BoxError> {
+    let me = std::env::current_exe()?;
+    Ok(CellBuilder::new(me).name(name).spawn().await?)
+}
+
+/// The cases on one long-lived cell: `add_rtt/shm`, the echoes, streaming,
+/// concurrency and idle CPU.
+pub async fn one_cell(p: &Params, f: &Floors) -> Result<Vec<Row>, BoxError> {
+    let cell = spawn_cell("bench").await?;
+    let client: BenchClient = cell.client()?;
+    let result = one_cell_inner(&cell, &client, p, f).await;
+    cell.shutdown(Duration::from_secs(2)).await;
+    result
+}
+
+async fn one_cell_inner(
+    cell: &CellHandle,
+    client: &BenchClient,
+    p: &Params,
+    f: &Floors,
+) -> Result<Vec<Row>, BoxError> {
+    let mut rows = Vec::new();
+    client.pid().await?;
+
+    // Idle first, before any traffic leaves anything running.
+    rows.push(idle_cpu(cell, p).await?);
+
+    rows.push(add_latency(client, "add_rtt/shm", p, f).await?);
+
+    for (name, size) in [
+        ("echo_64/shm", 64usize),
+        ("echo_4k/shm", 4 << 10),
+        ("echo_64k/shm", 64 << 10),
+        ("echo_1m/shm", 1 << 20),
+    ] {
+        let payload = vec![0xa5u8; size];
+        // Fewer rounds for the big payloads: their cost is in the copies.
+        let rounds = if size >= 1 << 20 {
+            p.rounds() / 10
+        } else {
+            p.rounds()
+        };
+        let mut times = time_calls(rounds, p.cap(), |_| {
+            let c = client.clone();
+            let data = payload.clone();
+            async move {
+                let back = c.echo(data).await?;
+                if back.len() != size {
+                    return Err(format!("echo of {size} bytes returned {}", back.len()).into());
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        let short = times.len() < rounds;
+        let mut row = Row::latency(name, &mut times, p.pinned).against(floor::ADAPTIVE, f.adaptive_ns);
+        if short {
+            row = row.note(&format!("stopped early after {:?}", p.cap()));
+        }
+        rows.push(row.note("time includes cloning the payload on the host"));
+    }
+
+    rows.push(stream(client, p, f).await?);
+
+    for callers in [1usize, 16, 256] {
+        rows.push(concurrency(client, callers, p, f).await?);
+    }
+    Ok(rows)
+}
+
+/// `idle_cpu/shm`: CPU used by this host process and the cell while
+/// connected and doing nothing.
+async fn idle_cpu(cell: &CellHandle, p: &Params) -> Result<Row, BoxError> {
+    let pid = cell.pid().ok_or("the cell has no pid")?;
+    let me = std::process::id();
+    // Let the spawn settle.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu =
+        |pid: u32| crate::sys::cpu_time(pid).ok_or_else(|| format!("cannot read the CPU time of pid {pid}"));
+    let (h0, c0) = (cpu(me)?, cpu(pid)?);
+    let t = Instant::now();
+    tokio::time::sleep(p.idle()).await;
+    let secs = t.elapsed().as_secs_f64();
+    let (h1, c1) = (cpu(me)?, cpu(pid)?);
+    let host = (h1 - h0).as_secs_f64() * 1e3 / secs;
+    let cellms = (c1 - c0).as_secs_f64() * 1e3 / secs;
+    let mut total = [host + cellms];
+    Ok(Row::rate("idle_cpu/shm", "ms/s", &mut total, p.pinned).note(&format!(
+        "over {secs:.1} s: host {host:.4} ms/s + cell pid {pid} {cellms:.4} ms/s (all threads, /proc/<pid>/task/*/schedstat)"
+    )))
+}
+
+/// `stream_64k/shm`: 64 KiB items cell → host through a `Tx<Vec<u8>>`.
+async fn stream(client: &BenchClient, p: &Params, f: &Floors) -> Result<Row, BoxError> {
+    let items = p.stream_items();
+    let mut rates = Vec::new();
+    for run in 0..p.runs() + 1 {
+        let (tx, mut rx) = client.connection().channel::<Vec<u8>>()?;
+        let start = Instant::now();
+        let c = client.clone();
+        let producer = tokio::spawn(async move { c.stream(items as u32, floor::CHUNK as u32, tx).await });
+        let mut n = 0usize;
+        let mut bytes = 0usize;
+        while let Some(item) = rx.recv().await {
+            bytes += item?.len();
+            n += 1;
+        }
+        producer.await??;
+        let dt = start.elapsed().as_secs_f64();
+        if n != items || bytes != items * floor::CHUNK {
+            return Err(format!("streamed {n} items / {bytes} bytes, expected {items}").into());
+        }
+        if run > 0 {
+            rates.push(bytes as f64 / dt / 1e9);
+        }
+    }
+    Ok(Row::rate("stream_64k/shm", "GB/s", &mut rates, p.pinned)
+        .against(floor::RING_COPY, f.ring_gbps)
+        .note(&format!("{items} x 64 KiB per run, call to last item")))
+}
+
+/// `concurrency_<n>/shm`: calls/s with `callers` tasks calling `add` at once.
+async fn concurrency(client: &BenchClient, callers: usize, p: &Params, f: &Floors) -> Result<Row, BoxError> {
+    let total = if p.quick { 20_000 } else { 50_000 };
+    let per = (total / callers).max(1);
+    let mut rates = Vec::new();
+    for _ in 0..p.runs() {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    for i in 0..per as u32 {
+                        c.add(i, i).await.map_err(|e| e.to_string())?;
+                    }
+                    Ok::<(), String>(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        rates.push((per * callers) as f64 / start.elapsed().as_secs_f64());
+    }
+    // Against the rate the adaptive floor allows one caller: 1 / its RTT.
+    Ok(Row::rate(
+        format!("concurrency_{callers}/shm"),
+        "calls/s",
+        &mut rates,
+        p.pinned,
+    )
+    .against(floor::ADAPTIVE, 1e9 / f.adaptive_ns)
+    .note(&format!(
+        "{} calls per run; ratio against 1 / floor RTT",
+        per * callers
+    )))
+}
+
+/// `cells_<n>/shm`: aggregate calls/s of one sequential caller per cell,
+/// `n` cells at once; ratios against `cells_1/shm` of the same pass.
+pub async fn many_cells(p: &Params) -> Result<Vec<Row>, BoxError> {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut one = 0.0;
+    for &n in p.cell_counts() {
+        let mut cells = Vec::with_capacity(n);
+        let spawn_start = Instant::now();
+        let mut failed = None;
+        for i in 0..n {
+            match spawn_cell(&format!("many-{i}")).await {
+                Ok(c) => cells.push(c),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let spawned_in = spawn_start.elapsed();
+        let result = match failed {
+            Some(e) => Err(e),
+            None => cells_window(&cells, p.cells_window()).await,
+        };
+        let shutdowns: Vec<_> = cells
+            .into_iter()
+            .map(|c| tokio::spawn(async move { c.shutdown(Duration::from_secs(2)).await }))
+            .collect();
+        for s in shutdowns {
+            let _ = s.await;
+        }
+        let rate = result?;
+        if n == 1 {
+            one = rate;
+        }
+        let mut r = [rate];
+        let mut row = Row::rate(format!("cells_{n}/shm"), "calls/s", &mut r, p.pinned)
+            .against("cells_1/shm", one)
+            .note(&format!(
+                "one sequential caller per cell for {:?}; {n} spawned in {spawned_in:.1?}",
+                p.cells_window()
+            ));
+        if p.quick && n == 16 {
+            row = row.note("--quick measures 16 cells instead of 64");
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+async fn cells_window(cells: &[CellHandle], window: Duration) -> Result<f64, BoxError> {
+    let mut clients = Vec::new();
+    for c in cells {
+        let client: BenchClient = c.client()?;
+        client.pid().await?;
+        clients.push(client);
+    }
+    let start = Instant::now();
+    let deadline = start + window;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    c.add(1, 2).await.map_err(|e| e.to_string())?;
+                    n += 1;
+                }
+                Ok::<u64, String>(n)
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `spawn_reply/shm` (`CellBuilder::spawn` → first reply) and
+/// `kill_error/shm` (SIGKILL with a call in flight → the call's error).
+pub async fn spawn_and_kill(p: &Params) -> Result<Vec<Row>, BoxError> {
+    let mut spawn = Vec::new();
+    let mut kill = Vec::new();
+    for i in 0..p.spawns() {
+        let t = Instant::now();
+        let cell = spawn_cell(&format!("spawn-{i}")).await?;
+        let client: BenchClient = cell.client()?;
+        client.pid().await?;
+        spawn.push(t.elapsed());
+
+        let c = client.clone();
+        let in_flight = tokio::spawn(async move { c.hang(30_000).await });
+        // Let the call reach the cell.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = Instant::now();
+        cell.kill();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), in_flight).await;
+        let dt = t.elapsed();
+        match outcome {
+            Ok(Ok(Err(_))) => kill.push(dt),
+            Ok(Ok(Ok(v))) => return Err(format!("the in-flight call succeeded ({v}) after SIGKILL").into()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err("the in-flight call did not fail within 10 s of SIGKILL".into()),
+        }
+        cell.shutdown(Duration::from_millis(500)).await;
+    }
+    Ok(vec![
+        Row::latency("spawn_reply/shm", &mut spawn, p.pinned)
+            .note("default sandbox; spawn() to first pid() reply"),
+        Row::latency("kill_error/shm", &mut kill, p.pinned).note("SIGKILL to the in-flight call's error"),
+    ])
+}
