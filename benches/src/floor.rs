@@ -68,7 +68,7 @@ struct Peer {
 impl Peer {
     fn start(args: &[&str]) -> Result<Peer, Box<dyn std::error::Error>> {
         let seg = Segment::create(&SegmentConfig::default(), 1)?;
-        let mut child = crate::sys::spawn_self_with_fd(args, seg.fd())?;
+        let mut child = crate::sys::spawn_self_with_segment(args, &seg)?;
         let ep = seg.endpoint()?;
         let live = ep.liveness.clone();
         let watcher = std::thread::spawn(move || {

@@ -1,7 +1,6 @@
 //! The few system calls the report needs: CPU affinity, `uname`, CPU time of
 //! a process, and spawning this program again with a segment at fd 3.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -120,28 +119,10 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 1000 / hz))
 }
 
-/// Starts this program again with `args`, `fd` placed at fd 3.
-pub fn spawn_self_with_fd(args: &[&str], fd: BorrowedFd<'_>) -> std::io::Result<Child> {
-    let raw = fd.as_raw_fd();
+/// Starts this program again with `args`, the segment placed at fd 3.
+pub fn spawn_self_with_segment(args: &[&str], segment: &osmos_shm::Segment) -> std::io::Result<Child> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(args).stdin(Stdio::null());
-    // SAFETY: only dup2/fcntl, which are async-signal-safe, run between fork
-    // and exec. dup2 onto the same number would keep FD_CLOEXEC, so clear it
-    // instead in that case.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            let r = if raw == 3 {
-                libc::fcntl(raw, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, 3)
-            };
-            if r < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
-    }
+    segment.pass_to(&mut cmd, 3);
     cmd.spawn()
 }

@@ -9,7 +9,7 @@
 //! (two tokio runtimes), and the shm link with the server in a second process
 //! (this program re-executed with the segment at fd 3).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -133,25 +133,9 @@ fn cpu_time(pid: u32) -> Duration {
 
 async fn shm_cross_process() -> Row {
     let seg = Segment::create(&SegmentConfig::default(), 1).unwrap();
-    let raw = seg.fd().as_raw_fd();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.arg("--cell").stdin(Stdio::null());
-    // SAFETY: only dup2/fcntl (async-signal-safe) run between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            let r = if raw == 3 {
-                libc::fcntl(raw, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, 3)
-            };
-            if r < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
-    }
+    seg.pass_to(&mut cmd, 3);
     let mut child = cmd.spawn().expect("spawn the cell");
     let pid = child.id();
     let endpoint = seg.endpoint().unwrap();

@@ -3,7 +3,7 @@
 //! segment and serves a service; the host calls it, streams both ways, and
 //! sees a killed cell fail its calls promptly.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -80,27 +80,11 @@ async fn run_cell() -> ! {
 }
 
 fn spawn_cell(test: &str, seg: &Segment) -> Child {
-    let raw = seg.fd().as_raw_fd();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(ROLE, "1")
         .stdin(Stdio::null());
-    // SAFETY: only dup2/fcntl (async-signal-safe) run between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            let r = if raw == 3 {
-                libc::fcntl(raw, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, 3)
-            };
-            if r < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
-    }
+    seg.pass_to(&mut cmd, osmos_session::control::SEGMENT_FD);
     cmd.spawn().expect("spawn the cell")
 }
 

@@ -8,7 +8,7 @@
 //!
 //! The program re-executes itself as the cell with the segment at fd 3.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,27 +75,9 @@ fn main() {
     );
     for (i, (name, strategy)) in strategies().into_iter().enumerate() {
         let seg = Segment::create(&SegmentConfig::default(), 1).expect("create");
-        let raw = seg.fd().as_raw_fd();
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args(["--cell", &i.to_string()]).stdin(Stdio::null());
-        // SAFETY: only dup2/fcntl, which are async-signal-safe, run between
-        // fork and exec. dup2 onto the same number would keep FD_CLOEXEC, so
-        // clear it instead in that case.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(move || {
-                let r = if raw == 3 {
-                    libc::fcntl(raw, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(raw, 3)
-                };
-                if r < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            });
-        }
+        seg.pass_to(&mut cmd, 3);
         let mut child = cmd.spawn().expect("spawn cell");
         let mut ep = seg.endpoint().unwrap();
         // If the cell exits (or crashes), mark it dead so no wait here hangs.

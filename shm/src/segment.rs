@@ -140,6 +140,31 @@ impl Segment {
         self.mapped.fd.as_fd()
     }
 
+    /// Arranges for the child `cmd` spawns to inherit this segment's fd at
+    /// fd number `target` (and only there: the fd stays close-on-exec
+    /// everywhere else). The child then calls [`Segment::attach`] on it.
+    pub fn pass_to(&self, cmd: &mut std::process::Command, target: i32) {
+        use std::os::unix::process::CommandExt;
+        let raw = self.mapped.fd.as_raw_fd();
+        // SAFETY: the closure runs between fork and exec and makes only
+        // async-signal-safe system calls. dup2 gives the new fd no
+        // FD_CLOEXEC; dup2 onto the same number would keep it, so clear the
+        // flag instead in that case.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = if raw == target {
+                    libc::fcntl(raw, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, target)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
     /// The layout this side computed (the host's own copy, never re-read).
     pub fn layout(&self) -> &Layout {
         &self.layout

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::fd::AsFd;
 use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -109,7 +108,7 @@ fn cross_process_streams_100mb_each_way_with_checksums() {
     }
 
     let seg = Segment::create(&SegmentConfig::default(), 1).unwrap();
-    let child = spawn_child(NAME, "stream-cell", seg.fd().as_fd(), &[]);
+    let child = spawn_child(NAME, "stream-cell", &seg, &[]);
     let ep = seg.endpoint().unwrap();
     let watcher = watch(child, ep.liveness.clone());
     let (mut tx, mut rx) = (ep.sender, ep.receiver);
@@ -146,7 +145,7 @@ fn cross_process_killed_cell_wakes_parked_host_waiters() {
     }
 
     let seg = Segment::create(&SegmentConfig::default(), 1).unwrap();
-    let mut child = spawn_child(NAME, "idle-cell", seg.fd().as_fd(), &[]);
+    let mut child = spawn_child(NAME, "idle-cell", &seg, &[]);
     let pid = child.id();
     let mut ep = seg.endpoint().unwrap();
     assert_eq!(ep.receiver.recv(deadline()).unwrap().to_vec(), b"attached");

@@ -2,7 +2,7 @@
 //! patterns and a child-process runner.
 #![allow(dead_code)]
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 
 /// SplitMix64: small, fast, seedable; good enough to pick sizes and bytes.
@@ -63,7 +63,7 @@ pub const CHILD_SEGMENT_FD: i32 = 3;
 pub fn spawn_child(
     test_name: &str,
     role: &str,
-    segment: BorrowedFd<'_>,
+    segment: &osmos_shm::Segment,
     extra_env: &[(&str, String)],
 ) -> Child {
     let exe = std::env::current_exe().expect("current test binary");
@@ -74,24 +74,7 @@ pub fn spawn_child(
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let raw = segment.as_raw_fd();
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe system calls. dup2 gives the new fd no FD_CLOEXEC;
-    // if the fd already has the target number, clear FD_CLOEXEC instead.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            let r = if raw == CHILD_SEGMENT_FD {
-                libc::fcntl(raw, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, CHILD_SEGMENT_FD)
-            };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    segment.pass_to(&mut cmd, CHILD_SEGMENT_FD);
     cmd.spawn().expect("spawn child test process")
 }
 
