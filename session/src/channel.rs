@@ -2,8 +2,12 @@
 //!
 //! A channel is created in pairs with [`Connection::channel`]; one end stays
 //! here and the other is passed to the peer *inside* a call's arguments or
-//! return value. On the wire a handle is just its channel id: `Tx<T>` and
-//! `Rx<T>` are facet types with a proxy (`ChannelId`), and the conversion
+//! return value. In the encoded payload a handle is its **position in the
+//! message's channel list** (`Message::Call::channels` /
+//! `Message::Response::channels`), not its id: the payload never names a
+//! session's ids, so a forwarder can remap the ids in the envelope without
+//! decoding the payload (see `forward.rs`). `Tx<T>` and `Rx<T>` are facet
+//! types with a proxy (`ChannelId`), and the conversion
 //! runs inside a binding context the session sets up while it encodes or
 //! decodes a call (a thread-local, valid only for that synchronous encode or
 //! decode). Encoding collects the ids into the message's channel list and
@@ -34,7 +38,8 @@ use osmos_shm::{CreditReceiver, CreditSender, CreditTable};
 use crate::session::Shared;
 use crate::wire::Message;
 
-/// A channel's id on the wire.
+/// A channel handle inside an encoded payload: its position in the
+/// message's channel list (the ids themselves travel in the envelope).
 #[derive(Facet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[facet(transparent)]
 pub struct ChannelId(pub u64);
@@ -323,6 +328,11 @@ impl ChannelCore {
         c.sent_terminal && c.got_terminal
     }
 
+    /// Whether this side already sent its terminal message (`Close` or `Reset`).
+    pub(crate) fn sent_terminal(&self) -> bool {
+        self.lock().sent_terminal
+    }
+
     /// An item arrived (driver). Checks the peer's credit and queues it.
     pub(crate) fn on_item(&self, payload: &[u8]) -> Result<(), crate::error::Violation> {
         let mut c = self.lock();
@@ -465,7 +475,7 @@ impl ChannelCore {
 
     /// Takes `n` bytes of send credit, waiting for grants (and, for a channel
     /// created here, for the message that hands it to the peer).
-    async fn take_credit(&self, n: u64) -> Result<(), ChannelError> {
+    pub(crate) async fn take_credit(&self, n: u64) -> Result<(), ChannelError> {
         loop {
             let notified = self.writable.notified();
             tokio::pin!(notified);
@@ -534,7 +544,7 @@ impl ChannelCore {
 
     /// The next queued item, waiting for one. `Ok(None)` once closed and drained.
     /// Returns the bytes to grant back by message, if a grant is due.
-    async fn next_item(&self) -> Result<Option<(Vec<u8>, Option<u32>)>, ChannelError> {
+    pub(crate) async fn next_item(&self) -> Result<Option<(Vec<u8>, Option<u32>)>, ChannelError> {
         loop {
             let notified = self.readable.notified();
             tokio::pin!(notified);
@@ -586,8 +596,9 @@ const CREDIT_WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(
 enum BindMode {
     /// Encoding: handles met are handed over; their ids are collected.
     Encode { collected: Vec<u64> },
-    /// Measuring a decoded value's encoded size: handles are not touched.
-    Measure,
+    /// Measuring a decoded value's encoded size: handles are not touched;
+    /// `order` is the message's channel list (handles encode as positions in it).
+    Measure { order: Vec<u64> },
     /// Decoding: only the listed ids may be bound.
     Decode { allowed: Vec<u64>, bound: Vec<u64> },
 }
@@ -653,9 +664,14 @@ pub(crate) fn with_decode_context<R>(
 pub(crate) fn decode_exact<T: Facet<'static>>(bytes: &[u8]) -> Result<T, String> {
     let value: T = facet_postcard::from_slice(bytes).map_err(|e| e.to_string())?;
     let prev = CONTEXT.with(|c| {
-        c.borrow_mut()
-            .as_mut()
-            .map(|ctx| std::mem::replace(&mut ctx.mode, BindMode::Measure))
+        c.borrow_mut().as_mut().map(|ctx| {
+            let order = match &ctx.mode {
+                BindMode::Encode { collected } => collected.clone(),
+                BindMode::Measure { order } => order.clone(),
+                BindMode::Decode { allowed, .. } => allowed.clone(),
+            };
+            std::mem::replace(&mut ctx.mode, BindMode::Measure { order })
+        })
     });
     let measured = facet_postcard::to_vec(&value).map(|v| v.len());
     CONTEXT.with(|c| {
@@ -675,8 +691,9 @@ pub(crate) fn decode_exact<T: Facet<'static>>(bytes: &[u8]) -> Result<T, String>
     }
 }
 
-/// Binds a decoded channel id to the session's channel state.
-fn bind(id: ChannelId, end: End) -> Result<(Arc<Shared>, Arc<ChannelCore>), String> {
+/// Binds a decoded channel handle (a position in the message's channel list)
+/// to the session's channel state. Returns the channel's id with the binding.
+fn bind(index: ChannelId, end: End) -> Result<(u64, Arc<Shared>, Arc<ChannelCore>), String> {
     CONTEXT.with(|c| {
         let mut c = c.borrow_mut();
         let Some(ctx) = c.as_mut() else {
@@ -685,20 +702,21 @@ fn bind(id: ChannelId, end: End) -> Result<(Arc<Shared>, Arc<ChannelCore>), Stri
         let BindMode::Decode { allowed, bound } = &mut ctx.mode else {
             return Err("a channel handle cannot be decoded while encoding".to_string());
         };
-        if !allowed.contains(&id.0) {
+        let Some(&id) = usize::try_from(index.0).ok().and_then(|i| allowed.get(i)) else {
             return Err(format!(
-                "channel {} is not listed in the message's channels",
-                id.0
+                "channel handle {} points past the message's {} listed channels",
+                index.0,
+                allowed.len()
             ));
-        }
-        if bound.contains(&id.0) {
-            return Err(format!("channel {} appears twice in one message", id.0));
+        };
+        if bound.contains(&id) {
+            return Err(format!("channel {id} appears twice in one message"));
         }
         let core = ctx
             .shared
-            .channel_core(id.0)
-            .ok_or_else(|| format!("channel {} is not open", id.0))?;
-        bound.push(id.0);
+            .channel_core(id)
+            .ok_or_else(|| format!("channel {id} is not open"))?;
+        bound.push(id);
         core.attach(end);
         // We hold `end`: the receiver's initial credit is ours if we receive.
         let initial = match end {
@@ -706,7 +724,50 @@ fn bind(id: ChannelId, end: End) -> Result<(Arc<Shared>, Arc<ChannelCore>), Stri
             End::Tx => ctx.shared.peer_settings().initial_credit,
         };
         core.init_credit(initial, false)?;
-        Ok((ctx.shared.clone(), core))
+        Ok((id, ctx.shared.clone(), core))
+    })
+}
+
+/// For a relay (forwarding): binds every channel the message being decoded
+/// lists, in list order, holding both ends (a relay moves items whichever
+/// way they flow). Returns the session and the channels.
+pub(crate) fn bind_listed_for_relay() -> Result<(Arc<Shared>, Vec<Arc<ChannelCore>>), String> {
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(ctx) = c.as_mut() else {
+            return Err("channels can only be taken by a session, as part of a call".to_string());
+        };
+        let BindMode::Decode { allowed, bound } = &mut ctx.mode else {
+            return Err("channels cannot be taken while encoding".to_string());
+        };
+        let mut cores = Vec::with_capacity(allowed.len());
+        for &id in allowed.iter() {
+            if bound.contains(&id) {
+                return Err(format!("channel {id} appears twice in one message"));
+            }
+            let core = ctx
+                .shared
+                .channel_core(id)
+                .ok_or_else(|| format!("channel {id} is not open"))?;
+            bound.push(id);
+            core.attach(End::Tx);
+            core.attach(End::Rx);
+            core.init_credit(ctx.shared.our_initial_credit(), false)?;
+            cores.push(core);
+        }
+        Ok((ctx.shared.clone(), cores))
+    })
+}
+
+/// For a relay (forwarding): lists channel `id` (created here, both ends
+/// held by the relay) in the message being encoded.
+pub(crate) fn list_for_relay(id: u64) -> Result<(), String> {
+    CONTEXT.with(|c| match c.borrow_mut().as_mut().map(|ctx| &mut ctx.mode) {
+        Some(BindMode::Encode { collected }) => {
+            collected.push(id);
+            Ok(())
+        }
+        _ => Err("a relayed channel can only be listed while encoding a message".to_string()),
     })
 }
 
@@ -715,7 +776,9 @@ fn hand_over(id: u64, handed: &AtomicBool, end: End, bound: Option<&Bound>) -> R
     CONTEXT.with(|c| {
         let mut c = c.borrow_mut();
         match c.as_mut().map(|ctx| &mut ctx.mode) {
-            Some(BindMode::Measure) => Ok(ChannelId(id)),
+            Some(BindMode::Measure { order }) => Ok(ChannelId(
+                order.iter().position(|&c| c == id).map_or(id, |i| i as u64),
+            )),
             Some(BindMode::Encode { collected }) => {
                 if handed.swap(true, Ordering::AcqRel) {
                     return Err(format!("channel {id} was already handed to the peer"));
@@ -732,7 +795,7 @@ fn hand_over(id: u64, handed: &AtomicBool, end: End, bound: Option<&Bound>) -> R
                     b.core.init_credit(initial, b.core.created_here)?;
                 }
                 collected.push(id);
-                Ok(ChannelId(id))
+                Ok(ChannelId(collected.len() as u64 - 1))
             }
             _ => Err(
                 "a channel handle can only be sent as part of a call's arguments or return value".to_string(),
@@ -814,10 +877,10 @@ pub(crate) fn pair<T>(shared: &Arc<Shared>, core: Arc<ChannelCore>) -> (Tx<T>, R
 
 impl<T> TryFrom<ChannelId> for Tx<T> {
     type Error = String;
-    fn try_from(id: ChannelId) -> Result<Self, String> {
-        let (shared, core) = bind(id, End::Tx)?;
+    fn try_from(index: ChannelId) -> Result<Self, String> {
+        let (id, shared, core) = bind(index, End::Tx)?;
         Ok(Tx {
-            id: id.0,
+            id,
             bound: Some(Bound { shared, core }),
             done: AtomicBool::new(false),
             _items: PhantomData,
@@ -834,10 +897,10 @@ impl<T> TryFrom<&Tx<T>> for ChannelId {
 
 impl<T> TryFrom<ChannelId> for Rx<T> {
     type Error = String;
-    fn try_from(id: ChannelId) -> Result<Self, String> {
-        let (shared, core) = bind(id, End::Rx)?;
+    fn try_from(index: ChannelId) -> Result<Self, String> {
+        let (id, shared, core) = bind(index, End::Rx)?;
         Ok(Rx {
-            id: id.0,
+            id,
             bound: Some(Bound { shared, core }),
             done: AtomicBool::new(false),
             _items: PhantomData,
@@ -886,10 +949,18 @@ where
 {
     /// Sends one item, waiting for credit if the receiver is behind.
     pub async fn send(&self, item: &T) -> Result<(), ChannelError> {
-        let b = self.bound()?;
+        self.bound()?;
         let bytes = facet_postcard::to_vec(item).map_err(|e| ChannelError::Encode {
             detail: e.to_string(),
         })?;
+        self.send_bytes(&bytes).await
+    }
+}
+
+impl<T> Tx<T> {
+    /// Sends one already-encoded item (tunnels send raw bytes this way).
+    pub(crate) async fn send_bytes(&self, bytes: &[u8]) -> Result<(), ChannelError> {
+        let b = self.bound()?;
         let window = u64::from(b.shared.peer_settings().initial_credit);
         if bytes.len() as u64 > window {
             return Err(ChannelError::Encode {
@@ -910,12 +981,36 @@ where
         b.shared
             .send(&Message::Item {
                 channel: self.id,
-                payload: &bytes,
+                payload: bytes,
             })
             .await
             .map_err(|e| ChannelError::SessionEnded {
                 reason: e.to_string(),
             })
+    }
+
+    /// The largest item that can ever be sent: the receiver's whole credit
+    /// window, and what fits one message.
+    pub(crate) fn max_item(&self) -> Option<usize> {
+        self.bound.as_ref().map(|b| {
+            (b.shared.peer_settings().initial_credit as usize).min(b.shared.max_message().saturating_sub(64))
+        })
+    }
+
+    /// Abandons the channel: the receiver gets the items sent so far, then
+    /// an error with `reason` instead of a clean end.
+    pub(crate) fn abort(&self, reason: &str) {
+        if let Some(b) = &self.bound
+            && !self.done.swap(true, Ordering::AcqRel)
+        {
+            b.shared.send_later(&Message::Reset {
+                channel: self.id,
+                reason: reason.to_string(),
+            });
+            if b.core.end_local(End::Tx) {
+                b.shared.retire_channel(self.id);
+            }
+        }
     }
 }
 
@@ -946,6 +1041,17 @@ where
     /// The next item; `None` once the sender closed the channel and every
     /// item was received.
     pub async fn recv(&mut self) -> Option<Result<T, ChannelError>> {
+        match self.recv_bytes().await? {
+            Ok(bytes) => Some(decode_exact(&bytes).map_err(|detail| ChannelError::Decode { detail })),
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl<T> Rx<T> {
+    /// The next item's encoded bytes (tunnels receive raw bytes this way),
+    /// granting credit back as items are consumed.
+    pub(crate) async fn recv_bytes(&mut self) -> Option<Result<Vec<u8>, ChannelError>> {
         let b = match &self.bound {
             Some(b) if !self.done.load(Ordering::Acquire) => b,
             _ => return Some(Err(ChannelError::Unbound)),
@@ -954,17 +1060,17 @@ where
             Ok(None) => None,
             Err(e) => Some(Err(e)),
             Ok(Some((bytes, grant))) => {
-                if let Some(bytes) = grant {
+                if let Some(g) = grant {
                     // Best effort: if the session is gone, so is the sender.
                     let _ = b
                         .shared
                         .send(&Message::GrantCredit {
                             channel: self.id,
-                            bytes,
+                            bytes: g,
                         })
                         .await;
                 }
-                Some(decode_exact(&bytes).map_err(|detail| ChannelError::Decode { detail }))
+                Some(Ok(bytes))
             }
         }
     }

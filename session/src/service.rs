@@ -35,11 +35,68 @@ pub const fn method_id(service: &str, method: &str) -> u64 {
     h
 }
 
+/// How a handler's call ended, as the session answers it: the owned form of
+/// [`Outcome`](crate::wire::Outcome).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// The encoded return value.
+    Ok(Vec<u8>),
+    /// The encoded service error.
+    UserError(Vec<u8>),
+    /// No such method (a forwarder relays the callee's answer).
+    UnknownMethod,
+    /// The arguments did not decode (a forwarder relays the callee's answer).
+    InvalidPayload(String),
+    /// The call was cancelled (a forwarder relays the callee's answer).
+    Cancelled,
+    /// The handler or the callee failed.
+    Internal(String),
+}
+
+impl ReplyOutcome {
+    /// The wire form, borrowing the bytes.
+    pub fn as_wire(&self) -> crate::wire::Outcome<'_> {
+        use crate::wire::Outcome;
+        match self {
+            ReplyOutcome::Ok(b) => Outcome::Ok(b),
+            ReplyOutcome::UserError(b) => Outcome::UserError(b),
+            ReplyOutcome::UnknownMethod => Outcome::UnknownMethod,
+            ReplyOutcome::InvalidPayload(d) => Outcome::InvalidPayload(d.clone()),
+            ReplyOutcome::Cancelled => Outcome::Cancelled,
+            ReplyOutcome::Internal(d) => Outcome::Internal(d.clone()),
+        }
+    }
+
+    /// The owned form of a wire outcome.
+    pub fn from_wire(outcome: &crate::wire::Outcome<'_>) -> ReplyOutcome {
+        use crate::wire::Outcome;
+        match outcome {
+            Outcome::Ok(b) => ReplyOutcome::Ok(b.to_vec()),
+            Outcome::UserError(b) => ReplyOutcome::UserError(b.to_vec()),
+            Outcome::UnknownMethod => ReplyOutcome::UnknownMethod,
+            Outcome::InvalidPayload(d) => ReplyOutcome::InvalidPayload(d.clone()),
+            Outcome::Cancelled => ReplyOutcome::Cancelled,
+            Outcome::Internal(d) => ReplyOutcome::Internal(d.clone()),
+        }
+    }
+}
+
 /// A handler's result, encoded by the session (with channels in it handed
 /// over to the peer).
 pub trait ReplyValue: Send {
     /// Encodes the value: `(is_user_error, bytes)`, or why it could not be encoded.
     fn encode_reply(self: Box<Self>) -> Result<(bool, Vec<u8>), String>;
+
+    /// The outcome to answer with. The default wraps
+    /// [`encode_reply`](ReplyValue::encode_reply); a forwarder overrides it
+    /// to relay the callee's protocol outcomes as they are.
+    fn into_outcome(self: Box<Self>) -> ReplyOutcome {
+        match self.encode_reply() {
+            Ok((false, bytes)) => ReplyOutcome::Ok(bytes),
+            Ok((true, bytes)) => ReplyOutcome::UserError(bytes),
+            Err(detail) => ReplyOutcome::Internal(detail),
+        }
+    }
 }
 
 impl<T, E> ReplyValue for Result<T, E>
@@ -72,11 +129,35 @@ pub enum Dispatch {
     InvalidPayload(String),
 }
 
+/// What a dispatcher serves: its service's name and its methods' names and
+/// ids. Lets a [`Router`](crate::Router) index methods and report collisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// The service's name, e.g. `"Calculator"`.
+    pub name: &'static str,
+    /// Every method: its name and its id ([`method_id`]).
+    pub methods: &'static [(&'static str, u64)],
+}
+
 /// Serves calls on a connection.
 pub trait Dispatcher: Send + Sync + 'static {
     /// Decodes the arguments of `method` (synchronously: channel handles in
     /// them bind now) and returns the handler to run.
     fn dispatch(&self, method: u64, metadata: &Metadata, args: &[u8]) -> Dispatch;
+
+    /// The service and methods this dispatcher serves, if it knows them
+    /// statically (the [`service!`](crate::service!) dispatchers do).
+    fn describe(&self) -> Option<ServiceInfo> {
+        None
+    }
+
+    /// Called once when a virtual connection the peer opened is accepted
+    /// with this dispatcher. `conn` does not keep the connection alive.
+    /// Forwarders use it to tie the connection's life to the one they
+    /// forward to.
+    fn connection_accepted(&self, conn: &crate::Connection) {
+        let _ = conn;
+    }
 }
 
 /// Decodes arguments for a dispatcher.
@@ -185,6 +266,16 @@ macro_rules! service {
         }
 
         impl<S: $name> $crate::Dispatcher for $dispatcher<S> {
+            fn describe(&self) -> ::std::option::Option<$crate::ServiceInfo> {
+                const METHODS: &[(&str, u64)] = &[$(
+                    (stringify!($method), $crate::method_id(stringify!($name), stringify!($method))),
+                )*];
+                ::std::option::Option::Some($crate::ServiceInfo {
+                    name: stringify!($name),
+                    methods: METHODS,
+                })
+            }
+
             #[allow(unused_variables, unused_parens)]
             fn dispatch(&self, method: u64, metadata: &$crate::wire::Metadata, args: &[u8]) -> $crate::Dispatch {
                 $(

@@ -42,8 +42,11 @@ use tracing::{debug, warn};
 use crate::channel::{self, ChannelCore, ChannelError, FlowInit, Rx, Tx};
 use crate::error::{CallError, SessionError, Violation, violation};
 use crate::link::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
-use crate::service::{Dispatch, Dispatcher};
+use crate::service::{Dispatch, Dispatcher, ReplyOutcome};
 use crate::wire::{self, Message, Metadata, Outcome, PROTOCOL_VERSION, Settings};
+
+mod liveness;
+pub(crate) mod raw;
 
 /// Session tuning. The defaults suit peers on one machine.
 #[derive(Clone, Debug)]
@@ -216,7 +219,7 @@ impl SessionBuilder {
         tokio::spawn(writer(shared.clone(), outbox_rx));
         tokio::spawn(driver(shared.clone(), rx, self.config.clone()));
         debug!(session = %shared.name, ?role, "session established");
-        Ok(Connection { shared, id: 0 })
+        Ok(Connection::guarded(shared, 0))
     }
 }
 
@@ -311,6 +314,10 @@ struct State {
     retired_set: HashSet<u64>,
     /// Why the session ended, once it has.
     ended: Option<SessionError>,
+    /// Every handle on the root connection was dropped (see `liveness`).
+    root_released: bool,
+    /// Waiters for a connection's close, and why recent ones closed.
+    conn_watch: liveness::ConnWatch,
 }
 
 const RETIRED_MEMORY: usize = 4096;
@@ -1003,15 +1010,16 @@ fn on_call(
                     return; // cancelled
                 }
                 let (encoded, channels) = match reply {
-                    Ok(value) => channel::with_encode_context(&sh, || value.encode_reply()),
-                    Err(e) if e.is_panic() => (Err("the handler panicked".to_string()), Vec::new()),
-                    Err(_) => (Err("the handler was aborted".to_string()), Vec::new()),
+                    Ok(value) => channel::with_encode_context(&sh, || value.into_outcome()),
+                    Err(e) if e.is_panic() => {
+                        (ReplyOutcome::Internal("the handler panicked".into()), Vec::new())
+                    }
+                    Err(_) => (
+                        ReplyOutcome::Internal("the handler was aborted".into()),
+                        Vec::new(),
+                    ),
                 };
-                let outcome = match &encoded {
-                    Ok((false, bytes)) => Outcome::Ok(bytes),
-                    Ok((true, bytes)) => Outcome::UserError(bytes),
-                    Err(detail) => Outcome::Internal(detail.clone()),
-                };
+                let outcome = encoded.as_wire();
                 let msg = Message::Response {
                     conn,
                     request,
@@ -1099,11 +1107,19 @@ fn on_connection_open(shared: &Arc<Shared>, conn: u64, metadata: &Metadata) -> R
     };
     match decision {
         Ok(dispatcher) => {
-            shared.lock().conns.insert(conn, ConnState { dispatcher });
+            shared.lock().conns.insert(
+                conn,
+                ConnState {
+                    dispatcher: dispatcher.clone(),
+                },
+            );
             shared.send_later(&Message::ConnectionAccept {
                 conn,
                 metadata: vec![],
             });
+            if let Some(d) = dispatcher {
+                d.connection_accepted(&Connection::unguarded(shared.clone(), conn));
+            }
         }
         Err(reason) => shared.send_later(&Message::ConnectionReject { conn, reason }),
     }
@@ -1130,6 +1146,7 @@ fn close_connection(shared: &Arc<Shared>, conn: u64, reason: String) {
     let (pending, serving) = {
         let mut s = shared.lock();
         s.conns.remove(&conn);
+        s.conn_watch.closed(conn, &reason);
         let ids: Vec<u64> = s
             .pending
             .iter()
@@ -1137,6 +1154,8 @@ fn close_connection(shared: &Arc<Shared>, conn: u64, reason: String) {
             .map(|(id, _)| *id)
             .collect();
         let pending: Vec<Pending> = ids.iter().filter_map(|id| s.pending.remove(id)).collect();
+        // The peer may have answered before it learned of the close.
+        s.cancelled.extend(ids.iter().copied());
         let keys: Vec<(u64, u64)> = s.serving.keys().filter(|(c, _)| *c == conn).copied().collect();
         let serving: Vec<_> = keys.iter().filter_map(|k| s.serving.remove(k)).collect();
         (pending, serving)
@@ -1147,6 +1166,7 @@ fn close_connection(shared: &Arc<Shared>, conn: u64, reason: String) {
     for h in serving {
         h.abort();
     }
+    liveness::end_if_unused(shared);
 }
 
 /// Options for one call.
@@ -1239,10 +1259,18 @@ impl Drop for CallGuard {
 
 /// A handle on one connection of a session: make calls, create channels,
 /// open virtual connections. Cheap to clone.
+///
+/// Liveness follows the handles: when the last clone of a virtual
+/// connection this side opened is dropped, the connection is closed and the
+/// peer told; when the last clone of the root connection is dropped and no
+/// virtual connection is open any more, the session ends with a goodbye.
 #[derive(Clone)]
 pub struct Connection {
     shared: Arc<Shared>,
     id: u64,
+    /// Shared by the clones of a handle that keeps its connection alive;
+    /// `None` for handles that do not (e.g. given to a dispatcher).
+    _live: Option<Arc<liveness::Guard>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -1255,6 +1283,31 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// A handle that keeps connection `id` alive (see [`Connection`]).
+    fn guarded(shared: Arc<Shared>, id: u64) -> Connection {
+        let live = Some(Arc::new(liveness::Guard::new(shared.clone(), id)));
+        Connection {
+            shared,
+            id,
+            _live: live,
+        }
+    }
+
+    /// A handle that does not keep connection `id` alive.
+    pub(crate) fn unguarded(shared: Arc<Shared>, id: u64) -> Connection {
+        Connection {
+            shared,
+            id,
+            _live: None,
+        }
+    }
+
+    /// Waits until this connection closes — closed by either side, or its
+    /// session ended — and returns why.
+    pub async fn connection_closed(&self) -> String {
+        liveness::connection_closed(self).await
+    }
+
     /// The connection's id (0 for the root connection).
     pub fn id(&self) -> u64 {
         self.id
@@ -1444,22 +1497,34 @@ impl Connection {
         let shared = &self.shared;
         let conn = Ids::next(&shared.ids.next_conn);
         let (tx, rx) = oneshot::channel();
-        shared.lock().opening.insert(conn, tx);
-        shared.send(&Message::ConnectionOpen { conn, metadata }).await?;
-        match rx.await {
-            Ok(Ok(_)) => {
-                shared.lock().conns.insert(conn, ConnState { dispatcher });
-                Ok(Connection {
-                    shared: shared.clone(),
-                    id: conn,
-                })
+        {
+            // Registered before the peer can answer: its close may follow
+            // its accept before this task runs again.
+            let mut s = shared.lock();
+            s.opening.insert(conn, tx);
+            s.conns.insert(conn, ConnState { dispatcher });
+        }
+        if let Err(e) = shared.send(&Message::ConnectionOpen { conn, metadata }).await {
+            let mut s = shared.lock();
+            s.conns.remove(&conn);
+            s.opening.remove(&conn);
+            return Err(CallError::Session(e));
+        }
+        let answer = rx.await;
+        match answer {
+            Ok(Ok(_)) => Ok(Connection::guarded(shared.clone(), conn)),
+            Ok(Err(reason)) => {
+                shared.lock().conns.remove(&conn);
+                Err(CallError::User(reason))
             }
-            Ok(Err(reason)) => Err(CallError::User(reason)),
-            Err(_) => Err(CallError::Session(shared.ended().unwrap_or(
-                SessionError::Closed {
-                    reason: "closed".into(),
-                },
-            ))),
+            Err(_) => {
+                shared.lock().conns.remove(&conn);
+                Err(CallError::Session(shared.ended().unwrap_or(
+                    SessionError::Closed {
+                        reason: "closed".into(),
+                    },
+                )))
+            }
         }
     }
 

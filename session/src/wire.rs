@@ -21,8 +21,9 @@
 
 use facet::Facet;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. Version 2: a channel handle in a
+/// payload is its position in the message's channel list, not its id.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Limits each side announces in its hello. Each side obeys the limits the
 /// *peer* announced and enforces its own on what it receives.

@@ -833,7 +833,7 @@ async fn credit_overrun_and_data_after_close_are_violations<F: Factory>(f: F) {
         ..Settings::default()
     };
     let sum = osmos_session::method_id("Calculator", "sum");
-    let args = wire::encode(&(1u64,)).unwrap(); // an Rx<u64> is its channel id
+    let args = wire::encode(&(0u64,)).unwrap(); // an Rx<u64> is its position in `channels`
     let call = |request| Message::Call {
         conn: 0,
         request,
@@ -1095,7 +1095,7 @@ async fn shm_grant_credit_messages_are_a_violation() {
     // would let its first send find the table entry the raw peer never set
     // up, a different violation that could win the race.)
     let sum = osmos_session::method_id("Calculator", "sum");
-    let args = wire::encode(&(1u64,)).unwrap();
+    let args = wire::encode(&(0u64,)).unwrap();
     raw.send(&Message::Call {
         conn: 0,
         request: 1,
@@ -1119,7 +1119,7 @@ async fn shm_two_live_channels_on_one_table_entry_is_a_violation() {
     // Channels 1 and 257 map to the same table entry (128 entries per side).
     let sum = osmos_session::method_id("Calculator", "sum");
     for (request, channel) in [(1u64, 1u64), (3, 257)] {
-        let args = wire::encode(&(channel,)).unwrap();
+        let args = wire::encode(&(0u64,)).unwrap();
         raw.send(&Message::Call {
             conn: 0,
             request,
