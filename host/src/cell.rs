@@ -11,10 +11,10 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use osmos_session::{Connection, Dispatcher, SessionConfig, SessionError, SessionStats};
+use osmos_session::{Connection, ConnectionAcceptor, Dispatcher, SessionConfig, SessionError, SessionStats};
 use osmos_shm::{SegmentConfig, Side};
 use tokio::sync::watch;
 
@@ -108,6 +108,7 @@ pub(crate) struct CellConfig {
     pub session: SessionConfig,
     pub sha256: Option<String>,
     pub serve: Option<Arc<dyn Dispatcher>>,
+    pub acceptor: Option<ConnectionAcceptor>,
 }
 
 /// Describes a cell to spawn.
@@ -135,6 +136,7 @@ impl CellBuilder {
                 session: SessionConfig::default(),
                 sha256: None,
                 serve: None,
+                acceptor: None,
             },
         }
     }
@@ -203,6 +205,14 @@ impl CellBuilder {
     /// Serves `dispatcher` to the cell (services the cell may call).
     pub fn serve(mut self, dispatcher: Arc<dyn Dispatcher>) -> Self {
         self.config.serve = Some(dispatcher);
+        self
+    }
+
+    /// Decides on the virtual connections the cell opens to the host (e.g.
+    /// [`Routes::acceptor`](crate::Routes::acceptor), to let it reach other
+    /// cells); without one, the host refuses them.
+    pub fn accept_connections(mut self, acceptor: ConnectionAcceptor) -> Self {
+        self.config.acceptor = Some(acceptor);
         self
     }
 
@@ -354,7 +364,24 @@ impl std::fmt::Debug for CellHandle {
     }
 }
 
+/// A reference to a cell that does not keep it running.
+#[derive(Clone)]
+pub(crate) struct WeakCell(Weak<Owner>);
+
+impl WeakCell {
+    /// The current incarnation's root connection, if the cell is still
+    /// owned and running.
+    pub(crate) fn connection(&self) -> Option<Connection> {
+        self.0.upgrade().and_then(|o| o.inner.current(|i| i.conn.clone()))
+    }
+}
+
 impl CellHandle {
+    /// A reference that does not keep the cell running.
+    pub(crate) fn downgrade(&self) -> WeakCell {
+        WeakCell(Arc::downgrade(&self._owner))
+    }
+
     /// The cell's name.
     pub fn name(&self) -> &str {
         &self.inner.config.name

@@ -18,15 +18,21 @@
 //!   ([`osmos_session::SessionError::PeerDied`]), and is restarted as its
 //!   policy says.
 //!
+//! - [`Routes`] (`routes.rs`): which cell may reach which other cell; the
+//!   host forwards the virtual connections it allows
+//!   ([`osmos_session::Forward`]).
+//!
 //! Cell stdout and stderr lines, and the tracing events the cell SDK
 //! forwards, reach this process's `tracing` under target `osmos::cell` with a
 //! `cell` field naming the cell.
 
 mod cell;
 mod error;
+mod routes;
 pub mod sandbox;
 mod spawn;
 
 pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy};
 pub use error::{ExitInfo, HostError};
+pub use routes::Routes;
 pub use sandbox::{SandboxPolicy, SandboxReport};

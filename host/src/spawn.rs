@@ -366,6 +366,9 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
     if let Some(d) = &config.serve {
         session = session.serve(d.clone());
     }
+    if let Some(a) = &config.acceptor {
+        session = session.accept_connections(a.clone());
+    }
     let handshake = session.initiate(ShmLink::new(endpoint));
     tokio::pin!(handshake);
     let tail_text = |tail: &Arc<Mutex<VecDeque<String>>>| {

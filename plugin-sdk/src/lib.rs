@@ -33,7 +33,8 @@
 //! [`osmos_session::control`]); [`Cell::start`] attaches to the segment,
 //! validates it and runs the handshake as the acceptor; [`Cell::serve`] serves
 //! until the host says goodbye. [`Cell::connection`] lets the cell call
-//! services the host exposes. [`run`] / [`run_with`] do all of that from a
+//! services the host exposes, and [`connect_to_cell`] those of another cell
+//! the host lets it reach (the host forwards the connection). [`run`] / [`run_with`] do all of that from a
 //! plain `main`, install a tracing layer that forwards the cell's events to
 //! the host, exit 0 on a clean shutdown, and — when the binary is run by hand,
 //! without a host — print what it is and how it is meant to run, and exit 2.
@@ -44,11 +45,12 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use osmos_session::control::{
-    CONTROL_FD, ENV_CELL_NAME, ENV_CONTROL_FD, ENV_PROTOCOL, ENV_SEGMENT_FD, SEGMENT_FD,
+    CONTROL_FD, ENV_CELL_NAME, ENV_CONTROL_FD, ENV_PROTOCOL, ENV_SEGMENT_FD, META_CELL, SEGMENT_FD,
 };
 use osmos_session::link::shm::ShmLink;
 use osmos_session::wire::PROTOCOL_VERSION;
-use osmos_session::{Connection, Dispatcher, SessionBuilder, SessionConfig, SessionError};
+use osmos_session::wire::{MetaEntry, MetaValue};
+use osmos_session::{CallError, Connection, Dispatcher, SessionBuilder, SessionConfig, SessionError};
 use osmos_shm::Segment;
 
 mod logging;
@@ -180,9 +182,15 @@ impl Cell {
             name: bootstrap.name.clone(),
             ..SessionConfig::default()
         };
+        // The host may open virtual connections to the cell (e.g. another
+        // cell's, forwarded): they are served like the root one.
+        let served = dispatcher.clone();
         let conn = SessionBuilder::new()
             .config(config)
             .serve(dispatcher)
+            .accept_connections(Arc::new(move |_: &osmos_session::wire::Metadata| {
+                Ok(Some(served.clone()))
+            }))
             .accept(ShmLink::new(endpoint))
             .await
             .map_err(CellError::Session)?;
@@ -211,6 +219,19 @@ impl Cell {
             e => Err(CellError::Session(e)),
         }
     }
+}
+
+/// Opens a connection to the cell named `cell`, through the host (`host` is
+/// [`Cell::connection`]): make a client of the other cell's service on it.
+/// Fails with the host's reason if it does not allow this cell to reach
+/// that one, or if that cell is not running. Dropping the last handle on the
+/// connection closes it.
+pub async fn connect_to_cell(host: &Connection, cell: &str) -> Result<Connection, CallError<String>> {
+    let metadata = vec![MetaEntry {
+        key: META_CELL.to_string(),
+        value: MetaValue::Str(cell.to_string()),
+    }];
+    host.open(metadata, None).await
 }
 
 /// What a cell run by hand prints.

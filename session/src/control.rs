@@ -27,6 +27,11 @@ pub const ENV_SEGMENT_FD: &str = "OSMOS_SEGMENT_FD";
 /// The control socket's fd number (always [`CONTROL_FD`]).
 pub const ENV_CONTROL_FD: &str = "OSMOS_CONTROL_FD";
 
+/// Metadata key of a virtual connection a cell opens to the host to reach
+/// another cell: its value (a string) names the cell. The host forwards the
+/// connection there if its routes allow it.
+pub const META_CELL: &str = "osmos.cell";
+
 /// Largest control packet a host reads; longer records are cut by the sender.
 pub const MAX_LOG_RECORD: usize = 16 << 10;
 

@@ -1,0 +1,119 @@
+//! Routes: which cell may call which other cell, through the host.
+//!
+//! A cell reaches another cell by opening a virtual connection to the host
+//! whose metadata names the target under [`META_CELL`] (the plugin SDK's
+//! `connect_to_cell` does this). The host's [`Routes`] decide: if the route
+//! `from → to` is allowed and the target is running, the host opens a
+//! virtual connection to the target for it and forwards between the two
+//! ([`Forward::open_on`]): calls, answers, cancels and streams pass through
+//! untouched, and closing either side closes the other. Otherwise the cell's
+//! open fails with the host's reason.
+//!
+//! Routes hold cells weakly: registering a cell does not keep it running.
+//! The target's *current* incarnation is looked up at each open, so a
+//! restarted target is reached again by the next connection.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use osmos_session::control::META_CELL;
+use osmos_session::wire::{MetaValue, Metadata};
+use osmos_session::{ConnectionAcceptor, Dispatcher, Forward};
+
+use crate::cell::{CellHandle, WeakCell};
+
+/// The host's table of allowed cell-to-cell routes. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Routes {
+    inner: Arc<Mutex<Table>>,
+}
+
+#[derive(Default)]
+struct Table {
+    cells: HashMap<String, WeakCell>,
+    allowed: HashSet<(String, String)>,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.table();
+        f.debug_struct("Routes")
+            .field("cells", &t.cells.keys().collect::<Vec<_>>())
+            .field("allowed", &t.allowed)
+            .finish()
+    }
+}
+
+impl Routes {
+    /// No routes, no cells.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets cell `from` reach cell `to`.
+    pub fn allow(&self, from: &str, to: &str) -> &Self {
+        self.table().allowed.insert((from.to_string(), to.to_string()));
+        self
+    }
+
+    /// Stops letting cell `from` open new connections to cell `to`
+    /// (connections already open stay open).
+    pub fn revoke(&self, from: &str, to: &str) -> &Self {
+        self.table().allowed.remove(&(from.to_string(), to.to_string()));
+        self
+    }
+
+    /// Registers `cell` (under its name) as a target routes may lead to.
+    pub fn add(&self, cell: &CellHandle) -> &Self {
+        self.table()
+            .cells
+            .insert(cell.name().to_string(), cell.downgrade());
+        self
+    }
+
+    /// The acceptor for cell `from`'s session: pass it to
+    /// [`CellBuilder::accept_connections`](crate::CellBuilder::accept_connections).
+    pub fn acceptor(&self, from: &str) -> ConnectionAcceptor {
+        let routes = self.clone();
+        let from = from.to_string();
+        Arc::new(move |metadata: &Metadata| routes.decide(&from, metadata))
+    }
+
+    fn decide(&self, from: &str, metadata: &Metadata) -> Result<Option<Arc<dyn Dispatcher>>, String> {
+        let target = metadata.iter().find(|m| m.key == META_CELL).map(|m| &m.value);
+        let to = match target {
+            Some(MetaValue::Str(to)) => to.clone(),
+            Some(_) => return Err(format!("the {META_CELL} metadata must be a string naming a cell")),
+            None => {
+                return Err(format!(
+                    "the host serves no virtual connection without {META_CELL}: name the cell to reach"
+                ));
+            }
+        };
+        let conn = {
+            let t = self.table();
+            if !t.allowed.contains(&(from.to_string(), to.clone())) {
+                return Err(format!(
+                    "cell '{from}' may not reach cell '{to}': the host has not allowed that route"
+                ));
+            }
+            let Some(cell) = t.cells.get(&to) else {
+                return Err(format!("the host knows no cell '{to}'"));
+            };
+            cell.connection()
+        };
+        let Some(conn) = conn else {
+            return Err(format!("cell '{to}' is not running"));
+        };
+        if let Some(e) = conn.ended() {
+            return Err(format!("cell '{to}' is not reachable: {e}"));
+        }
+        let onward = metadata.iter().filter(|m| m.key != META_CELL).cloned().collect();
+        tracing::debug!(from, to, "forwarding a connection");
+        Ok(Some(Forward::open_on(conn, onward) as Arc<dyn Dispatcher>))
+    }
+}
