@@ -6,6 +6,8 @@
 //! - [`TestCell`] is what `test-cell` (`src/bin/test-cell.rs`) serves: calls,
 //!   streams, hangs, exits, and probes of its own environment and sandbox.
 //! - [`HostDirectory`] is a service a host exposes to its cells.
+//! - [`Relay`] is what `relay-cell` (`src/bin/relay-cell.rs`) serves: it
+//!   calls other cells through the host.
 //!
 //! The tests themselves are in `tests/`: `host.rs` (spawning, calls, streams,
 //! cancellation, death, restart, logs, bootstrap, many cells) and
@@ -58,5 +60,25 @@ service! {
         dispatcher HostDirectoryDispatcher;
         /// Looks up a key.
         async fn lookup(&self, key: String) -> Result<String, String>;
+    }
+}
+
+service! {
+    /// What the `relay-cell` binary serves: calls to other cells, made
+    /// through the host.
+    pub trait Relay {
+        client RelayClient;
+        dispatcher RelayDispatcher;
+        /// Adds (to show the relay cell still works).
+        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+        /// Through the host, has `cell` stream `0..n` to this cell
+        /// (`TestCell::count`) and sums it, then streams `1..=n` to `cell`
+        /// (`TestCell::sum`); returns both sums.
+        async fn stream_via(&self, cell: String, n: u32) -> Result<(u64, u64), String>;
+        /// Through the host, calls `TestCell::hang` on `cell`; returns the
+        /// error the call ends with (`Err` if it did not fail).
+        async fn hang_via(&self, cell: String) -> Result<String, String>;
+        /// Through the host, asks `cell` for its pid.
+        async fn pid_via(&self, cell: String) -> Result<u32, String>;
     }
 }
