@@ -9,7 +9,7 @@
 //! - reconnection: from the server coming back to the next call answered.
 //!
 //! ```sh
-//! cargo run --release -p osmos-session --example costs            # memory and unix links
+//! cargo run --release -p osmos-session --example costs            # memory, unix and shm links
 //! cargo run --release -p osmos-session --example costs -- --quick
 //! ```
 
@@ -295,6 +295,24 @@ fn main() {
             || async {
                 let (a, b) = tokio::net::UnixStream::pair().expect("socketpair");
                 (StreamLink::unix(a, MAX_FRAME), StreamLink::unix(b, MAX_FRAME))
+            },
+            quick,
+        )
+        .await;
+        measure(
+            "shm (in one process)",
+            || async {
+                use osmos_shm::{Segment, SegmentConfig};
+                let host = Segment::create(&SegmentConfig::default(), 1).expect("segment");
+                let cell = Segment::attach(host.fd().try_clone_to_owned().expect("dup")).expect("attach");
+                let (h, c) = (
+                    host.endpoint().expect("endpoint"),
+                    cell.endpoint().expect("endpoint"),
+                );
+                (
+                    osmos_session::link::shm::ShmLink::new(h),
+                    osmos_session::link::shm::ShmLink::new(c),
+                )
             },
             quick,
         )
