@@ -34,5 +34,5 @@ mod spawn;
 
 pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy};
 pub use error::{ExitInfo, HostError};
-pub use routes::Routes;
+pub use routes::{MAX_FORWARDED_PER_CELL, Routes};
 pub use sandbox::{SandboxPolicy, SandboxReport};

@@ -32,6 +32,30 @@ pub struct Routes {
 struct Table {
     cells: HashMap<String, WeakCell>,
     allowed: HashSet<(String, String)>,
+    /// Per target cell, a token each forwarded connection to it holds: the
+    /// count of live forwarded connections.
+    forwarded: HashMap<String, Arc<()>>,
+}
+
+/// Most forwarded connections open at once to one cell: a session holds at
+/// most 4096 virtual connections, and callers must not be able to use them
+/// all up and so break the target's session with the host.
+pub const MAX_FORWARDED_PER_CELL: usize = 1024;
+
+/// A forwarder that counts itself against its target's limit while alive.
+struct Counted {
+    forward: Arc<Forward>,
+    _token: Arc<()>,
+}
+
+impl Dispatcher for Counted {
+    fn dispatch(&self, method: u64, metadata: &Metadata, args: &[u8]) -> osmos_session::Dispatch {
+        self.forward.dispatch(method, metadata, args)
+    }
+
+    fn connection_accepted(&self, conn: &osmos_session::Connection) {
+        self.forward.connection_accepted(conn);
+    }
 }
 
 impl std::fmt::Debug for Routes {
@@ -94,8 +118,8 @@ impl Routes {
                 ));
             }
         };
-        let conn = {
-            let t = self.table();
+        let (conn, token) = {
+            let mut t = self.table();
             if !t.allowed.contains(&(from.to_string(), to.clone())) {
                 return Err(format!(
                     "cell '{from}' may not reach cell '{to}': the host has not allowed that route"
@@ -104,7 +128,14 @@ impl Routes {
             let Some(cell) = t.cells.get(&to) else {
                 return Err(format!("the host knows no cell '{to}'"));
             };
-            cell.connection()
+            let conn = cell.connection();
+            let token = t.forwarded.entry(to.clone()).or_default().clone();
+            if Arc::strong_count(&token) - 1 > MAX_FORWARDED_PER_CELL {
+                return Err(format!(
+                    "cell '{to}' already has {MAX_FORWARDED_PER_CELL} forwarded connections open; close some first"
+                ));
+            }
+            (conn, token)
         };
         let Some(conn) = conn else {
             return Err(format!("cell '{to}' is not running"));
@@ -114,6 +145,9 @@ impl Routes {
         }
         let onward = metadata.iter().filter(|m| m.key != META_CELL).cloned().collect();
         tracing::debug!(from, to, "forwarding a connection");
-        Ok(Some(Forward::open_on(conn, onward) as Arc<dyn Dispatcher>))
+        Ok(Some(Arc::new(Counted {
+            forward: Forward::open_on(conn, onward),
+            _token: token,
+        }) as Arc<dyn Dispatcher>))
     }
 }

@@ -798,6 +798,10 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
         Message::ConnectionAccept { conn, metadata } => on_connection_answer(shared, conn, Ok(metadata)),
         Message::ConnectionReject { conn, reason } => on_connection_answer(shared, conn, Err(reason)),
         Message::ConnectionClose { conn, reason } => {
+            if conn != 0 && shared.lock().conn_watch.recently_closed(conn) {
+                // Both sides closed it at once.
+                return Ok(());
+            }
             if conn == 0 || !shared.lock().conns.contains_key(&conn) {
                 return Err(violation(
                     "conn.known",
@@ -948,6 +952,14 @@ fn on_call(
     let dispatcher = {
         let s = shared.lock();
         let Some(c) = s.conns.get(&conn) else {
+            if s.conn_watch.recently_closed(conn) {
+                // Sent before the peer learned of our close, which fails the
+                // call there; its channels are refused.
+                drop(s);
+                open_peer_channels(shared, channels)?;
+                abandon_unbound(shared, channels, &[]);
+                return Ok(());
+            }
             return Err(violation(
                 "conn.known",
                 format!("Call on connection {conn}, which is not open"),
@@ -1003,6 +1015,18 @@ fn on_call(
             // a Cancel can abort it.
             let handler = tokio::spawn(fut);
             let abort = handler.abort_handle();
+            // Registered before the responder can look for it (a quick
+            // handler may finish at once).
+            {
+                let mut s = shared.lock();
+                if s.ended.is_none() && s.conns.contains_key(&conn) {
+                    s.serving.insert((conn, request), abort);
+                } else {
+                    // Closed (or ended) since the call arrived: nobody would
+                    // ever abort this handler.
+                    abort.abort();
+                }
+            }
             let responder = tokio::spawn(async move {
                 let reply = handler.await;
                 let served = sh.lock().serving.remove(&(conn, request)).is_some();
@@ -1034,7 +1058,6 @@ fn on_call(
                 }
             });
             drop(responder);
-            shared.lock().serving.insert((conn, request), abort);
         }
     }
     Ok(())

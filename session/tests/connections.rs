@@ -495,6 +495,46 @@ async fn liveness_the_root_closes_when_its_handles_and_connections_are_gone<F: F
     drop(p.calc);
 }
 
+async fn liveness_both_sides_closing_at_once_is_not_a_violation<F: Factory>(f: F) {
+    let p = direct(&f).await;
+    for round in 0..50 {
+        let v = bounded("open", p.client.open(meta("service", "calc"), None))
+            .await
+            .unwrap();
+        let served = bounded("acceptance", p.accepted.next()).await;
+        let calc = CalculatorClient::new(v.clone());
+        let blocked = tokio::spawn({
+            let calc = calc.clone();
+            async move { calc.block(round).await }
+        });
+        wait_running(&p.calc, 1).await;
+        // Each side closes (one by dropping its last handle) before it
+        // hears of the other's close; the call in flight may cross them.
+        drop((v, calc));
+        served.close("the server closes too").await;
+        assert!(bounded("the blocked call", blocked).await.unwrap().is_err());
+        wait_running_at_most(&p.calc, 0).await;
+        assert_eq!(
+            CalculatorClient::new(p.client.clone())
+                .add(round, 1)
+                .await
+                .unwrap(),
+            round + 1,
+            "round {round}: the session survives"
+        );
+        assert!(p.server.ended().is_none() && p.client.ended().is_none());
+    }
+}
+
+async fn wait_running_at_most(calc: &Calc, n: usize) {
+    bounded("handlers to stop", async {
+        while calc.running.load(Ordering::SeqCst) > n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------- forward
 
 async fn forward_calls_answers_and_errors<F: Factory>(f: F) {
@@ -798,6 +838,7 @@ macro_rules! suite {
                 routing_serves_several_services_on_one_connection,
                 liveness_dropping_the_last_virtual_handle_closes_it,
                 liveness_the_root_closes_when_its_handles_and_connections_are_gone,
+                liveness_both_sides_closing_at_once_is_not_a_violation,
                 forward_calls_answers_and_errors,
                 forward_streams_both_ways_with_credit,
                 forward_cancels_reach_the_target,

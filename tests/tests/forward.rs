@@ -67,7 +67,14 @@ async fn forward_a_cell_calls_another_through_the_host_and_survives_its_death() 
     })
     .await;
     b.kill();
-    let why = bounded("the failed call", hanging).await.unwrap().unwrap();
+    let why = match bounded("the failed call", hanging).await.unwrap() {
+        Ok(why) => why,
+        Err(e) => panic!(
+            "A's relay call itself failed: {e}; A is {}; its stderr: {:?}",
+            a.state(),
+            a.stderr_tail()
+        ),
+    };
     eprintln!("A's call to B failed with: {why}");
     assert!(why.contains("'b'") && why.contains("SIGKILL"), "{why}");
 

@@ -125,6 +125,11 @@ impl ConnWatch {
             .subscribe()
     }
 
+    /// Whether `conn` was closed recently (late traffic for it is expected).
+    pub(super) fn recently_closed(&self, conn: u64) -> bool {
+        self.recent.iter().any(|(c, _)| *c == conn)
+    }
+
     /// Why closed connection `conn` closed, if remembered.
     fn reason(&self, conn: u64) -> String {
         self.recent
