@@ -32,6 +32,9 @@
 //! others with its reason.
 //!
 //! One `Forward` serves one connection: create one per accepted connection.
+//! It may also serve a root connection ([`SessionBuilder::serve`](crate::SessionBuilder::serve)),
+//! e.g. in a proxy process; there is nothing to close there when the target
+//! goes away, so calls fail with the target's reason instead.
 //!
 //! On a shared-memory link a relay cannot learn a channel's direction from
 //! the credit table, so forwarding channels there needs both sides of that

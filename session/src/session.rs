@@ -1166,9 +1166,11 @@ fn on_connection_answer(
 
 /// Forgets a connection: fails our calls on it, aborts its handlers.
 fn close_connection(shared: &Arc<Shared>, conn: u64, reason: String) {
+    // Dropped after the lock: a dispatcher may hold connection handles.
+    let removed;
     let (pending, serving) = {
         let mut s = shared.lock();
-        s.conns.remove(&conn);
+        removed = s.conns.remove(&conn);
         s.conn_watch.closed(conn, &reason);
         let ids: Vec<u64> = s
             .pending
@@ -1189,6 +1191,7 @@ fn close_connection(shared: &Arc<Shared>, conn: u64, reason: String) {
     for h in serving {
         h.abort();
     }
+    drop(removed);
     liveness::end_if_unused(shared);
 }
 
@@ -1527,21 +1530,28 @@ impl Connection {
             s.opening.insert(conn, tx);
             s.conns.insert(conn, ConnState { dispatcher });
         }
+        // (A dispatcher removed here is dropped after the lock: it may hold
+        // connection handles.)
         if let Err(e) = shared.send(&Message::ConnectionOpen { conn, metadata }).await {
-            let mut s = shared.lock();
-            s.conns.remove(&conn);
-            s.opening.remove(&conn);
+            let removed = {
+                let mut s = shared.lock();
+                s.opening.remove(&conn);
+                s.conns.remove(&conn)
+            };
+            drop(removed);
             return Err(CallError::Session(e));
         }
         let answer = rx.await;
         match answer {
             Ok(Ok(_)) => Ok(Connection::guarded(shared.clone(), conn)),
             Ok(Err(reason)) => {
-                shared.lock().conns.remove(&conn);
+                let removed = shared.lock().conns.remove(&conn);
+                drop(removed);
                 Err(CallError::User(reason))
             }
             Err(_) => {
-                shared.lock().conns.remove(&conn);
+                let removed = shared.lock().conns.remove(&conn);
+                drop(removed);
                 Err(CallError::Session(shared.ended().unwrap_or(
                     SessionError::Closed {
                         reason: "closed".into(),

@@ -526,6 +526,29 @@ async fn liveness_both_sides_closing_at_once_is_not_a_violation<F: Factory>(f: F
     }
 }
 
+/// Serves nothing; holds a connection handle.
+struct Holding(#[allow(dead_code)] Connection);
+impl Dispatcher for Holding {
+    fn dispatch(&self, _: u64, _: &Metadata, _: &[u8]) -> Dispatch {
+        Dispatch::UnknownMethod
+    }
+}
+
+async fn liveness_a_handle_held_by_a_closing_connection_is_released<F: Factory>(f: F) {
+    let p = direct(&f).await;
+    // The last root handle lives in the dispatcher of a virtual connection:
+    // closing that connection releases it, and so ends the session.
+    let holder: Arc<dyn Dispatcher> = Arc::new(Holding(p.client.clone()));
+    let v = bounded("open", p.client.open(meta("service", "calc"), Some(holder)))
+        .await
+        .unwrap();
+    drop(p.client);
+    assert_eq!(CalculatorClient::new(v.clone()).add(1, 1).await.unwrap(), 2);
+    bounded("close", v.close("done")).await;
+    let why = bounded("the session to end", p.server.closed()).await;
+    assert!(why.to_string().contains("every handle"), "{why}");
+}
+
 async fn wait_running_at_most(calc: &Calc, n: usize) {
     bounded("handlers to stop", async {
         while calc.running.load(Ordering::SeqCst) > n {
@@ -839,6 +862,7 @@ macro_rules! suite {
                 liveness_dropping_the_last_virtual_handle_closes_it,
                 liveness_the_root_closes_when_its_handles_and_connections_are_gone,
                 liveness_both_sides_closing_at_once_is_not_a_violation,
+                liveness_a_handle_held_by_a_closing_connection_is_released,
                 forward_calls_answers_and_errors,
                 forward_streams_both_ways_with_credit,
                 forward_cancels_reach_the_target,
