@@ -19,7 +19,7 @@
 //! | `frame.max-payload` | no frame exceeds our `max_payload` |
 //! | `handshake.hello-first` / `handshake.once` | the handshake comes first, once |
 //! | `id.parity` | ids the peer creates have the peer's parity |
-//! | `conn.known` / `conn.unique` | messages name open connections; new ids are new |
+//! | `conn.known` / `conn.unique` | messages name open connections (a close or call crossing this side's recent close is late, not wrong); new ids are new |
 //! | `request.unique` / `request.limit` | a request id is not reused while in flight; at most our `max_concurrent_requests` at once |
 //! | `conn.limit` / `channel.limit` | at most 4096 virtual connections and 65,536 open channels |
 //! | `peer.reads-its-answers` | at most 65,536 answers (pongs, refusals) wait for a peer that is not reading |
