@@ -20,6 +20,7 @@
 //! A session needs a tokio runtime: the driver and the handlers run as tasks.
 
 mod channel;
+mod codec;
 pub mod control;
 pub mod error;
 pub mod link;

@@ -111,6 +111,8 @@ service! {
         async fn sum(&self, input: Rx<u64>) -> Result<u64, CalcError>;
         /// Returns a new channel on which it sends `0..count`.
         async fn numbers(&self, count: u32) -> Result<Rx<u32>, CalcError>;
+        /// Panics, at once or after waiting once.
+        async fn explode(&self, after_waiting: bool) -> Result<u32, CalcError>;
     }
 }
 
@@ -184,6 +186,12 @@ impl Calculator for Arc<Calc> {
             let _ = tx.close().await;
         });
         Ok(rx)
+    }
+    async fn explode(&self, after_waiting: bool) -> Result<u32, CalcError> {
+        if after_waiting {
+            tokio::task::yield_now().await;
+        }
+        panic!("the handler explodes (after waiting: {after_waiting})")
     }
 }
 
@@ -275,6 +283,19 @@ async fn calls_return_values<F: Factory>(f: F) {
     for i in 0..200 {
         assert_eq!(calc.add(i, i).await.unwrap(), 2 * i);
     }
+}
+
+async fn a_panicking_handler_fails_only_its_call<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    for after_waiting in [false, true] {
+        match bounded("explode", calc.explode(after_waiting)).await {
+            Err(CallError::Internal { detail }) => assert!(detail.contains("panicked"), "{detail}"),
+            other => panic!("expected an internal error, got {other:?}"),
+        }
+        assert_eq!(calc.add(1, 2).await.unwrap(), 3, "the session keeps serving");
+    }
+    assert!(p.client.ended().is_none());
 }
 
 async fn user_errors_are_distinct_from_protocol_errors<F: Factory>(f: F) {
@@ -1028,6 +1049,7 @@ macro_rules! conformance {
             use super::*;
             conformance!(@tests $factory;
                 calls_return_values,
+                a_panicking_handler_fails_only_its_call,
                 user_errors_are_distinct_from_protocol_errors,
                 unknown_methods_and_invalid_payloads,
                 both_peers_serve_and_call,
