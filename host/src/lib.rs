@@ -27,6 +27,6 @@ mod error;
 pub mod sandbox;
 mod spawn;
 
-pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy};
+pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy, SESSION_END_GRACE};
 pub use error::{ExitInfo, HostError};
 pub use sandbox::{SandboxPolicy, SandboxReport};
