@@ -586,8 +586,6 @@ const CREDIT_WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(
 enum BindMode {
     /// Encoding: handles met are handed over; their ids are collected.
     Encode { collected: Vec<u64> },
-    /// Measuring a decoded value's encoded size: handles are not touched.
-    Measure,
     /// Decoding: only the listed ids may be bound.
     Decode { allowed: Vec<u64>, bound: Vec<u64> },
 }
@@ -648,31 +646,23 @@ pub(crate) fn with_decode_context<R>(
 
 /// Decodes `bytes` as a `T`, refusing trailing bytes: postcard is not
 /// self-describing, so a payload of the wrong type often decodes "successfully"
-/// with bytes to spare. The decoded value is re-measured (channel handles in
-/// it are measured, not handed over) and must account for every byte.
+/// with bytes to spare. The parser's position after the value must be the
+/// end of the payload.
 pub(crate) fn decode_exact<T: Facet<'static>>(bytes: &[u8]) -> Result<T, String> {
-    let value: T = facet_postcard::from_slice(bytes).map_err(|e| e.to_string())?;
-    let prev = CONTEXT.with(|c| {
-        c.borrow_mut()
-            .as_mut()
-            .map(|ctx| std::mem::replace(&mut ctx.mode, BindMode::Measure))
-    });
-    let measured = facet_postcard::to_vec(&value).map(|v| v.len());
-    CONTEXT.with(|c| {
-        if let (Some(ctx), Some(mode)) = (c.borrow_mut().as_mut(), prev) {
-            ctx.mode = mode;
-        }
-    });
-    // Without a context (e.g. a channel item), handles cannot be measured;
-    // such values are checked by decoding alone.
-    match measured {
-        Ok(n) if n != bytes.len() => Err(format!(
-            "{} bytes, but a {} encodes in {n}: the payload is not of the expected type",
+    use facet_format::FormatParser as _;
+    let mut parser = facet_postcard::PostcardParser::new(bytes);
+    let value: T = facet_format::FormatDeserializer::new_owned(&mut parser)
+        .deserialize()
+        .map_err(|e| e.to_string())?;
+    let used = parser.current_span().map_or(0, |s| s.offset as usize);
+    if used != bytes.len() {
+        return Err(format!(
+            "{} bytes, but a {} ends after {used}: the payload is not of the expected type",
             bytes.len(),
             std::any::type_name::<T>()
-        )),
-        _ => Ok(value),
+        ));
     }
+    Ok(value)
 }
 
 /// Binds a decoded channel id to the session's channel state.
@@ -715,7 +705,6 @@ fn hand_over(id: u64, handed: &AtomicBool, end: End, bound: Option<&Bound>) -> R
     CONTEXT.with(|c| {
         let mut c = c.borrow_mut();
         match c.as_mut().map(|ctx| &mut ctx.mode) {
-            Some(BindMode::Measure) => Ok(ChannelId(id)),
             Some(BindMode::Encode { collected }) => {
                 if handed.swap(true, Ordering::AcqRel) {
                     return Err(format!("channel {id} was already handed to the peer"));
@@ -983,5 +972,26 @@ impl<T> Drop for Rx<T> {
                 b.shared.retire_channel(self.id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_exact;
+
+    #[test]
+    fn decode_exact_refuses_spare_bytes() {
+        let mut bytes = facet_postcard::to_vec(&(1u32, 300u32)).unwrap();
+        assert_eq!(decode_exact::<(u32, u32)>(&bytes).unwrap(), (1, 300));
+        bytes.push(7);
+        let e = decode_exact::<(u32, u32)>(&bytes).unwrap_err();
+        assert!(e.contains("ends after 3"), "{e}");
+        // A wrong type that happens to decode: a u32 read from a pair.
+        let e = decode_exact::<u32>(&bytes[..3]).unwrap_err();
+        assert!(e.contains("ends after 1"), "{e}");
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let bytes = facet_postcard::to_vec(&data).unwrap();
+        assert_eq!(decode_exact::<Vec<u8>>(&bytes).unwrap(), data);
+        assert!(decode_exact::<Vec<u8>>(&bytes[..bytes.len() - 1]).is_err());
     }
 }
