@@ -644,12 +644,23 @@ pub(crate) fn with_decode_context<R>(
     (r, bound)
 }
 
+/// Encodes a value (an argument list, a result, an item) as postcard.
+pub(crate) fn encode_value<'f, T: Facet<'f>>(value: &T) -> Result<Vec<u8>, String> {
+    match crate::fast::encode(value) {
+        Some(bytes) => Ok(bytes),
+        None => facet_postcard::to_vec(value).map_err(|e| e.to_string()),
+    }
+}
+
 /// Decodes `bytes` as a `T`, refusing trailing bytes: postcard is not
 /// self-describing, so a payload of the wrong type often decodes "successfully"
 /// with bytes to spare. The parser's position after the value must be the
 /// end of the payload.
 pub(crate) fn decode_exact<T: Facet<'static>>(bytes: &[u8]) -> Result<T, String> {
     use facet_format::FormatParser as _;
+    if let Some(r) = crate::fast::decode(bytes) {
+        return r;
+    }
     let mut parser = facet_postcard::PostcardParser::new(bytes);
     let value: T = facet_format::FormatDeserializer::new_owned(&mut parser)
         .deserialize()
@@ -876,9 +887,7 @@ where
     /// Sends one item, waiting for credit if the receiver is behind.
     pub async fn send(&self, item: &T) -> Result<(), ChannelError> {
         let b = self.bound()?;
-        let bytes = facet_postcard::to_vec(item).map_err(|e| ChannelError::Encode {
-            detail: e.to_string(),
-        })?;
+        let bytes = encode_value(item).map_err(|detail| ChannelError::Encode { detail })?;
         let window = u64::from(b.shared.peer_settings().initial_credit);
         if bytes.len() as u64 > window {
             return Err(ChannelError::Encode {

@@ -23,6 +23,7 @@ mod channel;
 mod codec;
 pub mod control;
 pub mod error;
+mod fast;
 pub mod link;
 mod service;
 mod session;

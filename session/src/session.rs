@@ -1508,10 +1508,8 @@ impl Connection {
                 reason: "closed".into(),
             }))
         })?;
-        let (encoded, channels) = channel::with_encode_context(shared, || facet_postcard::to_vec(args));
-        let args = encoded.map_err(|e| CallError::Encode {
-            detail: e.to_string(),
-        })?;
+        let (encoded, channels) = channel::with_encode_context(shared, || channel::encode_value(args));
+        let args = encoded.map_err(|detail| CallError::Encode { detail })?;
         let request = Ids::next(&shared.ids.next_request);
         shared.stats.calls_made.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
