@@ -376,7 +376,8 @@ async fn small_stream(client: &BenchClient, p: &Params, f: &Floors) -> Result<Ro
     })
     .await?;
     let short = times.len() < rounds;
-    let mut row = Row::latency("stream_1000/shm", &mut times, p.pinned).against(floor::ADAPTIVE, f.adaptive_ns);
+    let mut row =
+        Row::latency("stream_1000/shm", &mut times, p.pinned).against(floor::ADAPTIVE, f.adaptive_ns);
     if short {
         row = row.note(&format!("stopped early after {:?}", p.cap()));
     }
