@@ -6,12 +6,17 @@
 //! - [`TestCell`] is what `test-cell` (`src/bin/test-cell.rs`) serves: calls,
 //!   streams, hangs, exits, and probes of its own environment and sandbox.
 //! - [`HostDirectory`] is a service a host exposes to its cells.
+//! - [`hostile`] names the ways `hostile-cell` (`src/bin/hostile-cell.rs`)
+//!   misbehaves after its handshake, and what the host must conclude.
 //!
 //! The tests themselves are in `tests/`: `host.rs` (spawning, calls, streams,
-//! cancellation, death, restart, logs, bootstrap, many cells) and
-//! `sandbox.rs` (escape attempts).
+//! cancellation, death, restart, logs, bootstrap, many cells),
+//! `sandbox.rs` (escape attempts), `chaos.rs` (cells killed at random under
+//! load), `hostile.rs` (cells that scribble over their segment or lie).
 
 use osmos_session::{Rx, Tx, service};
+
+pub mod hostile;
 
 service! {
     /// What the `test-cell` binary serves.

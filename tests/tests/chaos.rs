@@ -318,11 +318,9 @@ async fn soak(cells_n: usize, calls: u64, seed: u64) -> Soak {
         }
     });
 
+    // Each call is bounded (OP_BOUND), so a caller cannot hang.
     for c in callers {
-        tokio::time::timeout(OP_BOUND * 4, c)
-            .await
-            .expect("a caller finished")
-            .expect("a caller task");
+        c.await.expect("a caller task");
     }
     done.store(true, Ordering::Relaxed);
     let kills = killer.await.unwrap();
@@ -373,7 +371,12 @@ fn chaos_soak_every_call_resolves_and_the_host_returns_to_baseline() {
         // arenas and cached thread stacks for this much concurrency exist
         // before the baseline is taken.
         let warm = soak(cells_n, 200, !seed).await;
-        assert!(warm.tally.hung.is_empty() && warm.tally.wrong.is_empty());
+        assert!(
+            warm.tally.hung.is_empty() && warm.tally.wrong.is_empty(),
+            "the warm-up soak went wrong: {:?} {:?}",
+            warm.tally.hung,
+            warm.tally.wrong
+        );
         let base = common::settled(BOUND).await;
         eprintln!("chaos: baseline {base}");
 
