@@ -6,6 +6,8 @@
 //! - [`TestCell`] is what `test-cell` (`src/bin/test-cell.rs`) serves: calls,
 //!   streams, hangs, exits, and probes of its own environment and sandbox.
 //! - [`HostDirectory`] is a service a host exposes to its cells.
+//! - [`fuzz`] holds the bodies of the fuzz targets (`fuzz/`), which the
+//!   stable test `tests/fuzz.rs` runs over the committed seed corpus.
 //! - [`hostile`] names the ways `hostile-cell` (`src/bin/hostile-cell.rs`)
 //!   misbehaves after its handshake, and what the host must conclude.
 //!
@@ -16,6 +18,7 @@
 
 use osmos_session::{Rx, Tx, service};
 
+pub mod fuzz;
 pub mod hostile;
 
 service! {
