@@ -29,6 +29,9 @@ use super::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
 
 /// How long a receive polls the ring before parking.
 const RECV_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+/// How many times a receive gives the CPU to a peer on the same CPU before
+/// parking.
+const RECV_YIELDS: u32 = 2;
 /// How many times a receive checks the ring in a tight loop before letting
 /// other tasks run (about a microsecond).
 const RECV_CHECKS: u32 = 64;
@@ -418,6 +421,7 @@ impl LinkRx for ShmRx {
         // - Peer on our CPU: spinning would only delay it; give it the CPU
         //   (`sched_yield`) and check again when it is done.
         let spin_until = std::time::Instant::now() + RECV_SPIN;
+        let mut yields = 0;
         loop {
             let seen = self.readable.seq();
             if self.has_frame_soon()? {
@@ -439,11 +443,16 @@ impl LinkRx for ShmRx {
                 _ => {}
             }
             if std::time::Instant::now() < spin_until {
-                if !self.liveness.peer_on_another_cpu() {
-                    std::thread::yield_now();
+                if self.liveness.peer_on_another_cpu() {
+                    tokio::task::yield_now().await;
+                    continue;
                 }
-                tokio::task::yield_now().await;
-                continue;
+                if yields < RECV_YIELDS {
+                    yields += 1;
+                    std::thread::yield_now();
+                    tokio::task::yield_now().await;
+                    continue;
+                }
             }
             let parker = self
                 .parker
