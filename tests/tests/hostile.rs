@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{env_u64, panics, wait_back_to};
-use osmos_host::{CellBuilder, CellState, ExitInfo};
+use osmos_host::{CellBuilder, CellState, ExitInfo, HostError};
 use osmos_session::{CallOptions, SessionConfig, SessionError};
 use osmos_tests::TestCellClient;
 use osmos_tests::hostile::{Expect, Hostility, Region};
@@ -103,8 +103,25 @@ async fn run_one(how: Hostility, seed: u64) -> Result<Run, String> {
             .spawn(),
     )
     .await
-    .map_err(|_| format!("{ctx}: spawn hung"))?
-    .map_err(|e| format!("{ctx}: spawn failed: {e}"))?;
+    .map_err(|_| format!("{ctx}: spawn hung"))?;
+    let cell = match cell {
+        Ok(cell) => cell,
+        // A scribbler may damage its first frames before the host has read
+        // the handshake: the host must refuse it, naming the rule, and kill it.
+        Err(e @ HostError::Handshake { .. }) if how.expected() == Expect::Anything => {
+            let text = e.to_string();
+            return match named_rule(&text) {
+                Some(rule) if text.contains("killed by signal 9") => Ok(Run {
+                    how,
+                    outcome: format!("{rule} (at the handshake)"),
+                }),
+                _ => Err(format!(
+                    "{ctx}: spawn failed without naming a rule, or the cell lives: {text}"
+                )),
+            };
+        }
+        Err(e) => return Err(format!("{ctx}: spawn failed: {e}")),
+    };
     let conn = match cell.connection() {
         Ok(c) => c,
         Err(e) => return Err(format!("{ctx}: no connection right after the handshake: {e}")),
