@@ -214,7 +214,8 @@ fn frames(mut data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// Feeds the frames in `data` (see [`frames`]) to a host session.
+/// Feeds the frames in `data` (each a 2-byte little-endian length, then up
+/// to that many bytes) to a host session.
 pub fn session_frames(data: &[u8]) {
     const MAX_FRAME: usize = 1 << 16;
     let (host_link, peer_link) = memory::pair(MAX_FRAME, 64);
