@@ -428,7 +428,8 @@ pub async fn many_cells(p: &Params) -> Result<Vec<Row>, BoxError> {
     let mut one = 0.0;
     for &n in p.cell_counts() {
         // cells_1 is the reference of the others.
-        if !p.wants(&format!("cells_{n}/shm")) && !(n == 1 && p.wants("cells_")) {
+        let reference = n == 1 && p.wants("cells_");
+        if !(reference || p.wants(&format!("cells_{n}/shm"))) {
             continue;
         }
         let mut cells = Vec::with_capacity(n);
