@@ -77,7 +77,13 @@ fn summary(why: &Option<SessionError>) -> String {
         Some(SessionError::KeepaliveTimeout { .. }) => "keepalive timeout".into(),
         Some(e) => match named_rule(&e.to_string()) {
             Some(rule) => rule,
-            None => format!("{:?}", std::mem::discriminant(e)).replace("Discriminant", "ended"),
+            None => match e {
+                SessionError::Link { .. } => "link failed".into(),
+                SessionError::Goodbye { .. } => "goodbye".into(),
+                SessionError::PeerReportedViolation { .. } => "the cell reported a violation".into(),
+                SessionError::PeerDied { .. } => "the cell died".into(),
+                other => format!("ended: {other}"),
+            },
         },
     }
 }
