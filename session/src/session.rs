@@ -222,8 +222,12 @@ impl SessionBuilder {
 }
 
 fn link_failed(e: LinkError) -> SessionError {
-    SessionError::Link {
-        detail: e.to_string(),
+    match e {
+        // A peer that breaks the link's framing broke a rule like any other.
+        LinkError::Violation { rule, detail } => SessionError::Violation { rule, detail },
+        e => SessionError::Link {
+            detail: e.to_string(),
+        },
     }
 }
 
@@ -764,6 +768,10 @@ async fn driver<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: SessionConfig
                     Ok(Some(f)) => f,
                     Ok(None) => {
                         shared.end(SessionError::Link { detail: "the peer closed the link".into() });
+                        break;
+                    }
+                    Err(LinkError::Violation { rule, detail }) => {
+                        fail_with_violation(&shared, violation(rule, detail)).await;
                         break;
                     }
                     Err(e) => {

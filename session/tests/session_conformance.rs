@@ -1155,3 +1155,47 @@ async fn shm_two_live_channels_on_one_table_entry_is_a_violation() {
     }
     expect_violation(&mut raw, &server, "channel.table-index-free").await;
 }
+
+/// A peer that breaks the stream link's framing (a length prefix past the
+/// limit) ends the session with a violation naming the link's rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_frame_length_is_a_violation_of_the_link_rule() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut raw, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let server = tokio::spawn(
+        SessionBuilder::new()
+            .serve(CalculatorDispatcher::new(Arc::new(Calc::default())))
+            .accept(StreamLink::unix(theirs, 1 << 20)),
+    );
+    let hello = wire::encode(&Message::Hello {
+        version: PROTOCOL_VERSION,
+        settings: Settings::default(),
+    })
+    .unwrap();
+    raw.write_all(&(hello.len() as u32).to_le_bytes()).await.unwrap();
+    raw.write_all(&hello).await.unwrap();
+    let mut len = [0u8; 4];
+    raw.read_exact(&mut len).await.unwrap();
+    let mut answer = vec![0; u32::from_le_bytes(len) as usize];
+    raw.read_exact(&mut answer).await.unwrap();
+    assert!(matches!(
+        wire::decode(&answer).unwrap(),
+        Message::HelloYourself { .. }
+    ));
+    let server = bounded("the handshake", server).await.unwrap().unwrap();
+    raw.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    match bounded("the session's end", server.closed()).await {
+        SessionError::Violation { rule, detail } => {
+            assert_eq!(rule, "stream.length-in-bounds", "{detail}");
+        }
+        e => panic!("expected a violation of stream.length-in-bounds, got {e}"),
+    }
+    // The peer is told which rule it broke.
+    raw.read_exact(&mut len).await.unwrap();
+    let mut told = vec![0; u32::from_le_bytes(len) as usize];
+    raw.read_exact(&mut told).await.unwrap();
+    match wire::decode(&told).unwrap() {
+        Message::ProtocolError { rule, .. } => assert_eq!(rule, "stream.length-in-bounds"),
+        m => panic!("expected a ProtocolError, got {m:?}"),
+    }
+}
