@@ -27,9 +27,20 @@ pub struct Params {
     pub quick: bool,
     /// Whether this pass runs pinned to CPU 0 (labels the rows).
     pub pinned: bool,
+    /// `--only PATTERN`: run only the cases whose name contains it (floors
+    /// always run).
+    pub only: Option<&'static str>,
 }
 
 impl Params {
+    /// Whether the case `name` runs in this pass.
+    pub fn wants(&self, name: &str) -> bool {
+        self.only.is_none_or(|o| name.contains(o))
+    }
+    /// Whether any of `names` runs in this pass.
+    pub fn wants_any(&self, names: &[&str]) -> bool {
+        names.iter().any(|n| self.wants(n))
+    }
     /// Timed sequential round trips per latency case (after a tenth as many
     /// warm-up ones).
     pub fn rounds(&self) -> usize {
@@ -164,19 +175,23 @@ async fn add_in_process<L: Link>(
 /// `add_rtt/memory` and `add_rtt/unix`.
 pub async fn in_process(p: &Params, f: &Floors) -> Result<Vec<Row>, BoxError> {
     let mut rows = Vec::new();
-    let (a, b) = memory::pair(1 << 20, 64);
-    rows.push(add_in_process("add_rtt/memory", a, b, p, f).await?);
-    let (a, b) = tokio::net::UnixStream::pair()?;
-    rows.push(
-        add_in_process(
-            "add_rtt/unix",
-            StreamLink::unix(a, 1 << 20),
-            StreamLink::unix(b, 1 << 20),
-            p,
-            f,
-        )
-        .await?,
-    );
+    if p.wants("add_rtt/memory") {
+        let (a, b) = memory::pair(1 << 20, 64);
+        rows.push(add_in_process("add_rtt/memory", a, b, p, f).await?);
+    }
+    if p.wants("add_rtt/unix") {
+        let (a, b) = tokio::net::UnixStream::pair()?;
+        rows.push(
+            add_in_process(
+                "add_rtt/unix",
+                StreamLink::unix(a, 1 << 20),
+                StreamLink::unix(b, 1 << 20),
+                p,
+                f,
+            )
+            .await?,
+        );
+    }
     Ok(rows)
 }
 
@@ -185,6 +200,21 @@ pub async fn spawn_cell(name: &str) -> Result<CellHandle, BoxError> {
     let me = std::env::current_exe()?;
     Ok(CellBuilder::new(me).name(name).spawn().await?)
 }
+
+/// The names of the cases [`one_cell`] measures.
+pub const ONE_CELL: &[&str] = &[
+    "idle_cpu/shm",
+    "add_rtt/shm",
+    "echo_64/shm",
+    "echo_4k/shm",
+    "echo_64k/shm",
+    "echo_1m/shm",
+    "stream_64k/shm",
+    "stream_1000/shm",
+    "concurrency_1/shm",
+    "concurrency_16/shm",
+    "concurrency_256/shm",
+];
 
 /// The cases on one long-lived cell: `add_rtt/shm`, the echoes, streaming,
 /// concurrency and idle CPU.
@@ -206,9 +236,12 @@ async fn one_cell_inner(
     client.pid().await?;
 
     // Idle first, before any traffic leaves anything running.
-    rows.push(idle_cpu(cell, p).await?);
-
-    rows.push(add_latency(client, "add_rtt/shm", p, f).await?);
+    if p.wants("idle_cpu/shm") {
+        rows.push(idle_cpu(cell, p).await?);
+    }
+    if p.wants("add_rtt/shm") {
+        rows.push(add_latency(client, "add_rtt/shm", p, f).await?);
+    }
 
     for (name, size) in [
         ("echo_64/shm", 64usize),
@@ -216,6 +249,9 @@ async fn one_cell_inner(
         ("echo_64k/shm", 64 << 10),
         ("echo_1m/shm", 1 << 20),
     ] {
+        if !p.wants(name) {
+            continue;
+        }
         let payload = vec![0xa5u8; size];
         // Fewer rounds for the big payloads: their cost is in the copies.
         let rounds = if size >= 1 << 20 {
@@ -243,10 +279,16 @@ async fn one_cell_inner(
         rows.push(row.note("time includes cloning the payload on the host"));
     }
 
-    rows.push(stream(client, p, f).await?);
-
+    if p.wants("stream_64k/shm") {
+        rows.push(stream(client, p, f).await?);
+    }
+    if p.wants("stream_1000/shm") {
+        rows.push(small_stream(client, p, f).await?);
+    }
     for callers in [1usize, 16, 256] {
-        rows.push(concurrency(client, callers, p, f).await?);
+        if p.wants(&format!("concurrency_{callers}/shm")) {
+            rows.push(concurrency(client, callers, p, f).await?);
+        }
     }
     Ok(rows)
 }
@@ -302,6 +344,46 @@ async fn stream(client: &BenchClient, p: &Params, f: &Floors) -> Result<Row, Box
         .note(&format!("{items} x 64 KiB per run, call to last item")))
 }
 
+/// Items per `stream_1000/shm` run.
+const SMALL_ITEMS: u32 = 1000;
+
+/// `stream_1000/shm`: a call that streams 1000 `u32` items cell → host,
+/// timed from the call to the last item.
+async fn small_stream(client: &BenchClient, p: &Params, f: &Floors) -> Result<Row, BoxError> {
+    let rounds = p.rounds() / 10;
+    let mut times = time_calls(rounds, p.cap(), |_| {
+        let c = client.clone();
+        async move {
+            let (tx, mut rx) = c.connection().channel::<u32>()?;
+            let call = tokio::spawn({
+                let c = c.clone();
+                async move { c.count(SMALL_ITEMS, tx).await }
+            });
+            let mut expected = 0u32;
+            while let Some(item) = rx.recv().await {
+                let item = item?;
+                if item != expected {
+                    return Err(format!("item {expected} arrived as {item}").into());
+                }
+                expected += 1;
+            }
+            call.await??;
+            if expected != SMALL_ITEMS {
+                return Err(format!("{expected} items arrived, not {SMALL_ITEMS}").into());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let short = times.len() < rounds;
+    let mut row =
+        Row::latency("stream_1000/shm", &mut times, p.pinned).against(floor::ADAPTIVE, f.adaptive_ns);
+    if short {
+        row = row.note(&format!("stopped early after {:?}", p.cap()));
+    }
+    Ok(row.note("1000 u32 items cell → host, call to last item"))
+}
+
 /// `concurrency_<n>/shm`: calls/s with `callers` tasks calling `add` at once.
 async fn concurrency(client: &BenchClient, callers: usize, p: &Params, f: &Floors) -> Result<Row, BoxError> {
     let total = if p.quick { 20_000 } else { 50_000 };
@@ -345,6 +427,11 @@ pub async fn many_cells(p: &Params) -> Result<Vec<Row>, BoxError> {
     let mut rows: Vec<Row> = Vec::new();
     let mut one = 0.0;
     for &n in p.cell_counts() {
+        // cells_1 is the reference of the others.
+        let reference = n == 1 && p.wants("cells_");
+        if !(reference || p.wants(&format!("cells_{n}/shm"))) {
+            continue;
+        }
         let mut cells = Vec::with_capacity(n);
         let spawn_start = Instant::now();
         let mut failed = None;

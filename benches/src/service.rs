@@ -15,6 +15,8 @@ service! {
         async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
         /// Streams `n` items of `size` bytes into `out`, then closes it.
         async fn stream(&self, n: u32, size: u32, out: Tx<Vec<u8>>) -> Result<(), String>;
+        /// Sends `0..n` into `out`, then closes it.
+        async fn count(&self, n: u32, out: Tx<u32>) -> Result<(), String>;
         /// The cell's pid as the cell sees it.
         async fn pid(&self) -> Result<u32, String>;
         /// Replies `ms` milliseconds later: a call that stays in flight.
@@ -37,6 +39,12 @@ impl Bench for BenchImpl {
         let item = vec![0x5au8; size as usize];
         for _ in 0..n {
             out.send(&item).await.map_err(|e| e.to_string())?;
+        }
+        out.close().await.map_err(|e| e.to_string())
+    }
+    async fn count(&self, n: u32, out: Tx<u32>) -> Result<(), String> {
+        for i in 0..n {
+            out.send(&i).await.map_err(|e| e.to_string())?;
         }
         out.close().await.map_err(|e| e.to_string())
     }

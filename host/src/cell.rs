@@ -7,6 +7,15 @@
 //! cell dead in the segment (waking every waiter), and — if the
 //! [`RestartPolicy`] says so — starts a new incarnation after a backoff. The
 //! [`CellHandle`] always speaks to the current incarnation.
+//!
+//! The supervisor also watches the session. A cell whose session ends while
+//! its process lives on is of no use and may be hostile, so it does not keep
+//! running: a cell that broke a protocol rule (the segment can no longer be
+//! trusted) or went silent past the keepalive timeout is killed at once; a
+//! cell whose session ended any other way (its goodbye, a link failure, a
+//! violation it reports of the host) gets [`SESSION_END_GRACE`] to exit on
+//! its own, then is killed. Either way the restart policy then applies, as
+//! for any crash. [`CellHandle::last_session_end`] says why the session ended.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -16,11 +25,17 @@ use std::time::Duration;
 
 use osmos_session::{Connection, ConnectionAcceptor, Dispatcher, SessionConfig, SessionError, SessionStats};
 use osmos_shm::{SegmentConfig, Side};
+use rustix::process::Signal;
 use tokio::sync::watch;
 
 use crate::error::{ExitInfo, HostError};
 use crate::sandbox::{SandboxPolicy, SandboxReport};
 use crate::spawn::{self, Incarnation};
+
+/// How long a cell whose session ended (other than by a protocol violation,
+/// a keepalive timeout or the host's own shutdown) may keep running before
+/// it is killed.
+pub const SESSION_END_GRACE: Duration = Duration::from_secs(1);
 
 /// What to do when a cell exits on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,6 +240,7 @@ impl CellBuilder {
             config: self.config,
             state,
             current: Mutex::new(Some(incarnation)),
+            last_end: Mutex::new(None),
             restarts: AtomicU32::new(0),
             shutting_down: AtomicBool::new(false),
         });
@@ -255,6 +271,8 @@ struct Inner {
     state: watch::Sender<CellState>,
     /// The running incarnation, if any.
     current: Mutex<Option<Incarnation>>,
+    /// Why the last incarnation's session ended (`None` while it runs).
+    last_end: Mutex<Option<SessionError>>,
     restarts: AtomicU32,
     shutting_down: AtomicBool,
 }
@@ -277,16 +295,21 @@ async fn supervise(inner: Arc<Inner>) {
         RestartPolicy::Never => Duration::ZERO,
     };
     loop {
-        let Some((pidfd, pid)) = inner.current(|i| (i.pidfd.clone(), i.pid)) else {
+        let Some((pidfd, pid, conn)) = inner.current(|i| (i.pidfd.clone(), i.pid, i.conn.clone())) else {
             return;
         };
-        let exit = spawn::wait_exit(&pidfd).await;
+        *inner.last_end.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let exit = tokio::select! {
+            exit = spawn::wait_exit(&pidfd) => exit,
+            why = conn.closed() => end_of_session(&inner, pid, &pidfd, why).await,
+        };
         let detail = format!("cell '{name}' (pid {pid}) {exit}");
         if let Some(inc) = inner.current.lock().unwrap_or_else(|p| p.into_inner()).take() {
             inc.conn.terminate(SessionError::PeerDied {
                 detail: detail.clone(),
             });
             inc.liveness.mark_dead(Side::Cell);
+            *inner.last_end.lock().unwrap_or_else(|p| p.into_inner()) = inc.conn.ended();
         }
         if inner.shutting_down.load(Ordering::Acquire) || exit.success() {
             tracing::info!(cell = %name, "{detail}");
@@ -336,6 +359,45 @@ async fn supervise(inner: Arc<Inner>) {
             }
         }
     }
+}
+
+/// The session of a cell (pid `pid`) ended with `why` while its process
+/// runs: kills it, at once or after [`SESSION_END_GRACE`] (see the module
+/// docs), and returns how it exited.
+async fn end_of_session(
+    inner: &Inner,
+    pid: u32,
+    pidfd: &Arc<std::os::fd::OwnedFd>,
+    why: SessionError,
+) -> ExitInfo {
+    let name = &inner.config.name;
+    match &why {
+        SessionError::Violation { rule, .. } => {
+            tracing::error!(cell = %name, pid, rule = *rule, "{why}; killing the cell");
+            spawn::signal(pidfd, Signal::KILL);
+        }
+        SessionError::KeepaliveTimeout { .. } => {
+            tracing::error!(cell = %name, pid, "{why}; killing the cell");
+            spawn::signal(pidfd, Signal::KILL);
+        }
+        // The host's own shutdown: `CellHandle::shutdown` gives the grace it was asked for.
+        SessionError::Closed { .. } if inner.shutting_down.load(Ordering::Acquire) => {}
+        _ => {
+            tracing::warn!(cell = %name, pid, "session ended: {why}");
+            if tokio::time::timeout(SESSION_END_GRACE, spawn::wait_exit(pidfd))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    cell = %name,
+                    pid,
+                    "still running {SESSION_END_GRACE:?} after its session ended; killing it"
+                );
+                spawn::signal(pidfd, Signal::KILL);
+            }
+        }
+    }
+    spawn::wait_exit(pidfd).await
 }
 
 /// Traffic and lifecycle counters of a cell.
@@ -403,6 +465,19 @@ impl CellHandle {
         let mut rx = self.inner.state.subscribe();
         let r = rx.wait_for(|s| pred(s)).await.map(|s| s.clone());
         r.unwrap_or_else(|_| self.state())
+    }
+
+    /// Why the session of the most recent incarnation ended: `None` while it
+    /// runs (and before any incarnation ended). A cell killed for breaking a
+    /// protocol rule reports [`SessionError::Violation`] naming the rule here
+    /// (or, for a rule of the shared-memory framing, a
+    /// [`SessionError::Link`] whose detail names it).
+    pub fn last_session_end(&self) -> Option<SessionError> {
+        self.inner
+            .last_end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The current incarnation's root connection.

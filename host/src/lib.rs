@@ -32,7 +32,7 @@ mod routes;
 pub mod sandbox;
 mod spawn;
 
-pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy};
+pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy, SESSION_END_GRACE};
 pub use error::{ExitInfo, HostError};
 pub use routes::{MAX_FORWARDED_PER_CELL, Routes};
 pub use sandbox::{SandboxPolicy, SandboxReport};

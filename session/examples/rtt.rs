@@ -8,6 +8,9 @@
 //! Rows: the memory, Unix, TCP and shm links with both peers in this process
 //! (two tokio runtimes), and the shm link with the server in a second process
 //! (this program re-executed with the segment at fd 3).
+//!
+//! An argument keeps only the rows whose name contains it, e.g.
+//! `cargo run --release -p osmos-session --example rtt -- processes`.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
@@ -183,28 +186,40 @@ fn main() {
         return;
     }
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let only = std::env::args().nth(1).unwrap_or_default();
+    let wanted = |name: &str| name.contains(only.as_str());
     let rows = runtime().block_on(async {
         let mut rows = Vec::new();
-        let (a, b) = memory::pair(1 << 20, 64);
-        rows.push(in_process("memory", a, b).await);
-        let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        rows.push(in_process("unix", StreamLink::unix(a, 1 << 20), StreamLink::unix(b, 1 << 20)).await);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let (a, b) = (
-            StreamLink::tcp(a.unwrap(), 1 << 20).unwrap(),
-            StreamLink::tcp(b.unwrap().0, 1 << 20).unwrap(),
-        );
-        rows.push(in_process("tcp (loopback)", a, b).await);
-        let host = Segment::create(&SegmentConfig::default(), 1).unwrap();
-        let cell = Segment::attach(host.fd().try_clone_to_owned().unwrap()).unwrap();
-        let (h, c) = (
-            ShmLink::new(host.endpoint().unwrap()),
-            ShmLink::new(cell.endpoint().unwrap()),
-        );
-        rows.push(in_process("shm (1 process)", h, c).await);
-        rows.push(shm_cross_process().await);
+        if wanted("memory") {
+            let (a, b) = memory::pair(1 << 20, 64);
+            rows.push(in_process("memory", a, b).await);
+        }
+        if wanted("unix") {
+            let (a, b) = tokio::net::UnixStream::pair().unwrap();
+            rows.push(in_process("unix", StreamLink::unix(a, 1 << 20), StreamLink::unix(b, 1 << 20)).await);
+        }
+        if wanted("tcp (loopback)") {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+            let (a, b) = (
+                StreamLink::tcp(a.unwrap(), 1 << 20).unwrap(),
+                StreamLink::tcp(b.unwrap().0, 1 << 20).unwrap(),
+            );
+            rows.push(in_process("tcp (loopback)", a, b).await);
+        }
+        if wanted("shm (1 process)") {
+            let host = Segment::create(&SegmentConfig::default(), 1).unwrap();
+            let cell = Segment::attach(host.fd().try_clone_to_owned().unwrap()).unwrap();
+            let (h, c) = (
+                ShmLink::new(host.endpoint().unwrap()),
+                ShmLink::new(cell.endpoint().unwrap()),
+            );
+            rows.push(in_process("shm (1 process)", h, c).await);
+        }
+        if wanted("shm (2 processes)") {
+            rows.push(shm_cross_process().await);
+        }
         rows
     });
     println!(

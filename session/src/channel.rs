@@ -596,9 +596,6 @@ const CREDIT_WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(
 enum BindMode {
     /// Encoding: handles met are handed over; their ids are collected.
     Encode { collected: Vec<u64> },
-    /// Measuring a decoded value's encoded size: handles are not touched;
-    /// `order` is the message's channel list (handles encode as positions in it).
-    Measure { order: Vec<u64> },
     /// Decoding: only the listed ids may be bound.
     Decode { allowed: Vec<u64>, bound: Vec<u64> },
 }
@@ -657,38 +654,36 @@ pub(crate) fn with_decode_context<R>(
     (r, bound)
 }
 
+/// Encodes a value (an argument list, a result, an item) as postcard.
+pub(crate) fn encode_value<'f, T: Facet<'f>>(value: &T) -> Result<Vec<u8>, String> {
+    match crate::fast::encode(value) {
+        Some(bytes) => Ok(bytes),
+        None => facet_postcard::to_vec(value).map_err(|e| e.to_string()),
+    }
+}
+
 /// Decodes `bytes` as a `T`, refusing trailing bytes: postcard is not
 /// self-describing, so a payload of the wrong type often decodes "successfully"
-/// with bytes to spare. The decoded value is re-measured (channel handles in
-/// it are measured, not handed over) and must account for every byte.
+/// with bytes to spare. The parser's position after the value must be the
+/// end of the payload.
 pub(crate) fn decode_exact<T: Facet<'static>>(bytes: &[u8]) -> Result<T, String> {
-    let value: T = facet_postcard::from_slice(bytes).map_err(|e| e.to_string())?;
-    let prev = CONTEXT.with(|c| {
-        c.borrow_mut().as_mut().map(|ctx| {
-            let order = match &ctx.mode {
-                BindMode::Encode { collected } => collected.clone(),
-                BindMode::Measure { order } => order.clone(),
-                BindMode::Decode { allowed, .. } => allowed.clone(),
-            };
-            std::mem::replace(&mut ctx.mode, BindMode::Measure { order })
-        })
-    });
-    let measured = facet_postcard::to_vec(&value).map(|v| v.len());
-    CONTEXT.with(|c| {
-        if let (Some(ctx), Some(mode)) = (c.borrow_mut().as_mut(), prev) {
-            ctx.mode = mode;
-        }
-    });
-    // Without a context (e.g. a channel item), handles cannot be measured;
-    // such values are checked by decoding alone.
-    match measured {
-        Ok(n) if n != bytes.len() => Err(format!(
-            "{} bytes, but a {} encodes in {n}: the payload is not of the expected type",
+    use facet_format::FormatParser as _;
+    if let Some(r) = crate::fast::decode(bytes) {
+        return r;
+    }
+    let mut parser = facet_postcard::PostcardParser::new(bytes);
+    let value: T = facet_format::FormatDeserializer::new_owned(&mut parser)
+        .deserialize()
+        .map_err(|e| e.to_string())?;
+    let used = parser.current_span().map_or(0, |s| s.offset as usize);
+    if used != bytes.len() {
+        return Err(format!(
+            "{} bytes, but a {} ends after {used}: the payload is not of the expected type",
             bytes.len(),
             std::any::type_name::<T>()
-        )),
-        _ => Ok(value),
+        ));
     }
+    Ok(value)
 }
 
 /// Binds a decoded channel handle (a position in the message's channel list)
@@ -776,9 +771,6 @@ fn hand_over(id: u64, handed: &AtomicBool, end: End, bound: Option<&Bound>) -> R
     CONTEXT.with(|c| {
         let mut c = c.borrow_mut();
         match c.as_mut().map(|ctx| &mut ctx.mode) {
-            Some(BindMode::Measure { order }) => Ok(ChannelId(
-                order.iter().position(|&c| c == id).map_or(id, |i| i as u64),
-            )),
             Some(BindMode::Encode { collected }) => {
                 if handed.swap(true, Ordering::AcqRel) {
                     return Err(format!("channel {id} was already handed to the peer"));
@@ -950,9 +942,7 @@ where
     /// Sends one item, waiting for credit if the receiver is behind.
     pub async fn send(&self, item: &T) -> Result<(), ChannelError> {
         self.bound()?;
-        let bytes = facet_postcard::to_vec(item).map_err(|e| ChannelError::Encode {
-            detail: e.to_string(),
-        })?;
+        let bytes = encode_value(item).map_err(|detail| ChannelError::Encode { detail })?;
         self.send_bytes(&bytes).await
     }
 }
@@ -1089,5 +1079,26 @@ impl<T> Drop for Rx<T> {
                 b.shared.retire_channel(self.id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_exact;
+
+    #[test]
+    fn decode_exact_refuses_spare_bytes() {
+        let mut bytes = facet_postcard::to_vec(&(1u32, 300u32)).unwrap();
+        assert_eq!(decode_exact::<(u32, u32)>(&bytes).unwrap(), (1, 300));
+        bytes.push(7);
+        let e = decode_exact::<(u32, u32)>(&bytes).unwrap_err();
+        assert!(e.contains("ends after 3"), "{e}");
+        // A wrong type that happens to decode: a u32 read from a pair.
+        let e = decode_exact::<u32>(&bytes[..3]).unwrap_err();
+        assert!(e.contains("ends after 1"), "{e}");
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let bytes = facet_postcard::to_vec(&data).unwrap();
+        assert_eq!(decode_exact::<Vec<u8>>(&bytes).unwrap(), data);
+        assert!(decode_exact::<Vec<u8>>(&bytes[..bytes.len() - 1]).is_err());
     }
 }

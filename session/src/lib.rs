@@ -26,8 +26,10 @@
 //! A session needs a tokio runtime: the driver and the handlers run as tasks.
 
 mod channel;
+mod codec;
 pub mod control;
 pub mod error;
+mod fast;
 mod forward;
 pub mod link;
 mod reconnect;

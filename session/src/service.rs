@@ -106,12 +106,8 @@ where
 {
     fn encode_reply(self: Box<Self>) -> Result<(bool, Vec<u8>), String> {
         match *self {
-            Ok(v) => facet_postcard::to_vec(&v)
-                .map(|b| (false, b))
-                .map_err(|e| e.to_string()),
-            Err(e) => facet_postcard::to_vec(&e)
-                .map(|b| (true, b))
-                .map_err(|e| e.to_string()),
+            Ok(v) => crate::channel::encode_value(&v).map(|b| (false, b)),
+            Err(e) => crate::channel::encode_value(&e).map(|b| (true, b)),
         }
     }
 }

@@ -33,6 +33,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use facet::Facet;
@@ -42,7 +43,7 @@ use tracing::{debug, warn};
 use crate::channel::{self, ChannelCore, ChannelError, FlowInit, Rx, Tx};
 use crate::error::{CallError, SessionError, Violation, violation};
 use crate::link::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
-use crate::service::{Dispatch, Dispatcher, ReplyOutcome};
+use crate::service::{Dispatch, Dispatcher, HandlerFuture, ReplyOutcome, ReplyValue};
 use crate::wire::{self, Message, Metadata, Outcome, PROTOCOL_VERSION, Settings};
 
 mod liveness;
@@ -224,8 +225,12 @@ impl SessionBuilder {
 }
 
 fn link_failed(e: LinkError) -> SessionError {
-    SessionError::Link {
-        detail: e.to_string(),
+    match e {
+        // A peer that breaks the link's framing broke a rule like any other.
+        LinkError::Violation { rule, detail } => SessionError::Violation { rule, detail },
+        e => SessionError::Link {
+            detail: e.to_string(),
+        },
     }
 }
 
@@ -328,26 +333,35 @@ const MAX_OPEN_CHANNELS: usize = 65_536;
 /// Most virtual connections open at once in a session.
 const MAX_CONNECTIONS: usize = 4096;
 
+/// Writes one frame's bytes into the buffer a link lends.
+type Fill<'a> = &'a (dyn Fn(&mut [u8]) + Sync);
+
 /// The erased sending half of the link.
 trait ErasedTx: Send {
+    /// [`LinkTx::try_send_now`].
+    fn try_send_now(&mut self, len: usize, fill: Fill<'_>) -> Result<bool, LinkError>;
+    /// Reserves `len` bytes (waiting for room), fills them and commits.
     fn send_frame<'a>(
         &'a mut self,
-        plan: &'a facet_postcard::ScatterPlan<'a>,
+        len: usize,
+        fill: Fill<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + 'a>>;
     fn close(&mut self) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + '_>>;
 }
 
 impl<T: LinkTx> ErasedTx for T {
+    fn try_send_now(&mut self, len: usize, fill: Fill<'_>) -> Result<bool, LinkError> {
+        LinkTx::try_send_now(self, len, &mut |buf| fill(buf))
+    }
+
     fn send_frame<'a>(
         &'a mut self,
-        plan: &'a facet_postcard::ScatterPlan<'a>,
+        len: usize,
+        fill: Fill<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + 'a>> {
         Box::pin(async move {
-            let mut permit = self.reserve(plan.total_size()).await?;
-            plan.write_into(permit.buf()).map_err(|e| LinkError::Violation {
-                rule: "encode.size",
-                detail: e.to_string(),
-            })?;
+            let mut permit = self.reserve(len).await?;
+            fill(permit.buf());
             permit.commit().await
         })
     }
@@ -357,12 +371,12 @@ impl<T: LinkTx> ErasedTx for T {
     }
 }
 
+/// Sends one message on a link half that is not shared yet (the handshake).
 async fn send_on<T: LinkTx>(tx: &mut T, msg: &Message<'_>) -> Result<(), LinkError> {
-    let plan = wire::plan(msg).map_err(|e| LinkError::Violation {
-        rule: "encode",
-        detail: e,
-    })?;
-    ErasedTx::send_frame(tx, &plan).await
+    ErasedTx::send_frame(tx, msg.encoded_len(), &|buf| {
+        msg.write_to(buf);
+    })
+    .await
 }
 
 /// Everything the session's handles, driver and writer share.
@@ -440,22 +454,57 @@ impl Shared {
 
     /// Sends a message now (waiting for link capacity).
     pub(crate) async fn send(&self, msg: &Message<'_>) -> Result<(), SessionError> {
+        let len = msg.encoded_len();
+        self.check_sendable(msg.kind(), len)?;
+        let fill = |buf: &mut [u8]| {
+            msg.write_to(buf);
+        };
+        match self.try_send_now(len, &fill) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(e),
+        }
+        self.send_waiting(len, &fill).await
+    }
+
+    /// Whether a message may be sent: the session is up and the message fits
+    /// the peer's and the link's limits.
+    fn check_sendable(&self, kind: &str, len: usize) -> Result<(), SessionError> {
         if let Some(e) = self.ended() {
             return Err(e);
         }
-        let plan = wire::plan(msg).map_err(|e| SessionError::Link {
-            detail: format!("encoding failed: {e}"),
-        })?;
-        let len = plan.total_size();
         let max = (self.peer.max_payload as usize).min(self.max_frame);
         if len > max {
             return Err(SessionError::Link {
-                detail: format!(
-                    "a {} message of {len} bytes exceeds the {max}-byte limit",
-                    msg.kind()
-                ),
+                detail: format!("a {kind} message of {len} bytes exceeds the {max}-byte limit"),
             });
         }
+        Ok(())
+    }
+
+    /// Sends a frame at once if nobody else is sending and the link has
+    /// room; `Ok(false)` if it would have to wait.
+    fn try_send_now(&self, len: usize, fill: Fill<'_>) -> Result<bool, SessionError> {
+        let Ok(mut tx) = self.tx.try_lock() else {
+            return Ok(false);
+        };
+        let r = match tx.as_mut() {
+            Some(tx) => tx.try_send_now(len, fill),
+            None => Err(LinkError::Closed),
+        };
+        drop(tx);
+        match r {
+            Ok(true) => {
+                self.sent(len);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(self.link_broke(e)),
+        }
+    }
+
+    /// Sends a frame, waiting for the send lock and link capacity.
+    async fn send_waiting(&self, len: usize, fill: Fill<'_>) -> Result<(), SessionError> {
         // A send waiting for link capacity gives up when the session ends
         // (dropping it releases the send lock; links send a frame whole or
         // not at all).
@@ -463,7 +512,7 @@ impl Shared {
         let r = tokio::select! {
             r = async {
                 match self.tx.lock().await.as_mut() {
-                    Some(tx) => tx.send_frame(&plan).await,
+                    Some(tx) => tx.send_frame(len, fill).await,
                     None => Err(LinkError::Closed),
                 }
             } => r,
@@ -471,41 +520,59 @@ impl Shared {
                 return Err(self.ended().unwrap_or(SessionError::Closed { reason: "ended".into() }));
             }
         };
+        match r {
+            Ok(()) => {
+                self.sent(len);
+                Ok(())
+            }
+            Err(e) => Err(self.link_broke(e)),
+        }
+    }
+
+    /// Counts a frame sent.
+    fn sent(&self, len: usize) {
         self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
         *self.last_sent.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        r.map_err(|e| {
-            let err = link_failed(e);
-            self.end(err.clone());
-            err
-        })
     }
 
-    /// Queues a message for the writer task; for contexts that cannot wait.
+    /// The link failed while sending: the session ends with that.
+    fn link_broke(&self, e: LinkError) -> SessionError {
+        let err = link_failed(e);
+        self.end(err.clone());
+        err
+    }
+
+    /// Sends a message without waiting: at once if the link has room and
+    /// nothing queued is ahead of it, else through the writer task. For
+    /// contexts that cannot wait.
     pub(crate) fn send_later(&self, msg: &Message<'_>) {
-        if self.lock().ended.is_some() {
+        let len = msg.encoded_len();
+        if self.check_sendable(msg.kind(), len).is_err() {
             return;
         }
-        match wire::encode(msg) {
-            Ok(bytes) => {
-                // A peer that keeps asking for answers (pings, calls to
-                // refuse) without reading them would grow this queue forever.
-                let queued = self.outbox_len.fetch_add(1, Ordering::Relaxed) + 1;
-                if queued > MAX_OUTBOX {
-                    // End at once: telling a peer that does not read is futile.
-                    let detail =
-                        format!("{queued} answers are queued for the peer, which is not reading them");
-                    warn!(session = %self.name, rule = "peer.reads-its-answers", "{detail}");
-                    self.end(SessionError::Violation {
-                        rule: "peer.reads-its-answers",
-                        detail,
-                    });
-                    return;
-                }
-                let _ = self.outbox.send(bytes);
+        if self.outbox_len.load(Ordering::Acquire) == 0 {
+            let fill = |buf: &mut [u8]| {
+                msg.write_to(buf);
+            };
+            if !matches!(self.try_send_now(len, &fill), Ok(false)) {
+                return; // sent, or the session ended
             }
-            Err(e) => warn!(session = %self.name, "could not encode {}: {e}", msg.kind()),
         }
+        // A peer that keeps asking for answers (pings, calls to refuse)
+        // without reading them would grow this queue forever.
+        let queued = self.outbox_len.fetch_add(1, Ordering::AcqRel) + 1;
+        if queued > MAX_OUTBOX {
+            // End at once: telling a peer that does not read is futile.
+            let detail = format!("{queued} answers are queued for the peer, which is not reading them");
+            warn!(session = %self.name, rule = "peer.reads-its-answers", "{detail}");
+            self.end(SessionError::Violation {
+                rule: "peer.reads-its-answers",
+                detail,
+            });
+            return;
+        }
+        let _ = self.outbox.send(msg.to_vec());
     }
 
     /// The message handing these channels to the peer was sent.
@@ -676,9 +743,14 @@ async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Vec<u8>
             b = outbox.recv() => match b { Some(b) => b, None => return },
             _ = wait_ended(&mut ended) => return,
         };
-        shared.outbox_len.fetch_sub(1, Ordering::Relaxed);
-        let Ok(msg) = wire::decode(&bytes) else { continue };
-        if shared.send(&msg).await.is_err() {
+        let fill = |buf: &mut [u8]| buf.copy_from_slice(&bytes);
+        let sent = match shared.try_send_now(bytes.len(), &fill) {
+            Ok(true) => Ok(()),
+            Ok(false) => shared.send_waiting(bytes.len(), &fill).await,
+            Err(e) => Err(e),
+        };
+        shared.outbox_len.fetch_sub(1, Ordering::AcqRel);
+        if sent.is_err() {
             return;
         }
     }
@@ -703,6 +775,10 @@ async fn driver<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: SessionConfig
                     Ok(Some(f)) => f,
                     Ok(None) => {
                         shared.end(SessionError::Link { detail: "the peer closed the link".into() });
+                        break;
+                    }
+                    Err(LinkError::Violation { rule, detail }) => {
+                        fail_with_violation(&shared, violation(rule, detail)).await;
                         break;
                     }
                     Err(e) => {
@@ -1008,59 +1084,120 @@ fn on_call(
     match dispatch {
         Dispatch::UnknownMethod => respond(Outcome::UnknownMethod),
         Dispatch::InvalidPayload(detail) => respond(Outcome::InvalidPayload(detail)),
-        Dispatch::Run(fut) => {
+        Dispatch::Run(mut handler) => {
             shared.stats.calls_served.fetch_add(1, Ordering::Relaxed);
-            let sh = shared.clone();
-            // The handler runs in its own task so a panic is caught here and
-            // a Cancel can abort it.
-            let handler = tokio::spawn(fut);
-            let abort = handler.abort_handle();
-            // Registered before the responder can look for it (a quick
-            // handler may finish at once).
-            {
-                let mut s = shared.lock();
-                if s.ended.is_none() && s.conns.contains_key(&conn) {
-                    s.serving.insert((conn, request), abort);
-                } else {
-                    // Closed (or ended) since the call arrived: nobody would
-                    // ever abort this handler.
-                    abort.abort();
+            // Most handlers answer without waiting: poll once here, and such a
+            // call costs no task at all. A handler that waits moves to its
+            // own task, where a Cancel can abort it.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match catch_poll(&mut handler, &mut cx) {
+                Poll::Ready(reply) => answer(shared, conn, request, reply),
+                Poll::Pending => {
+                    let sh = shared.clone();
+                    // The entry goes in before the task can finish (it takes
+                    // the same lock to remove it).
+                    let mut s = shared.lock();
+                    let task = tokio::spawn(async move {
+                        let reply = std::future::poll_fn(|cx| catch_poll(&mut handler, cx)).await;
+                        let served = sh.lock().serving.remove(&(conn, request)).is_some();
+                        if served {
+                            send_response(&sh, conn, request, reply).await;
+                        }
+                    });
+                    if s.ended.is_none() && s.conns.contains_key(&conn) {
+                        s.serving.insert((conn, request), task.abort_handle());
+                    } else {
+                        // Closed (or ended) since the call arrived: nobody
+                        // would ever abort this handler.
+                        task.abort();
+                    }
                 }
             }
-            let responder = tokio::spawn(async move {
-                let reply = handler.await;
-                let served = sh.lock().serving.remove(&(conn, request)).is_some();
-                if !served {
-                    return; // cancelled
-                }
-                let (encoded, channels) = match reply {
-                    Ok(value) => channel::with_encode_context(&sh, || value.into_outcome()),
-                    Err(e) if e.is_panic() => {
-                        (ReplyOutcome::Internal("the handler panicked".into()), Vec::new())
-                    }
-                    Err(_) => (
-                        ReplyOutcome::Internal("the handler was aborted".into()),
-                        Vec::new(),
-                    ),
-                };
-                let outcome = encoded.as_wire();
-                let msg = Message::Response {
-                    conn,
-                    request,
-                    metadata: vec![],
-                    channels,
-                    outcome,
-                };
-                if sh.send(&msg).await.is_ok()
-                    && let Message::Response { channels, .. } = &msg
-                {
-                    sh.announce(channels);
-                }
-            });
-            drop(responder);
         }
     }
     Ok(())
+}
+
+/// What a handler ended with: its reply, or why there is none.
+type Reply = Result<Box<dyn ReplyValue>, &'static str>;
+
+/// An encoded reply: how the call ended, as the session answers it.
+type EncodedReply = ReplyOutcome;
+
+/// Polls a handler, turning a panic into an error reply.
+fn catch_poll(handler: &mut HandlerFuture, cx: &mut std::task::Context<'_>) -> Poll<Reply> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+        Ok(Poll::Ready(reply)) => Poll::Ready(Ok(reply)),
+        Ok(Poll::Pending) => Poll::Pending,
+        Err(_) => Poll::Ready(Err("the handler panicked")),
+    }
+}
+
+/// Encodes a handler's reply (binding the channels in it) and sends it:
+/// `(channels in it, whether it was sent)`.
+fn encode_reply(shared: &Arc<Shared>, reply: Reply) -> (EncodedReply, Vec<u64>) {
+    match reply {
+        Ok(value) => channel::with_encode_context(shared, || value.into_outcome()),
+        Err(why) => (ReplyOutcome::Internal(why.to_string()), Vec::new()),
+    }
+}
+
+fn response<'a>(conn: u64, request: u64, encoded: &'a EncodedReply, channels: Vec<u64>) -> Message<'a> {
+    let outcome = encoded.as_wire();
+    Message::Response {
+        conn,
+        request,
+        metadata: vec![],
+        channels,
+        outcome,
+    }
+}
+
+/// Answers a call from the driver: at once if the link has room, else from a
+/// task that waits for it. Channels in the reply are announced only once the
+/// response is sent, so their items cannot overtake it.
+fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
+    let (encoded, channels) = encode_reply(shared, reply);
+    let msg = response(conn, request, &encoded, channels);
+    let len = msg.encoded_len();
+    if shared.check_sendable(msg.kind(), len).is_ok() {
+        let fill = |buf: &mut [u8]| {
+            msg.write_to(buf);
+        };
+        match shared.try_send_now(len, &fill) {
+            Ok(true) => {
+                if let Message::Response { channels, .. } = &msg {
+                    shared.announce(channels);
+                }
+                return;
+            }
+            Ok(false) => {}
+            Err(_) => return,
+        }
+    }
+    let Message::Response { channels, .. } = msg else {
+        unreachable!("built as a Response")
+    };
+    let sh = shared.clone();
+    tokio::spawn(async move {
+        let msg = response(conn, request, &encoded, channels);
+        if sh.send(&msg).await.is_ok()
+            && let Message::Response { channels, .. } = &msg
+        {
+            sh.announce(channels);
+        }
+    });
+}
+
+/// Answers a call from the handler's task, waiting for link room.
+async fn send_response(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
+    let (encoded, channels) = encode_reply(shared, reply);
+    let msg = response(conn, request, &encoded, channels);
+    if shared.send(&msg).await.is_ok()
+        && let Message::Response { channels, .. } = &msg
+    {
+        shared.announce(channels);
+    }
 }
 
 fn on_response(
@@ -1448,10 +1585,8 @@ impl Connection {
                 reason: "closed".into(),
             }))
         })?;
-        let (encoded, channels) = channel::with_encode_context(shared, || facet_postcard::to_vec(args));
-        let args = encoded.map_err(|e| CallError::Encode {
-            detail: e.to_string(),
-        })?;
+        let (encoded, channels) = channel::with_encode_context(shared, || channel::encode_value(args));
+        let args = encoded.map_err(|detail| CallError::Encode { detail })?;
         let request = Ids::next(&shared.ids.next_request);
         shared.stats.calls_made.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();

@@ -1,6 +1,11 @@
 //! Wire types: every message a session sends, as facet types encoded with
 //! facet-postcard.
 //!
+//! The envelope ([`Message`]) has a hand-written codec that produces exactly
+//! facet-postcard's bytes without reflection ([`Message::write_to`],
+//! [`decode`]); the tests below hold the two to the same bytes. The user's
+//! values inside it (arguments, results, items) go through facet-postcard.
+//!
 //! One frame carries one [`Message`]. Byte payloads (`args`, `result`,
 //! `payload`) are already-encoded facet-postcard values of the user's types,
 //! borrowed in place when decoding (`from_slice_borrowed`), so a large
@@ -20,6 +25,8 @@
 //! even ones, so the two never collide. Connection 0 is the root connection.
 
 use facet::Facet;
+
+use crate::codec;
 
 /// The protocol version this build speaks. Version 2: a channel handle in a
 /// payload is its position in the message's channel list, not its id.
@@ -249,35 +256,69 @@ impl Message<'_> {
     }
 }
 
-/// Encodes `value` into a new buffer.
+/// Encodes any facet value (a call's arguments, a result, an item) with
+/// facet-postcard into a new buffer.
 pub fn encode<'f, T: Facet<'f>>(value: &T) -> Result<Vec<u8>, String> {
     facet_postcard::to_vec(value).map_err(|e| e.to_string())
 }
 
-/// Encodes a message straight into `dest` once its size is known: returns the
-/// plan whose [`total_size`](facet_postcard::ScatterPlan::total_size) to
-/// reserve and whose [`write_into`](facet_postcard::ScatterPlan::write_into)
-/// fills the reservation. Byte payloads are copied once, as whole slices.
-pub fn plan<'a, T: Facet<'a>>(value: &'a T) -> Result<facet_postcard::ScatterPlan<'a>, String> {
-    facet_postcard::to_scatter_plan(value).map_err(|e| e.to_string())
+impl Message<'_> {
+    /// The size of this message's encoding, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        codec::encoded_len(self)
+    }
+
+    /// Writes this message's encoding into the front of `buf` and returns
+    /// the bytes written ([`encoded_len`](Self::encoded_len)). Byte payloads
+    /// are copied once, as whole slices, so a sender can encode straight into
+    /// ring or slot memory.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`encoded_len`](Self::encoded_len).
+    pub fn write_to(&self, buf: &mut [u8]) -> usize {
+        assert!(
+            buf.len() >= self.encoded_len(),
+            "a {} message needs {} bytes, the buffer has {}",
+            self.kind(),
+            self.encoded_len(),
+            buf.len()
+        );
+        codec::write(self, buf)
+    }
+
+    /// This message's encoding in a new buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        codec::to_vec(self)
+    }
 }
 
-/// Decodes a message, borrowing its byte payloads from `frame`.
+/// Decodes a message, borrowing its byte payloads from `frame`. The frame
+/// must hold exactly one message.
 pub fn decode(frame: &[u8]) -> Result<Message<'_>, String> {
-    facet_postcard::from_slice_borrowed(frame).map_err(|e| e.to_string())
+    codec::decode(frame).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// facet-postcard's decoding, the reference the codec must match.
+    fn reference_decode(frame: &[u8]) -> Result<Message<'_>, String> {
+        facet_postcard::from_slice_borrowed(frame).map_err(|e| e.to_string())
+    }
+
     fn round_trip(m: Message<'_>) {
-        let bytes = encode(&m).unwrap();
-        let p = plan(&m).unwrap();
-        let mut planned = vec![0; p.total_size()];
-        p.write_into(&mut planned).unwrap();
-        assert_eq!(bytes, planned, "{} plan and vec agree", m.kind());
-        assert_eq!(decode(&bytes).unwrap(), m);
+        let reference = encode(&m).unwrap();
+        let ours = m.to_vec();
+        assert_eq!(
+            ours,
+            reference,
+            "{}: the codec writes facet-postcard's bytes",
+            m.kind()
+        );
+        assert_eq!(m.encoded_len(), reference.len());
+        assert_eq!(decode(&reference).unwrap(), m);
+        assert_eq!(reference_decode(&ours).unwrap(), m);
     }
 
     #[test]
@@ -406,5 +447,201 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 8 * 8)) as u8).collect();
             let _ = decode(&bytes);
         }
+    }
+
+    /// A small deterministic generator (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        /// A number near a varint boundary, or anywhere.
+        fn number(&mut self) -> u64 {
+            const EDGES: [u64; 12] = [
+                0,
+                1,
+                127,
+                128,
+                16_383,
+                16_384,
+                (1 << 21) - 1,
+                1 << 21,
+                u32::MAX as u64,
+                1 << 35,
+                (1 << 63) - 1,
+                u64::MAX,
+            ];
+            match self.next() % 3 {
+                0 => EDGES[(self.next() % 12) as usize],
+                1 => self.next() % 300,
+                _ => self.next() >> (self.next() % 64),
+            }
+        }
+        fn text(&mut self) -> String {
+            let n = self.next() % 6;
+            (0..n)
+                .map(|_| ['a', 'é', '€', '𝄞', 'z'][(self.next() % 5) as usize])
+                .collect()
+        }
+        fn bytes(&mut self) -> Vec<u8> {
+            let n = [0, 1, 127, 128, 300][(self.next() % 5) as usize];
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+        fn metadata(&mut self) -> Metadata {
+            (0..self.next() % 3)
+                .map(|_| MetaEntry {
+                    key: self.text(),
+                    value: match self.next() % 3 {
+                        0 => MetaValue::Str(self.text()),
+                        1 => MetaValue::Bytes(self.bytes()),
+                        _ => MetaValue::U64(self.number()),
+                    },
+                })
+                .collect()
+        }
+        fn ids(&mut self) -> Vec<u64> {
+            (0..self.next() % 4).map(|_| self.number()).collect()
+        }
+        fn settings(&mut self) -> Settings {
+            Settings {
+                max_payload: self.number() as u32,
+                initial_credit: self.number() as u32,
+                max_concurrent_requests: self.number() as u32,
+            }
+        }
+    }
+
+    fn random_message<'a>(r: &mut Rng, payload: &'a [u8]) -> Message<'a> {
+        match r.next() % 17 {
+            0 => Message::Hello {
+                version: r.number() as u32,
+                settings: r.settings(),
+            },
+            1 => Message::HelloYourself {
+                version: r.number() as u32,
+                settings: r.settings(),
+            },
+            2 => Message::ProtocolError {
+                rule: r.text(),
+                detail: r.text(),
+            },
+            3 => Message::Goodbye { reason: r.text() },
+            4 => Message::Ping { nonce: r.number() },
+            5 => Message::Pong { nonce: r.number() },
+            6 => Message::ConnectionOpen {
+                conn: r.number(),
+                metadata: r.metadata(),
+            },
+            7 => Message::ConnectionAccept {
+                conn: r.number(),
+                metadata: r.metadata(),
+            },
+            8 => Message::ConnectionReject {
+                conn: r.number(),
+                reason: r.text(),
+            },
+            9 => Message::ConnectionClose {
+                conn: r.number(),
+                reason: r.text(),
+            },
+            10 => Message::Call {
+                conn: r.number(),
+                request: r.number(),
+                method: r.number(),
+                metadata: r.metadata(),
+                channels: r.ids(),
+                args: payload,
+            },
+            11 => Message::Response {
+                conn: r.number(),
+                request: r.number(),
+                metadata: r.metadata(),
+                channels: r.ids(),
+                outcome: match r.next() % 6 {
+                    0 => Outcome::Ok(payload),
+                    1 => Outcome::UserError(payload),
+                    2 => Outcome::UnknownMethod,
+                    3 => Outcome::InvalidPayload(r.text()),
+                    4 => Outcome::Cancelled,
+                    _ => Outcome::Internal(r.text()),
+                },
+            },
+            12 => Message::Cancel {
+                conn: r.number(),
+                request: r.number(),
+            },
+            13 => Message::Item {
+                channel: r.number(),
+                payload,
+            },
+            14 => Message::Close { channel: r.number() },
+            15 => Message::Reset {
+                channel: r.number(),
+                reason: r.text(),
+            },
+            _ => Message::GrantCredit {
+                channel: r.number(),
+                bytes: r.number() as u32,
+            },
+        }
+    }
+
+    #[test]
+    fn the_codec_writes_and_reads_what_facet_postcard_does() {
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let payload = r.bytes();
+            let m = random_message(&mut r, &payload);
+            round_trip(m);
+        }
+    }
+
+    #[test]
+    fn the_codec_refuses_trailing_bytes() {
+        let mut frame = Message::Ping { nonce: 5 }.to_vec();
+        frame.push(0);
+        assert!(decode(&frame).unwrap_err().contains("left over"));
+    }
+
+    #[test]
+    fn the_codec_accepts_and_refuses_what_facet_postcard_does() {
+        // Valid frames, then damaged: flipped bytes, cut short, extended.
+        let mut r = Rng(0x1234_5678_9abc_def1);
+        let mut checked = 0;
+        for _ in 0..20_000 {
+            let payload = r.bytes();
+            let mut frame = random_message(&mut r, &payload).to_vec();
+            match r.next() % 4 {
+                0 => {
+                    let i = (r.next() as usize) % frame.len();
+                    frame[i] = r.next() as u8;
+                }
+                1 => frame.truncate((r.next() as usize) % frame.len()),
+                2 => frame.push(r.next() as u8),
+                _ => {
+                    let i = (r.next() as usize) % frame.len();
+                    frame[i] ^= 0x80;
+                }
+            }
+            let ours = decode(&frame);
+            let reference = reference_decode(&frame);
+            match (&ours, &reference) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "frame {frame:?}"),
+                (Err(_), Err(_)) => {}
+                // Stricter by design: facet-postcard ignores bytes after the
+                // value, the codec refuses a frame that holds more than one
+                // message.
+                (Err(e), Ok(_)) if e.contains("left over") => {}
+                // Stricter by design: facet-postcard 0.46 drops the high bits
+                // of a varint too large for its type; the codec refuses it.
+                (Err(e), Ok(_)) if e.contains("overflows") => {}
+                _ => panic!("the codec and facet-postcard disagree on {frame:?}: {ours:?} vs {reference:?}"),
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 20_000);
     }
 }

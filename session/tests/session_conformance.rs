@@ -111,6 +111,8 @@ service! {
         async fn sum(&self, input: Rx<u64>) -> Result<u64, CalcError>;
         /// Returns a new channel on which it sends `0..count`.
         async fn numbers(&self, count: u32) -> Result<Rx<u32>, CalcError>;
+        /// Panics, at once or after waiting once.
+        async fn explode(&self, after_waiting: bool) -> Result<u32, CalcError>;
     }
 }
 
@@ -184,6 +186,12 @@ impl Calculator for Arc<Calc> {
             let _ = tx.close().await;
         });
         Ok(rx)
+    }
+    async fn explode(&self, after_waiting: bool) -> Result<u32, CalcError> {
+        if after_waiting {
+            tokio::task::yield_now().await;
+        }
+        panic!("the handler explodes (after waiting: {after_waiting})")
     }
 }
 
@@ -275,6 +283,19 @@ async fn calls_return_values<F: Factory>(f: F) {
     for i in 0..200 {
         assert_eq!(calc.add(i, i).await.unwrap(), 2 * i);
     }
+}
+
+async fn a_panicking_handler_fails_only_its_call<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    for after_waiting in [false, true] {
+        match bounded("explode", calc.explode(after_waiting)).await {
+            Err(CallError::Internal { detail }) => assert!(detail.contains("panicked"), "{detail}"),
+            other => panic!("expected an internal error, got {other:?}"),
+        }
+        assert_eq!(calc.add(1, 2).await.unwrap(), 3, "the session keeps serving");
+    }
+    assert!(p.client.ended().is_none());
 }
 
 async fn user_errors_are_distinct_from_protocol_errors<F: Factory>(f: F) {
@@ -884,9 +905,10 @@ async fn credit_overrun_and_data_after_close_are_violations<F: Factory>(f: F) {
 
 async fn a_peer_that_never_reads_its_answers_is_cut_off<F: Factory>(f: F) {
     let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
-    // Ping forever without reading a single pong.
+    // Ping forever without reading a single pong (a socket buffers
+    // megabytes of pongs before the server's queue starts to grow).
     let flood = tokio::spawn(async move {
-        for nonce in 0..1_000_000u64 {
+        for nonce in 0..u64::MAX {
             let bytes = wire::encode(&Message::Ping { nonce }).unwrap();
             let mut p = match raw.tx.reserve(bytes.len()).await {
                 Ok(p) => p,
@@ -1028,6 +1050,7 @@ macro_rules! conformance {
             use super::*;
             conformance!(@tests $factory;
                 calls_return_values,
+                a_panicking_handler_fails_only_its_call,
                 user_errors_are_distinct_from_protocol_errors,
                 unknown_methods_and_invalid_payloads,
                 both_peers_serve_and_call,
@@ -1131,4 +1154,48 @@ async fn shm_two_live_channels_on_one_table_entry_is_a_violation() {
         .await;
     }
     expect_violation(&mut raw, &server, "channel.table-index-free").await;
+}
+
+/// A peer that breaks the stream link's framing (a length prefix past the
+/// limit) ends the session with a violation naming the link's rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_frame_length_is_a_violation_of_the_link_rule() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut raw, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let server = tokio::spawn(
+        SessionBuilder::new()
+            .serve(CalculatorDispatcher::new(Arc::new(Calc::default())))
+            .accept(StreamLink::unix(theirs, 1 << 20)),
+    );
+    let hello = wire::encode(&Message::Hello {
+        version: PROTOCOL_VERSION,
+        settings: Settings::default(),
+    })
+    .unwrap();
+    raw.write_all(&(hello.len() as u32).to_le_bytes()).await.unwrap();
+    raw.write_all(&hello).await.unwrap();
+    let mut len = [0u8; 4];
+    raw.read_exact(&mut len).await.unwrap();
+    let mut answer = vec![0; u32::from_le_bytes(len) as usize];
+    raw.read_exact(&mut answer).await.unwrap();
+    assert!(matches!(
+        wire::decode(&answer).unwrap(),
+        Message::HelloYourself { .. }
+    ));
+    let server = bounded("the handshake", server).await.unwrap().unwrap();
+    raw.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    match bounded("the session's end", server.closed()).await {
+        SessionError::Violation { rule, detail } => {
+            assert_eq!(rule, "stream.length-in-bounds", "{detail}");
+        }
+        e => panic!("expected a violation of stream.length-in-bounds, got {e}"),
+    }
+    // The peer is told which rule it broke.
+    raw.read_exact(&mut len).await.unwrap();
+    let mut told = vec![0; u32::from_le_bytes(len) as usize];
+    raw.read_exact(&mut told).await.unwrap();
+    match wire::decode(&told).unwrap() {
+        Message::ProtocolError { rule, .. } => assert_eq!(rule, "stream.length-in-bounds"),
+        m => panic!("expected a ProtocolError, got {m:?}"),
+    }
 }

@@ -8,12 +8,20 @@
 //! - [`HostDirectory`] is a service a host exposes to its cells.
 //! - [`Relay`] is what `relay-cell` (`src/bin/relay-cell.rs`) serves: it
 //!   calls other cells through the host.
+//! - [`fuzz`] holds the bodies of the fuzz targets (`fuzz/`), which the
+//!   stable test `tests/fuzz.rs` runs over the committed seed corpus.
+//! - [`hostile`] names the ways `hostile-cell` (`src/bin/hostile-cell.rs`)
+//!   misbehaves after its handshake, and what the host must conclude.
 //!
 //! The tests themselves are in `tests/`: `host.rs` (spawning, calls, streams,
-//! cancellation, death, restart, logs, bootstrap, many cells) and
-//! `sandbox.rs` (escape attempts).
+//! cancellation, death, restart, logs, bootstrap, many cells),
+//! `sandbox.rs` (escape attempts), `chaos.rs` (cells killed at random under
+//! load), `hostile.rs` (cells that scribble over their segment or lie).
 
 use osmos_session::{Rx, Tx, service};
+
+pub mod fuzz;
+pub mod hostile;
 
 service! {
     /// What the `test-cell` binary serves.

@@ -75,6 +75,8 @@ const ATTEMPTS: &[&str] = &[
     "read_kernel_log",
     "clone_new_user_namespace",
     "clone3_new_user_namespace",
+    "setgid_other_group",
+    "setuid_other_user",
     "unshare_user_namespace",
     "exec_shell",
 ];
@@ -375,6 +377,8 @@ fn sysctl(path: &str) -> Option<i64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
 const CAP_SYS_MODULE: u32 = 16;
 const CAP_NET_RAW: u32 = 13;
 const CAP_SYS_PTRACE: u32 = 19;
@@ -395,6 +399,8 @@ fn machine_permits(attempt: &str) -> Result<(), String> {
         "raw_packet_socket" => why(has_cap(CAP_NET_RAW), "no CAP_NET_RAW"),
         "ptrace_parent" | "pidfd_getfd_parent" => why(ptrace_ok, "Yama restricts ptrace"),
         "raise_rlimit" => why(has_cap(CAP_SYS_RESOURCE), "no CAP_SYS_RESOURCE"),
+        "setuid_other_user" => why(has_cap(CAP_SETUID), "no CAP_SETUID"),
+        "setgid_other_group" => why(has_cap(CAP_SETGID), "no CAP_SETGID"),
         "fork_bomb" => why(root || nproc_unlimited(), "RLIMIT_NPROC applies"),
         "mount_tmpfs" => why(has_cap(CAP_SYS_ADMIN), "no CAP_SYS_ADMIN"),
         // /dev/null is no module: unsandboxed the kernel answers, but never

@@ -8,7 +8,9 @@
 //! - `--quick`: under a minute (fewer iterations, 1 s of idle, 16 cells
 //!   instead of 64);
 //! - `--json PATH`: also write `{"machine": {...}, "results": [...]}`;
-//! - `--unpinned-only` / `--pinned-only`: run one of the two passes.
+//! - `--unpinned-only` / `--pinned-only`: run one of the two passes;
+//! - `--only PATTERN`: run only the cases whose name contains PATTERN (the
+//!   floors always run, for the ratios).
 //!
 //! The pinned pass is this program re-executed with a private `--pinned-pass
 //! ROWS` argument: it pins itself to CPU 0 before starting any thread, so its
@@ -31,6 +33,7 @@ struct Options {
     pinned_pass: Option<PathBuf>,
     unpinned: bool,
     pinned: bool,
+    only: Option<&'static str>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -40,6 +43,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         pinned_pass: None,
         unpinned: true,
         pinned: true,
+        only: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -47,11 +51,17 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--quick" => o.quick = true,
             "--json" => o.json = Some(it.next().ok_or("--json needs a path")?.into()),
             "--pinned-pass" => o.pinned_pass = Some(it.next().ok_or("--pinned-pass needs a path")?.into()),
+            "--only" => {
+                let pattern = it.next().ok_or("--only needs a pattern, e.g. --only echo_")?;
+                // Lives for the whole run.
+                o.only = Some(Box::leak(pattern.clone().into_boxed_str()));
+            }
             "--unpinned-only" => o.pinned = false,
             "--pinned-only" => o.unpinned = false,
             "-h" | "--help" => {
                 return Err(
-                    "usage: osmos-bench [--quick] [--json PATH] [--unpinned-only | --pinned-only]".into(),
+                    "usage: osmos-bench [--quick] [--json PATH] [--unpinned-only | --pinned-only] [--only PATTERN]"
+                        .into(),
                 );
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -102,25 +112,33 @@ fn pass(p: Params, errors: &mut Vec<String>) -> Vec<Row> {
         }
     };
     rt.block_on(async {
-        eprintln!("  add over memory and unix");
-        match cases::in_process(&p, &floors).await {
-            Ok(r) => rows.extend(r),
-            Err(e) => errors.push(format!("{label}: in-process links: {e}")),
+        if p.wants_any(&["add_rtt/memory", "add_rtt/unix"]) {
+            eprintln!("  add over memory and unix");
+            match cases::in_process(&p, &floors).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => errors.push(format!("{label}: in-process links: {e}")),
+            }
         }
-        eprintln!("  one cell: idle, add, echo, stream, concurrency");
-        match cases::one_cell(&p, &floors).await {
-            Ok(r) => rows.extend(r),
-            Err(e) => errors.push(format!("{label}: one-cell cases: {e}")),
+        if p.wants_any(cases::ONE_CELL) {
+            eprintln!("  one cell: idle, add, echo, stream, concurrency");
+            match cases::one_cell(&p, &floors).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => errors.push(format!("{label}: one-cell cases: {e}")),
+            }
         }
-        eprintln!("  many cells");
-        match cases::many_cells(&p).await {
-            Ok(r) => rows.extend(r),
-            Err(e) => errors.push(format!("{label}: many cells: {e}")),
+        if p.wants("cells_") {
+            eprintln!("  many cells");
+            match cases::many_cells(&p).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => errors.push(format!("{label}: many cells: {e}")),
+            }
         }
-        eprintln!("  spawn and kill");
-        match cases::spawn_and_kill(&p).await {
-            Ok(r) => rows.extend(r),
-            Err(e) => errors.push(format!("{label}: spawn/kill: {e}")),
+        if p.wants_any(&["spawn_reply/shm", "kill_error/shm"]) {
+            eprintln!("  spawn and kill");
+            match cases::spawn_and_kill(&p).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => errors.push(format!("{label}: spawn/kill: {e}")),
+            }
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -129,7 +147,7 @@ fn pass(p: Params, errors: &mut Vec<String>) -> Vec<Row> {
 }
 
 /// Runs the pinned pass in a fresh copy of this program and reads its rows.
-fn pinned_child(quick: bool, errors: &mut Vec<String>) -> Vec<Row> {
+fn pinned_child(quick: bool, only: Option<&str>, errors: &mut Vec<String>) -> Vec<Row> {
     let path = std::env::temp_dir().join(format!("osmos-bench-pinned-{}.rows", std::process::id()));
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -142,6 +160,9 @@ fn pinned_child(quick: bool, errors: &mut Vec<String>) -> Vec<Row> {
     cmd.arg("--pinned-pass").arg(&path);
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(o) = only {
+        cmd.arg("--only").arg(o);
     }
     match cmd.status() {
         Ok(s) if s.success() => {}
@@ -181,6 +202,7 @@ fn main() -> ExitCode {
             Params {
                 quick: opts.quick,
                 pinned: true,
+                only: opts.only,
             },
             &mut errors,
         );
@@ -206,12 +228,13 @@ fn main() -> ExitCode {
             Params {
                 quick: opts.quick,
                 pinned: false,
+                only: opts.only,
             },
             &mut errors,
         ));
     }
     if opts.pinned {
-        rows.extend(pinned_child(opts.quick, &mut errors));
+        rows.extend(pinned_child(opts.quick, opts.only, &mut errors));
     }
 
     println!(

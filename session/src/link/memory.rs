@@ -192,6 +192,26 @@ impl LinkTx for MemoryTx {
         })
     }
 
+    /// Sends at once when the direction has a free slot.
+    fn try_send_now(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<bool, LinkError> {
+        if len > self.max_frame {
+            return Err(LinkError::FrameTooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let sender = self.sender.as_ref().ok_or(LinkError::Closed)?;
+        let slot = match sender.try_reserve() {
+            Ok(slot) => slot,
+            Err(mpsc::error::TrySendError::Full(())) => return Ok(false),
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(LinkError::Closed),
+        };
+        let mut buf = self.free.take(len);
+        fill(&mut buf);
+        slot.send(buf);
+        Ok(true)
+    }
+
     /// Drops the sender: the peer receives the frames already committed, then
     /// `Ok(None)`. Closing twice is harmless.
     async fn close(&mut self) -> Result<(), LinkError> {

@@ -17,6 +17,8 @@
 //!   a commit future dropped midway, never leaves part of a frame for the peer.
 //! - Backpressure may surface in `reserve` (memory, shm) or in `commit`
 //!   (streams, once the socket buffer is full); callers treat both as waits.
+//! - [`LinkTx::try_send_now`] sends a frame without waiting when there is
+//!   room (memory, shm), and otherwise sends nothing.
 //! - A clean close and a vanished peer may look alike (`Ok(None)`); the
 //!   session's `Goodbye` tells them apart.
 //!
@@ -139,6 +141,22 @@ pub trait LinkTx: Send + 'static {
     /// Fails with [`LinkError::FrameTooLarge`] if `len` exceeds
     /// [`Link::max_frame`], and with the link's error if it broke.
     fn reserve(&mut self, len: usize) -> impl Future<Output = Result<Self::Permit<'_>, LinkError>> + Send;
+
+    /// Sends a frame of `len` bytes at once if that needs no waiting: calls
+    /// `fill` with the frame's buffer (exactly `len` bytes, arbitrary
+    /// contents: write all of them), then commits it, and returns `Ok(true)`.
+    /// Returns `Ok(false)` without calling `fill` when the link would have to
+    /// wait (no room, or a link that only sends asynchronously); the caller
+    /// then uses [`reserve`](LinkTx::reserve). Errors are those of `reserve`
+    /// and `commit`.
+    ///
+    /// This is the hot path of a session: a call or response that fits is
+    /// sent from the task that made it, with no task switch and no
+    /// allocation. The default sends nothing now.
+    fn try_send_now(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<bool, LinkError> {
+        let _ = (len, fill);
+        Ok(false)
+    }
 
     /// Sends everything committed so far and closes this direction; the peer's
     /// next receive returns `Ok(None)` once it has read the earlier frames.

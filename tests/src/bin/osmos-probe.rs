@@ -18,9 +18,10 @@
 //! - `abstract=<name>`: an abstract unix socket listener;
 //! - `mount=<dir>`: an empty directory to mount a tmpfs on (unmounted at once).
 //!
-//! The attempts that change the probe itself come last: creating a user
-//! namespace, then replacing itself with `/bin/sh` (which prints
-//! `attempt exec_shell allowed` if that works).
+//! The attempts that change the probe itself come last: taking another
+//! group and user id (root's if it is not root, `nobody`'s if it is),
+//! creating a user namespace, then replacing itself with `/bin/sh` (which
+//! prints `attempt exec_shell allowed` if that works).
 //!
 //! `osmos-probe wait` prints `ready pid=<pid> ppid=<ppid> pdeathsig=<n>`,
 //! then answers each `ping` line on stdin with `pong` until end of input.
@@ -213,6 +214,11 @@ fn escape(args: &[String]) {
     report("clone_new_user_namespace", clone_newuser());
     report("clone3_new_user_namespace", clone3_newuser());
     // These change the probe itself: last.
+    report(
+        "setgid_other_group",
+        set_ids(libc::SYS_setresgid, unsafe_getgid()),
+    );
+    report("setuid_other_user", set_ids(libc::SYS_setresuid, unsafe_getuid()));
     // SAFETY: unshare takes an integer argument.
     report(
         "unshare_user_namespace",
@@ -612,6 +618,26 @@ fn clone3_newuser() -> Result<String, i32> {
     }
     reap(pid);
     Ok(String::new())
+}
+
+fn unsafe_getuid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+fn unsafe_getgid() -> u32 {
+    // SAFETY: getgid cannot fail.
+    unsafe { libc::getgid() }
+}
+
+/// Sets the real, effective and saved ids with `setresuid`/`setresgid`
+/// (`syscall`) to another id than `current`: root's (0) when not root, else
+/// `nobody`'s (65534).
+fn set_ids(syscall: c_long, current: u32) -> Result<String, i32> {
+    let target: u32 = if current == 0 { 65534 } else { 0 };
+    // SAFETY: integer arguments only; the probe is single-threaded, so the
+    // raw call changes the whole process.
+    sys(unsafe { libc::syscall(syscall, target, target, target) }).map(|_| format!("{current} -> {target}"))
 }
 
 fn exec_shell() {

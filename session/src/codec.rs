@@ -1,0 +1,532 @@
+//! The envelope codec: [`Message`] to and from bytes without reflection.
+//!
+//! Every message is a facet type, and its bytes are exactly what
+//! facet-postcard makes of it (the tests in `wire.rs` check every variant,
+//! and random frames, against facet-postcard). facet-postcard walks a value
+//! through reflection, which costs one to two microseconds per envelope; this
+//! module writes and reads the same postcard bytes directly, so the hot path
+//! (a call, its response, a channel item) spends tens of nanoseconds on its
+//! envelope.
+//!
+//! Postcard, as used here: unsigned integers are LEB128 varints (7 bits per
+//! byte, least significant group first, high bit set on all but the last);
+//! an enum is its variant index as a varint followed by its fields; a struct
+//! is its fields in order; strings, byte slices and vectors are a varint
+//! length followed by their contents.
+//!
+//! Decoding borrows byte payloads from the frame and never trusts a length:
+//! every count is checked against the bytes that remain before anything is
+//! allocated, and a frame must be consumed exactly.
+
+use crate::wire::Message;
+use crate::wire::{MetaEntry, MetaValue, Metadata, Outcome, Settings};
+
+/// Bytes a varint of `v` takes.
+const fn varint_len(v: u64) -> usize {
+    // 1 byte per started group of 7 bits; zero takes one byte.
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+fn bytes_len(b: &[u8]) -> usize {
+    varint_len(b.len() as u64) + b.len()
+}
+
+fn metadata_len(m: &Metadata) -> usize {
+    varint_len(m.len() as u64)
+        + m.iter()
+            .map(|e| {
+                bytes_len(e.key.as_bytes())
+                    + 1
+                    + match &e.value {
+                        MetaValue::Str(s) => bytes_len(s.as_bytes()),
+                        MetaValue::Bytes(b) => bytes_len(b),
+                        MetaValue::U64(n) => varint_len(*n),
+                    }
+            })
+            .sum::<usize>()
+}
+
+fn ids_len(ids: &[u64]) -> usize {
+    varint_len(ids.len() as u64) + ids.iter().map(|&i| varint_len(i)).sum::<usize>()
+}
+
+fn settings_len(s: &Settings) -> usize {
+    varint_len(s.max_payload.into())
+        + varint_len(s.initial_credit.into())
+        + varint_len(s.max_concurrent_requests.into())
+}
+
+/// The variant index of each message, as postcard writes it.
+fn index(m: &Message<'_>) -> u8 {
+    match m {
+        Message::Hello { .. } => 0,
+        Message::HelloYourself { .. } => 1,
+        Message::ProtocolError { .. } => 2,
+        Message::Goodbye { .. } => 3,
+        Message::Ping { .. } => 4,
+        Message::Pong { .. } => 5,
+        Message::ConnectionOpen { .. } => 6,
+        Message::ConnectionAccept { .. } => 7,
+        Message::ConnectionReject { .. } => 8,
+        Message::ConnectionClose { .. } => 9,
+        Message::Call { .. } => 10,
+        Message::Response { .. } => 11,
+        Message::Cancel { .. } => 12,
+        Message::Item { .. } => 13,
+        Message::Close { .. } => 14,
+        Message::Reset { .. } => 15,
+        Message::GrantCredit { .. } => 16,
+    }
+}
+
+/// The encoded size of `m`, in bytes.
+pub(crate) fn encoded_len(m: &Message<'_>) -> usize {
+    1 + match m {
+        Message::Hello { version, settings } | Message::HelloYourself { version, settings } => {
+            varint_len((*version).into()) + settings_len(settings)
+        }
+        Message::ProtocolError { rule, detail } => bytes_len(rule.as_bytes()) + bytes_len(detail.as_bytes()),
+        Message::Goodbye { reason } => bytes_len(reason.as_bytes()),
+        Message::Ping { nonce } | Message::Pong { nonce } => varint_len(*nonce),
+        Message::ConnectionOpen { conn, metadata } | Message::ConnectionAccept { conn, metadata } => {
+            varint_len(*conn) + metadata_len(metadata)
+        }
+        Message::ConnectionReject { conn, reason } | Message::ConnectionClose { conn, reason } => {
+            varint_len(*conn) + bytes_len(reason.as_bytes())
+        }
+        Message::Call {
+            conn,
+            request,
+            method,
+            metadata,
+            channels,
+            args,
+        } => {
+            varint_len(*conn)
+                + varint_len(*request)
+                + varint_len(*method)
+                + metadata_len(metadata)
+                + ids_len(channels)
+                + bytes_len(args)
+        }
+        Message::Response {
+            conn,
+            request,
+            metadata,
+            channels,
+            outcome,
+        } => {
+            varint_len(*conn)
+                + varint_len(*request)
+                + metadata_len(metadata)
+                + ids_len(channels)
+                + 1
+                + match outcome {
+                    Outcome::Ok(b) | Outcome::UserError(b) => bytes_len(b),
+                    Outcome::UnknownMethod | Outcome::Cancelled => 0,
+                    Outcome::InvalidPayload(s) | Outcome::Internal(s) => bytes_len(s.as_bytes()),
+                }
+        }
+        Message::Cancel { conn, request } => varint_len(*conn) + varint_len(*request),
+        Message::Item { channel, payload } => varint_len(*channel) + bytes_len(payload),
+        Message::Close { channel } => varint_len(*channel),
+        Message::Reset { channel, reason } => varint_len(*channel) + bytes_len(reason.as_bytes()),
+        Message::GrantCredit { channel, bytes } => varint_len(*channel) + varint_len((*bytes).into()),
+    }
+}
+
+/// Writes into a buffer sized by [`encoded_len`].
+struct Writer<'b> {
+    buf: &'b mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf[self.at] = (v as u8) | 0x80;
+            self.at += 1;
+            v >>= 7;
+        }
+        self.buf[self.at] = v as u8;
+        self.at += 1;
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.varint(b.len() as u64);
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
+
+    fn metadata(&mut self, m: &Metadata) {
+        self.varint(m.len() as u64);
+        for e in m {
+            self.bytes(e.key.as_bytes());
+            match &e.value {
+                MetaValue::Str(s) => {
+                    self.varint(0);
+                    self.bytes(s.as_bytes());
+                }
+                MetaValue::Bytes(b) => {
+                    self.varint(1);
+                    self.bytes(b);
+                }
+                MetaValue::U64(n) => {
+                    self.varint(2);
+                    self.varint(*n);
+                }
+            }
+        }
+    }
+
+    fn ids(&mut self, ids: &[u64]) {
+        self.varint(ids.len() as u64);
+        for &i in ids {
+            self.varint(i);
+        }
+    }
+
+    fn settings(&mut self, s: &Settings) {
+        self.varint(s.max_payload.into());
+        self.varint(s.initial_credit.into());
+        self.varint(s.max_concurrent_requests.into());
+    }
+}
+
+/// Writes `m` into `buf`, which must be exactly [`encoded_len`] bytes.
+///
+/// # Panics
+/// If `buf` is shorter than [`encoded_len`] (a bug of the caller's).
+pub(crate) fn write(m: &Message<'_>, buf: &mut [u8]) -> usize {
+    let mut w = Writer { buf, at: 0 };
+    w.varint(index(m).into());
+    match m {
+        Message::Hello { version, settings } | Message::HelloYourself { version, settings } => {
+            w.varint((*version).into());
+            w.settings(settings);
+        }
+        Message::ProtocolError { rule, detail } => {
+            w.bytes(rule.as_bytes());
+            w.bytes(detail.as_bytes());
+        }
+        Message::Goodbye { reason } => w.bytes(reason.as_bytes()),
+        Message::Ping { nonce } | Message::Pong { nonce } => w.varint(*nonce),
+        Message::ConnectionOpen { conn, metadata } | Message::ConnectionAccept { conn, metadata } => {
+            w.varint(*conn);
+            w.metadata(metadata);
+        }
+        Message::ConnectionReject { conn, reason } | Message::ConnectionClose { conn, reason } => {
+            w.varint(*conn);
+            w.bytes(reason.as_bytes());
+        }
+        Message::Call {
+            conn,
+            request,
+            method,
+            metadata,
+            channels,
+            args,
+        } => {
+            w.varint(*conn);
+            w.varint(*request);
+            w.varint(*method);
+            w.metadata(metadata);
+            w.ids(channels);
+            w.bytes(args);
+        }
+        Message::Response {
+            conn,
+            request,
+            metadata,
+            channels,
+            outcome,
+        } => {
+            w.varint(*conn);
+            w.varint(*request);
+            w.metadata(metadata);
+            w.ids(channels);
+            match outcome {
+                Outcome::Ok(b) => {
+                    w.varint(0);
+                    w.bytes(b);
+                }
+                Outcome::UserError(b) => {
+                    w.varint(1);
+                    w.bytes(b);
+                }
+                Outcome::UnknownMethod => w.varint(2),
+                Outcome::InvalidPayload(s) => {
+                    w.varint(3);
+                    w.bytes(s.as_bytes());
+                }
+                Outcome::Cancelled => w.varint(4),
+                Outcome::Internal(s) => {
+                    w.varint(5);
+                    w.bytes(s.as_bytes());
+                }
+            }
+        }
+        Message::Cancel { conn, request } => {
+            w.varint(*conn);
+            w.varint(*request);
+        }
+        Message::Item { channel, payload } => {
+            w.varint(*channel);
+            w.bytes(payload);
+        }
+        Message::Close { channel } => w.varint(*channel),
+        Message::Reset { channel, reason } => {
+            w.varint(*channel);
+            w.bytes(reason.as_bytes());
+        }
+        Message::GrantCredit { channel, bytes } => {
+            w.varint(*channel);
+            w.varint((*bytes).into());
+        }
+    }
+    w.at
+}
+
+/// Encodes `m` into a new vector.
+pub(crate) fn to_vec(m: &Message<'_>) -> Vec<u8> {
+    let mut v = vec![0; encoded_len(m)];
+    let n = write(m, &mut v);
+    debug_assert_eq!(n, v.len());
+    v
+}
+
+/// Why a frame did not decode: what was being read, and at which byte.
+#[derive(Debug)]
+pub(crate) struct DecodeError {
+    what: &'static str,
+    at: usize,
+    problem: &'static str,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}: {}", self.what, self.at, self.problem)
+    }
+}
+
+/// Reads a frame front to back.
+struct Reader<'a> {
+    frame: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn fail<T>(&self, what: &'static str, problem: &'static str) -> Result<T, DecodeError> {
+        Err(DecodeError {
+            what,
+            at: self.at,
+            problem,
+        })
+    }
+
+    fn varint(&mut self, what: &'static str, max_bytes: usize) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for i in 0..max_bytes {
+            let Some(&b) = self.frame.get(self.at) else {
+                return self.fail(what, "the frame ends inside a number");
+            };
+            self.at += 1;
+            let group = u64::from(b & 0x7f);
+            if i == 9 && group > 1 {
+                return self.fail(what, "the number overflows 64 bits");
+            }
+            v |= group << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        self.fail(what, "the number overflows its type (too many bytes)")
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        self.varint(what, 10)
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        let start = self.at;
+        let v = self.varint(what, 5)?;
+        u32::try_from(v).map_err(|_| DecodeError {
+            what,
+            at: start,
+            problem: "the number overflows 32 bits",
+        })
+    }
+
+    fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let len = self.u64(what)?;
+        let left = (self.frame.len() - self.at) as u64;
+        if len > left {
+            return self.fail(what, "its length runs past the end of the frame");
+        }
+        let b = &self.frame[self.at..self.at + len as usize];
+        self.at += len as usize;
+        Ok(b)
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
+        let start = self.at;
+        let b = self.bytes(what)?;
+        match std::str::from_utf8(b) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(_) => Err(DecodeError {
+                what,
+                at: start,
+                problem: "it is not valid UTF-8",
+            }),
+        }
+    }
+
+    /// A count of items at least `min_item` bytes each: never more than the
+    /// bytes left could hold.
+    fn count(&mut self, what: &'static str, min_item: usize) -> Result<usize, DecodeError> {
+        let n = self.u64(what)?;
+        let left = (self.frame.len() - self.at) as u64;
+        if n.saturating_mul(min_item as u64) > left {
+            return self.fail(what, "it counts more items than the frame holds");
+        }
+        Ok(n as usize)
+    }
+
+    fn metadata(&mut self) -> Result<Metadata, DecodeError> {
+        // An entry is at least a key length, a tag and a value byte.
+        let n = self.count("metadata", 3)?;
+        let mut m = Vec::with_capacity(n);
+        for _ in 0..n {
+            let key = self.string("metadata key")?;
+            let value = match self.u32("metadata value kind")? {
+                0 => MetaValue::Str(self.string("metadata string")?),
+                1 => MetaValue::Bytes(self.bytes("metadata bytes")?.to_vec()),
+                2 => MetaValue::U64(self.u64("metadata number")?),
+                _ => return self.fail("metadata value kind", "no such kind (0..=2)"),
+            };
+            m.push(MetaEntry { key, value });
+        }
+        Ok(m)
+    }
+
+    fn ids(&mut self) -> Result<Vec<u64>, DecodeError> {
+        let n = self.count("channel list", 1)?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(self.u64("channel id")?);
+        }
+        Ok(v)
+    }
+
+    fn settings(&mut self) -> Result<Settings, DecodeError> {
+        Ok(Settings {
+            max_payload: self.u32("max_payload")?,
+            initial_credit: self.u32("initial_credit")?,
+            max_concurrent_requests: self.u32("max_concurrent_requests")?,
+        })
+    }
+
+    fn outcome(&mut self) -> Result<Outcome<'a>, DecodeError> {
+        Ok(match self.u32("outcome")? {
+            0 => Outcome::Ok(self.bytes("result")?),
+            1 => Outcome::UserError(self.bytes("user error")?),
+            2 => Outcome::UnknownMethod,
+            3 => Outcome::InvalidPayload(self.string("invalid payload detail")?),
+            4 => Outcome::Cancelled,
+            5 => Outcome::Internal(self.string("internal error detail")?),
+            _ => return self.fail("outcome", "no such outcome (0..=5)"),
+        })
+    }
+}
+
+/// Decodes one frame, borrowing byte payloads from it.
+pub(crate) fn decode(frame: &[u8]) -> Result<Message<'_>, DecodeError> {
+    let mut r = Reader { frame, at: 0 };
+    let kind = r.u32("message kind")?;
+    let m = match kind {
+        0 | 1 => {
+            let version = r.u32("version")?;
+            let settings = r.settings()?;
+            if kind == 0 {
+                Message::Hello { version, settings }
+            } else {
+                Message::HelloYourself { version, settings }
+            }
+        }
+        2 => Message::ProtocolError {
+            rule: r.string("rule")?,
+            detail: r.string("detail")?,
+        },
+        3 => Message::Goodbye {
+            reason: r.string("reason")?,
+        },
+        4 => Message::Ping {
+            nonce: r.u64("nonce")?,
+        },
+        5 => Message::Pong {
+            nonce: r.u64("nonce")?,
+        },
+        6 => Message::ConnectionOpen {
+            conn: r.u64("connection id")?,
+            metadata: r.metadata()?,
+        },
+        7 => Message::ConnectionAccept {
+            conn: r.u64("connection id")?,
+            metadata: r.metadata()?,
+        },
+        8 => Message::ConnectionReject {
+            conn: r.u64("connection id")?,
+            reason: r.string("reason")?,
+        },
+        9 => Message::ConnectionClose {
+            conn: r.u64("connection id")?,
+            reason: r.string("reason")?,
+        },
+        10 => Message::Call {
+            conn: r.u64("connection id")?,
+            request: r.u64("request id")?,
+            method: r.u64("method id")?,
+            metadata: r.metadata()?,
+            channels: r.ids()?,
+            args: r.bytes("arguments")?,
+        },
+        11 => Message::Response {
+            conn: r.u64("connection id")?,
+            request: r.u64("request id")?,
+            metadata: r.metadata()?,
+            channels: r.ids()?,
+            outcome: r.outcome()?,
+        },
+        12 => Message::Cancel {
+            conn: r.u64("connection id")?,
+            request: r.u64("request id")?,
+        },
+        13 => Message::Item {
+            channel: r.u64("channel id")?,
+            payload: r.bytes("item")?,
+        },
+        14 => Message::Close {
+            channel: r.u64("channel id")?,
+        },
+        15 => Message::Reset {
+            channel: r.u64("channel id")?,
+            reason: r.string("reason")?,
+        },
+        16 => Message::GrantCredit {
+            channel: r.u64("channel id")?,
+            bytes: r.u32("credit")?,
+        },
+        _ => {
+            return Err(DecodeError {
+                what: "message kind",
+                at: 0,
+                problem: "the kind is out of range (there are 17 kinds, 0..=16)",
+            });
+        }
+    };
+    if r.at != frame.len() {
+        return r.fail("frame", "bytes are left over after the message");
+    }
+    Ok(m)
+}

@@ -1,0 +1,397 @@
+//! Direct postcard codecs for the most common value types.
+//!
+//! Arguments, results and channel items are facet values encoded with
+//! facet-postcard, which walks them by reflection: a fraction of a
+//! microsecond even for a `u32`. A stream of small items spends most of its
+//! time there. For a handful of types (integers, `bool`, `String`,
+//! `Vec<u8>`), and tuples of them (a service's argument lists), this module
+//! writes and reads the same bytes directly, recognizing the types by their
+//! facet shape ids and finding tuple elements at the offsets facet records;
+//! every other type goes through facet-postcard. The tests check both ways
+//! against facet-postcard.
+
+use facet::Facet;
+
+/// One of the types with a direct codec.
+#[derive(Clone, Copy)]
+enum Kind {
+    Bool,
+    U8,
+    U16,
+    U32,
+    U64,
+    I16,
+    I32,
+    I64,
+    String,
+    Bytes,
+}
+
+fn kind_of(shape: &facet::Shape) -> Option<Kind> {
+    let id = shape.id;
+    let is = |s: &facet::Shape| s.id == id;
+    Some(if is(bool::SHAPE) {
+        Kind::Bool
+    } else if is(u8::SHAPE) {
+        Kind::U8
+    } else if is(u16::SHAPE) {
+        Kind::U16
+    } else if is(u32::SHAPE) {
+        Kind::U32
+    } else if is(u64::SHAPE) {
+        Kind::U64
+    } else if is(i16::SHAPE) {
+        Kind::I16
+    } else if is(i32::SHAPE) {
+        Kind::I32
+    } else if is(i64::SHAPE) {
+        Kind::I64
+    } else if is(String::SHAPE) {
+        Kind::String
+    } else if is(<Vec<u8>>::SHAPE) {
+        Kind::Bytes
+    } else {
+        return None;
+    })
+}
+
+/// Most elements of a tuple with a direct codec.
+const MAX_FIELDS: usize = 8;
+
+/// How a type is encoded directly: one value, or a tuple of them (a
+/// service's argument list) as `(kind, offset)` per element in order.
+enum Plan {
+    One(Kind),
+    Tuple([(Kind, usize); MAX_FIELDS], usize),
+}
+
+fn plan<'f, T: Facet<'f>>() -> Option<Plan> {
+    if let Some(k) = kind_of(T::SHAPE) {
+        return Some(Plan::One(k));
+    }
+    let facet::Type::User(facet::UserType::Struct(st)) = T::SHAPE.ty else {
+        return None;
+    };
+    if st.kind != facet::StructKind::Tuple || st.fields.len() > MAX_FIELDS {
+        return None;
+    }
+    let mut fields = [(Kind::Bool, 0); MAX_FIELDS];
+    for (slot, f) in fields.iter_mut().zip(st.fields) {
+        *slot = (kind_of(f.shape.get())?, f.offset);
+    }
+    Some(Plan::Tuple(fields, st.fields.len()))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Appends the value of `kind` at `ptr`.
+///
+/// # Safety
+/// `ptr` points to a live value of the type `kind` stands for.
+unsafe fn put(out: &mut Vec<u8>, kind: Kind, ptr: *const u8) {
+    // SAFETY: per the caller, `ptr` points to a value of this kind's type.
+    unsafe {
+        match kind {
+            Kind::Bool => out.push(u8::from(*ptr.cast::<bool>())),
+            Kind::U8 => out.push(*ptr),
+            Kind::U16 => put_varint(out, (*ptr.cast::<u16>()).into()),
+            Kind::U32 => put_varint(out, (*ptr.cast::<u32>()).into()),
+            Kind::U64 => put_varint(out, *ptr.cast::<u64>()),
+            Kind::I16 => put_varint(out, zigzag((*ptr.cast::<i16>()).into())),
+            Kind::I32 => put_varint(out, zigzag((*ptr.cast::<i32>()).into())),
+            Kind::I64 => put_varint(out, zigzag(*ptr.cast::<i64>())),
+            Kind::String => {
+                let s = &*ptr.cast::<String>();
+                out.reserve(10 + s.len());
+                put_varint(out, s.len() as u64);
+                out.extend_from_slice(s.as_bytes());
+            }
+            Kind::Bytes => {
+                let b = &*ptr.cast::<Vec<u8>>();
+                out.reserve(10 + b.len());
+                put_varint(out, b.len() as u64);
+                out.extend_from_slice(b);
+            }
+        }
+    }
+}
+
+/// Encodes `v` directly if its type has a direct codec.
+pub(crate) fn encode<'f, T: Facet<'f>>(v: &T) -> Option<Vec<u8>> {
+    let plan = plan::<T>()?;
+    let base = (v as *const T).cast::<u8>();
+    let mut out = Vec::new();
+    match plan {
+        // SAFETY: `plan` matched T's shape to this kind's type.
+        Plan::One(kind) => unsafe { put(&mut out, kind, base) },
+        Plan::Tuple(fields, n) => {
+            for &(kind, offset) in &fields[..n] {
+                // SAFETY: facet's shape of T (a tuple) puts an element of
+                // this kind's type at `offset`.
+                unsafe { put(&mut out, kind, base.add(offset)) };
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A decoded element, before it is moved into place.
+enum Value {
+    Bool(bool),
+    U8(u8),
+    U16(u16),
+    U32(u32),
+    U64(u64),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    String(String),
+    Bytes(Vec<u8>),
+}
+
+/// Reads values front to back.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn varint(&mut self, max_bits: u32) -> Result<u64, String> {
+        let mut v = 0u64;
+        for i in 0..10u32 {
+            let Some(&b) = self.bytes.get(self.at) else {
+                return Err("the payload ends inside a number".into());
+            };
+            self.at += 1;
+            let group = u64::from(b & 0x7f);
+            let shift = 7 * i;
+            if shift >= max_bits || (max_bits - shift < 7 && group >> (max_bits - shift) != 0) {
+                return Err(format!("the number overflows {max_bits} bits"));
+            }
+            v |= group << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(format!("the number overflows {max_bits} bits"))
+    }
+
+    fn byte(&mut self, what: &str) -> Result<u8, String> {
+        let b = *self
+            .bytes
+            .get(self.at)
+            .ok_or_else(|| format!("the payload ends before a {what}"))?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn body(&mut self) -> Result<Vec<u8>, String> {
+        let len = self.varint(64)?;
+        let left = (self.bytes.len() - self.at) as u64;
+        if len > left {
+            return Err(format!(
+                "a length of {len} runs past the end of the payload ({left} bytes left)"
+            ));
+        }
+        let b = self.bytes[self.at..self.at + len as usize].to_vec();
+        self.at += len as usize;
+        Ok(b)
+    }
+
+    fn value(&mut self, kind: Kind) -> Result<Value, String> {
+        Ok(match kind {
+            Kind::Bool => match self.byte("bool")? {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(format!("a bool must be 0 or 1, not {b}")),
+            },
+            Kind::U8 => Value::U8(self.byte("u8")?),
+            Kind::U16 => Value::U16(self.varint(16)? as u16),
+            Kind::U32 => Value::U32(self.varint(32)? as u32),
+            Kind::U64 => Value::U64(self.varint(64)?),
+            Kind::I16 => Value::I16(unzigzag(self.varint(16)?) as i16),
+            Kind::I32 => Value::I32(unzigzag(self.varint(32)?) as i32),
+            Kind::I64 => Value::I64(unzigzag(self.varint(64)?)),
+            Kind::String => match String::from_utf8(self.body()?) {
+                Ok(s) => Value::String(s),
+                Err(_) => return Err("a string is not valid UTF-8".into()),
+            },
+            Kind::Bytes => Value::Bytes(self.body()?),
+        })
+    }
+}
+
+/// Moves `value` to `ptr`.
+///
+/// # Safety
+/// `ptr` is valid for writes of the value's type, and properly aligned.
+unsafe fn place(value: Value, ptr: *mut u8) {
+    // SAFETY: per the caller.
+    unsafe {
+        match value {
+            Value::Bool(v) => ptr.cast::<bool>().write(v),
+            Value::U8(v) => ptr.write(v),
+            Value::U16(v) => ptr.cast::<u16>().write(v),
+            Value::U32(v) => ptr.cast::<u32>().write(v),
+            Value::U64(v) => ptr.cast::<u64>().write(v),
+            Value::I16(v) => ptr.cast::<i16>().write(v),
+            Value::I32(v) => ptr.cast::<i32>().write(v),
+            Value::I64(v) => ptr.cast::<i64>().write(v),
+            Value::String(v) => ptr.cast::<String>().write(v),
+            Value::Bytes(v) => ptr.cast::<Vec<u8>>().write(v),
+        }
+    }
+}
+
+/// Decodes `bytes` (all of them) directly if `T` has a direct codec.
+pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String>> {
+    let plan = plan::<T>()?;
+    let mut r = Reader { bytes, at: 0 };
+    // Every element is decoded before any is placed, so a failure leaves
+    // nothing half-built.
+    let mut values: [Option<(Value, usize)>; MAX_FIELDS] = Default::default();
+    let decoded = match &plan {
+        Plan::One(kind) => r.value(*kind).map(|v| values[0] = Some((v, 0))),
+        Plan::Tuple(fields, n) => fields[..*n]
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, &(kind, offset))| {
+                values[i] = Some((r.value(kind)?, offset));
+                Ok(())
+            }),
+    };
+    if let Err(e) = decoded {
+        return Some(Err(e));
+    }
+    if r.at != bytes.len() {
+        return Some(Err(format!(
+            "{} bytes, but a {} ends after {}: the payload is not of the expected type",
+            bytes.len(),
+            std::any::type_name::<T>(),
+            r.at
+        )));
+    }
+    let mut out = std::mem::MaybeUninit::<T>::uninit();
+    let base = out.as_mut_ptr().cast::<u8>();
+    for (value, offset) in values.into_iter().flatten() {
+        // SAFETY: `plan` matched T's shape: the value's type is T itself
+        // (offset 0) or the tuple element at `offset`.
+        unsafe { place(value, base.add(offset)) };
+    }
+    // SAFETY: every element of T (the one value, or each element of the
+    // tuple) was written above; a tuple has no other bytes that need
+    // initializing (padding is never read as a value).
+    Some(Ok(unsafe { out.assume_init() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn same<T>(v: T)
+    where
+        T: for<'f> Facet<'f> + PartialEq + std::fmt::Debug,
+    {
+        let reference = facet_postcard::to_vec(&v).unwrap();
+        assert_eq!(encode(&v).unwrap(), reference, "{v:?}");
+        assert_eq!(decode::<T>(&reference).unwrap().unwrap(), v);
+    }
+
+    #[test]
+    fn direct_codecs_match_facet_postcard() {
+        for v in [0u64, 1, 127, 128, 300, 16_384, u32::MAX as u64, u64::MAX] {
+            same(v);
+            same(v as u32);
+            same(v as u16);
+            same(v as u8);
+            same(v as i64);
+            same(-(v as i64));
+            same(v as i32);
+            same(-(v as i32));
+            same(v as i16);
+        }
+        same(i64::MIN);
+        same(i32::MIN);
+        same(true);
+        same(false);
+        same(String::new());
+        same("héllo €".to_string());
+        same(Vec::<u8>::new());
+        same((0..70_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn tuples_of_direct_types_match_facet_postcard() {
+        same((1u32, 2u32));
+        same((u32::MAX, 300u64, -5i32));
+        same(("name".to_string(), vec![1u8, 2, 3], true, 7u8));
+        same((vec![0xa5u8; 70_000],));
+        same(());
+        let bytes = facet_postcard::to_vec(&(1u32, 2u32)).unwrap();
+        let e = decode::<(u32, u32, u32)>(&bytes).unwrap().unwrap_err();
+        assert!(e.contains("ends inside"), "{e}");
+        let e = decode::<(u32,)>(&bytes).unwrap().unwrap_err();
+        assert!(e.contains("ends after 1"), "{e}");
+        // A String element fails after a Vec element decoded: nothing leaks
+        // or is double-freed (run under Miri or a leak checker to see).
+        assert!(decode::<(Vec<u8>, String)>(&[1, 9, 1, 0xff]).unwrap().is_err());
+    }
+
+    #[test]
+    fn other_types_are_left_to_facet() {
+        assert!(encode(&vec![1u32]).is_none());
+        assert!(encode(&(1u32, vec![2u32])).is_none());
+        assert!(decode::<Vec<u32>>(&[0]).is_none());
+        assert!(decode::<(u32, Option<u32>)>(&[0, 0]).is_none());
+    }
+
+    #[test]
+    fn direct_decoding_refuses_what_does_not_fit() {
+        // Overflow, truncation and spare bytes, each with a reason.
+        let e = decode::<u16>(&[0xff, 0xff, 0x7f]).unwrap().unwrap_err();
+        assert!(e.contains("overflows 16 bits"), "{e}");
+        assert!(decode::<u32>(&[0x80]).unwrap().is_err());
+        let e = decode::<u32>(&[1, 2]).unwrap().unwrap_err();
+        assert!(e.contains("ends after 1"), "{e}");
+        let e = decode::<u32>(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("overflows 32 bits"), "{e}");
+        assert!(decode::<bool>(&[2]).unwrap().is_err());
+        assert!(decode::<bool>(&[]).unwrap().is_err());
+        assert!(decode::<u8>(&[]).unwrap().is_err());
+        assert!(decode::<Vec<u8>>(&[5, 1, 2]).unwrap().is_err());
+        assert!(decode::<Vec<u8>>(&[1, 1, 2]).unwrap().is_err());
+        assert!(decode::<String>(&[1, 0xff]).unwrap().is_err());
+        // Exhaustive over short inputs: never a panic, and agreement with
+        // facet-postcard whenever both accept.
+        for a in 0..=255u8 {
+            for b in [0u8, 1, 0x7f, 0x80, 0xff] {
+                for input in [&[a][..], &[a, b][..], &[a, b, 0x01][..]] {
+                    if let (Some(Ok(x)), Ok(y)) =
+                        (decode::<u32>(input), facet_postcard::from_slice::<u32>(input))
+                    {
+                        assert_eq!(x, y);
+                    }
+                    let _ = decode::<String>(input);
+                    let _ = decode::<Vec<u8>>(input);
+                    let _ = decode::<i64>(input);
+                }
+            }
+        }
+    }
+}
