@@ -184,10 +184,54 @@ pub(crate) async fn wait_exit(pidfd: &Arc<OwnedFd>) -> ExitInfo {
             }
             Ok(None) => tokio::task::yield_now().await,
             Err(rustix::io::Errno::INTR) => continue,
-            // Already reaped (ECHILD): the exit was collected elsewhere.
-            Err(_) => return ExitInfo::Exited(-1),
+            // ECHILD: other code in this process reaped the cell (a
+            // `waitpid(-1)` somewhere, say). The pidfd still knows how it
+            // ended on kernels that keep exit information (Linux 6.15+).
+            Err(_) => return exit_from_pidfd_info(pidfd).unwrap_or(ExitInfo::Exited(-1)),
         }
     }
+}
+
+/// How the process behind `pidfd` ended, read with `PIDFD_GET_INFO` (works
+/// after the process was reaped); `None` where the kernel cannot tell.
+fn exit_from_pidfd_info(pidfd: &OwnedFd) -> Option<ExitInfo> {
+    /// `struct pidfd_info`, first version (64 bytes).
+    #[repr(C)]
+    #[derive(Default)]
+    struct PidfdInfo {
+        mask: u64,
+        cgroupid: u64,
+        ids: [u32; 11],
+        exit_code: i32,
+    }
+    const PIDFD_INFO_EXIT: u64 = 1 << 3;
+    // _IOWR(PIDFS_IOCTL_MAGIC = 0xFF, 11, 64 bytes)
+    const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+    const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: `pidfd` is an open pidfd and `info` a live, writable struct of
+    // the size the request encodes.
+    let r = unsafe {
+        libc::ioctl(
+            pidfd.as_raw_fd(),
+            PIDFD_GET_INFO as _,
+            &mut info as *mut PidfdInfo,
+        )
+    };
+    if r != 0 || info.mask & PIDFD_INFO_EXIT == 0 {
+        return None;
+    }
+    let status = info.exit_code;
+    Some(if libc::WIFEXITED(status) {
+        ExitInfo::Exited(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        ExitInfo::Signaled(libc::WTERMSIG(status))
+    } else {
+        ExitInfo::Exited(-1)
+    })
 }
 
 /// Sends `signal` to the process behind `pidfd` (no-op once it is gone).
@@ -400,6 +444,38 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
                 exit: Some(exit),
                 stderr_tail: tail_text(&tail),
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pidfd_of(child: &std::process::Child) -> OwnedFd {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    #[test]
+    fn the_exit_of_a_child_reaped_elsewhere_is_still_known() {
+        for (script, expected) in [
+            ("exit 0", ExitInfo::Exited(0)),
+            ("exit 7", ExitInfo::Exited(7)),
+            ("kill -9 $$", ExitInfo::Signaled(libc::SIGKILL)),
+        ] {
+            let mut child = Command::new("/bin/sh").args(["-c", script]).spawn().unwrap();
+            let pidfd = pidfd_of(&child);
+            // Reaped by other code: the pidfd alone must still tell.
+            child.wait().unwrap();
+            match exit_from_pidfd_info(&pidfd) {
+                Some(exit) => assert_eq!(exit, expected, "{script}"),
+                // Kernels before 6.15 keep no exit information.
+                None => eprintln!("PIDFD_GET_INFO has no exit information on this kernel"),
+            }
         }
     }
 }
