@@ -29,6 +29,10 @@ use super::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
 
 /// How long a receive polls the ring before parking.
 const RECV_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+/// The spin score of a fresh receiver, and its most (see `ShmRx::recv`).
+const SPIN_SCORE_MAX: u8 = 4;
+/// A receiver that stopped spinning tries one window after this many parks.
+const SPIN_PROBE_EVERY: u32 = 16;
 /// How many times a receive gives the CPU to a peer on the same CPU before
 /// parking.
 const RECV_YIELDS: u32 = 2;
@@ -176,6 +180,8 @@ impl Link for ShmLink {
             closed: false,
         };
         let rx = ShmRx {
+            spin_score: SPIN_SCORE_MAX,
+            parks_unspun: 0,
             parker: Parker::spawn("osmos-shm-rx", vec![readable.clone()]),
             receiver,
             readable,
@@ -365,6 +371,11 @@ impl SendPermit for ShmPermit<'_> {
 
 /// The receiving half of an shm link.
 pub struct ShmRx {
+    /// Recent spin windows that found a frame, minus twice those that did
+    /// not, within `0..=SPIN_SCORE_MAX`.
+    spin_score: u8,
+    /// Parks since the last spin window.
+    parks_unspun: u32,
     receiver: FrameReceiver,
     readable: BellWatcher,
     liveness: Liveness,
@@ -422,9 +433,19 @@ impl LinkRx for ShmRx {
         //   (`sched_yield`) and check again when it is done.
         let spin_until = std::time::Instant::now() + RECV_SPIN;
         let mut yields = 0;
+        // Spin only while spinning pays: windows that end without a frame
+        // (a slow peer, or many sessions sharing few CPUs) lower the score,
+        // and at zero a receive parks at once, trying a window again now and
+        // then.
+        let may_spin = self.spin_score > 0 || self.parks_unspun >= SPIN_PROBE_EVERY;
+        let mut spun = false;
         loop {
             let seen = self.readable.seq();
             if self.has_frame_soon()? {
+                if spun {
+                    self.spin_score = (self.spin_score + 1).min(SPIN_SCORE_MAX);
+                    self.parks_unspun = 0;
+                }
                 break;
             }
             // Empty. A closing or dead peer published everything it will.
@@ -442,8 +463,9 @@ impl LinkRx for ShmRx {
                 }
                 _ => {}
             }
-            if std::time::Instant::now() < spin_until {
+            if may_spin && std::time::Instant::now() < spin_until {
                 if self.liveness.peer_on_another_cpu() {
+                    spun = true;
                     tokio::task::yield_now().await;
                     continue;
                 }
@@ -453,6 +475,14 @@ impl LinkRx for ShmRx {
                     tokio::task::yield_now().await;
                     continue;
                 }
+            }
+            if spun {
+                // A whole window without a frame.
+                self.spin_score = self.spin_score.saturating_sub(2);
+                self.parks_unspun = 0;
+                spun = false;
+            } else {
+                self.parks_unspun = self.parks_unspun.saturating_add(1);
             }
             let parker = self
                 .parker
