@@ -384,16 +384,17 @@ async fn end_of_session(
         SessionError::Closed { .. } if inner.shutting_down.load(Ordering::Acquire) => {}
         _ => {
             tracing::warn!(cell = %name, pid, "session ended: {why}");
-            if tokio::time::timeout(SESSION_END_GRACE, spawn::wait_exit(pidfd))
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    cell = %name,
-                    pid,
-                    "still running {SESSION_END_GRACE:?} after its session ended; killing it"
-                );
-                spawn::signal(pidfd, Signal::KILL);
+            match tokio::time::timeout(SESSION_END_GRACE, spawn::wait_exit(pidfd)).await {
+                // It exited (and was reaped) within the grace.
+                Ok(exit) => return exit,
+                Err(_) => {
+                    tracing::warn!(
+                        cell = %name,
+                        pid,
+                        "still running {SESSION_END_GRACE:?} after its session ended; killing it"
+                    );
+                    spawn::signal(pidfd, Signal::KILL);
+                }
             }
         }
     }
@@ -469,9 +470,8 @@ impl CellHandle {
 
     /// Why the session of the most recent incarnation ended: `None` while it
     /// runs (and before any incarnation ended). A cell killed for breaking a
-    /// protocol rule reports [`SessionError::Violation`] naming the rule here
-    /// (or, for a rule of the shared-memory framing, a
-    /// [`SessionError::Link`] whose detail names it).
+    /// protocol rule (of the session, or of the link's framing) reports
+    /// [`SessionError::Violation`] naming the rule here.
     pub fn last_session_end(&self) -> Option<SessionError> {
         self.inner
             .last_end

@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -127,8 +127,16 @@ fn open_checked(program: &Path, expected: Option<&str>) -> Result<Option<std::fs
             actual,
         });
     }
-    Ok(Some(file))
+    // The child puts its stdio at 0-2 and the bootstrap fds at 3 and 4
+    // before it execs `/proc/self/fd/N`: N must be none of them, or the
+    // exec would run whatever landed there (a memfd: EACCES).
+    let high = rustix::io::fcntl_dupfd_cloexec(&file, EXEC_FD_FLOOR).map_err(|e| not_found(e.into()))?;
+    Ok(Some(std::fs::File::from(high)))
 }
+
+/// The lowest fd the checked binary is executed from (above stdio and the
+/// bootstrap fds the child sets up before exec).
+const EXEC_FD_FLOOR: i32 = 10;
 
 fn socketpair() -> Result<(OwnedFd, OwnedFd), HostError> {
     let mut fds = [0i32; 2];
@@ -169,25 +177,35 @@ pub(crate) async fn wait_exit(pidfd: &Arc<OwnedFd>) -> ExitInfo {
         let _ = afd.readable().await.map(|mut g| g.retain_ready());
     }
     loop {
-        match rustix::process::waitid(
-            rustix::process::WaitId::PidFd(pidfd.as_fd()),
-            rustix::process::WaitIdOptions::EXITED,
-        ) {
-            Ok(Some(status)) => {
-                if let Some(code) = status.exit_status() {
-                    return ExitInfo::Exited(code);
-                }
-                if let Some(sig) = status.terminating_signal() {
-                    return ExitInfo::Signaled(sig);
-                }
-                return ExitInfo::Exited(-1);
-            }
-            Ok(None) => tokio::task::yield_now().await,
-            Err(rustix::io::Errno::INTR) => continue,
+        // Raw `waitid` rather than rustix's: that one reports a reap whose
+        // `si_pid` reads 0 as "nothing yet", and the exit would be lost.
+        // SAFETY: an all-zero siginfo_t is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `pidfd` is an open pidfd and `info` a live siginfo_t.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        if r == 0 {
+            // SAFETY: waitid filled a SIGCHLD siginfo, whose status field
+            // this reads.
+            let status = unsafe { info.si_status() };
+            return match info.si_code {
+                libc::CLD_EXITED => ExitInfo::Exited(status),
+                libc::CLD_KILLED | libc::CLD_DUMPED => ExitInfo::Signaled(status),
+                _ => exit_from_pidfd_info(pidfd).unwrap_or(ExitInfo::Exited(-1)),
+            };
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
             // ECHILD: other code in this process reaped the cell (a
             // `waitpid(-1)` somewhere, say). The pidfd still knows how it
             // ended on kernels that keep exit information (Linux 6.15+).
-            Err(_) => return exit_from_pidfd_info(pidfd).unwrap_or(ExitInfo::Exited(-1)),
+            _ => return exit_from_pidfd_info(pidfd).unwrap_or(ExitInfo::Exited(-1)),
         }
     }
 }
