@@ -302,8 +302,11 @@ pub(crate) enum CallFailure {
 struct State {
     /// Our calls in flight, by request id.
     pending: HashMap<u64, Pending>,
-    /// Requests we cancelled: a late response for one is not a violation.
+    /// Requests we cancelled recently: a late response for one is not a
+    /// violation. Most are never answered (the callee drops the handler), so
+    /// only the last [`CANCELLED_MEMORY`] are remembered.
     cancelled: HashSet<u64>,
+    cancelled_order: VecDeque<u64>,
     /// The peer's calls we are serving: (conn, request) → abort handle.
     serving: HashMap<(u64, u64), tokio::task::AbortHandle>,
     /// Open connections (0 is the root).
@@ -326,6 +329,8 @@ struct State {
 }
 
 const RETIRED_MEMORY: usize = 4096;
+/// How many cancelled requests a session remembers (see `State::cancelled`).
+const CANCELLED_MEMORY: usize = 4096;
 /// Most answers queued for a peer that is not reading them.
 const MAX_OUTBOX: usize = 65_536;
 /// Most channels open at once in a session.
@@ -716,6 +721,19 @@ impl Shared {
             let _ = o.send(Err(why.to_string()));
         }
         self.ended.send_replace(Some(why));
+    }
+}
+
+/// Remembers that request `id` was cancelled (or its connection closed), so
+/// a response crossing the cancel is dropped quietly.
+fn forget_request(s: &mut State, id: u64) {
+    if s.cancelled.insert(id) {
+        s.cancelled_order.push_back(id);
+        if s.cancelled_order.len() > CANCELLED_MEMORY
+            && let Some(old) = s.cancelled_order.pop_front()
+        {
+            s.cancelled.remove(&old);
+        }
     }
 }
 
@@ -1317,7 +1335,9 @@ fn close_connection(shared: &Arc<Shared>, conn: u64, reason: String) {
             .collect();
         let pending: Vec<Pending> = ids.iter().filter_map(|id| s.pending.remove(id)).collect();
         // The peer may have answered before it learned of the close.
-        s.cancelled.extend(ids.iter().copied());
+        for &id in &ids {
+            forget_request(&mut s, id);
+        }
         let keys: Vec<(u64, u64)> = s.serving.keys().filter(|(c, _)| *c == conn).copied().collect();
         let serving: Vec<_> = keys.iter().filter_map(|k| s.serving.remove(k)).collect();
         (pending, serving)
@@ -1407,7 +1427,7 @@ impl Drop for CallGuard {
             let mut s = self.shared.lock();
             let was = s.pending.remove(&self.request).is_some();
             if was {
-                s.cancelled.insert(self.request);
+                forget_request(&mut s, self.request);
             }
             was
         };
