@@ -20,6 +20,11 @@
 //! The report binary is its own second process: it serves [`service::Bench`]
 //! through `osmos_plugin_sdk::run` when started as a cell, and runs the floor
 //! peer when started with `--floor-child`.
+//!
+//! The same cases also run under criterion (`cargo bench -p osmos-benches`,
+//! `benches/cases.rs`), with the report binary as the cell: criterion gives
+//! per-case statistics and the change since the last run, the report gives
+//! the floors and ratios.
 
 pub mod cases;
 pub mod floor;
