@@ -1315,7 +1315,24 @@ fn on_connection_answer(
             format!("answer for connection {conn}, which we are not opening"),
         ));
     };
-    let _ = waiter.send(answer);
+    if let Err(answer) = waiter.send(answer) {
+        // The opener stopped waiting (its `open` future was dropped): close
+        // what nobody will use, so neither side keeps it.
+        const WHY: &str = "the opener stopped waiting for this connection";
+        match answer {
+            Ok(_) => {
+                close_connection(shared, conn, WHY.to_string());
+                shared.send_later(&Message::ConnectionClose {
+                    conn,
+                    reason: WHY.to_string(),
+                });
+            }
+            Err(_) => {
+                let removed = shared.lock().conns.remove(&conn);
+                drop(removed);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -1406,6 +1423,27 @@ where
             CallFailure::ConnectionClosed(reason) => CallError::ConnectionClosed { reason },
         };
         let _ = self.tx.send(Err(e));
+    }
+}
+
+/// Forgets a virtual connection whose `open` was dropped before its
+/// `ConnectionOpen` was sent.
+struct UnsentOpen {
+    shared: Arc<Shared>,
+    conn: u64,
+    armed: bool,
+}
+
+impl Drop for UnsentOpen {
+    fn drop(&mut self) {
+        if self.armed {
+            let removed = {
+                let mut s = self.shared.lock();
+                s.opening.remove(&self.conn);
+                s.conns.remove(&self.conn)
+            };
+            drop(removed);
+        }
     }
 }
 
@@ -1685,9 +1723,20 @@ impl Connection {
             s.opening.insert(conn, tx);
             s.conns.insert(conn, ConnState { dispatcher });
         }
+        // Dropped before the open went out: forget the connection (a frame is
+        // sent whole or not at all, so the peer never heard of it). Once it
+        // is out, an answer nobody waits for closes it (see
+        // `on_connection_answer`).
+        let mut unsent = UnsentOpen {
+            shared: shared.clone(),
+            conn,
+            armed: true,
+        };
         // (A dispatcher removed here is dropped after the lock: it may hold
         // connection handles.)
-        if let Err(e) = shared.send(&Message::ConnectionOpen { conn, metadata }).await {
+        let sent = shared.send(&Message::ConnectionOpen { conn, metadata }).await;
+        unsent.armed = false;
+        if let Err(e) = sent {
             let removed = {
                 let mut s = shared.lock();
                 s.opening.remove(&conn);

@@ -1210,3 +1210,49 @@ async fn a_broken_frame_length_is_a_violation_of_the_link_rule() {
         m => panic!("expected a ProtocolError, got {m:?}"),
     }
 }
+
+/// An `open` whose future is dropped before the answer arrives: when the
+/// peer accepts, the session closes the connection nobody will use and
+/// tells the peer, instead of keeping it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_open_is_closed_when_the_peer_accepts() {
+    let (ours, theirs) = mem::pair(MAX_FRAME, 64);
+    let mut raw = Raw::new(theirs);
+    let (client, ()) = tokio::join!(SessionBuilder::new().initiate(ours), async {
+        raw.recv_until(|m| matches!(m, Message::Hello { .. }))
+            .await
+            .unwrap();
+        raw.send(&Message::HelloYourself {
+            version: PROTOCOL_VERSION,
+            settings: Settings::default(),
+        })
+        .await;
+    });
+    let client = client.unwrap();
+    let mut open = Box::pin(client.open(vec![], None));
+    let frame = tokio::select! {
+        r = &mut open => panic!("open returned before any answer: {r:?}"),
+        f = raw.recv_until(|m| matches!(m, Message::ConnectionOpen { .. })) => f.unwrap(),
+    };
+    let Message::ConnectionOpen { conn, .. } = wire::decode(&frame).unwrap() else {
+        unreachable!()
+    };
+    drop(open);
+    raw.send(&Message::ConnectionAccept {
+        conn,
+        metadata: vec![],
+    })
+    .await;
+    let frame = raw
+        .recv_until(|m| matches!(m, Message::ConnectionClose { .. }))
+        .await
+        .expect("a ConnectionClose for the abandoned connection");
+    match wire::decode(&frame).unwrap() {
+        Message::ConnectionClose { conn: closed, reason } => {
+            assert_eq!(closed, conn);
+            assert!(reason.contains("stopped waiting"), "{reason}");
+        }
+        _ => unreachable!(),
+    }
+    assert!(client.ended().is_none(), "the session itself goes on");
+}
