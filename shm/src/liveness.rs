@@ -293,8 +293,16 @@ impl Liveness {
     }
 
     /// Records the CPU this side is running on, for the peer's wait strategy.
+    ///
+    /// Waiters call this on every round of a spin: the word is only written
+    /// when the CPU changed, so a spinning side does not keep pulling the
+    /// cache line the peer reads away from it. (Relaxed: a hint, ordered
+    /// with nothing; the peer reads it with `peer_cpu`.)
     pub(crate) fn note_cpu(&self, cpu: u32) {
-        self.words().side(self.side).cpu.store(cpu, Ordering::Relaxed);
+        let word = &self.words().side(self.side).cpu;
+        if word.load(Ordering::Relaxed) != cpu {
+            word.store(cpu, Ordering::Relaxed);
+        }
     }
 
     /// The CPU the peer last recorded (plus one), 0 if unknown.
