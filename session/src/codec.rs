@@ -22,10 +22,54 @@ use crate::wire::Message;
 use crate::wire::{MetaEntry, MetaValue, Metadata, Outcome, Settings};
 
 /// Bytes a varint of `v` takes.
-const fn varint_len(v: u64) -> usize {
+pub(crate) const fn varint_len(v: u64) -> usize {
     // 1 byte per started group of 7 bits; zero takes one byte.
     let bits = 64 - (v | 1).leading_zeros() as usize;
     bits.div_ceil(7)
+}
+
+/// Writes `v` as a varint at the front of `buf` (at least
+/// [`varint_len`]`(v)` bytes) and returns the bytes written.
+pub(crate) fn write_varint(buf: &mut [u8], mut v: u64) -> usize {
+    let mut at = 0;
+    while v >= 0x80 {
+        buf[at] = (v as u8) | 0x80;
+        at += 1;
+        v >>= 7;
+    }
+    buf[at] = v as u8;
+    at + 1
+}
+
+/// Why a varint could not be read.
+pub(crate) enum VarintError {
+    /// The bytes end inside the number.
+    Truncated,
+    /// The number has more bits than its type (`bits`).
+    Overflow,
+}
+
+/// Reads a varint of at most `bits` bits (16, 32 or 64) from `bytes` at
+/// `*at`, advancing `*at` past it. A number with bits beyond `bits` (or more
+/// groups than `bits` needs) is refused rather than truncated.
+pub(crate) fn read_varint(bytes: &[u8], at: &mut usize, bits: u32) -> Result<u64, VarintError> {
+    let mut v = 0u64;
+    let mut shift = 0u32;
+    loop {
+        let Some(&b) = bytes.get(*at) else {
+            return Err(VarintError::Truncated);
+        };
+        *at += 1;
+        let group = u64::from(b & 0x7f);
+        if shift >= bits || (bits - shift < 7 && group >> (bits - shift) != 0) {
+            return Err(VarintError::Overflow);
+        }
+        v |= group << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+        shift += 7;
+    }
 }
 
 fn bytes_len(b: &[u8]) -> usize {
@@ -143,14 +187,8 @@ struct Writer<'b> {
 }
 
 impl Writer<'_> {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.buf[self.at] = (v as u8) | 0x80;
-            self.at += 1;
-            v >>= 7;
-        }
-        self.buf[self.at] = v as u8;
-        self.at += 1;
+    fn varint(&mut self, v: u64) {
+        self.at += write_varint(&mut self.buf[self.at..], v);
     }
 
     fn bytes(&mut self, b: &[u8]) {
@@ -325,37 +363,26 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn varint(&mut self, what: &'static str, max_bytes: usize) -> Result<u64, DecodeError> {
-        let mut v = 0u64;
-        for i in 0..max_bytes {
-            let Some(&b) = self.frame.get(self.at) else {
-                return self.fail(what, "the frame ends inside a number");
-            };
-            self.at += 1;
-            let group = u64::from(b & 0x7f);
-            if i == 9 && group > 1 {
-                return self.fail(what, "the number overflows 64 bits");
-            }
-            v |= group << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        self.fail(what, "the number overflows its type (too many bytes)")
+    fn varint(&mut self, what: &'static str, bits: u32) -> Result<u64, DecodeError> {
+        let start = self.at;
+        read_varint(self.frame, &mut self.at, bits).map_err(|e| DecodeError {
+            what,
+            at: start,
+            problem: match (e, bits) {
+                (VarintError::Truncated, _) => "the frame ends inside a number",
+                (VarintError::Overflow, 32) => "the number overflows 32 bits",
+                (VarintError::Overflow, _) => "the number overflows 64 bits",
+            },
+        })
     }
 
     fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
-        self.varint(what, 10)
+        self.varint(what, 64)
     }
 
     fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
-        let start = self.at;
-        let v = self.varint(what, 5)?;
-        u32::try_from(v).map_err(|_| DecodeError {
-            what,
-            at: start,
-            problem: "the number overflows 32 bits",
-        })
+        // In range: `varint` refuses anything wider than 32 bits.
+        self.varint(what, 32).map(|v| v as u32)
     }
 
     fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {

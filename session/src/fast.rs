@@ -82,12 +82,10 @@ fn plan<'f, T: Facet<'f>>() -> Option<Plan> {
     Some(Plan::Tuple(fields, st.fields.len()))
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 10];
+    let n = crate::codec::write_varint(&mut buf, v);
+    out.extend_from_slice(&buf[..n]);
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -171,23 +169,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn varint(&mut self, max_bits: u32) -> Result<u64, String> {
-        let mut v = 0u64;
-        for i in 0..10u32 {
-            let Some(&b) = self.bytes.get(self.at) else {
-                return Err("the payload ends inside a number".into());
-            };
-            self.at += 1;
-            let group = u64::from(b & 0x7f);
-            let shift = 7 * i;
-            if shift >= max_bits || (max_bits - shift < 7 && group >> (max_bits - shift) != 0) {
-                return Err(format!("the number overflows {max_bits} bits"));
-            }
-            v |= group << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(format!("the number overflows {max_bits} bits"))
+        use crate::codec::{VarintError, read_varint};
+        read_varint(self.bytes, &mut self.at, max_bits).map_err(|e| match e {
+            VarintError::Truncated => "the payload ends inside a number".to_string(),
+            VarintError::Overflow => format!("the number overflows {max_bits} bits"),
+        })
     }
 
     fn byte(&mut self, what: &str) -> Result<u8, String> {
