@@ -556,7 +556,11 @@ impl Shared {
         if self.check_sendable(msg.kind(), len).is_err() {
             return;
         }
-        if self.outbox_len.load(Ordering::Acquire) == 0 {
+        // ORDERING: Relaxed throughout for `outbox_len`: it publishes no
+        // data (frames travel in the mpsc); one thread's queued answers stay
+        // in order because it reads its own increments (coherence), and the
+        // writer's decrement follows its send.
+        if self.outbox_len.load(Ordering::Relaxed) == 0 {
             let fill = |buf: &mut [u8]| {
                 msg.write_to(buf);
             };
@@ -566,7 +570,7 @@ impl Shared {
         }
         // A peer that keeps asking for answers (pings, calls to refuse)
         // without reading them would grow this queue forever.
-        let queued = self.outbox_len.fetch_add(1, Ordering::AcqRel) + 1;
+        let queued = self.outbox_len.fetch_add(1, Ordering::Relaxed) + 1;
         if queued > MAX_OUTBOX {
             // End at once: telling a peer that does not read is futile.
             let detail = format!("{queued} answers are queued for the peer, which is not reading them");
@@ -767,7 +771,8 @@ async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Vec<u8>
             Ok(false) => shared.send_waiting(bytes.len(), &fill).await,
             Err(e) => Err(e),
         };
-        shared.outbox_len.fetch_sub(1, Ordering::AcqRel);
+        // ORDERING: Relaxed, see `Shared::send_later`.
+        shared.outbox_len.fetch_sub(1, Ordering::Relaxed);
         if sent.is_err() {
             return;
         }

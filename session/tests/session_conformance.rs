@@ -15,69 +15,8 @@ use osmos_session::{
 };
 use tokio::sync::{Notify, oneshot};
 
-/// Bound on every wait in these tests; only reached when something hangs.
-const BOUND: Duration = Duration::from_secs(20);
-const MAX_FRAME: usize = 1 << 20;
-
-async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// Makes connected link pairs.
-trait Factory {
-    type L: Link;
-    /// Whether the link tells a peer blocked on a full link that this side
-    /// stopped reading (the shm link does not reliably yet: see
-    /// `a_peer_that_never_reads_its_answers_is_cut_off`).
-    const RELEASES_A_BLOCKED_PEER: bool = true;
-    fn pair(&self) -> impl std::future::Future<Output = (Self::L, Self::L)> + Send;
-}
-
-struct MemoryFactory;
-impl Factory for MemoryFactory {
-    type L = mem::MemoryLink;
-    async fn pair(&self) -> (Self::L, Self::L) {
-        mem::pair(MAX_FRAME, 64)
-    }
-}
-
-struct UnixFactory;
-impl Factory for UnixFactory {
-    type L = StreamLink<tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf>;
-    async fn pair(&self) -> (Self::L, Self::L) {
-        let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        (StreamLink::unix(a, MAX_FRAME), StreamLink::unix(b, MAX_FRAME))
-    }
-}
-
-struct ShmFactory;
-impl Factory for ShmFactory {
-    type L = osmos_session::link::shm::ShmLink;
-    const RELEASES_A_BLOCKED_PEER: bool = false;
-    async fn pair(&self) -> (Self::L, Self::L) {
-        use osmos_shm::{Segment, SegmentConfig as ShmConfig};
-        let host = Segment::create(&ShmConfig::default(), 1).unwrap();
-        let cell = Segment::attach(host.fd().try_clone_to_owned().unwrap()).unwrap();
-        let (h, c) = (host.endpoint().unwrap(), cell.endpoint().unwrap());
-        (Self::L::new(h), Self::L::new(c))
-    }
-}
-
-struct TcpFactory;
-impl Factory for TcpFactory {
-    type L = StreamLink<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
-    async fn pair(&self) -> (Self::L, Self::L) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        (
-            StreamLink::tcp(a.unwrap(), MAX_FRAME).unwrap(),
-            StreamLink::tcp(b.unwrap().0, MAX_FRAME).unwrap(),
-        )
-    }
-}
+mod common;
+use common::*;
 
 // ---------------------------------------------------------------- services
 
