@@ -92,10 +92,9 @@ enum Outcome {
 fn call_error<E: std::fmt::Display>(op: Op, e: CallError<E>) -> Outcome {
     match &e {
         CallError::Session(SessionError::PeerDied { .. }) => Outcome::Failed("cell died"),
-        // The link may notice a dead peer before the supervisor does.
-        CallError::Session(SessionError::Link { detail }) if !detail.contains("broke") => {
-            Outcome::Failed("link gone")
-        }
+        // The link may notice a dead peer before the supervisor does. (A
+        // peer breaking the framing is a `Violation`, which is wrong here.)
+        CallError::Session(SessionError::Link { .. }) => Outcome::Failed("link gone"),
         CallError::Session(SessionError::Closed { .. }) => Outcome::Failed("session closed"),
         CallError::DeadlineExceeded { .. } if matches!(op, Op::Hang) => Outcome::Ok,
         _ => Outcome::Wrong(format!("{op:?}: {e}")),

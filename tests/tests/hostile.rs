@@ -63,11 +63,12 @@ fn kinds() -> Vec<Hostility> {
         .collect()
 }
 
-/// The rule an error names, `[rule]` in its text.
-fn named_rule(text: &str) -> Option<String> {
-    let start = text.find('[')? + 1;
-    let end = start + text[start..].find(']')?;
-    Some(text[start..end].to_string())
+/// The rule a session's end names: the host saw it broken.
+fn violated_rule(e: &SessionError) -> Option<&'static str> {
+    match e {
+        SessionError::Violation { rule, .. } => Some(rule),
+        _ => None,
+    }
 }
 
 /// How one run ended, for the tally.
@@ -75,16 +76,13 @@ fn summary(why: &Option<SessionError>) -> String {
     match why {
         None => "unnoticed".into(),
         Some(SessionError::KeepaliveTimeout { .. }) => "keepalive timeout".into(),
-        Some(e) => match named_rule(&e.to_string()) {
-            Some(rule) => rule,
-            None => match e {
-                SessionError::Link { .. } => "link failed".into(),
-                SessionError::Goodbye { .. } => "goodbye".into(),
-                SessionError::PeerReportedViolation { .. } => "the cell reported a violation".into(),
-                SessionError::PeerDied { .. } => "the cell died".into(),
-                other => format!("ended: {other}"),
-            },
-        },
+        // Session rules and the link's framing rules alike.
+        Some(SessionError::Violation { rule, .. }) => rule.to_string(),
+        Some(SessionError::Link { .. }) => "link failed".into(),
+        Some(SessionError::Goodbye { .. }) => "goodbye".into(),
+        Some(SessionError::PeerReportedViolation { .. }) => "the cell reported a violation".into(),
+        Some(SessionError::PeerDied { .. }) => "the cell died".into(),
+        Some(other) => format!("ended: {other}"),
     }
 }
 
@@ -116,8 +114,11 @@ async fn run_one(how: Hostility, seed: u64) -> Result<Run, String> {
         // the handshake: the host must refuse it, naming the rule, and kill it.
         Err(e @ HostError::Handshake { .. }) if how.expected() == Expect::Anything => {
             let text = e.to_string();
-            return match named_rule(&text) {
-                Some(rule) if text.contains("killed by signal 9") => Ok(Run {
+            let HostError::Handshake { error, exit, .. } = &e else {
+                unreachable!("matched above")
+            };
+            return match violated_rule(error) {
+                Some(rule) if *exit == Some(ExitInfo::Signaled(libc::SIGKILL)) => Ok(Run {
                     how,
                     outcome: format!("{rule} (at the handshake)"),
                 }),
@@ -194,13 +195,10 @@ async fn run_one(how: Hostility, seed: u64) -> Result<Run, String> {
     };
     let outcome = summary(&why);
     match (how.expected(), &why) {
-        (Expect::Rule(rules), Some(e)) => {
-            let named = named_rule(&e.to_string());
-            if !named.as_deref().is_some_and(|r| rules.contains(&r)) {
-                return Err(format!(
-                    "{ctx}: expected a violation of {rules:?}, the session ended with: {e}"
-                ));
-            }
+        (Expect::Rule(rules), Some(e)) if !violated_rule(e).is_some_and(|r| rules.contains(&r)) => {
+            return Err(format!(
+                "{ctx}: expected a violation of {rules:?}, the session ended with: {e}"
+            ));
         }
         (Expect::KeepaliveTimeout, Some(SessionError::KeepaliveTimeout { .. })) => {}
         (Expect::KeepaliveTimeout, Some(e)) => {
@@ -209,7 +207,11 @@ async fn run_one(how: Hostility, seed: u64) -> Result<Run, String> {
         (Expect::Anything, Some(e)) => {
             // Whatever ended it must say so plainly; a violation names its rule.
             let text = e.to_string();
-            if text.contains("broke") && named_rule(&text).is_none() {
+            let names_a_rule = matches!(
+                e,
+                SessionError::Violation { .. } | SessionError::PeerReportedViolation { .. }
+            );
+            if text.contains("broke") && !names_a_rule {
                 return Err(format!("{ctx}: a violation without a rule: {text}"));
             }
         }
