@@ -183,7 +183,8 @@ pub fn ring_copy(runs: usize, items: usize, pinned: bool) -> Result<Row, Box<dyn
             if m.len() != CHUNK {
                 return Err(format!("floor peer streamed {} bytes, not {CHUNK}", m.len()).into());
             }
-            buf.copy_from_slice(m.bytes());
+            buf.clear();
+            m.append_to(&mut buf);
             drop(m);
         }
         std::hint::black_box(&buf);
@@ -222,16 +223,16 @@ fn child_inner(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(cpu) = args.get(2) {
                 crate::sys::pin_to(cpu.parse()?)?;
             }
-            let mut buf = [0u8; FRAME];
             loop {
                 let m = ep.receiver.recv(None)?;
                 if m.is_empty() {
                     return Ok(());
                 }
                 let n = m.len().min(FRAME);
-                buf[..n].copy_from_slice(&m.bytes()[..n]);
+                let mut copy = Vec::with_capacity(m.len());
+                m.append_to(&mut copy);
                 drop(m);
-                ep.sender.send(&buf[..n], None)?;
+                ep.sender.send(&copy[..n], None)?;
             }
         }
         Some("stream") => {

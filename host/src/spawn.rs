@@ -32,8 +32,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc as std_mpsc};
 
 use osmos_session::control::{
-    CONTROL_FD, ENV_CELL_NAME, ENV_CONTROL_FD, ENV_PROTOCOL, ENV_SEGMENT_FD, LogRecord, MAX_LOG_RECORD,
-    SEGMENT_FD,
+    CONTROL_FD, ENV_CELL_NAME, ENV_CONTROL_FD, ENV_PROTOCOL, ENV_SEGMENT_FD, ENV_WAKE_FD, LogRecord,
+    MAX_LOG_RECORD, SEGMENT_FD, WAKE_FD,
 };
 use osmos_session::link::shm::ShmLink;
 use osmos_session::wire::PROTOCOL_VERSION;
@@ -359,10 +359,16 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
         .env(ENV_PROTOCOL, PROTOCOL_VERSION.to_string())
         .env(ENV_SEGMENT_FD, SEGMENT_FD.to_string())
         .env(ENV_CONTROL_FD, CONTROL_FD.to_string())
+        .env(ENV_WAKE_FD, WAKE_FD.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let (seg_fd, ctl_fd) = (segment.fd().as_raw_fd(), cell_ctl.as_raw_fd());
+    let wake_fd = segment.cell_wake_fd().map(|fd| fd.as_raw_fd()).ok_or_else(|| {
+        HostError::Segment(osmos_shm::Error::InvalidArgument {
+            reason: "a host segment has no wake pair for the cell".into(),
+        })
+    })?;
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     let prepared = Arc::new(prepared);
@@ -372,16 +378,29 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
     // getppid, and the sandbox's own raw system calls); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            // Move the two fds out of the way first, then into place: either
-            // may already sit at 3 or 4.
+            // Move the three fds out of the way first, then into place: any
+            // may already sit at 3, 4 or 5.
             let seg = libc::fcntl(seg_fd, libc::F_DUPFD, 10);
             let ctl = libc::fcntl(ctl_fd, libc::F_DUPFD, 10);
-            if seg < 0 || ctl < 0 || libc::dup2(seg, SEGMENT_FD) < 0 || libc::dup2(ctl, CONTROL_FD) < 0 {
+            let wake = libc::fcntl(wake_fd, libc::F_DUPFD, 10);
+            if seg < 0
+                || ctl < 0
+                || wake < 0
+                || libc::dup2(seg, SEGMENT_FD) < 0
+                || libc::dup2(ctl, CONTROL_FD) < 0
+                || libc::dup2(wake, WAKE_FD) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
-            // Everything past stdio and the two bootstrap fds closes on exec
+            // Everything past stdio and the three bootstrap fds closes on exec
             // (the binary fd stays open until then, for /proc/self/fd exec).
-            if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+            if libc::syscall(
+                libc::SYS_close_range,
+                (WAKE_FD + 1) as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // A host that dies takes its cells with it.

@@ -45,7 +45,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use osmos_session::control::{
-    CONTROL_FD, ENV_CELL_NAME, ENV_CONTROL_FD, ENV_PROTOCOL, ENV_SEGMENT_FD, META_CELL, SEGMENT_FD,
+    CONTROL_FD, ENV_CELL_NAME, ENV_CONTROL_FD, ENV_PROTOCOL, ENV_SEGMENT_FD, ENV_WAKE_FD, META_CELL,
+    SEGMENT_FD, WAKE_FD,
 };
 use osmos_session::link::shm::ShmLink;
 use osmos_session::wire::PROTOCOL_VERSION;
@@ -112,6 +113,8 @@ pub struct Bootstrap {
     pub segment: OwnedFd,
     /// The control socket, for forwarding logs.
     pub control: Option<OwnedFd>,
+    /// The cell's end of the segment's wake pair.
+    pub wake: OwnedFd,
 }
 
 fn fd_is_open(fd: i32) -> bool {
@@ -135,7 +138,11 @@ impl Bootstrap {
                 host: protocol,
             });
         }
-        for (var, fd) in [(ENV_SEGMENT_FD, SEGMENT_FD), (ENV_CONTROL_FD, CONTROL_FD)] {
+        for (var, fd) in [
+            (ENV_SEGMENT_FD, SEGMENT_FD),
+            (ENV_CONTROL_FD, CONTROL_FD),
+            (ENV_WAKE_FD, WAKE_FD),
+        ] {
             if std::env::var(var).ok().and_then(|v| v.parse::<i32>().ok()) != Some(fd) {
                 return Err(CellError::NotLaunchedByHost {
                     missing: format!("{var} is not {fd}"),
@@ -152,10 +159,18 @@ impl Bootstrap {
         let segment = unsafe { OwnedFd::from_raw_fd(SEGMENT_FD) };
         // SAFETY: as above, for the control socket at fd 4 when it is open.
         let control = fd_is_open(CONTROL_FD).then(|| unsafe { OwnedFd::from_raw_fd(CONTROL_FD) });
+        if !fd_is_open(WAKE_FD) {
+            return Err(CellError::NotLaunchedByHost {
+                missing: format!("fd {WAKE_FD} (the wake descriptor) is not open"),
+            });
+        }
+        // SAFETY: as above, for the wake descriptor at fd 5 (open, checked).
+        let wake = unsafe { OwnedFd::from_raw_fd(WAKE_FD) };
         Ok(Bootstrap {
             name,
             segment,
             control,
+            wake,
         })
     }
 }
@@ -176,7 +191,8 @@ impl Cell {
     /// Attaches to the host's segment and runs the handshake, serving
     /// `dispatcher` on the root connection.
     pub async fn start(bootstrap: Bootstrap, dispatcher: Arc<dyn Dispatcher>) -> Result<Cell, CellError> {
-        let segment = Segment::attach(bootstrap.segment).map_err(CellError::Segment)?;
+        let segment =
+            Segment::attach_with_wake(bootstrap.segment, bootstrap.wake).map_err(CellError::Segment)?;
         let endpoint = segment.endpoint().map_err(CellError::Segment)?;
         let config = SessionConfig {
             name: bootstrap.name.clone(),
@@ -250,13 +266,37 @@ pub fn usage(about: &str) -> String {
 
 /// Serves the dispatcher `make` builds, from a plain `main`, and exits: 0 on
 /// a clean shutdown, 1 on failure, 2 (after printing [`usage`]) when the
-/// binary was not started by a host.
+/// binary was not started by a host. Everything runs on the calling thread
+/// unless [`ENV_WORKER_THREADS`] asks for more.
 pub fn run<D>(about: &str, make: impl FnOnce() -> Arc<D>) -> !
 where
     D: Dispatcher,
 {
     let dispatcher: Arc<dyn Dispatcher> = make();
     run_with(about, dispatcher, |cell| cell.serve())
+}
+
+/// Environment variable choosing how many threads run a cell's tasks (the
+/// host sets it with `CellBuilder::env`): unset, empty or `1` runs the ring,
+/// the session and every handler on the cell's one main thread (the
+/// default: a frame is handled where it is received, with no thread hop);
+/// `N > 1` runs a multi-threaded runtime with `N` workers, for cells whose
+/// handlers compute for long.
+pub const ENV_WORKER_THREADS: &str = "OSMOS_WORKER_THREADS";
+
+/// The runtime [`run`] and [`run_with`] serve on (see [`ENV_WORKER_THREADS`]).
+fn cell_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = std::env::var(ENV_WORKER_THREADS)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(1);
+    if workers <= 1 {
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.min(256))
+        .enable_all()
+        .build()
 }
 
 /// Like [`run`], but hands the started [`Cell`] to `body` (to call the host's
@@ -278,11 +318,7 @@ where
         }
     };
     logging::install(&bootstrap);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match cell_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cell {}: cannot start the async runtime: {e}", bootstrap.name);

@@ -304,7 +304,7 @@ fn main() {
             || async {
                 use osmos_shm::{Segment, SegmentConfig};
                 let host = Segment::create(&SegmentConfig::default(), 1).expect("segment");
-                let cell = Segment::attach(host.fd().try_clone_to_owned().expect("dup")).expect("attach");
+                let cell = host.attach_peer().expect("attach");
                 let (h, c) = (
                     host.endpoint().expect("endpoint"),
                     cell.endpoint().expect("endpoint"),

@@ -139,6 +139,7 @@ async fn shm_cross_process() -> Row {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.arg("--cell").stdin(Stdio::null());
     seg.pass_to(&mut cmd, 3);
+    seg.pass_wake_to(&mut cmd, 5);
     let mut child = cmd.spawn().expect("spawn the cell");
     let pid = child.id();
     let endpoint = seg.endpoint().unwrap();
@@ -169,8 +170,10 @@ async fn shm_cross_process() -> Row {
 
 fn cell() {
     runtime().block_on(async {
-        // SAFETY: the parent placed the segment at fd 3 for us alone.
-        let seg = Segment::attach(unsafe { OwnedFd::from_raw_fd(3) }).expect("attach");
+        // SAFETY: the parent placed the segment at fd 3 and its wake end at
+        // fd 5 for us alone.
+        let (fd, wake) = unsafe { (OwnedFd::from_raw_fd(3), OwnedFd::from_raw_fd(5)) };
+        let seg = Segment::attach_with_wake(fd, wake).expect("attach");
         let conn = SessionBuilder::new()
             .serve(AdderDispatcher::new(Add))
             .accept(ShmLink::new(seg.endpoint().expect("endpoint")))
@@ -210,7 +213,7 @@ fn main() {
         }
         if wanted("shm (1 process)") {
             let host = Segment::create(&SegmentConfig::default(), 1).unwrap();
-            let cell = Segment::attach(host.fd().try_clone_to_owned().unwrap()).unwrap();
+            let cell = host.attach_peer().unwrap();
             let (h, c) = (
                 ShmLink::new(host.endpoint().unwrap()),
                 ShmLink::new(cell.endpoint().unwrap()),

@@ -54,8 +54,10 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn cell() {
     runtime().block_on(async {
-        // SAFETY: the parent placed the segment at fd 3 for us alone.
-        let seg = Segment::attach(unsafe { OwnedFd::from_raw_fd(3) }).expect("attach");
+        // SAFETY: the parent placed the segment at fd 3 and its wake end at
+        // fd 5 for us alone.
+        let (fd, wake) = unsafe { (OwnedFd::from_raw_fd(3), OwnedFd::from_raw_fd(5)) };
+        let seg = Segment::attach_with_wake(fd, wake).expect("attach");
         let conn = SessionBuilder::new()
             .serve(SourceDispatcher::new(Src))
             .accept(ShmLink::new(seg.endpoint().expect("endpoint")))
@@ -75,6 +77,7 @@ fn main() {
         let mut cmd = Command::new(std::env::current_exe().expect("this program"));
         cmd.arg("--cell").stdin(Stdio::null());
         seg.pass_to(&mut cmd, 3);
+        seg.pass_wake_to(&mut cmd, 5);
         let mut child = cmd.spawn().expect("spawn the cell");
         let endpoint = seg.endpoint().expect("endpoint");
         let live = endpoint.liveness.clone();

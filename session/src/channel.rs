@@ -85,6 +85,15 @@ pub enum ChannelError {
     },
 }
 
+impl From<crate::link::LinkError> for ChannelError {
+    /// A credit wait that failed in the link: the session is ending with it.
+    fn from(e: crate::link::LinkError) -> Self {
+        ChannelError::SessionEnded {
+            reason: e.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for ChannelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -126,11 +135,19 @@ pub(crate) enum FlowInit {
     Messages { recv_window: u32, send_window: u32 },
     /// The shm channel table, entry `index`; counters are set once the
     /// channel's direction is known.
-    Table { table: CreditTable, index: u32 },
+    Table {
+        table: CreditTable,
+        index: u32,
+        waiters: crate::link::shm::SideWaiters,
+    },
 }
 
 /// Per-channel credit, behind one seam: the session code calls the same
 /// operations whichever the link uses.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per channel, built in place and never moved; boxing would add an allocation per channel"
+)]
 enum Flow {
     /// Credit travels as `GrantCredit` messages.
     Messages {
@@ -145,8 +162,9 @@ enum Flow {
     Table {
         table: CreditTable,
         index: u32,
-        /// Sending side's counters; `None` until the direction is known, and
-        /// while lent to a thread waiting for credit.
+        /// Where a sender short of credit waits (woken by the link's receiver).
+        waiters: crate::link::shm::SideWaiters,
+        /// Sending side's counters; `None` until the direction is known.
         sender: Option<CreditSender>,
         /// Receiving side's counters; `None` until the direction is known.
         receiver: Option<CreditReceiver>,
@@ -223,9 +241,14 @@ impl ChannelCore {
                 received: 0,
                 send_available: u64::from(send_window),
             },
-            FlowInit::Table { table, index } => Flow::Table {
+            FlowInit::Table {
                 table,
                 index,
+                waiters,
+            } => Flow::Table {
+                table,
+                index,
+                waiters,
                 sender: None,
                 receiver: None,
             },
@@ -283,6 +306,7 @@ impl ChannelCore {
             index,
             sender,
             receiver,
+            ..
         } = &mut c.flow
         {
             if sender.is_some() || receiver.is_some() {
@@ -480,7 +504,7 @@ impl ChannelCore {
             let notified = self.writable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let lent = {
+            let waiters = {
                 let mut c = self.lock();
                 if let Some(reason) = &c.reset {
                     return Err(ChannelError::Reset {
@@ -501,44 +525,65 @@ impl ChannelCore {
                             }
                             None
                         }
-                        Flow::Table { sender, .. } => match sender {
-                            Some(s) => {
-                                let n32 = u32::try_from(n).unwrap_or(u32::MAX);
-                                if s.try_take(n32).map_err(shm_credit_error)? {
-                                    return Ok(());
-                                }
-                                // Lend the counters to a blocking thread.
-                                sender.take().map(|s| (s, n32))
+                        Flow::Table {
+                            sender: Some(s),
+                            waiters,
+                            ..
+                        } => {
+                            if s.try_take(credit_u32(n)).map_err(shm_credit_error)? {
+                                return Ok(());
                             }
-                            // Lent to another sender's wait, or not bound yet.
-                            None => None,
-                        },
+                            Some(waiters.clone())
+                        }
+                        // Not bound yet.
+                        Flow::Table { sender: None, .. } => None,
                     }
                 }
             };
-            let Some((mut s, n32)) = lent else {
+            let Some(waiters) = waiters else {
                 notified.await;
                 continue;
             };
-            // Wait in the blocking pool, in slices, so that a reset or the
-            // end of the session is noticed without a grant.
-            let (s, r) = tokio::task::spawn_blocking(move || {
-                let r = s.take(n32, Some(std::time::Instant::now() + CREDIT_WAIT_SLICE));
-                (s, r)
-            })
-            .await
-            .map_err(|e| ChannelError::SessionEnded {
-                reason: format!("the credit waiter failed: {e}"),
-            })?;
-            if let Flow::Table { sender, .. } = &mut self.lock().flow {
-                *sender = Some(s);
+            // Short of table credit: wait in the reactor for the peer's grant
+            // (its `grant` sends a wake byte once we are marked), or for a
+            // reset or the end of the session (`writable`).
+            let n32 = credit_u32(n);
+            let table_wait = waiters.wait(
+                || self.with_table_sender(|s| s.try_take(n32)),
+                || {
+                    let _ = self.with_table_sender(|s| {
+                        s.arm_reactor();
+                        Ok(true)
+                    });
+                },
+                || {
+                    let _ = self.with_table_sender(|s| {
+                        s.disarm_reactor();
+                        Ok(true)
+                    });
+                },
+                || match &self.lock().reset {
+                    Some(reason) => Err(ChannelError::Reset {
+                        reason: reason.clone(),
+                    }),
+                    None => Ok(()),
+                },
+            );
+            tokio::select! {
+                r = table_wait => return r,
+                _ = notified => continue,
             }
-            self.writable.notify_one();
-            match r {
-                Ok(()) => return Ok(()),
-                Err(osmos_shm::Error::Timeout { .. }) => continue,
-                Err(e) => return Err(shm_credit_error(e)),
-            }
+        }
+    }
+
+    /// Runs `f` on the bound table sender (`Ok(false)` if there is none).
+    fn with_table_sender(
+        &self,
+        f: impl FnOnce(&mut CreditSender) -> Result<bool, osmos_shm::Error>,
+    ) -> Result<bool, ChannelError> {
+        match &mut self.lock().flow {
+            Flow::Table { sender: Some(s), .. } => f(s).map_err(shm_credit_error),
+            _ => Ok(false),
         }
     }
 
@@ -588,9 +633,10 @@ impl ChannelCore {
     }
 }
 
-/// How long a blocked sender waits for table credit before re-checking for
-/// a reset or the end of the session.
-const CREDIT_WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(100);
+/// A credit amount for the table's 32-bit counters (larger asks fail there).
+fn credit_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 /// What a binding context is doing.
 enum BindMode {

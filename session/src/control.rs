@@ -5,11 +5,14 @@
 //! - [`SEGMENT_FD`]: the sealed shared memory segment (an `osmos-shm` memfd);
 //! - [`CONTROL_FD`]: one end of a `SOCK_SEQPACKET` Unix socket pair, on which
 //!   the cell sends [`LogRecord`]s (one per packet) for the host's tracing;
+//! - [`WAKE_FD`]: the cell's end of the segment's wake socket pair (see
+//!   `osmos_shm::WakePair`), through which each side wakes the other's
+//!   async waiters;
 //! - stdin (`/dev/null`), stdout and stderr (pipes the host reads line by line);
 //!
 //! and a cleared environment holding only the host's allow-list plus
-//! [`ENV_CELL_NAME`], [`ENV_PROTOCOL`], [`ENV_SEGMENT_FD`] and
-//! [`ENV_CONTROL_FD`]. The cell attaches to the segment and runs the session
+//! [`ENV_CELL_NAME`], [`ENV_PROTOCOL`], [`ENV_SEGMENT_FD`], [`ENV_CONTROL_FD`]
+//! and [`ENV_WAKE_FD`]. The cell attaches to the segment and runs the session
 //! over it as the acceptor; the host is the initiator.
 
 use facet::Facet;
@@ -18,6 +21,8 @@ use facet::Facet;
 pub const SEGMENT_FD: i32 = 3;
 /// The fd number of the control socket in a cell.
 pub const CONTROL_FD: i32 = 4;
+/// The fd number of the cell's end of the segment's wake pair.
+pub const WAKE_FD: i32 = 5;
 /// The cell's name, as the host knows it.
 pub const ENV_CELL_NAME: &str = "OSMOS_CELL_NAME";
 /// The session protocol version the host speaks.
@@ -26,6 +31,8 @@ pub const ENV_PROTOCOL: &str = "OSMOS_PROTOCOL_VERSION";
 pub const ENV_SEGMENT_FD: &str = "OSMOS_SEGMENT_FD";
 /// The control socket's fd number (always [`CONTROL_FD`]).
 pub const ENV_CONTROL_FD: &str = "OSMOS_CONTROL_FD";
+/// The wake descriptor's fd number (always [`WAKE_FD`]).
+pub const ENV_WAKE_FD: &str = "OSMOS_WAKE_FD";
 
 /// Metadata key of a virtual connection a cell opens to the host to reach
 /// another cell: its value (a string) names the cell. The host forwards the

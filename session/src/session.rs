@@ -642,7 +642,7 @@ impl Shared {
                 recv_window: self.ours.initial_credit,
                 send_window: self.peer.initial_credit,
             },
-            CreditMode::SharedTable(table) => {
+            CreditMode::SharedTable(table, waiters) => {
                 let index = Self::table_index(table, id).ok_or_else(|| {
                     violation(
                         "channel.table-index-free",
@@ -652,6 +652,7 @@ impl Shared {
                 FlowInit::Table {
                     table: table.clone(),
                     index,
+                    waiters: waiters.clone(),
                 }
             }
         };
@@ -674,13 +675,13 @@ impl Shared {
     fn alloc_channel(&self) -> Result<Arc<ChannelCore>, ChannelError> {
         let attempts = match &self.credit {
             CreditMode::Messages => 1,
-            CreditMode::SharedTable(table) => (table.len() / 2).max(1),
+            CreditMode::SharedTable(table, _) => (table.len() / 2).max(1),
         };
         for _ in 0..attempts {
             let id = Ids::next(&self.ids.next_channel);
             let busy = match &self.credit {
                 CreditMode::Messages => false,
-                CreditMode::SharedTable(table) => match Self::table_index(table, id) {
+                CreditMode::SharedTable(table, _) => match Self::table_index(table, id) {
                     Some(index) => self.lock().table_busy.contains(&index),
                     None => true,
                 },

@@ -65,9 +65,10 @@ impl Cell for TheCell {
 
 /// The cell's main: serve until the host ends the session, then exit.
 async fn run_cell() -> ! {
-    // SAFETY: the parent placed the segment at fd 3 for us alone.
-    let fd = unsafe { OwnedFd::from_raw_fd(3) };
-    let seg = Segment::attach(fd).expect("cell: attach");
+    // SAFETY: the parent placed the segment at fd 3 and the cell's wake end
+    // at fd 5 for us alone.
+    let (fd, wake) = unsafe { (OwnedFd::from_raw_fd(3), OwnedFd::from_raw_fd(5)) };
+    let seg = Segment::attach_with_wake(fd, wake).expect("cell: attach");
     let link = ShmLink::new(seg.endpoint().expect("cell: endpoint"));
     let conn = SessionBuilder::new()
         .serve(CellDispatcher::new(TheCell))
@@ -85,6 +86,7 @@ fn spawn_cell(test: &str, seg: &Segment) -> Child {
         .env(ROLE, "1")
         .stdin(Stdio::null());
     seg.pass_to(&mut cmd, osmos_session::control::SEGMENT_FD);
+    seg.pass_wake_to(&mut cmd, osmos_session::control::WAKE_FD);
     cmd.spawn().expect("spawn the cell")
 }
 

@@ -43,13 +43,14 @@ fn cell(strategy: usize) {
     let seg = Segment::attach(fd).expect("attach");
     let mut ep = seg.endpoint().expect("endpoint");
     set_strategy(&mut ep, strategies()[strategy].1);
-    let mut buf = [0u8; FRAME];
+    let mut buf = Vec::with_capacity(FRAME);
     loop {
         let m = ep.receiver.recv(None).expect("recv");
         if m.is_empty() {
             return;
         }
-        m.bytes().iter().zip(buf.iter_mut()).for_each(|(s, d)| *d = *s);
+        buf.clear();
+        m.append_to(&mut buf);
         drop(m);
         ep.sender.send(&buf, None).expect("send");
     }

@@ -36,7 +36,10 @@ use crate::sync::PlatformFutex;
 use crate::sync::atomic::{AtomicU32, Ordering, fence};
 
 /// Sender state bit: the sender is parked (or about to park) on `granted_total`.
-const SENDER_PARKED: u32 = 1;
+const SENDER_PARKED: u32 = crate::wake::PARKED_FUTEX;
+/// Sender state bit: the sender waits in its reactor (see `wake.rs`); a grant
+/// or close sends it a wake byte.
+const SENDER_PARKED_REACTOR: u32 = crate::wake::PARKED_REACTOR;
 /// Receiver state bit: the receiver closed the channel; no more credit comes.
 const RECEIVER_CLOSED: u32 = 1;
 /// Largest credit window: counters are compared as wrapping differences.
@@ -56,7 +59,7 @@ struct ReceiverWords {
 struct SenderWords {
     /// Bytes sent since reset (wrapping). Written only by the sender.
     sent_total: AtomicU32,
-    /// `SENDER_PARKED` bit. Written only by the sender.
+    /// `SENDER_PARKED` and `SENDER_PARKED_REACTOR` bits. Written only by the sender.
     state: AtomicU32,
 }
 
@@ -186,6 +189,7 @@ impl CreditTable {
             granted: initial,
             received: 0,
             _keep: self.keep.clone(),
+            liveness: self.liveness.clone(),
         })
     }
 }
@@ -286,6 +290,30 @@ impl CreditSender {
         self.take_now(n)
     }
 
+    /// Announces an async waiter for credit (the waiter's half of SYNC POINT
+    /// A, see `wake.rs`): from now on a grant or close sends this side a
+    /// wake byte. Call it, then re-try [`try_take`](Self::try_take), then
+    /// await this side's wake descriptor; [`disarm_reactor`](Self::disarm_reactor)
+    /// once awake.
+    pub fn arm_reactor(&mut self) {
+        // ORDERING: the RMW may be Relaxed: the fence orders it before the re-check.
+        self.entry()
+            .sender
+            .state
+            .fetch_or(SENDER_PARKED_REACTOR, Ordering::Relaxed);
+        // ORDERING: SYNC POINT A (async waiter side), pairs with the fence
+        // in `CreditReceiver::grant` / `close`.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Withdraws the async waiter's mark.
+    pub fn disarm_reactor(&mut self) {
+        self.entry()
+            .sender
+            .state
+            .fetch_and(!SENDER_PARKED_REACTOR, Ordering::Relaxed);
+    }
+
     /// Takes `n` bytes of credit, parking until the receiver grants enough,
     /// closes the channel, dies, or `deadline` passes.
     pub fn take(&mut self, n: u32, deadline: Option<Instant>) -> Result<()> {
@@ -308,7 +336,7 @@ impl CreditSender {
             &ctx,
             &e.receiver.granted_total,
             Some(&e.receiver.state),
-            ParkFlag::Bit(&e.sender.state, SENDER_PARKED),
+            ParkFlag(&e.sender.state, SENDER_PARKED),
             || Ok(self.take_now(n)?.then_some(())),
         )
     }
@@ -324,6 +352,8 @@ pub struct CreditReceiver {
     /// Bytes received since reset (private truth, wrapping). `received - granted <= 0`.
     received: u32,
     _keep: Keepalive,
+    /// The receiving side's liveness (a grant wakes the sender through it).
+    liveness: Liveness,
 }
 
 // SAFETY: atomics kept alive by `_keep`.
@@ -392,8 +422,12 @@ impl CreditReceiver {
         // ORDERING: SYNC POINT A (ringer side), pairs with the fence in
         // `doorbell::park_loop` after the sender sets `SENDER_PARKED`.
         fence(Ordering::SeqCst);
-        if e.sender.state.load(Ordering::Relaxed) & SENDER_PARKED != 0 {
+        let parked = e.sender.state.load(Ordering::Relaxed);
+        if parked & SENDER_PARKED != 0 {
             PlatformFutex::wake_all(&e.receiver.granted_total);
+        }
+        if parked & SENDER_PARKED_REACTOR != 0 {
+            self.liveness.notify_peer();
         }
         Ok(())
     }
@@ -408,6 +442,12 @@ impl CreditReceiver {
         // compare fails because the word changed after its snapshot.
         e.receiver.state.fetch_or(RECEIVER_CLOSED, Ordering::Release);
         PlatformFutex::wake_all(&e.receiver.state);
+        // ORDERING: SYNC POINT A (ringer side) for an async sender, pairs
+        // with the fence in `CreditSender::arm_reactor`.
+        fence(Ordering::SeqCst);
+        if e.sender.state.load(Ordering::Relaxed) & SENDER_PARKED_REACTOR != 0 {
+            self.liveness.notify_peer();
+        }
     }
 }
 

@@ -38,6 +38,7 @@ use crate::futex::Futex;
 use crate::liveness::Liveness;
 use crate::sync::PlatformFutex;
 use crate::sync::atomic::{AtomicU32, Ordering, fence};
+use crate::wake::{PARKED_FUTEX, PARKED_REACTOR};
 
 /// A futex doorbell in shared memory.
 #[repr(C)]
@@ -45,8 +46,11 @@ use crate::sync::atomic::{AtomicU32, Ordering, fence};
 pub struct Doorbell {
     /// Ring count (wrapping). Written only by the ringer; the futex word.
     seq: CachePadded<AtomicU32>,
-    /// 1 while the waiter is parked or about to park, else 0. Written only by
-    /// the waiter; read by the ringer to decide whether to call `FUTEX_WAKE`.
+    /// Marks of a waiter that is parked or about to park: [`PARKED_FUTEX`]
+    /// (a thread on the futex) and [`PARKED_REACTOR`] (a task in its
+    /// reactor, see `wake.rs`); 0 when nobody waits. Written only by the
+    /// waiter; read by the ringer to decide whether to call `FUTEX_WAKE` or
+    /// send a wake byte.
     parked: CachePadded<AtomicU32>,
 }
 
@@ -55,16 +59,22 @@ const _: () = assert!(std::mem::size_of::<Doorbell>() == 256);
 
 impl Doorbell {
     /// Rings the bell: call after publishing the condition the waiter checks.
-    /// Makes a system call only if the waiter is parked.
-    pub fn ring(&self) {
+    /// `liveness` is the ringer's side; its wake pair reaches a waiter in the
+    /// peer's reactor. Makes a system call only if the waiter is parked.
+    pub fn ring(&self, liveness: &Liveness) {
         // ORDERING: Release so a waiter that Acquire-loads the new `seq` also
         // sees the condition published before this call.
         self.seq.fetch_add(1, Ordering::Release);
         // ORDERING: SYNC POINT A (ringer side), pairs with the fence in
-        // `park_loop` after the waiter sets `parked`.
+        // `park_loop` (or `BellWatcher::arm_reactor`) after the waiter marks
+        // `parked`.
         fence(Ordering::SeqCst);
-        if self.parked.load(Ordering::Relaxed) != 0 {
+        let parked = self.parked.load(Ordering::Relaxed);
+        if parked & PARKED_FUTEX != 0 {
             PlatformFutex::wake_all(&self.seq);
+        }
+        if parked & PARKED_REACTOR != 0 {
+            liveness.notify_peer();
         }
     }
 
@@ -76,17 +86,18 @@ impl Doorbell {
     /// is shut down, [`Error::Timeout`] at `ctx.deadline`, or the first error
     /// `check` returns.
     pub fn wait_until<T>(&self, ctx: &WaitCtx<'_>, check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-        wait_until(ctx, &self.seq, None, ParkFlag::Word(&self.parked), check)
+        wait_until(ctx, &self.seq, None, ParkFlag(&self.parked, PARKED_FUTEX), check)
     }
 }
 
-/// A handle another thread can use to wait for a doorbell to ring: take
-/// [`seq`](BellWatcher::seq), try the operation, and if it must wait, call
-/// [`wait_change`](BellWatcher::wait_change) with the value seen before the
-/// try. Used to park a helper thread on behalf of async code.
+/// A handle on a doorbell for a waiter outside the blocking operations: take
+/// [`seq`](BellWatcher::seq), try the operation, and if it must wait, either
+/// block with [`wait_change`](BellWatcher::wait_change) (passing the value
+/// seen before the try), or, in async code, [`arm_reactor`](BellWatcher::arm_reactor),
+/// re-try, and await this side's wake descriptor ([`Liveness::wake_fd`]).
 ///
-/// At most one thread may wait on a given doorbell at a time (the parked flag
-/// is a single word): give each doorbell one waiting thread.
+/// At most one waiter may wait on a given doorbell at a time (the parked
+/// marks are one word): give each doorbell one waiting thread or task.
 #[derive(Clone)]
 pub struct BellWatcher {
     /// Invariant: valid while `_keep` lives.
@@ -148,10 +159,22 @@ impl BellWatcher {
             .wait_until(&ctx, || Ok((self.seq() != seen).then_some(())))
     }
 
-    /// Rings the bell from this side: wakes this side's own waiter (e.g. to
-    /// stop a helper thread). The peer sees a spurious ring.
-    pub fn ring(&self) {
-        self.bell().ring();
+    /// Announces an async waiter on this bell (the waiter's half of SYNC
+    /// POINT A, see `wake.rs`): from now on a ring sends this side a wake
+    /// byte. Call it, then re-check the condition, then await this side's
+    /// wake descriptor; [`disarm_reactor`](Self::disarm_reactor) once awake.
+    pub fn arm_reactor(&self) {
+        // ORDERING: the RMW may be Relaxed: the SeqCst fence that follows
+        // orders it before the caller's re-check of the condition.
+        self.bell().parked.fetch_or(PARKED_REACTOR, Ordering::Relaxed);
+        // ORDERING: SYNC POINT A (async waiter side), pairs with the fence
+        // in `Doorbell::ring`.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Withdraws the async waiter's mark (a ring no longer sends a byte).
+    pub fn disarm_reactor(&self) {
+        self.bell().parked.fetch_and(!PARKED_REACTOR, Ordering::Relaxed);
     }
 }
 
@@ -198,33 +221,19 @@ pub struct WaitCtx<'a> {
     pub what: &'static str,
 }
 
-/// The "I am parked" mark: a whole word, or one bit of a shared state word.
-pub(crate) enum ParkFlag<'a> {
-    /// A word that is 1 while parked.
-    Word(&'a AtomicU32),
-    /// A bit in a word whose other bits belong to the same (waiting) side.
-    Bit(&'a AtomicU32, u32),
-}
+/// The "I am parked" mark: one bit of a word whose other bits belong to the
+/// same (waiting) side.
+pub(crate) struct ParkFlag<'a>(pub(crate) &'a AtomicU32, pub(crate) u32);
 
 impl ParkFlag<'_> {
     fn set(&self) {
         // ORDERING: Relaxed; the SeqCst fence that follows in `park_loop` is
         // what orders this store before the condition re-check.
-        match self {
-            ParkFlag::Word(w) => w.store(1, Ordering::Relaxed),
-            ParkFlag::Bit(w, bit) => {
-                w.fetch_or(*bit, Ordering::Relaxed);
-            }
-        }
+        self.0.fetch_or(self.1, Ordering::Relaxed);
     }
 
     fn clear(&self) {
-        match self {
-            ParkFlag::Word(w) => w.store(0, Ordering::Relaxed),
-            ParkFlag::Bit(w, bit) => {
-                w.fetch_and(!*bit, Ordering::Relaxed);
-            }
-        }
+        self.0.fetch_and(!self.1, Ordering::Relaxed);
     }
 }
 
@@ -408,7 +417,7 @@ mod tests {
         });
         for round in 1..=2000u32 {
             flag.store(round, Ordering::Release);
-            bell.ring();
+            bell.ring(&p.host.liveness);
             if round % 2 == 0 {
                 std::thread::yield_now();
             }

@@ -165,6 +165,21 @@ impl FrameReceiver {
         self.recv(None).map(Some)
     }
 
+    /// Copies the next message into `buf` (replacing its contents) and gives
+    /// its frame or slot back at once: `Ok(true)`, or `Ok(false)` without
+    /// touching `buf` when no message is there. The copy is the only read of
+    /// the message's bytes: decode it, and nothing the peer writes later can
+    /// change what was decoded.
+    pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        let Some(m) = self.try_recv()? else {
+            return Ok(false);
+        };
+        buf.clear();
+        m.append_to(buf);
+        m.finish()?;
+        Ok(true)
+    }
+
     /// The next message, waiting until `deadline` (or as long as the peer lives).
     pub fn recv(&mut self, deadline: Option<Instant>) -> Result<Message<'_>> {
         if let Some(e) = self.deferred.take() {
@@ -244,13 +259,14 @@ impl Message<'_> {
         matches!(self.body, Body::Slot { .. })
     }
 
-    /// The message in place in shared memory. See
-    /// [`FrameView::bytes`] for how to treat bytes a hostile peer may change.
-    pub fn bytes(&self) -> &[u8] {
+    /// Appends the message to `dst`: the one copy out of shared memory.
+    /// Decode the copy, never the shared bytes: a hostile peer may change
+    /// those between a check and a use.
+    pub fn append_to(&self, dst: &mut Vec<u8>) {
         match &self.body {
-            Body::Inline(Some(v)) => v.bytes(),
-            Body::Slot { slot: Some(s), .. } => s.bytes(),
-            _ => &[],
+            Body::Inline(Some(v)) => v.append_to(dst),
+            Body::Slot { slot: Some(s), .. } => s.append_to(dst),
+            _ => {}
         }
     }
 
@@ -317,7 +333,7 @@ mod tests {
             for rx in [&mut p.cell.receiver, &mut p.host.receiver] {
                 let m = rx.recv(bound()).unwrap();
                 assert_eq!(m.in_slot(), len > 256, "len {len}");
-                assert_eq!((m.len(), m.bytes()), (len, &msg[..]));
+                assert_eq!((m.len(), m.to_vec()), (len, msg.clone()));
                 m.finish().unwrap();
             }
         }

@@ -24,6 +24,12 @@
 //!   through one loop with a bounded spin/yield phase ([`WaitStrategy`]).
 //! - Liveness (`liveness.rs`): each side's state word; marking a side dead
 //!   wakes every sleeper, and waits return [`Error::PeerGone`].
+//! - Reactor wakeups (`wake.rs`): a doorbell's waiter may sleep in an async
+//!   runtime's reactor instead of on the futex ([`PARKED_REACTOR`]); the
+//!   ringer then writes a byte into the segment's wake socket pair
+//!   ([`WakePair`]), whose end the waiting side registers with its reactor
+//!   ([`Liveness::wake_fd`]). No helper thread sits between a ring and the
+//!   task that waits for it.
 //! - [`Endpoint`] (`endpoint.rs`): one side's bundle, with a message-level
 //!   [`FrameSender`] / [`FrameReceiver`] that picks inline or slot transport.
 //!
@@ -55,6 +61,7 @@ mod liveness;
 mod pool;
 mod ring;
 mod sync;
+mod wake;
 
 #[cfg(not(osmos_loom))]
 mod endpoint;
@@ -79,6 +86,9 @@ pub use layout::{
 pub use liveness::{Liveness, PeerState, Side};
 pub use pool::{HeldSlot, SlotGrant, SlotReader, SlotRef, SlotWriter};
 pub use ring::{FrameConsumer, FrameGrant, FrameKind, FrameProducer, FrameView};
+#[cfg(not(osmos_loom))]
+pub use wake::{Drained, WakePair, drain_link, drain_local};
+pub use wake::{PARKED_FUTEX, PARKED_REACTOR};
 
 #[cfg(not(osmos_loom))]
 pub use endpoint::{Endpoint, FrameReceiver, FrameSender, Message};

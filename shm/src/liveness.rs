@@ -25,6 +25,7 @@ use crossbeam_utils::CachePadded;
 use crate::futex::Futex;
 use crate::sync::PlatformFutex;
 use crate::sync::atomic::{AtomicU32, Ordering};
+use crate::wake::Notifier;
 
 /// Which end of a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -153,6 +154,8 @@ pub struct Liveness {
     /// cannot write it) and shared by every handle of one segment mapping;
     /// waiters sleep on it, so a shutdown wakes them.
     shutdown: Arc<AtomicU32>,
+    /// This side's wake descriptors (see `wake.rs`), shared like `shutdown`.
+    notifier: Arc<Notifier>,
     _keep: Keepalive,
 }
 
@@ -180,12 +183,14 @@ impl Liveness {
         words: NonNull<LivenessWords>,
         side: Side,
         shutdown: Arc<AtomicU32>,
+        notifier: Arc<Notifier>,
         keep: Keepalive,
     ) -> Self {
         Self {
             words,
             side,
             shutdown,
+            notifier,
             _keep: keep,
         }
     }
@@ -239,6 +244,33 @@ impl Liveness {
         // has its `futex_waitv` compare fail, or is woken below.
         word.store(PeerState::Dead.to_word(), Ordering::Release);
         PlatformFutex::wake_all(word);
+        // Async waiters sleep in their reactors, not on the words: wake ours
+        // and the peer's (both re-check the liveness words).
+        self.notifier.notify_local();
+        self.notifier.notify_peer();
+    }
+
+    /// Wakes the peer's async waiter (see `wake.rs`); the ringer's half of
+    /// the reactor protocol, after it saw [`PARKED_REACTOR`](crate::PARKED_REACTOR).
+    pub(crate) fn notify_peer(&self) {
+        self.notifier.notify_peer();
+    }
+
+    /// This side's end of the segment's wake pair: readable when the peer
+    /// woke this side's async waiters. Register it with a reactor (for
+    /// example tokio's `AsyncFd`), drain it with [`drain_link`](crate::drain_link).
+    /// `None` for a segment attached without its wake pair.
+    #[cfg(not(osmos_loom))]
+    pub fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.notifier.link_fd()
+    }
+
+    /// This process's private wake eventfd for this segment: readable when a
+    /// side was marked dead or shut down here. Register it beside
+    /// [`wake_fd`](Self::wake_fd); drain it with [`drain_local`](crate::drain_local).
+    #[cfg(not(osmos_loom))]
+    pub fn local_wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.notifier.local_fd()
     }
 
     /// The words a waiter sleeps on besides its condition: this side's
@@ -313,17 +345,31 @@ impl Liveness {
 
 #[cfg(osmos_loom)]
 impl Liveness {
+    /// The model counter this side's reactor wakes are counted on.
+    pub(crate) fn model_wakes(&self) -> Arc<AtomicU32> {
+        self.notifier.own.clone()
+    }
+
     /// A model-only liveness block, as a pair of handles (host, cell).
     pub(crate) fn new_model() -> (Self, Self) {
         let block = std::sync::Arc::new(LivenessWords::default());
         let ptr = NonNull::from(&*block);
         let keep: Keepalive = block;
         let (host, cell) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let (host_wakes, cell_wakes) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let host_notifier = Arc::new(Notifier {
+            own: host_wakes.clone(),
+            peer: cell_wakes.clone(),
+        });
+        let cell_notifier = Arc::new(Notifier {
+            own: cell_wakes,
+            peer: host_wakes,
+        });
         // SAFETY: `block` is owned by `keep`.
         unsafe {
             (
-                Self::new(ptr, Side::Host, host, keep.clone()),
-                Self::new(ptr, Side::Cell, cell, keep),
+                Self::new(ptr, Side::Host, host, host_notifier, keep.clone()),
+                Self::new(ptr, Side::Cell, cell, cell_notifier, keep),
             )
         }
     }

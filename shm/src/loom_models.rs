@@ -179,11 +179,11 @@ fn loom_doorbell_no_lost_wakeup() {
         let (host, cell) = Liveness::new_model();
         let bell = Arc::new(Doorbell::default());
         let flag = Arc::new(AtomicU32::new(0));
-        let (b2, f2) = (bell.clone(), flag.clone());
+        let (b2, f2, h2) = (bell.clone(), flag.clone(), host.clone());
         let t = thread::spawn(move || {
             // ORDERING: Release pairs with the waiter's Acquire check.
             f2.store(1, Ordering::Release);
-            b2.ring();
+            b2.ring(&h2);
         });
         let ctx = WaitCtx {
             liveness: &cell,
@@ -227,5 +227,79 @@ fn loom_death_wakes_sleepers() {
             c.peek(None).unwrap().release();
         }
         assert!(matches!(c.peek(None), Err(Error::Shutdown)));
+    });
+}
+
+/// How an async waiter sleeps in a model: until its side's wake counter moves
+/// past `seen` (a reactor reports any wake that lands after it registered).
+fn model_reactor_sleep(wakes: &AtomicU32, seen: u32) {
+    use crate::futex::Futex;
+    crate::sync::PlatformFutex::wait_any(&[(wakes, seen)], None);
+}
+
+/// The reactor doorbell: an async waiter arms, re-checks and sleeps on its
+/// wake counter; the ringer publishes and rings. A lost wakeup deadlocks.
+#[test]
+fn loom_reactor_doorbell_no_lost_wakeup() {
+    loom::model(|| {
+        let (host, cell) = Liveness::new_model();
+        let bell = Arc::new(Doorbell::default());
+        let flag = Arc::new(AtomicU32::new(0));
+        let (b2, f2) = (bell.clone(), flag.clone());
+        let t = thread::spawn(move || {
+            // ORDERING: Release pairs with the waiter's Acquire check.
+            f2.store(1, Ordering::Release);
+            b2.ring(&host);
+        });
+        let keep: Keepalive = bell.clone();
+        // SAFETY: the doorbell is kept alive by `keep`.
+        let watcher = unsafe { crate::BellWatcher::new(NonNull::from(&*bell), cell.clone(), keep) };
+        let wakes = cell.model_wakes();
+        // ORDERING (all loads below): Acquire pairs with the ringer's Release.
+        loop {
+            let seen = wakes.load(Ordering::SeqCst);
+            if flag.load(Ordering::Acquire) == 1 {
+                break;
+            }
+            watcher.arm_reactor();
+            if flag.load(Ordering::Acquire) == 1 {
+                watcher.disarm_reactor();
+                break;
+            }
+            model_reactor_sleep(&wakes, seen);
+            watcher.disarm_reactor();
+        }
+        t.join().unwrap();
+    });
+}
+
+/// An async credit sender arms, re-tries and sleeps; a grant wakes it.
+#[test]
+fn loom_reactor_credit_grant_wakes_sender() {
+    loom::model(|| {
+        let (host, cell) = Liveness::new_model();
+        let table = model_table(&host);
+        table.reset(0, 0).unwrap();
+        let mut tx = table.sender(0, 0).unwrap();
+        let mut rx = table.receiver(0, 0).unwrap();
+        let t = thread::spawn(move || {
+            rx.on_received(0).unwrap();
+            rx.grant(3).unwrap();
+        });
+        let wakes = cell.model_wakes();
+        loop {
+            let seen = wakes.load(Ordering::SeqCst);
+            if tx.try_take(3).unwrap() {
+                break;
+            }
+            tx.arm_reactor();
+            if tx.try_take(3).unwrap() {
+                tx.disarm_reactor();
+                break;
+            }
+            model_reactor_sleep(&wakes, seen);
+            tx.disarm_reactor();
+        }
+        t.join().unwrap();
     });
 }

@@ -159,11 +159,12 @@ pub(crate) fn split(mem: PoolMem, owner_live: Liveness) -> (SlotWriter, SlotRead
         in_flight: vec![false; total],
         free,
         rel_head: 0,
-        liveness: owner_live,
+        liveness: owner_live.clone(),
         strategy: WaitStrategy::default(),
     };
     let r = SlotReader {
         mem,
+        liveness: owner_live,
         last_gen: vec![0; total],
         held: vec![false; total],
         rel_tail: 0,
@@ -411,6 +412,8 @@ pub struct SlotReader {
     rel_tail: u64,
     /// Owner's read position as last validated: `rel_tail - cap <= seen <= rel_tail`.
     rel_head_seen: u64,
+    /// The reading side's liveness (it rings `released` for the owner).
+    liveness: Liveness,
 }
 
 impl fmt::Debug for SlotReader {
@@ -516,7 +519,7 @@ impl SlotReader {
         // ORDERING: SYNC POINT P1, Release pairs with the owner's Acquire load
         // of `rel_tail` in `reclaim`: the entry and our reads of the slot are done.
         ctrl.rel_tail.store(self.rel_tail, Ordering::Release);
-        ctrl.released.ring();
+        ctrl.released.ring(&self.liveness);
         Ok(())
     }
 }
@@ -578,14 +581,9 @@ impl HeldSlot {
         v
     }
 
-    /// The payload in place. See [`FrameView::bytes`](crate::FrameView::bytes)
-    /// for how to treat bytes a hostile peer may change.
-    #[cfg(not(osmos_loom))]
-    pub fn bytes(&self) -> &[u8] {
-        let p = self.bytes.ptr_at(self.offset, self.len);
-        // SAFETY: in bounds (checked), kept mapped by `_keep`; the honest
-        // owner does not write a slot while it is in flight.
-        unsafe { std::slice::from_raw_parts(p, self.len) }
+    /// Appends the payload to `dst`: the one copy out of shared memory.
+    pub fn append_to(&self, dst: &mut Vec<u8>) {
+        self.bytes.read_append(self.offset, self.len, dst);
     }
 }
 

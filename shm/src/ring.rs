@@ -176,7 +176,7 @@ impl FrameProducer {
     /// consumer parked on an empty ring so that it re-checks (e.g. after this
     /// side published a state change).
     pub fn wake_consumer(&self) {
-        self.mem.ctrl().readable.ring();
+        self.mem.ctrl().readable.ring(&self.liveness);
     }
 
     /// Reserves a frame carrying a [`SlotRef`](crate::SlotRef), without waiting.
@@ -218,7 +218,7 @@ impl FrameProducer {
         // ORDERING: SYNC POINT R1, Release pairs with the consumer's Acquire
         // load of `tail`: the frame bytes written before are visible to it.
         self.mem.ctrl().tail.store(self.tail, Ordering::Release);
-        self.mem.ctrl().readable.ring();
+        self.mem.ctrl().readable.ring(&self.liveness);
     }
 
     /// Finds room for a frame of `len` payload bytes; `Ok(None)` if the ring
@@ -455,7 +455,7 @@ impl FrameConsumer {
         // ORDERING: SYNC POINT R2, Release pairs with the producer's Acquire
         // load of `head`: our reads of the released bytes are complete.
         self.mem.ctrl().head.store(self.head, Ordering::Release);
-        self.mem.ctrl().writable.ring();
+        self.mem.ctrl().writable.ring(&self.liveness);
     }
 
     /// Validates the next frame, consuming padding; `Ok(None)` if empty.
@@ -612,18 +612,13 @@ impl FrameView<'_> {
         v
     }
 
-    /// The payload, in place in shared memory.
-    ///
-    /// An honest producer does not touch these bytes until release; a hostile
-    /// one may change them while you read, so decode them as untrusted input
-    /// and read each byte once (or copy them out with [`to_vec`](Self::to_vec)).
-    #[cfg(not(osmos_loom))]
-    pub fn bytes(&self) -> &[u8] {
-        let p = self.consumer.mem.data.ptr_at(self.meta.payload, self.meta.len);
-        // SAFETY: in bounds (checked by `ptr_at`) and valid while the
-        // consumer (which keeps the mapping) is borrowed. The producer side
-        // never writes `[head, tail)`; see the doc above for a hostile one.
-        unsafe { std::slice::from_raw_parts(p, self.meta.len) }
+    /// Appends the whole payload to `dst`: the one copy out of shared
+    /// memory, after which the bytes cannot change under the reader.
+    pub fn append_to(&self, dst: &mut Vec<u8>) {
+        self.consumer
+            .mem
+            .data
+            .read_append(self.meta.payload, self.meta.len, dst);
     }
 
     /// Marks the frame consumed, freeing its space for the producer.
@@ -679,7 +674,9 @@ mod tests {
             let m = p.cell.receiver.recv(bound()).unwrap();
             assert!(!m.in_slot());
             assert_eq!(m.to_vec(), bytes(i, i * 10));
-            assert_eq!(m.bytes(), &bytes(i, i * 10)[..]);
+            let mut copy = vec![1, 2];
+            m.append_to(&mut copy);
+            assert_eq!(&copy[2..], &bytes(i, i * 10)[..]);
         }
         assert!(p.cell.receiver.try_recv().unwrap().is_none());
     }

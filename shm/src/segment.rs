@@ -31,6 +31,7 @@ use crate::liveness::{Keepalive, Liveness, LivenessWords, PeerState, Side};
 use crate::pool::{self, PoolCtrl, PoolMem};
 use crate::ring::{self, RingCtrl, RingMem};
 use crate::sync::SharedBytes;
+use crate::wake::{Notifier, WakePair};
 
 /// The seals every segment carries.
 pub const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::SEAL);
@@ -50,6 +51,10 @@ pub struct Segment {
     endpoint_taken: AtomicBool,
     /// This side's process-local shutdown word, shared by its liveness handles.
     shutdown: Arc<AtomicU32>,
+    /// This side's wake descriptors, shared by its liveness handles.
+    notifier: Arc<Notifier>,
+    /// The cell's end of the wake pair (host side, until the segment is dropped).
+    cell_wake: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -80,12 +85,38 @@ impl Segment {
         // SAFETY: the mapping is `layout.total >= HEADER_BYTES` bytes, page
         // aligned, and nobody else has the fd yet.
         unsafe { map.as_mut_ptr().cast::<RawHeader>().write(header) };
-        Ok(Segment::attached(map, fd, layout, Side::Host, epoch))
+        let wake = WakePair::new()?;
+        let mut seg = Segment::attached(map, fd, layout, Side::Host, epoch, Some(wake.host))?;
+        seg.cell_wake = Some(wake.cell);
+        Ok(seg)
     }
 
     /// Attaches to a segment created by a host (cell side): checks the seals,
-    /// validates the header and maps it.
+    /// validates the header and maps it. Without the wake pair, only blocking
+    /// (futex) waits work on this side; an async runtime needs
+    /// [`attach_with_wake`](Self::attach_with_wake).
     pub fn attach(fd: OwnedFd) -> Result<Segment> {
+        Self::attach_inner(fd, None)
+    }
+
+    /// Attaches as [`attach`](Self::attach) does, with the cell's end of the
+    /// segment's wake pair (from [`cell_wake_fd`](Self::cell_wake_fd) on the
+    /// host side), so that async waiters on this side can sleep in their
+    /// reactor and the host can wake them.
+    pub fn attach_with_wake(fd: OwnedFd, wake: OwnedFd) -> Result<Segment> {
+        Self::attach_inner(fd, Some(wake))
+    }
+
+    /// A second, cell-side handle on this host segment in the same process
+    /// (tests, benchmarks and in-process peers): the memfd and the cell's wake
+    /// end are duplicated and attached as a cell would.
+    pub fn attach_peer(&self) -> Result<Segment> {
+        let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|e| Error::io("dup", e));
+        let wake = self.cell_wake_fd().map(dup).transpose()?;
+        Self::attach_inner(dup(self.fd())?, wake)
+    }
+
+    fn attach_inner(fd: OwnedFd, wake: Option<OwnedFd>) -> Result<Segment> {
         let bad = |reason: String| Error::BadSegment { reason };
         let size = rustix::fs::fstat(&fd).map_err(|e| Error::io("fstat", e))?.st_size;
         let size = usize::try_from(size).map_err(|_| bad(format!("negative size {size}")))?;
@@ -116,11 +147,18 @@ impl Segment {
                 layout.total
             )));
         }
-        Ok(Segment::attached(map, fd, layout, Side::Cell, epoch))
+        Segment::attached(map, fd, layout, Side::Cell, epoch, wake)
     }
 
     /// Wraps a validated mapping and publishes this side as attached to `epoch`.
-    fn attached(map: MmapRaw, fd: OwnedFd, layout: Layout, side: Side, epoch: u32) -> Segment {
+    fn attached(
+        map: MmapRaw,
+        fd: OwnedFd,
+        layout: Layout,
+        side: Side,
+        epoch: u32,
+        wake: Option<OwnedFd>,
+    ) -> Result<Segment> {
         let seg = Segment {
             mapped: Arc::new(Mapped { map, fd }),
             layout,
@@ -128,11 +166,20 @@ impl Segment {
             epoch,
             endpoint_taken: AtomicBool::new(false),
             shutdown: Arc::new(AtomicU32::new(0)),
+            notifier: Arc::new(Notifier::new(wake)?),
+            cell_wake: None,
         };
         let live = seg.liveness();
         live.set_epoch(epoch);
         live.publish(PeerState::Attached);
-        seg
+        Ok(seg)
+    }
+
+    /// The cell's end of the wake pair, to hand to the cell process beside
+    /// the memfd ([`pass_to`](Self::pass_to) passes both); `None` on the cell
+    /// side.
+    pub fn cell_wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.cell_wake.as_ref().map(AsFd::as_fd)
     }
 
     /// The memfd, to hand to the cell.
@@ -144,24 +191,15 @@ impl Segment {
     /// fd number `target` (and only there: the fd stays close-on-exec
     /// everywhere else). The child then calls [`Segment::attach`] on it.
     pub fn pass_to(&self, cmd: &mut std::process::Command, target: i32) {
-        use std::os::unix::process::CommandExt;
-        let raw = self.mapped.fd.as_raw_fd();
-        // SAFETY: the closure runs between fork and exec and makes only
-        // async-signal-safe system calls. dup2 gives the new fd no
-        // FD_CLOEXEC; dup2 onto the same number would keep it, so clear the
-        // flag instead in that case.
-        unsafe {
-            cmd.pre_exec(move || {
-                let r = if raw == target {
-                    libc::fcntl(raw, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(raw, target)
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        inherit_at(cmd, self.mapped.fd.as_raw_fd(), target);
+    }
+
+    /// Arranges for the child `cmd` spawns to inherit the cell's end of the
+    /// wake pair at fd number `target` (host side; a no-op on the cell side).
+    /// The child then calls [`Segment::attach_with_wake`] with it.
+    pub fn pass_wake_to(&self, cmd: &mut std::process::Command, target: i32) {
+        if let Some(fd) = &self.cell_wake {
+            inherit_at(cmd, fd.as_raw_fd(), target);
         }
     }
 
@@ -212,6 +250,7 @@ impl Segment {
                 self.at::<LivenessWords>(self.layout.liveness),
                 self.side,
                 self.shutdown.clone(),
+                self.notifier.clone(),
                 self.keep(),
             )
         }
@@ -285,6 +324,28 @@ impl Segment {
             credit: self.credit_table(),
             liveness: live,
         })
+    }
+}
+
+/// Makes the child `cmd` spawns inherit `raw` at fd number `target`.
+fn inherit_at(cmd: &mut std::process::Command, raw: i32, target: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and makes only
+    // async-signal-safe system calls. dup2 gives the new fd no FD_CLOEXEC;
+    // dup2 onto the same number would keep it, so clear the flag instead in
+    // that case.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if raw == target {
+                libc::fcntl(raw, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, target)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

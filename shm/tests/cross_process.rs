@@ -64,7 +64,7 @@ fn receive_stream(rx: &mut FrameReceiver, seed: u64, max_inline: usize) -> Resul
     while bytes < STREAM_BYTES {
         let want = message_len(&mut rng, max_inline).max(HDR);
         let m = rx.recv(deadline())?;
-        let b = m.bytes();
+        let b = m.to_vec();
         assert_eq!(b.len(), want, "message {index}: length");
         assert_eq!(m.in_slot(), want > max_inline, "message {index}: transport");
         let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());

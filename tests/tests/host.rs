@@ -361,6 +361,7 @@ async fn the_environment_is_cleared_but_for_the_allow_list() {
         "OSMOS_CONTROL_FD",
         "OSMOS_PROTOCOL_VERSION",
         "OSMOS_SEGMENT_FD",
+        "OSMOS_WAKE_FD",
         "PATH",
     ]
     .into_iter()
@@ -375,8 +376,9 @@ async fn the_environment_is_cleared_but_for_the_allow_list() {
 async fn only_stdio_and_the_bootstrap_fds_are_inherited() {
     let cell = spawn("fds").await;
     let fds = client(&cell).fds().await.unwrap();
-    // 0-2 stdio, 3 segment, 4 control; the rest are the cell's own (runtime).
-    for fd in [0, 1, 2, 3, 4] {
+    // 0-2 stdio, 3 segment, 4 control, 5 wake; the rest are the cell's own
+    // (runtime).
+    for fd in [0, 1, 2, 3, 4, 5] {
         assert!(fds.contains(&fd), "{fds:?}");
     }
     // A descriptor the host holds open is not inherited.
@@ -384,8 +386,8 @@ async fn only_stdio_and_the_bootstrap_fds_are_inherited() {
     let cell2 = spawn("fds-2").await;
     let fds2 = client(&cell2).fds().await.unwrap();
     drop(probe);
-    let inherited_max = fds2.iter().copied().filter(|&f| f <= 4).count();
-    assert_eq!(inherited_max, 5, "{fds2:?}");
+    let inherited_max = fds2.iter().copied().filter(|&f| f <= 5).count();
+    assert_eq!(inherited_max, 6, "{fds2:?}");
     cell.shutdown(Duration::from_secs(5)).await;
     cell2.shutdown(Duration::from_secs(5)).await;
 }

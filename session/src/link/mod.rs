@@ -7,8 +7,9 @@
 //! where backpressure reaches the session — and hands out a [`SendPermit`]
 //! whose buffer the session encodes into in place, then commits. A permit
 //! dropped without [`SendPermit::commit`] sends nothing. Receiving hands out a
-//! frame that may borrow the link's memory (the shm link lends the frame in
-//! place) until the next receive.
+//! frame that may borrow the link's memory until the next receive: always
+//! memory the peer cannot write (the shm link copies each frame out of the
+//! segment once).
 //!
 //! Contract details every link keeps:
 //! - [`LinkRx::recv`] is cancel-safe: dropping its future loses no frame
@@ -39,8 +40,9 @@ pub mod stream;
 pub enum CreditMode {
     /// Credit travels as `GrantCredit` messages on the link itself.
     Messages,
-    /// Credit lives in the shared channel table of an `osmos-shm` segment.
-    SharedTable(osmos_shm::CreditTable),
+    /// Credit lives in the shared channel table of an `osmos-shm` segment;
+    /// a sender short of credit waits through the link's [`shm::SideWaiters`].
+    SharedTable(osmos_shm::CreditTable, shm::SideWaiters),
 }
 
 /// Why a link failed.

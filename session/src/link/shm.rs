@@ -1,44 +1,68 @@
 //! Shm link: the session over an `osmos-shm` segment.
 //!
 //! Frames travel through the segment's rings: inline when they fit the
-//! segment's `max_frame`, in a slot of the sender's pool otherwise, and the
-//! receiver reads them in place. Nothing here blocks a tokio worker thread:
-//! every operation is first tried without waiting, and when it must wait, the
-//! wait (a futex park) is handed to a **parker**, a helper thread that parks
-//! on the right doorbell and completes a oneshot when the doorbell rings or
-//! the peer dies. Each half has its own parker, so each doorbell has exactly
-//! one waiting thread (the doorbell protocol's parked flag requires it), even
-//! when a `recv` future is cancelled and retried. An idle link costs no CPU:
-//! the parkers sleep in the kernel.
+//! segment's `max_frame`, in a slot of the sender's pool otherwise. Senders
+//! encode straight into ring or slot memory.
+//!
+//! **One copy out.** The receiver copies each frame out of the segment exactly
+//! once, into a buffer the peer cannot touch, and gives the frame (or slot)
+//! back at once; the session decodes the copy. No slice over peer-writable
+//! memory ever reaches the session: a hostile peer that rewrites a frame
+//! while it is decoded can only have written different bytes before the
+//! copy, never change what was checked.
+//!
+//! **Waiting without helper threads.** Nothing here blocks a tokio worker.
+//! A wait first polls (briefly, and only while the peer runs on another
+//! CPU and spinning has been paying off), then marks the doorbell it waits on
+//! [`PARKED_REACTOR`](osmos_shm::PARKED_REACTOR), re-checks, and sleeps in
+//! the tokio reactor on this side's end of the segment's wake socket pair
+//! (`osmos_shm::WakePair`); the peer's ring sends one byte only when it sees
+//! the mark, so a busy pair makes no system calls. The receiving half owns the
+//! descriptor: it drains it and then wakes every other waiter of this side
+//! (a sender short of ring space, a slot or channel credit) through one
+//! [`Notify`]. Those waiters are only woken while the receiver runs, which it
+//! always does while the session lives (the session's driver), and which
+//! costs them one task hop; the common waits (for a frame) cost none.
+//!
+//! **Storms.** A peer can write its end of the wake pair without publishing
+//! anything. A wake that brings no frame while no other waiter of this side
+//! is armed is counted; past twice the frames received plus
+//! [`EMPTY_WAKES_ALLOWED`] within a second the link fails with the rule
+//! `link.empty-wakes` (an honest peer wakes this side at most about once per
+//! frame). When the peer's end of the pair closes (it exited, or closed it on
+//! purpose), this side stops watching it and keeps waiting for its own local
+//! wakes (the supervisor marking the peer dead) and its session's timers: a
+//! peer that closes its end while alive only slows its own session down.
 //!
 //! Closing the sending half publishes this side as `Closing` and rings the
 //! peer; the peer's receiver returns `Ok(None)` once it has drained the ring.
 //! A peer marked dead (by its supervisor, from its pidfd) makes every wait
 //! return [`LinkError::PeerGone`].
 
-use std::ops::Deref;
-use std::sync::mpsc as std_mpsc;
-use std::thread::JoinHandle;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use osmos_shm::{
-    BellWatcher, Endpoint, FrameGrant, FrameReceiver, FrameSender, Liveness, PeerState, SlotGrant,
+    BellWatcher, Drained, Endpoint, FrameGrant, FrameReceiver, FrameSender, Liveness, PeerState, SlotGrant,
 };
-use tokio::sync::oneshot;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
 
 use super::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
 
 /// How long a receive polls the ring before parking.
-const RECV_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+const RECV_SPIN: Duration = Duration::from_micros(50);
 /// The spin score of a fresh receiver, and its most (see `ShmRx::recv`).
 const SPIN_SCORE_MAX: u8 = 4;
 /// A receiver that stopped spinning tries one window after this many parks.
 const SPIN_PROBE_EVERY: u32 = 16;
-/// How many times a receive gives the CPU to a peer on the same CPU before
-/// parking.
-const RECV_YIELDS: u32 = 2;
 /// How many times a receive checks the ring in a tight loop before letting
 /// other tasks run (about a microsecond).
 const RECV_CHECKS: u32 = 64;
+/// Wakes without a frame a peer gets per second for free (see the module doc).
+pub const EMPTY_WAKES_ALLOWED: u64 = 1000;
 
 /// Converts an `osmos-shm` error into a link error.
 fn shm_error(e: osmos_shm::Error) -> LinkError {
@@ -58,80 +82,155 @@ fn shm_error(e: osmos_shm::Error) -> LinkError {
     }
 }
 
-/// One wait handed to a parker thread.
-struct Park {
-    bell: BellWatcher,
-    seen: u32,
-    done: oneshot::Sender<Result<(), osmos_shm::Error>>,
+/// Where every async waiter of one side sleeps: a receiver waiting for a
+/// frame, a sender short of ring space or of a slot, a channel short of
+/// credit. Each marks its doorbell, re-checks, then sleeps on this side's
+/// wake descriptors in the tokio reactor; whoever wakes drains them and
+/// passes the wake on to every other waiter (a byte meant for one waiter may
+/// be read by another), so no wake is lost however many wait at once.
+#[derive(Clone)]
+pub struct SideWaiters {
+    inner: Arc<WaitersInner>,
 }
 
-/// A helper thread that parks on doorbells for an async half.
-struct Parker {
-    requests: Option<std_mpsc::Sender<Park>>,
-    thread: Option<JoinHandle<()>>,
-    /// Rung on drop so a parked thread wakes and sees the queue closed.
-    bells: Vec<BellWatcher>,
+struct WaitersInner {
+    liveness: Liveness,
+    /// Registered on first use (inside the runtime); the error says why not.
+    reactor: std::sync::OnceLock<Result<Reactor, String>>,
+    /// Woken whenever any waiter drained a wake.
+    notify: Notify,
+    /// Waiters armed now, other than the receiver (a wake while none is
+    /// armed and no frame came is empty).
+    armed: AtomicUsize,
+    /// The peer's end of the wake pair is closed: stop watching ours.
+    link_closed: std::sync::atomic::AtomicBool,
 }
 
-impl Parker {
-    fn spawn(name: &str, bells: Vec<BellWatcher>) -> Result<Self, LinkError> {
-        let (tx, rx) = std_mpsc::channel::<Park>();
-        let thread = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                for p in rx {
-                    let r = p.bell.wait_change(p.seen, None);
-                    let _ = p.done.send(r);
-                }
-            })
-            .map_err(|e| {
-                LinkError::Io(std::io::Error::other(format!(
-                    "cannot start the {name} thread: {e}"
-                )))
-            })?;
-        Ok(Parker {
-            requests: Some(tx),
-            thread: Some(thread),
-            bells,
-        })
+impl std::fmt::Debug for SideWaiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SideWaiters")
+            .field("side", &self.inner.liveness.side())
+            .field("armed", &self.inner.armed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl SideWaiters {
+    fn new(liveness: Liveness) -> Self {
+        SideWaiters {
+            inner: Arc::new(WaitersInner {
+                liveness,
+                reactor: std::sync::OnceLock::new(),
+                notify: Notify::new(),
+                armed: AtomicUsize::new(0),
+                link_closed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
     }
 
-    /// Waits (asynchronously) until `bell` rings after `seen`.
-    async fn wait(&self, bell: &BellWatcher, seen: u32) -> Result<(), LinkError> {
-        let (done, result) = oneshot::channel();
-        let park = Park {
-            bell: bell.clone(),
-            seen,
-            done,
-        };
-        self.requests
+    fn reactor(&self) -> Result<&Reactor, LinkError> {
+        self.inner
+            .reactor
+            .get_or_init(|| Reactor::register(&self.inner.liveness).map_err(|e| e.to_string()))
             .as_ref()
-            .and_then(|r| r.send(park).ok())
-            .ok_or_else(|| LinkError::Io(std::io::Error::other("the shm parker thread is gone")))?;
-        match result.await {
-            Ok(r) => r.map_err(shm_error),
-            Err(_) => Err(LinkError::Io(std::io::Error::other(
-                "the shm parker thread stopped",
-            ))),
+            .map_err(|e| LinkError::Io(std::io::Error::other(e.clone())))
+    }
+
+    /// Waits until `ready` returns `Ok(true)`: `arm` marks the doorbell (the
+    /// waiter's half of SYNC POINT A), `ready` is re-checked, then the wait
+    /// sleeps until this side is woken; `disarm` withdraws the mark. `check`
+    /// runs before every sleep and ends the wait with its error (a dead
+    /// peer, a reset channel).
+    pub(crate) async fn wait<E: From<LinkError>>(
+        &self,
+        mut ready: impl FnMut() -> Result<bool, E>,
+        mut arm: impl FnMut(),
+        mut disarm: impl FnMut(),
+        mut check: impl FnMut() -> Result<(), E>,
+    ) -> Result<(), E> {
+        loop {
+            if ready()? {
+                return Ok(());
+            }
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // ORDERING: Relaxed: a count for the storm heuristic only.
+            self.inner.armed.fetch_add(1, Ordering::Relaxed);
+            let _armed = Armed(&self.inner.armed);
+            arm();
+            let r = match ready() {
+                Ok(true) => Ok(true),
+                Ok(false) => check().map(|()| false),
+                Err(e) => Err(e),
+            };
+            if !matches!(r, Ok(false)) {
+                disarm();
+                return r.map(|_| ());
+            }
+            let slept = self.sleep(notified).await;
+            disarm();
+            slept?;
         }
+    }
+
+    /// Sleeps until another waiter passes a wake on (`notified`, enabled
+    /// before the caller armed its doorbell) or this side's descriptors wake
+    /// it; a wake read here is passed on. Returns how many wake bytes the
+    /// peer had sent, if this call read them.
+    async fn sleep(
+        &self,
+        notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) -> Result<u64, LinkError> {
+        let reactor = self.reactor()?;
+        let watch_link = !self.inner.link_closed.load(Ordering::Relaxed);
+        let drained = tokio::select! {
+            biased;
+            _ = notified => return Ok(0),
+            guard = reactor.link.readable(), if watch_link => {
+                let mut guard = guard.map_err(LinkError::Io)?;
+                match osmos_shm::drain_link(std::os::fd::AsFd::as_fd(guard.get_inner())) {
+                    Drained::Empty(n) => {
+                        guard.clear_ready();
+                        n
+                    }
+                    Drained::More(n) => n,
+                    Drained::Closed => {
+                        self.inner.link_closed.store(true, Ordering::Relaxed);
+                        guard.clear_ready();
+                        0
+                    }
+                }
+            }
+            guard = reactor.local.readable() => {
+                let mut guard = guard.map_err(LinkError::Io)?;
+                osmos_shm::drain_local(std::os::fd::AsFd::as_fd(guard.get_inner()));
+                guard.clear_ready();
+                0
+            }
+        };
+        self.inner.notify.notify_waiters();
+        Ok(drained)
+    }
+
+    fn any_armed(&self) -> bool {
+        self.inner.armed.load(Ordering::Relaxed) > 0
     }
 }
 
-impl Drop for Parker {
+/// Counts one armed waiter while it lives (also when its future is dropped).
+struct Armed<'a>(&'a AtomicUsize);
+
+impl Drop for Armed<'_> {
     fn drop(&mut self) {
-        self.requests = None;
-        for b in &self.bells {
-            b.ring();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// A session link over one side of a segment.
 pub struct ShmLink {
     endpoint: Endpoint,
+    waiters: SideWaiters,
 }
 
 impl std::fmt::Debug for ShmLink {
@@ -143,9 +242,59 @@ impl std::fmt::Debug for ShmLink {
 }
 
 impl ShmLink {
-    /// A link over `endpoint` (from [`osmos_shm::Segment::endpoint`]).
+    /// A link over `endpoint` (from [`osmos_shm::Segment::endpoint`]). The
+    /// segment must have its wake pair (host side: [`osmos_shm::Segment::create`];
+    /// cell side: [`osmos_shm::Segment::attach_with_wake`]), and the link must
+    /// be used inside a tokio runtime; otherwise every wait fails with an
+    /// error that says so.
     pub fn new(endpoint: Endpoint) -> Self {
-        ShmLink { endpoint }
+        let waiters = SideWaiters::new(endpoint.liveness.clone());
+        ShmLink { endpoint, waiters }
+    }
+}
+
+/// This side's wake descriptors, registered with the tokio reactor.
+struct Reactor {
+    /// This side's end of the wake pair: the peer's rings.
+    link: AsyncFd<OwnedFd>,
+    /// This process's local eventfd: deaths and shutdowns marked here.
+    local: AsyncFd<OwnedFd>,
+}
+
+impl Reactor {
+    fn register(liveness: &Liveness) -> Result<Reactor, LinkError> {
+        let unavailable = |why: String| {
+            LinkError::Io(std::io::Error::other(format!(
+                "the shm link cannot wait for its peer: {why}"
+            )))
+        };
+        let link = liveness.wake_fd().ok_or_else(|| {
+            unavailable(
+                "the segment was attached without its wake pair (attach with Segment::attach_with_wake)"
+                    .into(),
+            )
+        })?;
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(|e| unavailable(format!("dup of a wake descriptor failed: {e}")))
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(unavailable(
+                "it is used outside a tokio runtime (use it inside one)".into(),
+            ));
+        }
+        let register = |fd: OwnedFd| {
+            // SAFETY: `fd` is an owned, open descriptor (a fresh dup); the
+            // AsyncFd owns it, so it stays open and refers to the same file
+            // for the AsyncFd's whole life, and `OwnedFd::as_raw_fd` always
+            // returns the same number.
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                .map_err(|e| unavailable(format!("registering a wake descriptor with tokio failed: {e}")))
+        };
+        Ok(Reactor {
+            link: register(dup(link)?)?,
+            local: register(dup(liveness.local_wake_fd())?)?,
+        })
     }
 }
 
@@ -158,7 +307,7 @@ impl Link for ShmLink {
     }
 
     fn credit_mode(&self) -> CreditMode {
-        CreditMode::SharedTable(self.endpoint.credit.clone())
+        CreditMode::SharedTable(self.endpoint.credit.clone(), self.waiters.clone())
     }
 
     fn split(self) -> (ShmTx, ShmRx) {
@@ -172,20 +321,22 @@ impl Link for ShmLink {
         let released = sender.slots().released_watcher();
         let readable = receiver.readable_watcher();
         let tx = ShmTx {
-            parker: Parker::spawn("osmos-shm-tx", vec![writable.clone(), released.clone()]),
             sender,
             writable,
             released,
             liveness: liveness.clone(),
+            waiters: self.waiters.clone(),
             closed: false,
         };
         let rx = ShmRx {
             spin_score: SPIN_SCORE_MAX,
             parks_unspun: 0,
-            parker: Parker::spawn("osmos-shm-rx", vec![readable.clone()]),
             receiver,
             readable,
             liveness,
+            waiters: self.waiters,
+            buf: Vec::new(),
+            window: StormWindow::new(),
         };
         (tx, rx)
     }
@@ -197,23 +348,34 @@ pub struct ShmTx {
     writable: BellWatcher,
     released: BellWatcher,
     liveness: Liveness,
-    parker: Result<Parker, LinkError>,
+    waiters: SideWaiters,
     closed: bool,
 }
 
 impl ShmTx {
-    fn parker(&self) -> Result<&Parker, LinkError> {
-        self.parker
-            .as_ref()
-            .map_err(|e| LinkError::Io(std::io::Error::other(e.to_string())))
-    }
-
     fn check_open(&self) -> Result<(), LinkError> {
         if self.closed {
             return Err(LinkError::Closed);
         }
         self.liveness.check().map_err(shm_error)
     }
+}
+
+/// Waits on `bell` in the reactor until `ready` (see [`SideWaiters::wait`]).
+async fn wait_on(
+    waiters: &SideWaiters,
+    bell: &BellWatcher,
+    liveness: &Liveness,
+    ready: impl FnMut() -> Result<bool, LinkError>,
+) -> Result<(), LinkError> {
+    waiters
+        .wait(
+            ready,
+            || bell.arm_reactor(),
+            || bell.disarm_reactor(),
+            || liveness.check().map_err(shm_error),
+        )
+        .await
 }
 
 impl LinkTx for ShmTx {
@@ -225,55 +387,46 @@ impl LinkTx for ShmTx {
             return Err(LinkError::FrameTooLarge { len, max });
         }
         self.check_open()?;
-        if len <= self.sender.max_inline() {
+        let ShmTx {
+            sender,
+            writable,
+            released,
+            liveness,
+            waiters,
+            ..
+        } = self;
+        if len <= sender.max_inline() {
             // Probe, then take: a probe's grant is dropped unused (sending
             // nothing); space only grows until we take it.
-            loop {
-                let seen = self.writable.seq();
-                if self
-                    .sender
-                    .producer()
-                    .try_reserve(len)
-                    .map_err(shm_error)?
-                    .is_some()
-                {
-                    break;
-                }
-                self.parker()?.wait(&self.writable, seen).await?;
-            }
-            let grant = self.sender.producer().try_reserve(len).map_err(shm_error)?;
-            let grant = grant.expect("space found by the probe is still free");
+            wait_on(waiters, writable, liveness, || {
+                Ok(sender.producer().try_reserve(len).map_err(shm_error)?.is_some())
+            })
+            .await?;
+            let grant = sender.producer().try_reserve(len).map_err(shm_error)?;
+            let grant = grant.ok_or_else(|| {
+                LinkError::Io(std::io::Error::other("ring space found free was taken (a bug)"))
+            })?;
             return Ok(ShmPermit::Inline { grant, len });
         }
-        loop {
-            let seen = self.released.seq();
-            if self.sender.slots().try_alloc(len).map_err(shm_error)?.is_some() {
-                break;
-            }
-            self.parker()?.wait(&self.released, seen).await?;
-        }
-        loop {
-            let seen = self.writable.seq();
-            if self
-                .sender
+        wait_on(waiters, released, liveness, || {
+            Ok(sender.slots().try_alloc(len).map_err(shm_error)?.is_some())
+        })
+        .await?;
+        wait_on(waiters, writable, liveness, || {
+            Ok(sender
                 .producer()
                 .try_reserve_slot_ref()
                 .map_err(shm_error)?
-                .is_some()
-            {
-                break;
-            }
-            self.parker()?.wait(&self.writable, seen).await?;
-        }
-        let (producer, slots) = self.sender.parts();
-        let slot = slots
-            .try_alloc(len)
-            .map_err(shm_error)?
-            .expect("the slot found by the probe is still free");
+                .is_some())
+        })
+        .await?;
+        let (producer, slots) = sender.parts();
+        let taken = || LinkError::Io(std::io::Error::other("space found free was taken (a bug)"));
+        let slot = slots.try_alloc(len).map_err(shm_error)?.ok_or_else(taken)?;
         let frame = producer
             .try_reserve_slot_ref()
             .map_err(shm_error)?
-            .expect("ring space found by the probe is still free");
+            .ok_or_else(taken)?;
         Ok(ShmPermit::Slot { slot, frame, len })
     }
 
@@ -309,23 +462,25 @@ impl LinkTx for ShmTx {
     }
 
     async fn close(&mut self) -> Result<(), LinkError> {
+        self.close_now();
+        Ok(())
+    }
+}
+
+impl ShmTx {
+    fn close_now(&mut self) {
         if !self.closed {
             self.closed = true;
             self.liveness.publish(PeerState::Closing);
             self.sender.producer().wake_consumer();
         }
-        Ok(())
     }
 }
 
 impl Drop for ShmTx {
     /// A dropped sending half closes it: the peer drains and sees the end.
     fn drop(&mut self) {
-        if !self.closed {
-            self.closed = true;
-            self.liveness.publish(PeerState::Closing);
-            self.sender.producer().wake_consumer();
-        }
+        self.close_now();
     }
 }
 
@@ -369,6 +524,50 @@ impl SendPermit for ShmPermit<'_> {
     }
 }
 
+/// Wakes and frames within the current second (see the module doc, "Storms").
+struct StormWindow {
+    start: Instant,
+    empty_wakes: u64,
+    frames: u64,
+}
+
+impl StormWindow {
+    fn new() -> Self {
+        StormWindow {
+            start: Instant::now(),
+            empty_wakes: 0,
+            frames: 0,
+        }
+    }
+
+    fn roll(&mut self) {
+        if self.start.elapsed() >= Duration::from_secs(1) {
+            *self = StormWindow::new();
+        }
+    }
+
+    fn frame(&mut self) {
+        self.frames += 1;
+    }
+
+    /// Counts a wake that brought nothing; a violation past the allowance.
+    fn empty_wake(&mut self) -> Result<(), LinkError> {
+        self.roll();
+        self.empty_wakes += 1;
+        let allowed = self.frames.saturating_mul(2).saturating_add(EMPTY_WAKES_ALLOWED);
+        if self.empty_wakes > allowed {
+            return Err(LinkError::Violation {
+                rule: "link.empty-wakes",
+                detail: format!(
+                    "the peer woke this side {} times within a second without publishing a frame ({} frames came; {allowed} empty wakes are allowed)",
+                    self.empty_wakes, self.frames
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The receiving half of an shm link.
 pub struct ShmRx {
     /// Recent spin windows that found a frame, minus twice those that did
@@ -379,7 +578,10 @@ pub struct ShmRx {
     receiver: FrameReceiver,
     readable: BellWatcher,
     liveness: Liveness,
-    parker: Result<Parker, LinkError>,
+    waiters: SideWaiters,
+    /// The last frame received, copied out of the segment.
+    buf: Vec<u8>,
+    window: StormWindow,
 }
 
 impl Drop for ShmRx {
@@ -391,17 +593,16 @@ impl Drop for ShmRx {
     }
 }
 
-/// A frame received over shm, read in place; released when dropped.
-pub struct ShmFrame<'a>(osmos_shm::Message<'a>);
-
-impl Deref for ShmFrame<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.0.bytes()
-    }
-}
-
 impl ShmRx {
+    /// Copies the next frame out, if one is there.
+    fn take_frame(&mut self) -> Result<bool, LinkError> {
+        let got = self.receiver.try_recv_into(&mut self.buf).map_err(shm_error)?;
+        if got {
+            self.window.frame();
+        }
+        Ok(got)
+    }
+
     /// Whether a frame is ready, checking in a tight loop for about a
     /// microsecond while the peer runs on another CPU.
     fn has_frame_soon(&mut self) -> Result<bool, LinkError> {
@@ -420,31 +621,44 @@ impl ShmRx {
         }
         Ok(false)
     }
+
+    /// The end of the stream once the ring is empty: `Ok(None)` for a
+    /// closing peer, an error for a dead one; `Ok(Some(()))` to go on.
+    fn ended(&mut self) -> Result<Option<()>, LinkError> {
+        let peer = self.liveness.side().peer();
+        match self.liveness.state(peer) {
+            PeerState::Closing | PeerState::Dead => {
+                if self.receiver.has_frame().map_err(shm_error)? {
+                    return Ok(Some(()));
+                }
+                if self.liveness.state(peer) == PeerState::Dead {
+                    return Err(LinkError::PeerGone {
+                        detail: format!("the {peer} died"),
+                    });
+                }
+                Ok(None)
+            }
+            _ => Ok(Some(())),
+        }
+    }
 }
 
 impl LinkRx for ShmRx {
-    type Frame<'a> = ShmFrame<'a>;
+    type Frame<'a> = &'a [u8];
 
-    async fn recv(&mut self) -> Result<Option<ShmFrame<'_>>, LinkError> {
-        let peer = self.liveness.side().peer();
-        // Poll for a while before parking: handing the wait to the parker
-        // and being woken back costs two thread wakes, 25-55 µs each across
-        // CPUs on a small VM, while a peer that answers within the window
-        // is seen at once.
-        // - Peer on another CPU: check the ring in a short tight loop (a
-        //   frame is seen within ~0.1 µs), then let other tasks run.
-        // - Peer on our CPU: spinning would only delay it; give it the CPU
-        //   (`sched_yield`) and check again when it is done.
-        let spin_until = std::time::Instant::now() + RECV_SPIN;
-        let mut yields = 0;
-        // Spin only while spinning pays: windows that end without a frame
-        // (a slow peer, or many sessions sharing few CPUs) lower the score,
-        // and at zero a receive parks at once, trying a window again now and
-        // then.
+    async fn recv(&mut self) -> Result<Option<&[u8]>, LinkError> {
+        self.waiters.reactor()?;
+        // Poll for a while before parking, but only while the peer runs on
+        // another CPU (a frame is then seen within ~0.1 µs, against tens of
+        // microseconds for a wake across CPUs), and only while spinning
+        // pays: windows that end without a frame (a slow peer, or many
+        // sessions sharing few CPUs) lower the score, and at zero a receive
+        // parks at once, trying a window again now and then. A peer on this
+        // CPU cannot run while we spin: park at once.
+        let spin_until = Instant::now() + RECV_SPIN;
         let may_spin = self.spin_score > 0 || self.parks_unspun >= SPIN_PROBE_EVERY;
         let mut spun = false;
         loop {
-            let seen = self.readable.seq();
             if self.has_frame_soon()? {
                 if spun {
                     self.spin_score = (self.spin_score + 1).min(SPIN_SCORE_MAX);
@@ -452,33 +666,17 @@ impl LinkRx for ShmRx {
                 }
                 break;
             }
-            // Empty. A closing or dead peer published everything it will.
-            match self.liveness.state(peer) {
-                PeerState::Closing | PeerState::Dead => {
-                    if self.receiver.has_frame().map_err(shm_error)? {
-                        break;
-                    }
-                    if self.liveness.state(peer) == PeerState::Dead {
-                        return Err(LinkError::PeerGone {
-                            detail: format!("the {peer} died"),
-                        });
-                    }
-                    return Ok(None);
-                }
-                _ => {}
+            match self.ended()? {
+                Some(()) => {}
+                None => return Ok(None),
             }
-            if may_spin && std::time::Instant::now() < spin_until {
-                if self.liveness.peer_on_another_cpu() {
-                    spun = true;
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                if yields < RECV_YIELDS {
-                    yields += 1;
-                    std::thread::yield_now();
-                    tokio::task::yield_now().await;
-                    continue;
-                }
+            if self.receiver.has_frame().map_err(shm_error)? {
+                break;
+            }
+            if may_spin && Instant::now() < spin_until && self.liveness.peer_on_another_cpu() {
+                spun = true;
+                tokio::task::yield_now().await;
+                continue;
             }
             if spun {
                 // A whole window without a frame.
@@ -488,18 +686,30 @@ impl LinkRx for ShmRx {
             } else {
                 self.parks_unspun = self.parks_unspun.saturating_add(1);
             }
-            let parker = self
-                .parker
-                .as_ref()
-                .map_err(|e| LinkError::Io(std::io::Error::other(e.to_string())))?;
-            match parker.wait(&self.readable, seen).await {
-                Ok(()) => {}
-                // The peer died: drain what it published first.
-                Err(LinkError::PeerGone { .. }) if self.receiver.has_frame().map_err(shm_error)? => break,
-                Err(e) => return Err(e),
+            // Park: mark, re-check, sleep in the reactor.
+            let notified = self.waiters.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.readable.arm_reactor();
+            if self.receiver.has_frame().map_err(shm_error)? {
+                self.readable.disarm_reactor();
+                break;
+            }
+            let slept = self.waiters.sleep(notified).await;
+            self.readable.disarm_reactor();
+            if slept? > 0
+                && !self.receiver.has_frame().map_err(shm_error)?
+                && !self.waiters.any_armed()
+                && self.liveness.check().is_ok()
+            {
+                self.window.empty_wake()?;
             }
         }
-        let m = self.receiver.try_recv().map_err(shm_error)?;
-        Ok(Some(ShmFrame(m.expect("a frame found ready is still there"))))
+        if self.take_frame()? {
+            return Ok(Some(&self.buf));
+        }
+        Err(LinkError::Io(std::io::Error::other(
+            "a frame found ready was gone (a bug)",
+        )))
     }
 }

@@ -163,7 +163,7 @@ pub(crate) fn relay_channel(shared: &Arc<Shared>) -> Result<Arc<ChannelCore>, Ch
 /// both sides must start every channel with the same credit.
 pub(crate) fn relay_unsupported(shared: &Shared) -> Option<String> {
     match &shared.credit {
-        CreditMode::SharedTable(_) if shared.ours.initial_credit != shared.peer.initial_credit => {
+        CreditMode::SharedTable(..) if shared.ours.initial_credit != shared.peer.initial_credit => {
             Some(format!(
                 "cannot forward channels over session '{}': on a shared-memory link both sides must announce the same initial_credit (this side {}, the peer {})",
                 shared.name, shared.ours.initial_credit, shared.peer.initial_credit

@@ -69,7 +69,7 @@ impl Factory for ShmFactory {
     async fn pair(&self) -> (Self::L, Self::L) {
         use osmos_shm::{Segment, SegmentConfig as ShmConfig};
         let host = Segment::create(&ShmConfig::default(), 1).unwrap();
-        let cell = Segment::attach(host.fd().try_clone_to_owned().unwrap()).unwrap();
+        let cell = host.attach_peer().unwrap();
         let (h, c) = (host.endpoint().unwrap(), cell.endpoint().unwrap());
         (Self::L::new(h), Self::L::new(c))
     }

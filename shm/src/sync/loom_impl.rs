@@ -84,6 +84,12 @@ impl SharedBytes {
         }
     }
 
+    pub(crate) fn read_append(&self, off: usize, len: usize, dst: &mut Vec<u8>) {
+        let start = dst.len();
+        dst.resize(start + len, 0);
+        self.read(off, &mut dst[start..]);
+    }
+
     pub(crate) fn write(&self, off: usize, src: &[u8]) {
         for (i, s) in src.iter().enumerate() {
             // SAFETY: loom tracks the access; the pointer is valid while the Arc lives.

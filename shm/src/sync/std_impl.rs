@@ -66,6 +66,24 @@ impl SharedBytes {
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), dst.as_mut_ptr(), dst.len()) }
     }
 
+    /// Appends `len` bytes starting at `off` to `dst`, copied out of shared
+    /// memory once (no zero-fill of `dst` first).
+    #[inline]
+    pub(crate) fn read_append(&self, off: usize, len: usize, dst: &mut Vec<u8>) {
+        self.check(off, len);
+        dst.reserve(len);
+        let start = dst.len();
+        // SAFETY: bounds checked above; `reserve` made room for `len` bytes
+        // past `start` in private memory, which cannot overlap the mapping,
+        // and the copy initializes all of them before `set_len`. The peer may
+        // write the source concurrently: the copy then yields arbitrary
+        // bytes, which every caller treats as untrusted and validates.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.add(off), dst.as_mut_ptr().add(start), len);
+            dst.set_len(start + len);
+        }
+    }
+
     /// Copies `src` into shared memory at `off`.
     #[inline]
     pub(crate) fn write(&self, off: usize, src: &[u8]) {

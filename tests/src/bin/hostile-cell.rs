@@ -547,7 +547,7 @@ fn main() {
         eprintln!("{usage}");
         std::process::exit(EXIT_FAILED);
     };
-    let segment = match Segment::attach(bootstrap.segment) {
+    let segment = match Segment::attach_with_wake(bootstrap.segment, bootstrap.wake) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hostile-cell: {e}");
