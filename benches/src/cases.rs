@@ -211,7 +211,7 @@ async fn add_cold(client: &BenchClient, peer: u32, p: &Params) -> Result<Row, Bo
             "one call per millisecond, tokio sleep_until in between (mean period {period:.2?}); only the call timed"
         ));
     Ok(match ctx {
-        Some(c) => row.note(&format!("{} (the sleeps' included)", c.breakdown())),
+        Some(c) => row.note(&format!("{} (the sleeps' switches included)", c.breakdown())),
         None => row,
     })
 }

@@ -282,7 +282,7 @@ fn add(plan: &Plan) -> Result<Vec<Row>, BoxError> {
             "one round trip per millisecond, sleeping in between (mean period {period:.2?}); only the round trip timed"
         ));
     if let Some(c) = ctx {
-        cold = cold.note(&format!("{} (the sleeps' included)", c.breakdown()));
+        cold = cold.note(&format!("{} (the sleeps' switches included)", c.breakdown()));
     }
     peer.finish()?;
     Ok(vec![rtt, cold])
