@@ -2,13 +2,17 @@
 //! (or `-- add_rtt` for one group).
 //!
 //! The shm cases talk to a real cell: the `osmos-bench` binary, spawned by
-//! the host with the default sandbox, serving the bench service. Criterion
-//! reports absolute times and their change between runs; the ratios to the
-//! floors measured in the same run come from `osmos-bench`.
+//! the host with the default sandbox, serving the bench service. The
+//! `floor_uds` group runs the same round trips over a raw blocking Unix
+//! socket to the same binary as a second process. Criterion reports
+//! absolute times and their change between runs; the ratios to the floors
+//! measured in the same run come from `osmos-bench`. The host runtime is
+//! the one `#[tokio::main]` builds: one worker per allowed CPU.
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use osmos_benches::floor::uds::{self, UdsPeer};
 use osmos_benches::service::{BenchClient, BenchDispatcher, BenchImpl};
 use osmos_host::{CellBuilder, CellHandle};
 use osmos_session::SessionBuilder;
@@ -17,7 +21,7 @@ use osmos_session::link::{Link, memory};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
         .enable_all()
         .build()
         .expect("a tokio runtime")
@@ -188,9 +192,38 @@ fn concurrency(c: &mut Criterion) {
     rt.block_on(cell.shutdown(Duration::from_secs(2)));
 }
 
+/// The raw Unix-socket floors of `add_rtt` and the echoes: the peer is the
+/// `osmos-bench` binary as `--floor-child uds <mode>`.
+fn floor_uds(c: &mut Criterion) {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_osmos-bench"));
+    let mut g = c.benchmark_group("floor_uds");
+    let mut peer = UdsPeer::start(exe, "pingpong").expect("start the pingpong peer");
+    let mut x = 0u64;
+    g.bench_function("add_rtt", |b| {
+        b.iter(|| {
+            x = peer.add(x).expect("add");
+        })
+    });
+    peer.finish().expect("the pingpong peer exits cleanly");
+    let mut peer = UdsPeer::start(exe, "echo").expect("start the echo peer");
+    for (case, size) in uds::ECHOES {
+        let msg = uds::framed(size);
+        let mut back = vec![0u8; size];
+        g.throughput(Throughput::Bytes(2 * size as u64));
+        g.bench_function(case, |b| {
+            b.iter(|| {
+                let n = peer.echo(&msg, &mut back).expect("echo");
+                assert_eq!(n, size);
+            })
+        });
+    }
+    peer.finish().expect("the echo peer exits cleanly");
+    g.finish();
+}
+
 criterion_group! {
     name = cases;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = add_rtt, echo, stream, concurrency
+    targets = floor_uds, add_rtt, echo, stream, concurrency
 }
 criterion_main!(cases);

@@ -13,6 +13,7 @@ use osmos_session::SessionBuilder;
 use osmos_session::link::stream::StreamLink;
 use osmos_session::link::{Link, memory};
 
+use crate::ctxsw::{CtxSwitches, Pair};
 use crate::floor;
 use crate::report::Row;
 use crate::service::{BenchClient, BenchDispatcher, BenchImpl};
@@ -78,6 +79,22 @@ impl Params {
     pub fn spawns(&self) -> usize {
         if self.quick { 3 } else { 15 }
     }
+    /// Timed calls of `add_cold` (and its socket floor), each after a 1 ms
+    /// pause.
+    pub fn cold_calls(&self) -> usize {
+        if self.quick { 200 } else { 1_000 }
+    }
+    /// What the raw Unix-socket floors measure in this pass.
+    pub fn uds_plan(&self) -> floor::uds::Plan {
+        floor::uds::Plan {
+            rounds: self.rounds(),
+            cap: self.cap(),
+            runs: self.runs(),
+            stream_items: self.stream_items(),
+            cold_calls: self.cold_calls(),
+            pinned: self.pinned,
+        }
+    }
 }
 
 /// Floors the cases are compared against, from the same pass.
@@ -91,26 +108,43 @@ pub struct Floors {
 
 /// Times `op` `rounds` times after a tenth as many warm-up calls, stopping
 /// early once `cap` has passed (with at least 10 samples).
-async fn time_calls<F, Fut>(rounds: usize, cap: Duration, mut op: F) -> Result<Vec<Duration>, BoxError>
+async fn time_calls<F, Fut>(rounds: usize, cap: Duration, op: F) -> Result<Vec<Duration>, BoxError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    Ok(time_calls_counted(rounds, cap, None, op).await?.0)
+}
+
+/// [`time_calls`], also counting the context switches of this process and
+/// of `peer` (a pid) over the timed calls, when `peer` is given.
+async fn time_calls_counted<F, Fut>(
+    rounds: usize,
+    cap: Duration,
+    peer: Option<u32>,
+    mut op: F,
+) -> Result<(Vec<Duration>, Option<CtxSwitches>), BoxError>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<(), BoxError>>,
 {
     let warmup = rounds / 10;
+    for i in 0..warmup as u32 {
+        op(i).await?;
+    }
+    let before = peer.and_then(Pair::take);
     let mut times = Vec::with_capacity(rounds);
     let start = Instant::now();
-    for i in 0..(warmup + rounds) as u32 {
+    for i in warmup as u32..(warmup + rounds) as u32 {
         let t = Instant::now();
         op(i).await?;
-        let dt = t.elapsed();
-        if i as usize >= warmup {
-            times.push(dt);
-        }
+        times.push(t.elapsed());
         if start.elapsed() > cap && times.len() >= 10 {
             break;
         }
     }
-    Ok(times)
+    let ctx = before.and_then(|b| b.per_call(times.len()));
+    Ok((times, ctx))
 }
 
 fn latency_row(name: &str, times: &mut [Duration], p: &Params, floor_name: &str, floor_ns: f64) -> Row {
@@ -123,19 +157,63 @@ fn latency_row(name: &str, times: &mut [Duration], p: &Params, floor_name: &str,
     }
 }
 
-async fn add_latency(client: &BenchClient, name: &str, p: &Params, f: &Floors) -> Result<Row, BoxError> {
-    let mut times = time_calls(p.rounds(), p.cap(), |i| {
+/// One checked `add` call.
+async fn checked_add(client: &BenchClient, i: u32) -> Result<(), BoxError> {
+    let r = client.add(i, 1).await?;
+    if r != i.wrapping_add(1) {
+        return Err(format!("add({i}, 1) returned {r}").into());
+    }
+    Ok(())
+}
+
+/// `add_rtt/<link>`; with `peer` (the serving process's pid), also the
+/// context switches per call of both processes.
+async fn add_latency(
+    client: &BenchClient,
+    name: &str,
+    peer: Option<u32>,
+    p: &Params,
+    f: &Floors,
+) -> Result<Row, BoxError> {
+    let (mut times, ctx) = time_calls_counted(p.rounds(), p.cap(), peer, |i| {
         let c = client.clone();
-        async move {
-            let r = c.add(i, 1).await?;
-            if r != i.wrapping_add(1) {
-                return Err(format!("add({i}, 1) returned {r}").into());
-            }
-            Ok(())
-        }
+        async move { checked_add(&c, i).await }
     })
     .await?;
-    Ok(latency_row(name, &mut times, p, floor::ADAPTIVE, f.adaptive_ns))
+    let row = latency_row(name, &mut times, p, floor::ADAPTIVE, f.adaptive_ns).with_ctx(ctx);
+    Ok(match ctx {
+        Some(c) => row.note(&c.breakdown()),
+        None => row,
+    })
+}
+
+/// `add_cold/shm`: one `add` call per millisecond, the host sleeping on a
+/// tokio timer in between (a plugin called once a millisecond), only the
+/// call timed; context switches per call include the timer's.
+async fn add_cold(client: &BenchClient, peer: u32, p: &Params) -> Result<Row, BoxError> {
+    let n = p.cold_calls();
+    checked_add(client, 0).await?;
+    let before = Pair::take(peer);
+    let mut times = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n as u32 {
+        // On a 1 ms grid (a plugin on a 1 ms timer), as its socket floor.
+        tokio::time::sleep_until((start + floor::uds::COLD_GAP * (i + 1)).into()).await;
+        let t = Instant::now();
+        checked_add(client, i).await?;
+        times.push(t.elapsed());
+    }
+    let period = start.elapsed() / n.max(1) as u32;
+    let ctx = before.and_then(|b| b.per_call(times.len()));
+    let row = Row::latency("add_cold/shm", &mut times, p.pinned)
+        .with_ctx(ctx)
+        .note(&format!(
+            "one call per millisecond, tokio sleep_until in between (mean period {period:.2?}); only the call timed"
+        ));
+    Ok(match ctx {
+        Some(c) => row.note(&format!("{} (the sleeps' switches included)", c.breakdown())),
+        None => row,
+    })
 }
 
 fn one_worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -166,7 +244,7 @@ async fn add_in_process<L: Link>(
     });
     let conn = SessionBuilder::new().initiate(client).await?;
     let client = BenchClient::new(conn);
-    let row = add_latency(&client, name, p, f).await;
+    let row = add_latency(&client, name, None, p, f).await;
     client.connection().goodbye("measured").await;
     server_rt.shutdown_background();
     Ok(row?.note("both peers in one process"))
@@ -205,6 +283,7 @@ pub async fn spawn_cell(name: &str) -> Result<CellHandle, BoxError> {
 pub const ONE_CELL: &[&str] = &[
     "idle_cpu/shm",
     "add_rtt/shm",
+    "add_cold/shm",
     "echo_64/shm",
     "echo_4k/shm",
     "echo_64k/shm",
@@ -216,8 +295,8 @@ pub const ONE_CELL: &[&str] = &[
     "concurrency_256/shm",
 ];
 
-/// The cases on one long-lived cell: `add_rtt/shm`, the echoes, streaming,
-/// concurrency and idle CPU.
+/// The cases on one long-lived cell: `add_rtt/shm`, `add_cold/shm`, the
+/// echoes, streaming, concurrency and idle CPU.
 pub async fn one_cell(p: &Params, f: &Floors) -> Result<Vec<Row>, BoxError> {
     let cell = spawn_cell("bench").await?;
     let client: BenchClient = cell.client()?;
@@ -239,8 +318,12 @@ async fn one_cell_inner(
     if p.wants("idle_cpu/shm") {
         rows.push(idle_cpu(cell, p).await?);
     }
+    let pid = cell.pid().ok_or("the cell has no pid")?;
     if p.wants("add_rtt/shm") {
-        rows.push(add_latency(client, "add_rtt/shm", p, f).await?);
+        rows.push(add_latency(client, "add_rtt/shm", Some(pid), p, f).await?);
+    }
+    if p.wants("add_cold/shm") {
+        rows.push(add_cold(client, pid, p).await?);
     }
 
     for (name, size) in [

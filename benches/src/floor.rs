@@ -14,6 +14,11 @@
 //!
 //! The peer is this program re-executed with `--floor-child` and the segment
 //! at fd 3.
+//!
+//! [`uds`] holds the other floor: the same workloads as the session cases
+//! over a raw blocking Unix socket between two processes.
+
+pub mod uds;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::thread::JoinHandle;
@@ -200,7 +205,11 @@ pub fn ring_copy(runs: usize, items: usize, pinned: bool) -> Result<Row, Box<dyn
 /// The floor peer: `args` are what followed `--floor-child`. Returns the
 /// process exit code.
 pub fn child(args: &[String]) -> i32 {
-    match child_inner(args) {
+    let result = match args.first().map(String::as_str) {
+        Some("uds") => uds::child(&args[1..]).map_err(|e| e as Box<dyn std::error::Error>),
+        _ => child_inner(args),
+    };
+    match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("osmos-bench floor peer: {e}");

@@ -6,13 +6,16 @@
 //!
 //! - [`floor`]: two-process ping-pong over a bare osmos-shm segment (pure
 //!   spin, futex parking, osmos's adaptive wait strategy) and a raw
-//!   shared-ring copy of 64 KiB frames, with no session on top;
+//!   shared-ring copy of 64 KiB frames, with no session on top; and
+//!   ([`floor::uds`]) every session workload over a raw blocking Unix socket
+//!   between two processes, the figure each shm row is also compared to;
 //! - [`cases`]: the session over the shm link between the host and a real
 //!   sandboxed cell process (spawned with `osmos_host::CellBuilder`), and over
 //!   in-process Unix-stream and memory links: `add` round trips, byte echoes,
 //!   streaming, concurrency, many cells, idle CPU, spawn → first reply and
 //!   SIGKILL → in-flight error;
 //! - [`report`]: result rows, the table and the `--json` document;
+//! - [`ctxsw`]: context switches per call, all threads of both processes;
 //! - [`service`]: the `Bench` service the cells serve;
 //! - [`sys`]: affinity, `uname`, per-process CPU time, re-executing this
 //!   program with a segment at fd 3.
@@ -27,6 +30,7 @@
 //! the floors and ratios.
 
 pub mod cases;
+pub mod ctxsw;
 pub mod floor;
 pub mod report;
 pub mod service;

@@ -2,15 +2,25 @@
 //! run, unpinned and then pinned to CPU 0.
 //!
 //! ```text
-//! cargo run --release -p osmos-benches --bin osmos-bench [-- --quick] [--json PATH]
+//! cargo run --release -p osmos-benches --bin osmos-bench [-- --quick] [--json PATH] [--repeat N]
 //! ```
 //!
-//! - `--quick`: under a minute (fewer iterations, 1 s of idle, 16 cells
-//!   instead of 64);
+//! - `--quick`: well under a minute (fewer iterations, 1 s of idle, 16 cells
+//!   instead of 64, one pinned repetition);
 //! - `--json PATH`: also write `{"machine": {...}, "results": [...]}`;
+//! - `--repeat N`: run the pinned pass N times, each in a fresh process
+//!   (default 3, 1 with `--quick`); every pinned row then shows each
+//!   repetition's p50, so a pass that lands in a slow mode shows;
 //! - `--unpinned-only` / `--pinned-only`: run one of the two passes;
 //! - `--only PATTERN`: run only the cases whose name contains PATTERN (the
 //!   floors always run, for the ratios).
+//!
+//! Each pass measures the shm floors, the raw Unix-socket floors
+//! (`floor_uds/*`) and then the cases, and gives every case row its ratio to
+//! the adaptive shm floor and to its `floor_uds/<case>` twin. The host side
+//! of the cases runs the runtime a user of `#[tokio::main]` gets: a
+//! multi-thread runtime with one worker per CPU this process may run on
+//! (`std::thread::available_parallelism`), so one worker when pinned.
 //!
 //! The pinned pass is this program re-executed with a private `--pinned-pass
 //! ROWS` argument: it pins itself to CPU 0 before starting any thread, so its
@@ -33,6 +43,7 @@ struct Options {
     pinned_pass: Option<PathBuf>,
     unpinned: bool,
     pinned: bool,
+    repeat: Option<usize>,
     only: Option<&'static str>,
 }
 
@@ -43,6 +54,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         pinned_pass: None,
         unpinned: true,
         pinned: true,
+        repeat: None,
         only: None,
     };
     let mut it = args.iter();
@@ -56,11 +68,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 // Lives for the whole run.
                 o.only = Some(Box::leak(pattern.clone().into_boxed_str()));
             }
+            "--repeat" => {
+                let n = it.next().ok_or("--repeat needs a count, e.g. --repeat 5")?;
+                let n: usize = n.parse().map_err(|_| format!("--repeat {n:?}: not a count"))?;
+                o.repeat = Some(n.max(1));
+            }
             "--unpinned-only" => o.pinned = false,
             "--pinned-only" => o.unpinned = false,
             "-h" | "--help" => {
                 return Err(
-                    "usage: osmos-bench [--quick] [--json PATH] [--unpinned-only | --pinned-only] [--only PATTERN]"
+                    "usage: osmos-bench [--quick] [--json PATH] [--repeat N] [--unpinned-only | --pinned-only] [--only PATTERN]"
                         .into(),
                 );
             }
@@ -95,13 +112,20 @@ fn pass(p: Params, errors: &mut Vec<String>) -> Vec<Row> {
         Ok(r) => rows.push(r),
         Err(e) => errors.push(format!("{label}: ring copy floor: {e}")),
     }
+    eprintln!("  floors: raw Unix socket");
+    let (uds_rows, uds_errors) = floor::uds::floors(&p.uds_plan());
+    rows.extend(uds_rows);
+    errors.extend(uds_errors.into_iter().map(|e| format!("{label}: {e}")));
     let find = |name: &str| rows.iter().find(|r| r.name == name).map_or(0.0, |r| r.p50);
     let floors = Floors {
         adaptive_ns: find(floor::ADAPTIVE),
         ring_gbps: find(floor::RING_COPY),
     };
+    // What `#[tokio::main]` gives a user: one worker per allowed CPU.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("  host runtime: multi-thread, {workers} worker(s)");
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -142,8 +166,23 @@ fn pass(p: Params, errors: &mut Vec<String>) -> Vec<Row> {
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
+    report::attach_uds_twins(&mut rows);
     eprintln!("  {label} pass took {:.1?}", started.elapsed());
     rows
+}
+
+/// Runs the pinned pass `repeat` times, each in a fresh copy of this
+/// program, and merges their rows (see [`report::merge_repetitions`]).
+fn pinned_passes(quick: bool, repeat: usize, only: Option<&str>, errors: &mut Vec<String>) -> Vec<Row> {
+    let reps = (1..=repeat)
+        .map(|i| {
+            if repeat > 1 {
+                eprintln!("osmos-bench: pinned repetition {i} of {repeat}");
+            }
+            pinned_child(quick, only, errors)
+        })
+        .collect();
+    report::merge_repetitions(reps)
 }
 
 /// Runs the pinned pass in a fresh copy of this program and reads its rows.
@@ -233,8 +272,9 @@ fn main() -> ExitCode {
             &mut errors,
         ));
     }
+    let repeat = opts.repeat.unwrap_or(if opts.quick { 1 } else { 3 });
     if opts.pinned {
-        rows.extend(pinned_child(opts.quick, opts.only, &mut errors));
+        rows.extend(pinned_passes(opts.quick, repeat, opts.only, &mut errors));
     }
 
     println!(
@@ -247,10 +287,19 @@ fn main() -> ExitCode {
     );
     println!(
         "latencies: p50 and p99 in the p50|median and p99|lowest columns; rates: median and lowest of the runs.\n\
-         ratio = p50 / floor p50 (latency: × slower than the floor; rate: fraction of the floor's rate)."
+         ratio = p50 / floor p50 (latency: × slower than the floor; rate: fraction of the floor's rate);\n\
+         vs uds = p50 / p50 of floor_uds/<case>, the same workload over a raw blocking Unix socket, read the same way;\n\
+         cs/call = context switches per call, voluntary + involuntary, every thread of host and peer."
     );
+    if opts.pinned && repeat > 1 {
+        println!(
+            "the pinned pass ran {repeat} times, each in a fresh process: pinned rows are the repetition with the median p50."
+        );
+    }
     if opts.quick {
-        println!("--quick: fewer iterations, 1 s of idle instead of 5 s, 16 cells instead of 64.");
+        println!(
+            "--quick: fewer iterations, 1 s of idle instead of 5 s, 16 cells instead of 64, {repeat} pinned repetition(s)."
+        );
     }
     println!();
     print!("{}", report::table(&rows));
