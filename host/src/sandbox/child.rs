@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 
 use super::detect::{CAPABILITY_VERSION_3, CapData, CapHeader};
 use super::landlock::create_ruleset;
-use super::{PreparedSandbox, UserMaps};
+use super::{ChildPriority, PreparedSandbox, UserMaps};
 
 /// Applies a prepared sandbox to the calling process, in the order described
 /// in the module documentation.
@@ -27,25 +27,33 @@ use super::{PreparedSandbox, UserMaps};
 /// irreversible for the calling process.
 pub unsafe fn apply_in_child(prepared: &PreparedSandbox) -> io::Result<()> {
     let plan = &prepared.plan;
-    if !plan.enabled {
-        return Ok(());
-    }
-
-    // 1. Die with the parent, and make sure it has not died already.
+    // 1. Die with the parent, and make sure it has not died already. The
+    // only step a host applies even with the sandbox disabled.
     if plan.die_with_parent {
         arm_parent_death_signal(plan.expected_parent)?;
+    }
+    if !plan.enabled {
+        return Ok(());
     }
     // 2. A new session, without the host's controlling terminal.
     if plan.new_session {
         sys_setsid()?;
     }
     // The Landlock ruleset is built now, before the rlimits could make a new
-    // descriptor fail, and enforced at step 7.
+    // descriptor fail, and enforced at step 8.
     let ruleset = match &plan.landlock {
         Some(landlock) => Some(create_ruleset(landlock).map_err(|(_, e)| e)?),
         None => None,
     };
-    // 3. Namespaces: the user namespace first, then the others at once.
+    // 3. The cell's own uid and gid (a root host only), then re-arm
+    // PDEATHSIG: changing credentials clears it.
+    if let Some((uid, gid)) = plan.ids {
+        switch_ids(uid, gid)?;
+        if plan.die_with_parent {
+            arm_parent_death_signal(plan.expected_parent)?;
+        }
+    }
+    // 4. Namespaces: the user namespace first, then the others at once.
     if let Some(maps) = &plan.user_maps {
         enter_user_namespace(maps)?;
     }
@@ -55,26 +63,32 @@ pub unsafe fn apply_in_child(prepared: &PreparedSandbox) -> io::Result<()> {
     if plan.make_mounts_private {
         sys_make_mounts_private()?;
     }
-    // 4. Resource limits, counted in the new user namespace.
+    // 5. Resource limits, counted in the new user namespace, and the CPU
+    // priority.
     for (resource, limit) in &plan.rlimits {
         sys_prlimit(*resource, limit)?;
     }
-    // 5. Capabilities, then re-arm PDEATHSIG (credential changes may clear it).
+    match plan.priority {
+        Some(ChildPriority::Nice(nice)) => sys_set_nice(nice)?,
+        Some(ChildPriority::Idle) => sys_set_sched_idle()?,
+        None => {}
+    }
+    // 6. Capabilities, then re-arm PDEATHSIG (credential changes may clear it).
     if plan.drop_capabilities {
         drop_capabilities(plan.drop_bounding_set, plan.last_cap)?;
     }
     if plan.die_with_parent {
         arm_parent_death_signal(plan.expected_parent)?;
     }
-    // 6. No new privileges.
+    // 7. No new privileges.
     if plan.no_new_privs {
         sys_prctl(libc::PR_SET_NO_NEW_PRIVS, 1)?;
     }
-    // 7. Landlock.
+    // 8. Landlock.
     if let Some(ruleset) = ruleset {
         sys_landlock_restrict_self(ruleset.as_raw_fd())?;
     }
-    // 8. seccomp, last.
+    // 9. seccomp, last.
     for program in &plan.seccomp {
         sys_seccomp_filter(program)?;
     }
@@ -106,6 +120,45 @@ pub(super) fn arm_parent_death_signal(expected: libc::pid_t) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(())
+}
+
+/// Leaves every supplementary group and takes `uid` and `gid` as real,
+/// effective and saved ids (raw `setgroups(2)`, `setresgid(2)`,
+/// `setresuid(2)`: glibc's wrappers signal every thread of the process,
+/// which is not async-signal-safe to rely on here). Losing uid 0 empties the
+/// capability sets. Then `PR_SET_DUMPABLE` 1: the euid change made the
+/// process non-dumpable, which would leave its `/proc/self` files (its
+/// `uid_map` included) owned by root and closed to it.
+pub(super) fn switch_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: a zero-length group list is not read.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) })?;
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })?;
+    sys_prctl(libc::PR_SET_DUMPABLE, 1)
+}
+
+/// `setpriority(PRIO_PROCESS, 0, nice)`: the calling thread, which every
+/// thread the cell creates inherits from.
+fn sys_set_nice(nice: c_int) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, 0, nice) }).map(drop)
+}
+
+/// `sched_setscheduler(0, SCHED_IDLE, {0})`.
+fn sys_set_sched_idle() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: the kernel reads one sched_param from a live local.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_IDLE,
+            &param as *const libc::sched_param,
+        )
+    })
+    .map(drop)
 }
 
 /// `setsid(2)`.

@@ -9,9 +9,10 @@ use std::sync::Mutex;
 use seccompiler::TargetArch;
 
 use super::UserMaps;
-use super::child::{enter_user_namespace, sys_make_mounts_private, sys_unshare};
+use super::child::{enter_user_namespace, switch_ids, sys_make_mounts_private, sys_unshare};
 use super::policy::{
-    Enforcement, Namespaces, Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport, steps,
+    CpuPriority, Enforcement, Namespaces, Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport,
+    Step,
 };
 
 /// What the kernel (and this process) can provide; each `Err` says why not.
@@ -26,14 +27,24 @@ pub(super) struct KernelSupport {
     pub(super) uts_ns: Result<(), String>,
     pub(super) mount_ns: Result<(), String>,
     pub(super) cgroup_ns: Result<(), String>,
+    /// `Some` when the cell is to run under its own ids: whether the switch
+    /// worked in the probe child.
+    pub(super) cell_ids: Option<Result<(), String>>,
     /// The host runs as uid 0.
     pub(super) root: bool,
 }
 
 impl KernelSupport {
-    pub(super) fn detect(policy: &SandboxPolicy, maps: &UserMaps, root: bool) -> Result<Self, SandboxError> {
-        let ns = if policy.namespaces.any() {
-            probe_namespaces_cached(policy.namespaces, maps)?
+    /// Asks the kernel, and probes namespaces (and the switch to `ids`, the
+    /// cell's uid and gid when it gets its own) in a forked child.
+    pub(super) fn detect(
+        policy: &SandboxPolicy,
+        maps: &UserMaps,
+        ids: Option<(u32, u32)>,
+        root: bool,
+    ) -> Result<Self, SandboxError> {
+        let ns = if policy.namespaces.any() || ids.is_some() {
+            probe_namespaces_cached(policy.namespaces, maps, ids)?
         } else {
             [0; NS_SLOTS]
         };
@@ -58,6 +69,7 @@ impl KernelSupport {
                 "unshare(CLONE_NEWNS) and mount(\"/\", MS_REC | MS_PRIVATE)",
             ),
             cgroup_ns: result(NS_CGROUP, "unshare(CLONE_NEWCGROUP)"),
+            cell_ids: ids.map(|_| result(NS_IDS, "setgroups, setresgid and setresuid to the cell's ids")),
             root,
         })
     }
@@ -70,25 +82,27 @@ pub(super) struct Decisions {
     /// `Some(abi)` when Landlock is applied.
     pub(super) landlock_abi: Option<i32>,
     pub(super) seccomp: bool,
+    /// Whether the cell runs under its own uid and gid.
+    pub(super) cell_ids: bool,
     pub(super) report: SandboxReport,
 }
 
 /// The Landlock steps and the ABI each needs.
-pub(super) const LANDLOCK_STEPS: [(&str, i32, &str); 7] = [
-    (steps::LANDLOCK_FILESYSTEM, 1, "Linux 5.13"),
-    (steps::LANDLOCK_REFER, 2, "Linux 5.19"),
-    (steps::LANDLOCK_TRUNCATE, 3, "Linux 6.2"),
-    (steps::LANDLOCK_NETWORK, 4, "Linux 6.7"),
-    (steps::LANDLOCK_IOCTL_DEV, 5, "Linux 6.10"),
-    (steps::LANDLOCK_SCOPE_SIGNAL, 6, "Linux 6.12"),
-    (steps::LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, 6, "Linux 6.12"),
+pub(super) const LANDLOCK_STEPS: [(Step, i32, &str); 7] = [
+    (Step::LandlockFilesystem, 1, "Linux 5.13"),
+    (Step::LandlockRefer, 2, "Linux 5.19"),
+    (Step::LandlockTruncate, 3, "Linux 6.2"),
+    (Step::LandlockNetwork, 4, "Linux 6.7"),
+    (Step::LandlockIoctlDev, 5, "Linux 6.10"),
+    (Step::LandlockScopeSignal, 6, "Linux 6.12"),
+    (Step::LandlockScopeAbstractUnixSocket, 6, "Linux 6.12"),
 ];
 
 /// Decides, without system calls, what is applied; fails under
 /// [`Enforcement::Required`] on the first unavailable step.
 pub(super) fn decide(policy: &SandboxPolicy, support: &KernelSupport) -> Result<Decisions, SandboxError> {
     let mut report = SandboxReport::default();
-    let need = |feature: &'static str,
+    let need = |feature: Step,
                 available: &Result<(), String>,
                 report: &mut SandboxReport|
      -> Result<bool, SandboxError> {
@@ -111,33 +125,38 @@ pub(super) fn decide(policy: &SandboxPolicy, support: &KernelSupport) -> Result<
     };
 
     if policy.die_with_parent {
-        report.applied.push(steps::DIE_WITH_PARENT);
+        report.applied.push(Step::DieWithParent);
     }
     if policy.new_session {
-        report.applied.push(steps::NEW_SESSION);
+        report.applied.push(Step::NewSession);
     }
+
+    let cell_ids = match &support.cell_ids {
+        Some(available) => need(Step::CellIds, available, &mut report)?,
+        None => false,
+    };
 
     let wanted = policy.namespaces;
     let mut ns = Namespaces::NONE;
     for (on, step, available, entered) in [
-        (wanted.user, steps::USER_NAMESPACE, &support.user_ns, &mut ns.user),
+        (wanted.user, Step::UserNamespace, &support.user_ns, &mut ns.user),
         (
             wanted.network,
-            steps::NETWORK_NAMESPACE,
+            Step::NetworkNamespace,
             &support.network_ns,
             &mut ns.network,
         ),
-        (wanted.ipc, steps::IPC_NAMESPACE, &support.ipc_ns, &mut ns.ipc),
-        (wanted.uts, steps::UTS_NAMESPACE, &support.uts_ns, &mut ns.uts),
+        (wanted.ipc, Step::IpcNamespace, &support.ipc_ns, &mut ns.ipc),
+        (wanted.uts, Step::UtsNamespace, &support.uts_ns, &mut ns.uts),
         (
             wanted.mount,
-            steps::MOUNT_NAMESPACE,
+            Step::MountNamespace,
             &support.mount_ns,
             &mut ns.mount,
         ),
         (
             wanted.cgroup,
-            steps::CGROUP_NAMESPACE,
+            Step::CgroupNamespace,
             &support.cgroup_ns,
             &mut ns.cgroup,
         ),
@@ -148,21 +167,26 @@ pub(super) fn decide(policy: &SandboxPolicy, support: &KernelSupport) -> Result<
     }
 
     if !policy.rlimits.is_empty() {
-        report.applied.push(steps::RLIMITS);
+        report.applied.push(Step::Rlimits);
         let limits_nproc = policy.rlimits.iter().any(|l| l.resource == RlimitResource::NProc);
-        if limits_nproc && support.root {
+        if limits_nproc && support.root && !cell_ids {
             report.skipped.push((
-                steps::RLIMIT_NPROC,
-                "the host runs as root and the kernel does not apply RLIMIT_NPROC to uid 0, even \
-                 mapped into a user namespace; run cells in a pids cgroup to bound their threads"
+                Step::RlimitNproc,
+                "the cell runs as uid 0 (a root host with CellIds::Host, or the id switch is \
+                 unavailable) and the kernel does not apply RLIMIT_NPROC to uid 0, even mapped \
+                 into a user namespace; give cells their own ids (SandboxPolicy::cell_ids) or run \
+                 them in a pids cgroup to bound their threads"
                     .to_owned(),
             ));
         }
     }
-    if policy.drop_capabilities {
-        report.applied.push(steps::DROP_CAPABILITIES);
+    if policy.cpu_priority != CpuPriority::Inherit {
+        report.applied.push(Step::CpuPriority);
     }
-    report.applied.push(steps::NO_NEW_PRIVILEGES);
+    if policy.drop_capabilities {
+        report.applied.push(Step::DropCapabilities);
+    }
+    report.applied.push(Step::NoNewPrivileges);
 
     let mut landlock_abi = None;
     if policy.landlock {
@@ -171,7 +195,7 @@ pub(super) fn decide(policy: &SandboxPolicy, support: &KernelSupport) -> Result<
         for (step, min_abi, since) in LANDLOCK_STEPS {
             let available = match &abi {
                 Err(reason) => Err(reason.clone()),
-                Ok(_) if step != steps::LANDLOCK_FILESYSTEM && !filesystem => {
+                Ok(_) if step != Step::LandlockFilesystem && !filesystem => {
                     Err("Landlock filesystem rules are not applied".to_owned())
                 }
                 Ok(v) if *v >= min_abi => Ok(()),
@@ -180,7 +204,7 @@ pub(super) fn decide(policy: &SandboxPolicy, support: &KernelSupport) -> Result<
                 )),
             };
             let applied = need(step, &available, &mut report)?;
-            if step == steps::LANDLOCK_FILESYSTEM {
+            if step == Step::LandlockFilesystem {
                 filesystem = applied;
             }
         }
@@ -189,20 +213,21 @@ pub(super) fn decide(policy: &SandboxPolicy, support: &KernelSupport) -> Result<
         }
     }
 
-    let seccomp = policy.seccomp && need(steps::SECCOMP, &support.seccomp, &mut report)?;
+    let seccomp = policy.seccomp && need(Step::Seccomp, &support.seccomp, &mut report)?;
     if !policy.allow_subprocesses {
         // Part of the seccomp step: its absence was already enforced above.
         if seccomp {
-            report.applied.push(steps::NO_SUBPROCESSES);
+            report.applied.push(Step::NoSubprocesses);
         } else {
             report.skipped.push((
-                steps::NO_SUBPROCESSES,
+                Step::NoSubprocesses,
                 "it is enforced by the seccomp filter, which is not applied".to_owned(),
             ));
         }
     }
 
     Ok(Decisions {
+        cell_ids,
         namespaces: ns,
         landlock_abi,
         seccomp,
@@ -361,9 +386,11 @@ pub(super) const NS_IPC: usize = 2;
 pub(super) const NS_UTS: usize = 3;
 pub(super) const NS_MOUNT: usize = 4;
 pub(super) const NS_CGROUP: usize = 5;
-pub(super) const NS_SLOTS: usize = 6;
+/// Not a namespace: the switch to the cell's ids, tried first.
+pub(super) const NS_IDS: usize = 6;
+pub(super) const NS_SLOTS: usize = 7;
 
-pub(super) type ProbeKey = (Namespaces, Vec<u8>, Vec<u8>);
+pub(super) type ProbeKey = (Namespaces, Vec<u8>, Vec<u8>, Option<(u32, u32)>);
 pub(super) static NAMESPACE_PROBES: Mutex<Vec<(ProbeKey, [i32; NS_SLOTS])>> = Mutex::new(Vec::new());
 
 /// The errno of each namespace step (0 = works), probed once per process and
@@ -371,13 +398,14 @@ pub(super) static NAMESPACE_PROBES: Mutex<Vec<(ProbeKey, [i32; NS_SLOTS])>> = Mu
 pub(super) fn probe_namespaces_cached(
     requested: Namespaces,
     maps: &UserMaps,
+    ids: Option<(u32, u32)>,
 ) -> Result<[i32; NS_SLOTS], SandboxError> {
-    let key = (requested, maps.uid_map.clone(), maps.gid_map.clone());
+    let key = (requested, maps.uid_map.clone(), maps.gid_map.clone(), ids);
     let mut cache = NAMESPACE_PROBES.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, results)) = cache.iter().find(|(k, _)| *k == key) {
         return Ok(*results);
     }
-    let results = probe_namespaces(requested, maps).map_err(SandboxError::Probe)?;
+    let results = probe_namespaces(requested, maps, ids).map_err(SandboxError::Probe)?;
     cache.push((key, results));
     Ok(results)
 }
@@ -385,7 +413,11 @@ pub(super) fn probe_namespaces_cached(
 /// Forks a child that enters the requested namespaces the way
 /// [`apply_in_child`](super::apply_in_child) does, one kind at a time, and reports each errno
 /// through a pipe.
-pub(super) fn probe_namespaces(requested: Namespaces, maps: &UserMaps) -> io::Result<[i32; NS_SLOTS]> {
+pub(super) fn probe_namespaces(
+    requested: Namespaces,
+    maps: &UserMaps,
+    ids: Option<(u32, u32)>,
+) -> io::Result<[i32; NS_SLOTS]> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: pipe2 writes two descriptors into `fds`.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -399,6 +431,9 @@ pub(super) fn probe_namespaces(requested: Namespaces, maps: &UserMaps) -> io::Re
     if pid == 0 {
         // Child.
         let mut results = [-1i32; NS_SLOTS];
+        if let Some((uid, gid)) = ids {
+            results[NS_IDS] = errno_of(switch_ids(uid, gid));
+        }
         if requested.user {
             results[NS_USER] = errno_of(enter_user_namespace(maps));
         }
@@ -494,6 +529,7 @@ mod tests {
             uts_ns: Ok(()),
             mount_ns: Ok(()),
             cgroup_ns: Ok(()),
+            cell_ids: None,
             root: true,
         }
     }
@@ -504,31 +540,32 @@ mod tests {
         assert_eq!(
             d.report.applied,
             vec![
-                steps::DIE_WITH_PARENT,
-                steps::NEW_SESSION,
-                steps::USER_NAMESPACE,
-                steps::NETWORK_NAMESPACE,
-                steps::IPC_NAMESPACE,
-                steps::UTS_NAMESPACE,
-                steps::MOUNT_NAMESPACE,
-                steps::CGROUP_NAMESPACE,
-                steps::RLIMITS,
-                steps::DROP_CAPABILITIES,
-                steps::NO_NEW_PRIVILEGES,
-                steps::LANDLOCK_FILESYSTEM,
-                steps::LANDLOCK_REFER,
-                steps::LANDLOCK_TRUNCATE,
-                steps::LANDLOCK_NETWORK,
-                steps::LANDLOCK_IOCTL_DEV,
-                steps::LANDLOCK_SCOPE_SIGNAL,
-                steps::LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET,
-                steps::SECCOMP,
-                steps::NO_SUBPROCESSES,
+                Step::DieWithParent,
+                Step::NewSession,
+                Step::UserNamespace,
+                Step::NetworkNamespace,
+                Step::IpcNamespace,
+                Step::UtsNamespace,
+                Step::MountNamespace,
+                Step::CgroupNamespace,
+                Step::Rlimits,
+                Step::CpuPriority,
+                Step::DropCapabilities,
+                Step::NoNewPrivileges,
+                Step::LandlockFilesystem,
+                Step::LandlockRefer,
+                Step::LandlockTruncate,
+                Step::LandlockNetwork,
+                Step::LandlockIoctlDev,
+                Step::LandlockScopeSignal,
+                Step::LandlockScopeAbstractUnixSocket,
+                Step::Seccomp,
+                Step::NoSubprocesses,
             ]
         );
         // The kernel ignores RLIMIT_NPROC for root, and the report says so.
-        let skipped: Vec<&str> = d.report.skipped.iter().map(|(s, _)| *s).collect();
-        assert_eq!(skipped, vec![steps::RLIMIT_NPROC]);
+        let skipped: Vec<Step> = d.report.skipped.iter().map(|(s, _)| *s).collect();
+        assert_eq!(skipped, vec![Step::RlimitNproc]);
         let unprivileged = KernelSupport {
             root: false,
             ..full_support()
@@ -550,7 +587,7 @@ mod tests {
         let err = decide(&SandboxPolicy::default(), &support).unwrap_err();
         match &err {
             SandboxError::Unavailable { feature, reason } => {
-                assert_eq!(*feature, steps::LANDLOCK_NETWORK);
+                assert_eq!(*feature, Step::LandlockNetwork);
                 assert!(reason.contains("ABI is 3"), "{reason}");
                 assert!(reason.contains("ABI 4"), "{reason}");
             }
@@ -571,21 +608,21 @@ mod tests {
         };
         let policy = SandboxPolicy::default().best_effort();
         let d = decide(&policy, &support).unwrap();
-        let skipped: Vec<&str> = d.report.skipped.iter().map(|(s, _)| *s).collect();
+        let skipped: Vec<Step> = d.report.skipped.iter().map(|(s, _)| *s).collect();
         assert_eq!(
             skipped,
             vec![
-                steps::NETWORK_NAMESPACE,
-                steps::RLIMIT_NPROC,
-                steps::LANDLOCK_NETWORK,
-                steps::LANDLOCK_IOCTL_DEV,
-                steps::LANDLOCK_SCOPE_SIGNAL,
-                steps::LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET,
-                steps::SECCOMP,
-                steps::NO_SUBPROCESSES,
+                Step::NetworkNamespace,
+                Step::RlimitNproc,
+                Step::LandlockNetwork,
+                Step::LandlockIoctlDev,
+                Step::LandlockScopeSignal,
+                Step::LandlockScopeAbstractUnixSocket,
+                Step::Seccomp,
+                Step::NoSubprocesses,
             ]
         );
-        assert!(d.report.is_applied(steps::LANDLOCK_TRUNCATE));
+        assert!(d.report.is_applied(Step::LandlockTruncate));
         assert!(!d.namespaces.network && d.namespaces.ipc);
         assert_eq!(d.landlock_abi, Some(3));
         assert!(!d.seccomp);
@@ -604,14 +641,19 @@ mod tests {
         assert!(matches!(
             err,
             SandboxError::Unavailable {
-                feature: steps::LANDLOCK_FILESYSTEM,
+                feature: Step::LandlockFilesystem,
                 ..
             }
         ));
         let d = decide(&SandboxPolicy::default().best_effort(), &support).unwrap();
         assert_eq!(d.landlock_abi, None);
         assert_eq!(d.report.skipped.len(), LANDLOCK_STEPS.len());
-        assert!(d.report.skipped.iter().all(|(s, _)| s.starts_with("landlock-")));
+        assert!(
+            d.report
+                .skipped
+                .iter()
+                .all(|(s, _)| s.name().starts_with("landlock-"))
+        );
         assert!(d.report.skipped[0].1.contains("not enabled at boot"));
     }
 
@@ -624,8 +666,8 @@ mod tests {
         let err = decide(&SandboxPolicy::default(), &support).unwrap_err();
         assert!(err.to_string().contains("user-namespace"), "{err}");
         let d = decide(&SandboxPolicy::default().best_effort(), &support).unwrap();
-        let skipped: Vec<&str> = d.report.skipped.iter().map(|(s, _)| *s).collect();
-        assert_eq!(skipped, vec![steps::USER_NAMESPACE, steps::RLIMIT_NPROC]);
+        let skipped: Vec<Step> = d.report.skipped.iter().map(|(s, _)| *s).collect();
+        assert_eq!(skipped, vec![Step::UserNamespace, Step::RlimitNproc]);
     }
 
     #[test]

@@ -39,14 +39,24 @@
 //!    against cells outliving their host. The signal fires when the *thread*
 //!    that forked the child exits (see `prctl(2)`), so the host must spawn
 //!    cells from a thread that lives as long as it wants its cells to live
-//!    (not from a short-lived blocking-pool thread).
+//!    (not from a short-lived blocking-pool thread). This is the one place
+//!    PDEATHSIG is set (re-armed after each credential change, which clears
+//!    it); the host turns it on even for a disabled sandbox.
 //! 2. **new-session**: `setsid()`. The cell loses the host's controlling
 //!    terminal (no `TIOCSTI` injection, no job-control signals from it) and
 //!    leaves the host's process group. Then the child builds its Landlock
-//!    ruleset (enforced at step 7), while no rlimit can get in the way.
-//! 3. **namespaces**: first a user namespace (`unshare(CLONE_NEWUSER)`, then
+//!    ruleset (enforced at step 8), while no rlimit can get in the way.
+//! 3. **cell-ids** (a root host only, see [`CellIds`]): drop every
+//!    supplementary group, `setresgid`/`setresuid` to the cell's own
+//!    unprivileged ids, `PR_SET_DUMPABLE` 1 (so its `/proc/self` stays its
+//!    own), re-arm PDEATHSIG. From here on `RLIMIT_NPROC` binds the cell (the
+//!    kernel charges it to the real uid of the initial namespace, and exempts
+//!    only uid 0), and `kill(2)`/`ptrace(2)` permission checks keep it from
+//!    its siblings and the host. The segment and control socket descriptors
+//!    stay usable: access was checked when they were opened.
+//! 4. **namespaces**: first a user namespace (`unshare(CLONE_NEWUSER)`, then
 //!    `/proc/self/setgroups` = `deny`, and identity `uid_map`/`gid_map` for
-//!    the host's euid/egid, so the cell keeps its ids), then in one
+//!    the cell's euid/egid, so the cell keeps its ids), then in one
 //!    `unshare(2)` a network namespace (the cell sees only a downed loopback:
 //!    no network at all), IPC (no System V / POSIX IPC objects shared with
 //!    the host), UTS, cgroup and mount namespaces; the mount namespace is made
@@ -54,22 +64,26 @@
 //!    namespace is what lets an unprivileged host create the others, makes
 //!    every capability the cell could hold meaningless outside it, and makes
 //!    `RLIMIT_NPROC` count the cell's own tasks.
-//! 4. **rlimits**: `prlimit64(2)` on the cell; only ever lowered, never
-//!    raised (see [`Rlimit::defaults`]). Applied after the user namespace so
-//!    that `RLIMIT_NPROC` bounds the cell's tasks in its own namespace. The
-//!    kernel never applies `RLIMIT_NPROC` to kernel uid 0, even mapped into a
-//!    user namespace (measured: 1000 forks under a limit of 256), so a host
-//!    running as root gets `rlimit-nproc` in [`SandboxReport::skipped`];
-//!    **no-subprocesses** (below) is what stops a fork bomb there.
-//! 5. **drop-capabilities**: empty the bounding set (`PR_CAPBSET_DROP`), clear
+//! 5. **rlimits** and **cpu-priority**: `prlimit64(2)` on the cell; only
+//!    ever lowered, never raised (see [`Rlimit::defaults`] for what each
+//!    protects against). Applied after the user namespace so that
+//!    `RLIMIT_NPROC` bounds the cell's tasks in its own namespace. The kernel
+//!    never applies `RLIMIT_NPROC` to kernel uid 0, even mapped into a user
+//!    namespace (measured: 1000 forks under a limit of 256): a cell left
+//!    under uid 0 ([`CellIds::Host`] under a root host) gets `rlimit-nproc`
+//!    in [`SandboxReport::skipped`], and **no-subprocesses** (below) is what
+//!    stops a fork bomb there, though not a thread bomb. Then the nice value
+//!    (`setpriority(2)`, the host's plus [`CpuPriority::Nice`]'s increment)
+//!    or `SCHED_IDLE`, inherited by every thread the cell creates.
+//! 6. **drop-capabilities**: empty the bounding set (`PR_CAPBSET_DROP`), clear
 //!    the ambient set and `capset(2)` all sets to zero, so that a cell
 //!    running as uid 0 holds no capability and cannot regain one at `exec`.
 //!    Then PDEATHSIG is armed again and the parent re-checked, because
 //!    credential changes are where the kernel may clear it.
-//! 6. **no-new-privileges**: `prctl(PR_SET_NO_NEW_PRIVS, 1)`: set-uid bits
+//! 7. **no-new-privileges**: `prctl(PR_SET_NO_NEW_PRIVS, 1)`: set-uid bits
 //!    and file capabilities are ignored from now on. Landlock and seccomp
 //!    require it.
-//! 7. **Landlock**: `landlock_restrict_self(2)` on the ruleset built at
+//! 8. **Landlock**: `landlock_restrict_self(2)` on the ruleset built at
 //!    step 2 (see the allow-list below). Handled (hence denied unless
 //!    allowed) are all filesystem rights of the kernel's ABI (execute,
 //!    read/write file, read dir, remove dir/file, make char/dir/reg/sock/
@@ -78,7 +92,7 @@
 //!    process outside the cell's domain (its host included) and no connection
 //!    to an abstract unix socket created outside it. Landlock also forbids
 //!    `ptrace` of processes outside the domain.
-//! 8. **seccomp**, last so that everything above is still allowed, and
+//! 9. **seccomp**, last so that everything above is still allowed, and
 //!    `execve` remains allowed: two filters, see the deny list below.
 //!
 //! # The Landlock allow-list
@@ -143,9 +157,24 @@
 //! datagram to a pathname unix socket cannot be filtered; the filesystem
 //! metadata visible through `stat(2)` is not hidden.
 //!
+//! # Resource limits: what they stop, and what only a cgroup can
+//!
+//! The rlimits bound each cell on its own: private writable memory
+//! (`RLIMIT_DATA`, 1 GiB), tasks (`RLIMIT_NPROC`, 256, threads included),
+//! descriptors, file size, locked memory, core dumps (none), optionally CPU
+//! time; the nice value keeps a spinning cell from starving the host. They
+//! cannot bound what many cells take together (ten cells may hold 10 GiB),
+//! page cache and kernel memory a cell causes, memory bandwidth, or the
+//! share of CPU time over a period: only a cgroup v2 (`memory.max`,
+//! `pids.max`, `cpu.max`) given to the host does, and this module does not
+//! create cgroups yet; run the host in a delegated cgroup (e.g. a systemd
+//! unit with `MemoryMax=`, `TasksMax=`, `CPUQuota=`) to bound the cells
+//! together. A cell under [`CellIds::Host`] on a root host escapes
+//! `RLIMIT_NPROC` (see step 5).
+//!
 //! # Enforcement and the report
 //!
-//! Each step has a name (see [`steps`]). Under [`Enforcement::Required`] a
+//! Each step has a name (see [`Step`]). Under [`Enforcement::Required`] a
 //! step the kernel cannot provide makes [`prepare`] fail with
 //! [`SandboxError::Unavailable`] naming it; under
 //! [`Enforcement::BestEffort`] it is skipped and listed in
@@ -172,17 +201,21 @@
 use std::ffi::{c_int, c_ulong};
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 mod child;
 mod detect;
+mod ids;
 mod landlock;
 mod policy;
 mod program;
 mod seccomp;
 
 pub use child::apply_in_child;
+pub use ids::CellIdLease;
 pub use policy::{
-    Enforcement, Namespaces, Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport, steps,
+    CellIds, CpuPriority, DEFAULT_MEMORY, DEFAULT_NICE_INCREMENT, DEFAULT_TASKS, Enforcement, Namespaces,
+    Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport, Step,
 };
 
 use detect::{
@@ -198,6 +231,9 @@ use seccomp::compile_seccomp;
 pub struct PreparedSandbox {
     plan: ChildPlan,
     report: SandboxReport,
+    /// The cell's uid and gid, reserved while this (or a clone of the lease)
+    /// lives.
+    ids: Option<Arc<CellIdLease>>,
 }
 
 impl PreparedSandbox {
@@ -209,6 +245,13 @@ impl PreparedSandbox {
     /// Whether any step will be applied (false for [`SandboxPolicy::disabled`]).
     pub fn is_enabled(&self) -> bool {
         self.plan.enabled
+    }
+
+    /// The uid and gid reserved for the cell when it runs under its own
+    /// ([`CellIds`]). Keep the lease until the cell's processes are gone:
+    /// dropping it (and this sandbox) lets another cell have the ids.
+    pub fn cell_id_lease(&self) -> Option<Arc<CellIdLease>> {
+        self.ids.clone()
     }
 }
 
@@ -249,6 +292,19 @@ struct ChildPlan {
     landlock: Option<LandlockPlan>,
     /// BPF programs, installed in order. Each is at most `BPF_MAXINSNS` long.
     seccomp: Vec<Vec<libc::sock_filter>>,
+    /// `(uid, gid)` the cell switches to, under a root host.
+    ids: Option<(u32, u32)>,
+    /// The CPU priority the cell takes.
+    priority: Option<ChildPriority>,
+}
+
+/// A CPU priority as the child sets it.
+#[derive(Clone, Copy, Debug)]
+enum ChildPriority {
+    /// An absolute nice value (the host's plus the policy's increment).
+    Nice(c_int),
+    /// `SCHED_IDLE`.
+    Idle,
 }
 
 struct UserMaps {
@@ -257,11 +313,12 @@ struct UserMaps {
 }
 
 impl ChildPlan {
-    fn disabled() -> Self {
+    /// The plan of a disabled sandbox: at most die-with-parent.
+    fn disabled(die_with_parent: bool, expected_parent: libc::pid_t) -> Self {
         Self {
             enabled: false,
-            expected_parent: 0,
-            die_with_parent: false,
+            expected_parent,
+            die_with_parent,
             new_session: false,
             user_maps: None,
             unshare_flags: 0,
@@ -273,6 +330,8 @@ impl ChildPlan {
             no_new_privs: false,
             landlock: None,
             seccomp: Vec::new(),
+            ids: None,
+            priority: None,
         }
     }
 }
@@ -295,30 +354,54 @@ impl ChildPlan {
 /// [`SandboxError::Unavailable`] when a requested step is not available.
 /// Logs a warning for each skipped step, and for a disabled policy.
 pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox, SandboxError> {
+    // SAFETY: geteuid/getegid/getpid cannot fail and touch no memory.
+    let (euid, egid, pid) = unsafe { (libc::geteuid(), libc::getegid(), libc::getpid()) };
     if !policy.enabled {
         tracing::warn!(
             program = %program.display(),
             "cell sandbox disabled by SandboxPolicy::disabled(): the cell runs with the host's full authority"
         );
+        let applied = if policy.die_with_parent {
+            vec![Step::DieWithParent]
+        } else {
+            Vec::new()
+        };
         return Ok(PreparedSandbox {
-            plan: ChildPlan::disabled(),
+            plan: ChildPlan::disabled(policy.die_with_parent, pid),
             report: SandboxReport {
-                applied: Vec::new(),
-                skipped: vec![(steps::SANDBOX, "disabled by SandboxPolicy::disabled()".to_owned())],
-                landlock_paths: Vec::new(),
+                applied,
+                skipped: vec![(Step::Sandbox, "disabled by SandboxPolicy::disabled()".to_owned())],
+                ..SandboxReport::default()
             },
+            ids: None,
         });
     }
 
-    // SAFETY: geteuid/getegid/getpid cannot fail and touch no memory.
-    let (euid, egid, pid) = unsafe { (libc::geteuid(), libc::getegid(), libc::getpid()) };
-    let user_maps = UserMaps {
-        uid_map: format!("{euid} {euid} 1\n").into_bytes(),
-        gid_map: format!("{egid} {egid} 1\n").into_bytes(),
+    let maps_for = |uid: u32, gid: u32| UserMaps {
+        uid_map: format!("{uid} {uid} 1\n").into_bytes(),
+        gid_map: format!("{gid} {gid} 1\n").into_bytes(),
     };
-
-    let support = KernelSupport::detect(policy, &user_maps, euid == 0)?;
+    let lease = ids::lease(policy.cell_ids, euid)?;
+    // The probe child tries the id switch with the range's first ids, so
+    // that one probe answers for every cell of the range.
+    let probe_ids = lease.as_ref().map(|l| match policy.cell_ids {
+        CellIds::Range { first, .. } => (first.max(1), first.max(1)),
+        _ => (l.uid(), l.gid()),
+    });
+    let probe_maps = probe_ids.map_or_else(|| maps_for(euid, egid), |(u, g)| maps_for(u, g));
+    let support = KernelSupport::detect(policy, &probe_maps, probe_ids, euid == 0)?;
     let mut decisions = decide(policy, &support)?;
+    let ids = lease
+        .as_ref()
+        .filter(|_| decisions.cell_ids)
+        .map(|l| (l.uid(), l.gid()));
+    let user_maps = ids.map_or_else(|| maps_for(euid, egid), |(u, g)| maps_for(u, g));
+    if let Some((uid, gid)) = ids {
+        check_access_as(program, uid, gid, 0o1, "execute", "the cell program")?;
+        if let Some(dir) = &policy.write_dir {
+            check_access_as(dir, uid, gid, 0o3, "write and enter", "the write directory")?;
+        }
+    }
 
     let mut plan = ChildPlan {
         enabled: true,
@@ -335,6 +418,8 @@ pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox
         no_new_privs: true,
         landlock: None,
         seccomp: Vec::new(),
+        ids: None,
+        priority: None,
     };
 
     let ns = decisions.namespaces;
@@ -346,11 +431,33 @@ pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox
 
     for limit in &policy.rlimits {
         let current = current_rlimit(limit.resource.raw());
-        plan.rlimits
-            .push((limit.resource.raw(), clamp_rlimit(limit, current)));
+        let [soft, hard] = clamp_rlimit(limit, current);
+        plan.rlimits.push((limit.resource.raw(), [soft, hard]));
+        decisions.report.rlimits.push(Rlimit {
+            resource: limit.resource,
+            soft,
+            hard,
+        });
     }
+    plan.ids = ids;
+    decisions.report.cell_ids = ids;
+    plan.priority = match policy.cpu_priority {
+        CpuPriority::Inherit => None,
+        CpuPriority::Nice(increment) => {
+            let host = rustix::process::getpriority_process(None).unwrap_or(0);
+            let nice = host.saturating_add(increment).clamp(-20, 19);
+            decisions.report.cpu_priority = Some(CpuPriority::Nice(nice));
+            Some(ChildPriority::Nice(nice))
+        }
+        CpuPriority::Idle => {
+            decisions.report.cpu_priority = Some(CpuPriority::Idle);
+            Some(ChildPriority::Idle)
+        }
+    };
 
-    plan.drop_bounding_set = ns.user || holds_capability(CAP_SETPCAP);
+    // After the id switch the cell holds no capability in the host's user
+    // namespace: only a new user namespace lets it drop the bounding set.
+    plan.drop_bounding_set = ns.user || (ids.is_none() && holds_capability(CAP_SETPCAP));
 
     if let Some(abi) = decisions.landlock_abi {
         let (landlock, paths) = build_landlock(abi, policy, program)?;
@@ -366,16 +473,66 @@ pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox
     // Each skipped step is warned about once per process: the reasons are
     // properties of the host and kernel, the same for every spawn (the
     // report of every cell still lists them).
-    static WARNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    static WARNED: std::sync::Mutex<Vec<Step>> = std::sync::Mutex::new(Vec::new());
     for (step, why) in &report.skipped {
         let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
         if !warned.contains(step) {
-            warned.push(step);
-            tracing::warn!(step, reason = %why, program = %program.display(), "cell sandbox step skipped");
+            warned.push(*step);
+            tracing::warn!(step = step.name(), reason = %why, program = %program.display(), "cell sandbox step skipped");
         }
     }
     tracing::debug!(program = %program.display(), %report, "cell sandbox prepared");
-    Ok(PreparedSandbox { plan, report })
+    Ok(PreparedSandbox {
+        plan,
+        report,
+        ids: lease.filter(|_| ids.is_some()),
+    })
+}
+
+/// Fails unless the owner, group or other permission bits of `path` grant
+/// all of `bits` (of `0o7`: read 4, write 2, execute 1) to a process running
+/// as `uid`/`gid` without capabilities, as the cell will.
+fn check_access_as(
+    path: &Path,
+    uid: u32,
+    gid: u32,
+    bits: u32,
+    what: &str,
+    role: &str,
+) -> Result<(), SandboxError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| SandboxError::Path {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mode = meta.mode();
+    let granted = if meta.uid() == uid {
+        mode >> 6
+    } else if meta.gid() == gid {
+        mode >> 3
+    } else {
+        mode
+    } & 0o7;
+    if granted & bits == bits {
+        return Ok(());
+    }
+    Err(SandboxError::Path {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{role} must be accessible to the cell, which runs as uid {uid} gid {gid} and may \
+             not {what} it (mode {:o}, owner {}:{}); grant it to others (chmod o+{}), or \
+             choose the cell's ids with SandboxPolicy::cell_ids (CellIds::Fixed for an \
+             account that owns it)",
+            mode & 0o7777,
+            meta.uid(),
+            meta.gid(),
+            match bits {
+                0o1 => "x",
+                0o3 => "wx",
+                _ => "rwx",
+            }
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -387,6 +544,6 @@ mod tests {
         let prepared = prepare(&SandboxPolicy::disabled(), Path::new("/bin/true")).unwrap();
         assert!(!prepared.is_enabled());
         assert!(prepared.report().applied.is_empty());
-        assert_eq!(prepared.report().skipped[0].0, steps::SANDBOX);
+        assert_eq!(prepared.report().skipped[0].0, Step::Sandbox);
     }
 }

@@ -6,54 +6,99 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-/// The names of the sandbox steps, as they appear in [`SandboxReport`] and
-/// [`SandboxError::Unavailable`], in the order they are applied.
-pub mod steps {
+/// A step of the sandbox, as listed in [`SandboxReport`] and named by
+/// [`SandboxError::Unavailable`]. Declared in the order the child applies
+/// them; [`Step::name`] is the stable kebab-case name used in messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Step {
     /// `PR_SET_PDEATHSIG(SIGKILL)` and the parent re-check.
-    pub const DIE_WITH_PARENT: &str = "die-with-parent";
+    DieWithParent,
     /// `setsid()`.
-    pub const NEW_SESSION: &str = "new-session";
+    NewSession,
+    /// The cell runs as its own unprivileged uid and gid ([`CellIds`]).
+    CellIds,
     /// A user namespace with identity uid/gid maps.
-    pub const USER_NAMESPACE: &str = "user-namespace";
+    UserNamespace,
     /// A network namespace: no network.
-    pub const NETWORK_NAMESPACE: &str = "network-namespace";
+    NetworkNamespace,
     /// An IPC namespace.
-    pub const IPC_NAMESPACE: &str = "ipc-namespace";
+    IpcNamespace,
     /// A UTS namespace.
-    pub const UTS_NAMESPACE: &str = "uts-namespace";
+    UtsNamespace,
     /// A mount namespace, made recursively private.
-    pub const MOUNT_NAMESPACE: &str = "mount-namespace";
+    MountNamespace,
     /// A cgroup namespace.
-    pub const CGROUP_NAMESPACE: &str = "cgroup-namespace";
+    CgroupNamespace,
     /// The resource limits.
-    pub const RLIMITS: &str = "rlimits";
+    Rlimits,
     /// Only reported as skipped: `RLIMIT_NPROC` does not bind kernel uid 0,
     /// even mapped into a user namespace.
-    pub const RLIMIT_NPROC: &str = "rlimit-nproc";
+    RlimitNproc,
+    /// The cell's CPU priority below the host's ([`CpuPriority`]).
+    CpuPriority,
     /// Empty bounding, ambient, permitted, effective and inheritable sets.
-    pub const DROP_CAPABILITIES: &str = "drop-capabilities";
+    DropCapabilities,
     /// `PR_SET_NO_NEW_PRIVS`.
-    pub const NO_NEW_PRIVILEGES: &str = "no-new-privileges";
+    NoNewPrivileges,
     /// Landlock filesystem rules (ABI 1).
-    pub const LANDLOCK_FILESYSTEM: &str = "landlock-filesystem";
+    LandlockFilesystem,
     /// Landlock control of links and renames across directories (ABI 2).
-    pub const LANDLOCK_REFER: &str = "landlock-refer";
+    LandlockRefer,
     /// Landlock control of truncation (ABI 3).
-    pub const LANDLOCK_TRUNCATE: &str = "landlock-truncate";
+    LandlockTruncate,
     /// Landlock control of TCP bind and connect (ABI 4).
-    pub const LANDLOCK_NETWORK: &str = "landlock-network";
+    LandlockNetwork,
     /// Landlock control of ioctl on device files (ABI 5).
-    pub const LANDLOCK_IOCTL_DEV: &str = "landlock-ioctl-dev";
+    LandlockIoctlDev,
     /// Landlock signal scoping: no signal to processes outside the cell (ABI 6).
-    pub const LANDLOCK_SCOPE_SIGNAL: &str = "landlock-scope-signal";
+    LandlockScopeSignal,
     /// Landlock abstract unix socket scoping (ABI 6).
-    pub const LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET: &str = "landlock-scope-abstract-unix-socket";
+    LandlockScopeAbstractUnixSocket,
     /// The seccomp filters.
-    pub const SECCOMP: &str = "seccomp";
+    Seccomp,
     /// seccomp refuses new processes (threads stay allowed).
-    pub const NO_SUBPROCESSES: &str = "no-subprocesses";
+    NoSubprocesses,
     /// Only reported as skipped, by a policy from `SandboxPolicy::disabled()`.
-    pub const SANDBOX: &str = "sandbox";
+    Sandbox,
+}
+
+impl Step {
+    /// The step's stable name, e.g. `"landlock-filesystem"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::DieWithParent => "die-with-parent",
+            Self::NewSession => "new-session",
+            Self::CellIds => "cell-ids",
+            Self::UserNamespace => "user-namespace",
+            Self::NetworkNamespace => "network-namespace",
+            Self::IpcNamespace => "ipc-namespace",
+            Self::UtsNamespace => "uts-namespace",
+            Self::MountNamespace => "mount-namespace",
+            Self::CgroupNamespace => "cgroup-namespace",
+            Self::Rlimits => "rlimits",
+            Self::RlimitNproc => "rlimit-nproc",
+            Self::CpuPriority => "cpu-priority",
+            Self::DropCapabilities => "drop-capabilities",
+            Self::NoNewPrivileges => "no-new-privileges",
+            Self::LandlockFilesystem => "landlock-filesystem",
+            Self::LandlockRefer => "landlock-refer",
+            Self::LandlockTruncate => "landlock-truncate",
+            Self::LandlockNetwork => "landlock-network",
+            Self::LandlockIoctlDev => "landlock-ioctl-dev",
+            Self::LandlockScopeSignal => "landlock-scope-signal",
+            Self::LandlockScopeAbstractUnixSocket => "landlock-scope-abstract-unix-socket",
+            Self::Seccomp => "seccomp",
+            Self::NoSubprocesses => "no-subprocesses",
+            Self::Sandbox => "sandbox",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What to do when the kernel cannot provide a part of the sandbox.
@@ -153,6 +198,40 @@ pub enum RlimitResource {
 }
 
 impl RlimitResource {
+    /// Whether the limit is a number of bytes.
+    pub const fn counts_bytes(self) -> bool {
+        matches!(
+            self,
+            Self::AddressSpace
+                | Self::Core
+                | Self::Data
+                | Self::FileSize
+                | Self::MemLock
+                | Self::MsgQueue
+                | Self::Stack
+        )
+    }
+
+    /// The kernel's name, e.g. `"RLIMIT_DATA"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::AddressSpace => "RLIMIT_AS",
+            Self::Core => "RLIMIT_CORE",
+            Self::Cpu => "RLIMIT_CPU",
+            Self::Data => "RLIMIT_DATA",
+            Self::FileSize => "RLIMIT_FSIZE",
+            Self::MemLock => "RLIMIT_MEMLOCK",
+            Self::MsgQueue => "RLIMIT_MSGQUEUE",
+            Self::Nice => "RLIMIT_NICE",
+            Self::NoFile => "RLIMIT_NOFILE",
+            Self::NProc => "RLIMIT_NPROC",
+            Self::RtPrio => "RLIMIT_RTPRIO",
+            Self::RtTime => "RLIMIT_RTTIME",
+            Self::SigPending => "RLIMIT_SIGPENDING",
+            Self::Stack => "RLIMIT_STACK",
+        }
+    }
+
     pub(super) fn raw(self) -> c_int {
         // The libc constants have type `__rlimit_resource_t`, unsigned on glibc.
         #[allow(clippy::unnecessary_cast)]
@@ -198,28 +277,136 @@ impl Rlimit {
         }
     }
 
-    /// The defaults of [`SandboxPolicy::default`]:
+    /// The defaults of [`SandboxPolicy::default`], each bounding what one
+    /// cell can take from the machine:
     ///
+    /// - `RLIMIT_DATA` 1 GiB ([`DEFAULT_MEMORY`]): the cell's private
+    ///   writable memory (heap, anonymous mappings, thread stacks; since
+    ///   Linux 4.7). A runaway allocation fails (`ENOMEM`; Rust's allocator
+    ///   then aborts) long before it threatens the host. Chosen over
+    ///   `RLIMIT_AS`, which counts every reservation: glibc reserves 64 MiB
+    ///   of address space per malloc arena (up to eight per core) and a
+    ///   multi-threaded tokio cell can reserve gigabytes it never touches,
+    ///   so `RLIMIT_AS` kills honest cells. Shared mappings (the segment) and
+    ///   read-only file mappings (libraries) are not counted.
+    /// - `RLIMIT_NPROC` 256 ([`DEFAULT_TASKS`]): the cell's tasks, threads
+    ///   included: a thread or fork bomb gets `EAGAIN`. The kernel never
+    ///   applies it to kernel uid 0, which is why a cell of a host running as
+    ///   root runs under its own uid ([`SandboxPolicy::cell_ids`]).
+    /// - `RLIMIT_NOFILE` 1024: descriptors (and the kernel memory behind them).
     /// - `RLIMIT_CORE` 0: a crashing cell writes no core file (its memory
     ///   would end up on disk, outside its write directory).
-    /// - `RLIMIT_NOFILE` 1024.
-    /// - `RLIMIT_NPROC` 256: bounds the cell's tasks, threads included. With
-    ///   a user namespace it counts the cell's own tasks. The kernel never
-    ///   applies it to kernel uid 0 (a host running as root), even inside a
-    ///   user namespace; see [`SandboxPolicy::allow_subprocesses`].
     /// - `RLIMIT_FSIZE` 1 GiB: no file larger than that in the write directory
     ///   (a larger write gets `SIGXFSZ`, or `EFBIG` when ignored).
     /// - `RLIMIT_MEMLOCK` 64 KiB: the cell cannot pin the host's memory.
-    /// - `RLIMIT_RTPRIO` 0: no real-time scheduling that could starve the host.
+    /// - `RLIMIT_RTPRIO` 0 and `RLIMIT_NICE` 0: no real-time scheduling and
+    ///   no raising its priority above what [`SandboxPolicy::cpu_priority`]
+    ///   set.
+    ///
+    /// `RLIMIT_CPU` is not set by default (a long-lived cell legitimately
+    /// accumulates CPU time); see [`SandboxPolicy::with_cpu_time`].
     pub fn defaults() -> Vec<Rlimit> {
         vec![
-            Rlimit::new(RlimitResource::Core, 0),
+            Rlimit::new(RlimitResource::Data, DEFAULT_MEMORY),
+            Rlimit::new(RlimitResource::NProc, DEFAULT_TASKS),
             Rlimit::new(RlimitResource::NoFile, 1024),
-            Rlimit::new(RlimitResource::NProc, 256),
+            Rlimit::new(RlimitResource::Core, 0),
             Rlimit::new(RlimitResource::FileSize, 1 << 30),
             Rlimit::new(RlimitResource::MemLock, 64 << 10),
             Rlimit::new(RlimitResource::RtPrio, 0),
+            Rlimit::new(RlimitResource::Nice, 0),
         ]
+    }
+}
+
+/// The default memory limit of a cell (`RLIMIT_DATA`): 1 GiB.
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+/// The default task limit of a cell (`RLIMIT_NPROC`), threads included.
+pub const DEFAULT_TASKS: u64 = 256;
+/// The default nice increment of a cell over the host's nice value.
+pub const DEFAULT_NICE_INCREMENT: i32 = 10;
+
+/// Who a cell runs as. What is applied is listed in
+/// [`SandboxReport::cell_ids`].
+///
+/// Under a host running as root, a cell under uid 0 escapes `RLIMIT_NPROC`
+/// (the kernel exempts uid 0, even mapped into a user namespace) and shares
+/// its uid with every other cell. With [`CellIds::Range`] (the default)
+/// each cell runs as an unprivileged uid and gid of its own, in the
+/// kernel's initial namespace (its user namespace maps that uid to
+/// itself), so `RLIMIT_NPROC` is charged to it alone, and no cell can
+/// signal or `ptrace` another or the host (see `kill(2)`, `ptrace(2)`;
+/// Landlock's scoping and seccomp refuse both as well). The host opens the
+/// cell program and executes it by descriptor, so the program may sit where
+/// only the host can reach it (a root-only home directory, say); it must
+/// still be executable by others (mode `o+x`), and its interpreter and
+/// libraries readable by others (as the system's are). A write directory
+/// must be writable by the cell's uid.
+///
+/// A host that is not root cannot change ids: its cells keep its uid and
+/// gid (in their own user namespace, `RLIMIT_NPROC` counts only their
+/// tasks) whatever this says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CellIds {
+    /// The host's uid and gid, even when it is root (then `RLIMIT_NPROC`
+    /// does not bind, and [`Step::RlimitNproc`] is reported skipped).
+    Host,
+    /// Under a root host, each cell gets uid = gid = a number of
+    /// `first .. first + count` that no other live cell of this process has
+    /// (round robin, so numbers are reused as late as possible). The range
+    /// must be reserved for this host: no user of the machine and no other
+    /// host may use it. Preparing fails when every number is in use.
+    Range {
+        /// The first uid (and gid) of the range.
+        first: u32,
+        /// How many.
+        count: u32,
+    },
+    /// Under a root host, this uid and gid (e.g. an account made for the
+    /// cell, owning its write directory). Cells sharing it share their
+    /// `RLIMIT_NPROC` count.
+    Fixed {
+        /// The uid.
+        uid: u32,
+        /// The gid.
+        gid: u32,
+    },
+}
+
+impl CellIds {
+    /// The default range: 65,536 ids from 2,000,000,000, far above the
+    /// ranges distributions and container tools allocate by default.
+    pub const DEFAULT_RANGE: Self = Self::Range {
+        first: 2_000_000_000,
+        count: 65_536,
+    };
+}
+
+impl Default for CellIds {
+    fn default() -> Self {
+        Self::DEFAULT_RANGE
+    }
+}
+
+/// The CPU priority of a cell, relative to the host. Set in the child
+/// before `exec`; every thread of the cell inherits it, and `RLIMIT_NICE`
+/// 0 keeps the cell from raising it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CpuPriority {
+    /// The host's priority.
+    Inherit,
+    /// The host's nice value plus this increment (clamped to 19). Each step
+    /// of nice is ~1.25x less CPU weight: at +10, a cell spinning on every
+    /// core gets about a tenth of what the host's threads get where they
+    /// compete, so it cannot starve the host (or, as much, its siblings).
+    Nice(i32),
+    /// `SCHED_IDLE`: the cell runs only when nothing else wants the CPU.
+    Idle,
+}
+
+impl Default for CpuPriority {
+    fn default() -> Self {
+        Self::Nice(DEFAULT_NICE_INCREMENT)
     }
 }
 
@@ -258,6 +445,10 @@ pub struct SandboxPolicy {
     /// which is what bounds a fork bomb when the host runs as root (for
     /// which the kernel ignores `RLIMIT_NPROC`). Needs `seccomp`.
     pub allow_subprocesses: bool,
+    /// Who the cell runs as; see [`CellIds`]. Default [`CellIds::DEFAULT_RANGE`].
+    pub cell_ids: CellIds,
+    /// The cell's CPU priority; default nice +10.
+    pub cpu_priority: CpuPriority,
 }
 
 impl Default for SandboxPolicy {
@@ -275,6 +466,8 @@ impl Default for SandboxPolicy {
             write_dir: None,
             seccomp: true,
             allow_subprocesses: false,
+            cell_ids: CellIds::default(),
+            cpu_priority: CpuPriority::default(),
         }
     }
 }
@@ -296,6 +489,8 @@ impl SandboxPolicy {
             write_dir: None,
             seccomp: false,
             allow_subprocesses: true,
+            cell_ids: CellIds::Host,
+            cpu_priority: CpuPriority::Inherit,
         }
     }
 
@@ -316,6 +511,54 @@ impl SandboxPolicy {
         self
     }
 
+    /// This policy with `limit` in place of any limit of the same resource.
+    pub fn with_rlimit(mut self, limit: Rlimit) -> Self {
+        self.rlimits.retain(|l| l.resource != limit.resource);
+        self.rlimits.push(limit);
+        self
+    }
+
+    /// This policy with the cell's private writable memory (`RLIMIT_DATA`)
+    /// limited to `bytes`; see [`Rlimit::defaults`].
+    pub fn with_memory_limit(self, bytes: u64) -> Self {
+        self.with_rlimit(Rlimit::new(RlimitResource::Data, bytes))
+    }
+
+    /// This policy with the cell's tasks, threads included (`RLIMIT_NPROC`),
+    /// limited to `tasks`.
+    pub fn with_task_limit(self, tasks: u64) -> Self {
+        self.with_rlimit(Rlimit::new(RlimitResource::NProc, tasks))
+    }
+
+    /// This policy with the cell's open descriptors (`RLIMIT_NOFILE`)
+    /// limited to `files`.
+    pub fn with_open_file_limit(self, files: u64) -> Self {
+        self.with_rlimit(Rlimit::new(RlimitResource::NoFile, files))
+    }
+
+    /// This policy with a CPU time limit (`RLIMIT_CPU`): at `seconds` of CPU
+    /// time the cell gets `SIGXCPU` (which kills it unless handled), and
+    /// `SIGKILL` one second later.
+    pub fn with_cpu_time(self, seconds: u64) -> Self {
+        self.with_rlimit(Rlimit {
+            resource: RlimitResource::Cpu,
+            soft: seconds,
+            hard: seconds.saturating_add(1),
+        })
+    }
+
+    /// This policy with the given identity for its cells.
+    pub fn with_cell_ids(mut self, ids: CellIds) -> Self {
+        self.cell_ids = ids;
+        self
+    }
+
+    /// This policy with the given CPU priority.
+    pub fn with_cpu_priority(mut self, priority: CpuPriority) -> Self {
+        self.cpu_priority = priority;
+        self
+    }
+
     /// This policy with the given writable directory.
     pub fn with_write_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.write_dir = Some(dir.into());
@@ -327,25 +570,38 @@ impl SandboxPolicy {
 /// those skipped under [`Enforcement::BestEffort`] with the reason.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SandboxReport {
-    /// The steps applied in the child, in order (names from [`steps`]).
-    pub applied: Vec<&'static str>,
+    /// The steps applied in the child, in order (names from [`Step`]).
+    pub applied: Vec<Step>,
     /// The steps skipped, with why.
-    pub skipped: Vec<(&'static str, String)>,
+    pub skipped: Vec<(Step, String)>,
     /// The Landlock allow-list: each path with the access granted beneath it
     /// (`"read"`, `"read+execute"`, `"read+write"`).
     pub landlock_paths: Vec<(PathBuf, &'static str)>,
+    /// The resource limits set, as applied (already lowered to the host's
+    /// own hard limits).
+    pub rlimits: Vec<Rlimit>,
+    /// The uid and gid the cell runs as, when not the host's.
+    pub cell_ids: Option<(u32, u32)>,
+    /// The CPU priority set: the cell's nice value, or `SCHED_IDLE`.
+    pub cpu_priority: Option<CpuPriority>,
 }
 
 impl SandboxReport {
     /// Whether `step` will be applied.
-    pub fn is_applied(&self, step: &str) -> bool {
+    pub fn is_applied(&self, step: Step) -> bool {
         self.applied.contains(&step)
     }
 }
 
 impl fmt::Display for SandboxReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "applied: {}", self.applied.join(", "))?;
+        f.write_str("applied: ")?;
+        for (i, step) in self.applied.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{step}")?;
+        }
         if !self.skipped.is_empty() {
             f.write_str("; skipped: ")?;
             for (i, (step, why)) in self.skipped.iter().enumerate() {
@@ -355,7 +611,42 @@ impl fmt::Display for SandboxReport {
                 write!(f, "{step} ({why})")?;
             }
         }
+        if let Some((uid, gid)) = self.cell_ids {
+            write!(f, "; runs as uid {uid} gid {gid}")?;
+        }
+        match self.cpu_priority {
+            Some(CpuPriority::Nice(nice)) => write!(f, "; nice {nice}")?,
+            Some(CpuPriority::Idle) => f.write_str("; SCHED_IDLE")?,
+            Some(CpuPriority::Inherit) | None => {}
+        }
+        if !self.rlimits.is_empty() {
+            f.write_str("; limits:")?;
+            for l in &self.rlimits {
+                let bytes = l.resource.counts_bytes();
+                write!(f, " {}={}", l.resource.name(), RlimitValue(l.soft, bytes))?;
+                if l.hard != l.soft {
+                    write!(f, "/{}", RlimitValue(l.hard, bytes))?;
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// Formats an rlimit value: `unlimited`, or for a limit in bytes (the
+/// flag) with a binary unit when exact.
+struct RlimitValue(u64, bool);
+
+impl fmt::Display for RlimitValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            u64::MAX => f.write_str("unlimited"),
+            v if !self.1 => write!(f, "{v}"),
+            v if v >= 1 << 30 && v % (1 << 30) == 0 => write!(f, "{}GiB", v >> 30),
+            v if v >= 1 << 20 && v % (1 << 20) == 0 => write!(f, "{}MiB", v >> 20),
+            v if v >= 1 << 10 && v % (1 << 10) == 0 => write!(f, "{}KiB", v >> 10),
+            v => write!(f, "{v}"),
+        }
     }
 }
 
@@ -365,8 +656,8 @@ impl fmt::Display for SandboxReport {
 pub enum SandboxError {
     /// Under [`Enforcement::Required`], the kernel cannot provide a step.
     Unavailable {
-        /// The step, from [`steps`].
-        feature: &'static str,
+        /// The step, from [`Step`].
+        feature: Step,
         /// What is missing.
         reason: String,
     },
@@ -385,6 +676,14 @@ pub enum SandboxError {
         path: PathBuf,
         /// What went wrong.
         reason: String,
+    },
+    /// No uid of [`CellIds::Range`] is free: as many cells run as the range
+    /// holds.
+    CellIdsExhausted {
+        /// The first id of the range.
+        first: u32,
+        /// Its size.
+        count: u32,
     },
     /// The kernel refused the Landlock ruleset although it reported the ABI.
     Landlock(String),
@@ -415,6 +714,12 @@ impl fmt::Display for SandboxError {
                 "cannot use {} in the sandbox's filesystem rules: {reason}; check that it exists \
                  and that the host can open it",
                 path.display()
+            ),
+            Self::CellIdsExhausted { first, count } => write!(
+                f,
+                "every uid of the cell id range {first}..{} is taken by a live cell; stop a cell \
+                 or give SandboxPolicy::cell_ids a larger range",
+                u64::from(*first) + u64::from(*count)
             ),
             Self::Landlock(e) => write!(f, "the kernel refused the Landlock ruleset: {e}"),
             Self::Seccomp(e) => write!(f, "compiling the seccomp filter failed: {e}"),
