@@ -1123,6 +1123,19 @@ fn escape_attempts_are_denied_for_an_unprivileged_host_too() {
     if root {
         assert_eq!(run.info("uid"), UNPRIVILEGED.to_string());
     }
+    // The same limits for a host that is not root; its cells keep its ids.
+    let data = osmos_host::sandbox::DEFAULT_MEMORY;
+    assert_eq!(run.info("rlimit_data"), format!("{data} {data}"));
+    let nice: i32 = run.info("nice").parse().unwrap();
+    assert!(nice >= osmos_host::sandbox::DEFAULT_NICE_INCREMENT, "nice {nice}");
+    assert!(
+        report.contains("RLIMIT_DATA=1GiB") && report.contains("RLIMIT_NPROC=256"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("cell-ids") && !report.contains("runs as uid"),
+        "{report}"
+    );
     assert_eq!(run.info("cap_effective"), "0x0");
     assert_eq!(run.info("pdeathsig"), libc::SIGKILL.to_string());
     assert_eq!(run.info("net_interfaces_with_ipv4"), "0");

@@ -2,14 +2,11 @@
 //! policy applies on it; namespace support is probed in a forked child.
 
 use std::ffi::{c_int, c_ulong};
-use std::fs::File;
 use std::io;
 use std::sync::Mutex;
 
-use seccompiler::TargetArch;
-
 use super::UserMaps;
-use super::child::{enter_user_namespace, switch_ids, sys_make_mounts_private, sys_unshare};
+use super::child::{landlock_abi, probe_namespaces, seccomp_support};
 use super::policy::{
     CpuPriority, Enforcement, Namespaces, Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport,
     Step,
@@ -251,121 +248,12 @@ pub(super) fn unshare_flags(ns: Namespaces) -> c_int {
     flags
 }
 
-/// `LANDLOCK_CREATE_RULESET_VERSION`, see `landlock_create_ruleset(2)`.
-pub(super) const LANDLOCK_CREATE_RULESET_VERSION: c_ulong = 1;
-
-/// The kernel's Landlock ABI version (`landlock_create_ruleset(2)`).
-pub(super) fn landlock_abi() -> Result<i32, String> {
-    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag the
-    // kernel reads no memory and returns the ABI version.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        let hint = match e.raw_os_error() {
-            Some(libc::ENOSYS) => "the kernel is built without CONFIG_SECURITY_LANDLOCK",
-            Some(libc::EOPNOTSUPP) => "Landlock is not enabled at boot (add it to the lsm= list)",
-            _ => "unexpected error",
-        };
-        Err(format!("landlock_create_ruleset failed: {e}: {hint}"))
-    } else {
-        Ok(i32::try_from(ret).unwrap_or(i32::MAX))
-    }
-}
-
-/// Whether this process may install a seccomp filter returning errno
-/// (`seccomp(2)`, `SECCOMP_GET_ACTION_AVAIL`).
-pub(super) fn seccomp_support() -> Result<(), String> {
-    if TargetArch::try_from(std::env::consts::ARCH).is_err() {
-        return Err(format!(
-            "seccompiler has no syscall table for the {} architecture",
-            std::env::consts::ARCH
-        ));
-    }
-    let action: u32 = libc::SECCOMP_RET_ERRNO;
-    // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32 through the pointer,
-    // which points to a live local.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_GET_ACTION_AVAIL,
-            0,
-            &action as *const u32,
-        )
-    };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "seccomp(SECCOMP_GET_ACTION_AVAIL) failed: {}: the kernel lacks \
-             CONFIG_SECCOMP_FILTER or this process may not use seccomp",
-            io::Error::last_os_error()
-        ))
-    }
-}
-
 /// `[soft, hard]` for `limit`, never above the host's current hard limit
 /// (raising it would need `CAP_SYS_RESOURCE` and loosen the sandbox), and
 /// soft never above hard.
 pub(super) fn clamp_rlimit(limit: &Rlimit, current: [u64; 2]) -> [u64; 2] {
     let hard = limit.hard.min(current[1]);
     [limit.soft.min(hard), hard]
-}
-
-/// The host's current `[soft, hard]` limit of `resource`.
-pub(super) fn current_rlimit(resource: c_int) -> [u64; 2] {
-    let mut old = [u64::MAX; 2];
-    // SAFETY: prlimit64(0, resource, NULL, &old) writes one `struct
-    // rlimit64` (two u64) into `old`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_prlimit64,
-            0,
-            resource,
-            std::ptr::null::<[u64; 2]>(),
-            old.as_mut_ptr(),
-        )
-    };
-    if ret != 0 { [u64::MAX; 2] } else { old }
-}
-
-/// `CAP_SETPCAP`, see `capabilities(7)`.
-pub(super) const CAP_SETPCAP: u32 = 8;
-/// `_LINUX_CAPABILITY_VERSION_3`.
-pub(super) const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// `struct __user_cap_header_struct`, see `capget(2)`.
-#[repr(C)]
-pub(super) struct CapHeader {
-    pub(super) version: u32,
-    pub(super) pid: c_int,
-}
-
-/// `struct __user_cap_data_struct`, see `capget(2)`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub(super) struct CapData {
-    pub(super) effective: u32,
-    pub(super) permitted: u32,
-    pub(super) inheritable: u32,
-}
-
-/// Whether this process holds `cap` in its effective set.
-pub(super) fn holds_capability(cap: u32) -> bool {
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget with a version 3 header writes two CapData structs.
-    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) };
-    ret == 0 && data[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0
 }
 
 /// `/proc/sys/kernel/cap_last_cap`, or 63 (drops stop at the first `EINVAL`).
@@ -408,111 +296,6 @@ pub(super) fn probe_namespaces_cached(
     let results = probe_namespaces(requested, maps, ids).map_err(SandboxError::Probe)?;
     cache.push((key, results));
     Ok(results)
-}
-
-/// Forks a child that enters the requested namespaces the way
-/// [`apply_in_child`](super::apply_in_child) does, one kind at a time, and reports each errno
-/// through a pipe.
-pub(super) fn probe_namespaces(
-    requested: Namespaces,
-    maps: &UserMaps,
-    ids: Option<(u32, u32)>,
-) -> io::Result<[i32; NS_SLOTS]> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let [read_fd, write_fd] = fds;
-    // SAFETY: fork is safe to call; the child below only makes
-    // async-signal-safe raw system calls on data prepared before the fork,
-    // and leaves with `_exit` without returning into Rust code.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // Child.
-        let mut results = [-1i32; NS_SLOTS];
-        if let Some((uid, gid)) = ids {
-            results[NS_IDS] = errno_of(switch_ids(uid, gid));
-        }
-        if requested.user {
-            results[NS_USER] = errno_of(enter_user_namespace(maps));
-        }
-        for (slot, on, flag) in [
-            (NS_NET, requested.network, libc::CLONE_NEWNET),
-            (NS_IPC, requested.ipc, libc::CLONE_NEWIPC),
-            (NS_UTS, requested.uts, libc::CLONE_NEWUTS),
-            (NS_CGROUP, requested.cgroup, libc::CLONE_NEWCGROUP),
-        ] {
-            if on {
-                results[slot] = errno_of(sys_unshare(flag));
-            }
-        }
-        if requested.mount {
-            results[NS_MOUNT] =
-                errno_of(sys_unshare(libc::CLONE_NEWNS).and_then(|()| sys_make_mounts_private()));
-        }
-        let mut bytes = [0u8; NS_SLOTS * 4];
-        for (chunk, value) in bytes.chunks_exact_mut(4).zip(results) {
-            chunk.copy_from_slice(&value.to_ne_bytes());
-        }
-        // SAFETY: writes from a live stack buffer, then ends the child
-        // without running atexit handlers or destructors.
-        unsafe {
-            libc::write(write_fd, bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(0);
-        }
-    }
-    let fork_error = (pid < 0).then(io::Error::last_os_error);
-    // SAFETY: `write_fd` is ours and no longer used in the parent.
-    unsafe { libc::close(write_fd) };
-    // SAFETY: `read_fd` is a descriptor we own; File closes it on drop.
-    let read_end = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(read_fd) };
-    if let Some(e) = fork_error {
-        return Err(e);
-    }
-    let mut bytes = [0u8; NS_SLOTS * 4];
-    let read = read_fully(&read_end, &mut bytes);
-    let mut status = 0;
-    loop {
-        // SAFETY: waits for our own child and writes its status into a local.
-        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if ret >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    }
-    if read? != bytes.len() {
-        return Err(io::Error::other(format!(
-            "the probe child ended without reporting (wait status {status:#x})"
-        )));
-    }
-    let mut results = [0i32; NS_SLOTS];
-    for (value, chunk) in results.iter_mut().zip(bytes.chunks_exact(4)) {
-        *value = i32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-    }
-    // Slots not tried (-1) count as available: they are never asked for.
-    Ok(results.map(|e| e.max(0)))
-}
-
-pub(super) fn read_fully(file: &File, buf: &mut [u8]) -> io::Result<usize> {
-    use std::io::Read;
-    let mut filled = 0;
-    let mut file = file;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-pub(super) fn errno_of(result: io::Result<()>) -> i32 {
-    match result {
-        Ok(()) => 0,
-        Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
-    }
 }
 
 #[cfg(test)]
@@ -683,7 +466,7 @@ mod tests {
             [4096, 4096]
         );
         assert_eq!(clamp_rlimit(&nofile(8192, 100), [1024, 4096]), [100, 100]);
-        let current = current_rlimit(RlimitResource::NoFile.raw());
+        let current = super::super::child::current_rlimit(RlimitResource::NoFile.raw());
         assert!(current[0] <= current[1] && current[1] > 0);
     }
 }

@@ -1,14 +1,15 @@
-//! The Landlock domain: the allow-list, opened in the parent, and the raw
-//! ruleset construction the child (and the parent's dry run) performs.
+//! The Landlock domain, planned in the parent: the handled rights and the
+//! allow-list, each path opened `O_PATH`. The child builds its ruleset from
+//! the plan with raw system calls (`super::child`).
 
-use std::ffi::{CStr, c_int};
+use std::ffi::c_int;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use landlock::{ABI, Access, AccessFs, AccessNet, BitFlags, Scope};
 
-use super::child::check;
+use super::child::{RulesetStep, create_ruleset};
 use super::policy::{SandboxError, SandboxPolicy};
 use super::program::{ProgramDeps, inspect_program};
 
@@ -32,8 +33,6 @@ pub(super) const READ_WRITE: &str = "read+write";
 /// The Landlock allow-list as reported: each path and the access label.
 pub(super) type AllowList = Vec<(PathBuf, &'static str)>;
 
-/// `LANDLOCK_RULE_PATH_BENEATH`, see `landlock_add_rule(2)`.
-pub(super) const LANDLOCK_RULE_PATH_BENEATH: c_int = 1;
 /// The descriptors of the rules are moved at or above this number, so that
 /// an embedder moving stdio and a few bootstrap descriptors into low numbers
 /// (with `dup2`, before `apply_in_child`) cannot replace them.
@@ -49,13 +48,6 @@ pub(super) struct RulesetAttr {
     pub(super) scoped: u64,
 }
 
-/// `struct landlock_path_beneath_attr`, packed in the UAPI.
-#[repr(C, packed)]
-pub(super) struct PathBeneathAttr {
-    pub(super) allowed_access: u64,
-    pub(super) parent_fd: i32,
-}
-
 /// What the child needs to build its Landlock domain. Each child builds its
 /// own ruleset (raw system calls, no allocation) because one rule must name
 /// the child's own `/proc/self`, which the parent cannot open for it, and a
@@ -67,70 +59,6 @@ pub(super) struct LandlockPlan {
     pub(super) rules: Vec<(OwnedFd, u64)>,
     /// The rights on the calling process's own `/proc/self`.
     pub(super) proc_self: u64,
-}
-
-/// Which part of [`create_ruleset`] failed.
-#[derive(Debug)]
-pub(super) enum RulesetStep {
-    Create,
-    Rule(usize),
-    ProcSelf,
-}
-
-/// Creates a ruleset from `plan`, adds its rules and one for the caller's
-/// own `/proc/self`. Raw system calls only: the child builds its domain with
-/// it, and [`prepare`](super::prepare) runs it once in the parent to validate the plan.
-pub(super) fn create_ruleset(plan: &LandlockPlan) -> Result<OwnedFd, (RulesetStep, io::Error)> {
-    // SAFETY: the kernel reads `size_of::<RulesetAttr>()` bytes from a live
-    // struct whose layout matches the UAPI.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            &plan.attr as *const RulesetAttr,
-            size_of::<RulesetAttr>(),
-            0u32,
-        )
-    };
-    let fd = check(fd).map_err(|e| (RulesetStep::Create, e))? as c_int;
-    // SAFETY: landlock_create_ruleset returned a new descriptor we own.
-    let ruleset = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let add = |parent_fd: c_int, allowed_access: u64| -> io::Result<()> {
-        let attr = PathBeneathAttr {
-            allowed_access,
-            parent_fd,
-        };
-        // SAFETY: the kernel reads a packed path_beneath_attr from a live
-        // local; the descriptors are valid for the duration of the call.
-        check(unsafe {
-            libc::syscall(
-                libc::SYS_landlock_add_rule,
-                ruleset.as_raw_fd(),
-                LANDLOCK_RULE_PATH_BENEATH,
-                &attr as *const PathBeneathAttr,
-                0u32,
-            )
-        })
-        .map(drop)
-    };
-    for (i, (path, access)) in plan.rules.iter().enumerate() {
-        add(path.as_raw_fd(), *access).map_err(|e| (RulesetStep::Rule(i), e))?;
-    }
-    if plan.proc_self != 0 {
-        const PROC_SELF: &CStr = c"/proc/self";
-        // SAFETY: a static C string; O_PATH opens do not touch the file.
-        let fd = unsafe {
-            libc::open(
-                PROC_SELF.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        let fd = check(fd.into()).map_err(|e| (RulesetStep::ProcSelf, e))? as c_int;
-        let added = add(fd, plan.proc_self);
-        // SAFETY: closes the descriptor opened above.
-        unsafe { libc::close(fd) };
-        added.map_err(|e| (RulesetStep::ProcSelf, e))?;
-    }
-    Ok(ruleset)
 }
 
 /// Opens `path` with `O_PATH` at or above [`RULE_FD_FLOOR`].
@@ -146,14 +74,8 @@ pub(super) fn open_rule_path(path: &Path) -> Result<(OwnedFd, bool), SandboxErro
         .open(path)
         .map_err(fail)?;
     let is_dir = file.metadata().map_err(fail)?.is_dir();
-    // SAFETY: duplicates a descriptor we own; the new one is ours too.
-    let high = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, RULE_FD_FLOOR) };
-    let high = check(high.into()).map_err(fail)? as c_int;
-    // SAFETY: fcntl returned a new descriptor we own.
-    Ok((
-        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) },
-        is_dir,
-    ))
+    let high = rustix::io::fcntl_dupfd_cloexec(&file, RULE_FD_FLOOR).map_err(|e| fail(e.into()))?;
+    Ok((high, is_dir))
 }
 
 /// Plans the Landlock domain for `abi`: the handled rights and the
@@ -244,7 +166,9 @@ pub(super) fn build_landlock(
 
 #[cfg(test)]
 mod tests {
-    use super::super::detect::landlock_abi;
+    use std::os::fd::AsRawFd;
+
+    use super::super::child::landlock_abi;
     use super::*;
 
     #[test]

@@ -218,10 +218,8 @@ pub use policy::{
     Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport, Step,
 };
 
-use detect::{
-    CAP_SETPCAP, KernelSupport, clamp_rlimit, current_rlimit, decide, holds_capability, last_capability,
-    unshare_flags,
-};
+use child::{CAP_SETPCAP, current_rlimit, holds_capability};
+use detect::{KernelSupport, clamp_rlimit, decide, last_capability, unshare_flags};
 use landlock::{LandlockPlan, build_landlock};
 use seccomp::compile_seccomp;
 
@@ -354,8 +352,9 @@ impl ChildPlan {
 /// [`SandboxError::Unavailable`] when a requested step is not available.
 /// Logs a warning for each skipped step, and for a disabled policy.
 pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox, SandboxError> {
-    // SAFETY: geteuid/getegid/getpid cannot fail and touch no memory.
-    let (euid, egid, pid) = unsafe { (libc::geteuid(), libc::getegid(), libc::getpid()) };
+    let euid = rustix::process::geteuid().as_raw();
+    let egid = rustix::process::getegid().as_raw();
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
     if !policy.enabled {
         tracing::warn!(
             program = %program.display(),
