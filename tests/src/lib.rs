@@ -107,6 +107,8 @@ service! {
         /// `max` is reached. `Ok((threads started, the error))` when one
         /// failed, `Err` if nothing stopped it.
         async fn spawn_threads(&self, max: u32) -> Result<(u32, String), String>;
+        /// Spins on the CPU for `seconds` of CPU time (then returns them).
+        async fn spin(&self, seconds: u32) -> Result<u32, String>;
         /// The cell's real uid, real gid and nice value.
         async fn identity(&self) -> Result<(u32, u32, i32), String>;
         /// `kill(pid, signal)`: `Err(the OS error)` if refused.

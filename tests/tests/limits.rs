@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use osmos_host::sandbox::{DEFAULT_MEMORY, DEFAULT_NICE_INCREMENT, DEFAULT_TASKS, Step, prepare};
-use osmos_host::{CellBuilder, CellHandle, SandboxPolicy};
+use osmos_host::{CellBuilder, CellHandle, ExitInfo, SandboxPolicy};
 use osmos_session::CallError;
 use osmos_tests::{GreedyClient, TestCellClient};
 
@@ -25,6 +25,15 @@ const HOST_RSS_GROWTH: u64 = 64 << 20;
 /// How many threads the host may gain during an attack (the spawner thread,
 /// tokio's blocking pool).
 const HOST_THREAD_GROWTH: u64 = 8;
+/// The fewest calls the sibling makes during (and right after) an attack.
+const MIN_SIBLING_CALLS: usize = 200;
+/// At most one call to the sibling per this period.
+const SIBLING_PACE: Duration = Duration::from_millis(1);
+
+/// The attacks run one at a time, so that each measures itself alone.
+static ONE_ATTACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// How many descriptors the host may gain during an attack.
+const HOST_FD_GROWTH: u64 = 8;
 
 fn root() -> bool {
     // SAFETY: geteuid cannot fail.
@@ -73,12 +82,14 @@ fn status_field(pid: &str, field: &str) -> u64 {
 struct HostUse {
     rss: u64,
     threads: u64,
+    fds: u64,
 }
 
 fn host_use() -> HostUse {
     HostUse {
         rss: status_field("self", "VmRSS"),
         threads: status_field("self", "Threads"),
+        fds: std::fs::read_dir("/proc/self/fd").unwrap().count() as u64,
     }
 }
 
@@ -96,7 +107,14 @@ impl Sibling {
             async move {
                 let mut latencies = Vec::new();
                 let mut i = 0u32;
-                while !stop.load(Ordering::Relaxed) {
+                // Paced, so that the sibling and this host do not take the
+                // CPU the attacker would use.
+                let mut pace = tokio::time::interval(SIBLING_PACE);
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // Past the stop, until enough calls were made to tell: an
+                // attack stopped in milliseconds still has its sibling called
+                // while the attacker holds what it took.
+                while !(stop.load(Ordering::Relaxed) && latencies.len() >= MIN_SIBLING_CALLS) {
                     let start = Instant::now();
                     match tokio::time::timeout(BOUND, client.add(i, 1)).await {
                         Ok(Ok(sum)) if sum == i.wrapping_add(1) => {}
@@ -104,8 +122,7 @@ impl Sibling {
                     }
                     latencies.push(start.elapsed());
                     i = i.wrapping_add(1);
-                    // Let the attacker's calls through on this runtime too.
-                    tokio::task::yield_now().await;
+                    pace.tick().await;
                 }
                 Ok(latencies)
             }
@@ -131,11 +148,19 @@ impl Sibling {
 fn assert_host_bounded(before: HostUse, what: &str) -> HostUse {
     let now = host_use();
     eprintln!(
-        "{what}: host RSS {} -> {} MiB, threads {} -> {}",
+        "{what}: host RSS {} -> {} MiB, threads {} -> {}, fds {} -> {}",
         before.rss >> 20,
         now.rss >> 20,
         before.threads,
-        now.threads
+        now.threads,
+        before.fds,
+        now.fds
+    );
+    assert!(
+        now.fds <= before.fds + HOST_FD_GROWTH,
+        "{what}: the host went from {} to {} descriptors",
+        before.fds,
+        now.fds
     );
     assert!(
         now.rss <= before.rss + HOST_RSS_GROWTH,
@@ -154,6 +179,7 @@ fn assert_host_bounded(before: HostUse, what: &str) -> HostUse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_is_stopped_by_the_default_policy_while_its_sibling_is_served() {
+    let _alone = ONE_ATTACK_AT_A_TIME.lock().await;
     let sibling = spawn(CELL, "sibling").await;
     let siblings = sibling.client::<TestCellClient>().unwrap();
     for round in 0..rounds() {
@@ -194,6 +220,7 @@ async fn a_memory_hog_is_stopped_by_the_default_policy_while_its_sibling_is_serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thread_bomb_is_stopped_by_the_default_policy_while_its_sibling_is_served() {
+    let _alone = ONE_ATTACK_AT_A_TIME.lock().await;
     if !root() {
         eprintln!("not root: RLIMIT_NPROC binds any host's cells; the root case is what this checks");
     }
@@ -322,4 +349,31 @@ async fn a_cell_program_in_a_root_only_directory_still_runs() {
     .to_string();
     assert!(err.contains("write directory") && err.contains("o+wx"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_time_limit_stops_a_spinning_cell() {
+    let _alone = ONE_ATTACK_AT_A_TIME.lock().await;
+    let cell = bounded(
+        "spawn",
+        CellBuilder::new(GREEDY)
+            .name("spinner")
+            .sandbox(SandboxPolicy::default().with_cpu_time(1))
+            .spawn(),
+    )
+    .await
+    .unwrap();
+    let report = cell.sandbox_report().unwrap();
+    assert!(report.to_string().contains("RLIMIT_CPU=1/2"), "{report}");
+    let c = cell.client::<GreedyClient>().unwrap();
+    let started = Instant::now();
+    // Asks for more CPU time than the limit allows: SIGXCPU ends the cell.
+    let r = bounded("the spin", c.spin(30)).await;
+    assert!(r.is_err(), "the spinning cell finished: {r:?}");
+    let exit = bounded("the exit", cell.shutdown(Duration::from_secs(5))).await;
+    eprintln!("the spinner ended after {:?}: {exit}", started.elapsed());
+    assert!(
+        matches!(exit, ExitInfo::Signaled(s) if s == libc::SIGXCPU || s == libc::SIGKILL),
+        "{exit}"
+    );
 }

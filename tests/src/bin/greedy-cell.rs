@@ -62,6 +62,26 @@ impl Greedy for Cell {
         Err(format!("started {max} threads and nothing stopped it"))
     }
 
+    async fn spin(&self, seconds: u32) -> Result<u32, String> {
+        let cpu_time = || {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec into a live local.
+            unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+            t.tv_sec as u64
+        };
+        let start = cpu_time();
+        let mut x = 0u64;
+        while cpu_time() - start < u64::from(seconds) {
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        Ok(seconds)
+    }
+
     async fn identity(&self) -> Result<(u32, u32, i32), String> {
         // SAFETY: getuid and getgid cannot fail; getpriority returns the nice
         // value (errno tells a -1 result from a failure, not needed here).
