@@ -58,8 +58,8 @@ pub(crate) struct Incarnation {
     pub liveness: Liveness,
     pub report: sandbox::SandboxReport,
     pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
-    /// The uid and gid the cell runs as, reserved until the incarnation is dropped.
-    pub _cell_ids: Option<Arc<sandbox::CellIdLease>>,
+    /// The cell's uid, gid and cgroup, reserved until the incarnation is dropped.
+    pub _sandbox_lease: Arc<sandbox::SandboxLease>,
 }
 
 type SpawnJob = Box<dyn FnOnce() + Send>;
@@ -345,7 +345,7 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
         ..config.sandbox.clone()
     };
     let prepared = sandbox::prepare(&policy, &program).map_err(HostError::Sandbox)?;
-    let cell_ids = prepared.cell_id_lease();
+    let lease = prepared.lease();
     let report = prepared.report().clone();
     let segment = Segment::create(&config.segment, epoch).map_err(HostError::Segment)?;
     let (host_ctl, cell_ctl) = socketpair()?;
@@ -446,7 +446,7 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
     };
     tokio::select! {
         r = &mut handshake => match r {
-            Ok(conn) => Ok(Incarnation { pid, conn, pidfd, liveness, report, stderr_tail: tail, _cell_ids: cell_ids }),
+            Ok(conn) => Ok(Incarnation { pid, conn, pidfd, liveness, report, stderr_tail: tail, _sandbox_lease: lease }),
             Err(error) => {
                 signal(&pidfd, rustix::process::Signal::KILL);
                 let exit = wait_exit(&pidfd).await;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use osmos_host::sandbox::{DEFAULT_MEMORY, DEFAULT_NICE_INCREMENT, DEFAULT_TASKS, Step, prepare};
+use osmos_host::sandbox::{
+    CgroupLimits, DEFAULT_MEMORY, DEFAULT_NICE_INCREMENT, DEFAULT_TASKS, Step, prepare,
+};
 use osmos_host::{CellBuilder, CellHandle, ExitInfo, SandboxPolicy};
 use osmos_session::CallError;
 use osmos_tests::{GreedyClient, TestCellClient};
@@ -376,4 +378,77 @@ async fn a_cpu_time_limit_stops_a_spinning_cell() {
         matches!(exit, ExitInfo::Signaled(s) if s == libc::SIGXCPU || s == libc::SIGKILL),
         "{exit}"
     );
+}
+
+/// Names a cgroup v2 directory delegated to this test process, for
+/// `cgroup_limits_apply_in_a_delegated_cgroup_v2`.
+const CGROUP_ENV: &str = "OSMOS_TEST_CGROUP_V2";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_limits_apply_in_a_delegated_cgroup_v2() {
+    // Refused, untouched, where the directory is no cgroup v2 (nothing is
+    // created: the check only reads).
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let err = prepare(
+        &SandboxPolicy::default().with_cgroup(CgroupLimits {
+            pids_max: Some(64),
+            ..CgroupLimits::new(tmp)
+        }),
+        std::path::Path::new(GREEDY),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`cgroup`") && err.contains("not a cgroup v2"),
+        "{err}"
+    );
+
+    let Some(parent) = std::env::var_os(CGROUP_ENV) else {
+        eprintln!(
+            "skipped: set {CGROUP_ENV} to a cgroup v2 directory delegated to this user (with the \
+             memory, pids and cpu controllers in its cgroup.subtree_control) to run it"
+        );
+        return;
+    };
+    let limits = CgroupLimits {
+        memory_max: Some(256 << 20),
+        pids_max: Some(64),
+        cpu_max: Some((50_000, 100_000)),
+        ..CgroupLimits::new(&parent)
+    };
+    let cell = bounded(
+        "spawn",
+        CellBuilder::new(GREEDY)
+            .name("cgroup")
+            .sandbox(SandboxPolicy::default().with_cgroup(limits))
+            .spawn(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("spawn in {parent:?}: {e}"));
+    let report = cell.sandbox_report().unwrap();
+    let dir = report
+        .cgroup
+        .clone()
+        .unwrap_or_else(|| panic!("no cgroup: {report}"));
+    assert!(dir.starts_with(&parent), "{dir:?}");
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+    assert_eq!(read("memory.max").trim(), (256u64 << 20).to_string());
+    assert_eq!(read("pids.max").trim(), "64");
+    assert_eq!(read("cpu.max").trim(), "50000 100000");
+    let pid = cell.pid().unwrap();
+    assert!(
+        read("cgroup.procs").lines().any(|l| l == pid.to_string()),
+        "pid {pid} in {dir:?}"
+    );
+    let c = cell.client::<GreedyClient>().unwrap();
+    let (started, _) = bounded("the thread bomb", c.spawn_threads(10_000)).await.unwrap();
+    assert!(started < 64, "{started} threads under pids.max 64");
+    bounded("shutdown", cell.shutdown(Duration::from_secs(5))).await;
+    drop(cell);
+    // The host removes the cgroup it created once the cell is gone.
+    let deadline = Instant::now() + BOUND;
+    while dir.exists() {
+        assert!(Instant::now() < deadline, "{dir:?} was not removed");
+        tokio::task::yield_now().await;
+    }
 }

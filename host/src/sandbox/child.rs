@@ -54,6 +54,11 @@ pub unsafe fn apply_in_child(prepared: &PreparedSandbox) -> io::Result<()> {
         Some(landlock) => Some(create_ruleset(landlock).map_err(|(_, e)| e)?),
         None => None,
     };
+    // The cell's own cgroup, joined while the child may still write its
+    // `cgroup.procs` (before it drops its ids).
+    if let Some(procs) = &plan.cgroup_procs {
+        write_all(procs.as_raw_fd(), b"0")?;
+    }
     // 3. The cell's own uid and gid (a root host only), then re-arm
     // PDEATHSIG: changing credentials clears it.
     if let Some((uid, gid)) = plan.ids {
@@ -211,6 +216,18 @@ pub(super) fn enter_user_namespace(maps: &UserMaps) -> io::Result<()> {
     write_proc_file(c"/proc/self/setgroups", b"deny")?;
     write_proc_file(c"/proc/self/uid_map", &maps.uid_map)?;
     write_proc_file(c"/proc/self/gid_map", &maps.gid_map)
+}
+
+/// One `write(2)` of all of `data`.
+fn write_all(fd: c_int, data: &[u8]) -> io::Result<()> {
+    // SAFETY: writes from a live slice to a descriptor the prepared sandbox
+    // owns.
+    let written = check(unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) } as c_long)?;
+    if written as usize == data.len() {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    }
 }
 
 /// `open(path, O_WRONLY)`, one `write`, `close`.

@@ -6,6 +6,7 @@ use std::io;
 use std::sync::Mutex;
 
 use super::UserMaps;
+use super::cgroup::check_delegated;
 use super::child::{landlock_abi, probe_namespaces, seccomp_support};
 use super::policy::{
     CpuPriority, Enforcement, Namespaces, Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport,
@@ -27,6 +28,9 @@ pub(super) struct KernelSupport {
     /// `Some` when the cell is to run under its own ids: whether the switch
     /// worked in the probe child.
     pub(super) cell_ids: Option<Result<(), String>>,
+    /// `Some` when cgroup limits are asked for: whether the directory is a
+    /// delegated cgroup v2 with the controllers they need.
+    pub(super) cgroup: Option<Result<(), String>>,
     /// The host runs as uid 0.
     pub(super) root: bool,
 }
@@ -67,6 +71,7 @@ impl KernelSupport {
             ),
             cgroup_ns: result(NS_CGROUP, "unshare(CLONE_NEWCGROUP)"),
             cell_ids: ids.map(|_| result(NS_IDS, "setgroups, setresgid and setresuid to the cell's ids")),
+            cgroup: policy.cgroup.as_ref().map(check_delegated),
             root,
         })
     }
@@ -79,6 +84,8 @@ pub(super) struct Decisions {
     /// `Some(abi)` when Landlock is applied.
     pub(super) landlock_abi: Option<i32>,
     pub(super) seccomp: bool,
+    /// Whether the cell joins a cgroup of its own.
+    pub(super) cgroup: bool,
     /// Whether the cell runs under its own uid and gid.
     pub(super) cell_ids: bool,
     pub(super) report: SandboxReport,
@@ -128,6 +135,10 @@ pub(super) fn decide(policy: &SandboxPolicy, support: &KernelSupport) -> Result<
         report.applied.push(Step::NewSession);
     }
 
+    let cgroup = match &support.cgroup {
+        Some(available) => need(Step::Cgroup, available, &mut report)?,
+        None => false,
+    };
     let cell_ids = match &support.cell_ids {
         Some(available) => need(Step::CellIds, available, &mut report)?,
         None => false,
@@ -224,6 +235,7 @@ pub(super) fn decide(policy: &SandboxPolicy, support: &KernelSupport) -> Result<
     }
 
     Ok(Decisions {
+        cgroup,
         cell_ids,
         namespaces: ns,
         landlock_abi,
@@ -313,6 +325,7 @@ mod tests {
             mount_ns: Ok(()),
             cgroup_ns: Ok(()),
             cell_ids: None,
+            cgroup: None,
             root: true,
         }
     }

@@ -8,7 +8,7 @@
 //! `RLIMIT_NPROC` count with the next cell.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::policy::{CellIds, SandboxError};
 
@@ -23,8 +23,8 @@ static LEASES: Mutex<Leases> = Mutex::new(Leases {
     next: 0,
 });
 
-/// A uid (and gid of the same number) reserved for one cell while any clone
-/// of it lives. Released on drop.
+/// A uid (and gid of the same number) reserved for one cell while it lives.
+/// Released on drop.
 #[derive(Debug)]
 pub struct CellIdLease {
     uid: u32,
@@ -56,17 +56,17 @@ impl Drop for CellIdLease {
 
 /// The ids a cell of a host whose euid is `host_euid` runs as, or `None`
 /// when it keeps the host's (a host that is not root, or [`CellIds::Host`]).
-pub(super) fn lease(ids: CellIds, host_euid: u32) -> Result<Option<Arc<CellIdLease>>, SandboxError> {
+pub(super) fn lease(ids: CellIds, host_euid: u32) -> Result<Option<CellIdLease>, SandboxError> {
     if host_euid != 0 {
         return Ok(None);
     }
     match ids {
         CellIds::Host => Ok(None),
-        CellIds::Fixed { uid, gid } => Ok(Some(Arc::new(CellIdLease {
+        CellIds::Fixed { uid, gid } => Ok(Some(CellIdLease {
             uid,
             gid,
             leased: false,
-        }))),
+        })),
         CellIds::Range { first, count } => {
             // Never uid 0 nor the invalid id (u32::MAX, "-1").
             let first = first.max(1);
@@ -77,11 +77,11 @@ pub(super) fn lease(ids: CellIds, host_euid: u32) -> Result<Option<Arc<CellIdLea
                 let uid = first + offset;
                 if leases.in_use.insert(uid) {
                     leases.next = offset.wrapping_add(1) % count;
-                    return Ok(Some(Arc::new(CellIdLease {
+                    return Ok(Some(CellIdLease {
                         uid,
                         gid: uid,
                         leased: true,
-                    })));
+                    }));
                 }
             }
             Err(SandboxError::CellIdsExhausted { first, count })

@@ -45,7 +45,9 @@
 //! 2. **new-session**: `setsid()`. The cell loses the host's controlling
 //!    terminal (no `TIOCSTI` injection, no job-control signals from it) and
 //!    leaves the host's process group. Then the child builds its Landlock
-//!    ruleset (enforced at step 8), while no rlimit can get in the way.
+//!    ruleset (enforced at step 8), while no rlimit can get in the way, and,
+//!    with [`CgroupLimits`], joins the cgroup the host created for it
+//!    (**cgroup**: it writes `0` to the `cgroup.procs` the parent opened).
 //! 3. **cell-ids** (a root host only, see [`CellIds`]): drop every
 //!    supplementary group, `setresgid`/`setresuid` to the cell's own
 //!    unprivileged ids, `PR_SET_DUMPABLE` 1 (so its `/proc/self` stays its
@@ -165,12 +167,14 @@
 //! time; the nice value keeps a spinning cell from starving the host. They
 //! cannot bound what many cells take together (ten cells may hold 10 GiB),
 //! page cache and kernel memory a cell causes, memory bandwidth, or the
-//! share of CPU time over a period: only a cgroup v2 (`memory.max`,
-//! `pids.max`, `cpu.max`) given to the host does, and this module does not
-//! create cgroups yet; run the host in a delegated cgroup (e.g. a systemd
-//! unit with `MemoryMax=`, `TasksMax=`, `CPUQuota=`) to bound the cells
-//! together. A cell under [`CellIds::Host`] on a root host escapes
-//! `RLIMIT_NPROC` (see step 5).
+//! share of CPU time over a period: only a cgroup v2 does. Given a
+//! delegated cgroup v2 directory ([`CgroupLimits`], off by default), the
+//! host creates a cgroup per cell under it with `memory.max`, `pids.max`
+//! and `cpu.max`, and removes it when the cell's [`SandboxLease`] is
+//! dropped; it never writes a cgroup it did not create. To bound all cells
+//! together, run the host itself in a cgroup (e.g. a systemd unit with
+//! `MemoryMax=`, `TasksMax=`, `CPUQuota=`, `Delegate=yes`). A cell under
+//! [`CellIds::Host`] on a root host escapes `RLIMIT_NPROC` (see step 5).
 //!
 //! # Enforcement and the report
 //!
@@ -200,9 +204,11 @@
 
 use std::ffi::{c_int, c_ulong};
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
+mod cgroup;
 mod child;
 mod detect;
 mod ids;
@@ -211,11 +217,12 @@ mod policy;
 mod program;
 mod seccomp;
 
+pub use cgroup::CgroupLease;
 pub use child::apply_in_child;
 pub use ids::CellIdLease;
 pub use policy::{
-    CellIds, CpuPriority, DEFAULT_MEMORY, DEFAULT_NICE_INCREMENT, DEFAULT_TASKS, Enforcement, Namespaces,
-    Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport, Step,
+    CellIds, CgroupLimits, CpuPriority, DEFAULT_MEMORY, DEFAULT_NICE_INCREMENT, DEFAULT_TASKS, Enforcement,
+    Namespaces, Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport, Step,
 };
 
 use child::{CAP_SETPCAP, current_rlimit, holds_capability};
@@ -229,9 +236,31 @@ use seccomp::compile_seccomp;
 pub struct PreparedSandbox {
     plan: ChildPlan,
     report: SandboxReport,
-    /// The cell's uid and gid, reserved while this (or a clone of the lease)
+    /// What is reserved for the cell while this (or a clone of the lease)
     /// lives.
-    ids: Option<Arc<CellIdLease>>,
+    lease: Arc<SandboxLease>,
+}
+
+/// What a prepared sandbox reserves for its cell: its uid and gid (under a
+/// root host, see [`CellIds`]) and its cgroup (see [`CgroupLimits`]). Keep
+/// it until the cell's processes are gone: dropping it lets another cell
+/// have the ids, and removes the cgroup.
+#[derive(Debug, Default)]
+pub struct SandboxLease {
+    ids: Option<CellIdLease>,
+    cgroup: Option<CgroupLease>,
+}
+
+impl SandboxLease {
+    /// The uid and gid the cell runs as, when not the host's.
+    pub fn cell_ids(&self) -> Option<(u32, u32)> {
+        self.ids.as_ref().map(|l| (l.uid(), l.gid()))
+    }
+
+    /// The cell's cgroup, when it has one.
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.cgroup.as_ref().map(CgroupLease::path)
+    }
 }
 
 impl PreparedSandbox {
@@ -245,11 +274,10 @@ impl PreparedSandbox {
         self.plan.enabled
     }
 
-    /// The uid and gid reserved for the cell when it runs under its own
-    /// ([`CellIds`]). Keep the lease until the cell's processes are gone:
-    /// dropping it (and this sandbox) lets another cell have the ids.
-    pub fn cell_id_lease(&self) -> Option<Arc<CellIdLease>> {
-        self.ids.clone()
+    /// What is reserved for the cell: keep it until the cell's processes
+    /// are gone (see [`SandboxLease`]).
+    pub fn lease(&self) -> Arc<SandboxLease> {
+        self.lease.clone()
     }
 }
 
@@ -294,6 +322,9 @@ struct ChildPlan {
     ids: Option<(u32, u32)>,
     /// The CPU priority the cell takes.
     priority: Option<ChildPriority>,
+    /// `cgroup.procs` of the cell's own cgroup, which it joins by writing
+    /// `0`.
+    cgroup_procs: Option<OwnedFd>,
 }
 
 /// A CPU priority as the child sets it.
@@ -330,6 +361,7 @@ impl ChildPlan {
             seccomp: Vec::new(),
             ids: None,
             priority: None,
+            cgroup_procs: None,
         }
     }
 }
@@ -372,7 +404,7 @@ pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox
                 skipped: vec![(Step::Sandbox, "disabled by SandboxPolicy::disabled()".to_owned())],
                 ..SandboxReport::default()
             },
-            ids: None,
+            lease: Arc::default(),
         });
     }
 
@@ -419,6 +451,7 @@ pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox
         seccomp: Vec::new(),
         ids: None,
         priority: None,
+        cgroup_procs: None,
     };
 
     let ns = decisions.namespaces;
@@ -454,6 +487,14 @@ pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox
         }
     };
 
+    let mut cgroup = None;
+    if let (true, Some(limits)) = (decisions.cgroup, &policy.cgroup) {
+        let (lease, procs) = cgroup::create(limits)?;
+        decisions.report.cgroup = Some(lease.path().to_path_buf());
+        plan.cgroup_procs = Some(procs);
+        cgroup = Some(lease);
+    }
+
     // After the id switch the cell holds no capability in the host's user
     // namespace: only a new user namespace lets it drop the bounding set.
     plan.drop_bounding_set = ns.user || (ids.is_none() && holds_capability(CAP_SETPCAP));
@@ -484,7 +525,10 @@ pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox
     Ok(PreparedSandbox {
         plan,
         report,
-        ids: lease.filter(|_| ids.is_some()),
+        lease: Arc::new(SandboxLease {
+            ids: lease.filter(|_| ids.is_some()),
+            cgroup,
+        }),
     })
 }
 

@@ -16,6 +16,8 @@ pub enum Step {
     DieWithParent,
     /// `setsid()`.
     NewSession,
+    /// The cell joins a cgroup v2 of its own with [`CgroupLimits`].
+    Cgroup,
     /// The cell runs as its own unprivileged uid and gid ([`CellIds`]).
     CellIds,
     /// A user namespace with identity uid/gid maps.
@@ -69,6 +71,7 @@ impl Step {
         match self {
             Self::DieWithParent => "die-with-parent",
             Self::NewSession => "new-session",
+            Self::Cgroup => "cgroup",
             Self::CellIds => "cell-ids",
             Self::UserNamespace => "user-namespace",
             Self::NetworkNamespace => "network-namespace",
@@ -410,6 +413,41 @@ impl Default for CpuPriority {
     }
 }
 
+/// Limits set through a cgroup v2 of the cell's own, which the host creates
+/// under [`CgroupLimits::parent`], a directory delegated to it (see
+/// `cgroups(7)`, "Delegation"; e.g. a systemd unit with `Delegate=yes`).
+/// They bound what rlimits cannot: all the memory the cell causes (page
+/// cache and kernel memory included, `memory.max`: the cell is OOM-killed
+/// past it), every task of the cell whatever its uid (`pids.max`), and its
+/// share of CPU time (`cpu.max`). The host never writes a cgroup it did not
+/// create, and removes the cell's cgroup when its sandbox lease is dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// The delegated cgroup v2 directory: the host must be able to create
+    /// directories in it, and its `cgroup.subtree_control` must enable the
+    /// controllers used below.
+    pub parent: PathBuf,
+    /// `memory.max`, in bytes.
+    pub memory_max: Option<u64>,
+    /// `pids.max`.
+    pub pids_max: Option<u64>,
+    /// `cpu.max`: `(quota, period)` in microseconds, e.g. `(50_000,
+    /// 100_000)` for half a CPU.
+    pub cpu_max: Option<(u64, u64)>,
+}
+
+impl CgroupLimits {
+    /// No limit yet, under `parent`.
+    pub fn new(parent: impl Into<PathBuf>) -> Self {
+        Self {
+            parent: parent.into(),
+            memory_max: None,
+            pids_max: None,
+            cpu_max: None,
+        }
+    }
+}
+
 /// What the sandbox of a cell consists of. [`SandboxPolicy::default`] turns
 /// everything on with [`Enforcement::Required`]: the sandbox is on by
 /// default.
@@ -449,6 +487,8 @@ pub struct SandboxPolicy {
     pub cell_ids: CellIds,
     /// The cell's CPU priority; default nice +10.
     pub cpu_priority: CpuPriority,
+    /// Optional cgroup v2 limits; none by default.
+    pub cgroup: Option<CgroupLimits>,
 }
 
 impl Default for SandboxPolicy {
@@ -468,6 +508,7 @@ impl Default for SandboxPolicy {
             allow_subprocesses: false,
             cell_ids: CellIds::default(),
             cpu_priority: CpuPriority::default(),
+            cgroup: None,
         }
     }
 }
@@ -491,6 +532,7 @@ impl SandboxPolicy {
             allow_subprocesses: true,
             cell_ids: CellIds::Host,
             cpu_priority: CpuPriority::Inherit,
+            cgroup: None,
         }
     }
 
@@ -553,6 +595,12 @@ impl SandboxPolicy {
         self
     }
 
+    /// This policy with cgroup v2 limits.
+    pub fn with_cgroup(mut self, limits: CgroupLimits) -> Self {
+        self.cgroup = Some(limits);
+        self
+    }
+
     /// This policy with the given CPU priority.
     pub fn with_cpu_priority(mut self, priority: CpuPriority) -> Self {
         self.cpu_priority = priority;
@@ -584,6 +632,8 @@ pub struct SandboxReport {
     pub cell_ids: Option<(u32, u32)>,
     /// The CPU priority set: the cell's nice value, or `SCHED_IDLE`.
     pub cpu_priority: Option<CpuPriority>,
+    /// The cgroup the cell joins, created by the host.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl SandboxReport {
@@ -613,6 +663,9 @@ impl fmt::Display for SandboxReport {
         }
         if let Some((uid, gid)) = self.cell_ids {
             write!(f, "; runs as uid {uid} gid {gid}")?;
+        }
+        if let Some(cgroup) = &self.cgroup {
+            write!(f, "; cgroup {}", cgroup.display())?;
         }
         match self.cpu_priority {
             Some(CpuPriority::Nice(nice)) => write!(f, "; nice {nice}")?,
