@@ -208,7 +208,8 @@ pub(super) fn sys_make_mounts_private() -> io::Result<()> {
     .map(drop)
 }
 
-/// Enters a new user namespace and maps the host's euid/egid to themselves.
+/// Enters a new user namespace and maps the caller's euid/egid (as `maps`
+/// spells them) to themselves.
 /// `setgroups` is denied first, which an unprivileged writer of `gid_map`
 /// must do (see `user_namespaces(7)`).
 pub(super) fn enter_user_namespace(maps: &UserMaps) -> io::Result<()> {

@@ -359,9 +359,18 @@ mod tests {
                 Step::NoSubprocesses,
             ]
         );
-        // The kernel ignores RLIMIT_NPROC for root, and the report says so.
+        // A cell of a root host left under uid 0: the kernel ignores
+        // RLIMIT_NPROC for it, and the report says so.
         let skipped: Vec<Step> = d.report.skipped.iter().map(|(s, _)| *s).collect();
         assert_eq!(skipped, vec![Step::RlimitNproc]);
+        // Under its own ids it binds, and the switch is a step of its own.
+        let own_ids = KernelSupport {
+            cell_ids: Some(Ok(())),
+            ..full_support()
+        };
+        let d3 = decide(&SandboxPolicy::default(), &own_ids).unwrap();
+        assert!(d3.report.skipped.is_empty(), "{:?}", d3.report.skipped);
+        assert!(d3.cell_ids && d3.report.applied[2] == Step::CellIds);
         let unprivileged = KernelSupport {
             root: false,
             ..full_support()

@@ -122,7 +122,8 @@ pub enum Enforcement {
 /// first child would become an init whose exit breaks every later fork.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Namespaces {
-    /// A user namespace mapping the host's euid and egid to themselves.
+    /// A user namespace mapping the cell's euid and egid (the host's, or its
+    /// own under a root host) to themselves.
     pub user: bool,
     /// A network namespace: only a downed loopback, so no network.
     pub network: bool,
@@ -479,9 +480,10 @@ pub struct SandboxPolicy {
     /// The seccomp filters (see the module documentation for the deny list).
     pub seccomp: bool,
     /// Let the cell create processes (`fork`, `vfork`, `clone` without
-    /// `CLONE_THREAD`). Off by default: seccomp refuses them with `EPERM`,
-    /// which is what bounds a fork bomb when the host runs as root (for
-    /// which the kernel ignores `RLIMIT_NPROC`). Needs `seccomp`.
+    /// `CLONE_THREAD`). Off by default: seccomp refuses them with `EPERM`
+    /// (a cell cannot `exec` anything but its own program anyway), so even a
+    /// cell left under uid 0, which `RLIMIT_NPROC` does not bind, cannot
+    /// fork-bomb. Needs `seccomp`.
     pub allow_subprocesses: bool,
     /// Who the cell runs as; see [`CellIds`]. Default [`CellIds::DEFAULT_RANGE`].
     pub cell_ids: CellIds,
