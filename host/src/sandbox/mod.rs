@@ -228,6 +228,7 @@ pub use policy::{
 use child::{CAP_SETPCAP, current_rlimit, holds_capability};
 use detect::{KernelSupport, clamp_rlimit, decide, last_capability, unshare_flags};
 use landlock::{LandlockPlan, build_landlock};
+use program::{ProgramDeps, inspect_program};
 use seccomp::compile_seccomp;
 
 /// A sandbox computed in the parent by [`prepare`], applied in the child by
@@ -429,6 +430,30 @@ pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox
     let user_maps = ids.map_or_else(|| maps_for(euid, egid), |(u, g)| maps_for(u, g));
     if let Some((uid, gid)) = ids {
         check_access_as(program, uid, gid, 0o1, "execute", "the cell program")?;
+        // The kernel opens the interpreter, and the loader the libraries of
+        // the run path, as the cell.
+        let mut deps = ProgramDeps::default();
+        inspect_program(program, 0, &mut deps)?;
+        for interpreter in deps.executables.iter().skip(1) {
+            check_access_as(
+                interpreter,
+                uid,
+                gid,
+                0o5,
+                "read and execute",
+                "the program's interpreter",
+            )?;
+        }
+        for dir in &deps.library_dirs {
+            check_access_as(
+                dir,
+                uid,
+                gid,
+                0o5,
+                "list and enter",
+                "a library directory of the program (DT_RUNPATH)",
+            )?;
+        }
         if let Some(dir) = &policy.write_dir {
             check_access_as(dir, uid, gid, 0o3, "write and enter", "the write directory")?;
         }
@@ -572,6 +597,7 @@ fn check_access_as(
             match bits {
                 0o1 => "x",
                 0o3 => "wx",
+                0o5 => "rx",
                 _ => "rwx",
             }
         ),
@@ -588,5 +614,24 @@ mod tests {
         assert!(!prepared.is_enabled());
         assert!(prepared.report().applied.is_empty());
         assert_eq!(prepared.report().skipped[0].0, Step::Sandbox);
+    }
+
+    #[test]
+    fn access_is_judged_as_the_cell_would_be() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("osmos-access-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (uid, gid) = (2_000_123_456, 2_000_123_456);
+        let check = |bits| check_access_as(&dir, uid, gid, bits, "list and enter", "a directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let err = check(0o5).unwrap_err().to_string();
+        assert!(
+            err.contains("uid 2000123456") && err.contains("chmod o+rx"),
+            "{err}"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        check(0o5).unwrap();
+        assert!(check(0o3).is_err(), "not writable by others");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
