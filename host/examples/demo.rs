@@ -109,10 +109,7 @@ async fn host() -> Result<(), Box<dyn std::error::Error>> {
         cells.push(cell);
     }
     if let Some(report) = cells[0].sandbox_report() {
-        println!("  sandbox applied: {}", report.applied.join(", "));
-        for (what, why) in &report.skipped {
-            println!("  sandbox skipped: {what} ({why})");
-        }
+        println!("  sandbox: {report}");
     }
 
     println!("\ncalls and streams on every cell...");

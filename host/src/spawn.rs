@@ -1,17 +1,17 @@
 //! Starting one incarnation of a cell: the process, its fds, its session.
 //!
 //! Steps, in order:
-//! 1. Check the binary (and its sha256, when one is expected). With a
-//!    checksum, the binary is opened once, hashed from that fd, and executed
-//!    through `/proc/self/fd/N`, so the bytes checked are the bytes run.
+//! 1. Open the binary (and check its sha256, when one is expected): it is
+//!    executed through `/proc/self/fd/N`, so the bytes checked are the bytes
+//!    run, and a cell running under its own uid need not reach its path.
 //! 2. Prepare the sandbox in the parent ([`crate::sandbox::prepare`]): every
 //!    allocation happens here, never after fork.
 //! 3. Create the segment and a `SOCK_SEQPACKET` control socket pair.
 //! 4. Fork on the spawner thread (see below), and in the child, with
 //!    async-signal-safe system calls only: move the segment and control
-//!    socket to fds 3 and 4, mark every other fd close-on-exec, set
-//!    `PR_SET_PDEATHSIG(SIGKILL)` and check the parent is still there, apply
-//!    the sandbox, exec. The environment is cleared except the allow-list and
+//!    socket to fds 3 and 4, mark every other fd close-on-exec, apply the
+//!    sandbox (which sets `PR_SET_PDEATHSIG(SIGKILL)`, always on for a
+//!    host's cells), exec. The environment is cleared except the allow-list and
 //!    the `OSMOS_*` variables.
 //! 5. Open a pidfd for the child, start forwarding its stdout, stderr and
 //!    control-socket log records to tracing, and run the handshake — raced
@@ -58,6 +58,8 @@ pub(crate) struct Incarnation {
     pub liveness: Liveness,
     pub report: sandbox::SandboxReport,
     pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The cell's uid, gid and cgroup, reserved until the incarnation is dropped.
+    pub _sandbox_lease: Arc<sandbox::SandboxLease>,
 }
 
 type SpawnJob = Box<dyn FnOnce() + Send>;
@@ -108,24 +110,27 @@ fn open_checked(program: &Path, expected: Option<&str>) -> Result<Option<std::fs
     if !meta.is_file() {
         return Err(not_found(std::io::Error::other("not a regular file")));
     }
-    let Some(expected) = expected else { return Ok(None) };
+    // Opened here and executed by descriptor even without a checksum: a
+    // cell running under its own uid may not be able to reach the path.
     let mut file = std::fs::File::open(program).map_err(not_found)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(not_found)?;
-        if n == 0 {
-            break;
+    if let Some(expected) = expected {
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf).map_err(not_found)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
         }
-        hasher.update(&buf[..n]);
-    }
-    let actual = hex(&hasher.finalize());
-    if !actual.eq_ignore_ascii_case(expected) {
-        return Err(HostError::ChecksumMismatch {
-            program: program.to_path_buf(),
-            expected: expected.to_ascii_lowercase(),
-            actual,
-        });
+        let actual = hex(&hasher.finalize());
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(HostError::ChecksumMismatch {
+                program: program.to_path_buf(),
+                expected: expected.to_ascii_lowercase(),
+                actual,
+            });
+        }
     }
     // The child puts its stdio at 0-2 and the bootstrap fds at 3 and 4
     // before it execs `/proc/self/fd/N`: N must be none of them, or the
@@ -334,7 +339,13 @@ fn facet_postcard_decode(bytes: &[u8]) -> Result<LogRecord, String> {
 pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation, HostError> {
     let program: PathBuf = config.program.clone();
     let binary = open_checked(&program, config.sha256.as_deref())?;
-    let prepared = sandbox::prepare(&config.sandbox, &program).map_err(HostError::Sandbox)?;
+    // A host always takes its cells with it, even with the sandbox disabled.
+    let policy = sandbox::SandboxPolicy {
+        die_with_parent: true,
+        ..config.sandbox.clone()
+    };
+    let prepared = sandbox::prepare(&policy, &program).map_err(HostError::Sandbox)?;
+    let lease = prepared.lease();
     let report = prepared.report().clone();
     let segment = Segment::create(&config.segment, epoch).map_err(HostError::Segment)?;
     let (host_ctl, cell_ctl) = socketpair()?;
@@ -369,13 +380,12 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
             reason: "a host segment has no wake pair for the cell".into(),
         })
     })?;
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
     let prepared = Arc::new(prepared);
     let in_child = prepared.clone();
     // SAFETY: the closure runs in the child between fork and exec and makes
-    // only async-signal-safe system calls (fcntl, dup2, close_range, prctl,
-    // getppid, and the sandbox's own raw system calls); it allocates nothing.
+    // only async-signal-safe system calls (fcntl, dup2, close_range, and the
+    // sandbox's own raw system calls, PDEATHSIG included); it allocates
+    // nothing.
     unsafe {
         cmd.pre_exec(move || {
             // Move the three fds out of the way first, then into place: any
@@ -402,13 +412,6 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
             ) != 0
             {
                 return Err(std::io::Error::last_os_error());
-            }
-            // A host that dies takes its cells with it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
             }
             sandbox::apply_in_child(&in_child)
         });
@@ -462,7 +465,7 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
     };
     tokio::select! {
         r = &mut handshake => match r {
-            Ok(conn) => Ok(Incarnation { pid, conn, pidfd, liveness, report, stderr_tail: tail }),
+            Ok(conn) => Ok(Incarnation { pid, conn, pidfd, liveness, report, stderr_tail: tail, _sandbox_lease: lease }),
             Err(error) => {
                 signal(&pidfd, rustix::process::Signal::KILL);
                 let exit = wait_exit(&pidfd).await;

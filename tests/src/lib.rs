@@ -90,3 +90,30 @@ service! {
         async fn pid_via(&self, cell: String) -> Result<u32, String>;
     }
 }
+
+service! {
+    /// What the `greedy-cell` binary serves: attacks on the host's
+    /// resources, to show what the default sandbox limits stop.
+    pub trait Greedy {
+        client GreedyClient;
+        dispatcher GreedyDispatcher;
+        /// Adds (to show the cell still answers).
+        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+        /// Allocates and touches memory in 16 MiB chunks, and keeps it, until
+        /// an allocation fails or `max_mib` is reached. `Ok(bytes held)` when
+        /// an allocation failed, `Err` if nothing stopped it.
+        async fn hog_memory(&self, max_mib: u32) -> Result<u64, String>;
+        /// Starts threads that sleep forever until starting one fails or
+        /// `max` is reached. `Ok((threads started, the error))` when one
+        /// failed, `Err` if nothing stopped it.
+        async fn spawn_threads(&self, max: u32) -> Result<(u32, String), String>;
+        /// Spins on the CPU for `seconds` of CPU time (then returns them).
+        async fn spin(&self, seconds: u32) -> Result<u32, String>;
+        /// The cell's real uid, real gid and nice value.
+        async fn identity(&self) -> Result<(u32, u32, i32), String>;
+        /// `kill(pid, signal)`: `Err(the OS error)` if refused.
+        async fn signal(&self, pid: u32, signal: i32) -> Result<(), String>;
+        /// `ptrace(PTRACE_SEIZE, pid)`: `Err(the OS error)` if refused.
+        async fn ptrace(&self, pid: u32) -> Result<(), String>;
+    }
+}

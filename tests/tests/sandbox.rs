@@ -24,7 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use osmos_host::sandbox::{
-    Enforcement, Namespaces, PreparedSandbox, SandboxPolicy, SandboxReport, apply_in_child, prepare, steps,
+    CellIds, Enforcement, Namespaces, PreparedSandbox, RlimitResource, SandboxPolicy, SandboxReport, Step,
+    apply_in_child, prepare,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_osmos-probe");
@@ -39,6 +40,11 @@ const PROBE_ARGS_ENV: &str = "OSMOS_SANDBOX_TEST_PROBE_ARGS";
 const WRITE_DIR_ENV: &str = "OSMOS_SANDBOX_TEST_WRITE_DIR";
 /// The unprivileged user the intermediate host runs as (`nobody`).
 const UNPRIVILEGED: u32 = 65534;
+
+fn root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
 
 /// Every escape the probe attempts when given all the fixture's arguments.
 const ATTEMPTS: &[&str] = &[
@@ -121,6 +127,13 @@ impl Fixture {
         let removable = root.join("removable");
         std::fs::write(&removable, b"remove me\n").unwrap();
         let unix_path = root.join("listener.sock");
+        // The cells of a root host run under their own uid: the write
+        // directory must be theirs to write.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(&write_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
         let abstract_name = format!("osmos-sandbox-test-{tag}-{}", std::process::id());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
         Self {
@@ -496,6 +509,20 @@ fn escape_attempts_are_denied_by_the_default_sandbox() {
     assert_eq!(run.info("rlimit_core"), "0 0");
     assert_eq!(run.info("rlimit_nproc"), format!("{NPROC} {NPROC}"));
     assert_eq!(run.info("rlimit_nofile"), "1024 1024");
+    let data = osmos_host::sandbox::DEFAULT_MEMORY;
+    assert_eq!(run.info("rlimit_data"), format!("{data} {data}"));
+    // Below the host's priority (this process runs at nice 0 or more).
+    let nice: i32 = run.info("nice").parse().unwrap();
+    assert!(nice >= osmos_host::sandbox::DEFAULT_NICE_INCREMENT, "nice {nice}");
+    // A root host runs the cell under a uid and gid of its own.
+    if root() {
+        assert_eq!(
+            report.cell_ids.map(|(u, _)| u.to_string()).as_deref(),
+            Some(run.info("uid"))
+        );
+        assert_ne!(run.info("uid"), "0");
+        assert_eq!(run.info("gid"), run.info("uid"));
+    }
 
     // Nothing changed on the host side.
     assert_eq!(std::fs::read(&fx.host_file).unwrap(), HOST_SECRET);
@@ -614,6 +641,7 @@ fn escape_layers_each_deny_on_their_own() {
         namespaces: Namespaces::NONE,
         landlock: false,
         seccomp: false,
+        cell_ids: CellIds::Host,
         ..fx.default_policy()
     };
 
@@ -707,39 +735,76 @@ fn escape_report_lists_every_applied_step() {
     let fx = Fixture::new("report");
     let prepared = prepared(&fx.default_policy());
     let report: &SandboxReport = prepared.report();
+    let expected: Vec<Step> = [
+        Step::DieWithParent,
+        Step::NewSession,
+        Step::CellIds,
+        Step::UserNamespace,
+        Step::NetworkNamespace,
+        Step::IpcNamespace,
+        Step::UtsNamespace,
+        Step::MountNamespace,
+        Step::CgroupNamespace,
+        Step::Rlimits,
+        Step::CpuPriority,
+        Step::DropCapabilities,
+        Step::NoNewPrivileges,
+        Step::LandlockFilesystem,
+        Step::LandlockRefer,
+        Step::LandlockTruncate,
+        Step::LandlockNetwork,
+        Step::LandlockIoctlDev,
+        Step::LandlockScopeSignal,
+        Step::LandlockScopeAbstractUnixSocket,
+        Step::Seccomp,
+        Step::NoSubprocesses,
+    ]
+    .into_iter()
+    // Own ids only where there are ids to change: under a root host.
+    .filter(|s| root() || *s != Step::CellIds)
+    .collect();
     assert_eq!(
-        report.applied,
-        vec![
-            steps::DIE_WITH_PARENT,
-            steps::NEW_SESSION,
-            steps::USER_NAMESPACE,
-            steps::NETWORK_NAMESPACE,
-            steps::IPC_NAMESPACE,
-            steps::UTS_NAMESPACE,
-            steps::MOUNT_NAMESPACE,
-            steps::CGROUP_NAMESPACE,
-            steps::RLIMITS,
-            steps::DROP_CAPABILITIES,
-            steps::NO_NEW_PRIVILEGES,
-            steps::LANDLOCK_FILESYSTEM,
-            steps::LANDLOCK_REFER,
-            steps::LANDLOCK_TRUNCATE,
-            steps::LANDLOCK_NETWORK,
-            steps::LANDLOCK_IOCTL_DEV,
-            steps::LANDLOCK_SCOPE_SIGNAL,
-            steps::LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET,
-            steps::SECCOMP,
-            steps::NO_SUBPROCESSES,
-        ],
+        report.applied, expected,
         "this machine (Linux 6.18, Landlock ABI 7) provides every step"
     );
-    // The kernel ignores RLIMIT_NPROC for uid 0, and the report says so.
-    let skipped: Vec<&str> = report.skipped.iter().map(|(s, _)| *s).collect();
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        assert_eq!(skipped, [steps::RLIMIT_NPROC], "{:?}", report.skipped);
-    } else {
-        assert!(skipped.is_empty(), "{:?}", report.skipped);
+    // Nothing skipped: under a root host the cell's own uid makes
+    // RLIMIT_NPROC bind.
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    // The limits are listed, as applied.
+    let limit = |resource| {
+        report
+            .rlimits
+            .iter()
+            .find(|l| l.resource == resource)
+            .map(|l| l.soft)
+    };
+    assert_eq!(
+        limit(RlimitResource::Data),
+        Some(osmos_host::sandbox::DEFAULT_MEMORY)
+    );
+    assert_eq!(
+        limit(RlimitResource::NProc),
+        Some(osmos_host::sandbox::DEFAULT_TASKS)
+    );
+    assert_eq!(limit(RlimitResource::Core), Some(0));
+    assert!(report.cpu_priority.is_some());
+    let text = report.to_string();
+    assert!(
+        text.contains("RLIMIT_DATA=1GiB") && text.contains("RLIMIT_NPROC=256"),
+        "{text}"
+    );
+    if root() {
+        assert!(text.contains("runs as uid "), "{text}");
+        // Keeping the host's uid 0, RLIMIT_NPROC cannot bind, and the report
+        // says so.
+        let as_root = prepare(
+            &fx.default_policy().with_cell_ids(CellIds::Host),
+            Path::new(PROBE),
+        )
+        .unwrap();
+        let skipped: Vec<Step> = as_root.report().skipped.iter().map(|(s, _)| *s).collect();
+        assert_eq!(skipped, [Step::RlimitNproc], "{:?}", as_root.report().skipped);
+        assert!(!as_root.report().is_applied(Step::CellIds));
     }
     let access = |path: &Path| {
         report
@@ -776,7 +841,7 @@ fn escape_report_lists_every_applied_step() {
     // The debugging opt-out applies nothing and says so.
     let off = prepare(&SandboxPolicy::disabled(), Path::new(PROBE)).unwrap();
     assert!(off.report().applied.is_empty());
-    assert_eq!(off.report().skipped[0].0, steps::SANDBOX);
+    assert_eq!(off.report().skipped[0].0, Step::Sandbox);
 
     // A missing write dir or read path is a clear error, not a silent hole.
     let err = prepare(
@@ -1058,6 +1123,19 @@ fn escape_attempts_are_denied_for_an_unprivileged_host_too() {
     if root {
         assert_eq!(run.info("uid"), UNPRIVILEGED.to_string());
     }
+    // The same limits for a host that is not root; its cells keep its ids.
+    let data = osmos_host::sandbox::DEFAULT_MEMORY;
+    assert_eq!(run.info("rlimit_data"), format!("{data} {data}"));
+    let nice: i32 = run.info("nice").parse().unwrap();
+    assert!(nice >= osmos_host::sandbox::DEFAULT_NICE_INCREMENT, "nice {nice}");
+    assert!(
+        report.contains("RLIMIT_DATA=1GiB") && report.contains("RLIMIT_NPROC=256"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("cell-ids") && !report.contains("runs as uid"),
+        "{report}"
+    );
     assert_eq!(run.info("cap_effective"), "0x0");
     assert_eq!(run.info("pdeathsig"), libc::SIGKILL.to_string());
     assert_eq!(run.info("net_interfaces_with_ipv4"), "0");

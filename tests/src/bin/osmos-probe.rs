@@ -236,6 +236,10 @@ fn describe_situation() {
     let (sid, pid, uid) = unsafe { (libc::getsid(0), libc::getpid(), libc::getuid()) };
     info("session_leader", if sid == pid { "yes" } else { "no" });
     info("uid", uid);
+    // SAFETY: getgid cannot fail; getpriority returns the nice value.
+    let (gid, nice) = unsafe { (libc::getgid(), libc::getpriority(libc::PRIO_PROCESS, 0)) };
+    info("gid", gid);
+    info("nice", nice);
     // SAFETY: integer arguments only.
     info("no_new_privs", unsafe {
         libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
@@ -258,6 +262,8 @@ fn describe_situation() {
         ("rlimit_nofile", libc::RLIMIT_NOFILE),
         ("rlimit_core", libc::RLIMIT_CORE),
         ("rlimit_fsize", libc::RLIMIT_FSIZE),
+        ("rlimit_data", libc::RLIMIT_DATA),
+        ("rlimit_cpu", libc::RLIMIT_CPU),
     ] {
         let mut limit = libc::rlimit {
             rlim_cur: 0,
