@@ -208,7 +208,12 @@ impl SessionBuilder {
             outbox_len: AtomicUsize::new(0),
             ended: ended_tx,
             acceptor: self.acceptor,
-            last_sent: Mutex::new(Instant::now()),
+            keepalive: Mutex::new(Keepalive {
+                outstanding: None,
+                alive_at: Instant::now(),
+            }),
+            send_waiters: AtomicUsize::new(0),
+            stalled_since: Mutex::new(None),
             stats: Counters::default(),
         });
         shared.lock().conns.insert(
@@ -307,8 +312,12 @@ struct State {
     /// only the last [`CANCELLED_MEMORY`] are remembered.
     cancelled: HashSet<u64>,
     cancelled_order: VecDeque<u64>,
-    /// The peer's calls we are serving: (conn, request) → abort handle.
-    serving: HashMap<(u64, u64), tokio::task::AbortHandle>,
+    /// The peer's calls we are serving, until their response is written:
+    /// (conn, request) → the handler's abort handle (`None`: answered, the
+    /// response waits in the outbox). Bounded by our `max_concurrent_requests`
+    /// (the rule `request.limit`), so a peer that does not read its answers
+    /// runs into that limit instead of growing our memory.
+    serving: HashMap<(u64, u64), Option<tokio::task::AbortHandle>>,
     /// Open connections (0 is the root).
     conns: HashMap<u64, ConnState>,
     /// Virtual connections we are opening.
@@ -400,13 +409,18 @@ pub(crate) struct Shared {
     ids: Ids,
     state: Mutex<State>,
     /// Encoded frames for the writer task (sent from the driver and from drops).
-    outbox: mpsc::UnboundedSender<Vec<u8>>,
+    outbox: mpsc::UnboundedSender<Outgoing>,
     /// Frames queued in the outbox (bounded by [`MAX_OUTBOX`]).
     outbox_len: AtomicUsize,
     /// Becomes `Some` when the session ends.
     ended: watch::Sender<Option<SessionError>>,
     acceptor: Option<ConnectionAcceptor>,
-    last_sent: Mutex<Instant>,
+    /// The peer's proof of life (see [`Keepalive`]).
+    keepalive: Mutex<Keepalive>,
+    /// Sends waiting for link room now.
+    send_waiters: AtomicUsize,
+    /// While sends wait: since when no frame went out (see `peer.drains-its-link`).
+    stalled_since: Mutex<Option<Instant>>,
     stats: Counters,
 }
 
@@ -514,6 +528,7 @@ impl Shared {
         // (dropping it releases the send lock; links send a frame whole or
         // not at all).
         let mut ended = self.ended.subscribe();
+        let _waiting = SendWaiting::enter(self);
         let r = tokio::select! {
             r = async {
                 match self.tx.lock().await.as_mut() {
@@ -538,14 +553,65 @@ impl Shared {
     fn sent(&self, len: usize) {
         self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
-        *self.last_sent.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        // ORDERING: Relaxed: a count; the stall mutex orders what it guards.
+        if self.send_waiters.load(Ordering::Relaxed) > 0 {
+            let mut since = self.stalled_since.lock().unwrap_or_else(|p| p.into_inner());
+            if since.is_some() {
+                *since = Some(Instant::now());
+            }
+        }
     }
 
     /// The link failed while sending: the session ends with that.
     fn link_broke(&self, e: LinkError) -> SessionError {
         let err = link_failed(e);
         self.end(err.clone());
-        err
+        // The session may have ended before for a reason of its own (the
+        // link closes because of it): callers see that reason.
+        self.ended().unwrap_or(err)
+    }
+
+    /// A Pong arrived: it proves the peer alive only if it answers our
+    /// outstanding Ping.
+    fn on_pong(&self, nonce: u64) {
+        let mut k = self.keepalive.lock().unwrap_or_else(|p| p.into_inner());
+        if k.outstanding.is_some_and(|(n, _)| n == nonce) {
+            k.outstanding = None;
+            k.alive_at = Instant::now();
+        }
+    }
+
+    /// The keepalive's periodic check: why the session must end, if it must;
+    /// otherwise sends the next Ping when one is due.
+    fn keepalive_tick(&self, config: &SessionConfig) -> Option<SessionError> {
+        if let Some(since) = *self.stalled_since.lock().unwrap_or_else(|p| p.into_inner())
+            && since.elapsed() >= config.keepalive_timeout
+        {
+            return Some(SessionError::Violation {
+                rule: "peer.drains-its-link",
+                detail: format!(
+                    "the peer has not made room for a single frame in {:?} (its ring, slots or socket stayed full); an honest peer keeps reading",
+                    since.elapsed()
+                ),
+            });
+        }
+        let mut k = self.keepalive.lock().unwrap_or_else(|p| p.into_inner());
+        match k.outstanding {
+            Some((_, sent)) if sent.elapsed() >= config.keepalive_timeout => {
+                return Some(SessionError::KeepaliveTimeout {
+                    silent_for: k.alive_at.elapsed(),
+                });
+            }
+            Some(_) => {}
+            None if k.alive_at.elapsed() >= config.keepalive_interval => {
+                let nonce = unguessable();
+                k.outstanding = Some((nonce, Instant::now()));
+                drop(k);
+                self.send_later(&Message::Ping { nonce });
+            }
+            None => {}
+        }
+        None
     }
 
     /// Sends a message without waiting: at once if the link has room and
@@ -568,8 +634,15 @@ impl Shared {
                 return; // sent, or the session ended
             }
         }
+        self.enqueue(msg.to_vec(), None);
+    }
+
+    /// Queues an encoded frame for the writer task, ending the session if the
+    /// peer lets [`MAX_OUTBOX`] of them pile up.
+    fn enqueue(&self, bytes: Vec<u8>, answered: Option<Answered>) {
         // A peer that keeps asking for answers (pings, calls to refuse)
         // without reading them would grow this queue forever.
+        // ORDERING: Relaxed, see `send_later`.
         let queued = self.outbox_len.fetch_add(1, Ordering::Relaxed) + 1;
         if queued > MAX_OUTBOX {
             // End at once: telling a peer that does not read is futile.
@@ -581,7 +654,7 @@ impl Shared {
             });
             return;
         }
-        let _ = self.outbox.send(msg.to_vec());
+        let _ = self.outbox.send(Outgoing { bytes, answered });
     }
 
     /// The message handing these channels to the peer was sent.
@@ -716,7 +789,7 @@ impl Shared {
         for (_, p) in pending {
             p.complete.fail(CallFailure::Session(why.clone()));
         }
-        for (_, h) in serving {
+        for h in serving.into_values().flatten() {
             h.abort();
         }
         for (_, c) in channels {
@@ -753,16 +826,57 @@ fn retire(s: &mut State, id: u64) {
     }
 }
 
+/// How the keepalive knows the peer lives: only a Pong answering the Ping we
+/// sent (its nonce unguessable) counts, so a peer that never reads cannot
+/// keep the session up by sending (unsolicited Pongs, or anything else).
+struct Keepalive {
+    /// The Ping waiting for its Pong: (nonce, when it was queued).
+    outstanding: Option<(u64, Instant)>,
+    /// The last proof of life (the session's start, or the last Pong).
+    alive_at: Instant,
+}
+
+/// A nonce the peer cannot predict (SipHash under this process's random keys).
+fn unguessable() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(Instant::now())
+}
+
+/// Counts a send waiting for link room while it lives, and starts the stall
+/// clock for the first one (see `peer.drains-its-link`).
+struct SendWaiting<'a>(&'a Shared);
+
+impl<'a> SendWaiting<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let mut since = shared.stalled_since.lock().unwrap_or_else(|p| p.into_inner());
+        // ORDERING: Relaxed: the count is read as a hint in `sent`; the
+        // stall clock itself is under the mutex.
+        if shared.send_waiters.fetch_add(1, Ordering::Relaxed) == 0 {
+            *since = Some(Instant::now());
+        }
+        SendWaiting(shared)
+    }
+}
+
+impl Drop for SendWaiting<'_> {
+    fn drop(&mut self) {
+        let mut since = self.0.stalled_since.lock().unwrap_or_else(|p| p.into_inner());
+        if self.0.send_waiters.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *since = None;
+        }
+    }
+}
+
 /// Resolves once the session has ended (the guard is dropped inside).
 async fn wait_ended(rx: &mut watch::Receiver<Option<SessionError>>) {
     let _ = rx.wait_for(Option::is_some).await;
 }
 
 /// Drains the outbox onto the link.
-async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Outgoing>) {
     let mut ended = shared.ended.subscribe();
     loop {
-        let bytes = tokio::select! {
+        let Outgoing { bytes, answered } = tokio::select! {
             b = outbox.recv() => match b { Some(b) => b, None => return },
             _ = wait_ended(&mut ended) => return,
         };
@@ -777,13 +891,16 @@ async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Vec<u8>
         if sent.is_err() {
             return;
         }
+        if let Some(a) = answered {
+            shared.lock().serving.remove(&(a.conn, a.request));
+            shared.announce(&a.channels);
+        }
     }
 }
 
 /// The driver: receives and handles every message, keeps the session alive.
 async fn driver<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: SessionConfig) {
     let mut ended = shared.ended.subscribe();
-    let mut last_received = Instant::now();
     let mut tick = tokio::time::interval(
         config
             .keepalive_interval
@@ -791,7 +908,6 @@ async fn driver<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: SessionConfig
             .max(Duration::from_millis(1)),
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut nonce = 0u64;
     loop {
         tokio::select! {
             frame = rx.recv() => {
@@ -810,7 +926,6 @@ async fn driver<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: SessionConfig
                         break;
                     }
                 };
-                last_received = Instant::now();
                 shared.stats.frames_received.fetch_add(1, Ordering::Relaxed);
                 shared.stats.bytes_received.fetch_add(frame.len() as u64, Ordering::Relaxed);
                 if let Err(v) = handle_frame(&shared, &frame) {
@@ -820,17 +935,19 @@ async fn driver<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: SessionConfig
                 }
             }
             _ = tick.tick() => {
-                let silent = last_received.elapsed();
-                if silent >= config.keepalive_timeout {
-                    let why = SessionError::KeepaliveTimeout { silent_for: silent };
-                    shared.send_later(&Message::Goodbye { reason: why.to_string() });
-                    shared.end(why);
-                    break;
-                }
-                let idle = shared.last_sent.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-                if idle >= config.keepalive_interval || silent >= config.keepalive_interval {
-                    nonce += 1;
-                    shared.send_later(&Message::Ping { nonce });
+                match shared.keepalive_tick(&config) {
+                    None => {}
+                    Some(SessionError::Violation { rule, detail }) => {
+                        // Telling a peer that does not read is futile.
+                        warn!(session = %shared.name, rule, "peer broke a protocol rule: {detail}");
+                        shared.end(SessionError::Violation { rule, detail });
+                        break;
+                    }
+                    Some(why) => {
+                        shared.send_later(&Message::Goodbye { reason: why.to_string() });
+                        shared.end(why);
+                        break;
+                    }
                 }
             }
             _ = wait_ended(&mut ended) => break,
@@ -893,7 +1010,10 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
             shared.send_later(&Message::Pong { nonce });
             Ok(())
         }
-        Message::Pong { .. } => Ok(()),
+        Message::Pong { nonce } => {
+            shared.on_pong(nonce);
+            Ok(())
+        }
         Message::ConnectionOpen { conn, metadata } => on_connection_open(shared, conn, &metadata),
         Message::ConnectionAccept { conn, metadata } => on_connection_answer(shared, conn, Ok(metadata)),
         Message::ConnectionReject { conn, reason } => on_connection_answer(shared, conn, Err(reason)),
@@ -927,7 +1047,7 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
             ..
         } => on_response(shared, conn, request, &channels, &outcome),
         Message::Cancel { conn, request } => {
-            if let Some(h) = shared.lock().serving.remove(&(conn, request)) {
+            if let Some(Some(h)) = shared.lock().serving.remove(&(conn, request)) {
                 h.abort();
             }
             Ok(())
@@ -1123,13 +1243,16 @@ fn on_call(
                     let mut s = shared.lock();
                     let task = tokio::spawn(async move {
                         let reply = std::future::poll_fn(|cx| catch_poll(&mut handler, cx)).await;
-                        let served = sh.lock().serving.remove(&(conn, request)).is_some();
-                        if served {
+                        // Still counted while the response waits for room:
+                        // a peer that does not read runs into request.limit.
+                        let live = sh.lock().serving.contains_key(&(conn, request));
+                        if live {
                             send_response(&sh, conn, request, reply).await;
                         }
+                        sh.lock().serving.remove(&(conn, request));
                     });
                     if s.ended.is_none() && s.conns.contains_key(&conn) {
-                        s.serving.insert((conn, request), task.abort_handle());
+                        s.serving.insert((conn, request), Some(task.abort_handle()));
                     } else {
                         // Closed (or ended) since the call arrived: nobody
                         // would ever abort this handler.
@@ -1199,18 +1322,38 @@ fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
             Err(_) => return,
         }
     }
-    let Message::Response { channels, .. } = msg else {
-        unreachable!("built as a Response")
+    // No room now: the response waits in the outbox, and the call stays
+    // counted in `serving` until the writer has written it.
+    let Message::Response { channels, .. } = &msg else {
+        return;
     };
-    let sh = shared.clone();
-    tokio::spawn(async move {
-        let msg = response(conn, request, &encoded, channels);
-        if sh.send(&msg).await.is_ok()
-            && let Message::Response { channels, .. } = &msg
-        {
-            sh.announce(channels);
+    let answered = Answered {
+        conn,
+        request,
+        channels: channels.clone(),
+    };
+    {
+        let mut s = shared.lock();
+        if s.ended.is_some() {
+            return;
         }
-    });
+        s.serving.insert((conn, request), None);
+    }
+    shared.enqueue(msg.to_vec(), Some(answered));
+}
+
+/// A call whose queued response the writer is to write: once written, the
+/// call stops counting in `serving` and the channels in it are announced.
+struct Answered {
+    conn: u64,
+    request: u64,
+    channels: Vec<u64>,
+}
+
+/// A frame queued for the writer task.
+struct Outgoing {
+    bytes: Vec<u8>,
+    answered: Option<Answered>,
 }
 
 /// Answers a call from the handler's task, waiting for link room.
@@ -1368,7 +1511,7 @@ fn close_connection(shared: &Arc<Shared>, conn: u64, reason: String) {
     for p in pending {
         p.complete.fail(CallFailure::ConnectionClosed(reason.clone()));
     }
-    for h in serving {
+    for h in serving.into_iter().flatten() {
         h.abort();
     }
     drop(removed);
