@@ -199,6 +199,14 @@ impl LogGate {
         self.summarize_locked(&mut b, now);
     }
 
+    /// Whether drops or refusals wait for a summary (a forwarder then wakes
+    /// after [`LogLimits::summary_every`] of quiet to log it; otherwise an
+    /// idle forwarder sleeps until the cell writes).
+    pub(crate) fn summary_pending(&self) -> bool {
+        let b = self.bucket();
+        b.dropped > 0 || b.refused > 0
+    }
+
     /// Logs the drop summary if one is due (called by the forwarders when
     /// they have been idle for [`LogLimits::summary_every`], and at their end).
     pub(crate) fn summarize(&self, force: bool) {

@@ -220,7 +220,12 @@ pub(crate) fn forward(
         };
         let idle = gate.limits().summary_every;
         loop {
-            let n = match tokio::time::timeout(idle, pipe.read(&mut buf)).await {
+            let read = if gate.summary_pending() {
+                tokio::time::timeout(idle, pipe.read(&mut buf)).await
+            } else {
+                Ok(pipe.read(&mut buf).await)
+            };
+            let n = match read {
                 Err(_) => {
                     gate.summarize(false);
                     continue;

@@ -146,7 +146,11 @@ pub(crate) fn forward(gate: Arc<LogGate>, control: OwnedFd) {
         let mut window = Instant::now();
         let mut reads = 0u64;
         loop {
-            let ready = tokio::time::timeout(limits.summary_every, afd.readable()).await;
+            let ready = if gate.summary_pending() {
+                tokio::time::timeout(limits.summary_every, afd.readable()).await
+            } else {
+                Ok(afd.readable().await)
+            };
             let mut guard = match ready {
                 Err(_) => {
                     gate.summarize(false);

@@ -173,6 +173,19 @@ pub struct Usage {
     pub fds: i64,
 }
 
+/// The CPU time this process has used (user + system, `/proc/self/stat`).
+pub fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which ends at the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
 impl Usage {
     pub fn now() -> Usage {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -380,6 +393,7 @@ impl Scene {
             .await
             .expect("start the attack");
         let started = Instant::now();
+        let cpu = cpu_time();
         let (done, _, error) = bounded("the attack to finish", async {
             loop {
                 let p = c.progress().await.expect("the attacker answers while it attacks");
@@ -393,6 +407,7 @@ impl Scene {
         assert!(error.is_empty(), "the attacker's {} failed: {error}", kind.name());
         settled().await;
         let took = started.elapsed();
+        let cpu = cpu_time().saturating_sub(cpu);
         let peak = sampler.stop();
         let calls = self.sibling.calls().await;
         let growth = Usage {
@@ -401,7 +416,7 @@ impl Scene {
             fds: peak.fds - self.baseline.fds,
         };
         eprintln!(
-            "containment {}: {} x{done} in {took:.2?}; host peak growth: rss {} KiB, threads {:+}, fds {:+}; sibling: {} calls, p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+            "containment {}: {} x{done} in {took:.2?}; host CPU {cpu:.2?} (sibling calls included); host peak growth: rss {} KiB, threads {:+}, fds {:+}; sibling: {} calls, p50 {:.2?}, p99 {:.2?}, max {:.2?}",
             self.name,
             kind.name(),
             growth.rss_kib,

@@ -69,10 +69,16 @@ fn a_long_line_without_newline_is_truncated_and_drained() {
 fn invalid_utf8_is_converted_and_never_stops_the_forwarder() {
     run(|log| async move {
         let before = Usage::now();
-        let mut scene = Scene::new("invalid-utf8", |b| b).await;
+        // What is judged here is the conversion: no line may be rate-limited away.
+        let all = LogLimits {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+            ..LogLimits::default()
+        };
+        let mut scene = Scene::new("invalid-utf8", |b| b.log_limits(all)).await;
         let l = log.clone();
         scene
-            .attack(AttackKind::InvalidUtf8, size(200, 5_000), async move || {
+            .attack(AttackKind::InvalidUtf8, size(2_000, 20_000), async move || {
                 for stream in ["stdout", "stderr"] {
                     l.wait_for(
                         &format!("the honest line after the invalid ones on {stream}"),
