@@ -205,3 +205,90 @@ pub(crate) fn forward(gate: Arc<LogGate>, control: OwnedFd) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{FromRawFd, RawFd};
+
+    use super::*;
+    use crate::logs::LogLimits;
+
+    fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: two new fds that nothing else owns.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    /// Sends `data`, passing `fd` along if given.
+    fn send(sock: &OwnedFd, data: &[u8], fd: Option<RawFd>) {
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        let mut control = [0u64; 4];
+        // SAFETY: an all-zero msghdr is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            msg.msg_control = control.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE only computes a size.
+            msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
+            // SAFETY: the control buffer (32 bytes) holds one header and one fd.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+            }
+        }
+        // SAFETY: `msg` points at live buffers for the duration of the call.
+        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        assert!(r >= 0, "sendmsg: {}", std::io::Error::last_os_error());
+    }
+
+    #[tokio::test]
+    async fn every_packet_shape_is_refused_and_the_socket_still_read() {
+        let (host, cell) = seqpacket_pair();
+        let gate = Arc::new(LogGate::new("t".into(), LogLimits::default()));
+        forward(gate.clone(), host);
+        let record = |message: &str| {
+            osmos_session::wire::encode(&LogRecord {
+                level: 3,
+                target: "t".into(),
+                message: message.into(),
+            })
+            .unwrap()
+        };
+        let valid = record("valid");
+        send(&cell, b"", None);
+        send(&cell, &[0xff; 3], None);
+        send(&cell, &vec![b'x'; MAX_LOG_RECORD + 1], None);
+        send(&cell, &valid[..valid.len() - 1], None);
+        send(&cell, &valid, Some(0));
+        send(&cell, b"", Some(1));
+        send(&cell, &valid, None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gate.stats().records_forwarded < 1 || gate.stats().packets_refused < 6 {
+            assert!(Instant::now() < deadline, "{:?}", gate.stats());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let s = gate.stats();
+        assert_eq!(
+            (s.records_forwarded, s.packets_refused, s.packets_with_ancillary),
+            (1, 6, 2),
+            "{s:?}"
+        );
+    }
+}
