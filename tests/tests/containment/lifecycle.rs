@@ -252,7 +252,7 @@ fn every_signal_that_kills_a_cell_is_named() {
 }
 
 #[test]
-fn a_clean_shutdown_never_logs_a_warning() {
+fn a_clean_exit_never_logs_a_warning() {
     run(|log| async move {
         let n = size(8, 64);
         let mut cells = Vec::new();
@@ -281,6 +281,28 @@ fn a_clean_shutdown_never_logs_a_warning() {
             exits.push(bounded("a shutdown", s).await.unwrap());
         }
         assert!(exits.iter().all(|e| e.success()), "{exits:?}");
+        // Cells that end on their own with status 0 (no goodbye from the
+        // host: their link just goes away) are no warning either.
+        for i in 0..n {
+            let cell = bounded(
+                "spawn",
+                CellBuilder::new(SIBLING).name(format!("exits-{i}")).spawn(),
+            )
+            .await
+            .unwrap();
+            let _ = cell.client::<TestCellClient>().unwrap().exit(0).await;
+            let state = bounded(
+                "the exit",
+                cell.wait_for(|s| matches!(s, CellState::Stopped { .. })),
+            )
+            .await;
+            assert_eq!(
+                state,
+                CellState::Stopped {
+                    exit: ExitInfo::Exited(0)
+                }
+            );
+        }
         let mut warnings = log.events().split_off(mark);
         warnings.retain(|e| e.level <= tracing::Level::WARN && e.target.starts_with("osmos"));
         assert!(warnings.is_empty(), "a clean shutdown logged: {warnings:?}");
