@@ -152,10 +152,18 @@ impl LogGate {
     /// Takes a token for one line or record: `true` if it may be forwarded.
     /// Counts it either way, and logs the drop summary when one is due.
     pub(crate) fn admit(&self, kind: Kind) -> bool {
+        self.try_admit(kind).is_ok()
+    }
+
+    /// Like [`admit`](Self::admit), but a refusal says when the bucket
+    /// holds a token again: until then, a caller may drop lines in bulk
+    /// ([`drop_lines`](Self::drop_lines)) without asking for each.
+    pub(crate) fn try_admit(&self, kind: Kind) -> Result<(), Instant> {
         let now = Instant::now();
+        let per_second = f64::from(self.limits.per_second);
         let mut b = self.bucket();
         let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * f64::from(self.limits.per_second)).min(f64::from(self.limits.burst));
+        b.tokens = (b.tokens + elapsed * per_second).min(f64::from(self.limits.burst));
         b.refilled = now;
         let admitted = b.tokens >= 1.0;
         if admitted {
@@ -164,6 +172,11 @@ impl LogGate {
             b.dropped += 1;
         }
         self.summarize_locked(&mut b, now);
+        let refill = if per_second > 0.0 {
+            Duration::from_secs_f64(((1.0 - b.tokens) / per_second).clamp(0.0, 1.0))
+        } else {
+            Duration::from_secs(1)
+        };
         drop(b);
         let counter = match (kind, admitted) {
             (Kind::Line, true) => &self.counters.lines_forwarded,
@@ -172,7 +185,20 @@ impl LogGate {
             (Kind::Record, false) => &self.counters.records_dropped,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        admitted
+        if admitted { Ok(()) } else { Err(now + refill) }
+    }
+
+    /// Drops `n` output lines without asking for tokens (the bucket was
+    /// found empty until a time not yet reached), counting them.
+    pub(crate) fn drop_lines(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.counters.lines_dropped.fetch_add(n, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut b = self.bucket();
+        b.dropped += n;
+        self.summarize_locked(&mut b, now);
     }
 
     /// Counts bytes read from the cell's output.

@@ -1,7 +1,7 @@
 //! A cell's stdout and stderr: drained for its whole life, in bounded chunks.
 //!
 //! Each stream has one forwarder task that reads the pipe [`READ_CHUNK`]
-//! bytes at a time until EOF, whatever it reads, so the cell never blocks on
+//! bytes at a time (into a buffer per runtime thread, not per cell) until EOF, whatever it reads, so the cell never blocks on
 //! a full pipe (or dies of EPIPE) because of the host. Lines are cut at
 //! `\n`; a line longer than [`LogLimits::max_line`](crate::LogLimits) is
 //! forwarded truncated to that length with a marker saying so as soon as it
@@ -19,13 +19,20 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-
-use tokio::io::AsyncReadExt;
+use std::time::Instant;
 
 use crate::logs::{CELL_TARGET, Kind, LogGate, escape_into};
 
-/// Bytes read from a pipe at a time.
-const READ_CHUNK: usize = 16 << 10;
+/// Bytes read from a pipe at a time (a pipe holds 64 KiB by default).
+const READ_CHUNK: usize = 64 << 10;
+/// Reads in a row before the forwarder lets other tasks run.
+const READS_PER_WAKE: usize = 16;
+
+thread_local! {
+    /// The buffer a forwarder reads into, one per runtime worker thread:
+    /// taken only between a readiness and the end of the reads it allows.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_CHUNK]);
+}
 /// Bytes of stderr kept for the tail.
 pub(crate) const TAIL_BYTES: usize = 4 << 10;
 /// Lines of stderr the tail shows at most.
@@ -107,6 +114,28 @@ impl StderrTail {
     }
 }
 
+/// The index of the first `\n` in `bytes`, eight bytes at a time (a
+/// byte-by-byte scan of a cell's 2 GiB line costs the host most of a
+/// second): a word `w` holds a zero byte where `w ^ NL` does, and
+/// `(x - 0x01..) & !x & 0x80..` is non-zero exactly when `x` has a zero byte.
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const NL: u64 = LO * b'\n' as u64;
+    let words = bytes.chunks_exact(8);
+    let rest = words.remainder();
+    for (i, word) in words.enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let x = u64::from_le_bytes(w) ^ NL;
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            return word.iter().position(|&b| b == b'\n').map(|p| i * 8 + p);
+        }
+    }
+    let start = bytes.len() - rest.len();
+    rest.iter().position(|&b| b == b'\n').map(|p| start + p)
+}
+
 /// Which output stream a forwarder reads.
 #[derive(Clone, Copy)]
 pub(crate) enum Stream {
@@ -132,12 +161,23 @@ struct Lines<'a> {
     /// The current line passed `max_line` and was forwarded truncated: the
     /// rest of it is being dropped.
     skipping: bool,
+    /// The rate limit refused a line, and holds no token before this time:
+    /// until then whole lines are counted and dropped in bulk, unexamined.
+    dry_until: Option<Instant>,
 }
 
 impl Lines<'_> {
     fn feed(&mut self, mut chunk: &[u8]) {
+        if self.dry_until.is_some_and(|until| Instant::now() >= until) {
+            self.dry_until = None;
+        }
         while !chunk.is_empty() {
-            match chunk.iter().position(|&b| b == b'\n') {
+            if self.dry_until.is_some() {
+                self.drop_complete_lines(&mut chunk);
+                self.take(chunk);
+                return;
+            }
+            match find_newline(chunk) {
                 Some(i) => {
                     self.take(&chunk[..i]);
                     self.end_line();
@@ -149,6 +189,21 @@ impl Lines<'_> {
                 }
             }
         }
+    }
+
+    /// Drops every line `chunk` completes (counting them) and leaves what
+    /// follows the last newline.
+    fn drop_complete_lines(&mut self, chunk: &mut &[u8]) {
+        let Some(last) = chunk.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        let newlines = chunk[..=last].iter().filter(|&&b| b == b'\n').count() as u64;
+        // A line already forwarded truncated was counted then.
+        let dropped = newlines - u64::from(self.skipping);
+        self.gate.drop_lines(dropped);
+        self.line.clear();
+        self.skipping = false;
+        *chunk = &chunk[last + 1..];
     }
 
     fn take(&mut self, bytes: &[u8]) {
@@ -177,7 +232,11 @@ impl Lines<'_> {
 
     /// Forwards the current line (if the rate limit lets it) and clears it.
     fn forward(&mut self, marker: Option<&str>) {
-        if self.gate.admit(Kind::Line) {
+        let admitted = self.gate.try_admit(Kind::Line);
+        if let Err(until) = admitted {
+            self.dry_until = Some(until);
+        }
+        if admitted.is_ok() {
             let mut text = String::with_capacity(self.line.len() + 16);
             escape_into(&mut text, &String::from_utf8_lossy(&self.line));
             if let Some(m) = marker {
@@ -209,40 +268,58 @@ pub(crate) fn forward(
     fd: std::os::fd::OwnedFd,
     tail: Option<Arc<StderrTail>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
     Some(tokio::spawn(async move {
-        let mut buf = vec![0u8; READ_CHUNK];
         let mut lines = Lines {
             gate: &gate,
             stream,
             line: Vec::new(),
             skipping: false,
+            dry_until: None,
         };
         let idle = gate.limits().summary_every;
-        loop {
-            let read = if gate.summary_pending() {
-                tokio::time::timeout(idle, pipe.read(&mut buf)).await
+        'stream: loop {
+            let ready = if gate.summary_pending() {
+                tokio::time::timeout(idle, pipe.readable()).await
             } else {
-                Ok(pipe.read(&mut buf).await)
+                Ok(pipe.readable().await)
             };
-            let n = match read {
+            match ready {
                 Err(_) => {
                     gate.summarize(false);
                     continue;
                 }
-                Ok(Ok(0)) => break,
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(cell = %gate.name(), "reading the cell's {} failed: {e}", stream.name());
+                    tracing::warn!(cell = %gate.name(), "watching the cell's {} failed: {e}", stream.name());
                     break;
                 }
-            };
-            gate.output_bytes(n);
-            if let Some(t) = &tail {
-                t.push(&buf[..n]);
             }
-            lines.feed(&buf[..n]);
+            // Drain what is there (a bounded number of reads, then let other
+            // tasks run), into this worker thread's buffer: no buffer is
+            // held per cell while it is quiet.
+            for _ in 0..READS_PER_WAKE {
+                let read = READ_BUFFER.with_borrow_mut(|buf| {
+                    let n = pipe.try_read(buf)?;
+                    gate.output_bytes(n);
+                    if let Some(t) = &tail {
+                        t.push(&buf[..n]);
+                    }
+                    lines.feed(&buf[..n]);
+                    Ok::<usize, std::io::Error>(n)
+                });
+                match read {
+                    Ok(0) => break 'stream,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!(cell = %gate.name(), "reading the cell's {} failed: {e}", stream.name());
+                        break 'stream;
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
         }
         lines.finish();
         gate.summarize(true);
@@ -252,6 +329,64 @@ pub(crate) fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newlines_are_found_wherever_they_are() {
+        for len in 0..40 {
+            for at in 0..=len {
+                let mut v = vec![b'x'; len];
+                v.extend(std::iter::repeat_n(0x8a, 3)); // '\n' | 0x80, never a match
+                if at < len {
+                    v[at] = b'\n';
+                }
+                let expected = v.iter().position(|&b| b == b'\n');
+                assert_eq!(find_newline(&v), expected, "len {len}, at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn lines_are_capped_and_counted_whether_forwarded_or_dropped() {
+        let limits = crate::LogLimits {
+            per_second: 1,
+            burst: 5,
+            max_line: 100,
+            ..crate::LogLimits::default()
+        };
+        let gate = LogGate::new("t".into(), limits);
+        let mut lines = Lines {
+            gate: &gate,
+            stream: Stream::Stdout,
+            line: Vec::new(),
+            skipping: false,
+            dry_until: None,
+        };
+        // Three lines, one of them 1000 bytes long and fed in pieces.
+        lines.feed(b"one\ntw");
+        lines.feed(b"o\n");
+        for _ in 0..10 {
+            lines.feed(&[b'x'; 100]);
+        }
+        lines.feed(b"\n");
+        let s = gate.stats();
+        assert_eq!(
+            (s.lines_forwarded, s.lines_dropped, s.lines_truncated),
+            (3, 0, 1),
+            "{s:?}"
+        );
+        assert!(lines.line.capacity() <= KEEP_CAPACITY);
+        // A flood: the burst's last two tokens, then drops counted in bulk.
+        let flood: Vec<u8> = (0..10_000)
+            .flat_map(|i| format!("flood {i}\n").into_bytes())
+            .collect();
+        for chunk in flood.chunks(READ_CHUNK) {
+            lines.feed(chunk);
+        }
+        lines.finish();
+        let s = gate.stats();
+        assert_eq!(s.lines_forwarded + s.lines_dropped, 3 + 10_000, "{s:?}");
+        assert!(s.lines_forwarded <= 6, "{s:?}");
+    }
 
     #[test]
     fn the_tail_is_bounded_and_shows_the_last_lines_escaped() {
