@@ -149,15 +149,11 @@ impl LogGate {
         self.bucket.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a token for one line or record: `true` if it may be forwarded.
-    /// Counts it either way, and logs the drop summary when one is due.
-    pub(crate) fn admit(&self, kind: Kind) -> bool {
-        self.try_admit(kind).is_ok()
-    }
-
-    /// Like [`admit`](Self::admit), but a refusal says when the bucket
-    /// holds a token again: until then, a caller may drop lines in bulk
-    /// ([`drop_lines`](Self::drop_lines)) without asking for each.
+    /// Takes a token for one line or record: `Ok` if it may be forwarded;
+    /// otherwise when the bucket holds a token again (until then a caller
+    /// may drop lines in bulk, [`drop_lines`](Self::drop_lines), or stop
+    /// reading, without asking for each). Counts it either way, and logs
+    /// the drop summary when one is due.
     pub(crate) fn try_admit(&self, kind: Kind) -> Result<(), Instant> {
         let now = Instant::now();
         let per_second = f64::from(self.limits.per_second);
@@ -365,7 +361,7 @@ mod tests {
                 ..LogLimits::default()
             },
         );
-        let admitted = (0..100).filter(|_| gate.admit(Kind::Line)).count();
+        let admitted = (0..100).filter(|_| gate.try_admit(Kind::Line).is_ok()).count();
         // 10 from the burst, perhaps one more refilled while the loop ran.
         assert!((10..=11).contains(&admitted), "{admitted}");
         let s = gate.stats();

@@ -14,10 +14,13 @@
 //!   cell's drop summary;
 //! - tells the end of the socket (the cell closed it, or died) from an empty
 //!   packet by `POLLRDHUP`, so no packet shape stops the reading;
-//! - reads at most [`READS_PER_TOKEN`] times the cell's log rate (plus its
-//!   burst) packets per second. Past that it leaves the packets in the
+//! - stops reading while the cell's log rate is used up (until its bucket
+//!   holds a token again, at least [`MIN_PAUSE`]), and reads at most
+//!   [`READS_PER_TOKEN`] times the cell's log rate (plus its burst) packets
+//!   per second whatever they hold. Past that it leaves the packets in the
 //!   socket, whose kernel buffer is bounded: the cell's own non-blocking
-//!   sends then fail, and a cell that floods loses only its own logs.
+//!   sends then fail, and a cell that floods loses only its own logs (the
+//!   host counts as dropped only the records it read and refused).
 //!
 //! Records that pass are re-emitted under target `osmos::cell` with the
 //! cell's name, their target and message escaped and bounded.
@@ -37,6 +40,8 @@ pub(crate) const READS_PER_TOKEN: u32 = 16;
 const MAX_TARGET: usize = 128;
 /// Packets read in a row before the task yields to the runtime.
 const BATCH: usize = 64;
+/// Shortest pause in reading when the cell's log rate is used up.
+const MIN_PAUSE: Duration = Duration::from_millis(10);
 
 /// What one `recvmsg` gave.
 enum Packet {
@@ -159,6 +164,7 @@ pub(crate) fn forward(gate: Arc<LogGate>, control: OwnedFd) {
                 Ok(Ok(g)) => g,
                 Ok(Err(_)) => break,
             };
+            let mut pause = None;
             for _ in 0..BATCH {
                 if window.elapsed() >= Duration::from_secs(1) {
                     window = Instant::now();
@@ -189,8 +195,13 @@ pub(crate) fn forward(gate: Arc<LogGate>, control: OwnedFd) {
                             continue;
                         }
                         match osmos_session::decode_args::<LogRecord>(&buf[..len]) {
-                            Ok(rec) if gate.admit(Kind::Record) => emit(gate.name(), &rec),
-                            Ok(_) => {}
+                            Ok(rec) => match gate.try_admit(Kind::Record) {
+                                Ok(()) => emit(gate.name(), &rec),
+                                Err(until) => {
+                                    pause = Some(until.max(Instant::now() + MIN_PAUSE));
+                                    break;
+                                }
+                            },
                             Err(_) => gate.refused(false),
                         }
                     }
@@ -201,7 +212,12 @@ pub(crate) fn forward(gate: Arc<LogGate>, control: OwnedFd) {
                 }
             }
             drop(guard);
-            tokio::task::yield_now().await;
+            match pause.take() {
+                // Out of tokens: what the cell sends meanwhile waits in the
+                // socket (or, once it is full, is dropped by the cell itself).
+                Some(until) => tokio::time::sleep_until(until.into()).await,
+                None => tokio::task::yield_now().await,
+            }
         }
     });
 }
