@@ -20,7 +20,8 @@
 //!   per second whatever they hold. Past that it leaves the packets in the
 //!   socket, whose kernel buffer is bounded: the cell's own non-blocking
 //!   sends then fail, and a cell that floods loses only its own logs (the
-//!   host counts as dropped only the records it read and refused).
+//!   host counts as dropped the records it read and found no token for,
+//!   one per pause).
 //!
 //! Records that pass are re-emitted under target `osmos::cell` with the
 //! cell's name, their target and message escaped and bounded.
