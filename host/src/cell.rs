@@ -16,6 +16,15 @@
 //! violation it reports of the host) gets [`SESSION_END_GRACE`] to exit on
 //! its own, then is killed. Either way the restart policy then applies, as
 //! for any crash. [`CellHandle::last_session_end`] says why the session ended.
+//!
+//! Restarts follow the [`RestartPolicy`]: at most `max_restarts` failures
+//! in a row, each restart waiting twice as long as the one before; an
+//! incarnation that runs for `reset_after` is healthy, and the count and
+//! the backoff start over. A cell that crashes once an hour is restarted
+//! forever; one that cannot stay up is given up on.
+//!
+//! The cell's stdout, stderr and log records pass one [`LogGate`] per cell,
+//! across incarnations (see [`crate::logs`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -29,8 +38,10 @@ use rustix::process::Signal;
 use tokio::sync::watch;
 
 use crate::error::{ExitInfo, HostError};
+use crate::logs::{LogGate, LogLimits, LogStats};
+use crate::output::StderrTail;
 use crate::sandbox::{SandboxPolicy, SandboxReport};
-use crate::spawn::{self, Incarnation};
+use crate::spawn::{self, CellConfig, Incarnation};
 
 /// How long a cell whose session ended (other than by a protocol violation,
 /// a keepalive timeout or the host's own shutdown) may keep running before
@@ -44,25 +55,41 @@ pub enum RestartPolicy {
     Never,
     /// Restart it after a failure (non-zero exit or a signal), waiting
     /// `backoff`, then twice as long each time up to `max_backoff`, at most
-    /// `max_restarts` times in a row.
+    /// `max_restarts` times in a row: an incarnation that runs for
+    /// `reset_after` resets both the count and the backoff.
     OnFailure {
-        /// Restarts allowed before giving up.
+        /// Restarts allowed in a row (without a healthy run between them)
+        /// before giving up.
         max_restarts: u32,
         /// Wait before the first restart.
         backoff: Duration,
         /// Longest wait between restarts.
         max_backoff: Duration,
+        /// How long an incarnation must run to count as healthy: the failure
+        /// count and the backoff then start over.
+        reset_after: Duration,
     },
 }
 
 impl RestartPolicy {
-    /// Restart on failure up to `max_restarts` times, starting with a 10 ms backoff.
+    /// Restart on failure up to `max_restarts` times in a row, starting with
+    /// a 10 ms backoff (at most 5 s); a minute's run resets the count.
     pub fn on_failure(max_restarts: u32) -> Self {
         RestartPolicy::OnFailure {
             max_restarts,
             backoff: Duration::from_millis(10),
             max_backoff: Duration::from_secs(5),
+            reset_after: Duration::from_secs(60),
         }
+    }
+
+    /// The same policy with another healthy period (see `reset_after`);
+    /// no effect on [`RestartPolicy::Never`].
+    pub fn reset_after(mut self, healthy: Duration) -> Self {
+        if let RestartPolicy::OnFailure { reset_after, .. } = &mut self {
+            *reset_after = healthy;
+        }
+        self
     }
 }
 
@@ -109,26 +136,11 @@ impl std::fmt::Display for CellState {
     }
 }
 
-/// Everything needed to start a cell (again).
-#[derive(Clone)]
-pub(crate) struct CellConfig {
-    pub program: PathBuf,
-    pub args: Vec<OsString>,
-    pub name: String,
-    pub env_allow: Vec<String>,
-    pub env_set: Vec<(String, String)>,
-    pub sandbox: SandboxPolicy,
-    pub restart: RestartPolicy,
-    pub segment: SegmentConfig,
-    pub session: SessionConfig,
-    pub sha256: Option<String>,
-    pub serve: Option<Arc<dyn Dispatcher>>,
-    pub acceptor: Option<ConnectionAcceptor>,
-}
-
 /// Describes a cell to spawn.
 pub struct CellBuilder {
     config: CellConfig,
+    restart: RestartPolicy,
+    log_limits: LogLimits,
 }
 
 impl CellBuilder {
@@ -146,13 +158,14 @@ impl CellBuilder {
                 env_allow: Vec::new(),
                 env_set: Vec::new(),
                 sandbox: SandboxPolicy::default(),
-                restart: RestartPolicy::Never,
                 segment: SegmentConfig::default(),
                 session: SessionConfig::default(),
                 sha256: None,
                 serve: None,
                 acceptor: None,
             },
+            restart: RestartPolicy::Never,
+            log_limits: LogLimits::default(),
         }
     }
 
@@ -195,7 +208,14 @@ impl CellBuilder {
 
     /// The restart policy.
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
-        self.config.restart = policy;
+        self.restart = policy;
+        self
+    }
+
+    /// Bounds on what the cell may put in the host's logs (its output lines
+    /// and log records): rate, burst, line length; see [`LogLimits`].
+    pub fn log_limits(mut self, limits: LogLimits) -> Self {
+        self.log_limits = limits;
         self
     }
 
@@ -234,14 +254,20 @@ impl CellBuilder {
     /// Starts the cell: returns once it is running and has completed the handshake.
     pub async fn spawn(mut self) -> Result<CellHandle, HostError> {
         self.config.session.name = self.config.name.clone();
-        let incarnation = spawn::start(&self.config, 0).await?;
+        let gate = Arc::new(LogGate::new(self.config.name.clone(), self.log_limits));
+        let incarnation = spawn::start(&self.config, 0, &gate).await.map_err(|f| f.error)?;
         let (state, _) = watch::channel(CellState::Running { pid: incarnation.pid });
         let inner = Arc::new(Inner {
             config: self.config,
+            restart: self.restart,
+            gate,
             state,
             current: Mutex::new(Some(incarnation)),
             last_end: Mutex::new(None),
+            last_exit: Mutex::new(None),
+            last_tail: Mutex::new(None),
             restarts: AtomicU32::new(0),
+            in_a_row: AtomicU32::new(0),
             shutting_down: AtomicBool::new(false),
         });
         tokio::spawn(supervise(inner.clone()));
@@ -259,6 +285,9 @@ struct Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
+        // ORDERING: Release pairs with the supervisor's Acquire loads of
+        // `shutting_down` (`supervise`, `end_of_session`): a cell that dies
+        // after this is seen as shut down, not restarted.
         self.inner.shutting_down.store(true, Ordering::Release);
         if let Some(pidfd) = self.inner.current(|i| i.pidfd.clone()) {
             spawn::signal(&pidfd, rustix::process::Signal::KILL);
@@ -268,13 +297,27 @@ impl Drop for Owner {
 
 struct Inner {
     config: CellConfig,
+    restart: RestartPolicy,
+    /// What passes from the cell's output and records to tracing, across incarnations.
+    gate: Arc<LogGate>,
     state: watch::Sender<CellState>,
     /// The running incarnation, if any.
     current: Mutex<Option<Incarnation>>,
     /// Why the last incarnation's session ended (`None` while it runs).
     last_end: Mutex<Option<SessionError>>,
+    /// How the last incarnation that ran ended.
+    last_exit: Mutex<Option<ExitInfo>>,
+    /// The stderr tail of the last incarnation that ended.
+    last_tail: Mutex<Option<Arc<StderrTail>>>,
+    /// Restarts in all.
     restarts: AtomicU32,
+    /// Failures since the last healthy run (see [`RestartPolicy`]).
+    in_a_row: AtomicU32,
     shutting_down: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Inner {
@@ -290,27 +333,49 @@ impl Inner {
 /// Watches the cell's process; restarts it as the policy says.
 async fn supervise(inner: Arc<Inner>) {
     let name = inner.config.name.clone();
-    let mut backoff = match inner.config.restart {
+    let first_backoff = match inner.restart {
         RestartPolicy::OnFailure { backoff, .. } => backoff,
         RestartPolicy::Never => Duration::ZERO,
     };
+    let mut backoff = first_backoff;
     loop {
         let Some((pidfd, pid, conn)) = inner.current(|i| (i.pidfd.clone(), i.pid, i.conn.clone())) else {
             return;
         };
-        *inner.last_end.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let exit = tokio::select! {
-            exit = spawn::wait_exit(&pidfd) => exit,
-            why = conn.closed() => end_of_session(&inner, pid, &pidfd, why).await,
+        *lock(&inner.last_end) = None;
+        let ended = async {
+            tokio::select! {
+                exit = spawn::wait_exit(&pidfd) => exit,
+                why = conn.closed() => end_of_session(&inner, pid, &pidfd, why).await,
+            }
         };
+        tokio::pin!(ended);
+        let exit = match inner.restart {
+            RestartPolicy::OnFailure { reset_after, .. } => tokio::select! {
+                exit = &mut ended => exit,
+                () = tokio::time::sleep(reset_after) => {
+                    if inner.in_a_row.swap(0, Ordering::Relaxed) > 0 || backoff != first_backoff {
+                        tracing::debug!(cell = %name, pid, "ran healthily for {reset_after:?}: the restart count and backoff start over");
+                    }
+                    backoff = first_backoff;
+                    ended.await
+                }
+            },
+            RestartPolicy::Never => ended.await,
+        };
+        let mut exit = exit;
         let detail = format!("cell '{name}' (pid {pid}) {exit}");
-        if let Some(inc) = inner.current.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        *lock(&inner.last_exit) = Some(exit);
+        if let Some(inc) = lock(&inner.current).take() {
             inc.conn.terminate(SessionError::PeerDied {
                 detail: detail.clone(),
             });
             inc.liveness.mark_dead(Side::Cell);
-            *inner.last_end.lock().unwrap_or_else(|p| p.into_inner()) = inc.conn.ended();
+            *lock(&inner.last_end) = inc.conn.ended();
+            *lock(&inner.last_tail) = Some(inc.stderr_tail.clone());
         }
+        // ORDERING: Acquire pairs with the Release stores in `Owner::drop`
+        // and `CellHandle::shutdown` (the flag is all they publish).
         if inner.shutting_down.load(Ordering::Acquire) || exit.success() {
             tracing::info!(cell = %name, "{detail}");
             inner.state.send_replace(CellState::Stopped { exit });
@@ -321,15 +386,18 @@ async fn supervise(inner: Arc<Inner>) {
             max_restarts,
             max_backoff,
             ..
-        } = inner.config.restart
+        } = inner.restart
         else {
             inner.state.send_replace(CellState::Stopped { exit });
             return;
         };
         loop {
+            let in_a_row = inner.in_a_row.load(Ordering::Relaxed);
             let restarts = inner.restarts.load(Ordering::Relaxed);
-            if restarts >= max_restarts {
-                let reason = format!("gave up after {restarts} restarts; the last incarnation {exit}");
+            if in_a_row >= max_restarts {
+                let reason = format!(
+                    "gave up after {in_a_row} restarts in a row without a healthy run; the last incarnation {exit}"
+                );
                 tracing::error!(cell = %name, "{reason}");
                 inner.state.send_replace(CellState::Failed { reason });
                 return;
@@ -340,22 +408,33 @@ async fn supervise(inner: Arc<Inner>) {
             });
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(max_backoff);
+            // ORDERING: as above.
             if inner.shutting_down.load(Ordering::Acquire) {
                 inner.state.send_replace(CellState::Stopped { exit });
                 return;
             }
             inner.restarts.fetch_add(1, Ordering::Relaxed);
-            match spawn::start(&inner.config, restarts + 1).await {
+            inner.in_a_row.fetch_add(1, Ordering::Relaxed);
+            match spawn::start(&inner.config, restarts + 1, &inner.gate).await {
                 Ok(inc) => {
                     tracing::info!(cell = %name, pid = inc.pid, restarts = restarts + 1, "restarted");
                     // Store the incarnation before announcing it: a caller
                     // woken by the state change must find it.
                     let pid = inc.pid;
-                    *inner.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(inc);
+                    *lock(&inner.current) = Some(inc);
                     inner.state.send_replace(CellState::Running { pid });
                     break;
                 }
-                Err(e) => tracing::warn!(cell = %name, "restart failed: {e}"),
+                Err(failure) => {
+                    tracing::warn!(cell = %name, "restart failed: {}", failure.error);
+                    if let Some(tail) = failure.stderr_tail {
+                        *lock(&inner.last_tail) = Some(tail);
+                    }
+                    if let HostError::Handshake { exit: Some(e), .. } = failure.error {
+                        exit = e;
+                        *lock(&inner.last_exit) = Some(e);
+                    }
+                }
             }
         }
     }
@@ -380,10 +459,17 @@ async fn end_of_session(
             tracing::error!(cell = %name, pid, "{why}; killing the cell");
             spawn::signal(pidfd, Signal::KILL);
         }
-        // The host's own shutdown: `CellHandle::shutdown` gives the grace it was asked for.
-        SessionError::Closed { .. } if inner.shutting_down.load(Ordering::Acquire) => {}
+        // The host's own shutdown, however the session then ended (the
+        // cell's goodbye, or its link closing as it exits): `shutdown` gives
+        // the grace it was asked for.
+        // ORDERING: as in `supervise`.
+        _ if inner.shutting_down.load(Ordering::Acquire) => {
+            tracing::debug!(cell = %name, pid, "session ended during shutdown: {why}");
+        }
         _ => {
-            tracing::warn!(cell = %name, pid, "session ended: {why}");
+            // A cell may end its session and exit on its own; how it exits
+            // says whether that was a failure (the supervisor logs it).
+            tracing::debug!(cell = %name, pid, "session ended: {why}; waiting for the process to exit");
             match tokio::time::timeout(SESSION_END_GRACE, spawn::wait_exit(pidfd)).await {
                 // It exited (and was reaped) within the grace.
                 Ok(exit) => return exit,
@@ -391,7 +477,7 @@ async fn end_of_session(
                     tracing::warn!(
                         cell = %name,
                         pid,
-                        "still running {SESSION_END_GRACE:?} after its session ended; killing it"
+                        "session ended ({why}), but the process was still running {SESSION_END_GRACE:?} later; killing it"
                     );
                     spawn::signal(pidfd, Signal::KILL);
                 }
@@ -406,6 +492,12 @@ async fn end_of_session(
 pub struct CellStats {
     /// Times the cell was restarted.
     pub restarts: u32,
+    /// Failures since the last healthy run (what the restart policy's
+    /// limit counts).
+    pub failures_in_a_row: u32,
+    /// What the cell wrote to the host's logs, and what was dropped or
+    /// refused (over all incarnations).
+    pub logs: LogStats,
     /// The current incarnation's session counters (zero when not running).
     pub session: SessionStats,
 }
@@ -500,24 +592,27 @@ impl CellHandle {
         self.inner.current(|i| i.report.clone())
     }
 
-    /// The last lines the current incarnation wrote to stderr.
+    /// The last lines the current incarnation (or, when none runs, the last
+    /// one) wrote to stderr: at most 10 lines, 4 KiB, escaped.
     pub fn stderr_tail(&self) -> Vec<String> {
         self.inner
-            .current(|i| {
-                i.stderr_tail
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect()
-            })
+            .current(|i| i.stderr_tail.clone())
+            .or_else(|| lock(&self.inner.last_tail).clone())
+            .map(|t| t.lines())
             .unwrap_or_default()
+    }
+
+    /// How the last incarnation that ended ended (`None` before any did).
+    pub fn last_exit(&self) -> Option<ExitInfo> {
+        *lock(&self.inner.last_exit)
     }
 
     /// Counters.
     pub fn stats(&self) -> CellStats {
         CellStats {
             restarts: self.inner.restarts.load(Ordering::Relaxed),
+            failures_in_a_row: self.inner.in_a_row.load(Ordering::Relaxed),
+            logs: self.inner.gate.stats(),
             session: self.inner.current(|i| i.conn.stats()).unwrap_or_default(),
         }
     }
@@ -531,8 +626,10 @@ impl CellHandle {
     }
 
     /// Shuts the cell down: goodbye, then up to `grace` for it to exit on its
-    /// own, then SIGKILL. Returns how it ended.
+    /// own, then SIGKILL. Returns how it ended (for a cell that had already
+    /// stopped or failed, how its last incarnation ended).
     pub async fn shutdown(&self, grace: Duration) -> ExitInfo {
+        // ORDERING: Release pairs with the supervisor's Acquire loads (see `Owner::drop`).
         self.inner.shutting_down.store(true, Ordering::Release);
         let current = self.inner.current(|i| (i.conn.clone(), i.pidfd.clone()));
         if let Some((conn, pidfd)) = current {
@@ -548,7 +645,7 @@ impl CellHandle {
             .await
         {
             CellState::Stopped { exit } => exit,
-            _ => ExitInfo::Signaled(libc::SIGKILL),
+            _ => self.last_exit().unwrap_or(ExitInfo::Signaled(libc::SIGKILL)),
         }
     }
 }

@@ -21,27 +21,68 @@ impl ExitInfo {
     }
 }
 
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGSYS => "SIGSYS",
-        libc::SIGINT => "SIGINT",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGILL => "SIGILL",
-        libc::SIGFPE => "SIGFPE",
-        _ => "a signal",
-    }
+/// The name of signal `sig` and what it usually means, e.g. `SIGXCPU` and
+/// "CPU time limit exceeded"; real-time signals are `SIGRTMIN+n` (counted
+/// from the C library's `SIGRTMIN`, as `kill -l` does).
+pub fn signal_name(sig: i32) -> (std::borrow::Cow<'static, str>, &'static str) {
+    let (name, meaning) = match sig {
+        libc::SIGHUP => ("SIGHUP", "hangup"),
+        libc::SIGINT => ("SIGINT", "interrupt"),
+        libc::SIGQUIT => ("SIGQUIT", "quit"),
+        libc::SIGILL => ("SIGILL", "illegal instruction"),
+        libc::SIGTRAP => ("SIGTRAP", "trace or breakpoint trap"),
+        libc::SIGABRT => ("SIGABRT", "aborted"),
+        libc::SIGBUS => ("SIGBUS", "bus error: bad memory access"),
+        libc::SIGFPE => ("SIGFPE", "arithmetic exception"),
+        libc::SIGKILL => ("SIGKILL", "killed"),
+        libc::SIGUSR1 => ("SIGUSR1", "user-defined signal 1"),
+        libc::SIGSEGV => ("SIGSEGV", "segmentation fault: invalid memory reference"),
+        libc::SIGUSR2 => ("SIGUSR2", "user-defined signal 2"),
+        libc::SIGPIPE => ("SIGPIPE", "broken pipe: wrote to a pipe or socket nobody reads"),
+        libc::SIGALRM => ("SIGALRM", "timer alarm"),
+        libc::SIGTERM => ("SIGTERM", "terminated"),
+        libc::SIGSTKFLT => ("SIGSTKFLT", "stack fault"),
+        libc::SIGCHLD => ("SIGCHLD", "child status changed"),
+        libc::SIGCONT => ("SIGCONT", "continued"),
+        libc::SIGSTOP => ("SIGSTOP", "stopped"),
+        libc::SIGTSTP => ("SIGTSTP", "stopped at the terminal"),
+        libc::SIGTTIN => ("SIGTTIN", "background read from the terminal"),
+        libc::SIGTTOU => ("SIGTTOU", "background write to the terminal"),
+        libc::SIGURG => ("SIGURG", "urgent socket data"),
+        libc::SIGXCPU => ("SIGXCPU", "CPU time limit exceeded (RLIMIT_CPU)"),
+        libc::SIGXFSZ => ("SIGXFSZ", "file size limit exceeded (RLIMIT_FSIZE)"),
+        libc::SIGVTALRM => ("SIGVTALRM", "virtual timer alarm"),
+        libc::SIGPROF => ("SIGPROF", "profiling timer alarm"),
+        libc::SIGWINCH => ("SIGWINCH", "window size changed"),
+        libc::SIGIO => ("SIGIO", "I/O possible"),
+        libc::SIGPWR => ("SIGPWR", "power failure"),
+        libc::SIGSYS => ("SIGSYS", "bad system call (denied by the seccomp filter?)"),
+        _ => {
+            let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+            return if (min..=max).contains(&sig) {
+                (format!("SIGRTMIN+{}", sig - min).into(), "real-time signal")
+            } else if (32..min).contains(&sig) {
+                // The kernel's first real-time signals, kept by the C library.
+                (
+                    format!("SIGRTMIN-{}", min - sig).into(),
+                    "real-time signal reserved by the C library",
+                )
+            } else {
+                (format!("signal {sig}").into(), "not a signal Linux defines")
+            };
+        }
+    };
+    (name.into(), meaning)
 }
 
 impl fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ExitInfo::Exited(code) => write!(f, "exited with status {code}"),
-            ExitInfo::Signaled(sig) => write!(f, "was killed by signal {sig} ({})", signal_name(*sig)),
+            ExitInfo::Signaled(sig) => {
+                let (name, meaning) = signal_name(*sig);
+                write!(f, "was killed by signal {sig} ({name}: {meaning})")
+            }
         }
     }
 }
@@ -85,7 +126,8 @@ pub enum HostError {
         error: SessionError,
         /// How the process ended, if it did.
         exit: Option<ExitInfo>,
-        /// The last lines the cell wrote to stderr.
+        /// The last lines the cell wrote to stderr (at most 10 lines and
+        /// 4 KiB, escaped).
         stderr_tail: String,
     },
     /// The cell is not running now.
@@ -138,3 +180,25 @@ impl fmt::Display for HostError {
 }
 
 impl std::error::Error for HostError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signal_has_its_name() {
+        for sig in 1..=libc::SIGRTMAX() {
+            let (name, _) = signal_name(sig);
+            assert!(name.starts_with("SIG"), "signal {sig} is named {name}");
+        }
+        assert_eq!(signal_name(libc::SIGXCPU).0, "SIGXCPU");
+        assert_eq!(signal_name(libc::SIGXFSZ).0, "SIGXFSZ");
+        assert_eq!(signal_name(libc::SIGSYS).0, "SIGSYS");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 3).0, "SIGRTMIN+3");
+        assert_eq!(
+            ExitInfo::Signaled(libc::SIGXCPU).to_string(),
+            "was killed by signal 24 (SIGXCPU: CPU time limit exceeded (RLIMIT_CPU))"
+        );
+        assert_eq!(signal_name(99).0, "signal 99");
+    }
+}

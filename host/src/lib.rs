@@ -23,16 +23,24 @@
 //!   ([`osmos_session::Forward`]).
 //!
 //! Cell stdout and stderr lines, and the tracing events the cell SDK
-//! forwards, reach this process's `tracing` under target `osmos::cell` with a
-//! `cell` field naming the cell.
+//! forwards, reach this process's `tracing` under target `osmos::cell`
+//! ([`CELL_TARGET`]) with a `cell` field naming the cell: read in bounded
+//! chunks, lines capped, bytes converted lossily, everything the cell
+//! supplied escaped, and rate-limited per cell ([`LogLimits`]); the control
+//! socket that carries the records is read as hostile input. See `logs.rs`,
+//! `output.rs` and `records.rs`.
 
 mod cell;
 mod error;
+mod logs;
+mod output;
+mod records;
 mod routes;
 pub mod sandbox;
 mod spawn;
 
 pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy, SESSION_END_GRACE};
-pub use error::{ExitInfo, HostError};
+pub use error::{ExitInfo, HostError, signal_name};
+pub use logs::{CELL_TARGET, LogLimits, LogStats};
 pub use routes::{MAX_FORWARDED_PER_CELL, Routes};
 pub use sandbox::{SandboxPolicy, SandboxReport};

@@ -22,7 +22,6 @@
 //! fires when the *thread* that forked exits, and tokio retires idle
 //! blocking threads.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -32,23 +31,39 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc as std_mpsc};
 
 use osmos_session::control::{
-    CONTROL_FD, ENV_CELL_NAME, ENV_CONTROL_FD, ENV_PROTOCOL, ENV_SEGMENT_FD, ENV_WAKE_FD, LogRecord,
-    MAX_LOG_RECORD, SEGMENT_FD, WAKE_FD,
+    CONTROL_FD, ENV_CELL_NAME, ENV_CONTROL_FD, ENV_PROTOCOL, ENV_SEGMENT_FD, ENV_WAKE_FD, SEGMENT_FD, WAKE_FD,
 };
 use osmos_session::link::shm::ShmLink;
 use osmos_session::wire::PROTOCOL_VERSION;
-use osmos_session::{Connection, SessionBuilder, SessionError};
-use osmos_shm::{Liveness, Segment};
+use osmos_session::{
+    Connection, ConnectionAcceptor, Dispatcher, SessionBuilder, SessionConfig, SessionError,
+};
+use osmos_shm::{Liveness, Segment, SegmentConfig};
 use sha2::Digest;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::cell::CellConfig;
 use crate::error::{ExitInfo, HostError};
-use crate::sandbox;
+use crate::logs::LogGate;
+use crate::output::{self, StderrTail, Stream};
+use crate::records;
+use crate::sandbox::{self, SandboxPolicy};
 
-/// How many stderr lines are kept for error messages.
-const STDERR_TAIL: usize = 10;
+/// Everything needed to start an incarnation of a cell (the builder fills
+/// it; the supervisor keeps it to start the cell again).
+#[derive(Clone)]
+pub(crate) struct CellConfig {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub name: String,
+    pub env_allow: Vec<String>,
+    pub env_set: Vec<(String, String)>,
+    pub sandbox: SandboxPolicy,
+    pub segment: SegmentConfig,
+    pub session: SessionConfig,
+    pub sha256: Option<String>,
+    pub serve: Option<Arc<dyn Dispatcher>>,
+    pub acceptor: Option<ConnectionAcceptor>,
+}
 
 /// A running incarnation of a cell.
 pub(crate) struct Incarnation {
@@ -57,9 +72,26 @@ pub(crate) struct Incarnation {
     pub pidfd: Arc<OwnedFd>,
     pub liveness: Liveness,
     pub report: sandbox::SandboxReport,
-    pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    pub stderr_tail: Arc<StderrTail>,
     /// The cell's uid, gid and cgroup, reserved until the incarnation is dropped.
     pub _sandbox_lease: Arc<sandbox::SandboxLease>,
+}
+
+/// A start that failed, with what the incarnation left behind.
+pub(crate) struct StartFailure {
+    /// The error to report.
+    pub error: HostError,
+    /// Its stderr, when it got as far as running.
+    pub stderr_tail: Option<Arc<StderrTail>>,
+}
+
+impl From<HostError> for StartFailure {
+    fn from(error: HostError) -> Self {
+        StartFailure {
+            error,
+            stderr_tail: None,
+        }
+    }
 }
 
 type SpawnJob = Box<dyn FnOnce() + Send>;
@@ -262,81 +294,13 @@ pub(crate) fn signal(pidfd: &OwnedFd, signal: rustix::process::Signal) {
     let _ = rustix::process::pidfd_send_signal(pidfd, signal);
 }
 
-/// Forwards a stream of the cell's output to tracing, line by line.
-/// Returns the forwarding task, which ends at the stream's EOF.
-fn forward_lines(
-    name: String,
-    stream: &'static str,
-    fd: OwnedFd,
-    tail: Option<Arc<Mutex<VecDeque<String>>>>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
-    Some(tokio::spawn(async move {
-        let mut lines = BufReader::new(pipe).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(target: "osmos::cell", cell = %name, stream, "{line}");
-            if let Some(tail) = &tail {
-                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-                if t.len() == STDERR_TAIL {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        }
-    }))
-}
-
-/// Re-emits the cell's forwarded tracing events under the host's tracing.
-fn forward_records(name: String, control: OwnedFd) {
-    let Some(afd) = async_fd(control) else { return };
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_LOG_RECORD];
-        loop {
-            let Ok(mut guard) = afd.readable().await else {
-                return;
-            };
-            // SAFETY: `buf` is a valid buffer of its length.
-            let n = unsafe {
-                libc::recv(
-                    afd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n == 0 {
-                return; // the cell closed its end
-            }
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    guard.clear_ready();
-                    continue;
-                }
-                return;
-            }
-            // A record the cell garbled is dropped, not trusted.
-            let Ok(rec) = facet_postcard_decode(&buf[..n as usize]) else {
-                continue;
-            };
-            let (target, msg) = (rec.target.as_str(), rec.message.as_str());
-            match rec.level {
-                1 => tracing::error!(target: "osmos::cell", cell = %name, from = target, "{msg}"),
-                2 => tracing::warn!(target: "osmos::cell", cell = %name, from = target, "{msg}"),
-                3 => tracing::info!(target: "osmos::cell", cell = %name, from = target, "{msg}"),
-                4 => tracing::debug!(target: "osmos::cell", cell = %name, from = target, "{msg}"),
-                _ => tracing::trace!(target: "osmos::cell", cell = %name, from = target, "{msg}"),
-            }
-        }
-    });
-}
-
-fn facet_postcard_decode(bytes: &[u8]) -> Result<LogRecord, String> {
-    osmos_session::decode_args::<LogRecord>(bytes)
-}
-
-/// Starts incarnation `epoch` of the cell described by `config`.
-pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation, HostError> {
+/// Starts incarnation `epoch` of the cell described by `config`; its output
+/// and log records pass through `gate`.
+pub(crate) async fn start(
+    config: &CellConfig,
+    epoch: u32,
+    gate: &Arc<LogGate>,
+) -> Result<Incarnation, StartFailure> {
     let program: PathBuf = config.program.clone();
     let binary = open_checked(&program, config.sha256.as_deref())?;
     // A host always takes its cells with it, even with the sandbox disabled.
@@ -432,15 +396,15 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
         source: e.into(),
     })?;
     let pidfd = Arc::new(pidfd);
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let tail = Arc::new(StderrTail::default());
     if let Some(out) = child.stdout.take() {
-        forward_lines(config.name.clone(), "stdout", out.into(), None);
+        output::forward(gate.clone(), Stream::Stdout, out.into(), None);
     }
     let stderr_task = child
         .stderr
         .take()
-        .and_then(|err| forward_lines(config.name.clone(), "stderr", err.into(), Some(tail.clone())));
-    forward_records(config.name.clone(), host_ctl);
+        .and_then(|err| output::forward(gate.clone(), Stream::Stderr, err.into(), Some(tail.clone())));
+    records::forward(gate.clone(), host_ctl);
     // The std Child is not waited on: the pidfd reaps it.
     drop(child);
 
@@ -455,21 +419,14 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
     }
     let handshake = session.initiate(ShmLink::new(endpoint));
     tokio::pin!(handshake);
-    let tail_text = |tail: &Arc<Mutex<VecDeque<String>>>| {
-        tail.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     tokio::select! {
         r = &mut handshake => match r {
             Ok(conn) => Ok(Incarnation { pid, conn, pidfd, liveness, report, stderr_tail: tail, _sandbox_lease: lease }),
             Err(error) => {
                 signal(&pidfd, rustix::process::Signal::KILL);
                 let exit = wait_exit(&pidfd).await;
-                Err(HostError::Handshake { name: config.name.clone(), error, exit: Some(exit), stderr_tail: tail_text(&tail) })
+                let error = HostError::Handshake { name: config.name.clone(), error, exit: Some(exit), stderr_tail: tail.text() };
+                Err(StartFailure { error, stderr_tail: Some(tail) })
             }
         },
         exit = wait_exit(&pidfd) => {
@@ -478,12 +435,13 @@ pub(crate) async fn start(config: &CellConfig, epoch: u32) -> Result<Incarnation
             if let Some(t) = stderr_task {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), t).await;
             }
-            Err(HostError::Handshake {
+            let error = HostError::Handshake {
                 name: config.name.clone(),
                 error: SessionError::PeerDied { detail: format!("cell '{}' (pid {pid}) {exit} during startup", config.name) },
                 exit: Some(exit),
-                stderr_tail: tail_text(&tail),
-            })
+                stderr_tail: tail.text(),
+            };
+            Err(StartFailure { error, stderr_tail: Some(tail) })
         }
     }
 }

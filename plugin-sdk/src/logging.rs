@@ -40,6 +40,18 @@ impl Visit for Fields {
     }
 }
 
+/// Longest target sent, in bytes.
+const MAX_TARGET: usize = 256;
+
+/// The longest prefix of `s` of at most `max` bytes.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 struct ForwardLayer {
     control: OwnedFd,
 }
@@ -58,15 +70,16 @@ impl<S: tracing::Subscriber> Layer<S> for ForwardLayer {
         };
         let mut message = fields.message;
         message.push_str(&fields.rest);
+        // Cut the text, not the encoding: a cut encoding is not a record,
+        // and the host refuses it.
         let record = LogRecord {
             level,
-            target: meta.target().to_string(),
-            message,
+            target: cut(meta.target(), MAX_TARGET).to_string(),
+            message: cut(&message, MAX_LOG_RECORD - MAX_TARGET - 32).to_string(),
         };
-        let Ok(mut bytes) = osmos_session::wire::encode(&record) else {
+        let Ok(bytes) = osmos_session::wire::encode(&record) else {
             return;
         };
-        bytes.truncate(MAX_LOG_RECORD);
         // SAFETY: `bytes` is a valid buffer; MSG_DONTWAIT never blocks the cell.
         unsafe {
             libc::send(

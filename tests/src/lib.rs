@@ -12,9 +12,15 @@
 //!   stable test `tests/fuzz.rs` runs over the committed seed corpus.
 //! - [`hostile`] names the ways `hostile-cell` (`src/bin/hostile-cell.rs`)
 //!   misbehaves after its handshake, and what the host must conclude.
+//! - [`Attack`] is what `attack-cell` (`src/bin/attack-cell.rs`) serves:
+//!   ordinary calls, and attacks on the host through everything but the
+//!   segment (output pipes, log records, the control socket, crash loops),
+//!   named by [`AttackKind`].
 //!
 //! The tests themselves are in `tests/`: `host.rs` (spawning, calls, streams,
 //! cancellation, death, restart, logs, bootstrap, many cells),
+//! `containment.rs` (attacks on the host's output, logs, control socket,
+//! restart policy and exit reporting, with a well-behaved sibling),
 //! `sandbox.rs` (escape attempts), `chaos.rs` (cells killed at random under
 //! load), `hostile.rs` (cells that scribble over their segment or lie).
 
@@ -117,3 +123,76 @@ service! {
         async fn ptrace(&self, pid: u32) -> Result<(), String>;
     }
 }
+
+service! {
+    /// What the `attack-cell` binary serves.
+    pub trait Attack {
+        client AttackClient;
+        dispatcher AttackDispatcher;
+        /// Adds (to show the cell still serves).
+        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+        /// Starts the attack named `kind` ([`AttackKind::name`]) of size
+        /// `amount` on a thread of its own; returns at once.
+        async fn start(&self, kind: String, amount: u64) -> Result<(), String>;
+        /// How the attack goes: units done, whether it finished, and the
+        /// first error it met (empty if none; a write that failed, say).
+        async fn progress(&self) -> Result<(u64, bool, String), String>;
+    }
+}
+
+/// The attacks `attack-cell` runs; `amount` sizes each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttackKind {
+    /// One stdout line of `amount` bytes, written in 64 KiB pieces, then a newline.
+    LongLine,
+    /// `amount` lines of invalid UTF-8 (Latin-1, stray continuation bytes)
+    /// on stdout and stderr, then an ordinary line on each.
+    InvalidUtf8,
+    /// `amount` short lines on stderr, as fast as the pipe takes them.
+    StderrFlood,
+    /// `amount` tracing events whose message, fields and target carry
+    /// newlines, forged host log lines and terminal escape sequences.
+    LogFlood,
+    /// `amount` rounds of garbage on the control socket (empty, tiny,
+    /// random, oversized and truncated packets, packets passing file
+    /// descriptors), then one valid record saying it is done.
+    ControlGarbage,
+    /// Exits with status `amount` at once.
+    Exit,
+}
+
+impl AttackKind {
+    /// Every attack.
+    pub const ALL: [AttackKind; 6] = [
+        AttackKind::LongLine,
+        AttackKind::InvalidUtf8,
+        AttackKind::StderrFlood,
+        AttackKind::LogFlood,
+        AttackKind::ControlGarbage,
+        AttackKind::Exit,
+    ];
+
+    /// The name `Attack::start` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackKind::LongLine => "long-line",
+            AttackKind::InvalidUtf8 => "invalid-utf8",
+            AttackKind::StderrFlood => "stderr-flood",
+            AttackKind::LogFlood => "log-flood",
+            AttackKind::ControlGarbage => "control-garbage",
+            AttackKind::Exit => "exit",
+        }
+    }
+
+    /// Parses [`name`](Self::name)'s output.
+    pub fn parse(s: &str) -> Option<AttackKind> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// The record `attack-cell` sends after its control-socket garbage.
+pub const CONTROL_GARBAGE_DONE: &str = "control garbage sent; the host still reads";
+/// The line `attack-cell` writes after its long line.
+pub const LONG_LINE_DONE: &str = "long line written; the pipe still flows";
+/// The line `attack-cell` writes on stdout and stderr after invalid UTF-8.
+pub const INVALID_UTF8_DONE: &str = "invalid utf-8 written; println still works";

@@ -239,6 +239,7 @@ async fn spawn_cell(i: usize) -> CellHandle {
                 max_restarts: u32::MAX,
                 backoff: Duration::from_millis(5),
                 max_backoff: Duration::from_millis(50),
+                reset_after: Duration::from_secs(60),
             })
             .spawn(),
     )
