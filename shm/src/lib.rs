@@ -47,7 +47,8 @@
 //! Built with `RUSTFLAGS="--cfg osmos_loom"`, the crate swaps its atomics,
 //! futex and shared bytes for loom's (see `sync/`), and the models in
 //! `loom_models.rs` check the ring, the slot pool, the credit counters, the
-//! doorbell and the death wakeup. The segment and endpoint (memfd, mmap) are
+//! doorbell and the death wakeup, and the reactor half of the doorbell and of
+//! the credit counters (an async waiter's mark, re-check and wake). The segment and endpoint (memfd, mmap) are
 //! not built under loom.
 
 #![cfg_attr(osmos_loom, allow(dead_code, unused_imports))]
