@@ -152,9 +152,10 @@ pub enum Hostility {
     /// arguments carry strings and bytes, answers the host's
     /// `TestCell.echo` calls with bytes or error strings, inline and in
     /// slots, and from a second thread keeps rewriting the strings and
-    /// payloads of frames it has already committed with random bytes
-    /// (invalid UTF-8 among them) while the host reads them. Ends with a
-    /// `Goodbye` or `ProtocolError` whose strings it rewrites too.
+    /// payloads of the frames it sends (from just before their commit until
+    /// their memory is reused) with random bytes, invalid UTF-8 among them,
+    /// while the host reads them. Ends with a `Goodbye` or `ProtocolError`
+    /// whose strings it rewrites too.
     FlipBytes,
 }
 

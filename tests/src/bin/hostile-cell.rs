@@ -9,10 +9,10 @@
 //! it stops talking and waits to be killed: ending it is the host's job.
 //!
 //! `flip-bytes` is the one mode that lies about nothing: every frame it
-//! sends is well formed when committed. A second thread then keeps
-//! rewriting the strings and payloads of the frames (and slots) it has
-//! committed, through pointers taken from the grants before the commit,
-//! while the host reads them ([`Flips`]).
+//! sends is encoded well formed. A second thread then keeps rewriting the
+//! strings and payloads of the frames (and slots) it has written, from
+//! just before their commit until their memory is reused, through pointers
+//! taken from the grants, while the host reads them ([`Flips`]).
 //!
 //! The cell maps its segment a second time (the inherited fd 3) to write
 //! where the library would not. The ring's control block layout is not
@@ -20,8 +20,8 @@
 //! library before relying on it.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, compiler_fence};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use osmos_plugin_sdk::{Bootstrap, CellError, EXIT_FAILED, EXIT_NOT_LAUNCHED_BY_HOST};
@@ -210,60 +210,115 @@ impl Target {
 
 /// What the flipping thread may rewrite, and how.
 ///
-/// The lock is held across every burst of writes, and the sending thread
-/// retires a target under it before it writes anything over the same
-/// memory (a new frame in the ring, a reused slot): once `retire` returns,
-/// no flip lands there again, so the only writes that race in this process
-/// are the flipper's own atomic stores to bytes nobody here touches. The
-/// host, in its own process, reads them whenever it likes: that is the test.
+/// The flipper picks a target and marks it busy under the lock, then writes
+/// to it without the lock (so the sending thread keeps committing frames
+/// while a burst runs), then clears the mark. The sending thread retires a
+/// target before it writes anything over the same memory (a new frame in
+/// the ring, a reused slot), and `retire` waits until no burst is writing
+/// to a retired target: once it returns, no flip lands there again, so the
+/// only writes that race in this process are the flipper's own atomic
+/// stores to bytes nobody here touches. The host, in its own process, reads
+/// them whenever it likes: that is the test.
 struct Flips {
-    targets: Mutex<Vec<Target>>,
+    state: Mutex<FlipState>,
+    /// Signalled when a burst ends (its target is no longer busy).
+    idle: Condvar,
     /// Bursts of writes so far.
     done: AtomicU64,
 }
 
+/// The flipper's targets, and the one it is writing to now.
+#[derive(Default)]
+struct FlipState {
+    /// Oldest first.
+    targets: Vec<Target>,
+    busy: Option<Target>,
+}
+
 impl Flips {
-    fn targets(&self) -> MutexGuard<'_, Vec<Target>> {
-        self.targets.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> MutexGuard<'_, FlipState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn add(&self, t: impl IntoIterator<Item = Target>) {
-        self.targets().extend(t);
+        self.state().targets.extend(t);
     }
 
-    /// Stops flipping every target for which `gone` holds.
+    /// Stops flipping every target for which `gone` holds, waiting for a
+    /// burst writing to one of them to end (a few microseconds).
     fn retire(&self, gone: impl Fn(&Target) -> bool) {
-        self.targets().retain(|t| !gone(t));
+        let mut s = self.state();
+        s.targets.retain(|t| !gone(t));
+        while s.busy.as_ref().is_some_and(&gone) {
+            s = self.idle.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
-    /// Rewrites bytes of the targets, forever: mostly those of the newest
-    /// frames (the ones the host is reading now). One write in
-    /// `invalid_one_in` is a byte that cannot appear alone in UTF-8
-    /// (`0x80..=0xff`); the others are printable ASCII or a random bit
-    /// flipped. With `invalid_one_in` 0, strings stay valid UTF-8: only
-    /// their ASCII bytes change, to ASCII.
+    /// Picks the next burst's target (mostly among the newest, which the
+    /// host is reading now; a string's for a toggling burst) and marks it busy.
+    fn pick(&self, rng: &mut Rng, toggle: bool) -> Option<Target> {
+        let mut s = self.state();
+        let n = s.targets.len() as u64;
+        let t = if toggle {
+            // The longest string of the newest frames: the longer a string,
+            // the longer a check-then-copy reader would take over it.
+            *s.targets
+                .iter()
+                .rev()
+                .take(8)
+                .filter(|t| t.text)
+                .max_by_key(|t| t.len)?
+        } else if n == 0 {
+            return None;
+        } else if rng.below(4) == 0 {
+            s.targets[rng.below(n) as usize]
+        } else {
+            s.targets[(n - 1 - rng.below(n.min(4))) as usize]
+        };
+        s.busy = Some(t);
+        Some(t)
+    }
+
+    /// Rewrites bytes of the targets, forever, in bursts on one target at a
+    /// time. One write in `invalid_one_in` is a byte that cannot appear
+    /// alone in UTF-8 (`0x80..=0xff`); the others are printable ASCII or a
+    /// random bit flipped. With `invalid_one_in` 0, strings stay valid
+    /// UTF-8: only their ASCII bytes change, to ASCII.
+    ///
+    /// While strings may break, one burst in two instead toggles one byte of
+    /// a recent string between ASCII and a byte that cannot appear alone in
+    /// UTF-8, thousands of times in a row, ending on ASCII: a reader that
+    /// checked a string in shared memory and then copied it would see the
+    /// two differ.
     fn run(&self, mut rng: Rng, invalid_one_in: u64) -> ! {
         loop {
-            {
-                let targets = self.targets();
-                let n = targets.len() as u64;
-                if n > 0 {
+            let toggle = invalid_one_in > 0 && rng.below(2) == 0;
+            if let Some(t) = self.pick(&mut rng, toggle) {
+                let byte = |rng: &mut Rng| {
+                    let at = t.at + rng.below(t.len as u64) as usize;
+                    // SAFETY: `at` is inside a target, which lies in the
+                    // library's mapping of the segment; the segment stays
+                    // mapped until the process exits (the `Peer` owning it
+                    // never returns), and nothing else in this process
+                    // touches a target's bytes until it is retired, which
+                    // waits for this burst to end (see `Flips`), so this
+                    // atomic access races only the host's reads, in its
+                    // process.
+                    unsafe { AtomicU8::from_ptr(at as *mut u8) }
+                };
+                if toggle {
+                    let byte = byte(&mut rng);
+                    let (good, bad) = (b'a' + rng.below(26) as u8, 0x80 | rng.next() as u8);
+                    for _ in 0..5000 {
+                        byte.store(bad, Ordering::Relaxed);
+                        // Keeps the compiler from merging the stores.
+                        compiler_fence(Ordering::SeqCst);
+                        byte.store(good, Ordering::Relaxed);
+                        compiler_fence(Ordering::SeqCst);
+                    }
+                } else {
                     for _ in 0..1 + rng.below(16) {
-                        let pick = if rng.below(4) == 0 {
-                            rng.below(n)
-                        } else {
-                            n - 1 - rng.below(n.min(4))
-                        };
-                        let t = targets[pick as usize];
-                        let at = t.at + rng.below(t.len as u64) as usize;
-                        // SAFETY: `at` is inside a target, which lies in the
-                        // library's mapping of the segment; the segment stays
-                        // mapped until the process exits (the `Peer` owning it
-                        // never returns), and nothing else in this process
-                        // touches a target's bytes until it is retired under
-                        // the lock held here (see `Flips`), so this atomic
-                        // store races only the host's reads, in its process.
-                        let byte = unsafe { AtomicU8::from_ptr(at as *mut u8) };
+                        let byte = byte(&mut rng);
                         let old = byte.load(Ordering::Relaxed);
                         if invalid_one_in == 0 && t.text && !old.is_ascii() {
                             continue;
@@ -277,8 +332,10 @@ impl Flips {
                         };
                         byte.store(value, Ordering::Relaxed);
                     }
-                    self.done.fetch_add(1, Ordering::Relaxed);
                 }
+                self.state().busy = None;
+                self.idle.notify_all();
+                self.done.fetch_add(1, Ordering::Relaxed);
             }
             std::thread::yield_now();
         }
@@ -573,7 +630,9 @@ impl Peer {
 
     /// Sends `bytes` (one encoded message), inline or through a slot, and
     /// hands the contents of `pieces` (in the order they appear in `bytes`;
-    /// those under 4 bytes are skipped) to the flipper once committed.
+    /// those under 4 bytes are skipped) to the flipper once this thread's
+    /// own writes are done, just before the commit: a burst may then be
+    /// running by the time the host first sees the frame.
     fn send_flippable(&mut self, bytes: &[u8], pieces: &[Piece<'_>], flips: &Flips) -> Result<(), String> {
         let mut found = Vec::new();
         let mut cursor = 0;
@@ -596,16 +655,16 @@ impl Peer {
             let slice = &mut grant.as_mut_slice()[..len];
             slice.copy_from_slice(bytes);
             let base = slice.as_mut_ptr() as usize;
-            grant.commit(len).map_err(|e| e.to_string())?;
-            // Our own tail, just published: exact (only this thread writes it).
-            let tail = self.mem.word64(tail_word).load(Ordering::Acquire);
-            let start = tail - (FRAME_HEADER + len).next_multiple_of(8) as u64;
+            // The frame starts at or after the tail before it: retiring by
+            // that start is early, never late.
+            let start = self.mem.word64(tail_word).load(Ordering::Acquire);
             flips.add(found.into_iter().map(|(at, len, text)| Target {
                 at: base + at,
                 len,
                 text,
                 ring_start: Some(start),
             }));
+            grant.commit(len).map_err(|e| e.to_string())?;
             return Ok(());
         }
         let (producer, slots) = self.endpoint.sender.parts();
@@ -619,25 +678,24 @@ impl Peer {
         // The slot may be one the host has released, with targets in it.
         flips.retire(|t| t.ring_start.is_none() && t.overlaps(base, cap));
         slot.as_mut_slice()[..len].copy_from_slice(bytes);
-        loop {
-            if let Some(mut frame) = producer.try_reserve_slot_ref().map_err(|e| e.to_string())? {
-                let r = slot.finish(len).map_err(|e| e.to_string())?;
-                frame.write(0, &r.encode()).map_err(|e| e.to_string())?;
-                frame.commit(SlotRef::ENCODED_LEN).map_err(|e| e.to_string())?;
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err("no room for a slot reference".into());
-            }
-            std::thread::yield_now();
-        }
         flips.add(found.into_iter().map(|(at, len, text)| Target {
             at: base + at,
             len,
             text,
             ring_start: None,
         }));
-        Ok(())
+        loop {
+            if let Some(mut frame) = producer.try_reserve_slot_ref().map_err(|e| e.to_string())? {
+                let r = slot.finish(len).map_err(|e| e.to_string())?;
+                frame.write(0, &r.encode()).map_err(|e| e.to_string())?;
+                frame.commit(SlotRef::ENCODED_LEN).map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err("no room for a slot reference".into());
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// Answers one message from the host, with flippable strings and bytes;
@@ -693,7 +751,8 @@ impl Peer {
         // Checks where the ring's tail word is before relying on it.
         self.published_tail()?;
         let flips = Arc::new(Flips {
-            targets: Mutex::new(Vec::new()),
+            state: Mutex::new(FlipState::default()),
+            idle: Condvar::new(),
             done: AtomicU64::new(0),
         });
         // How often a flip is a byte that breaks UTF-8: never, rarely, often.
