@@ -31,12 +31,12 @@
 //! through: the `String` it makes holds bytes `0x80..=0xff` that are not
 //! UTF-8, which `std::str::from_utf8` here refuses. The flipper toggles a
 //! byte of the longest string of the newest frames between ASCII and such
-//! a byte thousands of times in a row, ending on ASCII. Shown by hand: with
-//! the shm link made to hand the session a slice over the frame instead of
-//! the copy, a 20-second run counted every one of its 23,493 argument
-//! slices in the segment and 3 `String`s that were not UTF-8 (the first
-//! check is certain at once; the second is a race, caught in seconds to
-//! tens of seconds).
+//! a byte thousands of times in a row, ending on ASCII. Shown by hand, with
+//! the shm link made to hand the session a slice over the frame (released
+//! at once) instead of the copy: every argument slice was counted in the segment (all 23,493 of
+//! a 20-second run, all 33,583 of a 30-second one), so the test fails on
+//! the first call; the strings are a race, and the 20-second run caught 3
+//! `String`s that were not UTF-8, the 30-second one none.
 //!
 //! Environment: `OSMOS_HOSTILE_FLIP_SECS` how long to keep starting cells
 //! (default 3; the long version is `OSMOS_HOSTILE_FLIP_SECS=60`),
