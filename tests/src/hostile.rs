@@ -6,11 +6,24 @@
 //! region of its own segment while it keeps talking, or it sends traffic that
 //! looks valid but lies. Each lie breaks one rule the host enforces, so the
 //! host must end the session with an error naming that rule
-//! ([`Hostility::expected`]).
+//! ([`Hostility::expected`]). Or it sends well-formed messages and keeps
+//! rewriting their strings and payloads while the host reads them
+//! ([`Hostility::FlipBytes`]): the host must copy each frame out once and
+//! decode the copy, so it only ever sees valid values or a named violation.
 
 use std::ops::Range;
 
+use osmos_session::method_id;
 use osmos_shm::{Direction, Layout};
+
+/// The service a byte-flipping cell calls on its host
+/// ([`Hostility::FlipBytes`]); the host serves it by hand to see the
+/// metadata and the argument bytes as the session hands them over.
+pub const FLIP_SERVICE: &str = "HostileFlip";
+/// The method a byte-flipping cell calls: its arguments are a
+/// `(String, Vec<u8>)`, its metadata a string, bytes and a number, and the
+/// host answers the number of argument bytes (`u64`).
+pub const FLIP_METHOD: u64 = method_id(FLIP_SERVICE, "take");
 
 /// A region of the segment a scribbling cell writes over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +148,15 @@ pub enum Hostility {
     PingFlood,
     /// Never reads and never sends again.
     StalledReader,
+    /// Sends well-formed calls ([`FLIP_METHOD`]) whose metadata and
+    /// arguments carry strings and bytes, answers the host's
+    /// `TestCell.echo` calls with bytes or error strings, inline and in
+    /// slots, and from a second thread keeps rewriting the strings and
+    /// payloads of the frames it sends (from just before their commit until
+    /// their memory is reused) with random bytes, invalid UTF-8 among them,
+    /// while the host reads them. Ends with a `Goodbye` or `ProtocolError`
+    /// whose strings it rewrites too.
+    FlipBytes,
 }
 
 /// What the host must conclude about a hostile cell.
@@ -166,6 +188,7 @@ impl Hostility {
     ];
 
     /// The name on the command line (`scribble:<region>` for scribbles).
+    /// [`FlipBytes`](Self::FlipBytes) is `flip-bytes`.
     pub fn name(self) -> String {
         match self {
             Hostility::Scribble(r) => format!("scribble:{}", r.name()),
@@ -180,6 +203,7 @@ impl Hostility {
             Hostility::WrongParity => "wrong-parity".into(),
             Hostility::PingFlood => "ping-flood".into(),
             Hostility::StalledReader => "stalled-reader".into(),
+            Hostility::FlipBytes => "flip-bytes".into(),
         }
     }
 
@@ -191,13 +215,16 @@ impl Hostility {
                 .find(|x| x.name() == r)
                 .map(Hostility::Scribble);
         }
-        Self::LIES.into_iter().find(|h| h.name() == s)
+        Self::LIES
+            .into_iter()
+            .chain([Hostility::FlipBytes])
+            .find(|h| h.name() == s)
     }
 
     /// How the host must answer.
     pub fn expected(self) -> Expect {
         match self {
-            Hostility::Scribble(_) => Expect::Anything,
+            Hostility::Scribble(_) | Hostility::FlipBytes => Expect::Anything,
             Hostility::OversizedFrame => Expect::Rule(&["frame.length-in-bounds"]),
             Hostility::OversizedSlot => Expect::Rule(&["slot.length-fits-class"]),
             Hostility::OversizedPrefix => Expect::Rule(&["frame.decodable"]),
