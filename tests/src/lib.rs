@@ -10,7 +10,7 @@
 //!   calls other cells through the host.
 //! - [`fuzz`] holds the bodies of the fuzz targets (`fuzz/`), which the
 //!   stable test `tests/fuzz.rs` runs over the committed seed corpus.
-//! - [`hostile`] names the ways `hostile-cell` (`src/bin/hostile-cell.rs`)
+//! - [`hostile`] names the ways `hostile-cell` (`src/bin/hostile-cell/`)
 //!   misbehaves after its handshake, and what the host must conclude.
 //! - [`Attack`] is what `attack-cell` (`src/bin/attack-cell.rs`) serves:
 //!   ordinary calls, and attacks on the host through everything but the

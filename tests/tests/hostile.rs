@@ -1,6 +1,6 @@
 //! Hostile cells: real sandboxed processes that complete the handshake, then
 //! scribble over their own segment or send valid-looking lies
-//! (`src/bin/hostile-cell.rs`, modes in `osmos_tests::hostile`), while a
+//! (`src/bin/hostile-cell/`, modes in `osmos_tests::hostile`), while a
 //! well-behaved sibling cell serves calls the whole time.
 //!
 //! What must hold, for every run:

@@ -1,5 +1,5 @@
 //! A cell that rewrites its frames while the host decodes them
-//! (`hostile-cell flip-bytes`, see `src/bin/hostile-cell.rs`): it sends
+//! (`hostile-cell flip-bytes`, see `src/bin/hostile-cell/`): it sends
 //! well-formed calls to a service of the host, answers the host's `echo`
 //! calls and ends with a `Goodbye` or a `ProtocolError`, inline and through
 //! slots, and from a second thread keeps writing random bytes (invalid UTF-8
