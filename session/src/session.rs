@@ -473,9 +473,16 @@ impl Shared {
 
     /// Sends a message now (waiting for link capacity).
     pub(crate) async fn send(&self, msg: &Message<'_>) -> Result<(), SessionError> {
+        self.send_then(msg, &|| {}).await
+    }
+
+    /// Sends a message (waiting for link capacity), calling `committing`
+    /// once it has room, just before the frame becomes visible to the peer.
+    async fn send_then(&self, msg: &Message<'_>, committing: &(dyn Fn() + Sync)) -> Result<(), SessionError> {
         let len = msg.encoded_len();
         self.check_sendable(msg.kind(), len)?;
         let fill = |buf: &mut [u8]| {
+            committing();
             msg.write_to(buf);
         };
         match self.try_send_now(len, &fill) {
@@ -880,7 +887,14 @@ async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Outgoin
             b = outbox.recv() => match b { Some(b) => b, None => return },
             _ = wait_ended(&mut ended) => return,
         };
-        let fill = |buf: &mut [u8]| buf.copy_from_slice(&bytes);
+        let fill = |buf: &mut [u8]| {
+            // A queued answer stops counting against request.limit as it is
+            // written (the peer may call again the moment it reads it).
+            if let Some(a) = &answered {
+                shared.lock().serving.remove(&(a.conn, a.request));
+            }
+            buf.copy_from_slice(&bytes);
+        };
         let sent = match shared.try_send_now(bytes.len(), &fill) {
             Ok(true) => Ok(()),
             Ok(false) => shared.send_waiting(bytes.len(), &fill).await,
@@ -892,7 +906,6 @@ async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Outgoin
             return;
         }
         if let Some(a) = answered {
-            shared.lock().serving.remove(&(a.conn, a.request));
             shared.announce(&a.channels);
         }
     }
@@ -1249,7 +1262,6 @@ fn on_call(
                         if live {
                             send_response(&sh, conn, request, reply).await;
                         }
-                        sh.lock().serving.remove(&(conn, request));
                     });
                     if s.ended.is_none() && s.conns.contains_key(&conn) {
                         s.serving.insert((conn, request), Some(task.abort_handle()));
@@ -1305,6 +1317,7 @@ fn response<'a>(conn: u64, request: u64, encoded: &'a EncodedReply, channels: Ve
 /// response is sent, so their items cannot overtake it.
 fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
     let (encoded, channels) = encode_reply(shared, reply);
+    let (encoded, channels) = sendable_reply(shared, conn, request, encoded, channels);
     let msg = response(conn, request, &encoded, channels);
     let len = msg.encoded_len();
     if shared.check_sendable(msg.kind(), len).is_ok() {
@@ -1357,13 +1370,46 @@ struct Outgoing {
 }
 
 /// Answers a call from the handler's task, waiting for link room.
+/// A reply too large for the link or the peer is answered with an error
+/// that says so (a response that cannot be sent would leave the caller
+/// waiting, or end the session).
+fn sendable_reply(
+    shared: &Shared,
+    conn: u64,
+    request: u64,
+    encoded: EncodedReply,
+    channels: Vec<u64>,
+) -> (EncodedReply, Vec<u64>) {
+    let len = response(conn, request, &encoded, channels.clone()).encoded_len();
+    let max = (shared.peer.max_payload as usize).min(shared.max_frame);
+    if len <= max {
+        return (encoded, channels);
+    }
+    let why = format!(
+        "the handler's result encodes to {len} bytes, over this session's {max}-byte message limit; return large data through a channel (Tx/Rx)"
+    );
+    (ReplyOutcome::Internal(why), Vec::new())
+}
+
 async fn send_response(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
     let (encoded, channels) = encode_reply(shared, reply);
+    let (encoded, channels) = sendable_reply(shared, conn, request, encoded, channels);
     let msg = response(conn, request, &encoded, channels);
-    if shared.send(&msg).await.is_ok()
-        && let Message::Response { channels, .. } = &msg
-    {
-        shared.announce(channels);
+    // The call stops counting against request.limit as its response is
+    // written, not after: the peer may send its next call the moment it
+    // reads this one's answer.
+    let written = || {
+        shared.lock().serving.remove(&(conn, request));
+    };
+    match shared.send_then(&msg, &written).await {
+        Ok(()) => {
+            if let Message::Response { channels, .. } = &msg {
+                shared.announce(channels);
+            }
+        }
+        // Not written (too large for the link, or the session ended): the
+        // call is over all the same.
+        Err(_) => written(),
     }
 }
 
