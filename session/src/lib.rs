@@ -5,7 +5,7 @@
 //! - [`wire`]: every message, as facet types encoded with facet-postcard.
 //! - [`link`]: the [`Link`] trait every transport implements, and the
 //!   in-memory and Unix/TCP stream links.
-//! - `session.rs`: the state machine. [`SessionBuilder`] runs the handshake
+//! - `session/`: the state machine. [`SessionBuilder`] runs the handshake
 //!   over a link and spawns the driver task; [`Connection`] is the handle for
 //!   calls, channels and virtual connections.
 //! - `channel.rs`: typed [`Tx<T>`] / [`Rx<T>`] channels with per-channel

@@ -12,7 +12,8 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
-use super::{CallFailure, CallGuard, Connection, Ids, Pending, PendingCall, Shared};
+use super::calls::{CallFailure, CallGuard, Pending, PendingCall};
+use super::{Connection, Ids, Shared};
 use crate::channel::{ChannelCore, ChannelError, End};
 use crate::link::CreditMode;
 use crate::service::ReplyOutcome;
