@@ -2,6 +2,7 @@
 //! and what waits for a response (the `pending` table, the memory of
 //! cancelled requests, the guard that cancels a dropped call).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,8 +12,9 @@ use tokio::sync::oneshot;
 
 use super::channels::open_peer_channels;
 use super::{Connection, Ids, Shared, State};
-use crate::channel;
+use crate::channel::{self, ChannelCore, End};
 use crate::error::{CallError, SessionError, Violation, violation};
+use crate::service::ReplyOutcome;
 use crate::wire::{Message, Metadata, Outcome};
 
 /// How many cancelled requests a session remembers (see `State::cancelled`).
@@ -24,7 +26,7 @@ pub(super) struct Pending {
     pub(super) complete: Box<dyn PendingCall>,
 }
 
-/// Completes a typed call from a response, decoding in place in the driver
+/// Completes a call (typed or raw) from a response, decoding in place in the driver
 /// (so channels in the return value bind before later frames arrive).
 pub(crate) trait PendingCall: Send {
     fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>);
@@ -146,11 +148,11 @@ where
 
 /// Removes a call's pending entry and sends `Cancel` if the call's future is
 /// dropped before its response arrived.
-pub(super) struct CallGuard {
-    pub(super) shared: Arc<Shared>,
-    pub(super) conn: u64,
-    pub(super) request: u64,
-    pub(super) armed: bool,
+struct CallGuard {
+    shared: Arc<Shared>,
+    conn: u64,
+    request: u64,
+    armed: bool,
 }
 
 impl Drop for CallGuard {
@@ -202,34 +204,68 @@ impl Connection {
         E: Facet<'static> + Send + 'static,
     {
         let shared = &self.shared;
-        if let Some(e) = shared.ended() {
-            return Err(CallError::Session(e));
-        }
-        let _slot = shared.call_limit.clone().acquire_owned().await.map_err(|_| {
-            CallError::Session(shared.ended().unwrap_or(SessionError::Closed {
+        let encode = || {
+            let (encoded, channels) = channel::with_encode_context(shared, || channel::encode_value(args));
+            encoded.map(|args| (Cow::Owned(args), channels))
+        };
+        let (tx, rx) = oneshot::channel();
+        let complete = Box::new(TypedPending::<T, E> { tx });
+        match self.call_with(method, metadata, encode, complete, rx).await {
+            Ok(Err(CallError::UnknownMethod { .. })) => Err(CallError::UnknownMethod { method }),
+            Ok(r) => r,
+            Err(Unanswered::Ended(why)) => Err(CallError::Session(why.unwrap_or(SessionError::Closed {
                 reason: "closed".into(),
-            }))
-        })?;
-        let (encoded, channels) = channel::with_encode_context(shared, || channel::encode_value(args));
-        let args = encoded.map_err(|detail| CallError::Encode { detail })?;
+            }))),
+            Err(Unanswered::ConnectionClosed) => Err(CallError::ConnectionClosed {
+                reason: "the connection is closed".into(),
+            }),
+            Err(Unanswered::Encode(detail)) => Err(CallError::Encode { detail }),
+            Err(Unanswered::Send(SessionError::Link { detail })) if !detail.contains("link") => {
+                Err(CallError::Encode { detail })
+            }
+            Err(Unanswered::Send(e)) => Err(CallError::Session(e)),
+        }
+    }
+
+    /// The one path of every call, typed or raw: waits for a slot under the
+    /// peer's concurrency limit, encodes the arguments (`encode` gives the
+    /// payload and the channels it lists), registers `complete` for the
+    /// response, sends the call and waits for `answer`, which `complete`
+    /// fulfils. Dropping the future cancels the call on the peer.
+    async fn call_with<'a, R>(
+        &self,
+        method: u64,
+        metadata: Metadata,
+        encode: impl FnOnce() -> Result<(Cow<'a, [u8]>, Vec<u64>), String>,
+        complete: Box<dyn PendingCall>,
+        answer: oneshot::Receiver<R>,
+    ) -> Result<R, Unanswered> {
+        let shared = &self.shared;
+        if let Some(e) = shared.ended() {
+            return Err(Unanswered::Ended(Some(e)));
+        }
+        let _slot = shared
+            .call_limit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Unanswered::Ended(shared.ended()))?;
+        let (args, channels) = encode().map_err(Unanswered::Encode)?;
         let request = Ids::next(&shared.ids.next_request);
         shared.stats.calls_made.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
         {
             let mut s = shared.lock();
             if let Some(e) = &s.ended {
-                return Err(CallError::Session(e.clone()));
+                return Err(Unanswered::Ended(Some(e.clone())));
             }
             if self.id != 0 && !s.conns.contains_key(&self.id) {
-                return Err(CallError::ConnectionClosed {
-                    reason: "the connection is closed".into(),
-                });
+                return Err(Unanswered::ConnectionClosed);
             }
             s.pending.insert(
                 request,
                 Pending {
                     conn: self.id,
-                    complete: Box::new(TypedPending::<T, E> { tx }),
+                    complete,
                 },
             );
         }
@@ -254,22 +290,99 @@ impl Connection {
         if let Err(e) = sent {
             guard.armed = false;
             shared.lock().pending.remove(&request);
-            return Err(match e {
-                SessionError::Link { detail } if !detail.contains("link") => CallError::Encode { detail },
-                e => CallError::Session(e),
-            });
+            return Err(Unanswered::Send(e));
         }
-        let result = rx.await.unwrap_or_else(|_| {
-            Err(CallError::Session(shared.ended().unwrap_or(
-                SessionError::Closed {
-                    reason: "closed".into(),
-                },
-            )))
-        });
+        let result = answer.await.map_err(|_| Unanswered::Ended(shared.ended()));
         guard.armed = false;
-        match result {
-            Err(CallError::UnknownMethod { .. }) => Err(CallError::UnknownMethod { method }),
-            r => r,
+        result
+    }
+}
+
+/// Why a call ended without its answer; each front end ([`Connection::call`],
+/// [`call_raw`]) words it its own way.
+enum Unanswered {
+    /// The session ended (`None`: it is gone without a recorded reason).
+    Ended(Option<SessionError>),
+    /// The call's connection is closed.
+    ConnectionClosed,
+    /// The arguments could not be encoded.
+    Encode(String),
+    /// Sending the call failed.
+    Send(SessionError),
+}
+
+/// The answer to a raw call.
+pub(crate) struct RawReply {
+    /// How the call ended, payload untouched.
+    pub outcome: ReplyOutcome,
+    /// The channels the answer handed over, in list order, both ends held here.
+    pub channels: Vec<Arc<ChannelCore>>,
+}
+
+/// Completes a raw call.
+struct RawPending {
+    tx: oneshot::Sender<Result<RawReply, String>>,
+}
+
+impl PendingCall for RawPending {
+    fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>) {
+        let mut cores = Vec::with_capacity(channels.len());
+        for &id in channels {
+            // The driver opened every listed channel before answering.
+            let Some(core) = shared.channel_core(id) else {
+                let _ = self
+                    .tx
+                    .send(Err(format!("channel {id} of the answer is not open")));
+                return;
+            };
+            core.attach(End::Tx);
+            core.attach(End::Rx);
+            if let Err(e) = core.init_credit(shared.our_initial_credit(), false) {
+                let _ = self.tx.send(Err(e));
+                return;
+            }
+            cores.push(core);
         }
+        let _ = self.tx.send(Ok(RawReply {
+            outcome: ReplyOutcome::from_wire(outcome),
+            channels: cores,
+        }));
+    }
+
+    fn fail(self: Box<Self>, error: CallFailure) {
+        let reason = match error {
+            CallFailure::Session(e) => e.to_string(),
+            CallFailure::ConnectionClosed(r) => format!("the connection was closed: {r}"),
+        };
+        let _ = self.tx.send(Err(reason));
+    }
+}
+
+/// Calls `method` on `conn` with already-encoded `args` listing `channels`
+/// (created with [`relay_channel`](super::relay_channel) on this session),
+/// for forwarders: a forwarder never decodes a payload, it sends the caller's
+/// encoded arguments on as they are, under a request id of its own on the
+/// next session. Dropping the future cancels the call on the peer. Errors say
+/// why the call could not complete.
+pub(crate) async fn call_raw(
+    conn: &Connection,
+    method: u64,
+    metadata: Metadata,
+    channels: Vec<u64>,
+    args: &[u8],
+) -> Result<RawReply, String> {
+    let encode = || Ok((Cow::Borrowed(args), channels));
+    let (tx, rx) = oneshot::channel();
+    match conn
+        .call_with(method, metadata, encode, Box::new(RawPending { tx }), rx)
+        .await
+    {
+        Ok(r) => r,
+        Err(Unanswered::Ended(why)) => {
+            Err(why.map_or_else(|| "the session closed".to_string(), |e| e.to_string()))
+        }
+        Err(Unanswered::ConnectionClosed) => Err(format!("connection {} is closed", conn.id)),
+        Err(Unanswered::Encode(detail)) => Err(detail),
+        Err(Unanswered::Send(e)) => Err(e.to_string()),
     }
 }

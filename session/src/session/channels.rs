@@ -1,11 +1,16 @@
 //! The session's channel registry: open channels by id, their credit-table
 //! indices, channels retired recently (late traffic for them is dropped),
 //! and opening the channels a message lists.
+//!
+//! Forwarders relay channels: a channel handle inside a payload is its
+//! position in the message's channel list (see `channel.rs`), so remapping
+//! channel ids only touches that list. A relayed channel holds both its ends
+//! here: whichever way items flow, a relay task moves them.
 
 use std::sync::Arc;
 
 use super::{Ids, Shared, State};
-use crate::channel::{ChannelCore, ChannelError, FlowInit};
+use crate::channel::{ChannelCore, ChannelError, End, FlowInit};
 use crate::error::{Violation, violation};
 use crate::link::CreditMode;
 use crate::wire::Message;
@@ -201,5 +206,31 @@ pub(super) fn abandon_unbound(shared: &Shared, channels: &[u64], bound: &[u64]) 
                 shared.retire_channel(id);
             }
         }
+    }
+}
+
+/// Creates a channel on `shared`'s session to relay one the other session
+/// listed: both ends held here, credit set up before it is announced.
+pub(crate) fn relay_channel(shared: &Arc<Shared>) -> Result<Arc<ChannelCore>, ChannelError> {
+    let core = shared.alloc_channel()?;
+    core.attach(End::Tx);
+    core.attach(End::Rx);
+    core.init_credit(shared.our_initial_credit(), true)
+        .map_err(|detail| ChannelError::Encode { detail })?;
+    Ok(core)
+}
+
+/// Why channels cannot be relayed on this session, if they cannot: on a
+/// shared credit table, a relay does not know which way a channel flows, so
+/// both sides must start every channel with the same credit.
+pub(crate) fn relay_unsupported(shared: &Shared) -> Option<String> {
+    match &shared.credit {
+        CreditMode::SharedTable(..) if shared.ours.initial_credit != shared.peer.initial_credit => {
+            Some(format!(
+                "cannot forward channels over session '{}': on a shared-memory link both sides must announce the same initial_credit (this side {}, the peer {})",
+                shared.name, shared.ours.initial_credit, shared.peer.initial_credit
+            ))
+        }
+        _ => None,
     }
 }

@@ -18,7 +18,8 @@
 //! - `driver.rs`: the driver task, frame dispatch and the keepalive;
 //! - `outbound.rs`: every path a frame takes out, the outbox and its writer
 //!   task, the stall guard;
-//! - `calls.rs`: the caller side (calls waiting for their response);
+//! - `calls.rs`: the caller side (one path for typed and raw calls, and the
+//!   calls waiting for their response);
 //! - `serving.rs`: the serving side (the peer's calls and our answers);
 //! - `connections.rs`: opening, accepting and closing virtual connections;
 //! - `channels.rs`: the channel registry;
@@ -63,6 +64,8 @@ use driver::Keepalive;
 use outbound::{ErasedTx, Outgoing};
 
 pub use calls::CallOptions;
+pub(crate) use calls::{RawReply, call_raw};
+pub(crate) use channels::{relay_channel, relay_unsupported};
 
 mod calls;
 mod channels;
@@ -71,7 +74,6 @@ mod driver;
 mod handshake;
 mod liveness;
 mod outbound;
-pub(crate) mod raw;
 mod serving;
 
 /// Session tuning. The defaults suit peers on one machine.
@@ -392,6 +394,11 @@ impl Shared {
         }
         self.ended.send_replace(Some(why));
     }
+}
+
+/// The session behind a connection handle.
+pub(crate) fn shared(conn: &Connection) -> &Arc<Shared> {
+    &conn.shared
 }
 
 /// Resolves once the session has ended (the guard is dropped inside).

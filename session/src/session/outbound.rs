@@ -80,13 +80,18 @@ impl Shared {
         if let Some(e) = self.ended() {
             return Err(e);
         }
-        let max = (self.peer.max_payload as usize).min(self.max_frame);
+        let max = self.max_message();
         if len > max {
             return Err(SessionError::Link {
                 detail: format!("a {kind} message of {len} bytes exceeds the {max}-byte limit"),
             });
         }
         Ok(())
+    }
+
+    /// The largest message the peer accepts on this link, in bytes.
+    pub(crate) fn max_message(&self) -> usize {
+        (self.peer.max_payload as usize).min(self.max_frame)
     }
 
     /// Sends a frame at once if nobody else is sending and the link has
