@@ -11,14 +11,14 @@ use facet::Facet;
 use tokio::sync::oneshot;
 
 use super::channels::open_peer_channels;
-use super::{Connection, Ids, Shared, State};
+use super::{Connection, Ids, Shared};
 use crate::channel::{self, ChannelCore, End};
 use crate::error::{CallError, SessionError, Violation, violation};
 use crate::service::ReplyOutcome;
 use crate::wire::{Message, Metadata, Outcome};
 
 /// How many cancelled requests a session remembers (see `State::cancelled`).
-const CANCELLED_MEMORY: usize = 4096;
+pub(super) const CANCELLED_MEMORY: usize = 4096;
 
 /// An outgoing call waiting for its response.
 pub(super) struct Pending {
@@ -40,19 +40,6 @@ pub(crate) enum CallFailure {
     ConnectionClosed(String),
 }
 
-/// Remembers that request `id` was cancelled (or its connection closed), so
-/// a response crossing the cancel is dropped quietly.
-pub(super) fn forget_request(s: &mut State, id: u64) {
-    if s.cancelled.insert(id) {
-        s.cancelled_order.push_back(id);
-        if s.cancelled_order.len() > CANCELLED_MEMORY
-            && let Some(old) = s.cancelled_order.pop_front()
-        {
-            s.cancelled.remove(&old);
-        }
-    }
-}
-
 pub(super) fn on_response(
     shared: &Arc<Shared>,
     conn: u64,
@@ -65,7 +52,7 @@ pub(super) fn on_response(
         match s.pending.remove(&request) {
             Some(p) => p,
             None => {
-                if s.cancelled.remove(&request) {
+                if s.cancelled.remove(request) {
                     return Ok(());
                 }
                 return Err(violation(
@@ -164,7 +151,7 @@ impl Drop for CallGuard {
             let mut s = self.shared.lock();
             let was = s.pending.remove(&self.request).is_some();
             if was {
-                forget_request(&mut s, self.request);
+                s.cancelled.insert(self.request);
             }
             was
         };

@@ -7,18 +7,32 @@
 //! channel ids only touches that list. A relayed channel holds both its ends
 //! here: whichever way items flow, a relay task moves them.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{Ids, Shared, State};
+use super::recent::RecentIds;
+use super::{Ids, Shared};
 use crate::channel::{ChannelCore, ChannelError, End, FlowInit};
 use crate::error::{Violation, violation};
 use crate::link::CreditMode;
 use crate::wire::Message;
 
+/// How many retired channels a session remembers (see `Channels::retired`).
 const RETIRED_MEMORY: usize = 4096;
 
 /// Most channels open at once in a session.
 const MAX_OPEN_CHANNELS: usize = 65_536;
+
+/// The session's channels (its part of the session's `State`).
+#[derive(Default)]
+pub(super) struct Channels {
+    /// Open channels.
+    pub(super) open: HashMap<u64, Arc<ChannelCore>>,
+    /// Table indices of open channels (shm credit mode).
+    table_busy: HashSet<u32>,
+    /// Channels closed here recently: late traffic for them is dropped quietly.
+    retired: RecentIds<RETIRED_MEMORY>,
+}
 
 impl Shared {
     /// The message handing these channels to the peer was sent.
@@ -31,18 +45,18 @@ impl Shared {
     }
 
     pub(crate) fn channel_core(&self, id: u64) -> Option<Arc<ChannelCore>> {
-        self.lock().channels.get(&id).cloned()
+        self.lock().channels.open.get(&id).cloned()
     }
 
     /// Forgets a channel finished on both sides (each side sent its terminal
     /// message); its table index, if any, may be used again.
     pub(crate) fn retire_channel(&self, id: u64) {
         let mut s = self.lock();
-        if let Some(core) = s.channels.remove(&id) {
+        if let Some(core) = s.channels.open.remove(&id) {
             if let Some(index) = core.table_index() {
-                s.table_busy.remove(&index);
+                s.channels.table_busy.remove(&index);
             }
-            retire(&mut s, id);
+            s.channels.retired.insert(id);
         }
     }
 
@@ -86,14 +100,14 @@ impl Shared {
         let core = ChannelCore::new(id, !peers, peers, init, self.ours.initial_credit);
         let mut s = self.lock();
         if let Some(index) = core.table_index()
-            && !s.table_busy.insert(index)
+            && !s.channels.table_busy.insert(index)
         {
             return Err(violation(
                 "channel.table-index-free",
                 format!("channel {id} uses channel table entry {index}, which an open channel still uses"),
             ));
         }
-        s.channels.insert(id, core.clone());
+        s.channels.open.insert(id, core.clone());
         Ok(core)
     }
 
@@ -109,7 +123,7 @@ impl Shared {
             let busy = match &self.credit {
                 CreditMode::Messages => false,
                 CreditMode::SharedTable(table, _) => match Self::table_index(table, id) {
-                    Some(index) => self.lock().table_busy.contains(&index),
+                    Some(index) => self.lock().channels.table_busy.contains(&index),
                     None => true,
                 },
             };
@@ -124,17 +138,6 @@ impl Shared {
     }
 }
 
-fn retire(s: &mut State, id: u64) {
-    if s.retired_set.insert(id) {
-        s.retired.push_back(id);
-        if s.retired.len() > RETIRED_MEMORY
-            && let Some(old) = s.retired.pop_front()
-        {
-            s.retired_set.remove(&old);
-        }
-    }
-}
-
 /// The open channel `id`; `None` for a channel retired here (late traffic is
 /// dropped); a violation for a channel never opened.
 pub(super) fn channel_for(
@@ -143,10 +146,10 @@ pub(super) fn channel_for(
     what: &str,
 ) -> Result<Option<Arc<ChannelCore>>, Violation> {
     let s = shared.lock();
-    if let Some(c) = s.channels.get(&id) {
+    if let Some(c) = s.channels.open.get(&id) {
         return Ok(Some(c.clone()));
     }
-    if s.retired_set.contains(&id) {
+    if s.channels.retired.contains(id) {
         return Ok(None);
     }
     Err(violation(
@@ -160,7 +163,7 @@ pub(super) fn open_peer_channels(shared: &Shared, channels: &[u64]) -> Result<()
     for &id in channels {
         if !shared.ids.is_peers(id) {
             // Our own channel, handed back to us: it must be open here.
-            if shared.lock().channels.contains_key(&id) {
+            if shared.lock().channels.open.contains_key(&id) {
                 continue;
             }
             return Err(violation(
@@ -170,13 +173,13 @@ pub(super) fn open_peer_channels(shared: &Shared, channels: &[u64]) -> Result<()
         }
         let open = {
             let s = shared.lock();
-            if s.channels.contains_key(&id) {
+            if s.channels.open.contains_key(&id) {
                 return Err(violation(
                     "channel.unique",
                     format!("channel {id} is already open"),
                 ));
             }
-            s.channels.len()
+            s.channels.open.len()
         };
         if open >= MAX_OPEN_CHANNELS {
             return Err(violation(

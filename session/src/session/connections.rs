@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::calls::{CallFailure, Pending, forget_request};
+use super::calls::{CallFailure, Pending};
 use super::{Connection, Ids, Shared, liveness};
 use crate::error::{CallError, SessionError, Violation, violation};
 use crate::service::Dispatcher;
@@ -123,7 +123,7 @@ pub(super) fn close_connection(shared: &Arc<Shared>, conn: u64, reason: String) 
         let pending: Vec<Pending> = ids.iter().filter_map(|id| s.pending.remove(id)).collect();
         // The peer may have answered before it learned of the close.
         for &id in &ids {
-            forget_request(&mut s, id);
+            s.cancelled.insert(id);
         }
         let keys: Vec<(u64, u64)> = s.serving.keys().filter(|(c, _)| *c == conn).copied().collect();
         let serving: Vec<_> = keys.iter().filter_map(|k| s.serving.remove(k)).collect();

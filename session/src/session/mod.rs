@@ -23,7 +23,8 @@
 //! - `serving.rs`: the serving side (the peer's calls and our answers);
 //! - `connections.rs`: opening, accepting and closing virtual connections;
 //! - `channels.rs`: the channel registry;
-//! - `liveness.rs`: connections live while someone holds a handle.
+//! - `liveness.rs`: connections live while someone holds a handle;
+//! - `recent.rs`: the bounded memory of recently finished ids.
 //!
 //! Rules enforced on what the peer sends (each violation ends the session
 //! with a `ProtocolError` naming the rule, and fails every pending call with
@@ -44,7 +45,7 @@
 //! | `channel.no-data-after-close` / `channel.close-once` | no item after Close |
 //! | `credit.no-overrun` / `credit.grant-bounded` | items fit the credit granted |
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,16 +53,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
-use crate::channel::{self, ChannelCore, ChannelError, Rx, Tx};
+use crate::channel::{self, ChannelError, Rx, Tx};
 use crate::error::SessionError;
 use crate::link::{CreditMode, Link, LinkError};
 use crate::service::Dispatcher;
 use crate::wire::{Message, Metadata, Settings};
 
-use calls::{CallFailure, Pending};
+use calls::{CANCELLED_MEMORY, CallFailure, Pending};
+use channels::Channels;
 use connections::ConnState;
 use driver::Keepalive;
 use outbound::{ErasedTx, Outgoing};
+use recent::RecentIds;
 
 pub use calls::CallOptions;
 pub(crate) use calls::{RawReply, call_raw};
@@ -74,6 +77,7 @@ mod driver;
 mod handshake;
 mod liveness;
 mod outbound;
+mod recent;
 mod serving;
 
 /// Session tuning. The defaults suit peers on one machine.
@@ -248,8 +252,7 @@ struct State {
     /// Requests we cancelled recently: a late response for one is not a
     /// violation. Most are never answered (the callee drops the handler), so
     /// only the last [`CANCELLED_MEMORY`] are remembered.
-    cancelled: HashSet<u64>,
-    cancelled_order: VecDeque<u64>,
+    cancelled: RecentIds<CANCELLED_MEMORY>,
     /// The peer's calls we are serving, until their response is written:
     /// (conn, request) → the handler's abort handle (`None`: answered, the
     /// response waits in the outbox). Bounded by our `max_concurrent_requests`
@@ -260,13 +263,9 @@ struct State {
     conns: HashMap<u64, ConnState>,
     /// Virtual connections we are opening.
     opening: HashMap<u64, oneshot::Sender<Result<Metadata, String>>>,
-    /// Open channels.
-    channels: HashMap<u64, Arc<ChannelCore>>,
-    /// Table indices of open channels (shm credit mode).
-    table_busy: HashSet<u32>,
-    /// Channels closed here recently: late traffic for them is dropped quietly.
-    retired: VecDeque<u64>,
-    retired_set: HashSet<u64>,
+    /// The channel registry: open channels, their table indices, channels
+    /// retired recently.
+    channels: Channels,
     /// Why the session ended, once it has.
     ended: Option<SessionError>,
     /// Every handle on the root connection was dropped (see `liveness`).
@@ -375,7 +374,7 @@ impl Shared {
             (
                 std::mem::take(&mut s.pending),
                 std::mem::take(&mut s.serving),
-                std::mem::take(&mut s.channels),
+                std::mem::take(&mut s.channels.open),
                 std::mem::take(&mut s.opening),
             )
         };
@@ -496,7 +495,7 @@ impl Connection {
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
             pending_calls: s.pending.len(),
             serving_calls: s.serving.len(),
-            open_channels: s.channels.len(),
+            open_channels: s.channels.open.len(),
         }
     }
 
