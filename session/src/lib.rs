@@ -8,7 +8,7 @@
 //! - `session/`: the state machine. [`SessionBuilder`] runs the handshake
 //!   over a link and spawns the driver task; [`Connection`] is the handle for
 //!   calls, channels and virtual connections.
-//! - `channel.rs`: typed [`Tx<T>`] / [`Rx<T>`] channels with per-channel
+//! - `channel/`: typed [`Tx<T>`] / [`Rx<T>`] channels with per-channel
 //!   credit, passed inside call arguments and results.
 //! - `service.rs`: [`service!`] turns a trait into a typed client and a
 //!   [`Dispatcher`]; method ids are stable hashes ([`method_id`]).
@@ -32,6 +32,7 @@ pub mod error;
 mod fast;
 mod forward;
 pub mod link;
+mod payload;
 mod reconnect;
 mod router;
 mod service;

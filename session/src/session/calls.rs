@@ -108,11 +108,12 @@ where
     fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>) {
         let result = match outcome {
             Outcome::Ok(bytes) => {
-                let (r, _) =
-                    channel::with_decode_context(shared, channels, || channel::decode_exact::<T>(bytes));
+                let (r, _) = channel::with_decode_context(shared, channels, || {
+                    crate::payload::decode_exact::<T>(bytes)
+                });
                 r.map_err(|detail| CallError::Decode { detail })
             }
-            Outcome::UserError(bytes) => match channel::decode_exact::<E>(bytes) {
+            Outcome::UserError(bytes) => match crate::payload::decode_exact::<E>(bytes) {
                 Ok(e) => Err(CallError::User(e)),
                 Err(detail) => Err(CallError::Decode { detail }),
             },
@@ -192,7 +193,8 @@ impl Connection {
     {
         let shared = &self.shared;
         let encode = || {
-            let (encoded, channels) = channel::with_encode_context(shared, || channel::encode_value(args));
+            let (encoded, channels) =
+                channel::with_encode_context(shared, || crate::payload::encode_value(args));
             encoded.map(|args| (Cow::Owned(args), channels))
         };
         let (tx, rx) = oneshot::channel();
