@@ -26,7 +26,6 @@
 //! A session needs a tokio runtime: the driver and the handlers run as tasks.
 
 mod channel;
-mod codec;
 pub mod control;
 pub mod error;
 mod fast;

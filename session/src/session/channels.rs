@@ -3,7 +3,7 @@
 //! and opening the channels a message lists.
 //!
 //! Forwarders relay channels: a channel handle inside a payload is its
-//! position in the message's channel list (see `channel.rs`), so remapping
+//! position in the message's channel list (see `channel/`), so remapping
 //! channel ids only touches that list. A relayed channel holds both its ends
 //! here: whichever way items flow, a relay task moves them.
 
