@@ -84,7 +84,7 @@ fn plan<'f, T: Facet<'f>>() -> Option<Plan> {
 
 fn put_varint(out: &mut Vec<u8>, v: u64) {
     let mut buf = [0u8; 10];
-    let n = crate::codec::write_varint(&mut buf, v);
+    let n = crate::wire::codec::write_varint(&mut buf, v);
     out.extend_from_slice(&buf[..n]);
 }
 
@@ -169,7 +169,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn varint(&mut self, max_bits: u32) -> Result<u64, String> {
-        use crate::codec::{VarintError, read_varint};
+        use crate::wire::codec::{VarintError, read_varint};
         read_varint(self.bytes, &mut self.at, max_bits).map_err(|e| match e {
             VarintError::Truncated => "the payload ends inside a number".to_string(),
             VarintError::Overflow => format!("the number overflows {max_bits} bits"),

@@ -48,8 +48,7 @@ use tracing::debug;
 
 use crate::channel::{self, ChannelCore, ChannelError, End};
 use crate::service::{Dispatch, Dispatcher, HandlerFuture, ReplyOutcome, ReplyValue};
-use crate::session::raw::{self, RawReply};
-use crate::session::{Connection, Shared};
+use crate::session::{self, Connection, RawReply, Shared};
 use crate::wire::{Message, Metadata};
 
 /// Where calls go.
@@ -238,10 +237,10 @@ fn forward_call(
                 Ok(Target::Gone(why)) => return Err(why),
                 _ => return Err("the forwarder was dropped".to_string()),
             };
-            let to = raw::shared(&target).clone();
+            let to = session::shared(&target).clone();
             if !incoming.cores.is_empty() {
                 for s in [&source, &to] {
-                    if let Some(why) = raw::relay_unsupported(s) {
+                    if let Some(why) = session::relay_unsupported(s) {
                         return Err(why);
                     }
                 }
@@ -249,7 +248,7 @@ fn forward_call(
             // Remap the call's channels onto the target's session.
             let mut outs = Vec::with_capacity(incoming.cores.len());
             while incoming.relayed < incoming.cores.len() {
-                let out = raw::relay_channel(&to)
+                let out = session::relay_channel(&to)
                     .map_err(|e| format!("the forwarder could not open a channel on the target: {e}"))?;
                 outs.push(out.clone());
                 relay(
@@ -261,7 +260,7 @@ fn forward_call(
                 incoming.relayed += 1;
             }
             let ids = outs.iter().map(|c| c.id).collect();
-            let answered = raw::call_raw(&target, method, metadata, ids, &args).await;
+            let answered = session::call_raw(&target, method, metadata, ids, &args).await;
             let RawReply { outcome, channels } = match answered {
                 Ok(r) => r,
                 Err(e) => {
@@ -283,7 +282,7 @@ fn forward_call(
             };
             let mut back = Vec::with_capacity(answer.cores.len());
             while answer.relayed < answer.cores.len() {
-                let out = raw::relay_channel(&source)
+                let out = session::relay_channel(&source)
                     .map_err(|e| format!("the forwarder could not open a channel back to the caller: {e}"))?;
                 back.push(out.id);
                 relay(

@@ -5,10 +5,10 @@
 //! - [`wire`]: every message, as facet types encoded with facet-postcard.
 //! - [`link`]: the [`Link`] trait every transport implements, and the
 //!   in-memory and Unix/TCP stream links.
-//! - `session.rs`: the state machine. [`SessionBuilder`] runs the handshake
+//! - `session/`: the state machine. [`SessionBuilder`] runs the handshake
 //!   over a link and spawns the driver task; [`Connection`] is the handle for
 //!   calls, channels and virtual connections.
-//! - `channel.rs`: typed [`Tx<T>`] / [`Rx<T>`] channels with per-channel
+//! - `channel/`: typed [`Tx<T>`] / [`Rx<T>`] channels with per-channel
 //!   credit, passed inside call arguments and results.
 //! - `service.rs`: [`service!`] turns a trait into a typed client and a
 //!   [`Dispatcher`]; method ids are stable hashes ([`method_id`]).
@@ -26,12 +26,12 @@
 //! A session needs a tokio runtime: the driver and the handlers run as tasks.
 
 mod channel;
-mod codec;
 pub mod control;
 pub mod error;
 mod fast;
 mod forward;
 pub mod link;
+mod payload;
 mod reconnect;
 mod router;
 mod service;

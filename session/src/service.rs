@@ -106,8 +106,8 @@ where
 {
     fn encode_reply(self: Box<Self>) -> Result<(bool, Vec<u8>), String> {
         match *self {
-            Ok(v) => crate::channel::encode_value(&v).map(|b| (false, b)),
-            Err(e) => crate::channel::encode_value(&e).map(|b| (true, b)),
+            Ok(v) => crate::payload::encode_value(&v).map(|b| (false, b)),
+            Err(e) => crate::payload::encode_value(&e).map(|b| (true, b)),
         }
     }
 }
@@ -161,7 +161,7 @@ pub trait Dispatcher: Send + Sync + 'static {
 /// Refuses trailing bytes: a payload encoded for other argument types is
 /// reported as invalid rather than misread.
 pub fn decode_args<A: Facet<'static>>(args: &[u8]) -> Result<A, String> {
-    crate::channel::decode_exact(args)
+    crate::payload::decode_exact(args)
 }
 
 /// Defines a service: a trait, a typed client and a dispatcher.

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{Connection, Shared, close_connection};
+use super::connections::close_connection;
+use super::{Connection, Shared};
 use crate::error::SessionError;
 use crate::wire::Message;
 

@@ -18,8 +18,7 @@
 //! every count is checked against the bytes that remain before anything is
 //! allocated, and a frame must be consumed exactly.
 
-use crate::wire::Message;
-use crate::wire::{MetaEntry, MetaValue, Metadata, Outcome, Settings};
+use super::{Message, MetaEntry, MetaValue, Metadata, Outcome, Settings};
 
 /// Bytes a varint of `v` takes.
 pub(crate) const fn varint_len(v: u64) -> usize {

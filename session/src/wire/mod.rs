@@ -26,7 +26,7 @@
 
 use facet::Facet;
 
-use crate::codec;
+pub(crate) mod codec;
 
 /// The protocol version this build speaks. Version 2: a channel handle in a
 /// payload is its position in the message's channel list, not its id.

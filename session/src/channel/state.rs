@@ -1,0 +1,523 @@
+//! The session's state of one channel ([`ChannelCore`]), shared by its local
+//! handle(s) and the session driver: the queue of received items, the
+//! terminal messages each side sent, and the credit, behind one seam
+//! ([`Flow`]) whether it travels as `GrantCredit` messages or lives in the
+//! shm channel table.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use osmos_shm::{CreditReceiver, CreditSender, CreditTable};
+
+use super::{ChannelError, End};
+
+/// How a channel starts its credit.
+pub(crate) enum FlowInit {
+    /// `GrantCredit` messages: our receive window and our initial send credit.
+    Messages { recv_window: u32, send_window: u32 },
+    /// The shm channel table, entry `index`; counters are set once the
+    /// channel's direction is known.
+    Table {
+        table: CreditTable,
+        index: u32,
+        waiters: crate::link::shm::SideWaiters,
+    },
+}
+
+/// Per-channel credit, behind one seam: the session code calls the same
+/// operations whichever the link uses.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per channel, built in place and never moved; boxing would add an allocation per channel"
+)]
+enum Flow {
+    /// Credit travels as `GrantCredit` messages.
+    Messages {
+        /// Bytes we granted the peer in total (receiving side).
+        granted: u64,
+        /// Bytes we received in total (receiving side). `received <= granted`.
+        received: u64,
+        /// Bytes we may still send (sending side).
+        send_available: u64,
+    },
+    /// Credit lives in the shared channel table.
+    Table {
+        table: CreditTable,
+        index: u32,
+        /// Where a sender short of credit waits (woken by the link's receiver).
+        waiters: crate::link::shm::SideWaiters,
+        /// Sending side's counters; `None` until the direction is known.
+        sender: Option<CreditSender>,
+        /// Receiving side's counters; `None` until the direction is known.
+        receiver: Option<CreditReceiver>,
+    },
+}
+
+/// The session's state of one channel, shared by its local handle(s) and the
+/// session driver.
+pub(crate) struct ChannelCore {
+    pub(crate) id: u64,
+    /// This side created the channel (and owns its table index, if any).
+    pub(crate) created_here: bool,
+    inner: Mutex<ChanInner>,
+    /// Items, a close or a reset arrived.
+    readable: Notify,
+    /// Credit, an announcement or a reset arrived.
+    writable: Notify,
+}
+
+struct ChanInner {
+    queue: VecDeque<Vec<u8>>,
+    /// Bytes consumed by the local receiver since our last grant.
+    consumed_since_grant: u64,
+    /// Our receive window (our initial credit), for the grant policy.
+    window: u64,
+    flow: Flow,
+    /// The peer closed its sending side: no more items.
+    remote_closed: bool,
+    /// Set when either side reset the channel.
+    reset: Option<String>,
+    /// The peer knows this channel: it created it, or the message handing it
+    /// over was sent. Items may only be sent once it is.
+    announced: bool,
+    /// Local handles still alive.
+    local_tx: bool,
+    local_rx: bool,
+    /// This side sent its end's terminal message (`Close` for a sender,
+    /// `Reset` for a receiver).
+    sent_terminal: bool,
+    /// The peer's terminal message arrived.
+    got_terminal: bool,
+}
+
+/// Converts an `osmos-shm` credit error into a channel error.
+fn shm_credit_error(e: osmos_shm::Error) -> ChannelError {
+    match e {
+        osmos_shm::Error::Violation(v) => ChannelError::PeerBrokeProtocol {
+            rule: v.rule.name(),
+            detail: v.detail,
+        },
+        osmos_shm::Error::ChannelClosed { .. } => ChannelError::Reset {
+            reason: "the receiver closed the channel".into(),
+        },
+        other => ChannelError::SessionEnded {
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl ChannelCore {
+    pub(crate) fn new(
+        id: u64,
+        created_here: bool,
+        announced: bool,
+        init: FlowInit,
+        window: u32,
+    ) -> Arc<Self> {
+        let flow = match init {
+            FlowInit::Messages {
+                recv_window,
+                send_window,
+            } => Flow::Messages {
+                granted: u64::from(recv_window),
+                received: 0,
+                send_available: u64::from(send_window),
+            },
+            FlowInit::Table {
+                table,
+                index,
+                waiters,
+            } => Flow::Table {
+                table,
+                index,
+                waiters,
+                sender: None,
+                receiver: None,
+            },
+        };
+        Arc::new(ChannelCore {
+            id,
+            created_here,
+            inner: Mutex::new(ChanInner {
+                queue: VecDeque::new(),
+                consumed_since_grant: 0,
+                window: u64::from(window),
+                flow,
+                remote_closed: false,
+                reset: None,
+                announced,
+                local_tx: false,
+                local_rx: false,
+                sent_terminal: false,
+                got_terminal: false,
+            }),
+            readable: Notify::new(),
+            writable: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChanInner> {
+        // A panic while holding this lock leaves plain counters behind; keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The channel's table index, in table mode.
+    pub(crate) fn table_index(&self) -> Option<u32> {
+        match &self.lock().flow {
+            Flow::Table { index, .. } => Some(*index),
+            Flow::Messages { .. } => None,
+        }
+    }
+
+    /// A local handle of `end` now exists (created, or bound from a message).
+    pub(crate) fn attach(&self, end: End) {
+        let mut c = self.lock();
+        match end {
+            End::Tx => c.local_tx = true,
+            End::Rx => c.local_rx = true,
+        }
+    }
+
+    /// The direction is known: the receiver's initial credit is `initial`.
+    /// In table mode, `reset_entry` (the creator, before announcing) also
+    /// reinitializes the shared counters.
+    pub(crate) fn init_credit(&self, initial: u32, reset_entry: bool) -> Result<(), String> {
+        let mut c = self.lock();
+        if let Flow::Table {
+            table,
+            index,
+            sender,
+            receiver,
+            ..
+        } = &mut c.flow
+        {
+            if sender.is_some() || receiver.is_some() {
+                return Ok(());
+            }
+            if reset_entry {
+                table.reset(*index, initial).map_err(|e| e.to_string())?;
+            }
+            *sender = Some(table.sender(*index, initial).map_err(|e| e.to_string())?);
+            *receiver = Some(table.receiver(*index, initial).map_err(|e| e.to_string())?);
+        }
+        Ok(())
+    }
+
+    /// A local handle of `end` was handed to the peer (it is no longer local).
+    pub(crate) fn detach(&self, end: End) {
+        let mut c = self.lock();
+        match end {
+            End::Tx => c.local_tx = false,
+            End::Rx => c.local_rx = false,
+        }
+    }
+
+    /// A local handle of `end` is done (its terminal message is being sent).
+    /// Returns whether the channel is now finished on both sides.
+    pub(crate) fn end_local(&self, end: End) -> bool {
+        let mut c = self.lock();
+        match end {
+            End::Tx => c.local_tx = false,
+            End::Rx => {
+                c.local_rx = false;
+                c.queue.clear();
+                if let Flow::Table {
+                    receiver: Some(r), ..
+                } = &mut c.flow
+                {
+                    // No more grants from here; a parked sender wakes.
+                    r.close();
+                }
+            }
+        }
+        c.sent_terminal = true;
+        c.sent_terminal && c.got_terminal
+    }
+
+    /// Whether this side already sent its terminal message (`Close` or `Reset`).
+    pub(crate) fn sent_terminal(&self) -> bool {
+        self.lock().sent_terminal
+    }
+
+    /// An item arrived (driver). Checks the peer's credit and queues it.
+    pub(crate) fn on_item(&self, payload: &[u8]) -> Result<(), crate::error::Violation> {
+        let mut c = self.lock();
+        if c.remote_closed {
+            return Err(crate::error::violation(
+                "channel.no-data-after-close",
+                format!(
+                    "item of {} bytes on channel {} after its Close",
+                    payload.len(),
+                    self.id
+                ),
+            ));
+        }
+        let len = payload.len() as u64;
+        match &mut c.flow {
+            Flow::Messages {
+                granted, received, ..
+            } => {
+                if *received + len > *granted {
+                    return Err(crate::error::violation(
+                        "credit.no-overrun",
+                        format!(
+                            "channel {}: item of {len} bytes with only {} bytes of credit left ({granted} granted, {received} received)",
+                            self.id,
+                            *granted - *received,
+                        ),
+                    ));
+                }
+                *received += len;
+            }
+            Flow::Table {
+                receiver: Some(r), ..
+            } => {
+                let n = u32::try_from(len).unwrap_or(u32::MAX);
+                r.on_received(n).map_err(|e| match e {
+                    osmos_shm::Error::Violation(v) => crate::error::violation(v.rule.name(), v.detail),
+                    other => crate::error::violation("credit.no-overrun", other.to_string()),
+                })?;
+            }
+            Flow::Table { receiver: None, .. } => {
+                return Err(crate::error::violation(
+                    "credit.no-overrun",
+                    format!("item on channel {} before any credit was granted", self.id),
+                ));
+            }
+        }
+        if c.reset.is_none() && c.local_rx {
+            c.queue.push_back(payload.to_vec());
+        }
+        drop(c);
+        self.readable.notify_one();
+        Ok(())
+    }
+
+    /// The peer granted more credit by message (driver).
+    pub(crate) fn on_grant(&self, bytes: u32) -> Result<(), crate::error::Violation> {
+        let mut c = self.lock();
+        match &mut c.flow {
+            Flow::Messages { send_available, .. } => {
+                *send_available += u64::from(bytes);
+                if *send_available > u64::from(u32::MAX) {
+                    return Err(crate::error::violation(
+                        "credit.grant-bounded",
+                        format!(
+                            "channel {}: the peer granted a window of {} bytes (at most 2^32)",
+                            self.id, send_available
+                        ),
+                    ));
+                }
+            }
+            Flow::Table { .. } => {
+                return Err(crate::error::violation(
+                    "credit.mode",
+                    format!(
+                        "GrantCredit for channel {} on a link whose credit is in the shared table",
+                        self.id
+                    ),
+                ));
+            }
+        }
+        drop(c);
+        self.writable.notify_one();
+        Ok(())
+    }
+
+    /// The peer closed its sending side (driver). Returns whether the channel
+    /// is now finished on both sides.
+    pub(crate) fn on_close(&self) -> Result<bool, crate::error::Violation> {
+        let mut c = self.lock();
+        if c.remote_closed {
+            return Err(crate::error::violation(
+                "channel.close-once",
+                format!("channel {} closed twice", self.id),
+            ));
+        }
+        c.remote_closed = true;
+        c.got_terminal = true;
+        let finished = c.sent_terminal && c.got_terminal;
+        drop(c);
+        self.readable.notify_one();
+        Ok(finished)
+    }
+
+    /// The peer reset the channel (driver). Returns whether this side must
+    /// acknowledge with `Close` (its sender is still open), and whether the
+    /// channel is now finished on both sides.
+    pub(crate) fn on_peer_reset(&self, reason: String) -> (bool, bool) {
+        let mut c = self.lock();
+        c.got_terminal = true;
+        let ack = c.local_tx && !c.sent_terminal;
+        if ack {
+            c.local_tx = false;
+            c.sent_terminal = true;
+        }
+        let finished = c.sent_terminal && c.got_terminal;
+        drop(c);
+        self.on_reset(reason);
+        (ack, finished)
+    }
+
+    /// The channel was reset (by the peer, or because the session ended).
+    pub(crate) fn on_reset(&self, reason: String) {
+        let mut c = self.lock();
+        if c.reset.is_none() {
+            c.reset = Some(reason);
+        }
+        drop(c);
+        self.readable.notify_waiters();
+        self.readable.notify_one();
+        self.writable.notify_waiters();
+        self.writable.notify_one();
+    }
+
+    /// The message handing this channel's other end to the peer was sent.
+    pub(crate) fn announce(&self) {
+        self.lock().announced = true;
+        self.writable.notify_waiters();
+        self.writable.notify_one();
+    }
+
+    /// Takes `n` bytes of send credit, waiting for grants (and, for a channel
+    /// created here, for the message that hands it to the peer).
+    pub(crate) async fn take_credit(&self, n: u64) -> Result<(), ChannelError> {
+        loop {
+            let notified = self.writable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let waiters = {
+                let mut c = self.lock();
+                if let Some(reason) = &c.reset {
+                    return Err(ChannelError::Reset {
+                        reason: reason.clone(),
+                    });
+                }
+                if !c.announced {
+                    None
+                } else {
+                    match &mut c.flow {
+                        Flow::Messages { send_available, .. } => {
+                            if *send_available >= n {
+                                *send_available -= n;
+                                if *send_available > 0 {
+                                    self.writable.notify_one();
+                                }
+                                return Ok(());
+                            }
+                            None
+                        }
+                        Flow::Table {
+                            sender: Some(s),
+                            waiters,
+                            ..
+                        } => {
+                            if s.try_take(credit_u32(n)).map_err(shm_credit_error)? {
+                                return Ok(());
+                            }
+                            Some(waiters.clone())
+                        }
+                        // Not bound yet.
+                        Flow::Table { sender: None, .. } => None,
+                    }
+                }
+            };
+            let Some(waiters) = waiters else {
+                notified.await;
+                continue;
+            };
+            // Short of table credit: wait in the reactor for the peer's grant
+            // (its `grant` sends a wake byte once we are marked), or for a
+            // reset or the end of the session (`writable`).
+            let n32 = credit_u32(n);
+            let table_wait = waiters.wait(
+                || self.with_table_sender(|s| s.try_take(n32)),
+                || {
+                    let _ = self.with_table_sender(|s| {
+                        s.arm_reactor();
+                        Ok(true)
+                    });
+                },
+                || {
+                    let _ = self.with_table_sender(|s| {
+                        s.disarm_reactor();
+                        Ok(true)
+                    });
+                },
+                || match &self.lock().reset {
+                    Some(reason) => Err(ChannelError::Reset {
+                        reason: reason.clone(),
+                    }),
+                    None => Ok(()),
+                },
+            );
+            tokio::select! {
+                r = table_wait => return r,
+                _ = notified => continue,
+            }
+        }
+    }
+
+    /// Runs `f` on the bound table sender (`Ok(false)` if there is none).
+    fn with_table_sender(
+        &self,
+        f: impl FnOnce(&mut CreditSender) -> Result<bool, osmos_shm::Error>,
+    ) -> Result<bool, ChannelError> {
+        match &mut self.lock().flow {
+            Flow::Table { sender: Some(s), .. } => f(s).map_err(shm_credit_error),
+            _ => Ok(false),
+        }
+    }
+
+    /// The next queued item, waiting for one. `Ok(None)` once closed and drained.
+    /// Returns the bytes to grant back by message, if a grant is due.
+    pub(crate) async fn next_item(&self) -> Result<Option<(Vec<u8>, Option<u32>)>, ChannelError> {
+        loop {
+            let notified = self.readable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut c = self.lock();
+                if let Some(item) = c.queue.pop_front() {
+                    c.consumed_since_grant += item.len() as u64;
+                    let mut grant_message = None;
+                    if c.consumed_since_grant * 2 >= c.window.max(1) {
+                        let g = c.consumed_since_grant.min(u64::from(u32::MAX));
+                        c.consumed_since_grant -= g;
+                        match &mut c.flow {
+                            Flow::Messages { granted, .. } => {
+                                *granted += g;
+                                grant_message = Some(g as u32);
+                            }
+                            Flow::Table {
+                                receiver: Some(r), ..
+                            } => {
+                                // Only fails on a window past 2^31, which the
+                                // grant policy never opens.
+                                let _ = r.grant(g as u32);
+                            }
+                            Flow::Table { receiver: None, .. } => {}
+                        }
+                    }
+                    return Ok(Some((item, grant_message)));
+                }
+                if let Some(reason) = &c.reset {
+                    return Err(ChannelError::Reset {
+                        reason: reason.clone(),
+                    });
+                }
+                if c.remote_closed {
+                    return Ok(None);
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A credit amount for the table's 32-bit counters (larger asks fail there).
+fn credit_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

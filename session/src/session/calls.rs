@@ -1,0 +1,377 @@
+//! The caller side: [`Connection::call`], the raw call path forwarders use,
+//! and what waits for a response (the `pending` table, the memory of
+//! cancelled requests, the guard that cancels a dropped call).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use facet::Facet;
+use tokio::sync::oneshot;
+
+use super::channels::open_peer_channels;
+use super::{Connection, Ids, Shared};
+use crate::channel::{self, ChannelCore, End};
+use crate::error::{CallError, SessionError, Violation, violation};
+use crate::service::ReplyOutcome;
+use crate::wire::{Message, Metadata, Outcome};
+
+/// How many cancelled requests a session remembers (see `State::cancelled`).
+pub(super) const CANCELLED_MEMORY: usize = 4096;
+
+/// An outgoing call waiting for its response.
+pub(super) struct Pending {
+    pub(super) conn: u64,
+    pub(super) complete: Box<dyn PendingCall>,
+}
+
+/// Completes a call (typed or raw) from a response, decoding in place in the driver
+/// (so channels in the return value bind before later frames arrive).
+pub(crate) trait PendingCall: Send {
+    fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>);
+    fn fail(self: Box<Self>, error: CallFailure);
+}
+
+/// A failure that ends a call without a response.
+#[derive(Clone, Debug)]
+pub(crate) enum CallFailure {
+    Session(SessionError),
+    ConnectionClosed(String),
+}
+
+pub(super) fn on_response(
+    shared: &Arc<Shared>,
+    conn: u64,
+    request: u64,
+    channels: &[u64],
+    outcome: &Outcome<'_>,
+) -> Result<(), Violation> {
+    let pending = {
+        let mut s = shared.lock();
+        match s.pending.remove(&request) {
+            Some(p) => p,
+            None => {
+                if s.cancelled.remove(request) {
+                    return Ok(());
+                }
+                return Err(violation(
+                    "response.known-request",
+                    format!("Response to request {request}, which is not in flight"),
+                ));
+            }
+        }
+    };
+    if pending.conn != conn {
+        return Err(violation(
+            "response.known-request",
+            format!(
+                "Response to request {request} on connection {conn}; it was made on {}",
+                pending.conn
+            ),
+        ));
+    }
+    open_peer_channels(shared, channels)?;
+    pending.complete.respond(shared, channels, outcome);
+    Ok(())
+}
+
+/// Options for one call.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Fail with [`CallError::DeadlineExceeded`] (and cancel) after this long.
+    pub timeout: Option<Duration>,
+    /// Metadata sent with the call.
+    pub metadata: Metadata,
+}
+
+impl CallOptions {
+    /// Options with a timeout.
+    pub fn timeout(timeout: Duration) -> Self {
+        CallOptions {
+            timeout: Some(timeout),
+            ..Default::default()
+        }
+    }
+}
+
+/// The typed completion of one call.
+struct TypedPending<T, E> {
+    tx: oneshot::Sender<Result<T, CallError<E>>>,
+}
+
+impl<T, E> PendingCall for TypedPending<T, E>
+where
+    T: Facet<'static> + Send + 'static,
+    E: Facet<'static> + Send + 'static,
+{
+    fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>) {
+        let result = match outcome {
+            Outcome::Ok(bytes) => {
+                let (r, _) = channel::with_decode_context(shared, channels, || {
+                    crate::payload::decode_exact::<T>(bytes)
+                });
+                r.map_err(|detail| CallError::Decode { detail })
+            }
+            Outcome::UserError(bytes) => match crate::payload::decode_exact::<E>(bytes) {
+                Ok(e) => Err(CallError::User(e)),
+                Err(detail) => Err(CallError::Decode { detail }),
+            },
+            Outcome::UnknownMethod => Err(CallError::UnknownMethod { method: 0 }),
+            Outcome::InvalidPayload(d) => Err(CallError::InvalidPayload { detail: d.clone() }),
+            Outcome::Cancelled => Err(CallError::Cancelled),
+            Outcome::Internal(d) => Err(CallError::Internal { detail: d.clone() }),
+        };
+        let _ = self.tx.send(result);
+    }
+
+    fn fail(self: Box<Self>, error: CallFailure) {
+        let e = match error {
+            CallFailure::Session(s) => CallError::Session(s),
+            CallFailure::ConnectionClosed(reason) => CallError::ConnectionClosed { reason },
+        };
+        let _ = self.tx.send(Err(e));
+    }
+}
+
+/// Removes a call's pending entry and sends `Cancel` if the call's future is
+/// dropped before its response arrived.
+struct CallGuard {
+    shared: Arc<Shared>,
+    conn: u64,
+    request: u64,
+    armed: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let was_pending = {
+            let mut s = self.shared.lock();
+            let was = s.pending.remove(&self.request).is_some();
+            if was {
+                s.cancelled.insert(self.request);
+            }
+            was
+        };
+        if was_pending {
+            self.shared.send_later(&Message::Cancel {
+                conn: self.conn,
+                request: self.request,
+            });
+        }
+    }
+}
+
+impl Connection {
+    /// Calls `method` with `args`, waiting for the response. Calls beyond the
+    /// peer's concurrency limit wait for a slot. Dropping the returned future
+    /// cancels the call on the peer.
+    pub async fn call<A, T, E>(&self, method: u64, args: &A, options: CallOptions) -> Result<T, CallError<E>>
+    where
+        A: for<'f> Facet<'f>,
+        T: Facet<'static> + Send + 'static,
+        E: Facet<'static> + Send + 'static,
+    {
+        let work = self.call_inner(method, args, options.metadata);
+        match options.timeout {
+            None => work.await,
+            Some(t) => match tokio::time::timeout(t, work).await {
+                Ok(r) => r,
+                Err(_) => Err(CallError::DeadlineExceeded { after: t }),
+            },
+        }
+    }
+
+    async fn call_inner<A, T, E>(&self, method: u64, args: &A, metadata: Metadata) -> Result<T, CallError<E>>
+    where
+        A: for<'f> Facet<'f>,
+        T: Facet<'static> + Send + 'static,
+        E: Facet<'static> + Send + 'static,
+    {
+        let shared = &self.shared;
+        let encode = || {
+            let (encoded, channels) =
+                channel::with_encode_context(shared, || crate::payload::encode_value(args));
+            encoded.map(|args| (Cow::Owned(args), channels))
+        };
+        let (tx, rx) = oneshot::channel();
+        let complete = Box::new(TypedPending::<T, E> { tx });
+        match self.call_with(method, metadata, encode, complete, rx).await {
+            Ok(Err(CallError::UnknownMethod { .. })) => Err(CallError::UnknownMethod { method }),
+            Ok(r) => r,
+            Err(Unanswered::Ended(why)) => Err(CallError::Session(why.unwrap_or(SessionError::Closed {
+                reason: "closed".into(),
+            }))),
+            Err(Unanswered::ConnectionClosed) => Err(CallError::ConnectionClosed {
+                reason: "the connection is closed".into(),
+            }),
+            Err(Unanswered::Encode(detail)) => Err(CallError::Encode { detail }),
+            Err(Unanswered::Send(SessionError::Link { detail })) if !detail.contains("link") => {
+                Err(CallError::Encode { detail })
+            }
+            Err(Unanswered::Send(e)) => Err(CallError::Session(e)),
+        }
+    }
+
+    /// The one path of every call, typed or raw: waits for a slot under the
+    /// peer's concurrency limit, encodes the arguments (`encode` gives the
+    /// payload and the channels it lists), registers `complete` for the
+    /// response, sends the call and waits for `answer`, which `complete`
+    /// fulfils. Dropping the future cancels the call on the peer.
+    async fn call_with<'a, R>(
+        &self,
+        method: u64,
+        metadata: Metadata,
+        encode: impl FnOnce() -> Result<(Cow<'a, [u8]>, Vec<u64>), String>,
+        complete: Box<dyn PendingCall>,
+        answer: oneshot::Receiver<R>,
+    ) -> Result<R, Unanswered> {
+        let shared = &self.shared;
+        if let Some(e) = shared.ended() {
+            return Err(Unanswered::Ended(Some(e)));
+        }
+        let _slot = shared
+            .call_limit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Unanswered::Ended(shared.ended()))?;
+        let (args, channels) = encode().map_err(Unanswered::Encode)?;
+        let request = Ids::next(&shared.ids.next_request);
+        shared.stats.calls_made.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut s = shared.lock();
+            if let Some(e) = &s.ended {
+                return Err(Unanswered::Ended(Some(e.clone())));
+            }
+            if self.id != 0 && !s.conns.contains_key(&self.id) {
+                return Err(Unanswered::ConnectionClosed);
+            }
+            s.pending.insert(
+                request,
+                Pending {
+                    conn: self.id,
+                    complete,
+                },
+            );
+        }
+        let mut guard = CallGuard {
+            shared: shared.clone(),
+            conn: self.id,
+            request,
+            armed: true,
+        };
+        let msg = Message::Call {
+            conn: self.id,
+            request,
+            method,
+            metadata,
+            channels,
+            args: &args,
+        };
+        let sent = shared.send(&msg).await;
+        if let Message::Call { channels, .. } = &msg {
+            shared.announce(channels);
+        }
+        if let Err(e) = sent {
+            guard.armed = false;
+            shared.lock().pending.remove(&request);
+            return Err(Unanswered::Send(e));
+        }
+        let result = answer.await.map_err(|_| Unanswered::Ended(shared.ended()));
+        guard.armed = false;
+        result
+    }
+}
+
+/// Why a call ended without its answer; each front end ([`Connection::call`],
+/// [`call_raw`]) words it its own way.
+enum Unanswered {
+    /// The session ended (`None`: it is gone without a recorded reason).
+    Ended(Option<SessionError>),
+    /// The call's connection is closed.
+    ConnectionClosed,
+    /// The arguments could not be encoded.
+    Encode(String),
+    /// Sending the call failed.
+    Send(SessionError),
+}
+
+/// The answer to a raw call.
+pub(crate) struct RawReply {
+    /// How the call ended, payload untouched.
+    pub outcome: ReplyOutcome,
+    /// The channels the answer handed over, in list order, both ends held here.
+    pub channels: Vec<Arc<ChannelCore>>,
+}
+
+/// Completes a raw call.
+struct RawPending {
+    tx: oneshot::Sender<Result<RawReply, String>>,
+}
+
+impl PendingCall for RawPending {
+    fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>) {
+        let mut cores = Vec::with_capacity(channels.len());
+        for &id in channels {
+            // The driver opened every listed channel before answering.
+            let Some(core) = shared.channel_core(id) else {
+                let _ = self
+                    .tx
+                    .send(Err(format!("channel {id} of the answer is not open")));
+                return;
+            };
+            core.attach(End::Tx);
+            core.attach(End::Rx);
+            if let Err(e) = core.init_credit(shared.our_initial_credit(), false) {
+                let _ = self.tx.send(Err(e));
+                return;
+            }
+            cores.push(core);
+        }
+        let _ = self.tx.send(Ok(RawReply {
+            outcome: ReplyOutcome::from_wire(outcome),
+            channels: cores,
+        }));
+    }
+
+    fn fail(self: Box<Self>, error: CallFailure) {
+        let reason = match error {
+            CallFailure::Session(e) => e.to_string(),
+            CallFailure::ConnectionClosed(r) => format!("the connection was closed: {r}"),
+        };
+        let _ = self.tx.send(Err(reason));
+    }
+}
+
+/// Calls `method` on `conn` with already-encoded `args` listing `channels`
+/// (created with [`relay_channel`](super::relay_channel) on this session),
+/// for forwarders: a forwarder never decodes a payload, it sends the caller's
+/// encoded arguments on as they are, under a request id of its own on the
+/// next session. Dropping the future cancels the call on the peer. Errors say
+/// why the call could not complete.
+pub(crate) async fn call_raw(
+    conn: &Connection,
+    method: u64,
+    metadata: Metadata,
+    channels: Vec<u64>,
+    args: &[u8],
+) -> Result<RawReply, String> {
+    let encode = || Ok((Cow::Borrowed(args), channels));
+    let (tx, rx) = oneshot::channel();
+    match conn
+        .call_with(method, metadata, encode, Box::new(RawPending { tx }), rx)
+        .await
+    {
+        Ok(r) => r,
+        Err(Unanswered::Ended(why)) => {
+            Err(why.map_or_else(|| "the session closed".to_string(), |e| e.to_string()))
+        }
+        Err(Unanswered::ConnectionClosed) => Err(format!("connection {} is closed", conn.id)),
+        Err(Unanswered::Encode(detail)) => Err(detail),
+        Err(Unanswered::Send(e)) => Err(e.to_string()),
+    }
+}

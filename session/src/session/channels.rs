@@ -1,0 +1,239 @@
+//! The session's channel registry: open channels by id, their credit-table
+//! indices, channels retired recently (late traffic for them is dropped),
+//! and opening the channels a message lists.
+//!
+//! Forwarders relay channels: a channel handle inside a payload is its
+//! position in the message's channel list (see `channel/`), so remapping
+//! channel ids only touches that list. A relayed channel holds both its ends
+//! here: whichever way items flow, a relay task moves them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::recent::RecentIds;
+use super::{Ids, Shared};
+use crate::channel::{ChannelCore, ChannelError, End, FlowInit};
+use crate::error::{Violation, violation};
+use crate::link::CreditMode;
+use crate::wire::Message;
+
+/// How many retired channels a session remembers (see `Channels::retired`).
+const RETIRED_MEMORY: usize = 4096;
+
+/// Most channels open at once in a session.
+const MAX_OPEN_CHANNELS: usize = 65_536;
+
+/// The session's channels (its part of the session's `State`).
+#[derive(Default)]
+pub(super) struct Channels {
+    /// Open channels.
+    pub(super) open: HashMap<u64, Arc<ChannelCore>>,
+    /// Table indices of open channels (shm credit mode).
+    table_busy: HashSet<u32>,
+    /// Channels closed here recently: late traffic for them is dropped quietly.
+    retired: RecentIds<RETIRED_MEMORY>,
+}
+
+impl Shared {
+    /// The message handing these channels to the peer was sent.
+    pub(super) fn announce(&self, channels: &[u64]) {
+        for id in channels {
+            if let Some(core) = self.channel_core(*id) {
+                core.announce();
+            }
+        }
+    }
+
+    pub(crate) fn channel_core(&self, id: u64) -> Option<Arc<ChannelCore>> {
+        self.lock().channels.open.get(&id).cloned()
+    }
+
+    /// Forgets a channel finished on both sides (each side sent its terminal
+    /// message); its table index, if any, may be used again.
+    pub(crate) fn retire_channel(&self, id: u64) {
+        let mut s = self.lock();
+        if let Some(core) = s.channels.open.remove(&id) {
+            if let Some(index) = core.table_index() {
+                s.channels.table_busy.remove(&index);
+            }
+            s.channels.retired.insert(id);
+        }
+    }
+
+    /// The credit this side grants a channel it receives on.
+    pub(crate) fn our_initial_credit(&self) -> u32 {
+        self.ours.initial_credit
+    }
+
+    /// The table index of channel `id`: each side cycles through the indices
+    /// of its own parity, so both sides compute the same index from an id and
+    /// ids stay unique forever while indices are reused.
+    fn table_index(table: &osmos_shm::CreditTable, id: u64) -> Option<u32> {
+        let half = u64::from(table.len() / 2);
+        (half > 0).then(|| (((id / 2) % half) * 2 + id % 2) as u32)
+    }
+
+    /// Registers channel `id` (created by the peer, or allocated here).
+    fn new_channel(&self, id: u64) -> Result<Arc<ChannelCore>, Violation> {
+        // A channel the peer created is known to it; one created here is
+        // announced when the message handing it over is sent.
+        let peers = self.ids.is_peers(id);
+        let init = match &self.credit {
+            CreditMode::Messages => FlowInit::Messages {
+                recv_window: self.ours.initial_credit,
+                send_window: self.peer.initial_credit,
+            },
+            CreditMode::SharedTable(table, waiters) => {
+                let index = Self::table_index(table, id).ok_or_else(|| {
+                    violation(
+                        "channel.table-index-free",
+                        "the channel table has no entries".to_string(),
+                    )
+                })?;
+                FlowInit::Table {
+                    table: table.clone(),
+                    index,
+                    waiters: waiters.clone(),
+                }
+            }
+        };
+        let core = ChannelCore::new(id, !peers, peers, init, self.ours.initial_credit);
+        let mut s = self.lock();
+        if let Some(index) = core.table_index()
+            && !s.channels.table_busy.insert(index)
+        {
+            return Err(violation(
+                "channel.table-index-free",
+                format!("channel {id} uses channel table entry {index}, which an open channel still uses"),
+            ));
+        }
+        s.channels.open.insert(id, core.clone());
+        Ok(core)
+    }
+
+    /// Allocates a new channel id of this side's parity (with a free table
+    /// index, in table mode).
+    pub(super) fn alloc_channel(&self) -> Result<Arc<ChannelCore>, ChannelError> {
+        let attempts = match &self.credit {
+            CreditMode::Messages => 1,
+            CreditMode::SharedTable(table, _) => (table.len() / 2).max(1),
+        };
+        for _ in 0..attempts {
+            let id = Ids::next(&self.ids.next_channel);
+            let busy = match &self.credit {
+                CreditMode::Messages => false,
+                CreditMode::SharedTable(table, _) => match Self::table_index(table, id) {
+                    Some(index) => self.lock().channels.table_busy.contains(&index),
+                    None => true,
+                },
+            };
+            if !busy {
+                return self.new_channel(id).map_err(|v| ChannelError::PeerBrokeProtocol {
+                    rule: v.rule,
+                    detail: v.detail,
+                });
+            }
+        }
+        Err(ChannelError::Exhausted { max: attempts })
+    }
+}
+
+/// The open channel `id`; `None` for a channel retired here (late traffic is
+/// dropped); a violation for a channel never opened.
+pub(super) fn channel_for(
+    shared: &Shared,
+    id: u64,
+    what: &str,
+) -> Result<Option<Arc<ChannelCore>>, Violation> {
+    let s = shared.lock();
+    if let Some(c) = s.channels.open.get(&id) {
+        return Ok(Some(c.clone()));
+    }
+    if s.channels.retired.contains(id) {
+        return Ok(None);
+    }
+    Err(violation(
+        "channel.known",
+        format!("{what} for channel {id}, which is not open"),
+    ))
+}
+
+/// Opens the channels a message lists (created by the peer).
+pub(super) fn open_peer_channels(shared: &Shared, channels: &[u64]) -> Result<(), Violation> {
+    for &id in channels {
+        if !shared.ids.is_peers(id) {
+            // Our own channel, handed back to us: it must be open here.
+            if shared.lock().channels.open.contains_key(&id) {
+                continue;
+            }
+            return Err(violation(
+                "channel.known",
+                format!("channel {id} has our parity but is not open"),
+            ));
+        }
+        let open = {
+            let s = shared.lock();
+            if s.channels.open.contains_key(&id) {
+                return Err(violation(
+                    "channel.unique",
+                    format!("channel {id} is already open"),
+                ));
+            }
+            s.channels.open.len()
+        };
+        if open >= MAX_OPEN_CHANNELS {
+            return Err(violation(
+                "channel.limit",
+                format!(
+                    "channel {id} would be open channel number {}, over the limit of {MAX_OPEN_CHANNELS}",
+                    open + 1
+                ),
+            ));
+        }
+        shared.new_channel(id)?;
+    }
+    Ok(())
+}
+
+/// Abandons listed channels no handle was bound to (the handler never got
+/// them): reset them so the peer's end stops.
+pub(super) fn abandon_unbound(shared: &Shared, channels: &[u64], bound: &[u64]) {
+    for &id in channels.iter().filter(|id| !bound.contains(id)) {
+        if let Some(core) = shared.channel_core(id) {
+            core.on_reset("the handler did not take this channel".into());
+            shared.send_later(&Message::Reset {
+                channel: id,
+                reason: "the handler did not take this channel".into(),
+            });
+            if core.end_local(crate::channel::End::Rx) {
+                shared.retire_channel(id);
+            }
+        }
+    }
+}
+
+/// Creates a channel on `shared`'s session to relay one the other session
+/// listed: both ends held here, credit set up before it is announced.
+pub(crate) fn relay_channel(shared: &Arc<Shared>) -> Result<Arc<ChannelCore>, ChannelError> {
+    let core = shared.alloc_channel()?;
+    core.attach(End::Tx);
+    core.attach(End::Rx);
+    core.init_credit(shared.our_initial_credit(), true)
+        .map_err(|detail| ChannelError::Encode { detail })?;
+    Ok(core)
+}
+
+/// Why channels cannot be relayed on this session, if they cannot: on a
+/// shared credit table, a relay does not know which way a channel flows, so
+/// both sides must start every channel with the same credit.
+pub(crate) fn relay_unsupported(shared: &Shared) -> Option<String> {
+    match &shared.credit {
+        CreditMode::SharedTable(..) if shared.ours.initial_credit != shared.peer.initial_credit => {
+            Some(format!(
+                "cannot forward channels over session '{}': on a shared-memory link both sides must announce the same initial_credit (this side {}, the peer {})",
+                shared.name, shared.ours.initial_credit, shared.peer.initial_credit
+            ))
+        }
+        _ => None,
+    }
+}

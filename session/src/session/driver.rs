@@ -1,0 +1,276 @@
+//! The driver task: receives every frame and dispatches it
+//! ([`handle_frame`]), keeps the session alive (Ping/Pong, the keepalive
+//! timeout, the stalled-link check), and closes the link when the session
+//! ends.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::calls::on_response;
+use super::channels::channel_for;
+use super::connections::{close_connection, on_connection_answer, on_connection_open};
+use super::serving::on_call;
+use super::{SessionConfig, Shared, link_failed, wait_ended};
+use crate::error::{SessionError, Violation, violation};
+use crate::link::{LinkError, LinkRx};
+use crate::wire::{self, Message};
+
+impl Shared {
+    /// A Pong arrived: it proves the peer alive only if it answers our
+    /// outstanding Ping.
+    fn on_pong(&self, nonce: u64) {
+        let mut k = self.keepalive.lock().unwrap_or_else(|p| p.into_inner());
+        if k.outstanding.is_some_and(|(n, _)| n == nonce) {
+            k.outstanding = None;
+            k.alive_at = Instant::now();
+        }
+    }
+
+    /// The keepalive's periodic check: why the session must end, if it must;
+    /// otherwise sends the next Ping when one is due.
+    fn keepalive_tick(&self, config: &SessionConfig) -> Option<SessionError> {
+        if let Some(since) = *self.stalled_since.lock().unwrap_or_else(|p| p.into_inner())
+            && since.elapsed() >= config.keepalive_timeout
+        {
+            return Some(SessionError::Violation {
+                rule: "peer.drains-its-link",
+                detail: format!(
+                    "the peer has not made room for a single frame in {:?} (its ring, slots or socket stayed full); an honest peer keeps reading",
+                    since.elapsed()
+                ),
+            });
+        }
+        let mut k = self.keepalive.lock().unwrap_or_else(|p| p.into_inner());
+        match k.outstanding {
+            Some((_, sent)) if sent.elapsed() >= config.keepalive_timeout => {
+                return Some(SessionError::KeepaliveTimeout {
+                    silent_for: k.alive_at.elapsed(),
+                });
+            }
+            Some(_) => {}
+            None if k.alive_at.elapsed() >= config.keepalive_interval => {
+                let nonce = unguessable();
+                k.outstanding = Some((nonce, Instant::now()));
+                drop(k);
+                self.send_later(&Message::Ping { nonce });
+            }
+            None => {}
+        }
+        None
+    }
+}
+
+/// How the keepalive knows the peer lives: only a Pong answering the Ping we
+/// sent (its nonce unguessable) counts, so a peer that never reads cannot
+/// keep the session up by sending (unsolicited Pongs, or anything else).
+pub(super) struct Keepalive {
+    /// The Ping waiting for its Pong: (nonce, when it was queued).
+    outstanding: Option<(u64, Instant)>,
+    /// The last proof of life (the session's start, or the last Pong).
+    alive_at: Instant,
+}
+
+impl Keepalive {
+    /// No Ping out yet; the session's start counts as the last proof of life.
+    pub(super) fn new() -> Self {
+        Keepalive {
+            outstanding: None,
+            alive_at: Instant::now(),
+        }
+    }
+}
+
+/// A nonce the peer cannot predict (SipHash under this process's random keys).
+fn unguessable() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(Instant::now())
+}
+
+/// The driver: receives and handles every message, keeps the session alive.
+pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: SessionConfig) {
+    let mut ended = shared.ended.subscribe();
+    let mut tick = tokio::time::interval(
+        config
+            .keepalive_interval
+            .min(config.keepalive_timeout / 2)
+            .max(Duration::from_millis(1)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            frame = rx.recv() => {
+                let frame = match frame {
+                    Ok(Some(f)) => f,
+                    Ok(None) => {
+                        shared.end(SessionError::Link { detail: "the peer closed the link".into() });
+                        break;
+                    }
+                    Err(LinkError::Violation { rule, detail }) => {
+                        fail_with_violation(&shared, violation(rule, detail)).await;
+                        break;
+                    }
+                    Err(e) => {
+                        shared.end(link_failed(e));
+                        break;
+                    }
+                };
+                shared.stats.frames_received.fetch_add(1, Ordering::Relaxed);
+                shared.stats.bytes_received.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                if let Err(v) = handle_frame(&shared, &frame) {
+                    drop(frame);
+                    fail_with_violation(&shared, v).await;
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                match shared.keepalive_tick(&config) {
+                    None => {}
+                    Some(SessionError::Violation { rule, detail }) => {
+                        // Telling a peer that does not read is futile.
+                        warn!(session = %shared.name, rule, "peer broke a protocol rule: {detail}");
+                        shared.end(SessionError::Violation { rule, detail });
+                        break;
+                    }
+                    Some(why) => {
+                        shared.send_later(&Message::Goodbye { reason: why.to_string() });
+                        shared.end(why);
+                        break;
+                    }
+                }
+            }
+            _ = wait_ended(&mut ended) => break,
+        }
+    }
+    // Stop reading at once (the peer sees the link end), then close the
+    // sending half, bounded: the peer may not be reading.
+    drop(rx);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut tx = shared.tx.lock().await;
+        if let Some(mut t) = tx.take() {
+            let _ = t.close().await;
+        }
+    })
+    .await;
+}
+
+async fn fail_with_violation(shared: &Arc<Shared>, v: Violation) {
+    warn!(session = %shared.name, rule = v.rule, "peer broke a protocol rule: {}", v.detail);
+    let msg = Message::ProtocolError {
+        rule: v.rule.to_string(),
+        detail: v.detail.clone(),
+    };
+    let why = SessionError::Violation {
+        rule: v.rule,
+        detail: v.detail,
+    };
+    // Tell the peer, best effort and bounded: it may not be reading.
+    let _ = tokio::time::timeout(Duration::from_secs(1), shared.send(&msg)).await;
+    shared.end(why);
+}
+
+/// Handles one incoming frame. Errors are protocol violations.
+fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
+    if frame.len() > shared.ours.max_payload as usize {
+        return Err(violation(
+            "frame.max-payload",
+            format!(
+                "a frame of {} bytes exceeds our max_payload of {}",
+                frame.len(),
+                shared.ours.max_payload
+            ),
+        ));
+    }
+    let msg = wire::decode(frame).map_err(|e| violation("frame.decodable", e))?;
+    match msg {
+        Message::Hello { .. } | Message::HelloYourself { .. } => Err(violation(
+            "handshake.once",
+            format!("{} after the handshake", msg.kind()),
+        )),
+        Message::ProtocolError { rule, detail } => {
+            shared.end(SessionError::PeerReportedViolation { rule, detail });
+            Ok(())
+        }
+        Message::Goodbye { reason } => {
+            shared.end(SessionError::Goodbye { reason });
+            Ok(())
+        }
+        Message::Ping { nonce } => {
+            shared.send_later(&Message::Pong { nonce });
+            Ok(())
+        }
+        Message::Pong { nonce } => {
+            shared.on_pong(nonce);
+            Ok(())
+        }
+        Message::ConnectionOpen { conn, metadata } => on_connection_open(shared, conn, &metadata),
+        Message::ConnectionAccept { conn, metadata } => on_connection_answer(shared, conn, Ok(metadata)),
+        Message::ConnectionReject { conn, reason } => on_connection_answer(shared, conn, Err(reason)),
+        Message::ConnectionClose { conn, reason } => {
+            if conn != 0 && shared.lock().conn_watch.recently_closed(conn) {
+                // Both sides closed it at once.
+                return Ok(());
+            }
+            if conn == 0 || !shared.lock().conns.contains_key(&conn) {
+                return Err(violation(
+                    "conn.known",
+                    format!("ConnectionClose for connection {conn}, which is not open"),
+                ));
+            }
+            close_connection(shared, conn, format!("the peer closed it: {reason}"));
+            Ok(())
+        }
+        Message::Call {
+            conn,
+            request,
+            method,
+            metadata,
+            channels,
+            args,
+        } => on_call(shared, conn, request, method, &metadata, &channels, args),
+        Message::Response {
+            conn,
+            request,
+            channels,
+            outcome,
+            ..
+        } => on_response(shared, conn, request, &channels, &outcome),
+        Message::Cancel { conn, request } => {
+            if let Some(Some(h)) = shared.lock().serving.remove(&(conn, request)) {
+                h.abort();
+            }
+            Ok(())
+        }
+        Message::Item { channel, payload } => match channel_for(shared, channel, "Item")? {
+            Some(core) => core.on_item(payload),
+            None => Ok(()),
+        },
+        Message::Close { channel } => {
+            if let Some(core) = channel_for(shared, channel, "Close")?
+                && core.on_close()?
+            {
+                shared.retire_channel(channel);
+            }
+            Ok(())
+        }
+        Message::Reset { channel, reason } => {
+            if let Some(core) = channel_for(shared, channel, "Reset")? {
+                let (ack, finished) = core.on_peer_reset(reason);
+                if ack {
+                    // The receiver is gone: our sender's terminal message.
+                    shared.send_later(&Message::Close { channel });
+                }
+                if finished {
+                    shared.retire_channel(channel);
+                }
+            }
+            Ok(())
+        }
+        Message::GrantCredit { channel, bytes } => match channel_for(shared, channel, "GrantCredit")? {
+            Some(core) => core.on_grant(bytes),
+            None => Ok(()),
+        },
+    }
+}

@@ -1,0 +1,550 @@
+//! The session state machine, run by one driver task per session.
+//!
+//! [`SessionBuilder::initiate`] / [`SessionBuilder::accept`] take any
+//! [`Link`], run the handshake, then spawn the **driver**: a task that owns
+//! the link's receiving half and handles every incoming message in order. It
+//! never waits on the link's sending half (whose backpressure could otherwise
+//! deadlock two peers that both stop reading): what it must send (pongs,
+//! refusals, protocol errors, answers that found no room) goes through the
+//! **outbox**, bounded by `peer.reads-its-answers` and `request.limit`, and
+//! drained by a writer task. Callers and handlers send directly, under the
+//! link's send lock.
+//!
+//! The parts, one file each:
+//!
+//! - this file: [`SessionBuilder`] and [`SessionConfig`], the state every
+//!   part shares (`Shared`, one `State` under one lock), the end of a
+//!   session, and the [`Connection`] handle;
+//! - `handshake.rs`: `Hello` / `HelloYourself` and the version check;
+//! - `driver.rs`: the driver task, frame dispatch and the keepalive;
+//! - `outbound.rs`: every path a frame takes out, the outbox and its writer
+//!   task, the stall guard;
+//! - `calls.rs`: the caller side (one path for typed and raw calls, and the
+//!   calls waiting for their response);
+//! - `serving.rs`: the serving side (the peer's calls and our answers);
+//! - `connections.rs`: opening, accepting and closing virtual connections;
+//! - `channels.rs`: the channel registry;
+//! - `liveness.rs`: connections live while someone holds a handle;
+//! - `recent.rs`: the bounded memory of recently finished ids.
+//!
+//! Rules enforced on what the peer sends (each violation ends the session
+//! with a `ProtocolError` naming the rule, and fails every pending call with
+//! that reason):
+//!
+//! | rule | meaning |
+//! |---|---|
+//! | `frame.decodable` | every frame decodes as a [`Message`] |
+//! | `frame.max-payload` | no frame exceeds our `max_payload` |
+//! | `handshake.hello-first` / `handshake.once` | the handshake comes first, once |
+//! | `id.parity` | ids the peer creates have the peer's parity |
+//! | `conn.known` / `conn.unique` | messages name open connections (a close or call crossing this side's recent close is late, not wrong); new ids are new |
+//! | `request.unique` / `request.limit` | a request id is not reused while in flight; at most our `max_concurrent_requests` at once |
+//! | `conn.limit` / `channel.limit` | at most 4096 virtual connections and 65,536 open channels |
+//! | `peer.reads-its-answers` | at most 65,536 answers (pongs, refusals) wait for a peer that is not reading |
+//! | `peer.drains-its-link` | a send that finds no room in the link (ring, slots, socket) waits at most the keepalive timeout: the peer keeps reading |
+//! | `link.empty-wakes` (shm link) | the peer wakes this side at most 1000 + 2 × frames times a second without publishing a frame |
+//! | `response.known-request` | responses answer calls we made |
+//! | `channel.known` / `channel.unique` | channel traffic names open channels |
+//! | `channel.no-data-after-close` / `channel.close-once` | no item after Close |
+//! | `credit.no-overrun` / `credit.grant-bounded` | items fit the credit granted |
+//! | `credit.mode` | a link with a shared credit table carries no `GrantCredit` |
+//! | `channel.table-index-free` | a channel the peer opens uses a credit-table entry no open channel uses |
+//!
+//! Keepalive: one `Ping` per interval with an unguessable nonce; only the
+//! `Pong` that answers it proves the peer alive, so a peer that does not read
+//! cannot keep the session up by sending. A peer silent past the timeout
+//! ends it with [`SessionError::KeepaliveTimeout`]. A link's own framing
+//! rules (`stream.*`, the shm rings' `osmos_shm::Rule`s) end the session the
+//! same way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tracing::{debug, warn};
+
+use crate::channel::{self, ChannelError, Rx, Tx};
+use crate::error::SessionError;
+use crate::link::{CreditMode, Link, LinkError};
+use crate::service::Dispatcher;
+use crate::wire::{Message, Metadata, Settings};
+
+use calls::{CANCELLED_MEMORY, CallFailure, Pending};
+use channels::Channels;
+use connections::ConnState;
+use driver::Keepalive;
+use outbound::{ErasedTx, Outgoing};
+use recent::RecentIds;
+
+pub use calls::CallOptions;
+pub(crate) use calls::{RawReply, call_raw};
+pub(crate) use channels::{relay_channel, relay_unsupported};
+
+mod calls;
+mod channels;
+mod connections;
+mod driver;
+mod handshake;
+mod liveness;
+mod outbound;
+mod recent;
+mod serving;
+
+/// Session tuning. The defaults suit peers on one machine.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Limits this side announces (and enforces).
+    pub settings: Settings,
+    /// Send a ping after this long without sending anything.
+    pub keepalive_interval: Duration,
+    /// End the session after this long without receiving anything.
+    pub keepalive_timeout: Duration,
+    /// Give up on a handshake after this long.
+    pub handshake_timeout: Duration,
+    /// A name for logs (e.g. the cell's name).
+    pub name: String,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            settings: Settings::default(),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+            name: "session".into(),
+        }
+    }
+}
+
+/// Decides whether to accept a virtual connection the peer opens: return the
+/// dispatcher that serves it, or the reason for refusing.
+pub type ConnectionAcceptor =
+    Arc<dyn Fn(&Metadata) -> Result<Option<Arc<dyn Dispatcher>>, String> + Send + Sync>;
+
+/// Builds a session over a link.
+#[derive(Clone, Default)]
+pub struct SessionBuilder {
+    config: SessionConfig,
+    root: Option<Arc<dyn Dispatcher>>,
+    acceptor: Option<ConnectionAcceptor>,
+}
+
+impl SessionBuilder {
+    /// A builder with the default configuration, serving nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the configuration.
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Serves `dispatcher` on the root connection.
+    pub fn serve(mut self, dispatcher: Arc<dyn Dispatcher>) -> Self {
+        self.root = Some(dispatcher);
+        self
+    }
+
+    /// Accepts virtual connections the peer opens, as `acceptor` decides.
+    /// Without an acceptor every `ConnectionOpen` is rejected.
+    pub fn accept_connections(mut self, acceptor: ConnectionAcceptor) -> Self {
+        self.acceptor = Some(acceptor);
+        self
+    }
+
+    /// Runs the handshake as the initiator and starts the session.
+    pub async fn initiate<L: Link>(self, link: L) -> Result<Connection, SessionError> {
+        self.start(link, Role::Initiator).await
+    }
+
+    /// Runs the handshake as the acceptor and starts the session.
+    pub async fn accept<L: Link>(self, link: L) -> Result<Connection, SessionError> {
+        self.start(link, Role::Acceptor).await
+    }
+
+    async fn start<L: Link>(self, link: L, role: Role) -> Result<Connection, SessionError> {
+        let max_frame = link.max_frame();
+        let credit = link.credit_mode();
+        let (mut tx, mut rx) = link.split();
+        let ours = self.config.settings.clone();
+        let peer = handshake::run(&mut tx, &mut rx, role, &ours, self.config.handshake_timeout).await?;
+        let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+        let (ended_tx, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            role,
+            name: self.config.name.clone(),
+            ours,
+            call_limit: Arc::new(Semaphore::new(peer.max_concurrent_requests.max(1) as usize)),
+            peer,
+            max_frame,
+            credit,
+            tx: tokio::sync::Mutex::new(Some(Box::new(tx))),
+            ids: Ids::new(role),
+            state: Mutex::new(State::default()),
+            outbox: outbox_tx,
+            outbox_len: AtomicUsize::new(0),
+            ended: ended_tx,
+            acceptor: self.acceptor,
+            keepalive: Mutex::new(Keepalive::new()),
+            send_waiters: AtomicUsize::new(0),
+            stalled_since: Mutex::new(None),
+            stats: Counters::default(),
+        });
+        shared.lock().conns.insert(
+            0,
+            ConnState {
+                dispatcher: self.root,
+            },
+        );
+        tokio::spawn(outbound::writer(shared.clone(), outbox_rx));
+        tokio::spawn(driver::run(shared.clone(), rx, self.config.clone()));
+        debug!(session = %shared.name, ?role, "session established");
+        Ok(Connection::guarded(shared, 0))
+    }
+}
+
+fn link_failed(e: LinkError) -> SessionError {
+    match e {
+        // A peer that breaks the link's framing broke a rule like any other.
+        LinkError::Violation { rule, detail } => SessionError::Violation { rule, detail },
+        e => SessionError::Link {
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Which side of the handshake this session took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sent `Hello`; creates odd ids.
+    Initiator,
+    /// Answered with `HelloYourself`; creates even ids.
+    Acceptor,
+}
+
+/// Id allocation with the role's parity.
+struct Ids {
+    next_request: AtomicU64,
+    next_channel: AtomicU64,
+    next_conn: AtomicU64,
+    /// 1 for the initiator (odd ids), 0 for the acceptor (even ids).
+    parity: u64,
+}
+
+impl Ids {
+    fn new(role: Role) -> Self {
+        let first = if role == Role::Initiator { 1 } else { 2 };
+        Ids {
+            next_request: AtomicU64::new(first),
+            next_channel: AtomicU64::new(first),
+            next_conn: AtomicU64::new(first),
+            parity: first % 2,
+        }
+    }
+
+    fn next(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(2, Ordering::Relaxed)
+    }
+
+    /// Whether `id` has the peer's parity (and is not the root connection).
+    fn is_peers(&self, id: u64) -> bool {
+        id != 0 && id % 2 != self.parity
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Our calls in flight, by request id.
+    pending: HashMap<u64, Pending>,
+    /// Requests we cancelled recently: a late response for one is not a
+    /// violation. Most are never answered (the callee drops the handler), so
+    /// only the last [`CANCELLED_MEMORY`] are remembered.
+    cancelled: RecentIds<CANCELLED_MEMORY>,
+    /// The peer's calls we are serving, until their response is written:
+    /// (conn, request) → the handler's abort handle (`None`: answered, the
+    /// response waits in the outbox). Bounded by our `max_concurrent_requests`
+    /// (the rule `request.limit`), so a peer that does not read its answers
+    /// runs into that limit instead of growing our memory.
+    serving: HashMap<(u64, u64), Option<tokio::task::AbortHandle>>,
+    /// Open connections (0 is the root).
+    conns: HashMap<u64, ConnState>,
+    /// Virtual connections we are opening.
+    opening: HashMap<u64, oneshot::Sender<Result<Metadata, String>>>,
+    /// The channel registry: open channels, their table indices, channels
+    /// retired recently.
+    channels: Channels,
+    /// Why the session ended, once it has.
+    ended: Option<SessionError>,
+    /// Every handle on the root connection was dropped (see `liveness`).
+    root_released: bool,
+    /// Waiters for a connection's close, and why recent ones closed.
+    conn_watch: liveness::ConnWatch,
+}
+
+/// Everything the session's handles, driver and writer share.
+pub(crate) struct Shared {
+    role: Role,
+    name: String,
+    ours: Settings,
+    peer: Settings,
+    max_frame: usize,
+    /// How channel credit travels.
+    credit: CreditMode,
+    /// Calls beyond the peer's `max_concurrent_requests` wait here.
+    call_limit: Arc<Semaphore>,
+    /// The link's sending half; `None` once the session ended and closed it.
+    tx: tokio::sync::Mutex<Option<Box<dyn ErasedTx>>>,
+    ids: Ids,
+    state: Mutex<State>,
+    /// Encoded frames for the writer task (sent from the driver and from drops).
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    /// Frames queued in the outbox (bounded by [`MAX_OUTBOX`]).
+    outbox_len: AtomicUsize,
+    /// Becomes `Some` when the session ends.
+    ended: watch::Sender<Option<SessionError>>,
+    acceptor: Option<ConnectionAcceptor>,
+    /// The peer's proof of life (see [`Keepalive`]).
+    keepalive: Mutex<Keepalive>,
+    /// Sends waiting for link room now.
+    send_waiters: AtomicUsize,
+    /// While sends wait: since when no frame went out (see `peer.drains-its-link`).
+    stalled_since: Mutex<Option<Instant>>,
+    stats: Counters,
+}
+
+/// Traffic counters of one session.
+#[derive(Default)]
+struct Counters {
+    calls_made: AtomicU64,
+    calls_served: AtomicU64,
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+/// A snapshot of a session's traffic and queues.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Calls this side made.
+    pub calls_made: u64,
+    /// Calls this side served.
+    pub calls_served: u64,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Bytes sent (encoded frames).
+    pub bytes_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Calls of ours waiting for a response now.
+    pub pending_calls: usize,
+    /// Calls of the peer's being served now.
+    pub serving_calls: usize,
+    /// Open channels.
+    pub open_channels: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn peer_settings(&self) -> &Settings {
+        &self.peer
+    }
+
+    fn ended(&self) -> Option<SessionError> {
+        self.lock().ended.clone()
+    }
+
+    /// Ends the session because the peer broke a rule outside the driver.
+    pub(crate) fn fail_violation(&self, rule: &'static str, detail: String) {
+        warn!(session = %self.name, rule, "peer broke a protocol rule: {detail}");
+        self.send_later(&Message::ProtocolError {
+            rule: rule.to_string(),
+            detail: detail.clone(),
+        });
+        self.end(SessionError::Violation { rule, detail });
+    }
+
+    /// Ends the session (once): records why, fails every pending call,
+    /// resets every channel, aborts every handler.
+    fn end(&self, why: SessionError) {
+        let (pending, serving, channels, opening) = {
+            let mut s = self.lock();
+            if s.ended.is_some() {
+                return;
+            }
+            s.ended = Some(why.clone());
+            (
+                std::mem::take(&mut s.pending),
+                std::mem::take(&mut s.serving),
+                std::mem::take(&mut s.channels.open),
+                std::mem::take(&mut s.opening),
+            )
+        };
+        debug!(session = %self.name, "session ended: {why}");
+        for (_, p) in pending {
+            p.complete.fail(CallFailure::Session(why.clone()));
+        }
+        for h in serving.into_values().flatten() {
+            h.abort();
+        }
+        for (_, c) in channels {
+            c.on_reset(format!("the session ended: {why}"));
+        }
+        for (_, o) in opening {
+            let _ = o.send(Err(why.to_string()));
+        }
+        self.ended.send_replace(Some(why));
+    }
+}
+
+/// The session behind a connection handle.
+pub(crate) fn shared(conn: &Connection) -> &Arc<Shared> {
+    &conn.shared
+}
+
+/// Resolves once the session has ended (the guard is dropped inside).
+async fn wait_ended(rx: &mut watch::Receiver<Option<SessionError>>) {
+    let _ = rx.wait_for(Option::is_some).await;
+}
+
+/// A handle on one connection of a session: make calls, create channels,
+/// open virtual connections. Cheap to clone.
+///
+/// Liveness follows the handles: when the last clone of a virtual
+/// connection this side opened is dropped, the connection is closed and the
+/// peer told; when the last clone of the root connection is dropped and no
+/// virtual connection is open any more, the session ends with a goodbye.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+    id: u64,
+    /// Shared by the clones of a handle that keeps its connection alive;
+    /// `None` for handles that do not (e.g. given to a dispatcher).
+    _live: Option<Arc<liveness::Guard>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("session", &self.shared.name)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// A handle that keeps connection `id` alive (see [`Connection`]).
+    fn guarded(shared: Arc<Shared>, id: u64) -> Connection {
+        let live = Some(Arc::new(liveness::Guard::new(shared.clone(), id)));
+        Connection {
+            shared,
+            id,
+            _live: live,
+        }
+    }
+
+    /// A handle that does not keep connection `id` alive.
+    pub(crate) fn unguarded(shared: Arc<Shared>, id: u64) -> Connection {
+        Connection {
+            shared,
+            id,
+            _live: None,
+        }
+    }
+
+    /// Waits until this connection closes — closed by either side, or its
+    /// session ended — and returns why.
+    pub async fn connection_closed(&self) -> String {
+        liveness::connection_closed(self).await
+    }
+
+    /// The connection's id (0 for the root connection).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Which side of the handshake this session took.
+    pub fn role(&self) -> Role {
+        self.shared.role
+    }
+
+    /// The limits the peer announced.
+    pub fn peer_settings(&self) -> &Settings {
+        &self.shared.peer
+    }
+
+    /// Why the session ended, if it has.
+    pub fn ended(&self) -> Option<SessionError> {
+        self.shared.ended()
+    }
+
+    /// Ends the session now with `why` (e.g. [`SessionError::PeerDied`] from
+    /// a supervisor that saw the peer exit): pending calls fail with it.
+    pub fn terminate(&self, why: SessionError) {
+        self.shared.end(why);
+    }
+
+    /// Traffic counters and queue depths of the session.
+    pub fn stats(&self) -> SessionStats {
+        let c = &self.shared.stats;
+        let s = self.shared.lock();
+        SessionStats {
+            calls_made: c.calls_made.load(Ordering::Relaxed),
+            calls_served: c.calls_served.load(Ordering::Relaxed),
+            frames_sent: c.frames_sent.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            frames_received: c.frames_received.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            pending_calls: s.pending.len(),
+            serving_calls: s.serving.len(),
+            open_channels: s.channels.open.len(),
+        }
+    }
+
+    /// Waits until the session ends and returns why.
+    pub async fn closed(&self) -> SessionError {
+        let mut rx = self.shared.ended.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or_else(|| SessionError::Closed {
+                reason: "unknown".into(),
+            }),
+            Err(_) => SessionError::Closed {
+                reason: "the session was dropped".into(),
+            },
+        }
+    }
+
+    /// Ends the whole session with a goodbye: pending calls fail with
+    /// [`SessionError::Closed`].
+    pub async fn goodbye(&self, reason: &str) {
+        let _ = self
+            .shared
+            .send(&Message::Goodbye {
+                reason: reason.to_string(),
+            })
+            .await;
+        self.shared.end(SessionError::Closed {
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Creates a channel of `T` items: keep one end and pass the other to the
+    /// peer in a call.
+    ///
+    /// Fails with [`ChannelError::Exhausted`] on an shm link whose channel
+    /// table has no free entry of this side's.
+    pub fn channel<T>(&self) -> Result<(Tx<T>, Rx<T>), ChannelError> {
+        let core = self.shared.alloc_channel()?;
+        Ok(channel::pair(&self.shared, core))
+    }
+}

@@ -1,0 +1,283 @@
+//! Sending: the erased link half behind the send lock, the paths a frame
+//! takes out (at once, waiting for room, or queued for the writer task), the
+//! bounded outbox, and the stall guard (`peer.drains-its-link`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::serving::Answered;
+use super::{Shared, link_failed, wait_ended};
+use crate::error::SessionError;
+use crate::link::{LinkError, LinkTx, SendPermit};
+use crate::wire::Message;
+
+/// Most answers queued for a peer that is not reading them.
+const MAX_OUTBOX: usize = 65_536;
+
+/// Writes one frame's bytes into the buffer a link lends.
+type Fill<'a> = &'a (dyn Fn(&mut [u8]) + Sync);
+
+/// The erased sending half of the link.
+pub(super) trait ErasedTx: Send {
+    /// [`LinkTx::try_send_now`].
+    fn try_send_now(&mut self, len: usize, fill: Fill<'_>) -> Result<bool, LinkError>;
+    /// Reserves `len` bytes (waiting for room), fills them and commits.
+    fn send_frame<'a>(
+        &'a mut self,
+        len: usize,
+        fill: Fill<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + 'a>>;
+    fn close(&mut self) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + '_>>;
+}
+
+impl<T: LinkTx> ErasedTx for T {
+    fn try_send_now(&mut self, len: usize, fill: Fill<'_>) -> Result<bool, LinkError> {
+        LinkTx::try_send_now(self, len, &mut |buf| fill(buf))
+    }
+
+    fn send_frame<'a>(
+        &'a mut self,
+        len: usize,
+        fill: Fill<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut permit = self.reserve(len).await?;
+            fill(permit.buf());
+            permit.commit().await
+        })
+    }
+
+    fn close(&mut self) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + '_>> {
+        Box::pin(LinkTx::close(self))
+    }
+}
+
+impl Shared {
+    /// Sends a message now (waiting for link capacity).
+    pub(crate) async fn send(&self, msg: &Message<'_>) -> Result<(), SessionError> {
+        self.send_then(msg, &|| {}).await
+    }
+
+    /// Sends a message (waiting for link capacity), calling `committing`
+    /// once it has room, just before the frame becomes visible to the peer.
+    pub(super) async fn send_then(
+        &self,
+        msg: &Message<'_>,
+        committing: &(dyn Fn() + Sync),
+    ) -> Result<(), SessionError> {
+        let len = msg.encoded_len();
+        self.check_sendable(msg.kind(), len)?;
+        let fill = |buf: &mut [u8]| {
+            committing();
+            msg.write_to(buf);
+        };
+        match self.try_send_now(len, &fill) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(e),
+        }
+        self.send_waiting(len, &fill).await
+    }
+
+    /// Whether a message may be sent: the session is up and the message fits
+    /// the peer's and the link's limits.
+    pub(super) fn check_sendable(&self, kind: &str, len: usize) -> Result<(), SessionError> {
+        if let Some(e) = self.ended() {
+            return Err(e);
+        }
+        let max = self.max_message();
+        if len > max {
+            return Err(SessionError::Link {
+                detail: format!("a {kind} message of {len} bytes exceeds the {max}-byte limit"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The largest message the peer accepts on this link, in bytes.
+    pub(crate) fn max_message(&self) -> usize {
+        (self.peer.max_payload as usize).min(self.max_frame)
+    }
+
+    /// Sends a frame at once if nobody else is sending and the link has
+    /// room; `Ok(false)` if it would have to wait.
+    pub(super) fn try_send_now(&self, len: usize, fill: Fill<'_>) -> Result<bool, SessionError> {
+        let Ok(mut tx) = self.tx.try_lock() else {
+            return Ok(false);
+        };
+        let r = match tx.as_mut() {
+            Some(tx) => tx.try_send_now(len, fill),
+            None => Err(LinkError::Closed),
+        };
+        drop(tx);
+        match r {
+            Ok(true) => {
+                self.sent(len);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(self.link_broke(e)),
+        }
+    }
+
+    /// Sends a frame, waiting for the send lock and link capacity.
+    async fn send_waiting(&self, len: usize, fill: Fill<'_>) -> Result<(), SessionError> {
+        // A send waiting for link capacity gives up when the session ends
+        // (dropping it releases the send lock; links send a frame whole or
+        // not at all).
+        let mut ended = self.ended.subscribe();
+        let _waiting = SendWaiting::enter(self);
+        let r = tokio::select! {
+            r = async {
+                match self.tx.lock().await.as_mut() {
+                    Some(tx) => tx.send_frame(len, fill).await,
+                    None => Err(LinkError::Closed),
+                }
+            } => r,
+            _ = wait_ended(&mut ended) => {
+                return Err(self.ended().unwrap_or(SessionError::Closed { reason: "ended".into() }));
+            }
+        };
+        match r {
+            Ok(()) => {
+                self.sent(len);
+                Ok(())
+            }
+            Err(e) => Err(self.link_broke(e)),
+        }
+    }
+
+    /// Counts a frame sent.
+    fn sent(&self, len: usize) {
+        self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+        // ORDERING: Relaxed: a count; the stall mutex orders what it guards.
+        if self.send_waiters.load(Ordering::Relaxed) > 0 {
+            let mut since = self.stalled_since.lock().unwrap_or_else(|p| p.into_inner());
+            if since.is_some() {
+                *since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The link failed while sending: the session ends with that.
+    fn link_broke(&self, e: LinkError) -> SessionError {
+        let err = link_failed(e);
+        self.end(err.clone());
+        // The session may have ended before for a reason of its own (the
+        // link closes because of it): callers see that reason.
+        self.ended().unwrap_or(err)
+    }
+
+    /// Sends a message without waiting: at once if the link has room and
+    /// nothing queued is ahead of it, else through the writer task. For
+    /// contexts that cannot wait.
+    pub(crate) fn send_later(&self, msg: &Message<'_>) {
+        let len = msg.encoded_len();
+        if self.check_sendable(msg.kind(), len).is_err() {
+            return;
+        }
+        // ORDERING: Relaxed throughout for `outbox_len`: it publishes no
+        // data (frames travel in the mpsc); one thread's queued answers stay
+        // in order because it reads its own increments (coherence), and the
+        // writer's decrement follows its send.
+        if self.outbox_len.load(Ordering::Relaxed) == 0 {
+            let fill = |buf: &mut [u8]| {
+                msg.write_to(buf);
+            };
+            if !matches!(self.try_send_now(len, &fill), Ok(false)) {
+                return; // sent, or the session ended
+            }
+        }
+        self.enqueue(msg.to_vec(), None);
+    }
+
+    /// Queues an encoded frame for the writer task, ending the session if the
+    /// peer lets [`MAX_OUTBOX`] of them pile up.
+    pub(super) fn enqueue(&self, bytes: Vec<u8>, answered: Option<Answered>) {
+        // A peer that keeps asking for answers (pings, calls to refuse)
+        // without reading them would grow this queue forever.
+        // ORDERING: Relaxed, see `send_later`.
+        let queued = self.outbox_len.fetch_add(1, Ordering::Relaxed) + 1;
+        if queued > MAX_OUTBOX {
+            // End at once: telling a peer that does not read is futile.
+            let detail = format!("{queued} answers are queued for the peer, which is not reading them");
+            warn!(session = %self.name, rule = "peer.reads-its-answers", "{detail}");
+            self.end(SessionError::Violation {
+                rule: "peer.reads-its-answers",
+                detail,
+            });
+            return;
+        }
+        let _ = self.outbox.send(Outgoing { bytes, answered });
+    }
+}
+
+/// Counts a send waiting for link room while it lives, and starts the stall
+/// clock for the first one (see `peer.drains-its-link`).
+struct SendWaiting<'a>(&'a Shared);
+
+impl<'a> SendWaiting<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let mut since = shared.stalled_since.lock().unwrap_or_else(|p| p.into_inner());
+        // ORDERING: Relaxed: the count is read as a hint in `sent`; the
+        // stall clock itself is under the mutex.
+        if shared.send_waiters.fetch_add(1, Ordering::Relaxed) == 0 {
+            *since = Some(Instant::now());
+        }
+        SendWaiting(shared)
+    }
+}
+
+impl Drop for SendWaiting<'_> {
+    fn drop(&mut self) {
+        let mut since = self.0.stalled_since.lock().unwrap_or_else(|p| p.into_inner());
+        if self.0.send_waiters.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *since = None;
+        }
+    }
+}
+
+/// Drains the outbox onto the link.
+pub(super) async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut ended = shared.ended.subscribe();
+    loop {
+        let Outgoing { bytes, answered } = tokio::select! {
+            b = outbox.recv() => match b { Some(b) => b, None => return },
+            _ = wait_ended(&mut ended) => return,
+        };
+        let fill = |buf: &mut [u8]| {
+            // A queued answer stops counting against request.limit as it is
+            // written (the peer may call again the moment it reads it).
+            if let Some(a) = &answered {
+                a.committing(&shared);
+            }
+            buf.copy_from_slice(&bytes);
+        };
+        let sent = match shared.try_send_now(bytes.len(), &fill) {
+            Ok(true) => Ok(()),
+            Ok(false) => shared.send_waiting(bytes.len(), &fill).await,
+            Err(e) => Err(e),
+        };
+        // ORDERING: Relaxed, see `Shared::send_later`.
+        shared.outbox_len.fetch_sub(1, Ordering::Relaxed);
+        if sent.is_err() {
+            return;
+        }
+        if let Some(a) = answered {
+            a.written(&shared);
+        }
+    }
+}
+
+/// A frame queued for the writer task.
+pub(super) struct Outgoing {
+    bytes: Vec<u8>,
+    answered: Option<Answered>,
+}

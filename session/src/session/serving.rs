@@ -1,0 +1,269 @@
+//! The serving side: the peer's calls, dispatched to the connection's
+//! dispatcher and polled once in place; handlers that wait run as tasks a
+//! `Cancel` can abort; their responses go out at once, from the handler's
+//! task, or through the outbox, and stay counted in `serving` until written.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+
+use super::Shared;
+use super::channels::{abandon_unbound, open_peer_channels};
+use crate::channel;
+use crate::error::{Violation, violation};
+use crate::service::{Dispatch, HandlerFuture, ReplyOutcome, ReplyValue};
+use crate::wire::{Message, Metadata, Outcome};
+
+pub(super) fn on_call(
+    shared: &Arc<Shared>,
+    conn: u64,
+    request: u64,
+    method: u64,
+    metadata: &Metadata,
+    channels: &[u64],
+    args: &[u8],
+) -> Result<(), Violation> {
+    if !shared.ids.is_peers(request) {
+        return Err(violation(
+            "id.parity",
+            format!("request id {request} does not have the caller's parity"),
+        ));
+    }
+    let dispatcher = {
+        let s = shared.lock();
+        let Some(c) = s.conns.get(&conn) else {
+            if s.conn_watch.recently_closed(conn) {
+                // Sent before the peer learned of our close, which fails the
+                // call there; its channels are refused.
+                drop(s);
+                open_peer_channels(shared, channels)?;
+                abandon_unbound(shared, channels, &[]);
+                return Ok(());
+            }
+            return Err(violation(
+                "conn.known",
+                format!("Call on connection {conn}, which is not open"),
+            ));
+        };
+        if s.serving.contains_key(&(conn, request)) {
+            return Err(violation(
+                "request.unique",
+                format!("request {request} is already in flight"),
+            ));
+        }
+        if s.serving.len() >= shared.ours.max_concurrent_requests as usize {
+            return Err(violation(
+                "request.limit",
+                format!(
+                    "request {request} would be call number {} in flight, over our max_concurrent_requests of {}",
+                    s.serving.len() + 1,
+                    shared.ours.max_concurrent_requests
+                ),
+            ));
+        }
+        c.dispatcher.clone()
+    };
+    open_peer_channels(shared, channels)?;
+    let dispatch = match &dispatcher {
+        None => Dispatch::UnknownMethod,
+        Some(d) => {
+            let (r, bound) =
+                channel::with_decode_context(shared, channels, || d.dispatch(method, metadata, args));
+            abandon_unbound(shared, channels, &bound);
+            r
+        }
+    };
+    if dispatcher.is_none() {
+        abandon_unbound(shared, channels, &[]);
+    }
+    let respond = |outcome: Outcome<'_>| {
+        shared.send_later(&Message::Response {
+            conn,
+            request,
+            metadata: vec![],
+            channels: vec![],
+            outcome,
+        });
+    };
+    match dispatch {
+        Dispatch::UnknownMethod => respond(Outcome::UnknownMethod),
+        Dispatch::InvalidPayload(detail) => respond(Outcome::InvalidPayload(detail)),
+        Dispatch::Run(mut handler) => {
+            shared.stats.calls_served.fetch_add(1, Ordering::Relaxed);
+            // Most handlers answer without waiting: poll once here, and such a
+            // call costs no task at all. A handler that waits moves to its
+            // own task, where a Cancel can abort it.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match catch_poll(&mut handler, &mut cx) {
+                Poll::Ready(reply) => answer(shared, conn, request, reply),
+                Poll::Pending => {
+                    let sh = shared.clone();
+                    // The entry goes in before the task can finish (it takes
+                    // the same lock to remove it).
+                    let mut s = shared.lock();
+                    let task = tokio::spawn(async move {
+                        let reply = std::future::poll_fn(|cx| catch_poll(&mut handler, cx)).await;
+                        // Still counted while the response waits for room:
+                        // a peer that does not read runs into request.limit.
+                        let live = sh.lock().serving.contains_key(&(conn, request));
+                        if live {
+                            send_response(&sh, conn, request, reply).await;
+                        }
+                    });
+                    if s.ended.is_none() && s.conns.contains_key(&conn) {
+                        s.serving.insert((conn, request), Some(task.abort_handle()));
+                    } else {
+                        // Closed (or ended) since the call arrived: nobody
+                        // would ever abort this handler.
+                        task.abort();
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a handler ended with: its reply, or why there is none.
+type Reply = Result<Box<dyn ReplyValue>, &'static str>;
+
+/// An encoded reply: how the call ended, as the session answers it.
+type EncodedReply = ReplyOutcome;
+
+/// Polls a handler, turning a panic into an error reply.
+fn catch_poll(handler: &mut HandlerFuture, cx: &mut std::task::Context<'_>) -> Poll<Reply> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+        Ok(Poll::Ready(reply)) => Poll::Ready(Ok(reply)),
+        Ok(Poll::Pending) => Poll::Pending,
+        Err(_) => Poll::Ready(Err("the handler panicked")),
+    }
+}
+
+/// Encodes a handler's reply (binding the channels in it) and sends it:
+/// `(channels in it, whether it was sent)`.
+fn encode_reply(shared: &Arc<Shared>, reply: Reply) -> (EncodedReply, Vec<u64>) {
+    match reply {
+        Ok(value) => channel::with_encode_context(shared, || value.into_outcome()),
+        Err(why) => (ReplyOutcome::Internal(why.to_string()), Vec::new()),
+    }
+}
+
+fn response<'a>(conn: u64, request: u64, encoded: &'a EncodedReply, channels: Vec<u64>) -> Message<'a> {
+    let outcome = encoded.as_wire();
+    Message::Response {
+        conn,
+        request,
+        metadata: vec![],
+        channels,
+        outcome,
+    }
+}
+
+/// Answers a call from the driver: at once if the link has room, else from a
+/// task that waits for it. Channels in the reply are announced only once the
+/// response is sent, so their items cannot overtake it.
+fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
+    let (encoded, channels) = encode_reply(shared, reply);
+    let (encoded, channels) = sendable_reply(shared, conn, request, encoded, channels);
+    let msg = response(conn, request, &encoded, channels);
+    let len = msg.encoded_len();
+    if shared.check_sendable(msg.kind(), len).is_ok() {
+        let fill = |buf: &mut [u8]| {
+            msg.write_to(buf);
+        };
+        match shared.try_send_now(len, &fill) {
+            Ok(true) => {
+                if let Message::Response { channels, .. } = &msg {
+                    shared.announce(channels);
+                }
+                return;
+            }
+            Ok(false) => {}
+            Err(_) => return,
+        }
+    }
+    // No room now: the response waits in the outbox, and the call stays
+    // counted in `serving` until the writer has written it.
+    let Message::Response { channels, .. } = &msg else {
+        return;
+    };
+    let answered = Answered {
+        conn,
+        request,
+        channels: channels.clone(),
+    };
+    {
+        let mut s = shared.lock();
+        if s.ended.is_some() {
+            return;
+        }
+        s.serving.insert((conn, request), None);
+    }
+    shared.enqueue(msg.to_vec(), Some(answered));
+}
+
+/// A call whose queued response the writer is to write: once written, the
+/// call stops counting in `serving` and the channels in it are announced.
+pub(super) struct Answered {
+    conn: u64,
+    request: u64,
+    channels: Vec<u64>,
+}
+
+impl Answered {
+    /// The writer is writing the response: the call stops counting in
+    /// `serving` now, not after the write (the peer may call again the
+    /// moment it reads the answer).
+    pub(super) fn committing(&self, shared: &Shared) {
+        shared.lock().serving.remove(&(self.conn, self.request));
+    }
+
+    /// The writer wrote the response: the channels in it are announced.
+    pub(super) fn written(self, shared: &Shared) {
+        shared.announce(&self.channels);
+    }
+}
+
+/// Answers a call from the handler's task, waiting for link room.
+async fn send_response(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
+    let (encoded, channels) = encode_reply(shared, reply);
+    let (encoded, channels) = sendable_reply(shared, conn, request, encoded, channels);
+    let msg = response(conn, request, &encoded, channels);
+    // The call stops counting against request.limit as its response is
+    // written, not after: the peer may send its next call the moment it
+    // reads this one's answer.
+    let written = || {
+        shared.lock().serving.remove(&(conn, request));
+    };
+    match shared.send_then(&msg, &written).await {
+        Ok(()) => {
+            if let Message::Response { channels, .. } = &msg {
+                shared.announce(channels);
+            }
+        }
+        // Not written (too large for the link, or the session ended): the
+        // call is over all the same.
+        Err(_) => written(),
+    }
+}
+
+/// A reply too large for the link or the peer is answered with an error
+/// that says so (a response that cannot be sent would leave the caller
+/// waiting, or end the session).
+fn sendable_reply(
+    shared: &Shared,
+    conn: u64,
+    request: u64,
+    encoded: EncodedReply,
+    channels: Vec<u64>,
+) -> (EncodedReply, Vec<u64>) {
+    let len = response(conn, request, &encoded, channels.clone()).encoded_len();
+    let max = shared.max_message();
+    if len <= max {
+        return (encoded, channels);
+    }
+    let why = format!(
+        "the handler's result encodes to {len} bytes, over this session's {max}-byte message limit; return large data through a channel (Tx/Rx)"
+    );
+    (ReplyOutcome::Internal(why), Vec::new())
+}
