@@ -93,8 +93,9 @@ impl Segment {
 
     /// Attaches to a segment created by a host (cell side): checks the seals,
     /// validates the header and maps it. Without the wake pair, only blocking
-    /// (futex) waits work on this side; an async runtime needs
-    /// [`attach_with_wake`](Self::attach_with_wake).
+    /// (futex) waits work on this side, and this side's rings cannot wake a
+    /// peer that waits in an async runtime (the host's session does): a cell
+    /// that talks to a host session needs [`attach_with_wake`](Self::attach_with_wake).
     pub fn attach(fd: OwnedFd) -> Result<Segment> {
         Self::attach_inner(fd, None)
     }

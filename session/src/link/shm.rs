@@ -670,9 +670,6 @@ impl LinkRx for ShmRx {
                 Some(()) => {}
                 None => return Ok(None),
             }
-            if self.receiver.has_frame().map_err(shm_error)? {
-                break;
-            }
             if may_spin && Instant::now() < spin_until && self.liveness.peer_on_another_cpu() {
                 spun = true;
                 tokio::task::yield_now().await;

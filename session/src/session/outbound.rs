@@ -11,7 +11,6 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::serving::Answered;
 use super::{Shared, link_failed, wait_ended};
 use crate::error::SessionError;
 use crate::link::{LinkError, LinkTx, SendPermit};
@@ -280,4 +279,26 @@ pub(super) async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedRecei
 pub(super) struct Outgoing {
     bytes: Vec<u8>,
     answered: Option<Answered>,
+}
+
+/// A call whose queued response the writer is to write: once written, the
+/// call stops counting in `serving` and the channels in it are announced.
+pub(super) struct Answered {
+    pub(super) conn: u64,
+    pub(super) request: u64,
+    pub(super) channels: Vec<u64>,
+}
+
+impl Answered {
+    /// The writer is writing the response: the call stops counting in
+    /// `serving` now, not after the write (the peer may call again the
+    /// moment it reads the answer).
+    pub(super) fn committing(&self, shared: &Shared) {
+        shared.lock().serving.remove(&(self.conn, self.request));
+    }
+
+    /// The writer wrote the response: the channels in it are announced.
+    pub(super) fn written(self, shared: &Shared) {
+        shared.announce(&self.channels);
+    }
 }

@@ -9,6 +9,7 @@ use std::task::Poll;
 
 use super::Shared;
 use super::channels::{abandon_unbound, open_peer_channels};
+use super::outbound::Answered;
 use crate::channel;
 use crate::error::{Violation, violation};
 use crate::service::{Dispatch, HandlerFuture, ReplyOutcome, ReplyValue};
@@ -200,28 +201,6 @@ fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
         s.serving.insert((conn, request), None);
     }
     shared.enqueue(msg.to_vec(), Some(answered));
-}
-
-/// A call whose queued response the writer is to write: once written, the
-/// call stops counting in `serving` and the channels in it are announced.
-pub(super) struct Answered {
-    conn: u64,
-    request: u64,
-    channels: Vec<u64>,
-}
-
-impl Answered {
-    /// The writer is writing the response: the call stops counting in
-    /// `serving` now, not after the write (the peer may call again the
-    /// moment it reads the answer).
-    pub(super) fn committing(&self, shared: &Shared) {
-        shared.lock().serving.remove(&(self.conn, self.request));
-    }
-
-    /// The writer wrote the response: the channels in it are announced.
-    pub(super) fn written(self, shared: &Shared) {
-        shared.announce(&self.channels);
-    }
 }
 
 /// Answers a call from the handler's task, waiting for link room.
