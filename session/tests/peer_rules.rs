@@ -147,13 +147,21 @@ async fn a_peer_that_never_drains_its_link_is_cut_off<F: Factory>(f: F) {
                 .await
         }));
     }
-    match bounded("the cut-off", server.closed()).await {
-        SessionError::Violation { rule, .. } => assert_eq!(rule, "peer.drains-its-link"),
+    // Over shm these calls travel in slots, and a peer that reads nothing
+    // also holds on to those: whichever stall comes first names the rule.
+    let rule = match bounded("the cut-off", server.closed()).await {
+        SessionError::Violation { rule, .. } => {
+            assert!(
+                ["peer.drains-its-link", "peer.releases-its-slots"].contains(&rule),
+                "{rule}"
+            );
+            rule
+        }
         e => panic!("expected peer.drains-its-link, got {e}"),
-    }
+    };
     for c in calls {
         let err = bounded("a call", c).await.unwrap().unwrap_err();
-        assert!(err.to_string().contains("peer.drains-its-link"), "{err}");
+        assert!(err.to_string().contains(rule), "{err}");
     }
     drop(raw);
 }
@@ -254,4 +262,151 @@ async fn shm_a_doorbell_storm_is_cut_off() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     storm.join().unwrap();
     drop(raw);
+}
+
+/// Over shm, a peer that reads every frame but never gives our slots back
+/// stalls only the large frames that need one: small calls made meanwhile
+/// go out and complete (the slot wait does not hold the send lock), and
+/// after the keepalive timeout the session ends with its own rule,
+/// failing the large calls with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shm_a_peer_that_hoards_our_slots_stalls_only_large_frames() {
+    use osmos_session::link::shm::ShmLink;
+    use osmos_session::wire::Outcome;
+    use osmos_shm::{Endpoint, Segment, SegmentConfig};
+    let host = Segment::create(&SegmentConfig::default(), 1).unwrap();
+    let cell = host.attach_peer().unwrap();
+    let Endpoint {
+        mut sender,
+        mut receiver,
+        liveness: cell_liveness,
+        ..
+    } = cell.endpoint().unwrap();
+    let max_inline = sender.max_inline();
+    // The hoarder: answers the handshake, Pings and small calls; keeps
+    // every slot it is sent (and never answers those calls).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_hoarding = stop.clone();
+    let hoarder = std::thread::spawn(move || {
+        let mut hoarded = 0usize;
+        loop {
+            let m = match receiver.recv(Some(std::time::Instant::now() + Duration::from_millis(100))) {
+                Ok(m) => m,
+                Err(osmos_shm::Error::Timeout { .. })
+                    if !stop_hoarding.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("hoarder: {e}");
+                    return hoarded;
+                }
+            };
+            let bytes = m.to_vec();
+            if m.in_slot() {
+                std::mem::forget(m);
+                hoarded += 1;
+                continue;
+            }
+            drop(m);
+            let reply = match wire::decode(&bytes).unwrap() {
+                Message::Hello { .. } => Message::HelloYourself {
+                    version: PROTOCOL_VERSION,
+                    settings: Settings::default(),
+                },
+                Message::Ping { nonce } => Message::Pong { nonce },
+                Message::Call {
+                    conn, request, args, ..
+                } => {
+                    let (echoed,) = osmos_session::decode_args::<(Vec<u8>,)>(args).unwrap();
+                    let body = wire::encode(&echoed).unwrap();
+                    let frame = wire::encode(&Message::Response {
+                        conn,
+                        request,
+                        metadata: vec![],
+                        channels: vec![],
+                        outcome: Outcome::Ok(&body),
+                    })
+                    .unwrap();
+                    if sender.send(&frame, None).is_err() {
+                        return hoarded;
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if sender.send(&wire::encode(&reply).unwrap(), None).is_err() {
+                return hoarded;
+            }
+        }
+    });
+    let k = Duration::from_millis(300);
+    let cfg = SessionConfig {
+        keepalive_interval: k,
+        keepalive_timeout: k * 10,
+        ..SessionConfig::default()
+    };
+    let client = bounded(
+        "the handshake",
+        SessionBuilder::new()
+            .config(cfg)
+            .initiate(ShmLink::new(host.endpoint().unwrap())),
+    )
+    .await
+    .unwrap();
+    let echo = EchoClient::new(client.clone());
+    // Large calls until the pool runs dry: each travels in a slot the
+    // hoarder keeps, so the later ones wait for a slot.
+    let large: Vec<_> = (0..512)
+        .map(|_| {
+            let echo = echo.clone();
+            tokio::spawn(async move { echo.echo(vec![9u8; max_inline * 4]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Small calls go out beside the waiting large ones and complete.
+    for i in 0..5u8 {
+        let got = bounded("a small call behind a slot wait", echo.echo(vec![i; 8]))
+            .await
+            .unwrap();
+        assert_eq!(got, vec![i; 8]);
+    }
+    assert!(
+        client.ended().is_none(),
+        "the session ended early: {:?}",
+        client.ended()
+    );
+    match bounded("the cut-off", client.closed()).await {
+        SessionError::Violation { rule, .. } => assert_eq!(rule, "peer.releases-its-slots"),
+        e => panic!("expected peer.releases-its-slots, got {e}"),
+    }
+    let mut failed = 0;
+    for c in large {
+        if let Err(e) = bounded("a large call", c).await.unwrap() {
+            assert!(e.to_string().contains("peer.releases-its-slots"), "{e}");
+            failed += 1;
+        }
+    }
+    assert!(failed > 0, "no large call waited for a slot");
+    drop(client);
+    drop(host);
+    // The host's ended session marked its side dead, for good (a half
+    // closing after that must not bring it back).
+    let host_side = osmos_shm::Side::Host;
+    let dead = bounded("the host side marked dead", async {
+        while cell_liveness.state(host_side) != osmos_shm::PeerState::Dead {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    dead.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        bounded(
+            "the hoarder",
+            tokio::task::spawn_blocking(move || hoarder.join().unwrap())
+        )
+        .await
+        .unwrap()
+            > 0
+    );
 }

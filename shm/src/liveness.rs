@@ -220,11 +220,19 @@ impl Liveness {
             self.mark_dead(self.side);
             return;
         }
-        // ORDERING: Release pairs with the Acquire in `state`.
-        self.words()
-            .side(self.side)
-            .state
-            .store(state.to_word(), Ordering::Release);
+        // Dead is final: a half closing after the other half marked this
+        // side dead must not bring it back (a peer would then sleep again,
+        // waiting for frames that never come).
+        let dead = PeerState::Dead.to_word();
+        // ORDERING: Release pairs with the Acquire in `state`; the failure
+        // ordering only reads our own word.
+        let _ =
+            self.words()
+                .side(self.side)
+                .state
+                .fetch_update(Ordering::Release, Ordering::Relaxed, |now| {
+                    (now != dead).then_some(state.to_word())
+                });
     }
 
     /// Marks `side` dead and wakes every futex waiter in the segment (all of
@@ -406,6 +414,16 @@ mod tests {
             }) => {}
             other => panic!("expected PeerGone, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn dead_is_final() {
+        let p = pair(&small_config());
+        // One half of a side marks it dead; the other half closes after.
+        p.cell.liveness.mark_dead(Side::Cell);
+        p.cell.liveness.publish(PeerState::Closing);
+        p.cell.liveness.publish(PeerState::Attached);
+        assert_eq!(p.host.liveness.state(Side::Cell), PeerState::Dead);
     }
 
     #[test]

@@ -160,10 +160,31 @@ pub trait LinkTx: Send + 'static {
         Ok(false)
     }
 
+    /// After [`try_send_now`](LinkTx::try_send_now) found no room for a
+    /// frame of `len` bytes: a wait for that room that does not need this
+    /// half, so the caller can release it (and the lock around it) while it
+    /// waits and other, smaller frames go out meanwhile. The wait resolves
+    /// when the room may have appeared (the caller tries again). `None` (the
+    /// default) when the room can only be waited for with the half in hand,
+    /// through [`reserve`](LinkTx::reserve): the frame waits for room every
+    /// frame needs (ring or socket space).
+    ///
+    /// The shm link returns a wait for a free slot: a peer that holds on to
+    /// our slots then stalls only the large frames that need one.
+    fn room_wait(&mut self, len: usize) -> Option<RoomWait> {
+        let _ = len;
+        None
+    }
+
     /// Sends everything committed so far and closes this direction; the peer's
     /// next receive returns `Ok(None)` once it has read the earlier frames.
     fn close(&mut self) -> impl Future<Output = Result<(), LinkError>> + Send;
 }
+
+/// A wait for room that outlives the borrow of the sending half (see
+/// [`LinkTx::room_wait`]). At most one such wait of a link may be awaited at
+/// a time (the session queues them).
+pub type RoomWait = std::pin::Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send>>;
 
 /// Space for one frame. Fill [`buf`](SendPermit::buf), then
 /// [`commit`](SendPermit::commit); dropping the permit sends nothing.

@@ -461,6 +461,28 @@ impl LinkTx for ShmTx {
         Ok(true)
     }
 
+    /// A large frame waits for a free slot without the sending half: until
+    /// the peer releases a slot (its `released` bell rings).
+    fn room_wait(&mut self, len: usize) -> Option<super::RoomWait> {
+        if len <= self.sender.max_inline() || len > self.sender.max_message() {
+            return None;
+        }
+        // Read the ring count before looking, so a release after the look
+        // ends the wait.
+        let seen = self.released.seq();
+        match self.sender.slots().try_alloc(len) {
+            // A free slot (dropped unused, it stays free): the frame waits
+            // for ring space only, under the half. Errors are reported by
+            // `reserve`.
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) => {}
+        }
+        let (waiters, bell, liveness) = (self.waiters.clone(), self.released.clone(), self.liveness.clone());
+        Some(Box::pin(async move {
+            wait_on(&waiters, &bell, &liveness, || Ok(bell.seq() != seen)).await
+        }))
+    }
+
     async fn close(&mut self) -> Result<(), LinkError> {
         self.close_now();
         Ok(())

@@ -32,14 +32,23 @@ impl Shared {
     /// The keepalive's periodic check: why the session must end, if it must;
     /// otherwise sends the next Ping when one is due.
     fn keepalive_tick(&self, config: &SessionConfig) -> Option<SessionError> {
-        if let Some(since) = *self.stalled_since.lock().unwrap_or_else(|p| p.into_inner())
-            && since.elapsed() >= config.keepalive_timeout
+        if let Some(stalled) = self.link_stall.stalled_for()
+            && stalled >= config.keepalive_timeout
         {
             return Some(SessionError::Violation {
                 rule: "peer.drains-its-link",
                 detail: format!(
-                    "the peer has not made room for a single frame in {:?} (its ring, slots or socket stayed full); an honest peer keeps reading",
-                    since.elapsed()
+                    "the peer has not made room for a single frame in {stalled:?} (its ring or socket stayed full); an honest peer keeps reading"
+                ),
+            });
+        }
+        if let Some(stalled) = self.slot_stall.stalled_for()
+            && stalled >= config.keepalive_timeout
+        {
+            return Some(SessionError::Violation {
+                rule: "peer.releases-its-slots",
+                detail: format!(
+                    "the peer has not released a single slot in {stalled:?} while a large frame waited for one; an honest peer releases each slot once it has read it"
                 ),
             });
         }

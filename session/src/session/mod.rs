@@ -41,7 +41,8 @@
 //! | `request.unique` / `request.limit` | a request id is not reused while in flight; at most our `max_concurrent_requests` at once |
 //! | `conn.limit` / `channel.limit` | at most 4096 virtual connections and 65,536 open channels |
 //! | `peer.reads-its-answers` | at most 65,536 answers (pongs, refusals) wait for a peer that is not reading |
-//! | `peer.drains-its-link` | a send that finds no room in the link (ring, slots, socket) waits at most the keepalive timeout: the peer keeps reading |
+//! | `peer.drains-its-link` | a send that finds no room in the link (ring, socket) waits at most the keepalive timeout: the peer keeps reading |
+//! | `peer.releases-its-slots` (shm link) | a large frame waiting for a free slot waits at most the keepalive timeout (and meanwhile holds up no other frame) |
 //! | `link.empty-wakes` (shm link) | the peer wakes this side at most 1000 + 2 × frames times a second without publishing a frame |
 //! | `response.known-request` | responses answer calls we made |
 //! | `channel.known` / `channel.unique` | channel traffic names open channels |
@@ -60,7 +61,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, warn};
@@ -75,7 +76,7 @@ use calls::{CANCELLED_MEMORY, CallFailure, Pending};
 use channels::Channels;
 use connections::ConnState;
 use driver::Keepalive;
-use outbound::{ErasedTx, Outgoing};
+use outbound::{ErasedTx, Outgoing, StallClock};
 use recent::RecentIds;
 
 pub use calls::CallOptions;
@@ -191,8 +192,9 @@ impl SessionBuilder {
             ended: ended_tx,
             acceptor: self.acceptor,
             keepalive: Mutex::new(Keepalive::new()),
-            send_waiters: AtomicUsize::new(0),
-            stalled_since: Mutex::new(None),
+            link_stall: StallClock::default(),
+            slot_stall: StallClock::default(),
+            room_gate: tokio::sync::Mutex::new(()),
             stats: Counters::default(),
         });
         shared.lock().conns.insert(
@@ -310,10 +312,12 @@ pub(crate) struct Shared {
     acceptor: Option<ConnectionAcceptor>,
     /// The peer's proof of life (see [`Keepalive`]).
     keepalive: Mutex<Keepalive>,
-    /// Sends waiting for link room now.
-    send_waiters: AtomicUsize,
-    /// While sends wait: since when no frame went out (see `peer.drains-its-link`).
-    stalled_since: Mutex<Option<Instant>>,
+    /// Sends waiting for room in the link (see `peer.drains-its-link`).
+    link_stall: StallClock,
+    /// Sends waiting for a free slot (see `peer.releases-its-slots`).
+    slot_stall: StallClock,
+    /// Waits for room outside the send lock, one at a time.
+    room_gate: tokio::sync::Mutex<()>,
     stats: Counters,
 }
 

@@ -1,11 +1,12 @@
 //! Sending: the erased link half behind the send lock, the paths a frame
 //! takes out (at once, waiting for room, or queued for the writer task), the
-//! bounded outbox, and the stall guard (`peer.drains-its-link`).
+//! bounded outbox, and the stall clocks (`peer.drains-its-link`,
+//! `peer.releases-its-slots`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -13,7 +14,7 @@ use tracing::warn;
 
 use super::{Shared, link_failed, wait_ended};
 use crate::error::SessionError;
-use crate::link::{LinkError, LinkTx, SendPermit};
+use crate::link::{LinkError, LinkTx, RoomWait, SendPermit};
 use crate::wire::Message;
 
 /// Most answers queued for a peer that is not reading them.
@@ -32,6 +33,8 @@ pub(super) trait ErasedTx: Send {
         len: usize,
         fill: Fill<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + 'a>>;
+    /// [`LinkTx::room_wait`].
+    fn room_wait(&mut self, len: usize) -> Option<RoomWait>;
     fn close(&mut self) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + '_>>;
 }
 
@@ -50,6 +53,10 @@ impl<T: LinkTx> ErasedTx for T {
             fill(permit.buf());
             permit.commit().await
         })
+    }
+
+    fn room_wait(&mut self, len: usize) -> Option<RoomWait> {
+        LinkTx::room_wait(self, len)
     }
 
     fn close(&mut self) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + '_>> {
@@ -131,14 +138,8 @@ impl Shared {
         // (dropping it releases the send lock; links send a frame whole or
         // not at all).
         let mut ended = self.ended.subscribe();
-        let _waiting = SendWaiting::enter(self);
         let r = tokio::select! {
-            r = async {
-                match self.tx.lock().await.as_mut() {
-                    Some(tx) => tx.send_frame(len, fill).await,
-                    None => Err(LinkError::Closed),
-                }
-            } => r,
+            r = self.send_when_room(len, fill) => r,
             _ = wait_ended(&mut ended) => {
                 return Err(self.ended().unwrap_or(SessionError::Closed { reason: "ended".into() }));
             }
@@ -152,17 +153,38 @@ impl Shared {
         }
     }
 
+    /// Waits for room and sends. A wait the link can do without its sending
+    /// half (a large frame waiting for a free slot) happens outside the send
+    /// lock, one at a time, so frames that need no slot keep going out; any
+    /// other wait (ring or socket space, which every frame needs) holds it.
+    async fn send_when_room(&self, len: usize, fill: Fill<'_>) -> Result<(), LinkError> {
+        loop {
+            let room = {
+                let _waiting = self.link_stall.enter();
+                let mut tx = self.tx.lock().await;
+                let Some(tx) = tx.as_mut() else {
+                    return Err(LinkError::Closed);
+                };
+                if tx.try_send_now(len, fill)? {
+                    return Ok(());
+                }
+                match tx.room_wait(len) {
+                    Some(room) => room,
+                    None => return tx.send_frame(len, fill).await,
+                }
+            };
+            let _one_at_a_time = self.room_gate.lock().await;
+            let _waiting = self.slot_stall.enter();
+            room.await?;
+            self.slot_stall.progress();
+        }
+    }
+
     /// Counts a frame sent.
     fn sent(&self, len: usize) {
         self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
-        // ORDERING: Relaxed: a count; the stall mutex orders what it guards.
-        if self.send_waiters.load(Ordering::Relaxed) > 0 {
-            let mut since = self.stalled_since.lock().unwrap_or_else(|p| p.into_inner());
-            if since.is_some() {
-                *since = Some(Instant::now());
-            }
-        }
+        self.link_stall.progress();
     }
 
     /// The link failed while sending: the session ends with that.
@@ -218,26 +240,55 @@ impl Shared {
     }
 }
 
-/// Counts a send waiting for link room while it lives, and starts the stall
-/// clock for the first one (see `peer.drains-its-link`).
-struct SendWaiting<'a>(&'a Shared);
+/// How long sends have waited for room without any progress: the clock
+/// behind `peer.drains-its-link` (room in the link) and
+/// `peer.releases-its-slots` (a free slot). It runs while at least one send
+/// waits, and restarts whenever one gets through.
+#[derive(Default)]
+pub(super) struct StallClock {
+    /// Sends waiting now.
+    waiters: AtomicUsize,
+    /// While sends wait: since when none got through.
+    since: std::sync::Mutex<Option<Instant>>,
+}
 
-impl<'a> SendWaiting<'a> {
-    fn enter(shared: &'a Shared) -> Self {
-        let mut since = shared.stalled_since.lock().unwrap_or_else(|p| p.into_inner());
-        // ORDERING: Relaxed: the count is read as a hint in `sent`; the
-        // stall clock itself is under the mutex.
-        if shared.send_waiters.fetch_add(1, Ordering::Relaxed) == 0 {
+impl StallClock {
+    /// Counts a waiting send while the guard lives; the first starts the clock.
+    fn enter(&self) -> StallGuard<'_> {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        // ORDERING: Relaxed: the count is read as a hint in `progress`; the
+        // clock itself is under the mutex.
+        if self.waiters.fetch_add(1, Ordering::Relaxed) == 0 {
             *since = Some(Instant::now());
         }
-        SendWaiting(shared)
+        StallGuard(self)
+    }
+
+    /// A send got through: the clock restarts if others still wait.
+    fn progress(&self) {
+        // ORDERING: Relaxed: a hint; the mutex orders what it guards.
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+            if since.is_some() {
+                *since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// How long waiting sends have made no progress, if any wait.
+    pub(super) fn stalled_for(&self) -> Option<std::time::Duration> {
+        let since = *self.since.lock().unwrap_or_else(|p| p.into_inner());
+        since.map(|s| s.elapsed())
     }
 }
 
-impl Drop for SendWaiting<'_> {
+/// One waiting send (see [`StallClock::enter`]).
+struct StallGuard<'a>(&'a StallClock);
+
+impl Drop for StallGuard<'_> {
     fn drop(&mut self) {
-        let mut since = self.0.stalled_since.lock().unwrap_or_else(|p| p.into_inner());
-        if self.0.send_waiters.fetch_sub(1, Ordering::Relaxed) == 1 {
+        let mut since = self.0.since.lock().unwrap_or_else(|p| p.into_inner());
+        if self.0.waiters.fetch_sub(1, Ordering::Relaxed) == 1 {
             *since = None;
         }
     }
