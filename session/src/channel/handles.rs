@@ -45,6 +45,9 @@ pub struct Rx<T> {
     id: u64,
     bound: Option<Bound>,
     done: AtomicBool,
+    /// `recv` returned the error that ended the channel: it returns `None`
+    /// from now on.
+    failed: bool,
     _items: PhantomData<fn() -> T>,
 }
 
@@ -81,6 +84,7 @@ pub(crate) fn pair<T>(shared: &Arc<Shared>, core: Arc<ChannelCore>) -> (Tx<T>, R
             core,
         }),
         done: AtomicBool::new(false),
+        failed: false,
         _items: PhantomData,
     };
     (tx, rx)
@@ -114,6 +118,7 @@ impl<T> TryFrom<ChannelId> for Rx<T> {
             id,
             bound: Some(Bound { shared, core }),
             done: AtomicBool::new(false),
+            failed: false,
             _items: PhantomData,
         })
     }
@@ -223,12 +228,87 @@ impl<T> Tx<T> {
     }
 }
 
+/// A sender dropped by a panic: its session and channel.
+type Unwound = (Arc<Shared>, u64);
+
+thread_local! {
+    /// Set while a panicked handler's future is dropped: why it ended.
+    static PANICKED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// While a handler is polled: the senders dropped by a panic unwinding
+    /// through it, to be reset with the panic's message once it is caught.
+    static UNWOUND: std::cell::RefCell<Option<Vec<Unwound>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Polls a handler so that a panic in it ends every stream it was sending
+/// on with a reset naming the panic (`why_of` makes the reason from the
+/// panic's payload), not with a clean close: senders dropped while the panic
+/// unwinds, and those its future still held (the future is dropped here and
+/// replaced by one that never resolves). Returns the poll's result or the
+/// panic's reason.
+pub(crate) fn poll_catching_panics<X: 'static>(
+    handler: &mut std::pin::Pin<Box<dyn std::future::Future<Output = X> + Send>>,
+    cx: &mut std::task::Context<'_>,
+    why_of: impl FnOnce(Box<dyn std::any::Any + Send>) -> String,
+) -> Result<std::task::Poll<X>, String> {
+    let outer = UNWOUND.with(|u| u.borrow_mut().replace(Vec::new()));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.as_mut().poll(cx)));
+    let unwound = UNWOUND
+        .with(|u| std::mem::replace(&mut *u.borrow_mut(), outer))
+        .unwrap_or_default();
+    let r = r.map_err(why_of);
+    let reason = match &r {
+        Ok(_) if unwound.is_empty() => return r,
+        // A panic the handler caught itself dropped senders: they are
+        // reset all the same.
+        Ok(_) => "the sender panicked".to_string(),
+        Err(why) => why.clone(),
+    };
+    for (shared, channel) in unwound {
+        shared.send_later(&Message::Reset {
+            channel,
+            reason: reason.clone(),
+        });
+    }
+    if r.is_err() {
+        let dead = std::mem::replace(handler, Box::pin(std::future::pending()));
+        PANICKED.with(|p| *p.borrow_mut() = Some(reason));
+        // A destructor that panics too must not unwind into the session.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(dead)));
+        PANICKED.with(|p| *p.borrow_mut() = None);
+    }
+    r
+}
+
+/// How a sender dropped now ends its channel: `None` for a clean close;
+/// `Some(reason)` for a reset because its owner panicked.
+/// `Some(None)`: reset later, when the handler's panic is caught.
+fn abandoned_because(shared: &Arc<Shared>, channel: u64) -> Option<Option<String>> {
+    if std::thread::panicking() {
+        let deferred = UNWOUND.with(|u| match u.borrow_mut().as_mut() {
+            Some(list) => {
+                list.push((shared.clone(), channel));
+                true
+            }
+            None => false,
+        });
+        return Some((!deferred).then(|| "the sender panicked".into()));
+    }
+    PANICKED.with(|p| p.borrow().clone()).map(Some)
+}
+
 impl<T> Drop for Tx<T> {
     fn drop(&mut self) {
         if let Some(b) = &self.bound
             && !self.done.swap(true, Ordering::AcqRel)
         {
-            b.shared.send_later(&Message::Close { channel: self.id });
+            match abandoned_because(&b.shared, self.id) {
+                None => b.shared.send_later(&Message::Close { channel: self.id }),
+                Some(Some(reason)) => b.shared.send_later(&Message::Reset {
+                    channel: self.id,
+                    reason,
+                }),
+                Some(None) => {} // reset once the panic is caught
+            }
             if b.core.end_local(End::Tx) {
                 b.shared.retire_channel(self.id);
             }
@@ -248,7 +328,10 @@ where
     T: Facet<'static>,
 {
     /// The next item; `None` once the sender closed the channel and every
-    /// item was received.
+    /// item was received, and after the one error that ended the channel (a
+    /// reset, the peer's death, the session's end): a loop like
+    /// `while let Some(item) = rx.recv().await` always ends. An item that
+    /// does not decode ([`ChannelError::Decode`]) does not end the channel.
     pub async fn recv(&mut self) -> Option<Result<T, ChannelError>> {
         match self.recv_bytes().await? {
             Ok(bytes) => Some(decode_exact(&bytes).map_err(|detail| ChannelError::Decode { detail })),
@@ -261,13 +344,22 @@ impl<T> Rx<T> {
     /// The next item's encoded bytes (tunnels receive raw bytes this way),
     /// granting credit back as items are consumed.
     pub(crate) async fn recv_bytes(&mut self) -> Option<Result<Vec<u8>, ChannelError>> {
+        if self.failed {
+            return None;
+        }
         let b = match &self.bound {
             Some(b) if !self.done.load(Ordering::Acquire) => b,
-            _ => return Some(Err(ChannelError::Unbound)),
+            _ => {
+                self.failed = true;
+                return Some(Err(ChannelError::Unbound));
+            }
         };
         match b.core.next_item().await {
             Ok(None) => None,
-            Err(e) => Some(Err(e)),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
             Ok(Some((bytes, grant))) => {
                 if let Some(g) = grant {
                     // Best effort: if the session is gone, so is the sender.

@@ -37,8 +37,8 @@ mod handles;
 mod state;
 
 pub(crate) use binding::{bind_listed_for_relay, list_for_relay, with_decode_context, with_encode_context};
-pub(crate) use handles::pair;
 pub use handles::{Rx, Tx};
+pub(crate) use handles::{pair, poll_catching_panics};
 pub(crate) use state::{ChannelCore, FlowInit};
 
 /// A channel handle inside an encoded payload: its position in the

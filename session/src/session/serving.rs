@@ -126,17 +126,32 @@ pub(super) fn on_call(
 }
 
 /// What a handler ended with: its reply, or why there is none.
-type Reply = Result<Box<dyn ReplyValue>, &'static str>;
+type Reply = Result<Box<dyn ReplyValue>, String>;
 
 /// An encoded reply: how the call ended, as the session answers it.
 type EncodedReply = ReplyOutcome;
 
-/// Polls a handler, turning a panic into an error reply.
+/// Polls a handler, turning a panic into an error reply that carries the
+/// panic's message (and the handler's streams into resets).
 fn catch_poll(handler: &mut HandlerFuture, cx: &mut std::task::Context<'_>) -> Poll<Reply> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+    let r = channel::poll_catching_panics(handler, cx, |payload| {
+        format!("the handler panicked: {}", panic_message(&*payload))
+    });
+    match r {
         Ok(Poll::Ready(reply)) => Poll::Ready(Ok(reply)),
         Ok(Poll::Pending) => Poll::Pending,
-        Err(_) => Poll::Ready(Err("the handler panicked")),
+        Err(why) => Poll::Ready(Err(why)),
+    }
+}
+
+/// The message a panic carried (`panic!("...")` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(a panic without a message)"
     }
 }
 
@@ -145,7 +160,7 @@ fn catch_poll(handler: &mut HandlerFuture, cx: &mut std::task::Context<'_>) -> P
 fn encode_reply(shared: &Arc<Shared>, reply: Reply) -> (EncodedReply, Vec<u64>) {
     match reply {
         Ok(value) => channel::with_encode_context(shared, || value.into_outcome()),
-        Err(why) => (ReplyOutcome::Internal(why.to_string()), Vec::new()),
+        Err(why) => (ReplyOutcome::Internal(why), Vec::new()),
     }
 }
 
