@@ -92,7 +92,10 @@ mod model;
 /// - A method returns a value `T`, `Result<T, E>`, or an alias whose name
 ///   ends in `Result` (`type MyResult<T> = Result<T, MyError>`): aliases are
 ///   resolved through a trait implemented for `Result`, so a type named
-///   `...Result` must be a `Result`. Nothing returned means `()`. Borrows
+///   `...Result` must be a `Result`. An alias named otherwise
+///   (`type Checked<T> = Result<T, E>`) is taken for a plain value: the
+///   client then gets `Ok(Err(e))`, and `service!` peers disagree on the
+///   encoding; name it `...Result`. Nothing returned means `()`. Borrows
 ///   and `impl Trait` are refused.
 /// - Every argument, value and error type is a `Facet` type (derive it with
 ///   `#[derive(osmos::Facet)] #[facet(crate = osmos::facet)]`).
