@@ -88,7 +88,8 @@ mod model;
 ///   sent as `T::to_owned()` (the client copies it once) and lent to the
 ///   implementation from the decoded `T::Owned`. `&mut T` and `impl Trait`
 ///   are refused. `options` is not an argument name (the `*_with` methods use
-///   it).
+///   it), and `new`, `connection` and `m_with` beside a method `m` are not
+///   method names (the client has methods of those names).
 /// - A method returns a value `T`, `Result<T, E>`, or an alias whose name
 ///   ends in `Result` (`type MyResult<T> = Result<T, MyError>`): aliases are
 ///   resolved through a trait implemented for `Result`, so a type named

@@ -131,7 +131,40 @@ impl Service {
                 ),
             }
         }
+        check_client_names(&item, &mut errors);
         errors.into_result(|| Service { item, methods })
+    }
+}
+
+/// Method names the client could not take: its own `new` and `connection`,
+/// and `m_with` beside a method `m` (the client's `m_with` is `m`'s twin).
+fn check_client_names(item: &ItemTrait, errors: &mut Errors) {
+    let names: Vec<&Ident> = item
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            TraitItem::Fn(f) => Some(&f.sig.ident),
+            _ => None,
+        })
+        .collect();
+    for name in &names {
+        if *name == "new" || *name == "connection" {
+            errors.push(
+                name,
+                format_args!("`{name}` is taken: the generated client has its own `{name}` method"),
+            );
+        }
+        let twin = name.to_string();
+        if let Some(base) = twin.strip_suffix("_with")
+            && names.iter().any(|n| *n == base)
+        {
+            errors.push(
+                name,
+                format_args!(
+                    "`{twin}` is taken: the generated client's `{twin}` is `{base}` with call options"
+                ),
+            );
+        }
     }
 }
 
@@ -259,9 +292,9 @@ fn method(f: &TraitItemFn) -> syn::Result<Method> {
 
 /// The `T` of a borrowed argument `&T`, if it is one the dispatcher can lend.
 fn borrowed(r: &TypeReference, errors: &mut Errors) -> Option<Type> {
-    if let Some(m) = &r.mutability {
+    if r.mutability.is_some() {
         errors.push(
-            m,
+            r,
             "a service argument cannot be `&mut`: changes are not sent back; return the new value instead",
         );
         return None;
