@@ -307,3 +307,65 @@ fn dispatch_arm(m: &Method, service_name: &str, root: &TokenStream) -> TokenStre
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The docs of method `name` in the generated `impl <client>`.
+    fn client_docs(file: &syn::File, name: &str) -> Vec<String> {
+        let method = file
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                syn::Item::Impl(i) if i.trait_.is_none() => Some(i),
+                _ => None,
+            })
+            .flat_map(|i| &i.items)
+            .find_map(|i| match i {
+                syn::ImplItem::Fn(f) if f.sig.ident == name => Some(f),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no client method {name}"));
+        method
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .map(|a| match &a.meta {
+                syn::Meta::NameValue(nv) => match &nv.value {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }) => s.value(),
+                    other => panic!("unexpected doc {}", quote!(#other)),
+                },
+                other => panic!("unexpected doc {}", quote!(#other)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn client_methods_carry_the_trait_methods_docs() {
+        let service = Service::parse(syn::parse_quote! {
+            /// Text.
+            pub trait Text {
+                /// Upper-cases.
+                ///
+                /// Second paragraph.
+                async fn upper(&self, s: &str) -> String;
+                async fn bare(&self);
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let file: syn::File = syn::parse2(expand(&service, &quote!(::osmos))).expect("the expansion parses");
+        assert_eq!(
+            client_docs(&file, "upper"),
+            [" Upper-cases.", "", " Second paragraph."]
+        );
+        assert_eq!(
+            client_docs(&file, "upper_with"),
+            ["Calls [`upper`](Self::upper) with `options`: a deadline, metadata."]
+        );
+        assert_eq!(client_docs(&file, "bare"), ["Calls `bare` of the peer's `Text`."]);
+    }
+}

@@ -376,3 +376,87 @@ fn returned(output: &ReturnType) -> syn::Result<Return> {
     }
     Ok(Return::Value(ty))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(item: ItemTrait) -> Service {
+        Service::parse(item).unwrap_or_else(|e| panic!("refused: {e}"))
+    }
+
+    #[test]
+    fn returns_are_values_results_or_aliases_by_their_spelling() {
+        let s = service(syn::parse_quote! {
+            trait T {
+                async fn unit(&self);
+                async fn value(&self) -> u32;
+                async fn result(&self) -> Result<u32, String>;
+                async fn qualified(&self) -> std::result::Result<u32, String>;
+                async fn io(&self) -> std::io::Result<u32>;
+                async fn alias(&self) -> MyResult<u32>;
+                async fn not_an_alias(&self) -> Checked<u32>;
+            }
+        });
+        let kinds: Vec<&str> = s
+            .methods
+            .iter()
+            .map(|m| match &m.ret {
+                Return::Value(_) => "value",
+                Return::Result { .. } => "result",
+                Return::Alias(_) => "alias",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["value", "value", "result", "result", "alias", "alias", "value"]
+        );
+        let Return::Result { ok, err, .. } = &s.methods[2].ret else {
+            unreachable!()
+        };
+        assert_eq!(quote::quote!(#ok #err).to_string(), "u32 String");
+    }
+
+    #[test]
+    fn borrowed_arguments_are_sent_as_their_owned_form() {
+        let s = service(syn::parse_quote! {
+            trait T {
+                async fn m(&self, a: &str, b: &[u8], c: &'_ Shape, d: String);
+            }
+        });
+        let borrowed: Vec<Option<String>> = s.methods[0]
+            .args
+            .iter()
+            .map(|a| a.borrowed.as_ref().map(|t| quote::quote!(#t).to_string()))
+            .collect();
+        assert_eq!(
+            borrowed,
+            [
+                Some("str".into()),
+                Some("[u8]".into()),
+                Some("Shape".into()),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported_not_only_the_first() {
+        let e = Service::parse(syn::parse_quote! {
+            trait T {
+                fn a(&self);
+                async fn b(self);
+                async fn c<X>(&self, x: X);
+                type D;
+            }
+        })
+        .err()
+        .expect("a broken trait is refused");
+        let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 4, "{messages:#?}");
+        assert!(messages[0].contains("must be an `async fn`"), "{messages:#?}");
+        assert!(messages[1].contains("takes `&self`"), "{messages:#?}");
+        assert!(messages[2].contains("cannot be generic"), "{messages:#?}");
+        assert!(messages[3].contains("only `async fn` methods"), "{messages:#?}");
+    }
+}
