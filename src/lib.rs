@@ -75,8 +75,6 @@ extern crate self as osmos;
 
 pub use facet;
 pub use facet::Facet;
-/// Defines a service from a trait of `async fn`s: the trait, a typed client
-/// and a dispatcher. See the [`osmos_macros` documentation](macro@osmos_macros::service).
 pub use osmos_macros::service;
 /// The session layer as a whole: links, the wire format, `service!` (the
 /// `macro_rules` predecessor of [`macro@service`]), the control contract.
