@@ -212,7 +212,9 @@ fn method(f: &TraitItemFn) -> syn::Result<Method> {
         Some(FnArg::Receiver(r))
             if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() =>
         {
-            if let Some((_, Some(lifetime))) = &r.reference {
+            if let Some((_, Some(lifetime))) = &r.reference
+                && lifetime.ident != "_"
+            {
                 errors.push(
                     lifetime,
                     "write `&self`: a service method cannot name the lifetime of `self`",
