@@ -28,6 +28,7 @@
 //! A session needs a tokio runtime: the driver and the handlers run as tasks.
 
 mod channel;
+mod context;
 pub mod control;
 pub mod error;
 mod fast;
@@ -42,6 +43,7 @@ mod tunnel;
 pub mod wire;
 
 pub use channel::{ChannelError, ChannelId, Rx, Tx};
+pub use context::CallContext;
 pub use error::{CallError, SessionError};
 pub use forward::Forward;
 pub use link::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};

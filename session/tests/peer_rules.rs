@@ -116,6 +116,7 @@ async fn a_peer_that_calls_and_never_reads_hits_the_request_limit<F: Factory>(f:
                 conn: 0,
                 request,
                 method: echo,
+                deadline_us: 0,
                 metadata: vec![],
                 channels: vec![],
                 args: &args,

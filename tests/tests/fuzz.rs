@@ -116,6 +116,7 @@ fn all_messages() -> Vec<(&'static str, Message<'static>)> {
                 conn: 0,
                 request: 2,
                 method: osmos_session::method_id("HostDirectory", "lookup"),
+                deadline_us: 0,
                 metadata: meta.clone(),
                 channels: vec![2, 4],
                 args: b"\x03key",

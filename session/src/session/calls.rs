@@ -79,7 +79,12 @@ pub(super) fn on_response(
 /// Options for one call.
 #[derive(Clone, Debug, Default)]
 pub struct CallOptions {
-    /// Fail with [`CallError::DeadlineExceeded`] (and cancel) after this long.
+    /// Fail with [`CallError::DeadlineExceeded`] (and cancel) after this
+    /// long; `None`: the session's
+    /// [`call_timeout`](crate::SessionConfig::call_timeout) (60 s by
+    /// default). The deadline travels with the call: the handler sees it
+    /// ([`CallContext::deadline`](crate::CallContext::deadline)) and is
+    /// cancelled when it passes.
     pub timeout: Option<Duration>,
     /// Metadata sent with the call.
     pub metadata: Metadata,
@@ -92,6 +97,30 @@ impl CallOptions {
             timeout: Some(timeout),
             ..Default::default()
         }
+    }
+
+    /// Options for a call that may take as long as it takes (no deadline,
+    /// whatever the session's default): e.g. a call that streams for hours.
+    pub fn no_deadline() -> Self {
+        CallOptions::timeout(Duration::MAX)
+    }
+
+    /// Adds a metadata entry (the handler reads it from its
+    /// [`CallContext`](crate::CallContext)).
+    pub fn with_metadata(mut self, key: impl Into<String>, value: crate::wire::MetaValue) -> Self {
+        self.metadata.push(crate::wire::MetaEntry {
+            key: key.into(),
+            value,
+        });
+        self
+    }
+
+    /// The timeout a call with these options gets: its own, else the
+    /// session's default; none for [`no_deadline`](Self::no_deadline).
+    fn effective_timeout(&self, session_default: Option<Duration>) -> Option<Duration> {
+        self.timeout
+            .or(session_default)
+            .filter(|t| *t < Duration::from_secs(100 * 365 * 24 * 3600))
     }
 }
 
@@ -175,17 +204,24 @@ impl Connection {
         T: Facet<'static> + Send + 'static,
         E: Facet<'static> + Send + 'static,
     {
-        let work = self.call_inner(method, args, options.metadata);
-        match options.timeout {
+        let timeout = options.effective_timeout(self.shared.call_timeout);
+        let work = self.call_inner(method, args, options.metadata, timeout);
+        match timeout {
             None => work.await,
             Some(t) => match tokio::time::timeout(t, work).await {
+                Ok(Err(CallError::Cancelled)) | Err(_) => Err(CallError::DeadlineExceeded { after: t }),
                 Ok(r) => r,
-                Err(_) => Err(CallError::DeadlineExceeded { after: t }),
             },
         }
     }
 
-    async fn call_inner<A, T, E>(&self, method: u64, args: &A, metadata: Metadata) -> Result<T, CallError<E>>
+    async fn call_inner<A, T, E>(
+        &self,
+        method: u64,
+        args: &A,
+        metadata: Metadata,
+        timeout: Option<Duration>,
+    ) -> Result<T, CallError<E>>
     where
         A: for<'f> Facet<'f>,
         T: Facet<'static> + Send + 'static,
@@ -199,7 +235,10 @@ impl Connection {
         };
         let (tx, rx) = oneshot::channel();
         let complete = Box::new(TypedPending::<T, E> { tx });
-        match self.call_with(method, metadata, encode, complete, rx).await {
+        match self
+            .call_with(method, metadata, timeout, encode, complete, rx)
+            .await
+        {
             Ok(Err(CallError::UnknownMethod { .. })) => Err(CallError::UnknownMethod { method }),
             Ok(r) => r,
             Err(Unanswered::Ended(why)) => Err(CallError::Session(why.unwrap_or(SessionError::Closed {
@@ -225,6 +264,7 @@ impl Connection {
         &self,
         method: u64,
         metadata: Metadata,
+        timeout: Option<Duration>,
         encode: impl FnOnce() -> Result<(Cow<'a, [u8]>, Vec<u64>), String>,
         complete: Box<dyn PendingCall>,
         answer: oneshot::Receiver<R>,
@@ -268,6 +308,8 @@ impl Connection {
             conn: self.id,
             request,
             method,
+            // At least 1: 0 means no deadline.
+            deadline_us: timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1)),
             metadata,
             channels,
             args: &args,
@@ -362,8 +404,10 @@ pub(crate) async fn call_raw(
 ) -> Result<RawReply, String> {
     let encode = || Ok((Cow::Borrowed(args), channels));
     let (tx, rx) = oneshot::channel();
+    // A forwarded call keeps the deadline of the call it forwards.
+    let timeout = crate::CallContext::current().and_then(|c| c.remaining());
     match conn
-        .call_with(method, metadata, encode, Box::new(RawPending { tx }), rx)
+        .call_with(method, metadata, timeout, encode, Box::new(RawPending { tx }), rx)
         .await
     {
         Ok(r) => r,

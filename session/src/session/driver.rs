@@ -12,7 +12,7 @@ use tracing::warn;
 use super::calls::on_response;
 use super::channels::channel_for;
 use super::connections::{close_connection, on_connection_answer, on_connection_open};
-use super::serving::on_call;
+use super::serving::{IncomingCall, on_call};
 use super::{SessionConfig, Shared, link_failed, wait_ended};
 use crate::error::{SessionError, Violation, violation};
 use crate::link::{LinkError, LinkRx};
@@ -235,10 +235,22 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
             conn,
             request,
             method,
+            deadline_us,
             metadata,
             channels,
             args,
-        } => on_call(shared, conn, request, method, &metadata, &channels, args),
+        } => on_call(
+            shared,
+            IncomingCall {
+                conn,
+                request,
+                method,
+                deadline_us,
+                metadata: &metadata,
+                channels: &channels,
+                args,
+            },
+        ),
         Message::Response {
             conn,
             request,

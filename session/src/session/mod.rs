@@ -104,8 +104,14 @@ pub struct SessionConfig {
     pub keepalive_timeout: Duration,
     /// Give up on a handshake after this long.
     pub handshake_timeout: Duration,
-    /// A name for logs (e.g. the cell's name).
+    /// A name for logs (e.g. the cell's name); handlers see it as
+    /// [`CallContext::caller`](crate::CallContext::caller).
     pub name: String,
+    /// How long a call waits for its answer unless its
+    /// [`CallOptions`](crate::CallOptions) say otherwise (`None`: forever).
+    /// The deadline travels with the call, and the callee cancels the
+    /// handler when it passes. Default: 60 s.
+    pub call_timeout: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -116,6 +122,7 @@ impl Default for SessionConfig {
             keepalive_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
             name: "session".into(),
+            call_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -179,6 +186,7 @@ impl SessionBuilder {
         let shared = Arc::new(Shared {
             role,
             name: self.config.name.clone(),
+            call_timeout: self.config.call_timeout,
             ours,
             call_limit: Arc::new(Semaphore::new(peer.max_concurrent_requests.max(1) as usize)),
             peer,
@@ -292,6 +300,8 @@ struct State {
 pub(crate) struct Shared {
     role: Role,
     name: String,
+    /// [`SessionConfig::call_timeout`].
+    call_timeout: Option<Duration>,
     ours: Settings,
     peer: Settings,
     max_frame: usize,
@@ -475,6 +485,11 @@ impl Connection {
     /// The connection's id (0 for the root connection).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The name this side gave the session ([`SessionConfig::name`]).
+    pub fn session_name(&self) -> &str {
+        &self.shared.name
     }
 
     /// Which side of the handshake this session took.

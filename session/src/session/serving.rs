@@ -7,23 +7,37 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 
-use super::Shared;
 use super::channels::{abandon_unbound, open_peer_channels};
 use super::outbound::Answered;
+use super::{Connection, Shared};
 use crate::channel;
+use crate::context::CallContext;
 use crate::error::{Violation, violation};
 use crate::service::{Dispatch, HandlerFuture, ReplyOutcome, ReplyValue};
 use crate::wire::{Message, Metadata, Outcome};
 
-pub(super) fn on_call(
-    shared: &Arc<Shared>,
-    conn: u64,
-    request: u64,
-    method: u64,
-    metadata: &Metadata,
-    channels: &[u64],
-    args: &[u8],
-) -> Result<(), Violation> {
+/// A call the peer made, as it arrived.
+pub(super) struct IncomingCall<'a> {
+    pub(super) conn: u64,
+    pub(super) request: u64,
+    pub(super) method: u64,
+    /// Microseconds the caller waits (0: no deadline).
+    pub(super) deadline_us: u64,
+    pub(super) metadata: &'a Metadata,
+    pub(super) channels: &'a [u64],
+    pub(super) args: &'a [u8],
+}
+
+pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<(), Violation> {
+    let IncomingCall {
+        conn,
+        request,
+        method,
+        deadline_us,
+        metadata,
+        channels,
+        args,
+    } = call;
     if !shared.ids.is_peers(request) {
         return Err(violation(
             "id.parity",
@@ -91,11 +105,20 @@ pub(super) fn on_call(
         Dispatch::InvalidPayload(detail) => respond(Outcome::InvalidPayload(detail)),
         Dispatch::Run(mut handler) => {
             shared.stats.calls_served.fetch_add(1, Ordering::Relaxed);
+            let deadline =
+                std::time::Instant::now().checked_add(std::time::Duration::from_micros(deadline_us));
+            let deadline = deadline.filter(|_| deadline_us > 0);
+            let mut ctx = Some(CallContext {
+                conn: Connection::unguarded(shared.clone(), conn),
+                method,
+                metadata: metadata.clone(),
+                deadline,
+            });
             // Most handlers answer without waiting: poll once here, and such a
             // call costs no task at all. A handler that waits moves to its
-            // own task, where a Cancel can abort it.
+            // own task, where a Cancel can abort it, and so can its deadline.
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            match catch_poll(&mut handler, &mut cx) {
+            match catch_poll(&mut handler, &mut ctx, &mut cx) {
                 Poll::Ready(reply) => answer(shared, conn, request, reply),
                 Poll::Pending => {
                     let sh = shared.clone();
@@ -103,7 +126,18 @@ pub(super) fn on_call(
                     // the same lock to remove it).
                     let mut s = shared.lock();
                     let task = tokio::spawn(async move {
-                        let reply = std::future::poll_fn(|cx| catch_poll(&mut handler, cx)).await;
+                        let run = std::future::poll_fn(|cx| catch_poll(&mut handler, &mut ctx, cx));
+                        let reply = match deadline {
+                            None => run.await,
+                            Some(d) => match tokio::time::timeout_at(d.into(), run).await {
+                                Ok(reply) => reply,
+                                // The caller has stopped waiting: the
+                                // handler is dropped (cancelled) here.
+                                Err(_) => Err(ReplyOutcome::Cancelled),
+                            },
+                        };
+                        // Done (or cancelled): what it held goes before the answer.
+                        drop(handler);
                         // Still counted while the response waits for room:
                         // a peer that does not read runs into request.limit.
                         let live = sh.lock().serving.contains_key(&(conn, request));
@@ -125,22 +159,29 @@ pub(super) fn on_call(
     Ok(())
 }
 
-/// What a handler ended with: its reply, or why there is none.
-type Reply = Result<Box<dyn ReplyValue>, String>;
+/// What a handler ended with: its reply, or the outcome that answers the
+/// call instead (a panic, a passed deadline).
+type Reply = Result<Box<dyn ReplyValue>, ReplyOutcome>;
 
 /// An encoded reply: how the call ended, as the session answers it.
 type EncodedReply = ReplyOutcome;
 
 /// Polls a handler, turning a panic into an error reply that carries the
 /// panic's message (and the handler's streams into resets).
-fn catch_poll(handler: &mut HandlerFuture, cx: &mut std::task::Context<'_>) -> Poll<Reply> {
-    let r = channel::poll_catching_panics(handler, cx, |payload| {
-        format!("the handler panicked: {}", panic_message(&*payload))
+fn catch_poll(
+    handler: &mut HandlerFuture,
+    ctx: &mut Option<CallContext>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Reply> {
+    let r = CallContext::polling(ctx, || {
+        channel::poll_catching_panics(handler, cx, |payload| {
+            format!("the handler panicked: {}", panic_message(&*payload))
+        })
     });
     match r {
         Ok(Poll::Ready(reply)) => Poll::Ready(Ok(reply)),
         Ok(Poll::Pending) => Poll::Pending,
-        Err(why) => Poll::Ready(Err(why)),
+        Err(why) => Poll::Ready(Err(ReplyOutcome::Internal(why))),
     }
 }
 
@@ -160,7 +201,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 fn encode_reply(shared: &Arc<Shared>, reply: Reply) -> (EncodedReply, Vec<u64>) {
     match reply {
         Ok(value) => channel::with_encode_context(shared, || value.into_outcome()),
-        Err(why) => (ReplyOutcome::Internal(why), Vec::new()),
+        Err(outcome) => (outcome, Vec::new()),
     }
 }
 

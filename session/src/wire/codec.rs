@@ -142,6 +142,7 @@ pub(crate) fn encoded_len(m: &Message<'_>) -> usize {
             conn,
             request,
             method,
+            deadline_us,
             metadata,
             channels,
             args,
@@ -149,6 +150,7 @@ pub(crate) fn encoded_len(m: &Message<'_>) -> usize {
             varint_len(*conn)
                 + varint_len(*request)
                 + varint_len(*method)
+                + varint_len(*deadline_us)
                 + metadata_len(metadata)
                 + ids_len(channels)
                 + bytes_len(args)
@@ -261,6 +263,7 @@ pub(crate) fn write(m: &Message<'_>, buf: &mut [u8]) -> usize {
             conn,
             request,
             method,
+            deadline_us,
             metadata,
             channels,
             args,
@@ -268,6 +271,7 @@ pub(crate) fn write(m: &Message<'_>, buf: &mut [u8]) -> usize {
             w.varint(*conn);
             w.varint(*request);
             w.varint(*method);
+            w.varint(*deadline_us);
             w.metadata(metadata);
             w.ids(channels);
             w.bytes(args);
@@ -513,6 +517,7 @@ pub(crate) fn decode(frame: &[u8]) -> Result<Message<'_>, DecodeError> {
             conn: r.u64("connection id")?,
             request: r.u64("request id")?,
             method: r.u64("method id")?,
+            deadline_us: r.u64("deadline")?,
             metadata: r.metadata()?,
             channels: r.ids()?,
             args: r.bytes("arguments")?,

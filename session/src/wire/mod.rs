@@ -30,7 +30,7 @@ pub(crate) mod codec;
 
 /// The protocol version this build speaks. Version 2: a channel handle in a
 /// payload is its position in the message's channel list, not its id.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Limits each side announces in its hello. Each side obeys the limits the
 /// *peer* announced and enforces its own on what it receives.
@@ -176,6 +176,10 @@ pub enum Message<'a> {
         request: u64,
         /// The method id: a stable hash of `Service.method`.
         method: u64,
+        /// How long the caller waits for the answer, in microseconds from
+        /// when the call was sent (0: no deadline). The callee cancels the
+        /// handler once it passes.
+        deadline_us: u64,
         /// Call metadata.
         metadata: Metadata,
         /// Channels passed in the arguments.
@@ -377,6 +381,7 @@ mod tests {
                 conn: 0,
                 request: 7,
                 method: 0xfeed,
+                deadline_us: 0,
                 metadata: meta,
                 channels: vec![1, 3],
                 args: &big,
@@ -554,6 +559,7 @@ mod tests {
                 conn: r.number(),
                 request: r.number(),
                 method: r.number(),
+                deadline_us: 0,
                 metadata: r.metadata(),
                 channels: r.ids(),
                 args: payload,

@@ -307,6 +307,7 @@ impl Peer {
                 conn,
                 request,
                 method,
+                deadline_us: _,
                 args,
                 ..
             } => {
@@ -385,6 +386,7 @@ impl Peer {
                 conn: 0,
                 request,
                 method: FLIP_METHOD,
+                deadline_us: 0,
                 metadata: vec![
                     MetaEntry {
                         key: key.clone(),

@@ -264,6 +264,7 @@ impl Peer {
                 conn,
                 request,
                 method,
+                deadline_us: _,
                 args,
                 channels,
                 ..
@@ -517,6 +518,7 @@ impl Peer {
                 conn: 7 + 2 * n,
                 request: 2,
                 method: ADD,
+                deadline_us: 0,
                 metadata: Vec::new(),
                 channels: Vec::new(),
                 args: &[1, 2],
@@ -525,6 +527,7 @@ impl Peer {
                 conn: 0,
                 request: 3 + 2 * n,
                 method: ADD,
+                deadline_us: 0,
                 metadata: Vec::new(),
                 channels: Vec::new(),
                 args: &[1, 2],
