@@ -107,6 +107,16 @@ pub enum CallError<E> {
     UnknownMethod {
         /// The method id.
         method: u64,
+        /// `Service.method`, when the caller knows it (typed clients do).
+        name: Option<String>,
+    },
+    /// The two sides were built from different definitions of the method:
+    /// its argument, result or error types differ. Nothing was decoded.
+    SchemaMismatch {
+        /// `Service.method`.
+        method: String,
+        /// Both sides' descriptions of the method's types.
+        detail: String,
     },
     /// The peer could not decode the arguments (mismatched service definitions?).
     InvalidPayload {
@@ -148,10 +158,15 @@ impl<E: fmt::Display> fmt::Display for CallError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CallError::User(e) => write!(f, "{e}"),
-            CallError::UnknownMethod { method } => write!(
+            CallError::UnknownMethod { method, name: None } => write!(
                 f,
                 "the peer has no method {method:#018x} on this connection; are both sides built from the same service definition?"
             ),
+            CallError::UnknownMethod { name: Some(name), .. } => write!(
+                f,
+                "the peer does not serve {name} on this connection (an older or different build of the service, or the wrong service on this connection?)"
+            ),
+            CallError::SchemaMismatch { detail, .. } => write!(f, "{detail}"),
             CallError::InvalidPayload { detail } => write!(
                 f,
                 "the peer could not decode the arguments ({detail}); are both sides built from the same service definition?"

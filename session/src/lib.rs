@@ -37,6 +37,7 @@ pub mod link;
 mod payload;
 mod reconnect;
 mod router;
+mod schema;
 mod service;
 mod session;
 mod tunnel;
@@ -62,6 +63,7 @@ pub use tunnel::{TUNNEL_CHUNK, Tunnel, TunnelEnd};
 /// Not a stable API: use the items from the crate root.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::schema::check_schema;
     pub use crate::service::{IsResult, call};
     pub use crate::wire::Metadata;
     pub use crate::{

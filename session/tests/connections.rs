@@ -352,7 +352,8 @@ async fn routing_serves_several_services_on_one_connection<F: Factory>(f: F) {
     assert_eq!(
         r.unwrap_err(),
         CallError::UnknownMethod {
-            method: osmos_session::method_id("Nobody", "home")
+            method: osmos_session::method_id("Nobody", "home"),
+            name: None
         }
     );
     assert_eq!(router.methods().count(), 10);
@@ -523,7 +524,13 @@ async fn forward_calls_answers_and_errors<F: Factory>(f: F) {
         let nobody = osmos_session::method_id("Nobody", "home");
         let r: Result<u32, CallError<String>> =
             bounded("unknown", conn.call(nobody, &(), CallOptions::default())).await;
-        assert_eq!(r.unwrap_err(), CallError::UnknownMethod { method: nobody });
+        assert_eq!(
+            r.unwrap_err(),
+            CallError::UnknownMethod {
+                method: nobody,
+                name: None
+            }
+        );
         let add = osmos_session::method_id("Calculator", "add");
         let r: Result<u32, CallError<String>> = bounded(
             "invalid",

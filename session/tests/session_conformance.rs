@@ -250,7 +250,13 @@ async fn unknown_methods_and_invalid_payloads<F: Factory>(f: F) {
     let p = pair(&f).await;
     let r: Result<u32, CallError<String>> =
         bounded("call", p.client.call(0x1234, &(1u32,), CallOptions::default())).await;
-    assert_eq!(r.unwrap_err(), CallError::UnknownMethod { method: 0x1234 });
+    assert_eq!(
+        r.unwrap_err(),
+        CallError::UnknownMethod {
+            method: 0x1234,
+            name: None
+        }
+    );
     let add = osmos_session::method_id("Calculator", "add");
     let r: Result<u32, CallError<String>> = bounded(
         "call",

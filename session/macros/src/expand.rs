@@ -153,7 +153,7 @@ fn client_method(m: &Method, service_name: &str, root: &TokenStream) -> TokenStr
     let span = m.ret.ty().span();
     let root_here = respanned(root, span);
     let call = quote_spanned! {span=>
-        #root_here::__private::call(&self.conn, #id, &(#(#sent,)*), options).await
+        #root_here::__private::call(&self.conn, #service_name, #method_name, #id, &(#(#sent,)*), options).await
     };
     quote! {
         #docs
@@ -231,6 +231,7 @@ fn dispatcher(service: &Service, root: &TokenStream) -> TokenStream {
         .map(|m| dispatch_arm(m, &service_name, root));
     let method = quote::format_ident!("method", span = Span::mixed_site());
     let args = quote::format_ident!("args", span = Span::mixed_site());
+    let metadata = quote::format_ident!("metadata", span = Span::mixed_site());
     quote! {
         #[doc = #doc]
         #vis struct #dispatcher<S>(::std::sync::Arc<S>);
@@ -251,7 +252,8 @@ fn dispatcher(service: &Service, root: &TokenStream) -> TokenStream {
                 })
             }
 
-            fn dispatch(&self, #method: u64, _: &#p::Metadata, #args: &[u8]) -> #p::Dispatch {
+            fn dispatch(&self, #method: u64, #metadata: &#p::Metadata, #args: &[u8]) -> #p::Dispatch {
+                let _ = (#metadata, #args);
                 #(#arms)*
                 #p::Dispatch::UnknownMethod
             }
@@ -280,6 +282,18 @@ fn dispatch_arm(m: &Method, service_name: &str, root: &TokenStream) -> TokenStre
         }
     });
     let call = quote! { #service.#name(#(#passed),*).await };
+    let metadata = format_ident!("metadata", span = Span::mixed_site());
+    let refusal = format_ident!("refusal", span = Span::mixed_site());
+    let method_name = name.unraw().to_string();
+    // The value and error types the caller's schema must agree with.
+    let (ok, err) = match &m.ret {
+        Return::Value(ty) => (quote! { #ty }, quote! { ::core::convert::Infallible }),
+        Return::Result { ty, .. } | Return::Alias(ty) => (
+            quote! { <#ty as #p::IsResult>::Ok },
+            quote! { <#ty as #p::IsResult>::Err },
+        ),
+    };
+    let types_for_schema = m.args.iter().map(decoded);
     // What the handler answers, spanned at the return type so that a type
     // that cannot be encoded is reported there.
     let reply = match &m.ret {
@@ -295,6 +309,11 @@ fn dispatch_arm(m: &Method, service_name: &str, root: &TokenStream) -> TokenStre
     };
     quote! {
         if #method == #id {
+            if let ::core::option::Option::Some(#refusal) =
+                #p::check_schema::<(#(#types_for_schema,)*), #ok, #err>(#metadata, #service_name, #method_name)
+            {
+                return #p::Dispatch::InvalidPayload(#refusal);
+            }
             return match #p::decode_args::<(#(#types,)*)>(#args) {
                 ::core::result::Result::Err(#error) => #p::Dispatch::InvalidPayload(#error),
                 ::core::result::Result::Ok((#(#locals,)*)) => {

@@ -146,7 +146,10 @@ where
                 Ok(e) => Err(CallError::User(e)),
                 Err(detail) => Err(CallError::Decode { detail }),
             },
-            Outcome::UnknownMethod => Err(CallError::UnknownMethod { method: 0 }),
+            Outcome::UnknownMethod => Err(CallError::UnknownMethod {
+                method: 0,
+                name: None,
+            }),
             Outcome::InvalidPayload(d) => Err(CallError::InvalidPayload { detail: d.clone() }),
             Outcome::Cancelled => Err(CallError::Cancelled),
             Outcome::Internal(d) => Err(CallError::Internal { detail: d.clone() }),
@@ -239,7 +242,7 @@ impl Connection {
             .call_with(method, metadata, timeout, encode, complete, rx)
             .await
         {
-            Ok(Err(CallError::UnknownMethod { .. })) => Err(CallError::UnknownMethod { method }),
+            Ok(Err(CallError::UnknownMethod { .. })) => Err(CallError::UnknownMethod { method, name: None }),
             Ok(r) => r,
             Err(Unanswered::Ended(why)) => Err(CallError::Session(why.unwrap_or(SessionError::Closed {
                 reason: "closed".into(),

@@ -294,6 +294,9 @@ struct State {
     root_released: bool,
     /// Waiters for a connection's close, and why recent ones closed.
     conn_watch: liveness::ConnWatch,
+    /// Methods whose schema a call already carried (bounded by the methods
+    /// this program's clients have: ids come from their code, not the peer).
+    schemas_sent: std::collections::HashSet<u64>,
 }
 
 /// Everything the session's handles, driver and writer share.
@@ -490,6 +493,18 @@ impl Connection {
     /// The name this side gave the session ([`SessionConfig::name`]).
     pub fn session_name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// Whether a call of `method` must carry its schema (the first call of
+    /// each method on a session does); marks it as carried.
+    pub(crate) fn schema_unchecked(&self, method: u64) -> bool {
+        self.shared.lock().schemas_sent.insert(method)
+    }
+
+    /// The call that carried `method`'s schema did not confirm it: the next
+    /// call carries it again.
+    pub(crate) fn forget_schema(&self, method: u64) {
+        self.shared.lock().schemas_sent.remove(&method);
     }
 
     /// Which side of the handshake this session took.
