@@ -80,7 +80,7 @@ pub use osmos_macros::service;
 /// `macro_rules` predecessor of [`macro@service`]), the control contract.
 pub use osmos_session as session;
 pub use osmos_session::{
-    CallError, CallOptions, ChannelError, ChannelId, Connection, ConnectionAcceptor, Dispatch, Dispatcher,
+    CallContext, CallError, CallOptions, ChannelError, ChannelId, Connection, ConnectionAcceptor, Dispatch, Dispatcher,
     Forward, Link, Reconnecting, RetryPolicy, Role, Router, RouterBuilder, Rx, ServiceInfo, SessionBuilder,
     SessionConfig, SessionError, SessionStats, Tunnel, TunnelEnd, Tx, control, link, method_id,
 };

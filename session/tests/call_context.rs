@@ -22,6 +22,8 @@ pub trait Inspect {
     async fn look(&self, key: String) -> Result<(Option<String>, Option<u64>, String), String>;
     /// Never answers; notes when it is dropped (cancelled).
     async fn hang(&self) -> Result<u32, String>;
+    /// Streams `count` chunks of `size` bytes through a channel it makes.
+    async fn chunks(&self, count: u32, size: u32) -> Result<osmos_session::Rx<Vec<u8>>, String>;
 }
 
 #[derive(Default)]
@@ -53,6 +55,19 @@ impl Inspect for Inspector {
         let _note = SetOnDrop(self.hang_dropped.clone());
         std::future::pending::<()>().await;
         Ok(0)
+    }
+    async fn chunks(&self, count: u32, size: u32) -> Result<osmos_session::Rx<Vec<u8>>, String> {
+        let ctx = CallContext::current().ok_or("no context")?;
+        let (tx, rx) = ctx.connection().channel::<Vec<u8>>().map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            for i in 0..count {
+                if tx.send(&vec![i as u8; size as usize]).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.close().await;
+        });
+        Ok(rx)
     }
 }
 
@@ -175,6 +190,26 @@ async fn the_callee_cancels_at_the_deadline<F: Factory>(f: F) {
     assert!(dropped.load(Ordering::SeqCst), "the handler was not cancelled");
 }
 
+/// A handler that makes its stream and returns the receiver: the caller may
+/// await the call first and read afterwards, far past the credit window,
+/// without a deadlock.
+async fn a_returned_stream_cannot_deadlock<F: Factory>(f: F) {
+    let (_server, client, _) = serve(&f, SessionConfig::default()).await;
+    let inspect = InspectClient::new(client);
+    // 16 MiB, four times the default credit window.
+    let mut rx = bounded("the call", inspect.chunks(256, 64 << 10)).await.unwrap();
+    let mut got = 0u32;
+    bounded("the stream", async {
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk.unwrap();
+            assert_eq!(chunk, vec![got as u8; 64 << 10]);
+            got += 1;
+        }
+    })
+    .await;
+    assert_eq!(got, 256);
+}
+
 macro_rules! context {
     ($link:ident, $factory:expr) => {
         mod $link {
@@ -186,6 +221,10 @@ macro_rules! context {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_session_default_deadline_applies() {
                 super::the_session_default_deadline_applies($factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_returned_stream_cannot_deadlock() {
+                super::a_returned_stream_cannot_deadlock($factory).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_callee_cancels_at_the_deadline() {
