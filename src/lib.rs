@@ -80,9 +80,10 @@ pub use osmos_macros::service;
 /// `macro_rules` predecessor of [`macro@service`]), the control contract.
 pub use osmos_session as session;
 pub use osmos_session::{
-    CallContext, CallError, CallOptions, ChannelError, ChannelId, Connection, ConnectionAcceptor, Dispatch, Dispatcher,
-    Forward, Link, Reconnecting, RetryPolicy, Role, Router, RouterBuilder, Rx, ServiceInfo, SessionBuilder,
-    SessionConfig, SessionError, SessionStats, Tunnel, TunnelEnd, Tx, control, link, method_id,
+    CallContext, CallError, CallOptions, ChannelError, ChannelId, Connection, ConnectionAcceptor, Dispatch,
+    Dispatcher, Forward, Link, Reconnecting, RetryPolicy, Role, Router, RouterBuilder, Rx, ServiceInfo,
+    SessionBuilder, SessionConfig, SessionError, SessionStats, Tunnel, TunnelEnd, Tx, control, link,
+    method_id,
 };
 
 /// The host side: spawn sandboxed cells and call them (`osmos-host`).

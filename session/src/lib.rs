@@ -51,7 +51,8 @@ pub use link::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
 pub use reconnect::{ReconnectError, ReconnectState, Reconnecting, RetryPolicy};
 pub use router::{RouteConflict, Router, RouterBuilder};
 pub use service::{
-    Dispatch, Dispatcher, HandlerFuture, ReplyOutcome, ReplyValue, ServiceInfo, decode_args, method_id,
+    Dispatch, Dispatcher, HandlerFuture, ReplyOutcome, ReplyValue, ServiceDescription, ServiceInfo,
+    decode_args, method_id,
 };
 pub use session::{
     CallOptions, Connection, ConnectionAcceptor, Role, SessionBuilder, SessionConfig, SessionStats,

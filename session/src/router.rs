@@ -136,6 +136,10 @@ impl Dispatcher for Router {
         Dispatch::UnknownMethod
     }
 
+    fn describe_all(&self) -> Vec<crate::ServiceInfo> {
+        self.routes.iter().flat_map(|r| r.describe_all()).collect()
+    }
+
     fn connection_accepted(&self, conn: &crate::Connection) {
         for r in &self.routes {
             r.connection_accepted(conn);

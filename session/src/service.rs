@@ -14,6 +14,20 @@ use facet::Facet;
 
 use crate::wire::Metadata;
 
+/// The method every session answers itself on every connection: the list of
+/// services served there ([`Connection::services`](crate::Connection::services)).
+pub const DESCRIBE_METHOD: u64 = method_id("osmos", "describe");
+
+/// One service a peer serves on a connection, as
+/// [`Connection::services`](crate::Connection::services) reports it.
+#[derive(Facet, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceDescription {
+    /// The service's name, e.g. `"Calculator"`.
+    pub name: String,
+    /// Its methods' names.
+    pub methods: Vec<String>,
+}
+
 /// The stable id of method `method` of service `service`: 64-bit FNV-1a of
 /// `"service.method"`.
 pub const fn method_id(service: &str, method: &str) -> u64 {
@@ -145,6 +159,14 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// statically (the [`service!`](crate::service!) dispatchers do).
     fn describe(&self) -> Option<ServiceInfo> {
         None
+    }
+
+    /// Every service this dispatcher serves (a [`Router`](crate::Router)
+    /// lists its routes'); the default is [`describe`](Dispatcher::describe)'s
+    /// one. What [`Connection::services`](crate::Connection::services) shows
+    /// the peer.
+    fn describe_all(&self) -> Vec<ServiceInfo> {
+        self.describe().into_iter().collect()
     }
 
     /// Called once when a virtual connection the peer opened is accepted

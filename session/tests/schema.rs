@@ -111,3 +111,16 @@ async fn a_missing_method_is_named() {
         other => panic!("expected an unknown method, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_host_can_list_what_the_peer_serves() {
+    let conn = connect().await;
+    let services = bounded("services", conn.services()).await.unwrap();
+    assert_eq!(
+        services,
+        vec![osmos_session::ServiceDescription {
+            name: "Counter".into(),
+            methods: vec!["bump".into(), "turn".into()],
+        }]
+    );
+}

@@ -67,7 +67,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 use crate::channel::{self, ChannelError, Rx, Tx};
-use crate::error::SessionError;
+use crate::error::{CallError, SessionError};
 use crate::link::{CreditMode, Link, LinkError};
 use crate::service::Dispatcher;
 use crate::wire::{Message, Metadata, Settings};
@@ -493,6 +493,18 @@ impl Connection {
     /// The name this side gave the session ([`SessionConfig::name`]).
     pub fn session_name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The services the peer serves on this connection, with their methods
+    /// (as its dispatchers describe them; a dispatcher that does not
+    /// describe itself is left out).
+    pub async fn services(&self) -> Result<Vec<crate::service::ServiceDescription>, CallError<String>> {
+        self.call(
+            crate::service::DESCRIBE_METHOD,
+            &(),
+            crate::CallOptions::default(),
+        )
+        .await
     }
 
     /// Whether a call of `method` must carry its schema (the first call of

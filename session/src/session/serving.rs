@@ -79,6 +79,10 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
         c.dispatcher.clone()
     };
     open_peer_channels(shared, channels)?;
+    if method == crate::service::DESCRIBE_METHOD {
+        abandon_unbound(shared, channels, &[]);
+        return Ok(describe(shared, conn, request, dispatcher.as_deref()));
+    }
     let dispatch = match &dispatcher {
         None => Dispatch::UnknownMethod,
         Some(d) => {
@@ -157,6 +161,21 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Answers the built-in describe call: the services served on `conn`.
+fn describe(shared: &Arc<Shared>, conn: u64, request: u64, dispatcher: Option<&dyn crate::Dispatcher>) {
+    let services: Vec<crate::service::ServiceDescription> = dispatcher
+        .map(|d| d.describe_all())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| crate::service::ServiceDescription {
+            name: s.name.to_string(),
+            methods: s.methods.iter().map(|(m, _)| m.to_string()).collect(),
+        })
+        .collect();
+    let reply: Box<dyn ReplyValue> = Box::new(Ok::<_, String>(services));
+    answer(shared, conn, request, Ok(reply));
 }
 
 /// What a handler ended with: its reply, or the outcome that answers the
