@@ -81,7 +81,8 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
     open_peer_channels(shared, channels)?;
     if method == crate::service::DESCRIBE_METHOD {
         abandon_unbound(shared, channels, &[]);
-        return Ok(describe(shared, conn, request, dispatcher.as_deref()));
+        describe(shared, conn, request, dispatcher.as_deref());
+        return Ok(());
     }
     let dispatch = match &dispatcher {
         None => Dispatch::UnknownMethod,
