@@ -2,11 +2,15 @@
 //!
 //! [`CellBuilder::spawn`] starts the first incarnation and a supervisor task
 //! that waits on the cell's pidfd. When the process exits, the supervisor
-//! ends the session with [`SessionError::PeerDied`] naming how it died (so
-//! every call and stream in flight fails at once with that reason), marks the
-//! cell dead in the segment (waking every waiter), and — if the
-//! [`RestartPolicy`] says so — starts a new incarnation after a backoff. The
-//! [`CellHandle`] always speaks to the current incarnation.
+//! first publishes the cell's next state (restarting, failed or stopped,
+//! with the exit), then ends the session with [`SessionError::PeerDied`]
+//! naming how it died (so every call and stream in flight fails at once with
+//! that reason), marks the cell dead in the segment (waking every waiter),
+//! and — if the [`RestartPolicy`] says so — starts a new incarnation after a
+//! backoff. State first: a caller whose call failed and who then waits for
+//! [`CellState::Running`] gets the next incarnation, never the dead one.
+//! The [`CellHandle`] always speaks to the current incarnation; the typed
+//! clients it hands out are bound to one, except a [`FollowingClient`].
 //!
 //! The supervisor also watches the session. A cell whose session ends while
 //! its process lives on is of no use and may be hostile, so it does not keep
@@ -38,6 +42,7 @@ use rustix::process::Signal;
 use tokio::sync::watch;
 
 use crate::error::{ExitInfo, HostError};
+use crate::following::FollowingClient;
 use crate::logs::{LogGate, LogLimits, LogStats};
 use crate::output::StderrTail;
 use crate::sandbox::{SandboxPolicy, SandboxReport};
@@ -295,7 +300,7 @@ impl Drop for Owner {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: CellConfig,
     restart: RestartPolicy,
     /// What passes from the cell's output and records to tracing, across incarnations.
@@ -321,7 +326,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn current<R>(&self, f: impl FnOnce(&Incarnation) -> R) -> Option<R> {
+    /// The cell's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// A receiver of the cell's state changes.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<CellState> {
+        self.state.subscribe()
+    }
+
+    /// Whether the host shut the cell down (or dropped its last handle).
+    pub(crate) fn shut_down(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release stores in `Owner::drop`
+        // and `CellHandle::shutdown` (the flag is all they publish).
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The running incarnation's root connection, unless there is none or
+    /// its session has ended (the process may still be exiting).
+    pub(crate) fn live_connection(&self) -> Option<Connection> {
+        self.current(|i| i.conn.clone()).filter(|c| c.ended().is_none())
+    }
+
+    /// How long one restart may take at most: the policy's longest backoff
+    /// plus the handshake timeout.
+    pub(crate) fn restart_bound(&self) -> Duration {
+        let backoff = match self.restart {
+            RestartPolicy::OnFailure { max_backoff, .. } => max_backoff,
+            RestartPolicy::Never => Duration::ZERO,
+        };
+        backoff + self.config.session.handshake_timeout
+    }
+
+    pub(crate) fn current<R>(&self, f: impl FnOnce(&Incarnation) -> R) -> Option<R> {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -366,7 +404,21 @@ async fn supervise(inner: Arc<Inner>) {
         let mut exit = exit;
         let detail = format!("cell '{name}' (pid {pid}) {exit}");
         *lock(&inner.last_exit) = Some(exit);
-        if let Some(inc) = lock(&inner.current).take() {
+        let ended = lock(&inner.current).take();
+        // The state changes first, the calls in flight fail after: a caller
+        // whose call failed and who then waits for `Running` gets the next
+        // incarnation, never this one (and a `FollowingClient` waits for it).
+        let next = after_failure(&inner, exit);
+        match &next {
+            CellState::Stopped { .. } => tracing::info!(cell = %name, "{detail}"),
+            CellState::Failed { reason } => {
+                tracing::warn!(cell = %name, "{detail}");
+                tracing::error!(cell = %name, "{reason}");
+            }
+            _ => tracing::warn!(cell = %name, "{detail}"),
+        }
+        inner.state.send_replace(next.clone());
+        if let Some(inc) = ended {
             inc.conn.terminate(SessionError::PeerDied {
                 detail: detail.clone(),
             });
@@ -374,46 +426,22 @@ async fn supervise(inner: Arc<Inner>) {
             *lock(&inner.last_end) = inc.conn.ended();
             *lock(&inner.last_tail) = Some(inc.stderr_tail.clone());
         }
-        // ORDERING: Acquire pairs with the Release stores in `Owner::drop`
-        // and `CellHandle::shutdown` (the flag is all they publish).
-        if inner.shutting_down.load(Ordering::Acquire) || exit.success() {
-            tracing::info!(cell = %name, "{detail}");
-            inner.state.send_replace(CellState::Stopped { exit });
-            return;
-        }
-        tracing::warn!(cell = %name, "{detail}");
-        let RestartPolicy::OnFailure {
-            max_restarts,
-            max_backoff,
-            ..
-        } = inner.restart
-        else {
-            inner.state.send_replace(CellState::Stopped { exit });
+        let RestartPolicy::OnFailure { max_backoff, .. } = inner.restart else {
             return;
         };
+        if !matches!(next, CellState::Restarting { .. }) {
+            return;
+        }
         loop {
-            let in_a_row = inner.in_a_row.load(Ordering::Relaxed);
-            let restarts = inner.restarts.load(Ordering::Relaxed);
-            if in_a_row >= max_restarts {
-                let reason = format!(
-                    "gave up after {in_a_row} restarts in a row without a healthy run; the last incarnation {exit}"
-                );
-                tracing::error!(cell = %name, "{reason}");
-                inner.state.send_replace(CellState::Failed { reason });
-                return;
-            }
-            inner.state.send_replace(CellState::Restarting {
-                last_exit: exit,
-                restarts,
-            });
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(max_backoff);
-            // ORDERING: as above.
+            // ORDERING: Acquire pairs with the Release stores in `Owner::drop`
+            // and `CellHandle::shutdown` (the flag is all they publish).
             if inner.shutting_down.load(Ordering::Acquire) {
                 inner.state.send_replace(CellState::Stopped { exit });
                 return;
             }
-            inner.restarts.fetch_add(1, Ordering::Relaxed);
+            let restarts = inner.restarts.fetch_add(1, Ordering::Relaxed);
             inner.in_a_row.fetch_add(1, Ordering::Relaxed);
             match spawn::start(&inner.config, restarts + 1, &inner.gate).await {
                 Ok(inc) => {
@@ -434,9 +462,44 @@ async fn supervise(inner: Arc<Inner>) {
                         exit = e;
                         *lock(&inner.last_exit) = Some(e);
                     }
+                    let next = after_failure(&inner, exit);
+                    if let CellState::Failed { reason } = &next {
+                        tracing::error!(cell = %name, "{reason}");
+                    }
+                    let again = matches!(next, CellState::Restarting { .. });
+                    inner.state.send_replace(next);
+                    if !again {
+                        return;
+                    }
                 }
             }
         }
+    }
+}
+
+/// What becomes of a cell whose incarnation ended with `exit`: stopped (it
+/// was shut down, exited with status 0, or is never restarted), failed (the
+/// policy's restarts in a row are spent), or restarting.
+fn after_failure(inner: &Inner, exit: ExitInfo) -> CellState {
+    // ORDERING: Acquire pairs with the Release stores in `Owner::drop` and
+    // `CellHandle::shutdown` (the flag is all they publish).
+    if inner.shutting_down.load(Ordering::Acquire) || exit.success() {
+        return CellState::Stopped { exit };
+    }
+    let RestartPolicy::OnFailure { max_restarts, .. } = inner.restart else {
+        return CellState::Stopped { exit };
+    };
+    let in_a_row = inner.in_a_row.load(Ordering::Relaxed);
+    if in_a_row >= max_restarts {
+        return CellState::Failed {
+            reason: format!(
+                "gave up after {in_a_row} restarts in a row without a healthy run; the last incarnation {exit}"
+            ),
+        };
+    }
+    CellState::Restarting {
+        last_exit: exit,
+        restarts: inner.restarts.load(Ordering::Relaxed),
     }
 }
 
@@ -582,9 +645,21 @@ impl CellHandle {
             })
     }
 
-    /// A typed client of the current incarnation, e.g. `handle.client::<CalculatorClient>()`.
+    /// A typed client of the current incarnation, e.g.
+    /// `handle.client::<CalculatorClient>()`. It is bound to this
+    /// incarnation: once the process dies, its calls fail with
+    /// [`SessionError::PeerDied`] for good, even after a restart. For a
+    /// client that follows restarts, see [`following_client`](Self::following_client).
     pub fn client<C: From<Connection>>(&self) -> Result<C, HostError> {
         self.connection().map(C::from)
+    }
+
+    /// A client that follows the cell across restarts: each call goes to the
+    /// incarnation running when it is made, and a call made while the cell
+    /// restarts waits for the next one (see [`FollowingClient`]). It does
+    /// not keep the cell running.
+    pub fn following_client<C: From<Connection>>(&self) -> FollowingClient<C> {
+        FollowingClient::new(self.inner.clone())
     }
 
     /// What the sandbox applied (and, best-effort, skipped) for the current incarnation.
