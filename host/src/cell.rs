@@ -417,14 +417,20 @@ async fn supervise(inner: Arc<Inner>) {
             }
             _ => tracing::warn!(cell = %name, "{detail}"),
         }
+        let died = SessionError::PeerDied {
+            detail: detail.clone(),
+        };
+        if let Some(inc) = &ended {
+            // What a caller woken by the new state may ask about: as it will
+            // be once the session is ended below.
+            *lock(&inner.last_end) = Some(inc.conn.ended().unwrap_or_else(|| died.clone()));
+            *lock(&inner.last_tail) = Some(inc.stderr_tail.clone());
+        }
         inner.state.send_replace(next.clone());
         if let Some(inc) = ended {
-            inc.conn.terminate(SessionError::PeerDied {
-                detail: detail.clone(),
-            });
+            inc.conn.terminate(died);
             inc.liveness.mark_dead(Side::Cell);
             *lock(&inner.last_end) = inc.conn.ended();
-            *lock(&inner.last_tail) = Some(inc.stderr_tail.clone());
         }
         let RestartPolicy::OnFailure { max_backoff, .. } = inner.restart else {
             return;
