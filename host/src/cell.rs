@@ -205,6 +205,15 @@ impl CellBuilder {
         self
     }
 
+    /// The lowest level of the cell's own tracing events it forwards to the
+    /// host's tracing (`info` by default): sets the cell's
+    /// [`OSMOS_LOG`](osmos_session::control::ENV_LOG). A cell's `debug!`
+    /// lines reach the host only with `Level::DEBUG` or `Level::TRACE`.
+    pub fn log_level(self, level: tracing::Level) -> Self {
+        let level = level.as_str().to_ascii_lowercase();
+        self.env(osmos_session::control::ENV_LOG, level)
+    }
+
     /// The sandbox policy (on by default; [`SandboxPolicy::disabled`] to debug).
     pub fn sandbox(mut self, policy: SandboxPolicy) -> Self {
         self.config.sandbox = policy;

@@ -60,7 +60,7 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `OSMOS_LOG` ([`ENV_LOG`]) | `info` | lowest level of the cell's tracing events forwarded to the host (`error`, `warn`, `info`, `debug`, `trace`, `off`); a cell's `debug!` lines are dropped in the cell unless the host sets `debug` |
+//! | `OSMOS_LOG` ([`ENV_LOG`]) | `info` | lowest level of the cell's tracing events forwarded to the host (`error`, `warn`, `info`, `debug`, `trace`, `off`); a cell's `debug!` lines are dropped in the cell unless the host sets `debug` (`CellBuilder::log_level`) |
 //! | `OSMOS_WORKER_THREADS` ([`ENV_WORKER_THREADS`]) | `1` | threads of the runtime [`run`] starts: `1` serves on the main thread alone (a current-thread runtime: a frame is handled where it is received), `N > 1` a multi-thread runtime of `N` workers (at most 256); ignored on the program's own runtime |
 //! | `OSMOS_CELL_NAME`, `OSMOS_PROTOCOL_VERSION`, `OSMOS_SEGMENT_FD`, `OSMOS_CONTROL_FD`, `OSMOS_WAKE_FD` | set by every host | the bootstrap ([`Bootstrap::from_env`]); without them the binary was run by hand |
 //!

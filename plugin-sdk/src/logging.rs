@@ -95,9 +95,9 @@ impl<S: tracing::Subscriber> Layer<S> for ForwardLayer {
 /// Environment variable setting the lowest level of the cell's tracing
 /// events forwarded to the host: `error`, `warn`, `info` (the default),
 /// `debug`, `trace` or `off`. The host sets it for a cell with
-/// `CellBuilder::env("OSMOS_LOG", "debug")`; without it a cell's debug
-/// events are dropped in the cell.
-pub const ENV_LOG: &str = "OSMOS_LOG";
+/// `CellBuilder::log_level(Level::DEBUG)` (or `CellBuilder::env`); without
+/// it a cell's debug events are dropped in the cell.
+pub use osmos_session::control::ENV_LOG;
 
 /// Forwards this process's tracing events to the host: installs, as the
 /// global default subscriber, a layer that sends each event at or above

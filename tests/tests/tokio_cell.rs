@@ -76,20 +76,19 @@ fn with_captured_logs<F: std::future::Future<Output = ()>>(body: impl FnOnce(Cap
     rt.block_on(body(captured));
 }
 
-async fn spawn(name: &str, entry: &str, log: Option<&str>) -> Result<CellHandle, HostError> {
+/// Spawns `tokio-cell --entry <entry>`, forwarding its debug lines if `debug`.
+async fn spawn(name: &str, entry: &str, debug: bool) -> Result<CellHandle, HostError> {
     let mut builder = CellBuilder::new(CELL).name(name).args(["--entry", entry]);
-    if let Some(level) = log {
-        builder = builder.env("OSMOS_LOG", level);
+    if debug {
+        builder = builder.log_level(tracing::Level::DEBUG);
     }
     bounded("spawn", builder.spawn()).await
 }
 
-/// Spawns `tokio-cell --entry <entry>` with `OSMOS_LOG=debug`, calls it, and
+/// Spawns `tokio-cell --entry <entry>` with `log_level(DEBUG)`, calls it, and
 /// checks its debug line reaches the host; returns how it said it serves.
 async fn debug_line_reaches_the_host(captured: &Captured, name: &str, entry: &str) -> String {
-    let cell = spawn(name, entry, Some("debug"))
-        .await
-        .expect("spawn the tokio cell");
+    let cell = spawn(name, entry, true).await.expect("spawn the tokio cell");
     let c = cell.client::<TokioCellClient>().unwrap();
     let marker = format!("debug line from the {entry} entry");
     let how = bounded("the debug call", c.debug(marker.clone())).await.unwrap();
@@ -121,7 +120,7 @@ fn the_async_entry_point_serves_and_forwards_debug_logs() {
 #[test]
 fn without_osmos_log_a_cells_debug_lines_stay_in_the_cell() {
     with_captured_logs(|captured| async move {
-        let cell = spawn("tokio-quiet", "serve", None).await.unwrap();
+        let cell = spawn("tokio-quiet", "serve", false).await.unwrap();
         let c = cell.client::<TokioCellClient>().unwrap();
         bounded("debug", c.debug("a quiet debug line".into()))
             .await
@@ -137,7 +136,7 @@ fn without_osmos_log_a_cells_debug_lines_stay_in_the_cell() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_inside_a_current_thread_runtime_says_to_call_serve() {
-    match spawn("tokio-current", "run-current-thread", None).await {
+    match spawn("tokio-current", "run-current-thread", false).await {
         Err(e @ HostError::Handshake { .. }) => {
             let text = e.to_string();
             assert!(
