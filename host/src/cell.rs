@@ -417,7 +417,7 @@ async fn supervise(inner: Arc<Inner>) {
         // The state changes first, the calls in flight fail after: a caller
         // whose call failed and who then waits for `Running` gets the next
         // incarnation, never this one (and a `FollowingClient` waits for it).
-        let next = after_failure(&inner, exit);
+        let next = after_exit(&inner, exit, true);
         match &next {
             CellState::Stopped { .. } => tracing::info!(cell = %name, "{detail}"),
             CellState::Failed { reason } => {
@@ -477,7 +477,7 @@ async fn supervise(inner: Arc<Inner>) {
                         exit = e;
                         *lock(&inner.last_exit) = Some(e);
                     }
-                    let next = after_failure(&inner, exit);
+                    let next = after_exit(&inner, exit, false);
                     if let CellState::Failed { reason } = &next {
                         tracing::error!(cell = %name, "{reason}");
                     }
@@ -492,13 +492,15 @@ async fn supervise(inner: Arc<Inner>) {
     }
 }
 
-/// What becomes of a cell whose incarnation ended with `exit`: stopped (it
-/// was shut down, exited with status 0, or is never restarted), failed (the
-/// policy's restarts in a row are spent), or restarting.
-fn after_failure(inner: &Inner, exit: ExitInfo) -> CellState {
+/// What becomes of a cell whose incarnation ended with `exit` (`started`:
+/// after its handshake; a start that failed is a failure whatever its exit
+/// status): stopped (it was shut down, exited with status 0 after starting,
+/// or is never restarted), failed (the policy's restarts in a row are
+/// spent), or restarting.
+fn after_exit(inner: &Inner, exit: ExitInfo, started: bool) -> CellState {
     // ORDERING: Acquire pairs with the Release stores in `Owner::drop` and
     // `CellHandle::shutdown` (the flag is all they publish).
-    if inner.shutting_down.load(Ordering::Acquire) || exit.success() {
+    if inner.shutting_down.load(Ordering::Acquire) || (started && exit.success()) {
         return CellState::Stopped { exit };
     }
     let RestartPolicy::OnFailure { max_restarts, .. } = inner.restart else {

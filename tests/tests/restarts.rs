@@ -251,6 +251,39 @@ async fn calls_fail_clearly_once_the_cell_is_given_up_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_exits_0_before_serving_is_a_failed_start() {
+    let marker = std::env::temp_dir().join(format!("osmos-restarts-exit-0-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let cell = bounded(
+        "spawn",
+        CellBuilder::new(CELL)
+            .name("exits-0-at-start")
+            .arg("--exit-0-if-exists")
+            .arg(&marker)
+            .sandbox(SandboxPolicy::disabled())
+            .restart(RestartPolicy::on_failure(2))
+            .spawn(),
+    )
+    .await
+    .unwrap();
+    let follower = cell.following_client::<TestCellClient>();
+    let _ = bounded("the exit call", follower.call(|c| async move { c.exit(7).await })).await;
+    // Every restart exits 0 without serving: the policy spends its restarts
+    // and gives up, rather than calling the cell cleanly stopped.
+    let state = bounded(
+        "the policy to give up",
+        cell.wait_for(|s| matches!(s, CellState::Failed { .. } | CellState::Stopped { .. })),
+    )
+    .await;
+    assert!(
+        matches!(&state, CellState::Failed { reason } if reason.contains("gave up after 2 restarts")),
+        "{state:?}"
+    );
+    assert_eq!(cell.stats().restarts, 2);
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fail_clearly_once_the_cell_is_shut_down() {
     // Shut down while running.
     let cell = spawn("shut-down", RestartPolicy::on_failure(5)).await;
