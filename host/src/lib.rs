@@ -16,7 +16,8 @@
 //!   a pidfd, log forwarding, and the handshake.
 //! - [`sandbox`] prepares the sandbox in the parent and applies it in the
 //!   child between fork and exec.
-//! - A supervisor task per cell waits on its pidfd: a dying cell fails its
+//! - A supervisor task per cell (`cell/supervisor.rs`) waits on its pidfd:
+//!   it publishes the cell's next state, then a dying cell fails its
 //!   calls and streams at once with an error saying how it died
 //!   ([`osmos_session::SessionError::PeerDied`]), and is restarted as its
 //!   policy says.
