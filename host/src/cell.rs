@@ -20,6 +20,10 @@
 //! violation it reports of the host) gets [`SESSION_END_GRACE`] to exit on
 //! its own, then is killed. Either way the restart policy then applies, as
 //! for any crash. [`CellHandle::last_session_end`] says why the session ended.
+//! Such a session fails its calls in flight itself, with its own reason,
+//! before the process is gone: the state says `Running` until the process
+//! exits (at once when killed, within [`SESSION_END_GRACE`] otherwise), and
+//! a [`FollowingClient`] meanwhile waits rather than use that incarnation.
 //!
 //! Restarts follow the [`RestartPolicy`]: at most `max_restarts` failures
 //! in a row, each restart waiting twice as long as the one before; an
