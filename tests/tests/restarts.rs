@@ -185,6 +185,35 @@ async fn a_call_made_while_the_cell_restarts_waits_for_the_new_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_past_an_incarnation_whose_session_ended_while_it_runs() {
+    // `--linger`: the cell ignores the end of its session and keeps running,
+    // until the supervisor kills it after the grace period and restarts it.
+    let cell = bounded(
+        "spawn",
+        CellBuilder::new(CELL)
+            .name("lingers")
+            .arg("--linger")
+            .restart(steady(Duration::from_millis(10)))
+            .spawn(),
+    )
+    .await
+    .unwrap();
+    let follower = cell.following_client::<TestCellClient>();
+    let old = pid_of(&follower).await;
+    cell.connection()
+        .unwrap()
+        .goodbye("the test ends this session")
+        .await;
+    // The process still runs, its session is over: the call must not go to
+    // it (it would fail with the session's end), but wait for the next one.
+    assert!(matches!(cell.state(), CellState::Running { pid } if pid == old));
+    let new = pid_of(&follower).await;
+    assert_ne!(new, old);
+    // It ignores goodbyes: no use giving it long.
+    cell.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_fails_clearly_when_the_cell_is_not_back_within_its_wait() {
     let cell = spawn("slow-restart", steady(Duration::from_secs(2))).await;
     let follower = cell
