@@ -52,7 +52,7 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         let mut exit = exit;
         let detail = format!("cell '{name}' (pid {pid}) {exit}");
         *lock(&inner.last_exit) = Some(exit);
-        let ended = lock(&inner.current).take();
+        let dead = lock(&inner.current).take();
         // The state changes first, the calls in flight fail after: a caller
         // whose call failed and who then waits for `Running` gets the next
         // incarnation, never this one (and a `FollowingClient` waits for it).
@@ -68,14 +68,14 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         let died = SessionError::PeerDied {
             detail: detail.clone(),
         };
-        if let Some(inc) = &ended {
+        if let Some(inc) = &dead {
             // What a caller woken by the new state may ask about: as it will
             // be once the session is ended below.
             *lock(&inner.last_end) = Some(inc.conn.ended().unwrap_or_else(|| died.clone()));
             *lock(&inner.last_tail) = Some(inc.stderr_tail.clone());
         }
         inner.state.send_replace(next.clone());
-        if let Some(inc) = ended {
+        if let Some(inc) = dead {
             inc.conn.terminate(died);
             inc.liveness.mark_dead(Side::Cell);
             *lock(&inner.last_end) = inc.conn.ended();
