@@ -10,8 +10,10 @@
 //! the incarnation running when a call is made. What a caller sees:
 //!
 //! - **Running**: the call goes straight to the current process; nothing
-//!   sits between the typed client and its session, so it costs what a
-//!   call through [`CellHandle::client`](crate::CellHandle::client) costs.
+//!   sits between the typed client and its session. Finding the current
+//!   incarnation adds two uncontended lock acquisitions and a few reference
+//!   counts to a call through [`CellHandle::client`](crate::CellHandle::client),
+//!   and no task hop.
 //! - **Died with the call in flight**: the call fails once, with
 //!   [`SessionError::PeerDied`] naming the cell, its pid and how it ended
 //!   (exit status or signal). It is never replayed: the cell may have run it.
@@ -37,8 +39,8 @@
 //! forwarding session in between (a stable in-process session whose calls
 //! are forwarded to whichever incarnation runs) would do without one, but
 //! adds a hop (two task wakes) to every call and turns the death of the
-//! cell into an opaque `CallError::Internal`. A `FollowingClient` costs
-//! nothing per call and keeps the error the session reports.
+//! cell into an opaque `CallError::Internal`. A `FollowingClient` adds no
+//! hop and keeps the error the session reports.
 
 use std::future::Future;
 use std::marker::PhantomData;
