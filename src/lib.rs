@@ -15,7 +15,8 @@
 //! it is the host and spawns itself as a cell (`examples/shout.rs`:
 //! `cargo run -p osmos --example shout`). A host also needs a tokio
 //! runtime (`tokio = { version = "1", features = ["rt-multi-thread", "macros"] }`);
-//! a cell does not ([`cell::run`] starts its own).
+//! a cell does not ([`cell::run`] starts its own; inside `#[tokio::main]`
+//! it serves on that runtime, and [`cell::serve`] is the async entry point).
 //!
 //! ```no_run
 #![doc = include_str!("../examples/shout.rs")]

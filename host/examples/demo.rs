@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use osmos_host::{CellBuilder, CellHandle, CellState, RestartPolicy};
+use osmos_host::{CellBuilder, CellHandle, RestartPolicy};
 use osmos_session::{Tx, service};
 
 service! {
@@ -120,17 +120,24 @@ async fn host() -> Result<(), Box<dyn std::error::Error>> {
     let beta = &cells[1];
     let old = beta.pid().unwrap_or(0);
     println!("\nkilling beta (pid {old}) with SIGKILL...");
-    let client: DemoClient = beta.client()?;
-    let in_flight = tokio::spawn(async move { client.add(1, 1).await });
+    // A client that follows beta across restarts, taken before the kill.
+    let beta_calls = beta.following_client::<DemoClient>();
+    let in_flight = tokio::spawn({
+        let b = beta_calls.clone();
+        async move { b.call(|c| async move { c.add(1, 1).await }).await }
+    });
     beta.kill();
-    let _ = in_flight.await;
+    match in_flight.await? {
+        Err(e) => println!("  the call in flight failed: {e}"),
+        Ok(v) => println!("  the call in flight was answered ({v}) before the kill"),
+    }
     let t = Instant::now();
-    let state = beta
-        .wait_for(|s| matches!(s, CellState::Running { pid } if *pid != old))
-        .await;
-    println!("  beta is back: {state} after {:?}", t.elapsed());
-    let c: DemoClient = beta.client()?;
-    println!("  beta answers again: 40 + 2 = {}", c.add(40, 2).await?);
+    let sum = beta_calls.call(|c| async move { c.add(40, 2).await }).await?;
+    println!(
+        "  the same client answers again after {:?} (beta is {}): 40 + 2 = {sum}",
+        t.elapsed(),
+        beta.state()
+    );
 
     println!("\nmeasuring...");
     let mut rows = Vec::new();

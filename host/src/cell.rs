@@ -2,11 +2,15 @@
 //!
 //! [`CellBuilder::spawn`] starts the first incarnation and a supervisor task
 //! that waits on the cell's pidfd. When the process exits, the supervisor
-//! ends the session with [`SessionError::PeerDied`] naming how it died (so
-//! every call and stream in flight fails at once with that reason), marks the
-//! cell dead in the segment (waking every waiter), and — if the
-//! [`RestartPolicy`] says so — starts a new incarnation after a backoff. The
-//! [`CellHandle`] always speaks to the current incarnation.
+//! first publishes the cell's next state (restarting, failed or stopped,
+//! with the exit), then ends the session with [`SessionError::PeerDied`]
+//! naming how it died (so every call and stream in flight fails at once with
+//! that reason), marks the cell dead in the segment (waking every waiter),
+//! and — if the [`RestartPolicy`] says so — starts a new incarnation after a
+//! backoff. State first: a caller whose call failed and who then waits for
+//! [`CellState::Running`] gets the next incarnation, never the dead one.
+//! The [`CellHandle`] always speaks to the current incarnation; the typed
+//! clients it hands out are bound to one, except a [`FollowingClient`].
 //!
 //! The supervisor also watches the session. A cell whose session ends while
 //! its process lives on is of no use and may be hostile, so it does not keep
@@ -16,6 +20,10 @@
 //! violation it reports of the host) gets [`SESSION_END_GRACE`] to exit on
 //! its own, then is killed. Either way the restart policy then applies, as
 //! for any crash. [`CellHandle::last_session_end`] says why the session ended.
+//! Such a session fails its calls in flight itself, with its own reason,
+//! before the process is gone: the state says `Running` until the process
+//! exits (at once when killed, within [`SESSION_END_GRACE`] otherwise), and
+//! a [`FollowingClient`] meanwhile waits rather than use that incarnation.
 //!
 //! Restarts follow the [`RestartPolicy`]: at most `max_restarts` failures
 //! in a row, each restart waiting twice as long as the one before; an
@@ -33,15 +41,17 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use osmos_session::{Connection, ConnectionAcceptor, Dispatcher, SessionConfig, SessionError, SessionStats};
-use osmos_shm::{SegmentConfig, Side};
-use rustix::process::Signal;
+use osmos_shm::SegmentConfig;
 use tokio::sync::watch;
 
 use crate::error::{ExitInfo, HostError};
+use crate::following::FollowingClient;
 use crate::logs::{LogGate, LogLimits, LogStats};
 use crate::output::StderrTail;
 use crate::sandbox::{SandboxPolicy, SandboxReport};
 use crate::spawn::{self, CellConfig, Incarnation};
+
+mod supervisor;
 
 /// How long a cell whose session ended (other than by a protocol violation,
 /// a keepalive timeout or the host's own shutdown) may keep running before
@@ -200,6 +210,15 @@ impl CellBuilder {
         self
     }
 
+    /// The lowest level of the cell's own tracing events it forwards to the
+    /// host's tracing (`info` by default): sets the cell's
+    /// [`OSMOS_LOG`](osmos_session::control::ENV_LOG). A cell's `debug!`
+    /// lines reach the host only with `Level::DEBUG` or `Level::TRACE`.
+    pub fn log_level(self, level: tracing::Level) -> Self {
+        let level = level.as_str().to_ascii_lowercase();
+        self.env(osmos_session::control::ENV_LOG, level)
+    }
+
     /// The sandbox policy (on by default; [`SandboxPolicy::disabled`] to debug).
     pub fn sandbox(mut self, policy: SandboxPolicy) -> Self {
         self.config.sandbox = policy;
@@ -270,7 +289,7 @@ impl CellBuilder {
             in_a_row: AtomicU32::new(0),
             shutting_down: AtomicBool::new(false),
         });
-        tokio::spawn(supervise(inner.clone()));
+        tokio::spawn(supervisor::supervise(inner.clone()));
         let owner = Arc::new(Owner { inner: inner.clone() });
         Ok(CellHandle { inner, _owner: owner })
     }
@@ -295,7 +314,7 @@ impl Drop for Owner {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: CellConfig,
     restart: RestartPolicy,
     /// What passes from the cell's output and records to tracing, across incarnations.
@@ -321,170 +340,46 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn current<R>(&self, f: impl FnOnce(&Incarnation) -> R) -> Option<R> {
+    /// The cell's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// A receiver of the cell's state changes.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<CellState> {
+        self.state.subscribe()
+    }
+
+    /// Whether the host shut the cell down (or dropped its last handle).
+    pub(crate) fn shut_down(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release stores in `Owner::drop`
+        // and `CellHandle::shutdown` (the flag is all they publish).
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The running incarnation's root connection, unless there is none or
+    /// its session has ended (the process may still be exiting).
+    pub(crate) fn live_connection(&self) -> Option<Connection> {
+        self.current(|i| i.conn.clone()).filter(|c| c.ended().is_none())
+    }
+
+    /// How long one restart may take at most: the policy's longest backoff
+    /// plus the handshake timeout.
+    pub(crate) fn restart_bound(&self) -> Duration {
+        let backoff = match self.restart {
+            RestartPolicy::OnFailure { max_backoff, .. } => max_backoff,
+            RestartPolicy::Never => Duration::ZERO,
+        };
+        backoff + self.config.session.handshake_timeout
+    }
+
+    pub(crate) fn current<R>(&self, f: impl FnOnce(&Incarnation) -> R) -> Option<R> {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(f)
     }
-}
-
-/// Watches the cell's process; restarts it as the policy says.
-async fn supervise(inner: Arc<Inner>) {
-    let name = inner.config.name.clone();
-    let first_backoff = match inner.restart {
-        RestartPolicy::OnFailure { backoff, .. } => backoff,
-        RestartPolicy::Never => Duration::ZERO,
-    };
-    let mut backoff = first_backoff;
-    loop {
-        let Some((pidfd, pid, conn)) = inner.current(|i| (i.pidfd.clone(), i.pid, i.conn.clone())) else {
-            return;
-        };
-        *lock(&inner.last_end) = None;
-        let ended = async {
-            tokio::select! {
-                exit = spawn::wait_exit(&pidfd) => exit,
-                why = conn.closed() => end_of_session(&inner, pid, &pidfd, why).await,
-            }
-        };
-        tokio::pin!(ended);
-        let exit = match inner.restart {
-            RestartPolicy::OnFailure { reset_after, .. } => tokio::select! {
-                exit = &mut ended => exit,
-                () = tokio::time::sleep(reset_after) => {
-                    if inner.in_a_row.swap(0, Ordering::Relaxed) > 0 || backoff != first_backoff {
-                        tracing::debug!(cell = %name, pid, "ran healthily for {reset_after:?}: the restart count and backoff start over");
-                    }
-                    backoff = first_backoff;
-                    ended.await
-                }
-            },
-            RestartPolicy::Never => ended.await,
-        };
-        let mut exit = exit;
-        let detail = format!("cell '{name}' (pid {pid}) {exit}");
-        *lock(&inner.last_exit) = Some(exit);
-        if let Some(inc) = lock(&inner.current).take() {
-            inc.conn.terminate(SessionError::PeerDied {
-                detail: detail.clone(),
-            });
-            inc.liveness.mark_dead(Side::Cell);
-            *lock(&inner.last_end) = inc.conn.ended();
-            *lock(&inner.last_tail) = Some(inc.stderr_tail.clone());
-        }
-        // ORDERING: Acquire pairs with the Release stores in `Owner::drop`
-        // and `CellHandle::shutdown` (the flag is all they publish).
-        if inner.shutting_down.load(Ordering::Acquire) || exit.success() {
-            tracing::info!(cell = %name, "{detail}");
-            inner.state.send_replace(CellState::Stopped { exit });
-            return;
-        }
-        tracing::warn!(cell = %name, "{detail}");
-        let RestartPolicy::OnFailure {
-            max_restarts,
-            max_backoff,
-            ..
-        } = inner.restart
-        else {
-            inner.state.send_replace(CellState::Stopped { exit });
-            return;
-        };
-        loop {
-            let in_a_row = inner.in_a_row.load(Ordering::Relaxed);
-            let restarts = inner.restarts.load(Ordering::Relaxed);
-            if in_a_row >= max_restarts {
-                let reason = format!(
-                    "gave up after {in_a_row} restarts in a row without a healthy run; the last incarnation {exit}"
-                );
-                tracing::error!(cell = %name, "{reason}");
-                inner.state.send_replace(CellState::Failed { reason });
-                return;
-            }
-            inner.state.send_replace(CellState::Restarting {
-                last_exit: exit,
-                restarts,
-            });
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(max_backoff);
-            // ORDERING: as above.
-            if inner.shutting_down.load(Ordering::Acquire) {
-                inner.state.send_replace(CellState::Stopped { exit });
-                return;
-            }
-            inner.restarts.fetch_add(1, Ordering::Relaxed);
-            inner.in_a_row.fetch_add(1, Ordering::Relaxed);
-            match spawn::start(&inner.config, restarts + 1, &inner.gate).await {
-                Ok(inc) => {
-                    tracing::info!(cell = %name, pid = inc.pid, restarts = restarts + 1, "restarted");
-                    // Store the incarnation before announcing it: a caller
-                    // woken by the state change must find it.
-                    let pid = inc.pid;
-                    *lock(&inner.current) = Some(inc);
-                    inner.state.send_replace(CellState::Running { pid });
-                    break;
-                }
-                Err(failure) => {
-                    tracing::warn!(cell = %name, "restart failed: {}", failure.error);
-                    if let Some(tail) = failure.stderr_tail {
-                        *lock(&inner.last_tail) = Some(tail);
-                    }
-                    if let HostError::Handshake { exit: Some(e), .. } = failure.error {
-                        exit = e;
-                        *lock(&inner.last_exit) = Some(e);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The session of a cell (pid `pid`) ended with `why` while its process
-/// runs: kills it, at once or after [`SESSION_END_GRACE`] (see the module
-/// docs), and returns how it exited.
-async fn end_of_session(
-    inner: &Inner,
-    pid: u32,
-    pidfd: &Arc<std::os::fd::OwnedFd>,
-    why: SessionError,
-) -> ExitInfo {
-    let name = &inner.config.name;
-    match &why {
-        SessionError::Violation { rule, .. } => {
-            tracing::error!(cell = %name, pid, rule = *rule, "{why}; killing the cell");
-            spawn::signal(pidfd, Signal::KILL);
-        }
-        SessionError::KeepaliveTimeout { .. } => {
-            tracing::error!(cell = %name, pid, "{why}; killing the cell");
-            spawn::signal(pidfd, Signal::KILL);
-        }
-        // The host's own shutdown, however the session then ended (the
-        // cell's goodbye, or its link closing as it exits): `shutdown` gives
-        // the grace it was asked for.
-        // ORDERING: as in `supervise`.
-        _ if inner.shutting_down.load(Ordering::Acquire) => {
-            tracing::debug!(cell = %name, pid, "session ended during shutdown: {why}");
-        }
-        _ => {
-            // A cell may end its session and exit on its own; how it exits
-            // says whether that was a failure (the supervisor logs it).
-            tracing::debug!(cell = %name, pid, "session ended: {why}; waiting for the process to exit");
-            match tokio::time::timeout(SESSION_END_GRACE, spawn::wait_exit(pidfd)).await {
-                // It exited (and was reaped) within the grace.
-                Ok(exit) => return exit,
-                Err(_) => {
-                    tracing::warn!(
-                        cell = %name,
-                        pid,
-                        "session ended ({why}), but the process was still running {SESSION_END_GRACE:?} later; killing it"
-                    );
-                    spawn::signal(pidfd, Signal::KILL);
-                }
-            }
-        }
-    }
-    spawn::wait_exit(pidfd).await
 }
 
 /// Traffic and lifecycle counters of a cell.
@@ -582,9 +477,21 @@ impl CellHandle {
             })
     }
 
-    /// A typed client of the current incarnation, e.g. `handle.client::<CalculatorClient>()`.
+    /// A typed client of the current incarnation, e.g.
+    /// `handle.client::<CalculatorClient>()`. It is bound to this
+    /// incarnation: once the process dies, its calls fail with
+    /// [`SessionError::PeerDied`] for good, even after a restart. For a
+    /// client that follows restarts, see [`following_client`](Self::following_client).
     pub fn client<C: From<Connection>>(&self) -> Result<C, HostError> {
         self.connection().map(C::from)
+    }
+
+    /// A client that follows the cell across restarts: each call goes to the
+    /// incarnation running when it is made, and a call made while the cell
+    /// restarts waits for the next one (see [`FollowingClient`]). It does
+    /// not keep the cell running.
+    pub fn following_client<C: From<Connection>>(&self) -> FollowingClient<C> {
+        FollowingClient::new(self.inner.clone())
     }
 
     /// What the sandbox applied (and, best-effort, skipped) for the current incarnation.

@@ -130,6 +130,33 @@ pub enum HostError {
         /// 4 KiB, escaped).
         stderr_tail: String,
     },
+    /// The restart policy gave up on the cell: it will not run again.
+    GaveUp {
+        /// The cell's name.
+        name: String,
+        /// Why, with how the last incarnation ended.
+        reason: String,
+    },
+    /// The cell stopped for good: shut down by the host (or its last handle
+    /// dropped), or it exited with no restart due.
+    Stopped {
+        /// The cell's name.
+        name: String,
+        /// How its last incarnation ended.
+        exit: ExitInfo,
+        /// Whether the host shut it down.
+        shut_down: bool,
+    },
+    /// A restarting cell was not running again within the wait of a
+    /// [`FollowingClient`](crate::FollowingClient).
+    StillRestarting {
+        /// The cell's name.
+        name: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+        /// The cell's state when the wait ended.
+        state: String,
+    },
     /// The cell is not running now.
     NotRunning {
         /// The cell's name.
@@ -174,7 +201,34 @@ impl fmt::Display for HostError {
                 }
                 Ok(())
             }
-            HostError::NotRunning { name, state } => write!(f, "cell '{name}' is not running ({state})"),
+            HostError::GaveUp { name, reason } => write!(
+                f,
+                "cell '{name}' was given up on and will not run again: {reason}; read its last stderr lines (CellHandle::stderr_tail), fix it, and spawn it again"
+            ),
+            HostError::Stopped {
+                name,
+                exit,
+                shut_down: true,
+            } => write!(
+                f,
+                "cell '{name}' was shut down by the host (it {exit}); spawn it again to call it"
+            ),
+            HostError::Stopped {
+                name,
+                exit,
+                shut_down: false,
+            } => write!(
+                f,
+                "cell '{name}' stopped for good (it {exit}, and its restart policy restarts only failures, under RestartPolicy::OnFailure); spawn it again to call it"
+            ),
+            HostError::StillRestarting { name, waited, state } => write!(
+                f,
+                "cell '{name}' was not running again within {waited:?} (it is {state}); call again later, or wait longer with FollowingClient::wait_at_most"
+            ),
+            HostError::NotRunning { name, state } => write!(
+                f,
+                "cell '{name}' is not running ({state}); a restarting cell runs again soon (wait with CellHandle::wait_for, or call through a FollowingClient, which waits), a stopped or failed one must be spawned again"
+            ),
         }
     }
 }

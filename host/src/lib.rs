@@ -7,13 +7,17 @@
 //!   segment configuration, optional sha256 of the binary, and services the
 //!   host exposes to it. [`CellBuilder::spawn`] returns a [`CellHandle`]:
 //!   typed clients, pid, state, stats, kill, graceful shutdown.
+//! - [`FollowingClient`] (`following.rs`): a client that follows a cell
+//!   across restarts (each call reaches the incarnation running when it is
+//!   made; a call made while the cell restarts waits for it).
 //! - `spawn.rs` starts one incarnation: a fresh sealed segment, a control
 //!   socket, a cleared environment, the segment and socket at fds 3 and 4
 //!   (see [`osmos_session::control`]), `PR_SET_PDEATHSIG`, the sandbox, exec,
 //!   a pidfd, log forwarding, and the handshake.
 //! - [`sandbox`] prepares the sandbox in the parent and applies it in the
 //!   child between fork and exec.
-//! - A supervisor task per cell waits on its pidfd: a dying cell fails its
+//! - A supervisor task per cell (`cell/supervisor.rs`) waits on its pidfd:
+//!   it publishes the cell's next state, then a dying cell fails its
 //!   calls and streams at once with an error saying how it died
 //!   ([`osmos_session::SessionError::PeerDied`]), and is restarted as its
 //!   policy says.
@@ -32,6 +36,7 @@
 
 mod cell;
 mod error;
+mod following;
 mod logs;
 mod output;
 mod records;
@@ -41,6 +46,7 @@ mod spawn;
 
 pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy, SESSION_END_GRACE};
 pub use error::{ExitInfo, HostError, signal_name};
+pub use following::FollowingClient;
 pub use logs::{CELL_TARGET, LogLimits, LogStats};
 pub use routes::{MAX_FORWARDED_PER_CELL, Routes};
 pub use sandbox::{SandboxPolicy, SandboxReport};

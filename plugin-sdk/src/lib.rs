@@ -28,19 +28,50 @@
 //! }
 //! ```
 //!
-//! How it fits: [`Bootstrap::from_env`] reads what the host passed (the
-//! segment at fd 3, the control socket at fd 4, `OSMOS_*` variables; see
-//! [`osmos_session::control`]); [`Cell::start`] attaches to the segment,
-//! validates it and runs the handshake as the acceptor; [`Cell::serve`] serves
-//! until the host says goodbye. [`Cell::connection`] lets the cell call
-//! services the host exposes, and [`connect_to_cell`] those of another cell
-//! the host lets it reach (the host forwards the connection). [`run`] / [`run_with`] do all of that from a
-//! plain `main`, install a tracing layer that forwards the cell's events to
-//! the host, exit 0 on a clean shutdown, and — when the binary is run by hand,
-//! without a host — print what it is and how it is meant to run, and exit 2.
+//! ## Entry points
+//!
+//! | from | call | serves on | ends with |
+//! |---|---|---|---|
+//! | `fn main` | [`run`] / [`run_with`] | a runtime it starts ([`ENV_WORKER_THREADS`]) | `exit` |
+//! | `#[tokio::main] async fn main` (multi-thread) | [`run`] / [`run_with`] | that runtime, through `block_in_place` | `exit` |
+//! | any `async fn` (any runtime flavor) | [`serve`] / [`serve_with`] `.await` | the caller's runtime | `Result`; [`CellError::exit_code`] |
+//!
+//! [`run`] inside a current-thread runtime (`#[tokio::main(flavor =
+//! "current_thread")]`) cannot serve without stopping that runtime: it
+//! says so (stderr, and the host's log) and exits with [`EXIT_FAILED`];
+//! use [`serve`] there. Every entry point reads the bootstrap, prints
+//! [`usage`] and fails with [`EXIT_NOT_LAUNCHED_BY_HOST`] when the binary
+//! is run by hand, and forwards the cell's tracing events to the host
+//! ([`forward_logs`]) before the cell starts.
+//!
+//! Underneath: [`Bootstrap::from_env`] reads what the host passed (the
+//! segment at fd 3, the control socket at fd 4, the wake descriptor at fd 5,
+//! `OSMOS_*` variables; see [`osmos_session::control`]); [`Cell::start`]
+//! attaches to the segment, validates it and runs the handshake as the
+//! acceptor; [`Cell::serve`] serves until the host says goodbye.
+//! [`Cell::connection`] lets the cell call services the host exposes, and
+//! [`connect_to_cell`] those of another cell the host lets it reach (the
+//! host forwards the connection). A program that starts a [`Cell`] itself
+//! calls [`forward_logs`] to keep its logs.
+//!
+//! ## Defaults and environment
+//!
+//! Set by the host for its cell (`CellBuilder::env`):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `OSMOS_LOG` ([`ENV_LOG`]) | `info` | lowest level of the cell's tracing events forwarded to the host (`error`, `warn`, `info`, `debug`, `trace`, `off`); a cell's `debug!` lines are dropped in the cell unless the host sets `debug` (`CellBuilder::log_level`) |
+//! | `OSMOS_WORKER_THREADS` ([`ENV_WORKER_THREADS`]) | `1` | threads of the runtime [`run`] starts: `1` serves on the main thread alone (a current-thread runtime: a frame is handled where it is received), `N > 1` a multi-thread runtime of `N` workers (at most 256); ignored on the program's own runtime |
+//! | `OSMOS_CELL_NAME`, `OSMOS_PROTOCOL_VERSION`, `OSMOS_SEGMENT_FD`, `OSMOS_CONTROL_FD`, `OSMOS_WAKE_FD` | set by every host | the bootstrap ([`Bootstrap::from_env`]); without them the binary was run by hand |
+//!
+//! The cell's session uses [`SessionConfig::default`]: the handshake must
+//! complete within **10 s**; a ping goes out after **5 s** without sending,
+//! and the session ends ([`SessionError::KeepaliveTimeout`]) after **20 s**
+//! without hearing from the host. Exit codes: 0 after the host's goodbye,
+//! [`EXIT_FAILED`] (1) when the session fails, [`EXIT_NOT_LAUNCHED_BY_HOST`]
+//! (2) when run by hand.
 
 use std::fmt;
-use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -54,7 +85,11 @@ use osmos_session::wire::{MetaEntry, MetaValue};
 use osmos_session::{CallError, Connection, Dispatcher, SessionBuilder, SessionConfig, SessionError};
 use osmos_shm::Segment;
 
+mod entry;
 mod logging;
+
+pub use entry::{ENV_WORKER_THREADS, run, run_with, serve, serve_with, usage};
+pub use logging::{ENV_LOG, forward_logs};
 
 /// Exit code of a cell run by hand (no host).
 pub const EXIT_NOT_LAUNCHED_BY_HOST: i32 = 2;
@@ -98,6 +133,18 @@ impl fmt::Display for CellError {
             ),
             CellError::Segment(e) => write!(f, "cannot use the segment the host passed: {e}"),
             CellError::Session(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl CellError {
+    /// The code a cell exits with for this error, as [`run`] does:
+    /// [`EXIT_NOT_LAUNCHED_BY_HOST`] when run by hand, [`EXIT_FAILED`]
+    /// otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CellError::NotLaunchedByHost { .. } => EXIT_NOT_LAUNCHED_BY_HOST,
+            _ => EXIT_FAILED,
         }
     }
 }
@@ -248,99 +295,4 @@ pub async fn connect_to_cell(host: &Connection, cell: &str) -> Result<Connection
         value: MetaValue::Str(cell.to_string()),
     }];
     host.open(metadata, None).await
-}
-
-/// What a cell run by hand prints.
-pub fn usage(about: &str) -> String {
-    let program = std::env::args().next().unwrap_or_else(|| "this program".into());
-    format!(
-        "{about}\n\n\
-         {program} is an osmos cell: a plugin process that an osmos host starts, sandboxes\n\
-         and talks to over shared memory. The host passes it a shared memory segment (fd {SEGMENT_FD}),\n\
-         a control socket (fd {CONTROL_FD}) and the {ENV_CELL_NAME} and {ENV_PROTOCOL} variables.\n\
-         Run by hand, it has nothing to serve.\n\n\
-         Start it from a host program instead, e.g.:\n\n    \
-         let cell = osmos_host::CellBuilder::new(\"{program}\").name(\"my-cell\").spawn().await?;\n"
-    )
-}
-
-/// Serves the dispatcher `make` builds, from a plain `main`, and exits: 0 on
-/// a clean shutdown, 1 on failure, 2 (after printing [`usage`]) when the
-/// binary was not started by a host. Everything runs on the calling thread
-/// unless [`ENV_WORKER_THREADS`] asks for more.
-pub fn run<D>(about: &str, make: impl FnOnce() -> Arc<D>) -> !
-where
-    D: Dispatcher,
-{
-    let dispatcher: Arc<dyn Dispatcher> = make();
-    run_with(about, dispatcher, |cell| cell.serve())
-}
-
-/// Environment variable choosing how many threads run a cell's tasks (the
-/// host sets it with `CellBuilder::env`): unset, empty or `1` runs the ring,
-/// the session and every handler on the cell's one main thread (the
-/// default: a frame is handled where it is received, with no thread hop);
-/// `N > 1` runs a multi-threaded runtime with `N` workers, for cells whose
-/// handlers compute for long.
-pub const ENV_WORKER_THREADS: &str = "OSMOS_WORKER_THREADS";
-
-/// The runtime [`run`] and [`run_with`] serve on (see [`ENV_WORKER_THREADS`]).
-fn cell_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = std::env::var(ENV_WORKER_THREADS)
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(1);
-    if workers <= 1 {
-        return tokio::runtime::Builder::new_current_thread().enable_all().build();
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.min(256))
-        .enable_all()
-        .build()
-}
-
-/// Like [`run`], but hands the started [`Cell`] to `body` (to call the host's
-/// services before or while serving); `body`'s result decides the exit code.
-pub fn run_with<F, Fut>(about: &str, dispatcher: Arc<dyn Dispatcher>, body: F) -> !
-where
-    F: FnOnce(Cell) -> Fut,
-    Fut: Future<Output = Result<(), CellError>>,
-{
-    let bootstrap = match Bootstrap::from_env() {
-        Ok(b) => b,
-        Err(e @ CellError::NotLaunchedByHost { .. }) => {
-            eprintln!("{}\n({e})", usage(about));
-            std::process::exit(EXIT_NOT_LAUNCHED_BY_HOST);
-        }
-        Err(e) => {
-            eprintln!("cell: {e}");
-            std::process::exit(EXIT_FAILED);
-        }
-    };
-    logging::install(&bootstrap);
-    let runtime = match cell_runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cell {}: cannot start the async runtime: {e}", bootstrap.name);
-            std::process::exit(EXIT_FAILED);
-        }
-    };
-    let name = bootstrap.name.clone();
-    let result = runtime.block_on(async move {
-        let cell = Cell::start(bootstrap, dispatcher).await?;
-        body(cell).await
-    });
-    match result {
-        Ok(()) => {
-            tracing::debug!(cell = %name, "clean shutdown");
-            runtime.shutdown_background();
-            std::process::exit(0)
-        }
-        Err(e) => {
-            tracing::error!(cell = %name, "{e}");
-            eprintln!("cell {name}: {e}");
-            runtime.shutdown_background();
-            std::process::exit(EXIT_FAILED)
-        }
-    }
 }

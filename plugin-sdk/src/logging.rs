@@ -92,18 +92,35 @@ impl<S: tracing::Subscriber> Layer<S> for ForwardLayer {
     }
 }
 
-/// Installs the forwarding layer as the global subscriber (if there is a
-/// control socket and no subscriber yet).
-pub(crate) fn install(bootstrap: &Bootstrap) {
+/// Environment variable setting the lowest level of the cell's tracing
+/// events forwarded to the host: `error`, `warn`, `info` (the default),
+/// `debug`, `trace` or `off`. The host sets it for a cell with
+/// `CellBuilder::log_level(Level::DEBUG)` (or `CellBuilder::env`); without
+/// it a cell's debug events are dropped in the cell.
+pub use osmos_session::control::ENV_LOG;
+
+/// Forwards this process's tracing events to the host: installs, as the
+/// global default subscriber, a layer that sends each event at or above
+/// the [`ENV_LOG`] level as one record on the control socket (without ever
+/// blocking; records the host does not take in time are dropped). The host
+/// re-emits them under target `osmos::cell`, tagged with the cell's name.
+///
+/// [`run`](crate::run), [`run_with`](crate::run_with), [`serve`](crate::serve)
+/// and [`serve_with`](crate::serve_with) call it before the cell starts;
+/// call it yourself only when starting a [`Cell`](crate::Cell) by hand.
+/// Returns whether it was installed: not when the host passed no control
+/// socket, or when the program installed a global subscriber first (that
+/// one wins; the cell's events then go where it sends them).
+pub fn forward_logs(bootstrap: &Bootstrap) -> bool {
     let Some(control) = bootstrap.control.as_ref().and_then(|fd| fd.try_clone().ok()) else {
-        return;
+        return false;
     };
-    // INFO and above unless the host passed another level in OSMOS_LOG.
-    let level = std::env::var("OSMOS_LOG")
+    let level = std::env::var(ENV_LOG)
         .ok()
-        .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .and_then(|v| v.trim().parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    let _ = tracing_subscriber::registry()
+    tracing_subscriber::registry()
         .with(ForwardLayer { control }.with_filter(level))
-        .try_init();
+        .try_init()
+        .is_ok()
 }

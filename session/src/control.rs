@@ -34,6 +34,11 @@ pub const ENV_CONTROL_FD: &str = "OSMOS_CONTROL_FD";
 /// The wake descriptor's fd number (always [`WAKE_FD`]).
 pub const ENV_WAKE_FD: &str = "OSMOS_WAKE_FD";
 
+/// The lowest level of the cell's tracing events forwarded to the host
+/// (`error`, `warn`, `info`, `debug`, `trace` or `off`; `info` when unset).
+/// Optional: the host sets it for a cell that should forward more or less.
+pub const ENV_LOG: &str = "OSMOS_LOG";
+
 /// Metadata key of a virtual connection a cell opens to the host to reach
 /// another cell: its value (a string) names the cell. The host forwards the
 /// connection there if its routes allow it.

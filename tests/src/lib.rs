@@ -12,6 +12,9 @@
 //!   stable test `tests/fuzz.rs` runs over the committed seed corpus.
 //! - [`hostile`] names the ways `hostile-cell` (`src/bin/hostile-cell/`)
 //!   misbehaves after its handshake, and what the host must conclude.
+//! - [`TokioCell`] is what `tokio-cell` (`src/bin/tokio-cell.rs`) serves: a
+//!   cell whose `main` is `#[tokio::main]`, entering the SDK through `run`
+//!   inside that runtime or through the async `serve`.
 //! - [`Attack`] is what `attack-cell` (`src/bin/attack-cell.rs`) serves:
 //!   ordinary calls, and attacks on the host through everything but the
 //!   segment (output pipes, log records, the control socket, crash loops),
@@ -19,6 +22,8 @@
 //!
 //! The tests themselves are in `tests/`: `host.rs` (spawning, calls, streams,
 //! cancellation, death, restart, logs, bootstrap, many cells),
+//! `restarts.rs` (clients that follow a cell across restarts),
+//! `tokio_cell.rs` (the SDK's entry points inside a program's own runtime),
 //! `containment.rs` (attacks on the host's output, logs, control socket,
 //! restart policy and exit reporting, with a well-behaved sibling),
 //! `sandbox.rs` (escape attempts), `chaos.rs` (cells killed at random under
@@ -96,6 +101,20 @@ service! {
         async fn hang_via(&self, cell: String) -> Result<String, String>;
         /// Through the host, asks `cell` for its pid.
         async fn pid_via(&self, cell: String) -> Result<u32, String>;
+    }
+}
+
+service! {
+    /// What the `tokio-cell` binary serves.
+    pub trait TokioCell {
+        client TokioCellClient;
+        dispatcher TokioCellDispatcher;
+        /// Emits `message` as a `debug!` event, and says how the cell
+        /// serves: its entry point and the flavor of the runtime the call
+        /// runs on (e.g. `run on MultiThread`).
+        async fn debug(&self, message: String) -> Result<String, String>;
+        /// Emits `message` as an `info!` event.
+        async fn info(&self, message: String) -> Result<(), String>;
     }
 }
 

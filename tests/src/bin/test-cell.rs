@@ -127,6 +127,14 @@ fn main() {
         }
         let _ = std::fs::write(path, b"first incarnation");
     }
+    if let Some(i) = args.iter().position(|a| a == "--exit-0-if-exists") {
+        let path = &args[i + 1];
+        if std::path::Path::new(path).exists() {
+            eprintln!("test-cell: {path} exists: exiting with status 0 before serving");
+            std::process::exit(0);
+        }
+        let _ = std::fs::write(path, b"first incarnation");
+    }
     if args.iter().any(|a| a == "--fail-at-start") && std::env::var_os("OSMOS_CELL_NAME").is_some() {
         eprintln!("test-cell: failing at start as asked");
         std::process::exit(3);
