@@ -210,6 +210,52 @@ async fn a_returned_stream_cannot_deadlock<F: Factory>(f: F) {
     assert_eq!(got, 256);
 }
 
+/// A peer that ignores deadlines: the caller's session fails a call that
+/// outlives its default deadline by itself and cancels it on the peer.
+async fn the_caller_enforces_the_default_deadline<F: Factory>(f: F) {
+    let (a, b) = f.pair().await;
+    let config = SessionConfig {
+        call_timeout: Some(Duration::from_millis(200)),
+        ..SessionConfig::default()
+    };
+    let client = tokio::spawn(SessionBuilder::new().config(config).initiate(a));
+    let (mut tx, mut rx) = b.split();
+    let _hello = bounded("hello", rx.recv()).await.unwrap().unwrap().to_vec();
+    let reply = wire::encode(&Message::HelloYourself {
+        version: PROTOCOL_VERSION,
+        settings: Settings::default(),
+    })
+    .unwrap();
+    let mut p = tx.reserve(reply.len()).await.unwrap();
+    p.buf().copy_from_slice(&reply);
+    p.commit().await.unwrap();
+    let client = bounded("client", client).await.unwrap().unwrap();
+    let inspect = InspectClient::new(client);
+    let started = std::time::Instant::now();
+    match bounded("the call", inspect.hang()).await {
+        Err(CallError::DeadlineExceeded { after }) => assert_eq!(after, Duration::from_millis(200)),
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // The peer saw the call, then its cancellation.
+    let (mut saw_call, mut saw_cancel) = (false, false);
+    bounded("the cancel", async {
+        while !saw_cancel {
+            let frame = rx.recv().await.unwrap().unwrap().to_vec();
+            match wire::decode(&frame).unwrap() {
+                Message::Call { deadline_us, .. } => {
+                    assert_eq!(deadline_us, 200_000);
+                    saw_call = true;
+                }
+                Message::Cancel { .. } => saw_cancel = true,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(saw_call);
+}
+
 macro_rules! context {
     ($link:ident, $factory:expr) => {
         mod $link {
@@ -225,6 +271,10 @@ macro_rules! context {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_returned_stream_cannot_deadlock() {
                 super::a_returned_stream_cannot_deadlock($factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_caller_enforces_the_default_deadline() {
+                super::the_caller_enforces_the_default_deadline($factory).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_callee_cancels_at_the_deadline() {

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use facet::Facet;
 use tokio::sync::oneshot;
@@ -24,6 +24,10 @@ pub(super) const CANCELLED_MEMORY: usize = 4096;
 pub(super) struct Pending {
     pub(super) conn: u64,
     pub(super) complete: Box<dyn PendingCall>,
+    /// A deadline the driver's sweep enforces (the session's default, or a
+    /// forwarded one): when, and the timeout it came from. Calls with a
+    /// timeout of their own use a timer instead.
+    pub(super) expires: Option<(Instant, Duration)>,
 }
 
 /// Completes a call (typed or raw) from a response, decoding in place in the driver
@@ -38,6 +42,39 @@ pub(crate) trait PendingCall: Send {
 pub(crate) enum CallFailure {
     Session(SessionError),
     ConnectionClosed(String),
+    /// The deadline the driver's sweep enforces passed.
+    DeadlineExceeded(Duration),
+}
+
+/// Fails every call whose sweep-enforced deadline passed (see
+/// [`Pending::expires`]) and cancels it on the peer. The driver calls this
+/// on every tick, so such a deadline is kept to within one tick.
+pub(super) fn expire_calls(shared: &Arc<Shared>) {
+    let now = Instant::now();
+    let expired: Vec<(u64, Pending)> = {
+        let mut s = shared.lock();
+        let due: Vec<u64> = s
+            .pending
+            .iter()
+            .filter(|(_, p)| p.expires.is_some_and(|(at, _)| at <= now))
+            .map(|(&r, _)| r)
+            .collect();
+        due.into_iter()
+            .filter_map(|r| {
+                let p = s.pending.remove(&r)?;
+                s.cancelled.insert(r);
+                Some((r, p))
+            })
+            .collect()
+    };
+    for (request, p) in expired {
+        shared.send_later(&Message::Cancel {
+            conn: p.conn,
+            request,
+        });
+        let after = p.expires.map_or(Duration::ZERO, |(_, t)| t);
+        p.complete.fail(CallFailure::DeadlineExceeded(after));
+    }
 }
 
 pub(super) fn on_response(
@@ -161,6 +198,7 @@ where
         let e = match error {
             CallFailure::Session(s) => CallError::Session(s),
             CallFailure::ConnectionClosed(reason) => CallError::ConnectionClosed { reason },
+            CallFailure::DeadlineExceeded(after) => CallError::DeadlineExceeded { after },
         };
         let _ = self.tx.send(Err(e));
     }
@@ -209,11 +247,19 @@ impl Connection {
     {
         let timeout = options.effective_timeout(self.shared.call_timeout);
         let work = self.call_inner(method, args, options.metadata, timeout);
-        match timeout {
-            None => work.await,
-            Some(t) => match tokio::time::timeout(t, work).await {
+        match (timeout, options.timeout) {
+            (None, _) => work.await,
+            // A timeout of its own: a timer, to the millisecond.
+            (Some(t), Some(_)) => match tokio::time::timeout(t, work).await {
                 Ok(Err(CallError::Cancelled)) | Err(_) => Err(CallError::DeadlineExceeded { after: t }),
                 Ok(r) => r,
+            },
+            // The session's default: enforced by the callee and by the
+            // driver's periodic sweep, so the common call costs no timer
+            // (registering one per call wakes the runtime's timer driver).
+            (Some(t), None) => match work.await {
+                Err(CallError::Cancelled) => Err(CallError::DeadlineExceeded { after: t }),
+                r => r,
             },
         }
     }
@@ -298,6 +344,7 @@ impl Connection {
                 Pending {
                     conn: self.id,
                     complete,
+                    expires: timeout.and_then(|t| Some((Instant::now().checked_add(t)?, t))),
                 },
             );
         }
@@ -387,6 +434,9 @@ impl PendingCall for RawPending {
         let reason = match error {
             CallFailure::Session(e) => e.to_string(),
             CallFailure::ConnectionClosed(r) => format!("the connection was closed: {r}"),
+            CallFailure::DeadlineExceeded(after) => {
+                format!("the call did not complete within its deadline of {after:?}")
+            }
         };
         let _ = self.tx.send(Err(reason));
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::calls::on_response;
+use super::calls::{expire_calls, on_response};
 use super::channels::channel_for;
 use super::connections::{close_connection, on_connection_answer, on_connection_open};
 use super::serving::{IncomingCall, on_call};
@@ -105,6 +105,9 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
         config
             .keepalive_interval
             .min(config.keepalive_timeout / 2)
+            // The sweep of default deadlines (`expire_calls`) keeps them to
+            // within a quarter.
+            .min(config.call_timeout.map_or(Duration::MAX, |t| t / 4))
             .max(Duration::from_millis(1)),
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -135,6 +138,7 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
                 }
             }
             _ = tick.tick() => {
+                expire_calls(&shared);
                 match shared.keepalive_tick(&config) {
                     None => {}
                     Some(SessionError::Violation { rule, detail }) => {

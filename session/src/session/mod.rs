@@ -110,7 +110,11 @@ pub struct SessionConfig {
     /// How long a call waits for its answer unless its
     /// [`CallOptions`](crate::CallOptions) say otherwise (`None`: forever).
     /// The deadline travels with the call, and the callee cancels the
-    /// handler when it passes. Default: 60 s.
+    /// handler when it passes; this side also fails the call itself, within
+    /// a quarter of the timeout or a keepalive interval, whichever is
+    /// shorter (no timer per call). A call's own
+    /// [`CallOptions::timeout`](crate::CallOptions::timeout) is kept to the
+    /// millisecond. Default: 60 s.
     pub call_timeout: Option<Duration>,
 }
 
