@@ -37,6 +37,7 @@ pub mod link;
 mod payload;
 mod reconnect;
 mod router;
+mod rules;
 mod schema;
 mod service;
 mod session;
@@ -50,6 +51,7 @@ pub use forward::Forward;
 pub use link::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
 pub use reconnect::{ReconnectError, ReconnectState, Reconnecting, RetryPolicy};
 pub use router::{RouteConflict, Router, RouterBuilder};
+pub use rules::Rule;
 pub use service::{
     Dispatch, Dispatcher, HandlerFuture, ReplyOutcome, ReplyValue, ServiceDescription, ServiceInfo,
     decode_args, method_id,

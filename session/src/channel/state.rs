@@ -4,6 +4,7 @@
 //! ([`Flow`]) whether it travels as `GrantCredit` messages or lives in the
 //! shm channel table.
 
+use crate::rules::Rule;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -246,7 +247,7 @@ impl ChannelCore {
         let mut c = self.lock();
         if c.remote_closed {
             return Err(crate::error::violation(
-                "channel.no-data-after-close",
+                Rule::ChannelNoDataAfterClose.name(),
                 format!(
                     "item of {} bytes on channel {} after its Close",
                     payload.len(),
@@ -261,7 +262,7 @@ impl ChannelCore {
             } => {
                 if *received + len > *granted {
                     return Err(crate::error::violation(
-                        "credit.no-overrun",
+                        Rule::CreditNoOverrun.name(),
                         format!(
                             "channel {}: item of {len} bytes with only {} bytes of credit left ({granted} granted, {received} received)",
                             self.id,
@@ -277,12 +278,12 @@ impl ChannelCore {
                 let n = u32::try_from(len).unwrap_or(u32::MAX);
                 r.on_received(n).map_err(|e| match e {
                     osmos_shm::Error::Violation(v) => crate::error::violation(v.rule.name(), v.detail),
-                    other => crate::error::violation("credit.no-overrun", other.to_string()),
+                    other => crate::error::violation(Rule::CreditNoOverrun.name(), other.to_string()),
                 })?;
             }
             Flow::Table { receiver: None, .. } => {
                 return Err(crate::error::violation(
-                    "credit.no-overrun",
+                    Rule::CreditNoOverrun.name(),
                     format!("item on channel {} before any credit was granted", self.id),
                 ));
             }
@@ -303,7 +304,7 @@ impl ChannelCore {
                 *send_available += u64::from(bytes);
                 if *send_available > u64::from(u32::MAX) {
                     return Err(crate::error::violation(
-                        "credit.grant-bounded",
+                        Rule::CreditGrantBounded.name(),
                         format!(
                             "channel {}: the peer granted a window of {} bytes (at most 2^32)",
                             self.id, send_available
@@ -313,7 +314,7 @@ impl ChannelCore {
             }
             Flow::Table { .. } => {
                 return Err(crate::error::violation(
-                    "credit.mode",
+                    Rule::CreditMode.name(),
                     format!(
                         "GrantCredit for channel {} on a link whose credit is in the shared table",
                         self.id
@@ -332,7 +333,7 @@ impl ChannelCore {
         let mut c = self.lock();
         if c.remote_closed {
             return Err(crate::error::violation(
-                "channel.close-once",
+                Rule::ChannelCloseOnce.name(),
                 format!("channel {} closed twice", self.id),
             ));
         }

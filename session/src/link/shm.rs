@@ -39,6 +39,7 @@
 //! A peer marked dead (by its supervisor, from its pidfd) makes every wait
 //! return [`LinkError::PeerGone`].
 
+use crate::rules::Rule;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -579,7 +580,7 @@ impl StormWindow {
         let allowed = self.frames.saturating_mul(2).saturating_add(EMPTY_WAKES_ALLOWED);
         if self.empty_wakes > allowed {
             return Err(LinkError::Violation {
-                rule: "link.empty-wakes",
+                rule: Rule::LinkEmptyWakes.name(),
                 detail: format!(
                     "the peer woke this side {} times within a second without publishing a frame ({} frames came; {allowed} empty wakes are allowed)",
                     self.empty_wakes, self.frames

@@ -50,6 +50,7 @@
 //!
 //! Credit travels as messages ([`CreditMode::Messages`]).
 
+use crate::rules::Rule;
 use std::io;
 use std::ops::Range;
 use std::path::Path;
@@ -66,7 +67,7 @@ pub const PREFIX_LEN: usize = 4;
 pub const READ_CHUNK: usize = 64 * 1024;
 
 /// Rule broken when a length prefix announces more than `max_frame` bytes.
-pub const RULE_LENGTH_IN_BOUNDS: &str = "stream.length-in-bounds";
+pub const RULE_LENGTH_IN_BOUNDS: &str = Rule::StreamLengthInBounds.name();
 
 /// A [`StreamLink`] over a Unix domain socket, split into its native halves.
 pub type UnixLink = StreamLink<unix::OwnedReadHalf, unix::OwnedWriteHalf>;

@@ -2,6 +2,7 @@
 //! and what waits for a response (the `pending` table, the memory of
 //! cancelled requests, the guard that cancels a dropped call).
 
+use crate::rules::Rule;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -93,7 +94,7 @@ pub(super) fn on_response(
                     return Ok(());
                 }
                 return Err(violation(
-                    "response.known-request",
+                    Rule::ResponseKnownRequest.name(),
                     format!("Response to request {request}, which is not in flight"),
                 ));
             }
@@ -101,7 +102,7 @@ pub(super) fn on_response(
     };
     if pending.conn != conn {
         return Err(violation(
-            "response.known-request",
+            Rule::ResponseKnownRequest.name(),
             format!(
                 "Response to request {request} on connection {conn}; it was made on {}",
                 pending.conn

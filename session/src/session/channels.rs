@@ -7,6 +7,7 @@
 //! channel ids only touches that list. A relayed channel holds both its ends
 //! here: whichever way items flow, a relay task moves them.
 
+use crate::rules::Rule;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -86,7 +87,7 @@ impl Shared {
             CreditMode::SharedTable(table, waiters) => {
                 let index = Self::table_index(table, id).ok_or_else(|| {
                     violation(
-                        "channel.table-index-free",
+                        Rule::ChannelTableIndexFree.name(),
                         "the channel table has no entries".to_string(),
                     )
                 })?;
@@ -103,7 +104,7 @@ impl Shared {
             && !s.channels.table_busy.insert(index)
         {
             return Err(violation(
-                "channel.table-index-free",
+                Rule::ChannelTableIndexFree.name(),
                 format!("channel {id} uses channel table entry {index}, which an open channel still uses"),
             ));
         }
@@ -153,7 +154,7 @@ pub(super) fn channel_for(
         return Ok(None);
     }
     Err(violation(
-        "channel.known",
+        Rule::ChannelKnown.name(),
         format!("{what} for channel {id}, which is not open"),
     ))
 }
@@ -167,7 +168,7 @@ pub(super) fn open_peer_channels(shared: &Shared, channels: &[u64]) -> Result<()
                 continue;
             }
             return Err(violation(
-                "channel.known",
+                Rule::ChannelKnown.name(),
                 format!("channel {id} has our parity but is not open"),
             ));
         }
@@ -175,7 +176,7 @@ pub(super) fn open_peer_channels(shared: &Shared, channels: &[u64]) -> Result<()
             let s = shared.lock();
             if s.channels.open.contains_key(&id) {
                 return Err(violation(
-                    "channel.unique",
+                    Rule::ChannelUnique.name(),
                     format!("channel {id} is already open"),
                 ));
             }
@@ -183,7 +184,7 @@ pub(super) fn open_peer_channels(shared: &Shared, channels: &[u64]) -> Result<()
         };
         if open >= MAX_OPEN_CHANNELS {
             return Err(violation(
-                "channel.limit",
+                Rule::ChannelLimit.name(),
                 format!(
                     "channel {id} would be open channel number {}, over the limit of {MAX_OPEN_CHANNELS}",
                     open + 1

@@ -2,6 +2,7 @@
 //! rejecting the peer's, and closing them (either side; calls in flight on
 //! a closed connection fail and its handlers are aborted).
 
+use crate::rules::Rule;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -27,7 +28,7 @@ pub(super) fn on_connection_open(
 ) -> Result<(), Violation> {
     if !shared.ids.is_peers(conn) {
         return Err(violation(
-            "id.parity",
+            Rule::IdParity.name(),
             format!("connection id {conn} does not have the opener's parity"),
         ));
     }
@@ -35,13 +36,13 @@ pub(super) fn on_connection_open(
         let s = shared.lock();
         if s.conns.contains_key(&conn) {
             return Err(violation(
-                "conn.unique",
+                Rule::ConnUnique.name(),
                 format!("connection {conn} is already open"),
             ));
         }
         if s.conns.len() >= MAX_CONNECTIONS {
             return Err(violation(
-                "conn.limit",
+                Rule::ConnLimit.name(),
                 format!(
                     "connection {conn} would be connection number {}, over the limit of {MAX_CONNECTIONS}",
                     s.conns.len() + 1
@@ -81,7 +82,7 @@ pub(super) fn on_connection_answer(
 ) -> Result<(), Violation> {
     let Some(waiter) = shared.lock().opening.remove(&conn) else {
         return Err(violation(
-            "conn.known",
+            Rule::ConnKnown.name(),
             format!("answer for connection {conn}, which we are not opening"),
         ));
     };

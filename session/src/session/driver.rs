@@ -3,6 +3,7 @@
 //! timeout, the stalled-link check), and closes the link when the session
 //! ends.
 
+use crate::rules::Rule;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ impl Shared {
             && stalled >= config.keepalive_timeout
         {
             return Some(SessionError::Violation {
-                rule: "peer.drains-its-link",
+                rule: Rule::PeerDrainsItsLink.name(),
                 detail: format!(
                     "the peer has not made room for a single frame in {stalled:?} (its ring or socket stayed full); an honest peer keeps reading"
                 ),
@@ -46,7 +47,7 @@ impl Shared {
             && stalled >= config.keepalive_timeout
         {
             return Some(SessionError::Violation {
-                rule: "peer.releases-its-slots",
+                rule: Rule::PeerReleasesItsSlots.name(),
                 detail: format!(
                     "the peer has not released a single slot in {stalled:?} while a large frame waited for one; an honest peer releases each slot once it has read it"
                 ),
@@ -188,7 +189,7 @@ async fn fail_with_violation(shared: &Arc<Shared>, v: Violation) {
 fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
     if frame.len() > shared.ours.max_payload as usize {
         return Err(violation(
-            "frame.max-payload",
+            Rule::FrameMaxPayload.name(),
             format!(
                 "a frame of {} bytes exceeds our max_payload of {}",
                 frame.len(),
@@ -196,10 +197,10 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
             ),
         ));
     }
-    let msg = wire::decode(frame).map_err(|e| violation("frame.decodable", e))?;
+    let msg = wire::decode(frame).map_err(|e| violation(Rule::FrameDecodable.name(), e))?;
     match msg {
         Message::Hello { .. } | Message::HelloYourself { .. } => Err(violation(
-            "handshake.once",
+            Rule::HandshakeOnce.name(),
             format!("{} after the handshake", msg.kind()),
         )),
         Message::ProtocolError { rule, detail } => {
@@ -228,7 +229,7 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
             }
             if conn == 0 || !shared.lock().conns.contains_key(&conn) {
                 return Err(violation(
-                    "conn.known",
+                    Rule::ConnKnown.name(),
                     format!("ConnectionClose for connection {conn}, which is not open"),
                 ));
             }

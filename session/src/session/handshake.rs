@@ -3,6 +3,7 @@
 //! (and enforces). It runs on the link's halves before the session is shared,
 //! within the configured handshake timeout.
 
+use crate::rules::Rule;
 use std::time::Duration;
 
 use super::outbound::ErasedTx;
@@ -42,7 +43,7 @@ pub(super) async fn run<T: LinkTx, R: LinkRx>(
                 detail: "the peer closed the link during the handshake".into(),
             })?;
         let msg = wire::decode(&frame).map_err(|e| SessionError::Violation {
-            rule: "frame.decodable",
+            rule: Rule::FrameDecodable.name(),
             detail: format!("handshake frame: {e}"),
         })?;
         let (version, settings) = match (role, msg) {
@@ -51,7 +52,7 @@ pub(super) async fn run<T: LinkTx, R: LinkRx>(
             (_, Message::Goodbye { reason }) => return Err(SessionError::Goodbye { reason }),
             (_, other) => {
                 return Err(SessionError::Violation {
-                    rule: "handshake.hello-first",
+                    rule: Rule::HandshakeHelloFirst.name(),
                     detail: format!("expected the peer's hello, got {}", other.kind()),
                 });
             }

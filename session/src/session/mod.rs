@@ -27,7 +27,7 @@
 //! - `liveness.rs`: connections live while someone holds a handle;
 //! - `recent.rs`: the bounded memory of recently finished ids.
 //!
-//! Rules enforced on what the peer sends (each violation ends the session
+//! Rules enforced on what the peer sends ([`Rule`](crate::Rule); each violation ends the session
 //! with a `ProtocolError` naming the rule, and fails every pending call with
 //! that reason):
 //!
@@ -50,6 +50,7 @@
 //! | `credit.no-overrun` / `credit.grant-bounded` | items fit the credit granted |
 //! | `credit.mode` | a link with a shared credit table carries no `GrantCredit` |
 //! | `channel.table-index-free` | a channel the peer opens uses a credit-table entry no open channel uses |
+//! | `stream.length-in-bounds` (Unix, TCP) | a frame's length prefix is within the link's `max_frame` |
 //!
 //! Keepalive: one `Ping` per interval with an unguessable nonce; only the
 //! `Pong` that answers it proves the peer alive, so a peer that does not read

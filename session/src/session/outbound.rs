@@ -3,6 +3,7 @@
 //! bounded outbox, and the stall clocks (`peer.drains-its-link`,
 //! `peer.releases-its-slots`).
 
+use crate::rules::Rule;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -229,9 +230,9 @@ impl Shared {
         if queued > MAX_OUTBOX {
             // End at once: telling a peer that does not read is futile.
             let detail = format!("{queued} answers are queued for the peer, which is not reading them");
-            warn!(session = %self.name, rule = "peer.reads-its-answers", "{detail}");
+            warn!(session = %self.name, rule = Rule::PeerReadsItsAnswers.name(), "{detail}");
             self.end(SessionError::Violation {
-                rule: "peer.reads-its-answers",
+                rule: Rule::PeerReadsItsAnswers.name(),
                 detail,
             });
             return;

@@ -3,6 +3,7 @@
 //! `Cancel` can abort; their responses go out at once, from the handler's
 //! task, or through the outbox, and stay counted in `serving` until written.
 
+use crate::rules::Rule;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -40,7 +41,7 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
     } = call;
     if !shared.ids.is_peers(request) {
         return Err(violation(
-            "id.parity",
+            Rule::IdParity.name(),
             format!("request id {request} does not have the caller's parity"),
         ));
     }
@@ -56,19 +57,19 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
                 return Ok(());
             }
             return Err(violation(
-                "conn.known",
+                Rule::ConnKnown.name(),
                 format!("Call on connection {conn}, which is not open"),
             ));
         };
         if s.serving.contains_key(&(conn, request)) {
             return Err(violation(
-                "request.unique",
+                Rule::RequestUnique.name(),
                 format!("request {request} is already in flight"),
             ));
         }
         if s.serving.len() >= shared.ours.max_concurrent_requests as usize {
             return Err(violation(
-                "request.limit",
+                Rule::RequestLimit.name(),
                 format!(
                     "request {request} would be call number {} in flight, over our max_concurrent_requests of {}",
                     s.serving.len() + 1,
