@@ -44,7 +44,6 @@ fn unsupported_in(
     shape: &'static facet::Shape,
     seen: &mut Vec<&'static facet::Shape>,
 ) -> Option<(&'static str, &'static str)> {
-    use facet::{Def, Type, UserType};
     if seen.iter().any(|s| std::ptr::eq(*s, shape)) {
         return None;
     }
@@ -52,26 +51,9 @@ fn unsupported_in(
     if let Some(&(name, instead)) = UNSUPPORTED.iter().find(|(n, _)| *n == shape.type_identifier) {
         return Some((name, instead));
     }
-    let inner: Vec<&'static facet::Shape> = match shape.def {
-        Def::Option(o) => vec![o.t],
-        Def::List(l) => vec![l.t],
-        Def::Slice(l) => vec![l.t],
-        Def::Set(l) => vec![l.t],
-        Def::Array(a) => vec![a.t],
-        Def::Map(m) => vec![m.k, m.v],
-        Def::Result(r) => vec![r.t, r.e],
-        Def::Pointer(p) => p.pointee.into_iter().collect(),
-        _ => match shape.ty {
-            Type::User(UserType::Struct(st)) => st.fields.iter().map(|f| f.shape()).collect(),
-            Type::User(UserType::Enum(en)) => en
-                .variants
-                .iter()
-                .flat_map(|v| v.data.fields.iter().map(|f| f.shape()))
-                .collect(),
-            _ => Vec::new(),
-        },
-    };
-    inner.into_iter().find_map(|s| unsupported_in(s, seen))
+    crate::schema::parts(shape)
+        .into_iter()
+        .find_map(|s| unsupported_in(s, seen))
 }
 
 /// Decodes `bytes` as a `T`, refusing trailing bytes: postcard is not
