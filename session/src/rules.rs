@@ -58,6 +58,12 @@ pub enum Rule {
     /// The peer wakes this side at most 1000 + 2 × frames times a second
     /// without publishing a frame (shm link).
     LinkEmptyWakes,
+    /// A stable conduit's frames are well formed.
+    StableFrameWellFormed,
+    /// A stable conduit's frames come in order, each once.
+    StableSequenceInOrder,
+    /// A stable conduit's acks name frames that were sent.
+    StableAckInBounds,
 }
 
 impl Rule {
@@ -88,6 +94,9 @@ impl Rule {
         Rule::ChannelTableIndexFree,
         Rule::StreamLengthInBounds,
         Rule::LinkEmptyWakes,
+        Rule::StableFrameWellFormed,
+        Rule::StableSequenceInOrder,
+        Rule::StableAckInBounds,
     ];
 
     /// The rule's name, as a `ProtocolError` and `SessionError::Violation`
@@ -119,6 +128,9 @@ impl Rule {
             Rule::ChannelTableIndexFree => "channel.table-index-free",
             Rule::StreamLengthInBounds => "stream.length-in-bounds",
             Rule::LinkEmptyWakes => "link.empty-wakes",
+            Rule::StableFrameWellFormed => "stable.frame-well-formed",
+            Rule::StableSequenceInOrder => "stable.sequence-in-order",
+            Rule::StableAckInBounds => "stable.ack-in-bounds",
         }
     }
 }

@@ -4,7 +4,8 @@
 //! pair of links; the `conformance!` macro runs every body against every
 //! link, as a module per link: `memory::…` (the in-process pair), `unix::…`
 //! (a Unix socketpair), `tcp::…` (TCP over 127.0.0.1) and `duplex::…` (the
-//! generic [`StreamLink::new`] over `tokio::io::duplex`). Run one link's
+//! generic [`StreamLink::new`] over `tokio::io::duplex`) and `stable::…` (the
+//! stable conduit over TCP). Run one link's
 //! suite with e.g. `cargo test -p osmos-session --test link_conformance unix::`.
 //!
 //! The stream links also get `stream_conformance!` bodies, in which the peer
@@ -19,6 +20,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use osmos_session::link::memory::{MemoryLink, pair as memory_pair};
+use osmos_session::link::stable::{Accepted, StableAcceptor, StableConfig, StableLink, Transport};
 use osmos_session::link::stream::{self, StreamLink, TcpLink, UnixLink};
 use osmos_session::link::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
@@ -126,6 +128,30 @@ impl RawHarness for Tcp {
     async fn raw_pair(max_frame: usize) -> (TcpLink, TcpStream) {
         let (a, b) = tcp_sockets().await;
         (StreamLink::tcp(a, max_frame).expect("TCP_NODELAY"), b)
+    }
+}
+
+struct Stable;
+
+impl Harness for Stable {
+    type L = StableLink;
+    async fn pair(max_frame: usize) -> (StableLink, StableLink) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let config = StableConfig::default().max_frame(max_frame);
+        let acceptor = StableAcceptor::new(config.clone()).expect("an acceptor");
+        let accept = async {
+            let (s, _) = listener.accept().await.expect("accept");
+            match acceptor.accept(Transport::tcp(s).expect("TCP_NODELAY")).await {
+                Ok(Accepted::New(link)) => link,
+                other => panic!("expected a new session, got {other:?}"),
+            }
+        };
+        let (accepted, connected) = within("a stable conduit", async {
+            tokio::join!(accept, StableLink::connect_tcp(addr, config))
+        })
+        .await;
+        (accepted, connected.expect("connect_tcp"))
     }
 }
 
@@ -803,6 +829,7 @@ conformance! {
     Unix => unix,
     Tcp => tcp,
     Duplex => duplex,
+    Stable => stable,
 }
 
 stream_conformance! {

@@ -23,9 +23,11 @@
 //! - A clean close and a vanished peer may look alike (`Ok(None)`); the
 //!   session's `Goodbye` tells them apart.
 //!
-//! Links: [`memory`] (an in-process pair, for tests and in-process peers) and
-//! [`stream`] (length-prefixed frames over Unix or TCP sockets), and [`shm`]
-//! (rings and slot pools in an `osmos-shm` segment).
+//! Links: [`memory`] (an in-process pair, for tests and in-process peers),
+//! [`stream`] (length-prefixed frames over Unix or TCP sockets), [`stable`]
+//! (stream connections with numbered frames, acks and replay, so that a
+//! session survives a broken connection), and [`shm`] (rings and slot pools
+//! in an `osmos-shm` segment).
 
 use std::fmt;
 use std::future::Future;
@@ -33,6 +35,7 @@ use std::ops::Deref;
 
 pub mod memory;
 pub mod shm;
+pub mod stable;
 pub mod stream;
 
 /// How a link carries per-channel flow-control credit.
@@ -73,6 +76,9 @@ pub enum LinkError {
     },
     /// An I/O error from the operating system.
     Io(std::io::Error),
+    /// A stable link's connection broke and the session could not be
+    /// resumed (see [`stable`]).
+    Unresumable(stable::ResumeFailure),
 }
 
 impl fmt::Display for LinkError {
@@ -90,6 +96,12 @@ impl fmt::Display for LinkError {
                 write!(f, "the peer broke the link's framing [{rule}]: {detail}")
             }
             LinkError::Io(e) => write!(f, "link I/O failed: {e}"),
+            LinkError::Unresumable(why) => {
+                write!(
+                    f,
+                    "the link's connection broke and the session could not be resumed: {why}"
+                )
+            }
         }
     }
 }

@@ -505,6 +505,24 @@ enum Parsed {
 }
 
 impl<R: AsyncRead + Unpin + Send> StreamRx<R> {
+    /// A receiving half over `read`, for frames of at most `max_frame` bytes
+    /// (the stable conduit reads its connections with it).
+    pub(crate) fn new(read: R, max_frame: usize) -> Self {
+        StreamRx {
+            read,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            state: RxState::Open,
+            max_frame,
+        }
+    }
+
+    /// The bytes of a frame `next_frame` returned, until the next call.
+    pub(crate) fn bytes(&self, range: Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
     /// Looks at the buffered bytes: a whole frame, or how many bytes one
     /// needs. A length prefix above `max_frame` is a violation.
     fn parse(&self) -> Result<Parsed, LinkError> {
@@ -604,7 +622,7 @@ impl<R: AsyncRead + Unpin + Send> StreamRx<R> {
 
     /// The range of the next frame's payload in the buffer, reading as needed;
     /// `None` at a clean end of the stream.
-    async fn next_frame(&mut self) -> Result<Option<Range<usize>>, LinkError> {
+    pub(crate) async fn next_frame(&mut self) -> Result<Option<Range<usize>>, LinkError> {
         loop {
             let need = match self.parse()? {
                 Parsed::Frame(payload) => {

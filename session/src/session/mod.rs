@@ -51,6 +51,9 @@
 //! | `credit.mode` | a link with a shared credit table carries no `GrantCredit` |
 //! | `channel.table-index-free` | a channel the peer opens uses a credit-table entry no open channel uses |
 //! | `stream.length-in-bounds` (Unix, TCP) | a frame's length prefix is within the link's `max_frame` |
+//! | `stable.frame-well-formed` (stable link) | every conduit frame has a known kind and the length its kind needs |
+//! | `stable.sequence-in-order` (stable link) | numbered frames arrive in order, each once, across resumes |
+//! | `stable.ack-in-bounds` (stable link) | an ack names a frame this side sent |
 //!
 //! Keepalive: one `Ping` per interval with an unguessable nonce; only the
 //! `Pong` that answers it proves the peer alive, so a peer that does not read

@@ -1,0 +1,331 @@
+//! The conduit over real sockets, with connections cut under it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// An acceptor on loopback TCP, and the sockets of its current connections
+/// (so a test can cut them).
+struct Server {
+    addr: std::net::SocketAddr,
+    links: tokio::sync::mpsc::Receiver<StableLink>,
+    cuts: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    resumed: Arc<AtomicUsize>,
+}
+
+/// Forwards bytes between `a` and `b` until either side ends.
+async fn relay(a: TcpStream, b: TcpStream) {
+    let (mut ar, mut aw) = a.into_split();
+    let (mut br, mut bw) = b.into_split();
+    tokio::select! {
+        _ = tokio::io::copy(&mut ar, &mut bw) => {}
+        _ = tokio::io::copy(&mut br, &mut aw) => {}
+    }
+}
+
+/// A server behind a relay whose connections a test can cut.
+async fn server(config: StableConfig) -> Server {
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let cuts = Arc::new(Mutex::new(Vec::new()));
+    let cuts2 = cuts.clone();
+    tokio::spawn(async move {
+        loop {
+            let (client, _) = front.accept().await.unwrap();
+            let upstream = TcpStream::connect(backend_addr).await.unwrap();
+            let task = tokio::spawn(relay(client, upstream));
+            cuts2.lock().await.push(task.abort_handle());
+        }
+    });
+    let (tx, links) = tokio::sync::mpsc::channel(8);
+    let resumed = Arc::new(AtomicUsize::new(0));
+    let resumed2 = resumed.clone();
+    let acceptor = StableAcceptor::new(config).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = backend.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let resumed = resumed2.clone();
+            tokio::spawn(async move {
+                match acceptor.accept(Transport::tcp(s).unwrap()).await {
+                    Ok(Accepted::New(link)) => {
+                        let _ = tx.send(link).await;
+                    }
+                    Ok(Accepted::Resumed) => {
+                        resumed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => tracing::debug!("refused: {e}"),
+                }
+            });
+        }
+    });
+    Server {
+        addr,
+        links,
+        cuts,
+        resumed,
+    }
+}
+
+impl Server {
+    async fn cut(&self) {
+        for c in self.cuts.lock().await.drain(..) {
+            c.abort();
+        }
+    }
+}
+
+fn quick() -> StableConfig {
+    StableConfig::default()
+        .retry(RetryPolicy {
+            max_attempts: 50,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(50),
+        })
+        .heartbeat(Duration::from_millis(200))
+}
+
+async fn send(tx: &mut StableTx, bytes: &[u8]) {
+    let mut p = tx.reserve(bytes.len()).await.unwrap();
+    p.buf().copy_from_slice(bytes);
+    p.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn frames_survive_cuts_in_both_directions_exactly_once() {
+    let mut srv = server(quick()).await;
+    let client = StableLink::connect_tcp(srv.addr, quick()).await.unwrap();
+    let server_link = within("the server's link", srv.links.recv()).await.unwrap();
+    let (mut ctx, mut crx) = client.split();
+    let (mut stx, mut srx) = server_link.split();
+    const N: u32 = 3000;
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            send(&mut ctx, &i.to_le_bytes().repeat(1 + (i as usize % 50))).await;
+        }
+        ctx
+    });
+    let echo = tokio::spawn(async move {
+        for i in 0..N {
+            let f = within("a frame at the server", srx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+                .to_vec();
+            assert_eq!(&f[..4], &i.to_le_bytes(), "frame {i} at the server");
+            send(&mut stx, &f).await;
+        }
+        (stx, srx)
+    });
+    let mut got = 0;
+    while got < N {
+        let f = within("a frame back at the client", crx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        assert_eq!(&f[..4], &got.to_le_bytes(), "frame {got} back at the client");
+        assert_eq!(f.len(), 4 * (1 + got as usize % 50));
+        got += 1;
+        if got % 300 == 0 {
+            srv.cut().await;
+        }
+    }
+    let _ = sender.await.unwrap();
+    let _ = echo.await.unwrap();
+    assert!(
+        srv.resumed.load(Ordering::SeqCst) >= 5,
+        "the connection was cut and resumed"
+    );
+}
+
+#[tokio::test]
+async fn a_close_is_delivered_and_ends_the_receiver() {
+    let mut srv = server(quick()).await;
+    let client = StableLink::connect_tcp(srv.addr, quick()).await.unwrap();
+    let server_link = within("the server's link", srv.links.recv()).await.unwrap();
+    let (mut ctx, _crx) = client.split();
+    let (_stx, mut srx) = server_link.split();
+    send(&mut ctx, b"last words").await;
+    ctx.close().await.unwrap();
+    assert_eq!(
+        within("a frame", srx.recv()).await.unwrap().unwrap(),
+        b"last words"
+    );
+    assert!(within("the end", srx.recv()).await.unwrap().is_none());
+    assert!(matches!(ctx.reserve(1).await, Err(LinkError::Closed)));
+}
+
+#[tokio::test]
+async fn a_dropped_peer_ends_the_receiver_and_fails_the_sender() {
+    let mut srv = server(quick()).await;
+    let client = StableLink::connect_tcp(srv.addr, quick()).await.unwrap();
+    let server_link = within("the server's link", srv.links.recv()).await.unwrap();
+    drop(client);
+    let (mut stx, mut srx) = server_link.split();
+    assert!(within("the end", srx.recv()).await.unwrap().is_none());
+    let e = stx.reserve(1).await.map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("dropped the session"), "{e}");
+}
+
+#[tokio::test]
+async fn a_restarted_peer_fails_the_initiator_with_its_own_error() {
+    // The acceptor is replaced by a new one (a new process, for the
+    // initiator) on the same address.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first = StableAcceptor::new(quick()).unwrap();
+    let second = StableAcceptor::new(quick()).unwrap();
+    let accept_loop = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let Ok(Accepted::New(link)) = first.accept(Transport::tcp(s).unwrap()).await else {
+            panic!()
+        };
+        let (_tx, mut rx) = link.split();
+        // The old server's connection dies without a word.
+        let _ = rx.recv().await;
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let e = second.accept(Transport::tcp(s).unwrap()).await.unwrap_err();
+            assert!(e.to_string().contains("token"), "{e}");
+        }
+    });
+    let client = StableLink::connect_tcp(addr, quick()).await.unwrap();
+    let (mut tx, mut rx) = client.split();
+    send(&mut tx, b"x").await;
+    let e = within("the failure", rx.recv()).await.unwrap_err();
+    assert!(
+        matches!(e, LinkError::Unresumable(ResumeFailure::PeerRestarted)),
+        "{e}"
+    );
+    assert!(e.to_string().contains("restarted"), "{e}");
+    accept_loop.abort();
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = StableAcceptor::new(quick()).unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        acceptor.accept(Transport::tcp(s).unwrap()).await.map(|_| ())
+    });
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hello = wire::Hello {
+        kind: wire::HELLO_RESUME,
+        token: [7; 32],
+        received: 0,
+    };
+    s.write_all(&hello.encode()).await.unwrap();
+    let mut b = [0; wire::WELCOME_LEN];
+    s.read_exact(&mut b).await.unwrap();
+    let welcome = wire::Welcome::decode(&b).unwrap();
+    assert_eq!(welcome.verdict, wire::Verdict::UnknownSession as u8);
+    assert_eq!(welcome.token, [0; 32], "a refusal reveals no token");
+    let e = server.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("token this acceptor does not know"), "{e}");
+}
+
+#[tokio::test]
+async fn a_resume_asking_for_acknowledged_frames_exceeds_the_replay_window() {
+    let mut srv = server(quick()).await;
+    let client = StableLink::connect_tcp(srv.addr, quick()).await.unwrap();
+    let token = client.sh.token;
+    let server_link = within("the server's link", srv.links.recv()).await.unwrap();
+    let (mut stx, _srx) = server_link.split();
+    let (_ctx, mut crx) = client.split();
+    for i in 0..100u32 {
+        send(&mut stx, &i.to_le_bytes()).await;
+    }
+    for _ in 0..100 {
+        within("a frame", crx.recv()).await.unwrap().unwrap();
+    }
+    // Wait until the server's replay buffer dropped what was acknowledged.
+    within("the acks", async {
+        while stx.sh.peer_acked.load(Ordering::Acquire) < 100 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    {
+        let mut w = stx.sh.writer.lock().await;
+        w.trim(100);
+    }
+    // A forged resume that claims to have received nothing.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let hello = wire::Hello {
+        kind: wire::HELLO_RESUME,
+        token,
+        received: 0,
+    };
+    s.write_all(&hello.encode()).await.unwrap();
+    let mut b = [0; wire::WELCOME_LEN];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(
+        wire::Welcome::decode(&b).unwrap().verdict,
+        wire::Verdict::ReplayWindow as u8
+    );
+    let e = stx.reserve(1).await.map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("replay window was exceeded"), "{e}");
+}
+
+#[tokio::test]
+async fn an_initiator_that_cannot_reconnect_gives_up_and_its_acceptor_stops_waiting() {
+    let cfg = quick().resume_timeout(Duration::from_millis(300));
+    let mut srv = server(cfg.clone()).await;
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let gate = open.clone();
+    let addr = srv.addr;
+    let client = StableLink::connect(
+        move || {
+            let gate = gate.clone();
+            async move {
+                if !gate.load(Ordering::SeqCst) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "the network is down",
+                    ));
+                }
+                Transport::tcp(TcpStream::connect(addr).await?)
+            }
+        },
+        cfg.clone().retry(RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        }),
+    )
+    .await
+    .unwrap();
+    let server_link = within("the server's link", srv.links.recv()).await.unwrap();
+    open.store(false, Ordering::SeqCst);
+    srv.cut().await;
+    let (_ctx, mut crx) = client.split();
+    let e = within("the initiator's failure", crx.recv()).await.unwrap_err();
+    assert!(
+        matches!(&e, LinkError::Unresumable(ResumeFailure::RetriesExhausted { attempts: 3, last_error }) if last_error.contains("network is down")),
+        "{e}"
+    );
+    let (_stx, mut srx) = server_link.split();
+    let e = within("the acceptor's failure", srx.recv()).await.unwrap_err();
+    assert!(e.to_string().contains("did not come back"), "{e}");
+}
