@@ -24,6 +24,9 @@
 //! - [`error`]: [`SessionError`] (why a session ended) and [`CallError`]
 //!   (why a call failed, with the service's own error kept apart from
 //!   protocol failures).
+//! - `tls` (feature `tls`): mutual TLS with pinned self-signed certificates
+//!   for cells reached over TCP from another machine, in the way of
+//!   go-plugin's AutoMTLS; with rustls, ring and rcgen.
 //!
 //! A session needs a tokio runtime: the driver and the handlers run as tasks.
 
@@ -41,6 +44,8 @@ mod rules;
 mod schema;
 mod service;
 mod session;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod tunnel;
 pub mod wire;
 
