@@ -125,10 +125,15 @@ pub enum CellState {
         /// How it ended.
         exit: ExitInfo,
     },
-    /// The restart policy gave up.
+    /// The restart policy gave up (a remote cell: its session failed).
     Failed {
         /// Why.
         reason: String,
+    },
+    /// A remote cell, attached over the network ([`RemoteCell`](crate::RemoteCell)).
+    Attached {
+        /// Where it is reached.
+        address: String,
     },
 }
 
@@ -142,6 +147,7 @@ impl std::fmt::Display for CellState {
             }
             CellState::Stopped { exit } => write!(f, "stopped (it {exit})"),
             CellState::Failed { reason } => write!(f, "failed: {reason}"),
+            CellState::Attached { address } => write!(f, "attached at {address}"),
         }
     }
 }

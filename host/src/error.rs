@@ -12,6 +12,9 @@ pub enum ExitInfo {
     Exited(i32),
     /// A signal killed it.
     Signaled(i32),
+    /// A remote cell's session ended: its process runs elsewhere, so how
+    /// (or whether) it exited is not known here.
+    Detached,
 }
 
 impl ExitInfo {
@@ -79,6 +82,7 @@ impl fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ExitInfo::Exited(code) => write!(f, "exited with status {code}"),
+            ExitInfo::Detached => f.write_str("was detached (a remote cell; its exit is not seen here)"),
             ExitInfo::Signaled(sig) => {
                 let (name, meaning) = signal_name(*sig);
                 write!(f, "was killed by signal {sig} ({name}: {meaning})")
@@ -164,6 +168,16 @@ pub enum HostError {
         /// Its state.
         state: String,
     },
+    /// A remote cell could not be attached: unreachable, refused our
+    /// credentials, or presented the wrong certificate.
+    Attach {
+        /// The cell's name.
+        name: String,
+        /// Where it was sought.
+        address: String,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 impl fmt::Display for HostError {
@@ -224,6 +238,10 @@ impl fmt::Display for HostError {
             HostError::StillRestarting { name, waited, state } => write!(
                 f,
                 "cell '{name}' was not running again within {waited:?} (it is {state}); call again later, or wait longer with FollowingClient::wait_at_most"
+            ),
+            HostError::Attach { name, address, detail } => write!(
+                f,
+                "cannot attach remote cell '{name}' at {address}: {detail}"
             ),
             HostError::NotRunning { name, state } => write!(
                 f,

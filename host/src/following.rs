@@ -143,7 +143,7 @@ impl<C: From<Connection>> FollowingClient<C> {
                 // A running cell whose session has ended is on its way out:
                 // wait for the state that follows.
                 // So is one the host is shutting down: wait for `Stopped`.
-                CellState::Running { .. } => {
+                CellState::Running { .. } | CellState::Attached { .. } => {
                     if let Some(conn) = self.cell.live_connection().filter(|_| !self.cell.shut_down()) {
                         return Ok(conn);
                     }

@@ -22,6 +22,9 @@
 //!   ([`osmos_session::SessionError::PeerDied`]), and is restarted as its
 //!   policy says.
 //!
+//! - [`RemoteCellBuilder`] (`remote.rs`) attaches to a cell on another
+//!   machine over mutual TLS and a session that survives broken
+//!   connections; the [`RemoteCell`] handle speaks like a [`CellHandle`].
 //! - [`Routes`] (`routes.rs`): which cell may reach which other cell; the
 //!   host forwards the virtual connections it allows
 //!   ([`osmos_session::Forward`]).
@@ -40,6 +43,7 @@ mod following;
 mod logs;
 mod output;
 mod records;
+mod remote;
 mod routes;
 pub mod sandbox;
 mod spawn;
@@ -48,5 +52,6 @@ pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy, SES
 pub use error::{ExitInfo, HostError, signal_name};
 pub use following::FollowingClient;
 pub use logs::{CELL_TARGET, LogLimits, LogStats};
+pub use remote::{RemoteAddr, RemoteCell, RemoteCellBuilder};
 pub use routes::{MAX_FORWARDED_PER_CELL, Routes};
 pub use sandbox::{SandboxPolicy, SandboxReport};

@@ -116,7 +116,7 @@ fn peer_closed(fd: &OwnedFd) -> bool {
 }
 
 /// Re-emits one record at its level, escaped.
-fn emit(cell: &str, rec: &LogRecord) {
+pub(crate) fn emit(cell: &str, rec: &LogRecord) {
     let mut target = rec.target.as_str();
     if target.len() > MAX_TARGET {
         let mut end = MAX_TARGET;

@@ -22,10 +22,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use osmos_session::Dispatcher;
-use osmos_session::control::{CONTROL_FD, ENV_CELL_NAME, ENV_PROTOCOL, SEGMENT_FD};
+use osmos_session::control::{CONTROL_FD, ENV_CELL_NAME, ENV_CREDENTIALS, ENV_LISTEN, ENV_PROTOCOL, SEGMENT_FD};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::logging::ENV_LOG;
+use crate::remote::RemoteSettings;
 use crate::{Bootstrap, Cell, CellError, EXIT_FAILED};
 
 /// Environment variable choosing how many threads run a cell's tasks when
@@ -51,13 +52,52 @@ pub fn usage(about: &str) -> String {
          let cell = osmos_host::CellBuilder::new(\"{program}\").name(\"my-cell\").spawn().await?;\n\n\
          Settings the host may pass (CellBuilder::env):\n  \
          {ENV_LOG}=debug          forward the cell's debug events too (default: info and above)\n  \
-         {ENV_WORKER_THREADS}=N   serve on N threads (default: 1, the main thread)\n"
+         {ENV_WORKER_THREADS}=N   serve on N threads (default: 1, the main thread)\n\n\
+         Or serve a host over the network (mutual TLS; the host attaches with RemoteCellBuilder):\n\n    \
+         {program} --listen tcp:0.0.0.0:7000 --credentials /etc/osmos/my-cell [--name my-cell]\n\n  \
+         --listen ADDR        tcp:HOST:PORT or unix:/path ({ENV_LISTEN})\n  \
+         --credentials DIR    this cell's identity and the host's pinned certificate, as the host\n                       \
+         wrote them with CellCredentials::write_dir ({ENV_CREDENTIALS})\n  \
+         --name NAME          the name the cell gives its sessions (default: the program's file name)\n"
     )
 }
 
-/// Reads the bootstrap; run by hand, prints [`usage`] to stderr first.
-fn bootstrap(about: &str) -> Result<Bootstrap, CellError> {
-    Bootstrap::from_env().inspect_err(|e| {
+/// How this process was started: by a host, or by hand to serve remotely.
+enum Mode {
+    Local(Bootstrap),
+    Remote(RemoteSettings),
+}
+
+impl Mode {
+    fn name(&self) -> &str {
+        match self {
+            Mode::Local(b) => &b.name,
+            Mode::Remote(r) => &r.name,
+        }
+    }
+
+    /// Forwards the cell's logs and starts serving.
+    async fn start(self, dispatcher: Arc<dyn Dispatcher>) -> Result<Cell, CellError> {
+        match self {
+            Mode::Local(bootstrap) => {
+                crate::forward_logs(&bootstrap);
+                Cell::start(bootstrap, dispatcher).await
+            }
+            Mode::Remote(settings) => {
+                let logs = crate::remote::forward_logs_remote();
+                crate::remote::start(settings, dispatcher, logs).await
+            }
+        }
+    }
+}
+
+/// Remote mode when told to listen; else the host's bootstrap (run by
+/// hand without either, prints [`usage`] to stderr first).
+fn mode(about: &str) -> Result<Mode, CellError> {
+    if let Some(remote) = RemoteSettings::from_env() {
+        return remote.map(Mode::Remote);
+    }
+    Bootstrap::from_env().map(Mode::Local).inspect_err(|e| {
         if let CellError::NotLaunchedByHost { .. } = e {
             eprintln!("{}\n({e})", usage(about));
         }
@@ -88,8 +128,8 @@ where
     F: FnOnce(Cell) -> Fut,
     Fut: Future<Output = Result<(), CellError>>,
 {
-    let bootstrap = match bootstrap(about) {
-        Ok(b) => b,
+    let mode = match mode(about) {
+        Ok(m) => m,
         Err(e) => {
             if !matches!(e, CellError::NotLaunchedByHost { .. }) {
                 eprintln!("cell: {e}");
@@ -97,10 +137,9 @@ where
             std::process::exit(e.exit_code());
         }
     };
-    crate::forward_logs(&bootstrap);
-    let name = bootstrap.name.clone();
+    let name = mode.name().to_string();
     let served = async move {
-        let cell = Cell::start(bootstrap, dispatcher).await?;
+        let cell = mode.start(dispatcher).await?;
         body(cell).await
     };
     let (result, runtime) = match Handle::try_current() {
@@ -197,10 +236,9 @@ where
     F: FnOnce(Cell) -> Fut,
     Fut: Future<Output = Result<(), CellError>>,
 {
-    let bootstrap = bootstrap(about)?;
-    crate::forward_logs(&bootstrap);
-    let name = bootstrap.name.clone();
-    let cell = Cell::start(bootstrap, dispatcher).await?;
+    let mode = mode(about)?;
+    let name = mode.name().to_string();
+    let cell = mode.start(dispatcher).await?;
     let result = body(cell).await;
     match &result {
         Ok(()) => tracing::debug!(cell = %name, "clean shutdown"),

@@ -87,6 +87,7 @@ use osmos_shm::Segment;
 
 mod entry;
 mod logging;
+pub mod remote;
 
 pub use entry::{ENV_WORKER_THREADS, run, run_with, serve, serve_with, usage};
 pub use logging::{ENV_LOG, forward_logs};
@@ -116,6 +117,12 @@ pub enum CellError {
     Segment(osmos_shm::Error),
     /// The session failed.
     Session(SessionError),
+    /// Remote mode (see [`remote`]) could not start: a bad listen address,
+    /// missing or bad credentials, a port in use.
+    Remote {
+        /// What went wrong and what to do.
+        detail: String,
+    },
 }
 
 impl fmt::Display for CellError {
@@ -133,6 +140,7 @@ impl fmt::Display for CellError {
             ),
             CellError::Segment(e) => write!(f, "cannot use the segment the host passed: {e}"),
             CellError::Session(e) => write!(f, "{e}"),
+            CellError::Remote { detail } => write!(f, "cannot serve remotely: {detail}"),
         }
     }
 }

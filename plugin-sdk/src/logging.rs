@@ -52,8 +52,16 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Where the forwarded records go.
+pub(crate) enum Sink {
+    /// A local cell's control socket, one record per packet.
+    Control(OwnedFd),
+    /// A remote cell's queue, drained to its hosts over their sessions.
+    Queue(tokio::sync::mpsc::Sender<LogRecord>),
+}
+
 struct ForwardLayer {
-    control: OwnedFd,
+    sink: Sink,
 }
 
 impl<S: tracing::Subscriber> Layer<S> for ForwardLayer {
@@ -61,6 +69,14 @@ impl<S: tracing::Subscriber> Layer<S> for ForwardLayer {
         let mut fields = Fields::default();
         event.record(&mut fields);
         let meta = event.metadata();
+        if let Sink::Queue(_) = self.sink
+            && *meta.level() >= tracing::Level::DEBUG
+            && ["osmos_session", "rustls", "tokio"].iter().any(|t| meta.target().starts_with(t))
+        {
+            // Sending a record over the session makes these: forwarding them
+            // would feed itself.
+            return;
+        }
         let level = match *meta.level() {
             tracing::Level::ERROR => 1,
             tracing::Level::WARN => 2,
@@ -77,13 +93,21 @@ impl<S: tracing::Subscriber> Layer<S> for ForwardLayer {
             target: cut(meta.target(), MAX_TARGET).to_string(),
             message: cut(&message, MAX_LOG_RECORD - MAX_TARGET - 32).to_string(),
         };
+        let control = match &self.sink {
+            Sink::Control(control) => control,
+            Sink::Queue(queue) => {
+                // Full: the hosts are not keeping up; drop rather than block.
+                let _ = queue.try_send(record);
+                return;
+            }
+        };
         let Ok(bytes) = osmos_session::wire::encode(&record) else {
             return;
         };
         // SAFETY: `bytes` is a valid buffer; MSG_DONTWAIT never blocks the cell.
         unsafe {
             libc::send(
-                self.control.as_raw_fd(),
+                control.as_raw_fd(),
                 bytes.as_ptr().cast(),
                 bytes.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -115,12 +139,18 @@ pub fn forward_logs(bootstrap: &Bootstrap) -> bool {
     let Some(control) = bootstrap.control.as_ref().and_then(|fd| fd.try_clone().ok()) else {
         return false;
     };
+    install(Sink::Control(control))
+}
+
+/// Installs the forwarding layer, at the [`ENV_LOG`] level, as the global
+/// default subscriber; false if one was installed first.
+pub(crate) fn install(sink: Sink) -> bool {
     let level = std::env::var(ENV_LOG)
         .ok()
         .and_then(|v| v.trim().parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::registry()
-        .with(ForwardLayer { control }.with_filter(level))
+        .with(ForwardLayer { sink }.with_filter(level))
         .try_init()
         .is_ok()
 }

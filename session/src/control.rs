@@ -57,3 +57,28 @@ pub struct LogRecord {
     /// The message and fields, formatted.
     pub message: String,
 }
+
+/// Where a remote cell listens, when it is started by hand to serve a host
+/// over the network: `tcp:HOST:PORT` (or just `HOST:PORT`) or
+/// `unix:/path/to/socket`. Also given as `--listen ADDR`.
+pub const ENV_LISTEN: &str = "OSMOS_LISTEN";
+
+/// The directory of a remote cell's credentials (its identity and the host's
+/// pinned certificate, as `osmos_session::tls::CellCredentials::write_dir`
+/// writes them). Also given as `--credentials DIR`.
+pub const ENV_CREDENTIALS: &str = "OSMOS_CREDENTIALS";
+
+crate::service! {
+    /// Where a remote cell sends its tracing events: the host serves it on a
+    /// remote cell's session (a local cell uses its control socket).
+    pub trait CellLogs {
+        client CellLogsClient;
+        dispatcher CellLogsDispatcher;
+        /// A batch of the cell's events, oldest first (at most
+        /// [`MAX_LOG_BATCH`] records of at most [`MAX_LOG_RECORD`] bytes).
+        async fn records(&self, batch: Vec<LogRecord>) -> Result<(), String>;
+    }
+}
+
+/// Most records a remote cell sends in one [`CellLogs::records`] call.
+pub const MAX_LOG_BATCH: usize = 64;

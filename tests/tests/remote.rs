@@ -1,0 +1,251 @@
+//! Remote cells: the test cell started by hand in remote mode (`--listen`,
+//! `--credentials`), attached from this process over mutual TLS and the
+//! stable conduit.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use osmos_host::{CellState, ExitInfo, HostError, RemoteCellBuilder};
+use osmos_session::tls::{self, CellCredentials, HostCredentials};
+use osmos_tests::TestCellClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const CELL: &str = env!("CARGO_BIN_EXE_test-cell");
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A credentials directory, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("osmos-remote-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The test cell in remote mode, and the lines it wrote to stderr.
+struct RemoteProcess {
+    child: Child,
+    addr: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _dir: Dir,
+}
+
+impl Drop for RemoteProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RemoteProcess {
+    /// Starts the cell listening on a free loopback port, trusting `cell`'s host.
+    fn start(tag: &str, cell: &CellCredentials) -> RemoteProcess {
+        let dir = Dir::new(tag);
+        cell.write_dir(&dir.0).expect("write the cell's credentials");
+        let mut child = Command::new(CELL)
+            .args(["--listen", "tcp:127.0.0.1:0", "--credentials"])
+            .arg(&dir.0)
+            .args(["--name", "far-cell"])
+            .env("OSMOS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the test cell");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on tcp:").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("the remote cell never said where it listens: {:?}", stderr.lock().unwrap()));
+        RemoteProcess {
+            child,
+            addr,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until its stderr has a line containing `needle`.
+    async fn stderr_says(&self, needle: &str) -> String {
+        within(&format!("the cell's stderr to say {needle:?}"), async {
+            loop {
+                if let Some(l) = self.stderr.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                    return l.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(start.elapsed() < WAIT, "the remote cell did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn pair() -> (HostCredentials, CellCredentials) {
+    tls::pair("test-host", "far-cell").expect("generate credentials")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_cell_serves_calls_streams_logs_and_shuts_down() {
+    let (host, cell) = pair();
+    let mut process = RemoteProcess::start("serves", &cell);
+    let remote = within(
+        "the attach",
+        RemoteCellBuilder::tcp(process.addr.clone(), host).name("far").attach(),
+    )
+    .await
+    .expect("attach");
+    assert!(matches!(remote.state(), CellState::Attached { .. }), "{}", remote.state());
+    let client: TestCellClient = remote.client().expect("a client");
+    assert_eq!(within("add", client.add(2, 3)).await.expect("add"), 5);
+    let big = vec![7u8; 256 << 10];
+    assert_eq!(within("echo", client.echo(big.clone())).await.expect("echo"), big);
+    // A stream from the cell, and one to it.
+    let conn = remote.connection().expect("connection");
+    let (tx, mut rx) = conn.channel::<u32>().expect("a channel");
+    let counting = tokio::spawn({
+        let client = client.clone();
+        async move { client.count(1000, tx).await }
+    });
+    for i in 0..1000 {
+        assert_eq!(within("an item", rx.recv()).await.expect("an item").expect("not an error"), i);
+    }
+    assert_eq!(within("count", counting).await.unwrap().expect("count"), 1000);
+    let (tx, rx) = conn.channel::<u64>().expect("a channel");
+    let summing = tokio::spawn({
+        let client = client.clone();
+        async move { client.sum(rx).await }
+    });
+    for i in 1..=100u64 {
+        tx.send(&i).await.expect("send");
+    }
+    tx.close().await.expect("close");
+    assert_eq!(within("sum", summing).await.unwrap().expect("sum"), 5050);
+    // The cell's log records come over the session.
+    within("log", client.log("hello from far away".into())).await.expect("log");
+    within("the record", async {
+        while remote.stats().logs.records_forwarded == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let stats = remote.stats();
+    assert!(stats.session.calls_made >= 5, "{stats:?}");
+    // Goodbye: the cell exits 0.
+    assert_eq!(within("shutdown", remote.shutdown(Duration::from_secs(5))).await, ExitInfo::Detached);
+    assert!(matches!(remote.state(), CellState::Stopped { exit: ExitInfo::Detached }), "{}", remote.state());
+    assert!(process.wait_exit().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_the_wrong_credentials_is_refused_on_both_sides() {
+    let (_host, cell) = pair();
+    let (stranger, _) = pair();
+    let process = RemoteProcess::start("refused", &cell);
+    let e = within(
+        "the refusal",
+        RemoteCellBuilder::tcp(process.addr.clone(), stranger)
+            .stable(osmos_session::link::stable::StableConfig::default().retry(osmos_session::RetryPolicy {
+                max_attempts: 1,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+            }))
+            .attach(),
+    )
+    .await
+    .expect_err("a stranger must not attach");
+    assert!(matches!(e, HostError::Attach { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("refused") || text.contains("pinned"), "{text}");
+    let line = process.stderr_says("refused a connection").await;
+    assert!(line.contains("pinned") || line.contains("certificate"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_to_a_remote_cell_is_encrypted() {
+    let (host, cell) = pair();
+    let process = RemoteProcess::start("encrypted", &cell);
+    // A recording relay between host and cell.
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let upstream = process.addr.clone();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (a, _) = relay.accept().await.unwrap();
+            let b = TcpStream::connect(upstream.as_str()).await.unwrap();
+            let (mut ar, mut aw) = a.into_split();
+            let (mut br, mut bw) = b.into_split();
+            let (r1, r2) = (record.clone(), record.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 << 10];
+                while let Ok(n) = ar.read(&mut buf).await {
+                    if n == 0 || bw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    r1.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 << 10];
+                while let Ok(n) = br.read(&mut buf).await {
+                    if n == 0 || aw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    r2.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    let remote = within("the attach", RemoteCellBuilder::tcp(relay_addr.to_string(), host).attach())
+        .await
+        .expect("attach");
+    let client: TestCellClient = remote.client().unwrap();
+    let marker = b"osmos-plaintext-marker-".repeat(1000);
+    assert_eq!(within("echo", client.echo(marker.clone())).await.unwrap(), marker);
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > marker.len(), "the relay saw the traffic ({} bytes)", seen.len());
+    let needle = b"osmos-plaintext-marker-";
+    assert!(
+        !seen.windows(needle.len()).any(|w| w == needle),
+        "the payload crossed the wire in clear"
+    );
+}
