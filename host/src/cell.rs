@@ -20,10 +20,20 @@
 //! violation it reports of the host) gets [`SESSION_END_GRACE`] to exit on
 //! its own, then is killed. Either way the restart policy then applies, as
 //! for any crash. [`CellHandle::last_session_end`] says why the session ended.
+//!
 //! Such a session fails its calls in flight itself, with its own reason,
 //! before the process is gone: the state says `Running` until the process
 //! exits (at once when killed, within [`SESSION_END_GRACE`] otherwise), and
 //! a [`FollowingClient`] meanwhile waits rather than use that incarnation.
+//!
+//! The kill for a cell's fault comes before the cell can learn of the end:
+//! the session's [`on_peer_fault`](osmos_session::SessionBuilder::on_peer_fault)
+//! hook sends the SIGKILL the moment the session decides to end, before it
+//! tells the cell (`ProtocolError`, goodbye) or lets go of the link (which
+//! wakes the cell). A cell that would exit on its own once its session ends
+//! therefore still ends killed, never "exited with status 0". The process
+//! may then be gone before the session has recorded its end: the supervisor
+//! ends it with the fault the hook recorded, not [`SessionError::PeerDied`].
 //!
 //! Restarts follow the [`RestartPolicy`]: at most `max_restarts` failures
 //! in a row, each restart waiting twice as long as the one before; an

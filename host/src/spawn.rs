@@ -16,7 +16,12 @@
 //! 5. Open a pidfd for the child, start forwarding its stdout, stderr and
 //!    control-socket log records to tracing, and run the handshake — raced
 //!    against the child's exit, so a cell that dies at start fails fast with
-//!    how it died and its last stderr lines.
+//!    how it died and its last stderr lines. The session's
+//!    [`on_peer_fault`](SessionBuilder::on_peer_fault) hook kills the cell
+//!    (SIGKILL through the pidfd) and records why, the moment the session
+//!    decides to end through the cell's fault: before the cell is told or
+//!    the host lets go of the link, so that the cell cannot see its session
+//!    end and exit on its own first (see `cell.rs`).
 //!
 //! All forks happen on one process-lifetime thread: `PR_SET_PDEATHSIG`
 //! fires when the *thread* that forked exits, and tokio retires idle
@@ -70,6 +75,10 @@ pub(crate) struct Incarnation {
     pub pid: u32,
     pub conn: Connection,
     pub pidfd: Arc<OwnedFd>,
+    /// Why the session ended through the cell's fault, set by the session's
+    /// `on_peer_fault` hook as it kills the cell: the supervisor may see the
+    /// process exit before the session has recorded that end.
+    pub condemned: Arc<OnceLock<SessionError>>,
     pub liveness: Liveness,
     pub report: sandbox::SandboxReport,
     pub stderr_tail: Arc<StderrTail>,
@@ -289,6 +298,27 @@ fn exit_from_pidfd_info(pidfd: &OwnedFd) -> Option<ExitInfo> {
     })
 }
 
+/// The `on_peer_fault` hook of cell `name`'s session (pid `pid`): records
+/// why in `condemned`, then kills the cell. The SIGKILL is queued before the
+/// session tells the cell anything, so the cell's exit status is SIGKILL
+/// even if it still runs for an instant and tries to exit on its own: the
+/// kernel marks the whole thread group as exiting with SIGKILL when the
+/// signal is sent, and a later `exit_group` reports that code instead of
+/// its own (Linux `complete_signal` in kernel/signal.c, `do_group_exit` in
+/// kernel/exit.c).
+fn condemn(
+    name: String,
+    pid: u32,
+    pidfd: Arc<OwnedFd>,
+    condemned: Arc<OnceLock<SessionError>>,
+) -> impl Fn(&SessionError) + Send + Sync + 'static {
+    move |why| {
+        tracing::error!(cell = %name, pid, "{why}; killing the cell");
+        let _ = condemned.set(why.clone());
+        signal(&pidfd, rustix::process::Signal::KILL);
+    }
+}
+
 /// Sends `signal` to the process behind `pidfd` (no-op once it is gone).
 pub(crate) fn signal(pidfd: &OwnedFd, signal: rustix::process::Signal) {
     let _ = rustix::process::pidfd_send_signal(pidfd, signal);
@@ -410,7 +440,15 @@ pub(crate) async fn start(
 
     let endpoint = segment.endpoint().map_err(HostError::Segment)?;
     let liveness = endpoint.liveness.clone();
-    let mut session = SessionBuilder::new().config(config.session.clone());
+    let condemned = Arc::new(OnceLock::new());
+    let mut session = SessionBuilder::new()
+        .config(config.session.clone())
+        .on_peer_fault(condemn(
+            config.name.clone(),
+            pid,
+            pidfd.clone(),
+            condemned.clone(),
+        ));
     if let Some(d) = &config.serve {
         session = session.serve(d.clone());
     }
@@ -421,7 +459,7 @@ pub(crate) async fn start(
     tokio::pin!(handshake);
     tokio::select! {
         r = &mut handshake => match r {
-            Ok(conn) => Ok(Incarnation { pid, conn, pidfd, liveness, report, stderr_tail: tail, _sandbox_lease: lease }),
+            Ok(conn) => Ok(Incarnation { pid, conn, pidfd, condemned, liveness, report, stderr_tail: tail, _sandbox_lease: lease }),
             Err(error) => {
                 signal(&pidfd, rustix::process::Signal::KILL);
                 let exit = wait_exit(&pidfd).await;

@@ -96,6 +96,20 @@ impl fmt::Display for SessionError {
 
 impl std::error::Error for SessionError {}
 
+impl SessionError {
+    /// Whether the session ended through the peer's fault: it broke a
+    /// protocol rule ([`Violation`](Self::Violation)) or went silent past
+    /// the keepalive timeout ([`KeepaliveTimeout`](Self::KeepaliveTimeout)).
+    /// These are the ends that run a session's
+    /// [`on_peer_fault`](crate::SessionBuilder::on_peer_fault) hook.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Violation { .. } | SessionError::KeepaliveTimeout { .. }
+        )
+    }
+}
+
 /// Why a call failed. `E` is the service's own error type; every other
 /// variant is a failure of the protocol, the connection or the session.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -213,8 +213,24 @@ async fn reconnect_gives_up_when_the_policy_is_exhausted(addr: Addr) {
     assert!(r.unwrap_err().to_string().contains("retry policy is exhausted"));
 }
 
-fn unix_addr(tag: &str) -> Addr {
-    Addr::Unix(std::env::temp_dir().join(format!("osmos-reconnect-{tag}-{}.sock", std::process::id())))
+/// A Unix socket path for one test, removed when the test ends (passed or
+/// not): the listener leaves its socket file behind.
+struct SocketFile(std::path::PathBuf);
+
+impl SocketFile {
+    fn new(tag: &str) -> SocketFile {
+        SocketFile(std::env::temp_dir().join(format!("osmos-reconnect-{tag}-{}.sock", std::process::id())))
+    }
+
+    fn addr(&self) -> Addr {
+        Addr::Unix(self.0.clone())
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn tcp_addr() -> Addr {
@@ -224,7 +240,8 @@ async fn tcp_addr() -> Addr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_reconnect_survives_the_peer_going_away() {
-    reconnect_survives_the_peer_going_away(unix_addr("survives")).await;
+    let socket = SocketFile::new("survives");
+    reconnect_survives_the_peer_going_away(socket.addr()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +251,8 @@ async fn tcp_reconnect_survives_the_peer_going_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_reconnect_gives_up_when_the_policy_is_exhausted() {
-    reconnect_gives_up_when_the_policy_is_exhausted(unix_addr("gives-up")).await;
+    let socket = SocketFile::new("gives-up");
+    reconnect_gives_up_when_the_policy_is_exhausted(socket.addr()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,11 @@
 //! region of its own segment while it keeps talking, or it sends traffic that
 //! looks valid but lies. Each lie breaks one rule the host enforces, so the
 //! host must end the session with an error naming that rule
-//! ([`Hostility::expected`]). Or it sends well-formed messages and keeps
+//! ([`Hostility::expected`]). After a lie (a stalled reader excepted), the
+//! cell reads on and exits with status 0 the moment the host lets go of the
+//! link, as a cell whose session ended would: the host must kill it for the
+//! lie before that (before it tells the cell anything), or it sees a cell
+//! that stopped on its own. Or it sends well-formed messages and keeps
 //! rewriting their strings and payloads while the host reads them
 //! ([`Hostility::FlipBytes`]): the host must copy each frame out once and
 //! decode the copy, so it only ever sees valid values or a named violation.

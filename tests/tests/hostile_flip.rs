@@ -21,8 +21,10 @@
 //!   segment mapping (safe code never holds a slice over peer-writable
 //!   memory);
 //! - a session ends with a violation naming its rule, or with the cell's
-//!   last word; a cell that broke a rule is killed; nothing panics and
-//!   nothing hangs (every call and wait here is bounded).
+//!   last word; a cell that broke a rule is killed (SIGKILL, even when it
+//!   had already sent its last word and would exit on its own once the host
+//!   lets go of the link), and its last session end names the rule;
+//!   nothing panics and nothing hangs (every call and wait here is bounded).
 //!
 //! Why this fails if the host decoded in place: the argument check fails on
 //! the first call whose arguments are a slice over the segment. A decoder
@@ -262,6 +264,12 @@ async fn run_one(seed: u64, checks: &Arc<Checks>) -> Result<String, String> {
     {
         return Err(format!(
             "{ctx}: the host did not kill a cell that broke a rule: {state}"
+        ));
+    }
+    if matches!(why, SessionError::Violation { .. }) && cell.last_session_end().as_ref() != Some(&why) {
+        return Err(format!(
+            "{ctx}: the cell was killed for {why}, but its last session end says {:?}",
+            cell.last_session_end()
         ));
     }
     Ok(outcome)

@@ -65,18 +65,26 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
             }
             _ => tracing::warn!(cell = %name, "{detail}"),
         }
-        let died = SessionError::PeerDied {
-            detail: detail.clone(),
-        };
+        // Why the session ends, if it has not yet: the cell's fault when the
+        // session's hook killed it for one (the process may be gone before
+        // the session has recorded that end), else its death.
+        let why = dead.as_ref().map(|inc| {
+            inc.conn
+                .ended()
+                .or_else(|| inc.condemned.get().cloned())
+                .unwrap_or_else(|| SessionError::PeerDied {
+                    detail: detail.clone(),
+                })
+        });
         if let Some(inc) = &dead {
             // What a caller woken by the new state may ask about: as it will
             // be once the session is ended below.
-            *lock(&inner.last_end) = Some(inc.conn.ended().unwrap_or_else(|| died.clone()));
+            *lock(&inner.last_end) = why.clone();
             *lock(&inner.last_tail) = Some(inc.stderr_tail.clone());
         }
         inner.state.send_replace(next.clone());
-        if let Some(inc) = dead {
-            inc.conn.terminate(died);
+        if let (Some(inc), Some(why)) = (dead, why) {
+            inc.conn.terminate(why);
             inc.liveness.mark_dead(Side::Cell);
             *lock(&inner.last_end) = inc.conn.ended();
         }
@@ -170,12 +178,11 @@ async fn end_of_session(
 ) -> ExitInfo {
     let name = &inner.config.name;
     match &why {
-        SessionError::Violation { rule, .. } => {
-            tracing::error!(cell = %name, pid, rule = *rule, "{why}; killing the cell");
-            spawn::signal(pidfd, Signal::KILL);
-        }
-        SessionError::KeepaliveTimeout { .. } => {
-            tracing::error!(cell = %name, pid, "{why}; killing the cell");
+        // A protocol violation or a keepalive timeout: the session's
+        // `on_peer_fault` hook killed the cell already, before the session
+        // told it anything (see `spawn::start`); this kill is a no-op then.
+        _ if why.is_peer_fault() => {
+            tracing::debug!(cell = %name, pid, "{why}; the cell was killed for it");
             spawn::signal(pidfd, Signal::KILL);
         }
         // The host's own shutdown, however the session then ended (the

@@ -149,6 +149,7 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
                         break;
                     }
                     Some(why) => {
+                        shared.peer_at_fault(&why);
                         shared.send_later(&Message::Goodbye { reason: why.to_string() });
                         shared.end(why);
                         break;
@@ -159,7 +160,9 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
         }
     }
     // Stop reading at once (the peer sees the link end), then close the
-    // sending half, bounded: the peer may not be reading.
+    // sending half, bounded: the peer may not be reading. The session has
+    // ended by now, so an end through the peer's fault has run the
+    // `on_peer_fault` hook before the peer can see this.
     drop(rx);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let mut tx = shared.tx.lock().await;
@@ -180,6 +183,8 @@ async fn fail_with_violation(shared: &Arc<Shared>, v: Violation) {
         rule: v.rule,
         detail: v.detail,
     };
+    // The hook first: the peer learns nothing before it has run.
+    shared.peer_at_fault(&why);
     // Tell the peer, best effort and bounded: it may not be reading.
     let _ = tokio::time::timeout(Duration::from_secs(1), shared.send(&msg)).await;
     shared.end(why);

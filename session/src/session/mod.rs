@@ -146,7 +146,12 @@ pub struct SessionBuilder {
     config: SessionConfig,
     root: Option<Arc<dyn Dispatcher>>,
     acceptor: Option<ConnectionAcceptor>,
+    on_peer_fault: Option<PeerFaultHook>,
 }
+
+/// Runs when a session ends through its peer's fault (see
+/// [`SessionBuilder::on_peer_fault`]).
+type PeerFaultHook = Arc<dyn Fn(&SessionError) + Send + Sync>;
 
 impl SessionBuilder {
     /// A builder with the default configuration, serving nothing.
@@ -170,6 +175,21 @@ impl SessionBuilder {
     /// Without an acceptor every `ConnectionOpen` is rejected.
     pub fn accept_connections(mut self, acceptor: ConnectionAcceptor) -> Self {
         self.acceptor = Some(acceptor);
+        self
+    }
+
+    /// Runs `hook` when the session ends through the peer's fault (a
+    /// protocol violation or a keepalive timeout, see
+    /// [`SessionError::is_peer_fault`]): once, with the reason, as the
+    /// session decides to end and before it tells the peer anything (its
+    /// `ProtocolError` or goodbye) or lets go of the link. Nothing the peer
+    /// can see has changed yet when it runs, so a supervisor that kills a
+    /// peer at fault does it here: the peer cannot learn that the session
+    /// is over and exit on its own first. Not run when the session had
+    /// already ended for another reason. It runs on the thread that found
+    /// the fault, under no lock of the session's; it must not block.
+    pub fn on_peer_fault(mut self, hook: impl Fn(&SessionError) + Send + Sync + 'static) -> Self {
+        self.on_peer_fault = Some(Arc::new(hook));
         self
     }
 
@@ -207,6 +227,7 @@ impl SessionBuilder {
             outbox_len: AtomicUsize::new(0),
             ended: ended_tx,
             acceptor: self.acceptor,
+            on_peer_fault: Mutex::new(self.on_peer_fault),
             keepalive: Mutex::new(Keepalive::new()),
             link_stall: StallClock::default(),
             slot_stall: StallClock::default(),
@@ -331,6 +352,8 @@ pub(crate) struct Shared {
     /// Becomes `Some` when the session ends.
     ended: watch::Sender<Option<SessionError>>,
     acceptor: Option<ConnectionAcceptor>,
+    /// [`SessionBuilder::on_peer_fault`]; taken when it runs (once).
+    on_peer_fault: Mutex<Option<PeerFaultHook>>,
     /// The peer's proof of life (see [`Keepalive`]).
     keepalive: Mutex<Keepalive>,
     /// Sends waiting for room in the link (see `peer.drains-its-link`).
@@ -392,16 +415,42 @@ impl Shared {
     /// Ends the session because the peer broke a rule outside the driver.
     pub(crate) fn fail_violation(&self, rule: &'static str, detail: String) {
         warn!(session = %self.name, rule, "peer broke a protocol rule: {detail}");
+        let why = SessionError::Violation {
+            rule,
+            detail: detail.clone(),
+        };
+        self.peer_at_fault(&why);
         self.send_later(&Message::ProtocolError {
             rule: rule.to_string(),
-            detail: detail.clone(),
+            detail,
         });
-        self.end(SessionError::Violation { rule, detail });
+        self.end(why);
+    }
+
+    /// The session is about to end with `why`, the peer's fault: runs the
+    /// [`on_peer_fault`](SessionBuilder::on_peer_fault) hook (once, and not
+    /// if the session already ended). Called before the peer is told and
+    /// before [`end`](Self::end) (which calls it too, for the ends that tell
+    /// the peer nothing); the driver lets go of the link only after `end`.
+    fn peer_at_fault(&self, why: &SessionError) {
+        if !why.is_peer_fault() || self.ended().is_some() {
+            return;
+        }
+        let hook = self
+            .on_peer_fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(hook) = hook {
+            hook(why);
+        }
     }
 
     /// Ends the session (once): records why, fails every pending call,
-    /// resets every channel, aborts every handler.
+    /// resets every channel, aborts every handler. An end through the
+    /// peer's fault runs the `on_peer_fault` hook first.
     fn end(&self, why: SessionError) {
+        self.peer_at_fault(&why);
         let (pending, serving, channels, opening) = {
             let mut s = self.lock();
             if s.ended.is_some() {

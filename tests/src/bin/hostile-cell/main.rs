@@ -208,6 +208,21 @@ fn hang(why: &str) -> ! {
 }
 
 impl Peer {
+    /// Leaves as a cell whose session ended would: reads (and drops) what
+    /// the host sends until the host lets go of the link, then exits with
+    /// status 0. After a lie the host must have killed the cell before it
+    /// let go, so this exit never happens; if it does, the host reports a
+    /// cell that stopped on its own instead of one killed for the lie.
+    fn leave(&mut self, why: &str) -> ! {
+        eprintln!("hostile-cell: {why}; leaving once the host lets go of the link");
+        loop {
+            if let Err(e) = self.recv(Duration::from_millis(100)) {
+                eprintln!("hostile-cell: the host let go ({e}); exiting");
+                std::process::exit(0);
+            }
+        }
+    }
+
     fn new(segment: Segment, seed: u64) -> Result<Peer, String> {
         let endpoint = segment.endpoint().map_err(|e| e.to_string())?;
         let mem = std::sync::Arc::new(Mem::map(&segment)?);
@@ -589,6 +604,11 @@ fn main() {
         .serve(Duration::from_millis(50), move |p| p.answered >= honest)
         .and_then(|()| peer.lie(how));
     match lie {
+        // A stalled reader never reads; scribbles and flips may end the
+        // session in ways the host does not kill for at once.
+        Ok(()) if how != Hostility::StalledReader && Hostility::LIES.contains(&how) => {
+            peer.leave(&format!("{} done", how.name()))
+        }
         Ok(()) => hang(&format!("{} done", how.name())),
         Err(e) => hang(&format!("{}: {e}", how.name())),
     }
