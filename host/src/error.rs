@@ -239,10 +239,11 @@ impl fmt::Display for HostError {
                 f,
                 "cell '{name}' was not running again within {waited:?} (it is {state}); call again later, or wait longer with FollowingClient::wait_at_most"
             ),
-            HostError::Attach { name, address, detail } => write!(
-                f,
-                "cannot attach remote cell '{name}' at {address}: {detail}"
-            ),
+            HostError::Attach {
+                name,
+                address,
+                detail,
+            } => write!(f, "cannot attach remote cell '{name}' at {address}: {detail}"),
             HostError::NotRunning { name, state } => write!(
                 f,
                 "cell '{name}' is not running ({state}); a restarting cell runs again soon (wait with CellHandle::wait_for, or call through a FollowingClient, which waits), a stopped or failed one must be spawned again"

@@ -164,14 +164,13 @@ impl RemoteCellBuilder {
             .map_err(|e| attach_error(format!("bad credentials: {e}")))?;
         let gate = Arc::new(LogGate::new(name.clone(), log_limits));
         let logs: Arc<dyn Dispatcher> = CellLogsDispatcher::new(LogSink { gate: gate.clone() });
-        let root = match serve {
-            Some(user) => Router::builder()
-                .route(user)
-                .route(logs)
-                .build()
-                .map_err(|e| attach_error(format!("the services to expose clash with the log sink: {e}")))?,
-            None => logs,
-        };
+        let root =
+            match serve {
+                Some(user) => Router::builder().route(user).route(logs).build().map_err(|e| {
+                    attach_error(format!("the services to expose clash with the log sink: {e}"))
+                })?,
+                None => logs,
+            };
         let timeout = stable.handshake_timeout;
         let target = addr.clone();
         let connect = move || {
@@ -182,11 +181,11 @@ impl RemoteCellBuilder {
                         RemoteAddr::Tcp(a) => {
                             let s = TcpStream::connect(a.as_str()).await?;
                             s.set_nodelay(true)?;
-                            Ok(Transport::new(tls.connect(s).await.map_err(std::io::Error::other)?))
+                            Ok(Transport::new(tls.connect(s).await.map_err(|e| e.into_io())?))
                         }
                         RemoteAddr::Unix(p) => {
                             let s = UnixStream::connect(p).await?;
-                            Ok(Transport::new(tls.connect(s).await.map_err(std::io::Error::other)?))
+                            Ok(Transport::new(tls.connect(s).await.map_err(|e| e.into_io())?))
                         }
                     }
                 })
@@ -269,7 +268,9 @@ async fn watch_session(inner: Arc<RemoteInner>) {
         SessionError::Goodbye { .. } | SessionError::Closed { .. } => CellState::Stopped {
             exit: ExitInfo::Detached,
         },
-        e => CellState::Failed { reason: e.to_string() },
+        e => CellState::Failed {
+            reason: e.to_string(),
+        },
     };
     tracing::info!(cell = %inner.name, "the remote cell's session ended: {end}");
     *inner.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
@@ -296,7 +297,10 @@ impl Drop for Owner {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             let conn = self.conn.clone();
-            rt.spawn(async move { conn.goodbye("the host dropped its last handle on this cell").await });
+            rt.spawn(async move {
+                conn.goodbye("the host dropped its last handle on this cell")
+                    .await
+            });
         }
     }
 }
@@ -335,7 +339,11 @@ impl RemoteCell {
 
     /// Why the session ended (`None` while it runs).
     pub fn last_session_end(&self) -> Option<SessionError> {
-        self.inner.last_end.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .last_end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The session's root connection.
@@ -368,7 +376,11 @@ impl RemoteCell {
     /// Says goodbye and waits up to `grace` for the session to end. Returns
     /// [`ExitInfo::Detached`]: the cell's process is not ours to watch.
     pub async fn shutdown(&self, grace: Duration) -> ExitInfo {
-        let _ = tokio::time::timeout(grace, self.inner.conn.goodbye("the host is shutting this cell down")).await;
+        let _ = tokio::time::timeout(
+            grace,
+            self.inner.conn.goodbye("the host is shutting this cell down"),
+        )
+        .await;
         let ended = |s: &CellState| matches!(s, CellState::Stopped { .. } | CellState::Failed { .. });
         let _ = tokio::time::timeout(grace, self.wait_for(ended)).await;
         ExitInfo::Detached

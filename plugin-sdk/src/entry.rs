@@ -22,7 +22,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use osmos_session::Dispatcher;
-use osmos_session::control::{CONTROL_FD, ENV_CELL_NAME, ENV_CREDENTIALS, ENV_LISTEN, ENV_PROTOCOL, SEGMENT_FD};
+use osmos_session::control::{
+    CONTROL_FD, ENV_CELL_NAME, ENV_CREDENTIALS, ENV_LISTEN, ENV_PROTOCOL, SEGMENT_FD,
+};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::logging::ENV_LOG;

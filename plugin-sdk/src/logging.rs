@@ -71,7 +71,9 @@ impl<S: tracing::Subscriber> Layer<S> for ForwardLayer {
         let meta = event.metadata();
         if let Sink::Queue(_) = self.sink
             && *meta.level() >= tracing::Level::DEBUG
-            && ["osmos_session", "rustls", "tokio"].iter().any(|t| meta.target().starts_with(t))
+            && ["osmos_session", "rustls", "tokio"]
+                .iter()
+                .any(|t| meta.target().starts_with(t))
         {
             // Sending a record over the session makes these: forwarding them
             // would feed itself.

@@ -31,7 +31,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use osmos_session::control::{CellLogsClient, ENV_CELL_NAME, ENV_CREDENTIALS, ENV_LISTEN, LogRecord, MAX_LOG_BATCH};
+use osmos_session::control::{
+    CellLogsClient, ENV_CELL_NAME, ENV_CREDENTIALS, ENV_LISTEN, LogRecord, MAX_LOG_BATCH,
+};
 use osmos_session::link::stable::{Accepted, StableAcceptor, StableConfig, Transport};
 use osmos_session::tls::{CellCredentials, PeerIdentity, TlsAcceptor};
 use osmos_session::{Connection, Dispatcher, SessionBuilder, SessionConfig};
@@ -66,7 +68,10 @@ impl ListenAddr {
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
         let addr = s.strip_prefix("tcp:").unwrap_or(s);
-        if addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
             return Err(format!(
                 "`{s}` is not a listen address: write tcp:HOST:PORT (e.g. tcp:0.0.0.0:7000) or unix:/path/to/socket"
             ));
@@ -119,7 +124,8 @@ impl RemoteSettings {
             Ok(l) => l,
             Err(e) => return bad(e),
         };
-        let Some(credentials) = flag(&args, "--credentials").or_else(|| std::env::var(ENV_CREDENTIALS).ok()) else {
+        let Some(credentials) = flag(&args, "--credentials").or_else(|| std::env::var(ENV_CREDENTIALS).ok())
+        else {
             return bad(format!(
                 "serving remotely ({listen}) needs credentials: pass --credentials DIR (or set {ENV_CREDENTIALS}) \
                  naming the directory the host wrote with CellCredentials::write_dir"
@@ -202,7 +208,9 @@ fn refusal(name: &str, what: String) {
 }
 
 fn remote_error(detail: impl Into<String>) -> CellError {
-    CellError::Remote { detail: detail.into() }
+    CellError::Remote {
+        detail: detail.into(),
+    }
 }
 
 /// Binds, then serves every connection; returns the first session's cell.
@@ -212,7 +220,10 @@ pub(crate) async fn start(
     logs: LogHosts,
 ) -> Result<Cell, CellError> {
     let creds = CellCredentials::read_dir(&settings.credentials).map_err(|e| {
-        remote_error(format!("cannot read the credentials in {}: {e}", settings.credentials.display()))
+        remote_error(format!(
+            "cannot read the credentials in {}: {e}",
+            settings.credentials.display()
+        ))
     })?;
     let tls = TlsAcceptor::new(&creds.identity, std::slice::from_ref(&creds.host))
         .map_err(|e| remote_error(format!("cannot set up TLS: {e}")))?;
@@ -243,8 +254,11 @@ pub(crate) async fn start(
                     continue;
                 }
             };
-            let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
-            let (tls, stable, dispatcher, name) = (tls.clone(), stable.clone(), dispatcher.clone(), name.clone());
+            let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                return;
+            };
+            let (tls, stable, dispatcher, name) =
+                (tls.clone(), stable.clone(), dispatcher.clone(), name.clone());
             let (first_tx, logs) = (first_tx.clone(), logs.clone());
             tokio::spawn(async move {
                 let secured = match tokio::time::timeout(timeout, tls.accept_boxed(transport)).await {
@@ -274,7 +288,9 @@ pub(crate) async fn start(
                 let session = SessionBuilder::new()
                     .config(config)
                     .serve(dispatcher)
-                    .accept_connections(Arc::new(move |_: &osmos_session::wire::Metadata| Ok(Some(served.clone()))))
+                    .accept_connections(Arc::new(move |_: &osmos_session::wire::Metadata| {
+                        Ok(Some(served.clone()))
+                    }))
                     .accept(link)
                     .await;
                 match session {

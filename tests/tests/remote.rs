@@ -82,9 +82,12 @@ impl RemoteProcess {
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("the remote cell never said where it listens: {:?}", stderr.lock().unwrap()));
+        let addr = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!(
+                "the remote cell never said where it listens: {:?}",
+                stderr.lock().unwrap()
+            )
+        });
         RemoteProcess {
             child,
             addr,
@@ -118,6 +121,59 @@ impl RemoteProcess {
     }
 }
 
+/// A relay between host and cell that records what crosses it and can cut
+/// its connections.
+struct Relay {
+    addr: String,
+    seen: Arc<Mutex<Vec<u8>>>,
+    live: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let live = Arc::new(Mutex::new(Vec::new()));
+        let (record, tasks) = (seen.clone(), live.clone());
+        tokio::spawn(async move {
+            loop {
+                let (a, _) = listener.accept().await.unwrap();
+                let b = TcpStream::connect(upstream.as_str()).await.unwrap();
+                let (ar, aw) = a.into_split();
+                let (br, bw) = b.into_split();
+                for (mut r, mut w) in [
+                    (
+                        Box::new(ar) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(bw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(br), Box::new(aw)),
+                ] {
+                    let record = record.clone();
+                    let task = tokio::spawn(async move {
+                        let mut buf = vec![0; 64 << 10];
+                        while let Ok(n) = r.read(&mut buf).await {
+                            if n == 0 || w.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                    });
+                    tasks.lock().unwrap().push(task.abort_handle());
+                }
+            }
+        });
+        Relay { addr, seen, live }
+    }
+
+    /// Cuts every connection through the relay.
+    fn cut(&self) {
+        for t in self.live.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
 fn pair() -> (HostCredentials, CellCredentials) {
     tls::pair("test-host", "far-cell").expect("generate credentials")
 }
@@ -128,11 +184,17 @@ async fn a_remote_cell_serves_calls_streams_logs_and_shuts_down() {
     let mut process = RemoteProcess::start("serves", &cell);
     let remote = within(
         "the attach",
-        RemoteCellBuilder::tcp(process.addr.clone(), host).name("far").attach(),
+        RemoteCellBuilder::tcp(process.addr.clone(), host)
+            .name("far")
+            .attach(),
     )
     .await
     .expect("attach");
-    assert!(matches!(remote.state(), CellState::Attached { .. }), "{}", remote.state());
+    assert!(
+        matches!(remote.state(), CellState::Attached { .. }),
+        "{}",
+        remote.state()
+    );
     let client: TestCellClient = remote.client().expect("a client");
     assert_eq!(within("add", client.add(2, 3)).await.expect("add"), 5);
     let big = vec![7u8; 256 << 10];
@@ -145,7 +207,13 @@ async fn a_remote_cell_serves_calls_streams_logs_and_shuts_down() {
         async move { client.count(1000, tx).await }
     });
     for i in 0..1000 {
-        assert_eq!(within("an item", rx.recv()).await.expect("an item").expect("not an error"), i);
+        assert_eq!(
+            within("an item", rx.recv())
+                .await
+                .expect("an item")
+                .expect("not an error"),
+            i
+        );
     }
     assert_eq!(within("count", counting).await.unwrap().expect("count"), 1000);
     let (tx, rx) = conn.channel::<u64>().expect("a channel");
@@ -159,7 +227,9 @@ async fn a_remote_cell_serves_calls_streams_logs_and_shuts_down() {
     tx.close().await.expect("close");
     assert_eq!(within("sum", summing).await.unwrap().expect("sum"), 5050);
     // The cell's log records come over the session.
-    within("log", client.log("hello from far away".into())).await.expect("log");
+    within("log", client.log("hello from far away".into()))
+        .await
+        .expect("log");
     within("the record", async {
         while remote.stats().logs.records_forwarded == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -169,8 +239,20 @@ async fn a_remote_cell_serves_calls_streams_logs_and_shuts_down() {
     let stats = remote.stats();
     assert!(stats.session.calls_made >= 5, "{stats:?}");
     // Goodbye: the cell exits 0.
-    assert_eq!(within("shutdown", remote.shutdown(Duration::from_secs(5))).await, ExitInfo::Detached);
-    assert!(matches!(remote.state(), CellState::Stopped { exit: ExitInfo::Detached }), "{}", remote.state());
+    assert_eq!(
+        within("shutdown", remote.shutdown(Duration::from_secs(5))).await,
+        ExitInfo::Detached
+    );
+    assert!(
+        matches!(
+            remote.state(),
+            CellState::Stopped {
+                exit: ExitInfo::Detached
+            }
+        ),
+        "{}",
+        remote.state()
+    );
     assert!(process.wait_exit().success());
 }
 
@@ -182,11 +264,7 @@ async fn a_host_with_the_wrong_credentials_is_refused_on_both_sides() {
     let e = within(
         "the refusal",
         RemoteCellBuilder::tcp(process.addr.clone(), stranger)
-            .stable(osmos_session::link::stable::StableConfig::default().retry(osmos_session::RetryPolicy {
-                max_attempts: 1,
-                initial_backoff: Duration::from_millis(1),
-                max_backoff: Duration::from_millis(1),
-            }))
+            .stable(one_attempt())
             .attach(),
     )
     .await
@@ -195,57 +273,128 @@ async fn a_host_with_the_wrong_credentials_is_refused_on_both_sides() {
     let text = e.to_string();
     assert!(text.contains("refused") || text.contains("pinned"), "{text}");
     let line = process.stderr_says("refused a connection").await;
-    assert!(line.contains("pinned") || line.contains("certificate"), "{line}");
+    assert!(line.contains("refused our certificate"), "{line}");
+}
+
+fn one_attempt() -> osmos_session::link::stable::StableConfig {
+    osmos_session::link::stable::StableConfig::default().retry(osmos_session::RetryPolicy {
+        max_attempts: 1,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(1),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_refuses_a_host_it_does_not_pin_and_plaintext() {
+    let (host, cell) = pair();
+    let (stranger, _) = pair();
+    let process = RemoteProcess::start("unpinned-host", &cell);
+    // The right pin of the cell, but not the identity the cell trusts.
+    let impostor = HostCredentials {
+        identity: stranger.identity,
+        cell: host.cell.clone(),
+    };
+    let e = within(
+        "the refusal",
+        RemoteCellBuilder::tcp(process.addr.clone(), impostor)
+            .stable(one_attempt())
+            .attach(),
+    )
+    .await
+    .expect_err("an impostor must not attach");
+    assert!(e.to_string().contains("refused our certificate"), "{e}");
+    let line = process.stderr_says("is not the pinned one").await;
+    assert!(line.contains("refused a connection"), "{line}");
+    // A client that speaks no TLS at all reaches nothing either.
+    let mut raw = TcpStream::connect(process.addr.as_str()).await.unwrap();
+    raw.write_all(b"osmSTBL1 hello in clear, pretending to be a conduit")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = within("the cell to hang up", async {
+        raw.read(&mut buf).await.unwrap_or(0)
+    })
+    .await;
+    assert!(
+        !String::from_utf8_lossy(&buf[..n]).contains("osmSTBL1"),
+        "the conduit answered in clear"
+    );
+    process.stderr_says("refused a connection from 127.0.0.1").await;
+    // The real host still attaches.
+    let remote = within(
+        "the attach",
+        RemoteCellBuilder::tcp(process.addr.clone(), host).attach(),
+    )
+    .await
+    .expect("attach");
+    let client: TestCellClient = remote.client().unwrap();
+    assert_eq!(within("add", client.add(40, 2)).await.unwrap(), 42);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_to_a_remote_cell_is_encrypted() {
     let (host, cell) = pair();
     let process = RemoteProcess::start("encrypted", &cell);
-    // A recording relay between host and cell.
-    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_addr = relay.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let upstream = process.addr.clone();
-    let record = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let (a, _) = relay.accept().await.unwrap();
-            let b = TcpStream::connect(upstream.as_str()).await.unwrap();
-            let (mut ar, mut aw) = a.into_split();
-            let (mut br, mut bw) = b.into_split();
-            let (r1, r2) = (record.clone(), record.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0; 64 << 10];
-                while let Ok(n) = ar.read(&mut buf).await {
-                    if n == 0 || bw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    r1.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0; 64 << 10];
-                while let Ok(n) = br.read(&mut buf).await {
-                    if n == 0 || aw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    r2.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-    });
-    let remote = within("the attach", RemoteCellBuilder::tcp(relay_addr.to_string(), host).attach())
+    let relay = Relay::start(process.addr.clone()).await;
+    let (relay_addr, seen) = (relay.addr.clone(), relay.seen.clone());
+    let remote = within("the attach", RemoteCellBuilder::tcp(relay_addr, host).attach())
         .await
         .expect("attach");
     let client: TestCellClient = remote.client().unwrap();
     let marker = b"osmos-plaintext-marker-".repeat(1000);
     assert_eq!(within("echo", client.echo(marker.clone())).await.unwrap(), marker);
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.len() > marker.len(), "the relay saw the traffic ({} bytes)", seen.len());
+    assert!(
+        seen.len() > marker.len(),
+        "the relay saw the traffic ({} bytes)",
+        seen.len()
+    );
     let needle = b"osmos-plaintext-marker-";
     assert!(
         !seen.windows(needle.len()).any(|w| w == needle),
         "the payload crossed the wire in clear"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_session_survives_cut_connections() {
+    let (host, cell) = pair();
+    let process = RemoteProcess::start("cuts", &cell);
+    let relay = Relay::start(process.addr.clone()).await;
+    let stable = osmos_session::link::stable::StableConfig::default().retry(osmos_session::RetryPolicy {
+        max_attempts: 50,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+    });
+    let remote = within(
+        "the attach",
+        RemoteCellBuilder::tcp(relay.addr.clone(), host)
+            .stable(stable)
+            .attach(),
+    )
+    .await
+    .expect("attach");
+    let client: TestCellClient = remote.client().unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..400u32 {
+        let client = client.clone();
+        calls.spawn(async move { (i, client.add(i, 1000).await) });
+        if i % 100 == 50 {
+            relay.cut();
+        }
+    }
+    while let Some(r) = within("a call", calls.join_next()).await {
+        let (i, answer) = r.unwrap();
+        assert_eq!(answer.expect("a call across a cut"), i + 1000);
+    }
+    assert!(
+        remote.stats().restarts >= 1,
+        "the conduit resumed: {:?}",
+        remote.stats()
+    );
+    assert!(
+        matches!(remote.state(), CellState::Attached { .. }),
+        "{}",
+        remote.state()
     );
 }

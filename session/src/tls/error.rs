@@ -189,6 +189,31 @@ impl std::error::Error for TlsError {
 }
 
 impl TlsError {
+    /// Whether this is a refusal (a certificate that is not the pinned one,
+    /// or that the peer would not take): trying again cannot help, unlike a
+    /// connection that broke during the handshake.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            TlsError::NotPinned { .. }
+                | TlsError::ChainNotAllowed { .. }
+                | TlsError::NoClientCertificate
+                | TlsError::Refused { .. }
+                | TlsError::PeerAlert { .. }
+        )
+    }
+
+    /// As an `io::Error` for a stable conduit's connector: a refusal is
+    /// [`io::ErrorKind::PermissionDenied`], which the conduit does not retry.
+    pub fn into_io(self) -> io::Error {
+        let kind = if self.is_refusal() {
+            io::ErrorKind::PermissionDenied
+        } else {
+            io::ErrorKind::ConnectionAborted
+        };
+        io::Error::new(kind, self.to_string())
+    }
+
     /// Turns what tokio-rustls reported for a failed handshake (or for the
     /// first read or write after it) into the error that says what happened:
     /// our verifier's rejection, a missing client certificate, the peer's

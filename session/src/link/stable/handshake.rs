@@ -44,8 +44,16 @@ enum Attempt {
 }
 
 impl From<std::io::Error> for Attempt {
+    /// A connector's `PermissionDenied` (e.g. a TLS certificate refusal) is
+    /// final; anything else is worth another attempt.
     fn from(e: std::io::Error) -> Self {
-        Attempt::Retry(e.to_string())
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            Attempt::Fatal(ResumeFailure::Refused {
+                detail: e.to_string(),
+            })
+        } else {
+            Attempt::Retry(e.to_string())
+        }
     }
 }
 
@@ -138,14 +146,23 @@ pub(super) async fn connect_new(connect: Connector, config: StableConfig) -> Res
                 tokio::spawn(conduit::drive(sh.clone()));
                 return Ok(StableLink { sh, split: false });
             }
-            Err(Attempt::Fatal(f)) => return Err(LinkError::Unresumable(f)),
+            Err(Attempt::Fatal(f)) => return Err(not_opened(std::io::ErrorKind::PermissionDenied, f)),
             Err(Attempt::Retry(e)) => last = e,
         }
     }
-    Err(LinkError::Unresumable(ResumeFailure::RetriesExhausted {
+    let f = ResumeFailure::RetriesExhausted {
         attempts: policy.max_attempts.max(1),
         last_error: last,
-    }))
+    };
+    Err(not_opened(std::io::ErrorKind::ConnectionRefused, f))
+}
+
+/// The error of a conduit that could not be opened at all.
+fn not_opened(kind: std::io::ErrorKind, why: ResumeFailure) -> LinkError {
+    LinkError::Io(std::io::Error::new(
+        kind,
+        format!("could not open a stable session: {why}"),
+    ))
 }
 
 /// After a break: reconnects and resumes, per the retry policy.

@@ -256,7 +256,7 @@ impl std::fmt::Display for ResumeFailure {
             }
             ResumeFailure::RetriesExhausted { attempts, last_error } => write!(
                 f,
-                "could not reconnect after {attempts} attempts (the retry policy ran out); the last \
+                "gave up after {attempts} connection attempts (the retry policy ran out); the last \
                  failed with: {last_error}; check that the peer runs, or allow more attempts"
             ),
             ResumeFailure::PeerDidNotReturn { waited } => write!(
