@@ -168,7 +168,7 @@ async fn checked_add(client: &BenchClient, i: u32) -> Result<(), BoxError> {
 
 /// `add_rtt/<link>`; with `peer` (the serving process's pid), also the
 /// context switches per call of both processes.
-async fn add_latency(
+pub(crate) async fn add_latency(
     client: &BenchClient,
     name: &str,
     peer: Option<u32>,
@@ -216,7 +216,7 @@ async fn add_cold(client: &BenchClient, peer: u32, p: &Params) -> Result<Row, Bo
     })
 }
 
-fn one_worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn one_worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -332,38 +332,13 @@ async fn one_cell_inner(
         ("echo_64k/shm", 64 << 10),
         ("echo_1m/shm", 1 << 20),
     ] {
-        if !p.wants(name) {
-            continue;
+        if p.wants(name) {
+            rows.push(echo(client, name, size, p, f).await?);
         }
-        let payload = vec![0xa5u8; size];
-        // Fewer rounds for the big payloads: their cost is in the copies.
-        let rounds = if size >= 1 << 20 {
-            p.rounds() / 10
-        } else {
-            p.rounds()
-        };
-        let mut times = time_calls(rounds, p.cap(), |_| {
-            let c = client.clone();
-            let data = payload.clone();
-            async move {
-                let back = c.echo(data).await?;
-                if back.len() != size {
-                    return Err(format!("echo of {size} bytes returned {}", back.len()).into());
-                }
-                Ok(())
-            }
-        })
-        .await?;
-        let short = times.len() < rounds;
-        let mut row = Row::latency(name, &mut times, p.pinned).against(floor::ADAPTIVE, f.adaptive_ns);
-        if short {
-            row = row.note(&format!("stopped early after {:?}", p.cap()));
-        }
-        rows.push(row.note("time includes cloning the payload on the host"));
     }
 
     if p.wants("stream_64k/shm") {
-        rows.push(stream(client, p, f).await?);
+        rows.push(stream(client, "stream_64k/shm", p, f).await?);
     }
     if p.wants("stream_1000/shm") {
         rows.push(small_stream(client, p, f).await?);
@@ -398,8 +373,48 @@ async fn idle_cpu(cell: &CellHandle, p: &Params) -> Result<Row, BoxError> {
     )))
 }
 
-/// `stream_64k/shm`: 64 KiB items cell → host through a `Tx<Vec<u8>>`.
-async fn stream(client: &BenchClient, p: &Params, f: &Floors) -> Result<Row, BoxError> {
+/// `echo_<size>/<link>`: one call carrying `size` bytes each way.
+pub(crate) async fn echo(
+    client: &BenchClient,
+    name: &str,
+    size: usize,
+    p: &Params,
+    f: &Floors,
+) -> Result<Row, BoxError> {
+    let payload = vec![0xa5u8; size];
+    // Fewer rounds for the big payloads: their cost is in the copies.
+    let rounds = if size >= 1 << 20 {
+        p.rounds() / 10
+    } else {
+        p.rounds()
+    };
+    let mut times = time_calls(rounds, p.cap(), |_| {
+        let c = client.clone();
+        let data = payload.clone();
+        async move {
+            let back = c.echo(data).await?;
+            if back.len() != size {
+                return Err(format!("echo of {size} bytes returned {}", back.len()).into());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let short = times.len() < rounds;
+    let mut row = Row::latency(name, &mut times, p.pinned).against(floor::ADAPTIVE, f.adaptive_ns);
+    if short {
+        row = row.note(&format!("stopped early after {:?}", p.cap()));
+    }
+    Ok(row.note("time includes cloning the payload on the host"))
+}
+
+/// `stream_64k/<link>`: 64 KiB items server → caller through a `Tx<Vec<u8>>`.
+pub(crate) async fn stream(
+    client: &BenchClient,
+    name: &str,
+    p: &Params,
+    f: &Floors,
+) -> Result<Row, BoxError> {
     let items = p.stream_items();
     let mut rates = Vec::new();
     for run in 0..p.runs() + 1 {
@@ -422,7 +437,7 @@ async fn stream(client: &BenchClient, p: &Params, f: &Floors) -> Result<Row, Box
             rates.push(bytes as f64 / dt / 1e9);
         }
     }
-    Ok(Row::rate("stream_64k/shm", "GB/s", &mut rates, p.pinned)
+    Ok(Row::rate(name, "GB/s", &mut rates, p.pinned)
         .against(floor::RING_COPY, f.ring_gbps)
         .note(&format!("{items} x 64 KiB per run, call to last item")))
 }

@@ -32,6 +32,7 @@
 pub mod cases;
 pub mod ctxsw;
 pub mod floor;
+pub mod network;
 pub mod report;
 pub mod service;
 pub mod sys;

@@ -143,6 +143,13 @@ fn pass(p: Params, errors: &mut Vec<String>) -> Vec<Row> {
                 Err(e) => errors.push(format!("{label}: in-process links: {e}")),
             }
         }
+        if osmos_benches::network::wanted(&p) {
+            eprintln!("  add, echo and stream over loopback TCP: plain, stable, stable over TLS");
+            match osmos_benches::network::network(&p, &floors).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => errors.push(format!("{label}: network links: {e}")),
+            }
+        }
         if p.wants_any(cases::ONE_CELL) {
             eprintln!("  one cell: idle, add, echo, stream, concurrency");
             match cases::one_cell(&p, &floors).await {
