@@ -36,6 +36,13 @@
 //! | `#[tokio::main] async fn main` (multi-thread) | [`run`] / [`run_with`] | that runtime, through `block_in_place` | `exit` |
 //! | any `async fn` (any runtime flavor) | [`serve`] / [`serve_with`] `.await` | the caller's runtime | `Result`; [`CellError::exit_code`] |
 //!
+//! Started by hand with `--listen ADDR --credentials DIR` (or
+//! [`ENV_LISTEN`](osmos_session::control::ENV_LISTEN) and
+//! [`ENV_CREDENTIALS`](osmos_session::control::ENV_CREDENTIALS)), every
+//! entry point serves hosts over the network instead: mutual TLS with
+//! pinned certificates, then a session that survives broken connections
+//! (see [`remote`]).
+//!
 //! [`run`] inside a current-thread runtime (`#[tokio::main(flavor =
 //! "current_thread")]`) cannot serve without stopping that runtime: it
 //! says so (stderr, and the host's log) and exits with [`EXIT_FAILED`];
@@ -62,6 +69,7 @@
 //! |---|---|---|
 //! | `OSMOS_LOG` ([`ENV_LOG`]) | `info` | lowest level of the cell's tracing events forwarded to the host (`error`, `warn`, `info`, `debug`, `trace`, `off`); a cell's `debug!` lines are dropped in the cell unless the host sets `debug` (`CellBuilder::log_level`) |
 //! | `OSMOS_WORKER_THREADS` ([`ENV_WORKER_THREADS`]) | `1` | threads of the runtime [`run`] starts: `1` serves on the main thread alone (a current-thread runtime: a frame is handled where it is received), `N > 1` a multi-thread runtime of `N` workers (at most 256); ignored on the program's own runtime |
+//! | `OSMOS_LISTEN`, `OSMOS_CREDENTIALS` | unset | remote mode, when a cell is started by hand (same as `--listen`, `--credentials`; see [`remote`]) |
 //! | `OSMOS_CELL_NAME`, `OSMOS_PROTOCOL_VERSION`, `OSMOS_SEGMENT_FD`, `OSMOS_CONTROL_FD`, `OSMOS_WAKE_FD` | set by every host | the bootstrap ([`Bootstrap::from_env`]); without them the binary was run by hand |
 //!
 //! The cell's session uses [`SessionConfig::default`]: the handshake must

@@ -58,10 +58,16 @@ impl Drop for RemoteProcess {
 impl RemoteProcess {
     /// Starts the cell listening on a free loopback port, trusting `cell`'s host.
     fn start(tag: &str, cell: &CellCredentials) -> RemoteProcess {
+        Self::start_on(tag, cell, "tcp:127.0.0.1:0".into(), "listening on tcp:")
+    }
+
+    /// Starts the cell listening on `listen`; its address is what follows
+    /// `marker` in the line it prints.
+    fn start_on(tag: &str, cell: &CellCredentials, listen: String, marker: &'static str) -> RemoteProcess {
         let dir = Dir::new(tag);
         cell.write_dir(&dir.0).expect("write the cell's credentials");
         let mut child = Command::new(CELL)
-            .args(["--listen", "tcp:127.0.0.1:0", "--credentials"])
+            .args(["--listen", listen.as_str(), "--credentials"])
             .arg(&dir.0)
             .args(["--name", "far-cell"])
             .env("OSMOS_LOG", "info")
@@ -76,7 +82,7 @@ impl RemoteProcess {
         let pipe = child.stderr.take().expect("stderr piped");
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on tcp:").nth(1) {
+                if let Some(addr) = line.split(marker).nth(1) {
                     let _ = tx.send(addr.trim().to_string());
                 }
                 lines.lock().unwrap().push(line);
@@ -397,4 +403,25 @@ async fn a_remote_session_survives_cut_connections() {
         "{}",
         remote.state()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_cell_serves_on_a_unix_socket() {
+    let (host, cell) = pair();
+    let path = std::env::temp_dir().join(format!("osmos-remote-{}.sock", std::process::id()));
+    let mut process = RemoteProcess::start_on(
+        "unix",
+        &cell,
+        format!("unix:{}", path.display()),
+        "listening on unix:",
+    );
+    assert_eq!(PathBuf::from(&process.addr), path);
+    let remote = within("the attach", RemoteCellBuilder::unix(&path, host).attach())
+        .await
+        .expect("attach over a Unix socket");
+    let client: TestCellClient = remote.client().unwrap();
+    assert_eq!(within("add", client.add(1, 2)).await.unwrap(), 3);
+    remote.shutdown(Duration::from_secs(5)).await;
+    assert!(process.wait_exit().success());
+    let _ = std::fs::remove_file(&path);
 }
