@@ -17,14 +17,25 @@ use osmos_tests::soak::{SoakDispatcher, SoakService};
 use tokio::net::{TcpListener, UnixListener};
 
 /// Runs the handshake on a connection; a new session gets the service.
-async fn serve(acceptor: StableAcceptor, transport: Transport, service: Arc<SoakService>) -> Option<Connection> {
+async fn serve(
+    acceptor: StableAcceptor,
+    transport: Transport,
+    service: Arc<SoakService>,
+) -> Option<Connection> {
     match acceptor.accept(transport).await {
         Ok(Accepted::New(link)) => match SessionBuilder::new()
             .serve(SoakDispatcher::new(service))
             .accept(link)
             .await
         {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                // Say why a session ends: the test only sees its own side.
+                let watch = c.clone();
+                tokio::spawn(async move {
+                    eprintln!("stable-peer: a session ended: {}", watch.closed().await);
+                });
+                Some(c)
+            }
             Err(e) => {
                 eprintln!("stable-peer: a session failed its handshake: {e}");
                 None

@@ -358,9 +358,20 @@ impl StableAcceptor {
                 "a resume with a token this acceptor does not know".into()
             }));
         };
+        // Break the current connection first: a pump blocked on it holds
+        // the writer until it is declared broken.
+        let back = "the initiator came back on a new connection";
         let cgen = sh.lock().generation;
-        sh.declare_broken(cgen, "the initiator came back on a new connection".into());
+        sh.declare_broken(cgen, back.into());
         let mut w = sh.writer.lock().await;
+        // An earlier resume may have installed a connection while this one
+        // waited for the writer: break that one too, or frames would go on
+        // arriving on it after `received` is read below, and the initiator
+        // would replay them (stable.sequence-in-order), while their acks
+        // would reach past the initiator's replay cursor. No connection can
+        // be installed while the writer is held, so `received` is final.
+        let cgen = sh.lock().generation;
+        sh.declare_broken(cgen, back.into());
         let received = sh.lock().received;
         let (first, next) = w.window();
         if hello.received + 1 < first || hello.received >= next {

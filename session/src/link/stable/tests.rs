@@ -329,3 +329,94 @@ async fn an_initiator_that_cannot_reconnect_gives_up_and_its_acceptor_stops_wait
     let e = within("the acceptor's failure", srx.recv()).await.unwrap_err();
     assert!(e.to_string().contains("did not come back"), "{e}");
 }
+
+/// A forged initiator's handshake on a fresh connection to `addr`: sends
+/// `hello`, returns the connection and the acceptor's welcome.
+async fn forged_hello(addr: std::net::SocketAddr, hello: wire::Hello) -> (TcpStream, wire::Welcome) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&hello.encode()).await.unwrap();
+    let mut b = [0; wire::WELCOME_LEN];
+    within("a welcome", s.read_exact(&mut b)).await.unwrap();
+    (s, wire::Welcome::decode(&b).unwrap())
+}
+
+/// Regression: a resume that waited for the writer while an earlier resume
+/// installed a connection must break that connection too. It broke only the
+/// one current when it arrived, so frames went on arriving on the newer one
+/// after the welcome named `received`: the initiator replayed them (the
+/// acceptor failed with `stable.sequence-in-order`) and the acceptor's acks
+/// ran past the initiator's replay cursor (a subtraction overflow in the
+/// pump). The fault-injecting soak (`osmos-tests`, `stable_soak`) found it.
+#[tokio::test]
+async fn a_resume_breaks_the_connection_an_earlier_resume_installed_while_it_waited() {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = StableAcceptor::new(quick()).unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), accepted_tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(acceptor.accept(Transport::tcp(s).unwrap()).await).await;
+            });
+        }
+    });
+    // A session started by hand (generation 1).
+    let new = wire::Hello {
+        kind: wire::HELLO_NEW,
+        token: [0; 32],
+        received: 0,
+    };
+    let (mut first, welcome) = forged_hello(addr, new).await;
+    first.write_all(&wire::ready(wire::Verdict::Go)).await.unwrap();
+    let Ok(Accepted::New(link)) = within("the new session", accepted.recv()).await.unwrap() else {
+        panic!("a new session")
+    };
+    let sh = link.sh.clone();
+    let (_stx, mut srx) = link.split();
+    // The writer is busy (as when an earlier resume holds it) while a resume arrives.
+    let guard = sh.writer.lock().await;
+    let resume = wire::Hello {
+        kind: wire::HELLO_RESUME,
+        token: welcome.token,
+        received: 0,
+    };
+    let late = tokio::spawn(forged_hello(addr, resume));
+    let mut broken = sh.broken.subscribe();
+    within("the resume to break generation 1", broken.wait_for(|b| *b >= 1))
+        .await
+        .unwrap();
+    // Meanwhile the earlier resume installs generation 2.
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (read, write) = tokio::io::split(theirs);
+    {
+        let mut guard = guard;
+        sh.install(&mut guard, Box::new(read), Box::new(write), 0);
+    }
+    let (mut third, welcome) = within("the late resume's welcome", late).await.unwrap();
+    assert_eq!(welcome.verdict, wire::Verdict::Go as u8);
+    assert!(
+        *sh.broken.borrow() >= 2,
+        "the late resume broke generation 2, which was current when it took over"
+    );
+    // Whatever comes on generation 2 now is stale; generation 3 carries on.
+    let frame = |seq: u64, payload: &[u8]| {
+        let mut f = vec![0; PREFIX_LEN + NUMBERED_HEADER + payload.len()];
+        wire::put_numbered(&mut f, wire::DATA, seq, 0);
+        f[PREFIX_LEN + NUMBERED_HEADER..].copy_from_slice(payload);
+        f
+    };
+    let (_r2, mut w2) = tokio::io::split(ours);
+    let _ = w2.write_all(&frame(1, b"stale")).await;
+    third.write_all(&wire::ready(wire::Verdict::Go)).await.unwrap();
+    third.write_all(&frame(1, b"fresh")).await.unwrap();
+    let got = within("frame #1", srx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, b"fresh");
+    assert!(matches!(
+        within("the resume", accepted.recv()).await,
+        Some(Ok(Accepted::Resumed))
+    ));
+    drop(first);
+}
