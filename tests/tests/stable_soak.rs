@@ -119,7 +119,10 @@ async fn spawn_peer(ctx: &Ctx, listen: &Endpoint) -> Peer {
         .unwrap_or_else(|e| panic!("{ctx}: spawning {PEER}: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
     let line = ctx
-        .within("the peer's ready line", BufReader::new(stdout).lines().next_line())
+        .within(
+            "the peer's ready line",
+            BufReader::new(stdout).lines().next_line(),
+        )
         .await
         .unwrap_or_else(|e| panic!("{ctx}: reading the peer's stdout: {e}"))
         .unwrap_or_else(|| panic!("{ctx}: the peer exited before it was ready"));
@@ -136,7 +139,10 @@ impl Peer {
     async fn stop(mut self, ctx: &Ctx) {
         drop(self.child.stdin.take());
         let status = ctx.within("the peer to exit", self.child.wait()).await;
-        assert!(status.as_ref().is_ok_and(|s| s.success()), "{ctx}: the peer exited with {status:?}");
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "{ctx}: the peer exited with {status:?}"
+        );
     }
 }
 
@@ -193,7 +199,8 @@ async fn calls(ctx: Ctx, client: SoakClient, proxy: Arc<FaultProxy>, plan: Arc<P
         workers.push(tokio::spawn(async move {
             loop {
                 let x = next.fetch_add(1, Ordering::Relaxed);
-                if x >= plan.calls && (proxy.stats().cuts >= plan.min_cuts || start.elapsed() > plan.deadline) {
+                if x >= plan.calls && (proxy.stats().cuts >= plan.min_cuts || start.elapsed() > plan.deadline)
+                {
                     return;
                 }
                 let got = ctx
@@ -206,7 +213,8 @@ async fn calls(ctx: Ctx, client: SoakClient, proxy: Arc<FaultProxy>, plan: Arc<P
         }));
     }
     for w in workers {
-        w.await.unwrap_or_else(|e| panic!("{ctx}: a caller panicked: {e}"));
+        w.await
+            .unwrap_or_else(|e| panic!("{ctx}: a caller panicked: {e}"));
     }
 }
 
@@ -223,13 +231,24 @@ async fn downloads(ctx: Ctx, conn: Connection, client: SoakClient, plan: Arc<Pla
         let mut got = 0u64;
         while let Some(v) = ctx.within("a downloaded item", rx.recv()).await {
             let v = v.unwrap_or_else(|e| panic!("{ctx}: download {k}, item {got}: {e}"));
-            assert_eq!(v, base + got, "{ctx}: download {k}: item {got} arrived as {}", v - base);
+            assert_eq!(
+                v,
+                base + got,
+                "{ctx}: download {k}: item {got} arrived as {}",
+                v - base
+            );
             got += 1;
             figs.items_down.fetch_add(1, Ordering::Relaxed);
         }
         assert_eq!(got, u64::from(plan.items), "{ctx}: download {k} ended early");
-        let sent = ctx.within("a download's answer", call).await.expect("the call's task");
-        assert_eq!(sent.unwrap_or_else(|e| panic!("{ctx}: download {k}: {e}")), plan.items);
+        let sent = ctx
+            .within("a download's answer", call)
+            .await
+            .expect("the call's task");
+        assert_eq!(
+            sent.unwrap_or_else(|e| panic!("{ctx}: download {k}: {e}")),
+            plan.items
+        );
     }
 }
 
@@ -254,14 +273,28 @@ async fn uploads(ctx: Ctx, conn: Connection, client: SoakClient, plan: Arc<Plan>
         ctx.within("an upload's close", tx.close())
             .await
             .unwrap_or_else(|e| panic!("{ctx}: closing upload {k}: {e}"));
-        let got = ctx.within("an upload's answer", call).await.expect("the call's task");
+        let got = ctx
+            .within("an upload's answer", call)
+            .await
+            .expect("the call's task");
         let got = got.unwrap_or_else(|e| panic!("{ctx}: upload {k}: {e}"));
-        assert_eq!(got, (u64::from(plan.items), sum), "{ctx}: upload {k}: (count, checksum)");
+        assert_eq!(
+            got,
+            (u64::from(plan.items), sum),
+            "{ctx}: upload {k}: (count, checksum)"
+        );
     }
 }
 
 /// A seeded byte sequence through a tunnel the server echoes.
-async fn tunnel(ctx: Ctx, seed: u64, conn: Connection, client: SoakClient, plan: Arc<Plan>, figs: Arc<Figures>) {
+async fn tunnel(
+    ctx: Ctx,
+    seed: u64,
+    conn: Connection,
+    client: SoakClient,
+    plan: Arc<Plan>,
+    figs: Arc<Figures>,
+) {
     let (tunnel, end) = Tunnel::open(&conn).expect("a tunnel");
     let echo = tokio::spawn(async move { client.echo(end).await });
     let (mut r, mut w) = tokio::io::split(tunnel);
@@ -307,11 +340,16 @@ async fn tunnel(ctx: Ctx, seed: u64, conn: Connection, client: SoakClient, plan:
     }
     assert_eq!(at, total, "{ctx}: the tunnel ended early");
     writer.await.expect("the tunnel writer");
-    let echoed = ctx.within("the echo's answer", echo).await.expect("the echo's task");
+    let echoed = ctx
+        .within("the echo's answer", echo)
+        .await
+        .expect("the echo's task");
     assert_eq!(echoed.unwrap_or_else(|e| panic!("{ctx}: echo: {e}")), total);
 }
 
-fn connector(to: Endpoint) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<Transport>> + Send>> {
+fn connector(
+    to: Endpoint,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<Transport>> + Send>> {
     move || {
         let to = to.clone();
         Box::pin(async move {
@@ -327,7 +365,10 @@ async fn soak(unix: bool) {
     let plan = Arc::new(plan());
     let seed = seed();
     let transport = if unix { "unix" } else { "tcp" };
-    let ctx = Ctx(format!("stable soak over {transport} (seed {seed:#x}; replay with OSMOS_SOAK_SEED={seed:#x})").into());
+    let ctx = Ctx(format!(
+        "stable soak over {transport} (seed {seed:#x}; replay with OSMOS_SOAK_SEED={seed:#x})"
+    )
+    .into());
     println!("{ctx}: starting");
     let dir = std::env::temp_dir();
     let tag = format!("{}-{seed:x}", std::process::id());
@@ -365,7 +406,10 @@ async fn soak(unix: bool) {
         .heartbeat(Duration::from_millis(500));
     let start = Instant::now();
     let link = ctx
-        .within("the stable link", StableLink::connect(connector(proxy.addr().clone()), config))
+        .within(
+            "the stable link",
+            StableLink::connect(connector(proxy.addr().clone()), config),
+        )
         .await
         .unwrap_or_else(|e| panic!("{ctx}: connecting: {e}"));
     let monitor = link.monitor();
@@ -380,10 +424,24 @@ async fn soak(unix: bool) {
         cut_after: plan.cut_after.clone(),
         ..*plan
     });
-    let c = || (ctx.clone(), conn.clone(), client.clone(), half.clone(), figs.clone());
+    let c = || {
+        (
+            ctx.clone(),
+            conn.clone(),
+            client.clone(),
+            half.clone(),
+            figs.clone(),
+        )
+    };
     let work = async {
         tokio::join!(
-            calls(ctx.clone(), client.clone(), proxy.clone(), plan.clone(), figs.clone()),
+            calls(
+                ctx.clone(),
+                client.clone(),
+                proxy.clone(),
+                plan.clone(),
+                figs.clone()
+            ),
             async {
                 let (a, b, x, d, e) = c();
                 downloads(a, b, x, d, e).await
@@ -400,7 +458,14 @@ async fn soak(unix: bool) {
                 let (a, b, x, d, e) = c();
                 uploads(a, b, x, d, e).await
             },
-            tunnel(ctx.clone(), seed, conn.clone(), client.clone(), plan.clone(), figs.clone()),
+            tunnel(
+                ctx.clone(),
+                seed,
+                conn.clone(),
+                client.clone(),
+                plan.clone(),
+                figs.clone()
+            ),
         )
     };
     work.await;
@@ -411,7 +476,10 @@ async fn soak(unix: bool) {
         .unwrap_or_else(|e| panic!("{ctx}: tally: {e}"));
     let made = figs.calls.load(Ordering::Relaxed);
     assert_eq!(duplicates, 0, "{ctx}: the server saw {duplicates} calls twice");
-    assert_eq!(served, made, "{ctx}: the server answered {served} calls, the client made {made}");
+    assert_eq!(
+        served, made,
+        "{ctx}: the server answered {served} calls, the client made {made}"
+    );
     let stats = proxy.stats();
     let resumes = monitor.resumes();
     println!(
