@@ -420,3 +420,84 @@ async fn a_resume_breaks_the_connection_an_earlier_resume_installed_while_it_wai
     ));
     drop(first);
 }
+
+/// Regression: the driver wrote its heartbeat (a standalone ack) to a
+/// connection that had gone silent with its buffers full, and waited for the
+/// write until the connection was declared broken, which only the driver
+/// does: the conduit hung for good instead of resuming. The
+/// fault-injecting soak's stalled connections found it.
+#[tokio::test]
+async fn a_silent_connection_with_full_buffers_is_declared_broken() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The first connection: a pipe of 256 bytes whose far end, a forged
+    // acceptor, answers the handshake, reads until a marker frame, then
+    // goes silent without closing.
+    const CAPACITY: usize = 256;
+    let (near, mut far) = tokio::io::duplex(CAPACITY);
+    let near = Arc::new(std::sync::Mutex::new(Some(near)));
+    let connects = Arc::new(AtomicUsize::new(0));
+    let (read_marker_tx, read_marker) = tokio::sync::oneshot::channel();
+    let acceptor = tokio::spawn(async move {
+        let mut hello = [0; wire::HELLO_LEN];
+        far.read_exact(&mut hello).await.unwrap();
+        let welcome = wire::Welcome {
+            verdict: wire::Verdict::Go as u8,
+            token: [9; 32],
+            instance: [1; 16],
+            received: 0,
+        };
+        far.write_all(&welcome.encode()).await.unwrap();
+        let mut ready = [0; wire::READY_LEN];
+        far.read_exact(&mut ready).await.unwrap();
+        loop {
+            let mut len = [0; PREFIX_LEN];
+            far.read_exact(&mut len).await.unwrap();
+            let mut frame = vec![0; u32::from_le_bytes(len) as usize];
+            far.read_exact(&mut frame).await.unwrap();
+            if frame[0] == wire::DATA && &frame[NUMBERED_HEADER..] == b"marker" {
+                break;
+            }
+        }
+        let _ = read_marker_tx.send(());
+        far // kept open, never read again
+    });
+    let link = StableLink::connect(
+        {
+            let (near, connects) = (near.clone(), connects.clone());
+            move || {
+                connects.fetch_add(1, Ordering::SeqCst);
+                let first = near.lock().unwrap().take();
+                async move {
+                    match first {
+                        Some(s) => Ok(Transport::new(s)),
+                        None => Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionRefused,
+                            "no second connection",
+                        )),
+                    }
+                }
+            }
+        },
+        quick(),
+    );
+    let link = within("the link", link).await.unwrap();
+    let mut monitor = link.monitor();
+    let (mut tx, _rx) = link.split();
+    send(&mut tx, b"marker").await;
+    within("the marker to be read", read_marker).await.unwrap();
+    // A frame that fills the pipe exactly: it is written whole, and the
+    // writer is free again while nothing more fits.
+    send(&mut tx, &[7; CAPACITY - PREFIX_LEN - NUMBERED_HEADER]).await;
+    within(
+        "the silent connection to be declared broken",
+        monitor.wait_for(|s| matches!(s, StableStatus::Reconnecting { .. })),
+    )
+    .await;
+    let why = tx.sh.lock().last_break.clone().unwrap_or_default();
+    assert!(why.contains("nothing arrived"), "{why}");
+    assert!(
+        connects.load(Ordering::SeqCst) >= 2,
+        "the initiator tried to reconnect"
+    );
+    drop(acceptor);
+}
