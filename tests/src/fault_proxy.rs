@@ -11,7 +11,13 @@
 //!   direction has forwarded its budget (the last chunk is forwarded only up
 //!   to it, so frames break in the middle), both sockets are closed. A TCP
 //!   connection is reset instead (`SO_LINGER` 0, so the peer reads
-//!   `ECONNRESET`) with probability [`FaultConfig::reset_chance`].
+//!   `ECONNRESET`) with probability [`FaultConfig::reset_chance`]. With
+//!   probability [`FaultConfig::early_cut_chance`] the budget is drawn from
+//!   `0..=256` instead, which cuts handshakes and the first frames.
+//! - **Stalls.** With probability [`FaultConfig::stall_chance`] a connection
+//!   that reaches its budget is not closed but goes silent: nothing more is
+//!   read from or written to either socket, which stay open (a pulled
+//!   cable: no FIN, no reset) until the proxy is dropped.
 //! - **Splits.** Each chunk read is written in pieces of random sizes up to
 //!   [`FaultConfig::split_max`] bytes.
 //! - **Delays.** Before a piece is written, it waits for a duration drawn
@@ -154,6 +160,11 @@ pub struct FaultConfig {
     pub cut_after: Option<RangeInclusive<u64>>,
     /// Probability that a TCP cut is a reset (`SO_LINGER` 0) rather than a close.
     pub reset_chance: f64,
+    /// Probability that a connection's budget is drawn from `0..=256`
+    /// rather than `cut_after`.
+    pub early_cut_chance: f64,
+    /// Probability that a connection stalls at its budget instead of being cut.
+    pub stall_chance: f64,
     /// Write each chunk in random pieces of 1 to this many bytes; `None`:
     /// as read.
     pub split_max: Option<usize>,
@@ -173,6 +184,8 @@ impl Default for FaultConfig {
             seed: 0,
             cut_after: None,
             reset_chance: 0.0,
+            early_cut_chance: 0.0,
+            stall_chance: 0.0,
             split_max: None,
             delay_chance: 0.0,
             delay: Duration::ZERO..=Duration::ZERO,
@@ -191,6 +204,8 @@ pub struct FaultStats {
     pub cuts: u64,
     /// Cuts made with a TCP reset.
     pub resets: u64,
+    /// Connections that stalled at their budget (not counted in `cuts`).
+    pub stalls: u64,
     /// Pauses of a direction.
     pub pauses: u64,
     /// Pieces delayed.
@@ -206,6 +221,7 @@ struct Counters {
     connections: AtomicU64,
     cuts: AtomicU64,
     resets: AtomicU64,
+    stalls: AtomicU64,
     pauses: AtomicU64,
     delays: AtomicU64,
     bytes: [AtomicU64; 2],
@@ -339,6 +355,7 @@ impl FaultProxy {
             connections: c.connections.load(Ordering::Relaxed),
             cuts: c.cuts.load(Ordering::Relaxed),
             resets: c.resets.load(Ordering::Relaxed),
+            stalls: c.stalls.load(Ordering::Relaxed),
             pauses: c.pauses.load(Ordering::Relaxed),
             delays: c.delays.load(Ordering::Relaxed),
             bytes_up: c.bytes[Dir::Up as usize].load(Ordering::Relaxed),
@@ -414,13 +431,18 @@ async fn forward_connection(client: Stream, index: u64, shared: Arc<Shared>) {
     let active = shared.active.load(Ordering::Relaxed);
     let cut = match &shared.config.cut_after {
         Some(range) if active => {
-            let budget = rng.range(range.clone());
+            let budget = if rng.chance(shared.config.early_cut_chance) {
+                rng.range(0..=256)
+            } else {
+                rng.range(range.clone())
+            };
             let dir = if rng.chance(0.5) { Dir::Up } else { Dir::Down };
             Some((dir, budget))
         }
         _ => None,
     };
     let reset = matches!(client, Stream::Tcp(_)) && rng.chance(shared.config.reset_chance);
+    let stall = rng.chance(shared.config.stall_chance);
     if reset {
         let _ = client.reset_on_close();
         let _ = upstream.reset_on_close();
@@ -455,6 +477,12 @@ async fn forward_connection(client: Stream, index: u64, shared: Arc<Shared>) {
         };
         match end {
             End::Eof => {}
+            End::Cut if stall => {
+                // Go silent: keep both sockets open, poll neither direction.
+                shared.counters.stalls.fetch_add(1, Ordering::Relaxed);
+                let _ = stop.wait_for(|s| *s).await;
+                return;
+            }
             End::Cut => {
                 shared.counters.cuts.fetch_add(1, Ordering::Relaxed);
                 if reset {

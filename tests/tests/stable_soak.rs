@@ -11,10 +11,16 @@
 //! Calls go on until the proxy has cut at least the planned number of
 //! connections.
 //!
-//! The short run (the default) makes 1,000 calls across ≥ 10 cuts per
-//! transport; `OSMOS_SOAK=long` makes ≥ 10,000 calls with 8 MiB through the
-//! tunnel across ≥ 100 cuts. Both print their figures (run with
-//! `--nocapture`). Each run draws a seed and prints it; `OSMOS_SOAK_SEED`
+//! The proxy closes or resets each connection after a random number of
+//! bytes (now and then within the first 256, cutting resume handshakes), or
+//! leaves it silent (the client notices after three heartbeats), and splits,
+//! delays and pauses what it forwards.
+//!
+//! The short run (the default) makes ≥ 1,000 calls across ≥ 20 cuts per
+//! transport; `OSMOS_SOAK=long` makes ≥ 100,000 calls, 200,000 stream items
+//! each way and 64 MiB through the tunnel, across ≥ 1,000 cuts. Both print
+//! their figures (run with `--nocapture`). Each run draws a seed and prints
+//! it; `OSMOS_SOAK_SEED`
 //! replays one.
 
 use std::ops::RangeInclusive;
@@ -45,6 +51,9 @@ struct Plan {
     items: u32,
     tunnel_bytes: u64,
     cut_after: RangeInclusive<u64>,
+    /// Probability that a connection goes silent instead of being cut (the
+    /// client notices after three heartbeats).
+    stall_chance: f64,
     /// How long calls may go on waiting for `min_cuts`.
     deadline: Duration,
 }
@@ -52,22 +61,24 @@ struct Plan {
 fn plan() -> Plan {
     if std::env::var("OSMOS_SOAK").as_deref() == Ok("long") {
         Plan {
-            calls: 10_000,
-            min_cuts: 100,
-            streams: 20,
-            items: 2_000,
-            tunnel_bytes: 8 << 20,
+            calls: 100_000,
+            min_cuts: 1_000,
+            streams: 40,
+            items: 5_000,
+            tunnel_bytes: 64 << 20,
             cut_after: 20_000..=200_000,
+            stall_chance: 0.01,
             deadline: Duration::from_secs(600),
         }
     } else {
         Plan {
             calls: 1_000,
-            min_cuts: 10,
+            min_cuts: 20,
             streams: 4,
             items: 500,
             tunnel_bytes: 256 << 10,
             cut_after: 4_000..=40_000,
+            stall_chance: 0.05,
             deadline: Duration::from_secs(60),
         }
     }
@@ -386,6 +397,8 @@ async fn soak(unix: bool) {
         seed,
         cut_after: Some(plan.cut_after.clone()),
         reset_chance: 0.5,
+        early_cut_chance: 0.1,
+        stall_chance: plan.stall_chance,
         split_max: Some(4096),
         delay_chance: 0.002,
         delay: Duration::from_micros(100)..=Duration::from_millis(5),
@@ -484,7 +497,7 @@ async fn soak(unix: bool) {
     let resumes = monitor.resumes();
     println!(
         "{ctx}: {made} calls, {} stream items ({} down, {} up), {} tunnel bytes echoed, \
-         {} cuts ({} resets), {resumes} resumes, {} connections, {} pauses, {} delays, \
+         {} cuts ({} resets, {} more stalled), {resumes} resumes, {} connections, {} pauses, {} delays, \
          {} bytes up / {} down through the proxy, in {elapsed:.2?}",
         figs.items_down.load(Ordering::Relaxed) + figs.items_up.load(Ordering::Relaxed),
         figs.items_down.load(Ordering::Relaxed),
@@ -492,6 +505,7 @@ async fn soak(unix: bool) {
         figs.tunnel_bytes.load(Ordering::Relaxed),
         stats.cuts,
         stats.resets,
+        stats.stalls,
         stats.connections,
         stats.pauses,
         stats.delays,
