@@ -449,6 +449,7 @@ async fn a_silent_connection_with_full_buffers_is_declared_broken() {
         far.write_all(&welcome.encode()).await.unwrap();
         let mut ready = [0; wire::READY_LEN];
         far.read_exact(&mut ready).await.unwrap();
+        far.write_all(&wire::ready(wire::Verdict::Go)).await.unwrap();
         loop {
             let mut len = [0; PREFIX_LEN];
             far.read_exact(&mut len).await.unwrap();
@@ -500,4 +501,73 @@ async fn a_silent_connection_with_full_buffers_is_declared_broken() {
         "the initiator tried to reconnect"
     );
     drop(acceptor);
+}
+
+/// Regression: a new session's `ready` lost to a cut left the initiator with
+/// a session the acceptor never started (it registers the token only on
+/// `ready`), and every resume was refused as unknown. The initiator now
+/// starts the session only once the acceptor confirms it; here it retries
+/// and gets one the acceptor holds. The soak's cuts within the first 256
+/// bytes found it.
+#[tokio::test]
+async fn a_new_session_whose_ready_is_lost_is_started_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = StableAcceptor::new(quick()).unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(4);
+    tokio::spawn({
+        let acceptor = acceptor.clone();
+        async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), accepted_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(acceptor.accept(Transport::tcp(s).unwrap()).await).await;
+                });
+            }
+        }
+    });
+    // The first connection goes through a relay that forwards the hello and
+    // the welcome, then swallows the ready and cuts both sides.
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let connect = {
+        let first = first.clone();
+        move || {
+            let relay = first.swap(false, Ordering::SeqCst);
+            async move {
+                let mut upstream = TcpStream::connect(addr).await?;
+                if !relay {
+                    return Transport::tcp(upstream);
+                }
+                let (near, mut far) = tokio::io::duplex(1024);
+                tokio::spawn(async move {
+                    let mut hello = [0; wire::HELLO_LEN];
+                    far.read_exact(&mut hello).await.unwrap();
+                    upstream.write_all(&hello).await.unwrap();
+                    let mut welcome = [0; wire::WELCOME_LEN];
+                    upstream.read_exact(&mut welcome).await.unwrap();
+                    far.write_all(&welcome).await.unwrap();
+                    let mut ready = [0; wire::READY_LEN];
+                    let _ = far.read_exact(&mut ready).await;
+                    // Dropping both ends cuts the connection.
+                });
+                Ok(Transport::new(near))
+            }
+        }
+    };
+    let client = within("the link", StableLink::connect(connect, quick()))
+        .await
+        .unwrap();
+    let refused = within("the first accept", accepted.recv()).await.unwrap();
+    assert!(refused.is_err(), "the acceptor never got the first ready");
+    let Ok(Accepted::New(server)) = within("the second accept", accepted.recv()).await.unwrap() else {
+        panic!("the initiator started a session again, which the acceptor holds")
+    };
+    let (mut ctx, mut crx) = client.split();
+    let (mut stx, mut srx) = server.split();
+    send(&mut ctx, b"ping").await;
+    assert_eq!(within("the ping", srx.recv()).await.unwrap().unwrap(), b"ping");
+    send(&mut stx, b"pong").await;
+    assert_eq!(within("the pong", crx.recv()).await.unwrap().unwrap(), b"pong");
+    assert_eq!(acceptor.sessions(), 1);
 }
