@@ -416,7 +416,9 @@ async fn soak(unix: bool) {
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(20),
         })
-        .heartbeat(Duration::from_millis(500));
+        .heartbeat(Duration::from_millis(500))
+        // A resume on a connection that stalls mid-handshake gives up soon.
+        .handshake_timeout(Duration::from_secs(2));
     let start = Instant::now();
     let link = ctx
         .within(
