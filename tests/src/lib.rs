@@ -19,6 +19,10 @@
 //!   ordinary calls, and attacks on the host through everything but the
 //!   segment (output pipes, log records, the control socket, crash loops),
 //!   named by [`AttackKind`].
+//! - [`fault_proxy`] is a proxy that forwards connections and cuts, splits,
+//!   delays and pauses them under a seeded PRNG; [`soak`] is the service
+//!   `stable-peer` (`src/bin/stable-peer.rs`) serves over stable conduits
+//!   through it.
 //!
 //! The tests themselves are in `tests/`: `host.rs` (spawning, calls, streams,
 //! cancellation, death, restart, logs, bootstrap, many cells),
@@ -29,12 +33,16 @@
 //! `sandbox.rs` (escape attempts), `chaos.rs` (cells killed at random under
 //! load), `hostile.rs` (cells that scribble over their segment or lie),
 //! `hostile_flip.rs` (a cell that rewrites its frames' strings and payloads
-//! while the host decodes them).
+//! while the host decodes them), `stable_soak.rs` (sessions over stable
+//! conduits through the fault proxy, to another process, across hundreds of
+//! cuts; `OSMOS_SOAK=long` for the long run).
 
 use osmos_session::{Rx, Tx, service};
 
+pub mod fault_proxy;
 pub mod fuzz;
 pub mod hostile;
+pub mod soak;
 
 service! {
     /// What the `test-cell` binary serves.

@@ -322,6 +322,44 @@ pub(super) async fn send_ack(sh: &Shared, w: &mut Writer) {
     sh.ack_written.fetch_max(ack, Ordering::AcqRel);
 }
 
+/// [`send_ack`], from the driver. The driver is what declares a silent
+/// connection broken, and a write to a silent connection whose buffers are
+/// full waits until it is declared broken: so while the ack waits, go on
+/// counting heartbeats with nothing arriving, and after three declare the
+/// connection broken (which ends the write). Waiting on the write alone
+/// hung the conduit for good.
+async fn driver_ack(sh: &Shared, w: &mut Writer) {
+    let heartbeat = sh.config.heartbeat;
+    let cgen = sh.lock().generation;
+    let watch = async {
+        let mut seen = sh.activity.load(Ordering::Relaxed);
+        let mut silent = 0;
+        let mut tick = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        loop {
+            tick.tick().await;
+            let now = sh.activity.load(Ordering::Relaxed);
+            if now == seen {
+                silent += 1;
+            } else {
+                (seen, silent) = (now, 0);
+            }
+            if silent >= 3 {
+                let why = format!(
+                    "nothing arrived for {:?} (3 heartbeats) and an ack could not be written",
+                    heartbeat * 3
+                );
+                sh.declare_broken(cgen, why);
+                // The write sees the break and returns.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = send_ack(sh, w) => {}
+        _ = watch => {}
+    }
+}
+
 impl Shared {
     pub fn new(config: StableConfig, token: Token, side: Side) -> Arc<Shared> {
         let writer = Writer::new(&config);
@@ -488,7 +526,7 @@ pub(super) async fn drive(sh: Arc<Shared>) {
                 } else if connected && sh.written.load(Ordering::Relaxed) == seen_written {
                     // Idle: a standalone ack is the heartbeat.
                     if let Ok(mut w) = sh.writer.try_lock() {
-                        send_ack(&sh, &mut w).await;
+                        driver_ack(&sh, &mut w).await;
                     }
                 }
                 seen_written = sh.written.load(Ordering::Relaxed);
@@ -549,7 +587,7 @@ pub(super) async fn drive(sh: Arc<Shared>) {
             let due = sh.received.load(Ordering::Acquire) > sh.ack_written.load(Ordering::Acquire);
             if due {
                 match sh.writer.try_lock() {
-                    Ok(mut w) => send_ack(&sh, &mut w).await,
+                    Ok(mut w) => driver_ack(&sh, &mut w).await,
                     // A frame is being written; retry shortly.
                     Err(_) => ack_deadline = Some(Instant::now() + cfg.ack_delay),
                 }

@@ -130,6 +130,14 @@ pub(super) async fn connect_new(connect: Connector, config: StableConfig) -> Res
                 return Err(refusal(welcome.verdict, &welcome, None));
             }
             write_msg(&mut write, &wire::ready(Verdict::Go)).await?;
+            // Start only a session the acceptor holds (see `wire::READY_LEN`).
+            let confirmed =
+                wire::decode_ready(&read_msg::<READY_LEN>(&mut read).await?).map_err(Attempt::Retry)?;
+            if confirmed != Verdict::Go as u8 {
+                return Err(Attempt::Retry(format!(
+                    "the acceptor did not confirm the new session (verdict {confirmed})"
+                )));
+            }
             Ok((read, write, welcome))
         };
         match bounded(&config, "the stable conduit's handshake", once).await {
@@ -352,6 +360,18 @@ impl StableAcceptor {
             };
             let sh = Shared::new(self.config.clone(), token, side);
             lock(&reg.sessions).insert(token, Arc::downgrade(&sh));
+            // Confirm once registered, so that a resume right after finds it.
+            // Should the confirmation be lost after all, the initiator starts
+            // another session and this one waits `resume_timeout` in vain.
+            let confirm = async {
+                write_msg(&mut write, &wire::ready(Verdict::Go))
+                    .await
+                    .map_err(Attempt::from)
+            };
+            if let Err(e) = bounded(&self.config, "the stable conduit's handshake", confirm).await {
+                lock(&reg.sessions).remove(&token);
+                return Err(attempt_error(e));
+            }
             {
                 let mut w = sh.writer.lock().await;
                 sh.install(&mut w, read, write, 0);
@@ -375,9 +395,20 @@ impl StableAcceptor {
                 "a resume with a token this acceptor does not know".into()
             }));
         };
+        // Break the current connection first: a pump blocked on it holds
+        // the writer until it is declared broken.
+        let back = "the initiator came back on a new connection";
         let cgen = sh.lock().generation;
-        sh.declare_broken(cgen, "the initiator came back on a new connection".into());
+        sh.declare_broken(cgen, back.into());
         let mut w = sh.writer.lock().await;
+        // An earlier resume may have installed a connection while this one
+        // waited for the writer: break that one too, or frames would go on
+        // arriving on it after `received` is read below, and the initiator
+        // would replay them (stable.sequence-in-order), while their acks
+        // would reach past the initiator's replay cursor. No connection can
+        // be installed while the writer is held, so `received` is final.
+        let cgen = sh.lock().generation;
+        sh.declare_broken(cgen, back.into());
         let received = sh.lock().received;
         let (first, next) = w.window();
         if hello.received + 1 < first || hello.received >= next {

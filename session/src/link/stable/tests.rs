@@ -329,3 +329,245 @@ async fn an_initiator_that_cannot_reconnect_gives_up_and_its_acceptor_stops_wait
     let e = within("the acceptor's failure", srx.recv()).await.unwrap_err();
     assert!(e.to_string().contains("did not come back"), "{e}");
 }
+
+/// A forged initiator's handshake on a fresh connection to `addr`: sends
+/// `hello`, returns the connection and the acceptor's welcome.
+async fn forged_hello(addr: std::net::SocketAddr, hello: wire::Hello) -> (TcpStream, wire::Welcome) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&hello.encode()).await.unwrap();
+    let mut b = [0; wire::WELCOME_LEN];
+    within("a welcome", s.read_exact(&mut b)).await.unwrap();
+    (s, wire::Welcome::decode(&b).unwrap())
+}
+
+/// Regression: a resume that waited for the writer while an earlier resume
+/// installed a connection must break that connection too. It broke only the
+/// one current when it arrived, so frames went on arriving on the newer one
+/// after the welcome named `received`: the initiator replayed them (the
+/// acceptor failed with `stable.sequence-in-order`) and the acceptor's acks
+/// ran past the initiator's replay cursor (a subtraction overflow in the
+/// pump). The fault-injecting soak (`osmos-tests`, `stable_soak`) found it.
+#[tokio::test]
+async fn a_resume_breaks_the_connection_an_earlier_resume_installed_while_it_waited() {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = StableAcceptor::new(quick()).unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), accepted_tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(acceptor.accept(Transport::tcp(s).unwrap()).await).await;
+            });
+        }
+    });
+    // A session started by hand (generation 1).
+    let new = wire::Hello {
+        kind: wire::HELLO_NEW,
+        token: [0; 32],
+        received: 0,
+    };
+    let (mut first, welcome) = forged_hello(addr, new).await;
+    first.write_all(&wire::ready(wire::Verdict::Go)).await.unwrap();
+    let Ok(Accepted::New(link)) = within("the new session", accepted.recv()).await.unwrap() else {
+        panic!("a new session")
+    };
+    let sh = link.sh.clone();
+    let (_stx, mut srx) = link.split();
+    // The writer is busy (as when an earlier resume holds it) while a resume arrives.
+    let guard = sh.writer.lock().await;
+    let resume = wire::Hello {
+        kind: wire::HELLO_RESUME,
+        token: welcome.token,
+        received: 0,
+    };
+    let late = tokio::spawn(forged_hello(addr, resume));
+    let mut broken = sh.broken.subscribe();
+    within("the resume to break generation 1", broken.wait_for(|b| *b >= 1))
+        .await
+        .unwrap();
+    // Meanwhile the earlier resume installs generation 2.
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (read, write) = tokio::io::split(theirs);
+    {
+        let mut guard = guard;
+        sh.install(&mut guard, Box::new(read), Box::new(write), 0);
+    }
+    let (mut third, welcome) = within("the late resume's welcome", late).await.unwrap();
+    assert_eq!(welcome.verdict, wire::Verdict::Go as u8);
+    assert!(
+        *sh.broken.borrow() >= 2,
+        "the late resume broke generation 2, which was current when it took over"
+    );
+    // Whatever comes on generation 2 now is stale; generation 3 carries on.
+    let frame = |seq: u64, payload: &[u8]| {
+        let mut f = vec![0; PREFIX_LEN + NUMBERED_HEADER + payload.len()];
+        wire::put_numbered(&mut f, wire::DATA, seq, 0);
+        f[PREFIX_LEN + NUMBERED_HEADER..].copy_from_slice(payload);
+        f
+    };
+    let (_r2, mut w2) = tokio::io::split(ours);
+    let _ = w2.write_all(&frame(1, b"stale")).await;
+    third.write_all(&wire::ready(wire::Verdict::Go)).await.unwrap();
+    third.write_all(&frame(1, b"fresh")).await.unwrap();
+    let got = within("frame #1", srx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, b"fresh");
+    assert!(matches!(
+        within("the resume", accepted.recv()).await,
+        Some(Ok(Accepted::Resumed))
+    ));
+    drop(first);
+}
+
+/// Regression: the driver wrote its heartbeat (a standalone ack) to a
+/// connection that had gone silent with its buffers full, and waited for the
+/// write until the connection was declared broken, which only the driver
+/// does: the conduit hung for good instead of resuming. The
+/// fault-injecting soak's stalled connections found it.
+#[tokio::test]
+async fn a_silent_connection_with_full_buffers_is_declared_broken() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The first connection: a pipe of 256 bytes whose far end, a forged
+    // acceptor, answers the handshake, reads until a marker frame, then
+    // goes silent without closing.
+    const CAPACITY: usize = 256;
+    let (near, mut far) = tokio::io::duplex(CAPACITY);
+    let near = Arc::new(std::sync::Mutex::new(Some(near)));
+    let connects = Arc::new(AtomicUsize::new(0));
+    let (read_marker_tx, read_marker) = tokio::sync::oneshot::channel();
+    let acceptor = tokio::spawn(async move {
+        let mut hello = [0; wire::HELLO_LEN];
+        far.read_exact(&mut hello).await.unwrap();
+        let welcome = wire::Welcome {
+            verdict: wire::Verdict::Go as u8,
+            token: [9; 32],
+            instance: [1; 16],
+            received: 0,
+        };
+        far.write_all(&welcome.encode()).await.unwrap();
+        let mut ready = [0; wire::READY_LEN];
+        far.read_exact(&mut ready).await.unwrap();
+        far.write_all(&wire::ready(wire::Verdict::Go)).await.unwrap();
+        loop {
+            let mut len = [0; PREFIX_LEN];
+            far.read_exact(&mut len).await.unwrap();
+            let mut frame = vec![0; u32::from_le_bytes(len) as usize];
+            far.read_exact(&mut frame).await.unwrap();
+            if frame[0] == wire::DATA && &frame[NUMBERED_HEADER..] == b"marker" {
+                break;
+            }
+        }
+        let _ = read_marker_tx.send(());
+        far // kept open, never read again
+    });
+    let link = StableLink::connect(
+        {
+            let (near, connects) = (near.clone(), connects.clone());
+            move || {
+                connects.fetch_add(1, Ordering::SeqCst);
+                let first = near.lock().unwrap().take();
+                async move {
+                    match first {
+                        Some(s) => Ok(Transport::new(s)),
+                        None => Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionRefused,
+                            "no second connection",
+                        )),
+                    }
+                }
+            }
+        },
+        quick(),
+    );
+    let link = within("the link", link).await.unwrap();
+    let mut monitor = link.monitor();
+    let (mut tx, _rx) = link.split();
+    send(&mut tx, b"marker").await;
+    within("the marker to be read", read_marker).await.unwrap();
+    // A frame that fills the pipe exactly: it is written whole, and the
+    // writer is free again while nothing more fits.
+    send(&mut tx, &[7; CAPACITY - PREFIX_LEN - NUMBERED_HEADER]).await;
+    within(
+        "the silent connection to be declared broken",
+        monitor.wait_for(|s| matches!(s, StableStatus::Reconnecting { .. })),
+    )
+    .await;
+    let why = tx.sh.lock().last_break.clone().unwrap_or_default();
+    assert!(why.contains("nothing arrived"), "{why}");
+    assert!(
+        connects.load(Ordering::SeqCst) >= 2,
+        "the initiator tried to reconnect"
+    );
+    drop(acceptor);
+}
+
+/// Regression: a new session's `ready` lost to a cut left the initiator with
+/// a session the acceptor never started (it registers the token only on
+/// `ready`), and every resume was refused as unknown. The initiator now
+/// starts the session only once the acceptor confirms it; here it retries
+/// and gets one the acceptor holds. The soak's cuts within the first 256
+/// bytes found it.
+#[tokio::test]
+async fn a_new_session_whose_ready_is_lost_is_started_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = StableAcceptor::new(quick()).unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(4);
+    tokio::spawn({
+        let acceptor = acceptor.clone();
+        async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), accepted_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(acceptor.accept(Transport::tcp(s).unwrap()).await).await;
+                });
+            }
+        }
+    });
+    // The first connection goes through a relay that forwards the hello and
+    // the welcome, then swallows the ready and cuts both sides.
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let connect = {
+        let first = first.clone();
+        move || {
+            let relay = first.swap(false, Ordering::SeqCst);
+            async move {
+                let mut upstream = TcpStream::connect(addr).await?;
+                if !relay {
+                    return Transport::tcp(upstream);
+                }
+                let (near, mut far) = tokio::io::duplex(1024);
+                tokio::spawn(async move {
+                    let mut hello = [0; wire::HELLO_LEN];
+                    far.read_exact(&mut hello).await.unwrap();
+                    upstream.write_all(&hello).await.unwrap();
+                    let mut welcome = [0; wire::WELCOME_LEN];
+                    upstream.read_exact(&mut welcome).await.unwrap();
+                    far.write_all(&welcome).await.unwrap();
+                    let mut ready = [0; wire::READY_LEN];
+                    let _ = far.read_exact(&mut ready).await;
+                    // Dropping both ends cuts the connection.
+                });
+                Ok(Transport::new(near))
+            }
+        }
+    };
+    let client = within("the link", StableLink::connect(connect, quick()))
+        .await
+        .unwrap();
+    let refused = within("the first accept", accepted.recv()).await.unwrap();
+    assert!(refused.is_err(), "the acceptor never got the first ready");
+    let Ok(Accepted::New(server)) = within("the second accept", accepted.recv()).await.unwrap() else {
+        panic!("the initiator started a session again, which the acceptor holds")
+    };
+    let (mut ctx, mut crx) = client.split();
+    let (mut stx, mut srx) = server.split();
+    send(&mut ctx, b"ping").await;
+    assert_eq!(within("the ping", srx.recv()).await.unwrap().unwrap(), b"ping");
+    send(&mut stx, b"pong").await;
+    assert_eq!(within("the pong", crx.recv()).await.unwrap().unwrap(), b"pong");
+    assert_eq!(acceptor.sessions(), 1);
+}

@@ -104,7 +104,8 @@ pub(super) fn ack_frame(ack: u64) -> [u8; PREFIX_LEN + ACK_LEN] {
 pub(super) const GONE_FRAME: [u8; PREFIX_LEN + 1] = [1, 0, 0, 0, GONE];
 
 // ---------------------------------------------------------------------------
-// The resume handshake: three fixed-size messages.
+// The handshake: three fixed-size messages (hello, welcome, ready), and for
+// a new session a fourth: the acceptor's ready, once it holds the session.
 // ---------------------------------------------------------------------------
 
 /// Opens every handshake message: names the protocol and its version.
@@ -218,7 +219,11 @@ impl Welcome {
     }
 }
 
-/// Initiator → acceptor, last: the verdict byte after the magic.
+/// Initiator → acceptor after the welcome: the verdict byte after the magic.
+/// For a new session the acceptor answers with one too (verdict `Go`) once
+/// it holds the session, and the initiator starts the session only then: a
+/// ready lost to a cut would otherwise leave the initiator with a session
+/// the acceptor never started, and its resumes refused as unknown.
 pub(super) const READY_LEN: usize = 8 + 1;
 
 pub(super) fn ready(verdict: Verdict) -> [u8; READY_LEN] {
