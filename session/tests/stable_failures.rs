@@ -142,6 +142,24 @@ fn patient() -> StableConfig {
     })
 }
 
+/// A `hang` call, once the server runs it.
+async fn hang_in_flight(
+    client: &SlowClient,
+    hanging: &AtomicUsize,
+) -> tokio::task::JoinHandle<Result<(), CallError<String>>> {
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.hang().await }
+    });
+    bounded("the call to arrive", async {
+        while hanging.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    call
+}
+
 /// The reason a failed call gives.
 fn reason(e: CallError<String>) -> String {
     match e {
@@ -161,16 +179,7 @@ async fn a_call_in_flight_when_the_peer_restarts_fails_saying_so() {
     let conn = SessionBuilder::new().initiate(link).await.expect("handshake");
     let client = SlowClient::new(conn);
     assert_eq!(bounded("ping", client.ping()).await.expect("ping"), 7);
-    let in_flight = tokio::spawn({
-        let client = client.clone();
-        async move { client.hang().await }
-    });
-    bounded("the call to arrive", async {
-        while hanging.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let in_flight = hang_in_flight(&client, &hanging).await;
     // The server process dies; a new one takes its address.
     first.rt.shutdown_background();
     let second = server(patient(), hanging.clone());
@@ -201,16 +210,7 @@ async fn a_call_in_flight_fails_when_the_peer_gave_up_waiting_for_the_resume() {
         .expect("connect");
     let conn = SessionBuilder::new().initiate(link).await.expect("handshake");
     let client = SlowClient::new(conn);
-    let in_flight = tokio::spawn({
-        let client = client.clone();
-        async move { client.hang().await }
-    });
-    bounded("the call to arrive", async {
-        while hanging.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let in_flight = hang_in_flight(&client, &hanging).await;
     // Turn the first reconnect away so the client waits its backoff, while
     // the server's resume wait runs out.
     *relay.upstream.lock().await = None;
