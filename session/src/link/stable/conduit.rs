@@ -151,13 +151,12 @@ impl Writer {
         }
     }
 
-    /// Drops the frames the peer acknowledged (never the one being written).
+    /// Drops the frames the peer acknowledged (never one not yet written).
     pub fn trim(&mut self, acked: u64) {
-        let keep_from = if self.cursor_off > 0 {
-            acked.min(self.cursor_seq - 1)
-        } else {
-            acked
-        };
+        // An honest peer acknowledges only what was written to it, so never
+        // past the cursor; a lying one must not make the cursor point before
+        // the buffer.
+        let keep_from = acked.min(self.cursor_seq.saturating_sub(1));
         while self.first_seq <= keep_from {
             let Some(f) = self.replay.pop_front() else { break };
             self.bytes -= f.len();
@@ -222,6 +221,17 @@ impl Writer {
                 return;
             };
             let step = if self.cursor_seq < self.next_seq {
+                // `trim` keeps the cursor inside the buffer; should it not,
+                // start from the oldest frame held rather than index out of it.
+                if self.cursor_seq < self.first_seq {
+                    debug_assert!(
+                        false,
+                        "cursor #{} before the buffer's #{}",
+                        self.cursor_seq, self.first_seq
+                    );
+                    (self.cursor_seq, self.cursor_off) = (self.first_seq, 0);
+                    continue;
+                }
                 let idx = (self.cursor_seq - self.first_seq) as usize;
                 let frame = &mut self.replay[idx];
                 if self.cursor_off == 0 {
@@ -671,6 +681,8 @@ mod tests {
             w.push(wire::DATA, b, &sh);
         }
         assert_eq!(w.window(), (1, 4));
+        // As if all three were written.
+        w.cursor_seq = w.next_seq;
         assert!(!w.has_room(10), "three frames is the limit");
         w.trim(2);
         assert_eq!(w.window(), (3, 4));
@@ -678,5 +690,26 @@ mod tests {
         assert!(!w.has_room(100 - 31 + 1));
         w.trim(3);
         assert!(w.has_room(10_000), "an empty buffer takes any frame");
+    }
+
+    #[test]
+    fn an_ack_past_what_was_written_never_drops_unwritten_frames() {
+        let cfg = StableConfig::default();
+        let sh = Shared::new(
+            cfg.clone(),
+            [0; 32],
+            Side::Acceptor {
+                registry: Weak::new(),
+            },
+        );
+        let mut w = Writer::new(&cfg);
+        for _ in 0..10 {
+            let b = w.buffer(PREFIX_LEN + wire::NUMBERED_HEADER);
+            w.push(wire::DATA, b, &sh);
+        }
+        // Nothing was written (the cursor is at #1): a peer that acknowledges
+        // #8 lies, and the frames stay to be written.
+        w.trim(8);
+        assert_eq!(w.window(), (1, 11));
     }
 }
