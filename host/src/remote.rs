@@ -23,8 +23,11 @@
 //! (including while the conduit resumes), then [`CellState::Stopped`] with
 //! [`ExitInfo::Detached`] (after a shutdown or the cell's goodbye) or
 //! [`CellState::Failed`] (the session failed: the cell restarted, resuming
-//! was impossible). There is no process here to restart or kill: attach
-//! again to reach a restarted cell.
+//! was impossible). With a [`RestartPolicy`](crate::RestartPolicy)
+//! ([`RemoteCellBuilder::restart`]) the handle attaches again instead
+//! ([`CellState::Restarting`] meanwhile), so a cell restarted by its own
+//! supervisor is reached again; clients made before then belong to the old
+//! session (make new ones). There is no process here to kill.
 //!
 //! The cell's tracing events arrive over the session ([`osmos_session::control::CellLogs`])
 //! and reach this process's tracing as a local cell's do: target
@@ -32,6 +35,7 @@
 //! ([`LogLimits`]).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +46,7 @@ use osmos_session::{Connection, Dispatcher, Router, SessionBuilder, SessionConfi
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
-use crate::cell::{CellState, CellStats};
+use crate::cell::{CellState, CellStats, RestartPolicy};
 use crate::error::{ExitInfo, HostError};
 use crate::logs::{Kind, LogGate, LogLimits};
 
@@ -73,6 +77,7 @@ pub struct RemoteCellBuilder {
     stable: StableConfig,
     serve: Option<Arc<dyn Dispatcher>>,
     log_limits: LogLimits,
+    restart: RestartPolicy,
 }
 
 impl std::fmt::Debug for RemoteCellBuilder {
@@ -104,7 +109,19 @@ impl RemoteCellBuilder {
             stable: StableConfig::default(),
             serve: None,
             log_limits: LogLimits::default(),
+            restart: RestartPolicy::Never,
         }
+    }
+
+    /// What to do when the session fails for good (the cell restarted, or
+    /// the conduit could not resume): with [`RestartPolicy::OnFailure`], attach
+    /// again after its backoff, counting failed attempts against
+    /// `max_restarts` (a session that lasted `reset_after` starts the count
+    /// over). Default: [`RestartPolicy::Never`]. A goodbye from either side
+    /// is not a failure.
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
     }
 
     /// The name the host gives the cell (logs, errors, `CallContext::caller`
@@ -154,6 +171,7 @@ impl RemoteCellBuilder {
             stable,
             serve,
             log_limits,
+            restart,
         } = self;
         let attach_error = |detail: String| HostError::Attach {
             name: name.clone(),
@@ -171,8 +189,56 @@ impl RemoteCellBuilder {
                 })?,
                 None => logs,
             };
-        let timeout = stable.handshake_timeout;
-        let target = addr.clone();
+        session.name = name.clone();
+        let attacher = Attacher {
+            name: name.clone(),
+            addr: addr.clone(),
+            tls,
+            stable,
+            session,
+            root,
+        };
+        let current = attacher.attach().await?;
+        let (state, _) = watch::channel(CellState::Attached {
+            address: addr.to_string(),
+        });
+        let inner = Arc::new(RemoteInner {
+            name,
+            attacher,
+            restart,
+            current: Mutex::new(current),
+            gate,
+            state,
+            last_end: Mutex::new(None),
+            restarts: AtomicU32::new(0),
+            shutting_down: AtomicBool::new(false),
+        });
+        tokio::spawn(watch_session(inner.clone()));
+        let owner = Arc::new(Owner { inner: inner.clone() });
+        Ok(RemoteCell { inner, _owner: owner })
+    }
+}
+
+/// How to attach (again): everything but the cell's state.
+struct Attacher {
+    name: String,
+    addr: RemoteAddr,
+    tls: TlsConnector,
+    stable: StableConfig,
+    session: SessionConfig,
+    root: Arc<dyn Dispatcher>,
+}
+
+impl Attacher {
+    /// Mutual TLS, the conduit's handshake, the session's.
+    async fn attach(&self) -> Result<(Connection, StableMonitor), HostError> {
+        let attach_error = |detail: String| HostError::Attach {
+            name: self.name.clone(),
+            address: self.addr.to_string(),
+            detail,
+        };
+        let timeout = self.stable.handshake_timeout;
+        let (tls, target) = (self.tls.clone(), self.addr.clone());
         let connect = move || {
             let (tls, target) = (tls.clone(), target.clone());
             async move {
@@ -198,38 +264,22 @@ impl RemoteCellBuilder {
                 })
             }
         };
-        let link = StableLink::connect(connect, stable)
+        let link = StableLink::connect(connect, self.stable.clone())
             .await
             .map_err(|e| attach_error(e.to_string()))?;
         let monitor = link.monitor();
-        session.name = name.clone();
         let conn = SessionBuilder::new()
-            .config(session)
-            .serve(root)
+            .config(self.session.clone())
+            .serve(self.root.clone())
             .initiate(link)
             .await
             .map_err(|error| HostError::Handshake {
-                name: name.clone(),
+                name: self.name.clone(),
                 error,
                 exit: None,
                 stderr_tail: String::new(),
             })?;
-        let (state, _) = watch::channel(CellState::Attached {
-            address: addr.to_string(),
-        });
-        let inner = Arc::new(RemoteInner {
-            name,
-            conn,
-            monitor,
-            gate,
-            state,
-            last_end: Mutex::new(None),
-        });
-        tokio::spawn(watch_session(inner.clone()));
-        let owner = Arc::new(Owner {
-            conn: inner.conn.clone(),
-        });
-        Ok(RemoteCell { inner, _owner: owner })
+        Ok((conn, monitor))
     }
 }
 
@@ -254,27 +304,99 @@ impl CellLogs for LogSink {
 
 struct RemoteInner {
     name: String,
-    conn: Connection,
-    monitor: StableMonitor,
+    attacher: Attacher,
+    restart: RestartPolicy,
+    /// The current session and its conduit.
+    current: Mutex<(Connection, StableMonitor)>,
     gate: Arc<LogGate>,
     state: watch::Sender<CellState>,
     last_end: Mutex<Option<SessionError>>,
+    /// Re-attaches after a failed session.
+    restarts: AtomicU32,
+    shutting_down: AtomicBool,
 }
 
-/// Publishes the state once the session ends.
+impl RemoteInner {
+    fn current(&self) -> (Connection, StableMonitor) {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Publishes the state when a session ends, and attaches again after a
+/// failure if the restart policy says so.
 async fn watch_session(inner: Arc<RemoteInner>) {
-    let end = inner.conn.closed().await;
-    let next = match &end {
-        SessionError::Goodbye { .. } | SessionError::Closed { .. } => CellState::Stopped {
-            exit: ExitInfo::Detached,
-        },
-        e => CellState::Failed {
-            reason: e.to_string(),
-        },
-    };
-    tracing::info!(cell = %inner.name, "the remote cell's session ended: {end}");
-    *inner.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
-    inner.state.send_replace(next);
+    let mut in_a_row = 0u32;
+    loop {
+        let (conn, _) = inner.current();
+        let attached_at = tokio::time::Instant::now();
+        let end = conn.closed().await;
+        tracing::info!(cell = %inner.name, "the remote cell's session ended: {end}");
+        *inner.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end.clone());
+        // ORDERING: Acquire pairs with the Release store of `shutdown` and `Owner::drop`.
+        let ours = inner.shutting_down.load(Ordering::Acquire);
+        if ours || matches!(end, SessionError::Goodbye { .. } | SessionError::Closed { .. }) {
+            inner.state.send_replace(CellState::Stopped {
+                exit: ExitInfo::Detached,
+            });
+            return;
+        }
+        let RestartPolicy::OnFailure {
+            max_restarts,
+            backoff,
+            max_backoff,
+            reset_after,
+        } = inner.restart
+        else {
+            inner.state.send_replace(CellState::Failed {
+                reason: end.to_string(),
+            });
+            return;
+        };
+        if attached_at.elapsed() >= reset_after {
+            in_a_row = 0;
+        }
+        let mut wait = backoff;
+        let mut last = end.to_string();
+        loop {
+            in_a_row += 1;
+            if in_a_row > max_restarts {
+                inner.state.send_replace(CellState::Failed {
+                    reason: format!(
+                        "gave up attaching again after {max_restarts} attempts in a row; the last: {last}"
+                    ),
+                });
+                return;
+            }
+            inner.state.send_replace(CellState::Restarting {
+                last_exit: ExitInfo::Detached,
+                restarts: inner.restarts.load(Ordering::Relaxed),
+            });
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(max_backoff);
+            if inner.shutting_down.load(Ordering::Acquire) {
+                inner.state.send_replace(CellState::Stopped {
+                    exit: ExitInfo::Detached,
+                });
+                return;
+            }
+            match inner.attacher.attach().await {
+                Ok(current) => {
+                    *inner.current.lock().unwrap_or_else(|p| p.into_inner()) = current;
+                    inner.restarts.fetch_add(1, Ordering::Relaxed);
+                    *inner.last_end.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    inner.state.send_replace(CellState::Attached {
+                        address: inner.attacher.addr.to_string(),
+                    });
+                    tracing::info!(cell = %inner.name, "attached again");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(cell = %inner.name, "attaching again failed: {e}");
+                    last = e.to_string();
+                }
+            }
+        }
+    }
 }
 
 /// A handle on an attached remote cell. Cheap to clone; when the last clone
@@ -288,15 +410,17 @@ pub struct RemoteCell {
 /// Shared by every clone of a [`RemoteCell`]: the last one dropped says
 /// goodbye to the cell.
 struct Owner {
-    conn: Connection,
+    inner: Arc<RemoteInner>,
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        if self.conn.ended().is_none()
+        // ORDERING: Release pairs with `watch_session`'s Acquire loads.
+        self.inner.shutting_down.store(true, Ordering::Release);
+        let (conn, _) = self.inner.current();
+        if conn.ended().is_none()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            let conn = self.conn.clone();
             rt.spawn(async move {
                 conn.goodbye("the host dropped its last handle on this cell")
                     .await
@@ -334,7 +458,13 @@ impl RemoteCell {
 
     /// The conduit's status: connected, or resuming after a break.
     pub fn link_status(&self) -> StableStatus {
-        self.inner.monitor.status()
+        self.inner.current().1.status()
+    }
+
+    /// How many times the current session's conduit resumed after its
+    /// connection broke.
+    pub fn link_resumes(&self) -> u64 {
+        self.inner.current().1.resumes()
     }
 
     /// Why the session ended (`None` while it runs).
@@ -348,13 +478,14 @@ impl RemoteCell {
 
     /// The session's root connection.
     pub fn connection(&self) -> Result<Connection, HostError> {
-        if self.inner.conn.ended().is_some() {
+        let (conn, _) = self.inner.current();
+        if conn.ended().is_some() {
             return Err(HostError::NotRunning {
                 name: self.name().to_string(),
                 state: self.state().to_string(),
             });
         }
-        Ok(self.inner.conn.clone())
+        Ok(conn)
     }
 
     /// A typed client, e.g. `cell.client::<CalculatorClient>()`.
@@ -362,25 +493,25 @@ impl RemoteCell {
         self.connection().map(C::from)
     }
 
-    /// Counters: the session's, what the cell logged, and (as `restarts`)
-    /// how many times the conduit resumed after a break.
+    /// Counters: re-attaches after a failed session (`restarts`), what the
+    /// cell logged, and the current session's counters. Resumes of the
+    /// conduit are [`link_resumes`](Self::link_resumes).
     pub fn stats(&self) -> CellStats {
         CellStats {
-            restarts: u32::try_from(self.inner.monitor.resumes()).unwrap_or(u32::MAX),
+            restarts: self.inner.restarts.load(Ordering::Relaxed),
             failures_in_a_row: 0,
             logs: self.inner.gate.stats(),
-            session: self.inner.conn.stats(),
+            session: self.inner.current().0.stats(),
         }
     }
 
     /// Says goodbye and waits up to `grace` for the session to end. Returns
     /// [`ExitInfo::Detached`]: the cell's process is not ours to watch.
     pub async fn shutdown(&self, grace: Duration) -> ExitInfo {
-        let _ = tokio::time::timeout(
-            grace,
-            self.inner.conn.goodbye("the host is shutting this cell down"),
-        )
-        .await;
+        // ORDERING: Release pairs with `watch_session`'s Acquire loads.
+        self.inner.shutting_down.store(true, Ordering::Release);
+        let (conn, _) = self.inner.current();
+        let _ = tokio::time::timeout(grace, conn.goodbye("the host is shutting this cell down")).await;
         let ended = |s: &CellState| matches!(s, CellState::Stopped { .. } | CellState::Failed { .. });
         let _ = tokio::time::timeout(grace, self.wait_for(ended)).await;
         ExitInfo::Detached

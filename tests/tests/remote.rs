@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use osmos_host::{CellState, ExitInfo, HostError, RemoteCellBuilder};
+use osmos_host::{CellState, ExitInfo, HostError, RemoteCellBuilder, RestartPolicy};
 use osmos_session::tls::{self, CellCredentials, HostCredentials};
 use osmos_tests::TestCellClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -393,11 +393,8 @@ async fn a_remote_session_survives_cut_connections() {
         let (i, answer) = r.unwrap();
         assert_eq!(answer.expect("a call across a cut"), i + 1000);
     }
-    assert!(
-        remote.stats().restarts >= 1,
-        "the conduit resumed: {:?}",
-        remote.stats()
-    );
+    assert!(remote.link_resumes() >= 1, "the conduit resumed");
+    assert_eq!(remote.stats().restarts, 0, "resumes are not re-attaches");
     assert!(
         matches!(remote.state(), CellState::Attached { .. }),
         "{}",
@@ -424,4 +421,36 @@ async fn a_remote_cell_serves_on_a_unix_socket() {
     remote.shutdown(Duration::from_secs(5)).await;
     assert!(process.wait_exit().success());
     let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_with_a_restart_policy_attaches_again_to_a_restarted_cell() {
+    let (host, cell) = pair();
+    let first = RemoteProcess::start("restart-1", &cell);
+    let addr = first.addr.clone();
+    let remote = within(
+        "the attach",
+        RemoteCellBuilder::tcp(addr.clone(), host)
+            .restart(RestartPolicy::on_failure(50))
+            .attach(),
+    )
+    .await
+    .expect("attach");
+    let client: TestCellClient = remote.client().unwrap();
+    let first_pid = within("pid", client.pid()).await.unwrap();
+    // The cell's own supervisor restarts it on the same address.
+    drop(first);
+    let second = RemoteProcess::start_on("restart-2", &cell, format!("tcp:{addr}"), "listening on tcp:");
+    let state = within(
+        "the handle to attach again",
+        remote.wait_for(|s| matches!(s, CellState::Attached { .. }) && remote.stats().restarts == 1),
+    )
+    .await;
+    assert!(matches!(state, CellState::Attached { .. }), "{state}");
+    let ended = remote.last_session_end();
+    assert!(ended.is_none(), "a fresh session runs: {ended:?}");
+    let client: TestCellClient = remote.client().unwrap();
+    let second_pid = within("pid", client.pid()).await.unwrap();
+    assert_ne!(first_pid, second_pid);
+    assert_eq!(second_pid, second.child.id());
 }
