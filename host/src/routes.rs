@@ -9,6 +9,13 @@
 //! untouched, and closing either side closes the other. Otherwise the cell's
 //! open fails with the host's reason.
 //!
+//! The host says who calls: it opens the connection to the target with
+//! [`META_CALLER`] naming the cell that opened it, so the target's handlers
+//! see that cell as their
+//! [`CallContext::caller`](osmos_session::CallContext::caller). It never
+//! believes a cell about it: any `osmos.caller` a cell sends, when it opens
+//! the connection or with a call, is dropped before the host forwards.
+//!
 //! Routes hold cells weakly: registering a cell does not keep it running.
 //! The target's *current* incarnation is looked up at each open, so a
 //! restarted target is reached again by the next connection.
@@ -16,8 +23,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use osmos_session::control::META_CELL;
-use osmos_session::wire::{MetaValue, Metadata};
+use osmos_session::control::{META_CALLER, META_CELL};
+use osmos_session::wire::{MetaEntry, MetaValue, Metadata};
 use osmos_session::{ConnectionAcceptor, Dispatcher, Forward};
 
 use crate::cell::{CellHandle, WeakCell};
@@ -50,6 +57,15 @@ struct Counted {
 
 impl Dispatcher for Counted {
     fn dispatch(&self, method: u64, metadata: &Metadata, args: &[u8]) -> osmos_session::Dispatch {
+        // Only the host says who calls: a cell's own claim goes no further.
+        if metadata.iter().any(|m| m.key == META_CALLER) {
+            let cleaned: Metadata = metadata
+                .iter()
+                .filter(|m| m.key != META_CALLER)
+                .cloned()
+                .collect();
+            return self.forward.dispatch(method, &cleaned, args);
+        }
         self.forward.dispatch(method, metadata, args)
     }
 
@@ -143,7 +159,16 @@ impl Routes {
         if let Some(e) = conn.ended() {
             return Err(format!("cell '{to}' is not reachable: {e}"));
         }
-        let onward = metadata.iter().filter(|m| m.key != META_CELL).cloned().collect();
+        // What the cell asked for goes on, but who calls is the host's word.
+        let mut onward: Metadata = metadata
+            .iter()
+            .filter(|m| m.key != META_CELL && m.key != META_CALLER)
+            .cloned()
+            .collect();
+        onward.push(MetaEntry {
+            key: META_CALLER.to_string(),
+            value: MetaValue::Str(from.to_string()),
+        });
         tracing::debug!(from, to, "forwarding a connection");
         Ok(Some(Arc::new(Counted {
             forward: Forward::open_on(conn, onward),

@@ -58,7 +58,9 @@
 //! acceptor; [`Cell::serve`] serves until the host says goodbye.
 //! [`Cell::connection`] lets the cell call services the host exposes, and
 //! [`connect_to_cell`] those of another cell the host lets it reach (the
-//! host forwards the connection). A program that starts a [`Cell`] itself
+//! host forwards the connection, and tells the other cell who calls: its
+//! handlers see this cell's name as
+//! [`CallContext::caller`](osmos_session::CallContext::caller)). A program that starts a [`Cell`] itself
 //! calls [`forward_logs`] to keep its logs.
 //!
 //! ## Defaults and environment
@@ -262,11 +264,13 @@ impl Cell {
             ..SessionConfig::default()
         };
         // The host may open virtual connections to the cell (e.g. another
-        // cell's, forwarded): they are served like the root one.
+        // cell's, forwarded): they are served like the root one, and the
+        // host's word on who calls on them is believed.
         let served = dispatcher.clone();
         let conn = SessionBuilder::new()
             .config(config)
             .serve(dispatcher)
+            .trust_peer_caller()
             .accept_connections(Arc::new(move |_: &osmos_session::wire::Metadata| {
                 Ok(Some(served.clone()))
             }))

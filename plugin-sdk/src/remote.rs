@@ -288,6 +288,8 @@ pub(crate) async fn start(
                 let session = SessionBuilder::new()
                     .config(config)
                     .serve(dispatcher)
+                    // An authenticated host: its word on who calls is believed.
+                    .trust_peer_caller()
                     .accept_connections(Arc::new(move |_: &osmos_session::wire::Metadata| {
                         Ok(Some(served.clone()))
                     }))

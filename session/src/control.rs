@@ -44,6 +44,15 @@ pub const ENV_LOG: &str = "OSMOS_LOG";
 /// connection there if its routes allow it.
 pub const META_CELL: &str = "osmos.cell";
 
+/// Metadata key of a virtual connection the host opens to a cell on behalf
+/// of another cell: its value (a string) names the cell that opened it, and
+/// calls on the connection report it as their
+/// [`CallContext::caller`](crate::CallContext::caller). Only the host sets
+/// it: the host drops any a cell sends, and only a session that trusts its
+/// peer ([`SessionBuilder::trust_peer_caller`](crate::SessionBuilder::trust_peer_caller),
+/// as a cell trusts its host) believes it.
+pub const META_CALLER: &str = "osmos.caller";
+
 /// Largest control packet a host reads; longer records are cut by the sender.
 pub const MAX_LOG_RECORD: usize = 16 << 10;
 

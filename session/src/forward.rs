@@ -9,7 +9,8 @@
 //!   session, with the caller's method id, metadata and encoded arguments
 //!   unchanged; the **answer** comes back with its outcome as it was, so a
 //!   user error, an unknown method, an undecodable payload or a cancellation
-//!   reaches the caller as if it had called the target itself;
+//!   reaches the caller as if it had called the target itself, with the
+//!   answer's metadata unchanged;
 //! - **cancels**: dropping or cancelling the call on the caller's side
 //!   aborts the forwarding handler, which cancels the call on the target;
 //! - **channels** listed in a call or an answer are remapped: the forwarder
@@ -261,7 +262,11 @@ fn forward_call(
             }
             let ids = outs.iter().map(|c| c.id).collect();
             let answered = session::call_raw(&target, method, metadata, ids, &args).await;
-            let RawReply { outcome, channels } = match answered {
+            let RawReply {
+                outcome,
+                channels,
+                metadata: answer_metadata,
+            } = match answered {
                 Ok(r) => r,
                 Err(e) => {
                     let why = format!("the forwarded call failed: {e}");
@@ -274,6 +279,11 @@ fn forward_call(
                     return Err(why);
                 }
             };
+            // The answer's metadata goes back as it came (the handler's
+            // context is current while this future is polled).
+            if let Some(ctx) = crate::CallContext::current() {
+                ctx.relay_response_metadata(answer_metadata);
+            }
             // Remap the answer's channels onto the caller's session.
             let mut answer = Unrelayed {
                 shared: to.clone(),

@@ -14,6 +14,9 @@
 //!   [`Dispatcher`]; method ids are stable hashes ([`method_id`]). The
 //!   `#[osmos::service]` attribute (crates `osmos` and `osmos-macros`)
 //!   generates the same from an ordinary trait, through `__private`.
+//! - `context.rs` and `metadata.rs`: what a handler knows about its call
+//!   ([`CallContext`]: metadata, deadline, caller) and the metadata it
+//!   answers with, which the caller reads from a [`ResponseMetadata`] slot.
 //! - [`Router`] (`router.rs`): several services on one connection.
 //! - [`Forward`] (`forward.rs`): a transparent proxy between two connections,
 //!   relaying calls, answers, cancels and channels without decoding payloads.
@@ -37,6 +40,7 @@ pub mod error;
 mod fast;
 mod forward;
 pub mod link;
+mod metadata;
 mod payload;
 mod reconnect;
 mod router;
@@ -54,6 +58,10 @@ pub use context::CallContext;
 pub use error::{CallError, SessionError};
 pub use forward::Forward;
 pub use link::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
+pub use metadata::{
+    MAX_RESPONSE_METADATA_BYTES, MAX_RESPONSE_METADATA_ENTRIES, MetadataError, ResponseMetadata,
+    metadata_bytes,
+};
 pub use reconnect::{ReconnectError, ReconnectState, Reconnecting, RetryPolicy};
 pub use router::{RouteConflict, Router, RouterBuilder};
 pub use rules::Rule;

@@ -35,6 +35,10 @@ pub enum Rule {
     PeerReleasesItsSlots,
     /// Responses answer calls we made.
     ResponseKnownRequest,
+    /// A response's metadata keeps within
+    /// [`MAX_RESPONSE_METADATA_ENTRIES`](crate::MAX_RESPONSE_METADATA_ENTRIES)
+    /// and [`MAX_RESPONSE_METADATA_BYTES`](crate::MAX_RESPONSE_METADATA_BYTES).
+    ResponseMetadataBounded,
     /// Channel traffic names open channels.
     ChannelKnown,
     /// A new channel id is new.
@@ -83,6 +87,7 @@ impl Rule {
         Rule::PeerDrainsItsLink,
         Rule::PeerReleasesItsSlots,
         Rule::ResponseKnownRequest,
+        Rule::ResponseMetadataBounded,
         Rule::ChannelKnown,
         Rule::ChannelUnique,
         Rule::ChannelLimit,
@@ -117,6 +122,7 @@ impl Rule {
             Rule::PeerDrainsItsLink => "peer.drains-its-link",
             Rule::PeerReleasesItsSlots => "peer.releases-its-slots",
             Rule::ResponseKnownRequest => "response.known-request",
+            Rule::ResponseMetadataBounded => "response.metadata-bounded",
             Rule::ChannelKnown => "channel.known",
             Rule::ChannelUnique => "channel.unique",
             Rule::ChannelLimit => "channel.limit",

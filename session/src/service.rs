@@ -287,9 +287,10 @@ where
 /// Generated: `trait Calculator` (each method returns
 /// `impl Future<Output = Result<T, E>> + Send`), `CalculatorClient::new(conn)`
 /// with one `async fn` per method returning `Result<T, CallError<E>>` (calls
-/// get the session's default deadline; the `#[osmos::service]` attribute's
-/// clients also have `*_with(options, ...)` variants taking
-/// [`CallOptions`](crate::CallOptions)), and `CalculatorDispatcher::new(impl)`
+/// get the session's default deadline, or the
+/// [`CallOptions`](crate::CallOptions) given to `with_options`; the
+/// `#[osmos::service]` attribute's clients have `*_with(options, ...)`
+/// variants instead), and `CalculatorDispatcher::new(impl)`
 /// (an [`Dispatcher`]).
 #[macro_export]
 macro_rules! service {
@@ -317,12 +318,25 @@ macro_rules! service {
         #[derive(Clone, Debug)]
         $vis struct $client {
             conn: $crate::Connection,
+            options: $crate::CallOptions,
         }
 
         impl $client {
             #[doc = concat!("A client calling `", stringify!($name), "` on `conn`.")]
             pub fn new(conn: $crate::Connection) -> Self {
-                Self { conn }
+                Self {
+                    conn,
+                    options: $crate::CallOptions::default(),
+                }
+            }
+
+            /// This client, making its calls with `options` (a deadline,
+            /// metadata, a slot for the response's metadata) instead of
+            /// the defaults. Calls made at once share a response metadata
+            /// slot: give each its own client.
+            pub fn with_options(mut self, options: $crate::CallOptions) -> Self {
+                self.options = options;
+                self
             }
 
             /// The connection this client calls on.
@@ -339,7 +353,7 @@ macro_rules! service {
                         stringify!($method),
                         $crate::method_id(stringify!($name), stringify!($method)),
                         &($($arg,)*),
-                        $crate::CallOptions::default(),
+                        self.options.clone(),
                     )
                     .await
                 }

@@ -79,6 +79,10 @@ service! {
         async fn try_connect(&self, addr: String) -> Result<(), String>;
         /// Tries to attach to its parent with ptrace.
         async fn try_ptrace_parent(&self) -> Result<(), String>;
+        /// Who calls, as the cell's session reports it
+        /// (`CallContext::caller`), and the `osmos.caller` entry of the
+        /// call's own metadata, if one reached the cell.
+        async fn caller(&self) -> Result<(String, Option<String>), String>;
     }
 }
 
@@ -109,6 +113,11 @@ service! {
         async fn hang_via(&self, cell: String) -> Result<String, String>;
         /// Through the host, asks `cell` for its pid.
         async fn pid_via(&self, cell: String) -> Result<u32, String>;
+        /// Through the host, asks `cell` who calls (`TestCell::caller`). A
+        /// non-empty `claim` is sent as `osmos.caller`, both when opening
+        /// the connection and with the call: an impersonation the host
+        /// must not pass on.
+        async fn caller_via(&self, cell: String, claim: String) -> Result<(String, Option<String>), String>;
     }
 }
 

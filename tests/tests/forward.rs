@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use osmos_host::{CellBuilder, CellHandle, CellState, Routes};
-use osmos_tests::RelayClient;
+use osmos_tests::{RelayClient, TestCellClient};
 
 const CELL: &str = env!("CARGO_BIN_EXE_test-cell");
 const RELAY: &str = env!("CARGO_BIN_EXE_relay-cell");
@@ -93,4 +93,56 @@ async fn forward_a_cell_calls_another_through_the_host_and_survives_its_death() 
     assert!(a.pid().is_some(), "A is still running: {:?}", a.state());
     c.shutdown(Duration::from_secs(5)).await;
     a.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The host says who calls: cell B sees the cell that called it through the
+/// host as its caller, and a cell that claims to be another (`osmos.caller`
+/// sent when connecting and with the call) is not believed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_the_called_cell_sees_the_calling_cell() {
+    let routes = Routes::new();
+    routes.allow("a", "b").allow("z", "b");
+    let b = spawn(CellBuilder::new(CELL).name("b")).await;
+    routes.add(&b);
+    let a = spawn(
+        CellBuilder::new(RELAY)
+            .name("a")
+            .accept_connections(routes.acceptor("a")),
+    )
+    .await;
+    let z = spawn(
+        CellBuilder::new(RELAY)
+            .name("z")
+            .accept_connections(routes.acceptor("z")),
+    )
+    .await;
+    let (from_a, from_z) = (
+        a.client::<RelayClient>().unwrap(),
+        z.client::<RelayClient>().unwrap(),
+    );
+
+    let seen = bounded("B's caller, from A", from_a.caller_via("b".into(), String::new())).await;
+    assert_eq!(seen.unwrap(), ("a".to_string(), None));
+    let seen = bounded("B's caller, from Z", from_z.caller_via("b".into(), String::new())).await;
+    assert_eq!(seen.unwrap(), ("z".to_string(), None));
+
+    // Z claims to be A: B still sees Z, and no trace of the claim.
+    let seen = bounded(
+        "B's caller, from Z claiming A",
+        from_z.caller_via("b".into(), "a".into()),
+    )
+    .await;
+    assert_eq!(seen.unwrap(), ("z".to_string(), None));
+
+    // The host's own calls on B's root connection: B's session name.
+    let direct = bounded(
+        "B's caller, from the host",
+        b.client::<TestCellClient>().unwrap().caller(),
+    )
+    .await;
+    assert_eq!(direct.unwrap(), ("b".to_string(), None));
+
+    for cell in [a, z, b] {
+        cell.shutdown(Duration::from_secs(5)).await;
+    }
 }

@@ -15,6 +15,7 @@ use super::channels::open_peer_channels;
 use super::{Connection, Ids, Shared};
 use crate::channel::{self, ChannelCore, End};
 use crate::error::{CallError, SessionError, Violation, violation};
+use crate::metadata::{ResponseMetadata, check_response_metadata};
 use crate::service::ReplyOutcome;
 use crate::wire::{Message, Metadata, Outcome};
 
@@ -34,7 +35,14 @@ pub(super) struct Pending {
 /// Completes a call (typed or raw) from a response, decoding in place in the driver
 /// (so channels in the return value bind before later frames arrive).
 pub(crate) trait PendingCall: Send {
-    fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>);
+    /// The response arrived, with its channels, metadata and outcome.
+    fn respond(
+        self: Box<Self>,
+        shared: &Arc<Shared>,
+        channels: &[u64],
+        metadata: Metadata,
+        outcome: &Outcome<'_>,
+    );
     fn fail(self: Box<Self>, error: CallFailure);
 }
 
@@ -83,8 +91,15 @@ pub(super) fn on_response(
     conn: u64,
     request: u64,
     channels: &[u64],
+    metadata: Metadata,
     outcome: &Outcome<'_>,
 ) -> Result<(), Violation> {
+    check_response_metadata(&metadata).map_err(|e| {
+        violation(
+            Rule::ResponseMetadataBounded.name(),
+            format!("the response to request {request}: {e}"),
+        )
+    })?;
     let pending = {
         let mut s = shared.lock();
         match s.pending.remove(&request) {
@@ -110,7 +125,7 @@ pub(super) fn on_response(
         ));
     }
     open_peer_channels(shared, channels)?;
-    pending.complete.respond(shared, channels, outcome);
+    pending.complete.respond(shared, channels, metadata, outcome);
     Ok(())
 }
 
@@ -126,6 +141,9 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// Metadata sent with the call.
     pub metadata: Metadata,
+    /// Where the metadata the call is answered with goes, if the caller
+    /// wants it ([`with_response_metadata`](Self::with_response_metadata)).
+    pub response_metadata: Option<ResponseMetadata>,
 }
 
 impl CallOptions {
@@ -153,6 +171,15 @@ impl CallOptions {
         self
     }
 
+    /// Has the metadata the call is answered with (the handler's
+    /// [`CallContext::set_response_metadata`](crate::CallContext::set_response_metadata))
+    /// put in `slot` (a handle on it: keep a clone to read it once the call
+    /// returns).
+    pub fn with_response_metadata(mut self, slot: &ResponseMetadata) -> Self {
+        self.response_metadata = Some(slot.clone());
+        self
+    }
+
     /// The timeout a call with these options gets: its own, else the
     /// session's default; none for [`no_deadline`](Self::no_deadline).
     fn effective_timeout(&self, session_default: Option<Duration>) -> Option<Duration> {
@@ -165,6 +192,8 @@ impl CallOptions {
 /// The typed completion of one call.
 struct TypedPending<T, E> {
     tx: oneshot::Sender<Result<T, CallError<E>>>,
+    /// Where the response's metadata goes, if the caller wants it.
+    metadata: Option<ResponseMetadata>,
 }
 
 impl<T, E> PendingCall for TypedPending<T, E>
@@ -172,7 +201,16 @@ where
     T: Facet<'static> + Send + 'static,
     E: Facet<'static> + Send + 'static,
 {
-    fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>) {
+    fn respond(
+        self: Box<Self>,
+        shared: &Arc<Shared>,
+        channels: &[u64],
+        metadata: Metadata,
+        outcome: &Outcome<'_>,
+    ) {
+        if let Some(slot) = &self.metadata {
+            slot.fill(metadata);
+        }
         let result = match outcome {
             Outcome::Ok(bytes) => {
                 let (r, _) = channel::with_decode_context(shared, channels, || {
@@ -247,7 +285,10 @@ impl Connection {
         E: Facet<'static> + Send + 'static,
     {
         let timeout = options.effective_timeout(self.shared.call_timeout);
-        let work = self.call_inner(method, args, options.metadata, timeout);
+        if let Some(slot) = &options.response_metadata {
+            slot.clear();
+        }
+        let work = self.call_inner(method, args, options.metadata, options.response_metadata, timeout);
         match (timeout, options.timeout) {
             (None, _) => work.await,
             // A timeout of its own: a timer, to the millisecond.
@@ -270,6 +311,7 @@ impl Connection {
         method: u64,
         args: &A,
         metadata: Metadata,
+        answer_metadata: Option<ResponseMetadata>,
         timeout: Option<Duration>,
     ) -> Result<T, CallError<E>>
     where
@@ -284,7 +326,10 @@ impl Connection {
             encoded.map(|args| (Cow::Owned(args), channels))
         };
         let (tx, rx) = oneshot::channel();
-        let complete = Box::new(TypedPending::<T, E> { tx });
+        let complete = Box::new(TypedPending::<T, E> {
+            tx,
+            metadata: answer_metadata,
+        });
         match self
             .call_with(method, metadata, timeout, encode, complete, rx)
             .await
@@ -399,6 +444,8 @@ pub(crate) struct RawReply {
     pub outcome: ReplyOutcome,
     /// The channels the answer handed over, in list order, both ends held here.
     pub channels: Vec<Arc<ChannelCore>>,
+    /// The answer's metadata (within the response bounds).
+    pub metadata: Metadata,
 }
 
 /// Completes a raw call.
@@ -407,7 +454,13 @@ struct RawPending {
 }
 
 impl PendingCall for RawPending {
-    fn respond(self: Box<Self>, shared: &Arc<Shared>, channels: &[u64], outcome: &Outcome<'_>) {
+    fn respond(
+        self: Box<Self>,
+        shared: &Arc<Shared>,
+        channels: &[u64],
+        metadata: Metadata,
+        outcome: &Outcome<'_>,
+    ) {
         let mut cores = Vec::with_capacity(channels.len());
         for &id in channels {
             // The driver opened every listed channel before answering.
@@ -428,6 +481,7 @@ impl PendingCall for RawPending {
         let _ = self.tx.send(Ok(RawReply {
             outcome: ReplyOutcome::from_wire(outcome),
             channels: cores,
+            metadata,
         }));
     }
 

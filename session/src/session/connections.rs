@@ -6,12 +6,14 @@ use crate::rules::Rule;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
+use tracing::debug;
 
 use super::calls::{CallFailure, Pending};
 use super::{Connection, Ids, Shared, liveness};
+use crate::control::META_CALLER;
 use crate::error::{CallError, SessionError, Violation, violation};
 use crate::service::Dispatcher;
-use crate::wire::{Message, Metadata};
+use crate::wire::{Message, MetaValue, Metadata};
 
 /// Most virtual connections open at once in a session.
 const MAX_CONNECTIONS: usize = 4096;
@@ -19,6 +21,24 @@ const MAX_CONNECTIONS: usize = 4096;
 /// One connection's local state.
 pub(super) struct ConnState {
     pub(super) dispatcher: Option<Arc<dyn Dispatcher>>,
+    /// Who calls on it, as the peer said when it opened it (only if this
+    /// side trusts the peer to say: [`SessionBuilder::trust_peer_caller`](crate::SessionBuilder::trust_peer_caller)).
+    pub(super) caller: Option<Arc<str>>,
+}
+
+/// The caller the peer names in a connection's open `metadata`, if this
+/// side believes it (see [`CallContext::caller`](crate::CallContext::caller)).
+fn trusted_caller(shared: &Shared, metadata: &Metadata) -> Option<Arc<str>> {
+    if !shared.trust_peer_caller {
+        return None;
+    }
+    match &metadata.iter().find(|m| m.key == META_CALLER)?.value {
+        MetaValue::Str(name) => Some(Arc::from(name.as_str())),
+        _ => {
+            debug!(session = %shared.name, "ignoring a {META_CALLER} that is not a string");
+            None
+        }
+    }
 }
 
 pub(super) fn on_connection_open(
@@ -60,6 +80,7 @@ pub(super) fn on_connection_open(
                 conn,
                 ConnState {
                     dispatcher: dispatcher.clone(),
+                    caller: trusted_caller(shared, metadata),
                 },
             );
             shared.send_later(&Message::ConnectionAccept {
@@ -177,7 +198,13 @@ impl Connection {
             // its accept before this task runs again.
             let mut s = shared.lock();
             s.opening.insert(conn, tx);
-            s.conns.insert(conn, ConnState { dispatcher });
+            s.conns.insert(
+                conn,
+                ConnState {
+                    dispatcher,
+                    caller: None,
+                },
+            );
         }
         // Dropped before the open went out: forget the connection (a frame is
         // sent whole or not at all, so the peer never heard of it). Once it

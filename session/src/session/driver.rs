@@ -264,10 +264,10 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
         Message::Response {
             conn,
             request,
+            metadata,
             channels,
             outcome,
-            ..
-        } => on_response(shared, conn, request, &channels, &outcome),
+        } => on_response(shared, conn, request, &channels, metadata, &outcome),
         Message::Cancel { conn, request } => {
             if let Some(Some(h)) = shared.lock().serving.remove(&(conn, request)) {
                 h.abort();

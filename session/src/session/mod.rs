@@ -45,6 +45,7 @@
 //! | `peer.releases-its-slots` (shm link) | a large frame waiting for a free slot waits at most the keepalive timeout (and meanwhile holds up no other frame) |
 //! | `link.empty-wakes` (shm link) | the peer wakes this side at most 1000 + 2 × frames times a second without publishing a frame |
 //! | `response.known-request` | responses answer calls we made |
+//! | `response.metadata-bounded` | a response carries at most 64 metadata entries of at most 16 KiB of keys and values in all |
 //! | `channel.known` / `channel.unique` | channel traffic names open channels |
 //! | `channel.no-data-after-close` / `channel.close-once` | no item after Close |
 //! | `credit.no-overrun` / `credit.grant-bounded` | items fit the credit granted |
@@ -147,6 +148,7 @@ pub struct SessionBuilder {
     root: Option<Arc<dyn Dispatcher>>,
     acceptor: Option<ConnectionAcceptor>,
     on_peer_fault: Option<PeerFaultHook>,
+    trust_peer_caller: bool,
 }
 
 /// Runs when a session ends through its peer's fault (see
@@ -175,6 +177,18 @@ impl SessionBuilder {
     /// Without an acceptor every `ConnectionOpen` is rejected.
     pub fn accept_connections(mut self, acceptor: ConnectionAcceptor) -> Self {
         self.acceptor = Some(acceptor);
+        self
+    }
+
+    /// Believes the peer about who calls: calls on a virtual connection the
+    /// peer opened with a [`META_CALLER`](crate::control::META_CALLER)
+    /// entry report that name as their
+    /// [`CallContext::caller`](crate::CallContext::caller). For a cell,
+    /// whose peer is its host (the plugin SDK sets it); never for a session
+    /// whose peer is a cell, which could then name any caller it likes.
+    /// Off by default: `osmos.caller` is then ignored.
+    pub fn trust_peer_caller(mut self) -> Self {
+        self.trust_peer_caller = true;
         self
     }
 
@@ -227,6 +241,7 @@ impl SessionBuilder {
             outbox_len: AtomicUsize::new(0),
             ended: ended_tx,
             acceptor: self.acceptor,
+            trust_peer_caller: self.trust_peer_caller,
             on_peer_fault: Mutex::new(self.on_peer_fault),
             keepalive: Mutex::new(Keepalive::new()),
             link_stall: StallClock::default(),
@@ -238,6 +253,7 @@ impl SessionBuilder {
             0,
             ConnState {
                 dispatcher: self.root,
+                caller: None,
             },
         );
         tokio::spawn(outbound::writer(shared.clone(), outbox_rx));
@@ -352,6 +368,8 @@ pub(crate) struct Shared {
     /// Becomes `Some` when the session ends.
     ended: watch::Sender<Option<SessionError>>,
     acceptor: Option<ConnectionAcceptor>,
+    /// [`SessionBuilder::trust_peer_caller`].
+    trust_peer_caller: bool,
     /// [`SessionBuilder::on_peer_fault`]; taken when it runs (once).
     on_peer_fault: Mutex<Option<PeerFaultHook>>,
     /// The peer's proof of life (see [`Keepalive`]).

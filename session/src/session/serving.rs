@@ -14,6 +14,7 @@ use super::{Connection, Shared};
 use crate::channel;
 use crate::context::CallContext;
 use crate::error::{Violation, violation};
+use crate::metadata::{Answering, check_response_metadata};
 use crate::service::{Dispatch, HandlerFuture, ReplyOutcome, ReplyValue};
 use crate::wire::{Message, Metadata, Outcome};
 
@@ -45,7 +46,7 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
             format!("request id {request} does not have the caller's parity"),
         ));
     }
-    let dispatcher = {
+    let (dispatcher, caller) = {
         let s = shared.lock();
         let Some(c) = s.conns.get(&conn) else {
             if s.conn_watch.recently_closed(conn) {
@@ -77,7 +78,7 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
                 ),
             ));
         }
-        c.dispatcher.clone()
+        (c.dispatcher.clone(), c.caller.clone())
     };
     open_peer_channels(shared, channels)?;
     if method == crate::service::DESCRIBE_METHOD {
@@ -114,18 +115,21 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
             let deadline =
                 std::time::Instant::now().checked_add(std::time::Duration::from_micros(deadline_us));
             let deadline = deadline.filter(|_| deadline_us > 0);
+            let answering = Answering::open();
             let mut ctx = Some(CallContext {
                 conn: Connection::unguarded(shared.clone(), conn),
                 method,
                 metadata: metadata.clone(),
                 deadline,
+                caller,
+                answer: answering.clone(),
             });
             // Most handlers answer without waiting: poll once here, and such a
             // call costs no task at all. A handler that waits moves to its
             // own task, where a Cancel can abort it, and so can its deadline.
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             match catch_poll(&mut handler, &mut ctx, &mut cx) {
-                Poll::Ready(reply) => answer(shared, conn, request, reply),
+                Poll::Ready(reply) => answer(shared, conn, request, reply, answering.take()),
                 Poll::Pending => {
                     let sh = shared.clone();
                     // The entry goes in before the task can finish (it takes
@@ -144,11 +148,12 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
                         };
                         // Done (or cancelled): what it held goes before the answer.
                         drop(handler);
+                        let metadata = answering.take();
                         // Still counted while the response waits for room:
                         // a peer that does not read runs into request.limit.
                         let live = sh.lock().serving.contains_key(&(conn, request));
                         if live {
-                            send_response(&sh, conn, request, reply).await;
+                            send_response(&sh, conn, request, reply, metadata).await;
                         }
                     });
                     if s.ended.is_none() && s.conns.contains_key(&conn) {
@@ -177,7 +182,7 @@ fn describe(shared: &Arc<Shared>, conn: u64, request: u64, dispatcher: Option<&d
         })
         .collect();
     let reply: Box<dyn ReplyValue> = Box::new(Ok::<_, String>(services));
-    answer(shared, conn, request, Ok(reply));
+    answer(shared, conn, request, Ok(reply), Metadata::new());
 }
 
 /// What a handler ended with: its reply, or the outcome that answers the
@@ -226,12 +231,18 @@ fn encode_reply(shared: &Arc<Shared>, reply: Reply) -> (EncodedReply, Vec<u64>) 
     }
 }
 
-fn response<'a>(conn: u64, request: u64, encoded: &'a EncodedReply, channels: Vec<u64>) -> Message<'a> {
+fn response<'a>(
+    conn: u64,
+    request: u64,
+    encoded: &'a EncodedReply,
+    channels: Vec<u64>,
+    metadata: Metadata,
+) -> Message<'a> {
     let outcome = encoded.as_wire();
     Message::Response {
         conn,
         request,
-        metadata: vec![],
+        metadata,
         channels,
         outcome,
     }
@@ -240,10 +251,10 @@ fn response<'a>(conn: u64, request: u64, encoded: &'a EncodedReply, channels: Ve
 /// Answers a call from the driver: at once if the link has room, else from a
 /// task that waits for it. Channels in the reply are announced only once the
 /// response is sent, so their items cannot overtake it.
-fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
+fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply, metadata: Metadata) {
     let (encoded, channels) = encode_reply(shared, reply);
-    let (encoded, channels) = sendable_reply(shared, conn, request, encoded, channels);
-    let msg = response(conn, request, &encoded, channels);
+    let (encoded, channels, metadata) = sendable_reply(shared, conn, request, encoded, channels, metadata);
+    let msg = response(conn, request, &encoded, channels, metadata);
     let len = msg.encoded_len();
     if shared.check_sendable(msg.kind(), len).is_ok() {
         let fill = |buf: &mut [u8]| {
@@ -281,10 +292,10 @@ fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
 }
 
 /// Answers a call from the handler's task, waiting for link room.
-async fn send_response(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply) {
+async fn send_response(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply, metadata: Metadata) {
     let (encoded, channels) = encode_reply(shared, reply);
-    let (encoded, channels) = sendable_reply(shared, conn, request, encoded, channels);
-    let msg = response(conn, request, &encoded, channels);
+    let (encoded, channels, metadata) = sendable_reply(shared, conn, request, encoded, channels, metadata);
+    let msg = response(conn, request, &encoded, channels, metadata);
     // The call stops counting against request.limit as its response is
     // written, not after: the peer may send its next call the moment it
     // reads this one's answer.
@@ -305,21 +316,26 @@ async fn send_response(shared: &Arc<Shared>, conn: u64, request: u64, reply: Rep
 
 /// A reply too large for the link or the peer is answered with an error
 /// that says so (a response that cannot be sent would leave the caller
-/// waiting, or end the session).
+/// waiting, or end the session); so is one whose metadata passes the
+/// response bounds (only a forwarder relaying a bad hop could build one).
 fn sendable_reply(
     shared: &Shared,
     conn: u64,
     request: u64,
     encoded: EncodedReply,
     channels: Vec<u64>,
-) -> (EncodedReply, Vec<u64>) {
-    let len = response(conn, request, &encoded, channels.clone()).encoded_len();
+    metadata: Metadata,
+) -> (EncodedReply, Vec<u64>, Metadata) {
+    if let Err(e) = check_response_metadata(&metadata) {
+        return (ReplyOutcome::Internal(e.to_string()), Vec::new(), Metadata::new());
+    }
+    let len = response(conn, request, &encoded, channels.clone(), metadata.clone()).encoded_len();
     let max = shared.max_message();
     if len <= max {
-        return (encoded, channels);
+        return (encoded, channels, metadata);
     }
     let why = format!(
-        "the handler's result encodes to {len} bytes, over this session's {max}-byte message limit; return large data through a channel (Tx/Rx)"
+        "the handler's result and response metadata encode to {len} bytes, over this session's {max}-byte message limit; return large data through a channel (Tx/Rx)"
     );
-    (ReplyOutcome::Internal(why), Vec::new())
+    (ReplyOutcome::Internal(why), Vec::new(), Metadata::new())
 }

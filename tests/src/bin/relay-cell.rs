@@ -4,7 +4,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use osmos_session::Connection;
+use osmos_session::control::{META_CALLER, META_CELL};
+use osmos_session::wire::{MetaEntry, MetaValue};
+use osmos_session::{CallOptions, Connection};
 use osmos_tests::{Relay, RelayDispatcher, TestCellClient};
 
 struct Cell {
@@ -14,6 +16,15 @@ struct Cell {
 impl Cell {
     /// A client of `cell`'s `TestCell`, through the host.
     async fn reach(&self, cell: &str) -> Result<TestCellClient, String> {
+        let host = self.host().await?;
+        let conn = osmos_plugin_sdk::connect_to_cell(&host, cell)
+            .await
+            .map_err(|e| format!("could not reach cell '{cell}': {e}"))?;
+        Ok(TestCellClient::new(conn))
+    }
+
+    /// The connection to the host.
+    async fn host(&self) -> Result<Connection, String> {
         // The connection is stored right after the handshake, which the host
         // may already have answered with this call.
         let start = Instant::now();
@@ -26,10 +37,7 @@ impl Cell {
             }
             tokio::task::yield_now().await;
         };
-        let conn = osmos_plugin_sdk::connect_to_cell(&host, cell)
-            .await
-            .map_err(|e| format!("could not reach cell '{cell}': {e}"))?;
-        Ok(TestCellClient::new(conn))
+        Ok(host)
     }
 }
 
@@ -91,6 +99,28 @@ impl Relay for Cell {
 
     async fn pid_via(&self, cell: String) -> Result<u32, String> {
         self.reach(&cell).await?.pid().await.map_err(|e| e.to_string())
+    }
+
+    async fn caller_via(&self, cell: String, claim: String) -> Result<(String, Option<String>), String> {
+        if claim.is_empty() {
+            return self.reach(&cell).await?.caller().await.map_err(|e| e.to_string());
+        }
+        // Connect as `connect_to_cell` does, but claim to be someone else.
+        let entry = |key: &str, value: &str| MetaEntry {
+            key: key.to_string(),
+            value: MetaValue::Str(value.to_string()),
+        };
+        let host = self.host().await?;
+        let conn = host
+            .open(vec![entry(META_CELL, &cell), entry(META_CALLER, &claim)], None)
+            .await
+            .map_err(|e| format!("could not reach cell '{cell}': {e}"))?;
+        let options = CallOptions::default().with_metadata(META_CALLER, MetaValue::Str(claim));
+        TestCellClient::new(conn)
+            .with_options(options)
+            .caller()
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -9,7 +9,9 @@
 use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 
-use osmos_session::{Connection, Rx, Tx};
+use osmos_session::control::META_CALLER;
+use osmos_session::wire::MetaValue;
+use osmos_session::{CallContext, Connection, Rx, Tx};
 use osmos_tests::{HostDirectoryClient, TestCell, TestCellDispatcher};
 
 struct Cell {
@@ -111,6 +113,15 @@ impl TestCell for Cell {
             }
         }
         Err(std::io::Error::last_os_error().to_string())
+    }
+    async fn caller(&self) -> Result<(String, Option<String>), String> {
+        let ctx = CallContext::current().ok_or("no call context inside a handler")?;
+        let claimed = match ctx.get(META_CALLER) {
+            Some(MetaValue::Str(s)) => Some(s.clone()),
+            Some(other) => Some(format!("{other:?}")),
+            None => None,
+        };
+        Ok((ctx.caller().to_string(), claimed))
     }
 }
 
