@@ -7,6 +7,9 @@
 //!   segment configuration, optional sha256 of the binary, and services the
 //!   host exposes to it. [`CellBuilder::spawn`] returns a [`CellHandle`]:
 //!   typed clients, pid, state, stats, kill, graceful shutdown.
+//! - [`Discovery`] (`discovery.rs`): every cell binary in a directory,
+//!   optionally checked against a `sha256sum` manifest; each found binary
+//!   gives a [`CellBuilder`] pinned to the digest seen.
 //! - [`FollowingClient`] (`following.rs`): a client that follows a cell
 //!   across restarts (each call reaches the incarnation running when it is
 //!   made; a call made while the cell restarts waits for it).
@@ -38,6 +41,7 @@
 //! `output.rs` and `records.rs`.
 
 mod cell;
+mod discovery;
 mod error;
 mod following;
 mod logs;
@@ -49,6 +53,7 @@ pub mod sandbox;
 mod spawn;
 
 pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy, SESSION_END_GRACE};
+pub use discovery::{Discovery, DiscoveryError, Found, Refused, Scan};
 pub use error::{ExitInfo, HostError, signal_name};
 pub use following::FollowingClient;
 pub use logs::{CELL_TARGET, LogLimits, LogStats};

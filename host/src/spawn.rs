@@ -141,6 +141,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The sha256 of everything `reader` yields, as lowercase hex.
+pub(crate) fn sha256_of(reader: &mut impl Read) -> std::io::Result<String> {
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
 /// Opens the binary and checks its digest; returns the open file.
 fn open_checked(program: &Path, expected: Option<&str>) -> Result<Option<std::fs::File>, HostError> {
     let not_found = |source| HostError::ProgramNotFound {
@@ -155,16 +169,7 @@ fn open_checked(program: &Path, expected: Option<&str>) -> Result<Option<std::fs
     // cell running under its own uid may not be able to reach the path.
     let mut file = std::fs::File::open(program).map_err(not_found)?;
     if let Some(expected) = expected {
-        let mut hasher = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = file.read(&mut buf).map_err(not_found)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let actual = hex(&hasher.finalize());
+        let actual = sha256_of(&mut file).map_err(not_found)?;
         if !actual.eq_ignore_ascii_case(expected) {
             return Err(HostError::ChecksumMismatch {
                 program: program.to_path_buf(),
