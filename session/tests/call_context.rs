@@ -196,8 +196,8 @@ async fn the_callee_cancels_at_the_deadline<F: Factory>(f: F) {
 async fn a_returned_stream_cannot_deadlock<F: Factory>(f: F) {
     let (_server, client, _) = serve(&f, SessionConfig::default()).await;
     let inspect = InspectClient::new(client);
-    // 16 MiB, four times the default credit window.
-    let mut rx = bounded("the call", inspect.chunks(256, 64 << 10)).await.unwrap();
+    // 100 MiB, 25 times the default credit window.
+    let mut rx = bounded("the call", inspect.chunks(1600, 64 << 10)).await.unwrap();
     let mut got = 0u32;
     bounded("the stream", async {
         while let Some(chunk) = rx.recv().await {
@@ -207,7 +207,7 @@ async fn a_returned_stream_cannot_deadlock<F: Factory>(f: F) {
         }
     })
     .await;
-    assert_eq!(got, 256);
+    assert_eq!(got, 1600);
 }
 
 /// A peer that ignores deadlines: the caller's session fails a call that
