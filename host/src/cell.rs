@@ -122,6 +122,10 @@ pub enum CellState {
     Running {
         /// The process id.
         pid: u32,
+        /// Which incarnation: 0 for the first process, then one more for
+        /// each restart (a client that saw incarnation `n` fail and waits
+        /// for `> n` reaches a new process).
+        incarnation: u32,
     },
     /// Its process exited; waiting to be started again.
     Restarting {
@@ -151,7 +155,9 @@ impl std::fmt::Display for CellState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CellState::Starting => f.write_str("starting"),
-            CellState::Running { pid } => write!(f, "running as pid {pid}"),
+            CellState::Running { pid, incarnation } => {
+                write!(f, "running as pid {pid} (incarnation {incarnation})")
+            }
             CellState::Restarting { last_exit, restarts } => {
                 write!(f, "restarting (it {last_exit}; {restarts} restarts so far)")
             }
@@ -291,7 +297,10 @@ impl CellBuilder {
         self.config.session.name = self.config.name.clone();
         let gate = Arc::new(LogGate::new(self.config.name.clone(), self.log_limits));
         let incarnation = spawn::start(&self.config, 0, &gate).await.map_err(|f| f.error)?;
-        let (state, _) = watch::channel(CellState::Running { pid: incarnation.pid });
+        let (state, _) = watch::channel(CellState::Running {
+            pid: incarnation.pid,
+            incarnation: 0,
+        });
         let inner = Arc::new(Inner {
             config: self.config,
             restart: self.restart,

@@ -184,10 +184,10 @@ async fn a_killed_cell_is_restarted_and_its_client_works_again() {
     cell.kill();
     let state = bounded(
         "the restart",
-        cell.wait_for(|s| matches!(s, CellState::Running { pid } if *pid != first)),
+        cell.wait_for(|s| matches!(s, CellState::Running { pid, .. } if *pid != first)),
     )
     .await;
-    let CellState::Running { pid: second } = state else {
+    let CellState::Running { pid: second, .. } = state else {
         unreachable!()
     };
     assert_eq!(client(&cell).pid().await.unwrap(), second);

@@ -130,7 +130,7 @@ async fn an_in_flight_call_fails_once_and_running_then_means_a_new_process() {
         // When the call failed, the state had already left `Running` as
         // the dead process.
         assert!(
-            !matches!(state_at_failure, CellState::Running { pid } if pid == old),
+            !matches!(state_at_failure, CellState::Running { pid, .. } if pid == old),
             "round {round}: the call failed while the state still said running as the dead pid {old}"
         );
         match failed {
@@ -141,9 +141,15 @@ async fn an_in_flight_call_fails_once_and_running_then_means_a_new_process() {
             other => panic!("round {round}: expected PeerDied, got {other:?}"),
         }
         // Waiting for `Running` now gives the next process, never the dead one.
-        let CellState::Running { pid } = bounded("running again", cell.wait_for(running)).await else {
+        let CellState::Running { pid, incarnation } = bounded("running again", cell.wait_for(running)).await
+        else {
             unreachable!()
         };
+        assert_eq!(
+            incarnation,
+            round + 1,
+            "round {round}: each restart is the next incarnation"
+        );
         assert_ne!(
             pid, old,
             "round {round}: wait_for(Running) returned the dead process"
@@ -206,7 +212,7 @@ async fn a_call_waits_past_an_incarnation_whose_session_ended_while_it_runs() {
         .await;
     // The process still runs, its session is over: the call must not go to
     // it (it would fail with the session's end), but wait for the next one.
-    assert!(matches!(cell.state(), CellState::Running { pid } if pid == old));
+    assert!(matches!(cell.state(), CellState::Running { pid, .. } if pid == old));
     let new = pid_of(&follower).await;
     assert_ne!(new, old);
     // It ignores goodbyes: no use giving it long.

@@ -112,7 +112,10 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
                     // woken by the state change must find it.
                     let pid = inc.pid;
                     *lock(&inner.current) = Some(inc);
-                    inner.state.send_replace(CellState::Running { pid });
+                    inner.state.send_replace(CellState::Running {
+                        pid,
+                        incarnation: restarts + 1,
+                    });
                     break;
                 }
                 Err(failure) => {

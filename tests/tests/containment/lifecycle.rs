@@ -144,12 +144,13 @@ async fn restarted(cell: &osmos_host::CellHandle, old: u32) -> u32 {
     let state = bounded(
         "the restart",
         cell.wait_for(|s| {
-            matches!(s, CellState::Running { pid } if *pid != old) || matches!(s, CellState::Failed { .. })
+            matches!(s, CellState::Running { pid, .. } if *pid != old)
+                || matches!(s, CellState::Failed { .. })
         }),
     )
     .await;
     match state {
-        CellState::Running { pid } => pid,
+        CellState::Running { pid, .. } => pid,
         s => panic!("the cell was not restarted: {s}"),
     }
 }
