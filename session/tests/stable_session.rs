@@ -328,7 +328,7 @@ async fn when_the_retry_policy_runs_out_every_call_in_flight_fails_naming_why() 
         let text = e.to_string();
         assert!(text.contains("could not be resumed"), "call {x}: {text}");
         assert!(
-            text.contains("after 3 attempts") && text.contains("network is down"),
+            text.contains("after 3 connection attempts") && text.contains("network is down"),
             "call {x}: {text}"
         );
         failed += 1;
