@@ -438,12 +438,18 @@ impl Shared {
         st.reader = None;
         let cgen = st.generation;
         drop(st);
+        self.cut_through(cgen);
+        self.wake_all();
+    }
+
+    /// Marks every connection up to generation `cgen` broken, whatever the
+    /// state says (the conduit is over): their reads and writes return.
+    fn cut_through(&self, cgen: u64) {
         self.broken.send_if_modified(|b| {
             let was = *b;
             *b = (*b).max(cgen);
             *b != was
         });
-        self.wake_all();
     }
 
     pub fn wake_all(&self) {
@@ -642,11 +648,7 @@ pub(super) async fn drive(sh: Arc<Shared>) {
         w.disconnect();
     } else {
         let cgen = sh.lock().generation;
-        sh.broken.send_if_modified(|b| {
-            let was = *b;
-            *b = (*b).max(cgen);
-            *b != was
-        });
+        sh.cut_through(cgen);
     }
     if let Side::Acceptor { registry } = &sh.side
         && let Some(r) = registry.upgrade()
@@ -661,6 +663,17 @@ mod tests {
     use super::*;
     use crate::link::stream::PREFIX_LEN;
 
+    /// A conduit's shared state with no acceptor behind it.
+    fn unregistered(cfg: &StableConfig) -> Arc<Shared> {
+        Shared::new(
+            cfg.clone(),
+            [0; 32],
+            Side::Acceptor {
+                registry: Weak::new(),
+            },
+        )
+    }
+
     #[test]
     fn the_replay_buffer_keeps_unacknowledged_frames_within_its_bounds() {
         let cfg = StableConfig {
@@ -668,13 +681,7 @@ mod tests {
             replay_frames: 3,
             ..StableConfig::default()
         };
-        let sh = Shared::new(
-            cfg.clone(),
-            [0; 32],
-            Side::Acceptor {
-                registry: Weak::new(),
-            },
-        );
+        let sh = unregistered(&cfg);
         let mut w = Writer::new(&cfg);
         for _ in 0..3 {
             let b = w.buffer(PREFIX_LEN + wire::NUMBERED_HEADER + 10);
@@ -695,13 +702,7 @@ mod tests {
     #[test]
     fn an_ack_past_what_was_written_never_drops_unwritten_frames() {
         let cfg = StableConfig::default();
-        let sh = Shared::new(
-            cfg.clone(),
-            [0; 32],
-            Side::Acceptor {
-                registry: Weak::new(),
-            },
-        );
+        let sh = unregistered(&cfg);
         let mut w = Writer::new(&cfg);
         for _ in 0..10 {
             let b = w.buffer(PREFIX_LEN + wire::NUMBERED_HEADER);
