@@ -168,10 +168,6 @@ pub enum CallError<E> {
     },
 }
 
-/// How a payload error that names a type which cannot cross a link reads
-/// (see `payload.rs`): such an error is not a mismatch of definitions.
-pub(crate) const UNSENDABLE: &str = "which cannot cross a link yet";
-
 impl<E: fmt::Display> fmt::Display for CallError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -185,9 +181,6 @@ impl<E: fmt::Display> fmt::Display for CallError<E> {
                 "the peer does not serve {name} on this connection (an older or different build of the service, or the wrong service on this connection?)"
             ),
             CallError::SchemaMismatch { detail, .. } => write!(f, "{detail}"),
-            CallError::InvalidPayload { detail } if detail.contains(UNSENDABLE) => {
-                write!(f, "the peer could not decode the arguments: {detail}")
-            }
             CallError::InvalidPayload { detail } => write!(
                 f,
                 "the peer could not decode the arguments ({detail}); are both sides built from the same service definition?"
@@ -200,9 +193,6 @@ impl<E: fmt::Display> fmt::Display for CallError<E> {
             CallError::ConnectionClosed { reason } => write!(f, "the connection was closed: {reason}"),
             CallError::Session(e) => write!(f, "{e}"),
             CallError::Encode { detail } => write!(f, "could not send the call: {detail}"),
-            CallError::Decode { detail } if detail.contains(UNSENDABLE) => {
-                write!(f, "could not decode the response: {detail}")
-            }
             CallError::Decode { detail } => write!(
                 f,
                 "could not decode the response ({detail}); are both sides built from the same service definition?"

@@ -80,7 +80,7 @@ pub use tunnel::{TUNNEL_CHUNK, Tunnel, TunnelEnd};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::schema::check_schema;
-    pub use crate::service::{IsResult, call};
+    pub use crate::service::{IsResult, call, crosses};
     pub use crate::wire::Metadata;
     pub use crate::{
         CallError, CallOptions, Connection, Dispatch, Dispatcher, ReplyValue, ServiceInfo, decode_args,

@@ -123,30 +123,6 @@ fn describe(shape: &'static Shape, out: &mut String, seen: &mut Vec<&'static Sha
     }
 }
 
-/// The shapes a value of `shape` is made of: a container's elements, a
-/// pointer's pointee, a struct's fields, every variant's fields.
-pub(crate) fn parts(shape: &'static Shape) -> Vec<&'static Shape> {
-    match shape.def {
-        Def::Option(o) => vec![o.t],
-        Def::List(l) => vec![l.t],
-        Def::Slice(l) => vec![l.t],
-        Def::Set(l) => vec![l.t],
-        Def::Array(a) => vec![a.t],
-        Def::Map(m) => vec![m.k, m.v],
-        Def::Result(r) => vec![r.t, r.e],
-        Def::Pointer(p) => p.pointee.into_iter().collect(),
-        _ => match shape.ty {
-            Type::User(UserType::Struct(st)) => st.fields.iter().map(|f| f.shape()).collect(),
-            Type::User(UserType::Enum(en)) => en
-                .variants
-                .iter()
-                .flat_map(|v| v.data.fields.iter().map(|f| f.shape()))
-                .collect(),
-            _ => Vec::new(),
-        },
-    }
-}
-
 /// Whether to write `shape`'s body: not when it is already being written
 /// (a recursive type is named, not expanded, inside itself).
 fn enter(shape: &'static Shape, seen: &mut Vec<&'static Shape>) -> bool {

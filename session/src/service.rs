@@ -206,6 +206,13 @@ impl<T, E> IsResult for Result<T, E> {
     }
 }
 
+/// Nothing at run time: a generated dispatcher names each argument type
+/// here, spanned at the argument, so that a type without a facet shape
+/// (`SystemTime`, a struct without `#[derive(Facet)]`) is reported at the
+/// argument that holds it.
+#[doc(hidden)]
+pub const fn crosses<T: Facet<'static>>() {}
+
 /// Makes a call for a generated client (`#[osmos::service]` and
 /// [`service!`](crate::service!)): the [`Connection::call`](crate::Connection::call)
 /// of `service.method`, with the bounds written here so that a type that

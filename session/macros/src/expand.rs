@@ -138,7 +138,8 @@ fn client_method(m: &Method, service_name: &str, root: &TokenStream) -> TokenStr
         })
         .collect();
     let names: Vec<_> = m.args.iter().map(|a| &a.name).collect();
-    let sent = m.args.iter().map(sent);
+    let sent = tuple(m.args.iter().map(sent).collect());
+    let crossing = crossing(m, root);
     let docs = if m.docs.is_empty() {
         let doc = format!("Calls `{method_name}` of the peer's `{service_name}`.");
         quote! { #[doc = #doc] }
@@ -153,7 +154,7 @@ fn client_method(m: &Method, service_name: &str, root: &TokenStream) -> TokenStr
     let span = m.ret.ty().span();
     let root_here = respanned(root, span);
     let call = quote_spanned! {span=>
-        #root_here::__private::call(&self.conn, #service_name, #method_name, #id, &(#(#sent,)*), options).await
+        #root_here::__private::call(&self.conn, #service_name, #method_name, #id, &#sent, options).await
     };
     quote! {
         #docs
@@ -165,9 +166,24 @@ fn client_method(m: &Method, service_name: &str, root: &TokenStream) -> TokenStr
         #[doc = #with_doc]
         #[allow(clippy::too_many_arguments, clippy::type_complexity)]
         pub async fn #with(&self, options: #p::CallOptions #(, #params)*) -> #output {
+            #(#crossing)*
             #call
         }
     }
+}
+
+/// Each argument's type checked on its own, spanned at the argument, so
+/// that a type without a facet shape is reported where it is written.
+fn crossing(m: &Method, root: &TokenStream) -> Vec<TokenStream> {
+    m.args
+        .iter()
+        .map(|a| {
+            let ty = decoded(a);
+            let span = a.ty.span();
+            let root = respanned(root, span);
+            quote_spanned! {span=> #root::__private::crosses::<#ty>(); }
+        })
+        .collect()
 }
 
 /// `tokens` (a path without groups), every token spanned at `span`: a
@@ -192,6 +208,19 @@ fn sent(a: &Arg) -> TokenStream {
         None => quote! { #name },
         Some(inner) => quote_spanned! {a.ty.span()=> <#inner as ::std::borrow::ToOwned>::to_owned(#name) },
     }
+}
+
+/// A tuple of `items` (types, expressions or patterns alike) as the call
+/// carries its arguments: flat up to four, the most facet gives a `Facet`
+/// tuple, and otherwise nested in tuples of at most four. Postcard writes a
+/// tuple as its elements one after the other, so the nesting does not
+/// change the bytes.
+fn tuple(items: Vec<TokenStream>) -> TokenStream {
+    if items.len() <= 4 {
+        return quote! { (#(#items,)*) };
+    }
+    let groups: Vec<TokenStream> = items.chunks(4).map(|c| tuple(c.to_vec())).collect();
+    tuple(groups)
 }
 
 /// The type the dispatcher decodes an argument as: the argument's own type,
@@ -273,7 +302,7 @@ fn dispatch_arm(m: &Method, service_name: &str, root: &TokenStream) -> TokenStre
     let locals: Vec<_> = (0..m.args.len())
         .map(|i| format_ident!("arg{}", i, span = Span::mixed_site()))
         .collect();
-    let types = m.args.iter().map(decoded);
+    let types = tuple(m.args.iter().map(decoded).collect());
     let passed = m.args.iter().zip(&locals).map(|(a, local)| match &a.borrowed {
         None => quote! { #local },
         Some(inner) => {
@@ -281,6 +310,8 @@ fn dispatch_arm(m: &Method, service_name: &str, root: &TokenStream) -> TokenStre
             quote! { <#owned as ::core::borrow::Borrow<#inner>>::borrow(&#local) }
         }
     });
+    let pattern = tuple(locals.iter().map(|l| quote! { #l }).collect());
+    let crossing = crossing(m, root);
     let call = quote! { #service.#name(#(#passed),*).await };
     let metadata = format_ident!("metadata", span = Span::mixed_site());
     let refusal = format_ident!("refusal", span = Span::mixed_site());
@@ -293,7 +324,6 @@ fn dispatch_arm(m: &Method, service_name: &str, root: &TokenStream) -> TokenStre
             quote! { <#ty as #p::IsResult>::Err },
         ),
     };
-    let types_for_schema = m.args.iter().map(decoded);
     // What the handler answers, spanned at the return type so that a type
     // that cannot be encoded is reported there.
     let reply = match &m.ret {
@@ -309,14 +339,15 @@ fn dispatch_arm(m: &Method, service_name: &str, root: &TokenStream) -> TokenStre
     };
     quote! {
         if #method == #id {
+            #(#crossing)*
             if let ::core::option::Option::Some(#refusal) =
-                #p::check_schema::<(#(#types_for_schema,)*), #ok, #err>(#metadata, #service_name, #method_name)
+                #p::check_schema::<#types, #ok, #err>(#metadata, #service_name, #method_name)
             {
                 return #p::Dispatch::InvalidPayload(#refusal);
             }
-            return match #p::decode_args::<(#(#types,)*)>(#args) {
+            return match #p::decode_args::<#types>(#args) {
                 ::core::result::Result::Err(#error) => #p::Dispatch::InvalidPayload(#error),
-                ::core::result::Result::Ok((#(#locals,)*)) => {
+                ::core::result::Result::Ok(#pattern) => {
                     let #service = ::std::sync::Arc::clone(&self.0);
                     #p::Dispatch::Run(::std::boxed::Box::pin(async move {
                         #reply

@@ -99,7 +99,11 @@ mod model;
 ///   encoding; name it `...Result`. Nothing returned means `()`. Borrows
 ///   and `impl Trait` are refused.
 /// - Every argument, value and error type is a `Facet` type (derive it with
-///   `#[derive(osmos::Facet)] #[facet(crate = osmos::facet)]`).
+///   `#[derive(osmos::Facet)] #[facet(crate = osmos::facet)]`). The std
+///   types plugin APIs use are: `Duration`, `PathBuf`/`&Path`,
+///   `IpAddr`/`SocketAddr`, 128-bit integers, maps and sets, `NonZero*`.
+///   `SystemTime`, `Instant` and `OsString` are not, and are reported at the
+///   argument that holds them. A method takes any number of arguments.
 ///
 /// Broken rules are compile errors at the offending method, argument or type.
 #[proc_macro_attribute]
