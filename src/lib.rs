@@ -83,8 +83,8 @@ pub use osmos_session as session;
 pub use osmos_session::{
     CallContext, CallError, CallOptions, ChannelError, ChannelId, Connection, ConnectionAcceptor, Dispatch,
     Dispatcher, Forward, Link, MetadataError, Reconnecting, ResponseMetadata, RetryPolicy, Role, Router,
-    RouterBuilder, Rx, ServiceInfo, SessionBuilder, SessionConfig, SessionError, SessionStats, Tunnel,
-    TunnelEnd, Tx, control, link, method_id,
+    RouterBuilder, Rx, ServiceInfo, SessionBuilder, SessionConfig, SessionError, SessionStats, Target,
+    Tunnel, TunnelEnd, Tx, control, link, method_id,
 };
 
 /// The host side: spawn sandboxed cells and call them (`osmos-host`).

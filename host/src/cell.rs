@@ -50,12 +50,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use osmos_session::{Connection, ConnectionAcceptor, Dispatcher, SessionConfig, SessionError, SessionStats};
+use osmos_session::{
+    Connection, ConnectionAcceptor, Dispatcher, SessionConfig, SessionError, SessionStats, Target,
+};
 use osmos_shm::SegmentConfig;
 use tokio::sync::watch;
 
 use crate::error::{ExitInfo, HostError};
-use crate::following::FollowingClient;
+use crate::following::{CellSource, FollowingClient};
 use crate::logs::{LogGate, LogLimits, LogStats};
 use crate::output::StderrTail;
 use crate::sandbox::{SandboxPolicy, SandboxReport};
@@ -310,6 +312,7 @@ impl CellBuilder {
             last_end: Mutex::new(None),
             last_exit: Mutex::new(None),
             last_tail: Mutex::new(None),
+            last_conn: Mutex::new(None),
             restarts: AtomicU32::new(0),
             in_a_row: AtomicU32::new(0),
             shutting_down: AtomicBool::new(false),
@@ -353,6 +356,9 @@ pub(crate) struct Inner {
     last_exit: Mutex<Option<ExitInfo>>,
     /// The stderr tail of the last incarnation that ended.
     last_tail: Mutex<Option<Arc<StderrTail>>>,
+    /// The root connection of the last incarnation that ended (what a
+    /// following client's `connection()` gives while none runs).
+    pub(crate) last_conn: Mutex<Option<Connection>>,
     /// Restarts in all.
     restarts: AtomicU32,
     /// Failures since the last healthy run (see [`RestartPolicy`]).
@@ -362,6 +368,28 @@ pub(crate) struct Inner {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl crate::following::Incarnations for Inner {
+    fn name(&self) -> &str {
+        Inner::name(self)
+    }
+    fn subscribe(&self) -> watch::Receiver<CellState> {
+        Inner::subscribe(self)
+    }
+    fn live_connection(&self) -> Option<Connection> {
+        Inner::live_connection(self)
+    }
+    fn latest_connection(&self) -> Option<Connection> {
+        self.current(|i| i.conn.clone())
+            .or_else(|| lock(&self.last_conn).clone())
+    }
+    fn shut_down(&self) -> bool {
+        Inner::shut_down(self)
+    }
+    fn restart_bound(&self) -> Duration {
+        Inner::restart_bound(self)
+    }
 }
 
 impl Inner {
@@ -502,21 +530,36 @@ impl CellHandle {
             })
     }
 
-    /// A typed client of the current incarnation, e.g.
-    /// `handle.client::<CalculatorClient>()`. It is bound to this
-    /// incarnation: once the process dies, its calls fail with
-    /// [`SessionError::PeerDied`] for good, even after a restart. For a
-    /// client that follows restarts, see [`following_client`](Self::following_client).
-    pub fn client<C: From<Connection>>(&self) -> Result<C, HostError> {
-        self.connection().map(C::from)
+    /// A typed client of the cell, e.g. `handle.client::<CalculatorClient>()`,
+    /// that follows it across restarts: each call goes to the incarnation
+    /// running when it is made; a call made while the cell restarts waits
+    /// for the next one (bounded by the restart's longest time and by the
+    /// call's timeout), or with [`CallOptions::fail_fast`](osmos_session::CallOptions::fail_fast)
+    /// fails at once; a call in flight when the process died fails once
+    /// with how it died (see [`following`](crate::following)). It does not
+    /// keep the cell running. For a client bound to the current process
+    /// alone, `XClient::new(handle.connection()?)`.
+    ///
+    /// Fails only if no incarnation ever ran (not after
+    /// [`CellBuilder::spawn`](crate::CellBuilder::spawn) returned).
+    pub fn client<C: From<Target>>(&self) -> Result<C, HostError> {
+        self.source().target().map(C::from)
     }
 
-    /// A client that follows the cell across restarts: each call goes to the
-    /// incarnation running when it is made, and a call made while the cell
-    /// restarts waits for the next one (see [`FollowingClient`]). It does
-    /// not keep the cell running.
+    /// The source this cell's clients call through (see
+    /// [`client`](Self::client)); [`CellSource::wait_at_most`] sets how
+    /// long calls wait for a restarting cell.
+    pub fn source(&self) -> CellSource {
+        CellSource::new(self.inner.clone())
+    }
+
+    /// A client that follows the cell across restarts, handing out a typed
+    /// client of the incarnation running now (see [`FollowingClient`]). It
+    /// does not keep the cell running. [`client`](Self::client) follows
+    /// restarts by itself; this is for code that wants to wait for the
+    /// incarnation explicitly.
     pub fn following_client<C: From<Connection>>(&self) -> FollowingClient<C> {
-        FollowingClient::new(self.inner.clone())
+        FollowingClient::new(self.source())
     }
 
     /// What the sandbox applied (and, best-effort, skipped) for the current incarnation.

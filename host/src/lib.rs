@@ -43,7 +43,7 @@
 mod cell;
 mod discovery;
 mod error;
-mod following;
+pub mod following;
 mod logs;
 mod output;
 mod records;
@@ -55,7 +55,7 @@ mod spawn;
 pub use cell::{CellBuilder, CellHandle, CellState, CellStats, RestartPolicy, SESSION_END_GRACE};
 pub use discovery::{Discovery, DiscoveryError, Found, Refused, Scan};
 pub use error::{ExitInfo, HostError, signal_name};
-pub use following::FollowingClient;
+pub use following::{CellSource, FollowingClient};
 pub use logs::{CELL_TARGET, LogLimits, LogStats};
 pub use remote::{RemoteAddr, RemoteCell, RemoteCellBuilder};
 pub use routes::{MAX_FORWARDED_PER_CELL, Routes};

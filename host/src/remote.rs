@@ -42,12 +42,13 @@ use std::time::Duration;
 use osmos_session::control::{CellLogs, CellLogsDispatcher, LogRecord, MAX_LOG_BATCH};
 use osmos_session::link::stable::{StableConfig, StableLink, StableMonitor, StableStatus, Transport};
 use osmos_session::tls::{HostCredentials, TlsConnector};
-use osmos_session::{Connection, Dispatcher, Router, SessionBuilder, SessionConfig, SessionError};
+use osmos_session::{Connection, Dispatcher, Router, SessionBuilder, SessionConfig, SessionError, Target};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
 use crate::cell::{CellState, CellStats, RestartPolicy};
 use crate::error::{ExitInfo, HostError};
+use crate::following::CellSource;
 use crate::logs::{Kind, LogGate, LogLimits};
 
 /// Where a remote cell listens.
@@ -230,6 +231,12 @@ struct Attacher {
 }
 
 impl Attacher {
+    /// How long one attach may take at most: the TLS and conduit handshakes
+    /// (each bounded by the conduit's handshake timeout) and the session's.
+    fn handshake_bound(&self) -> Duration {
+        self.stable.handshake_timeout * 2 + self.session.handshake_timeout
+    }
+
     /// Mutual TLS, the conduit's handshake, the session's.
     async fn attach(&self) -> Result<(Connection, StableMonitor), HostError> {
         let attach_error = |detail: String| HostError::Attach {
@@ -319,6 +326,33 @@ struct RemoteInner {
 impl RemoteInner {
     fn current(&self) -> (Connection, StableMonitor) {
         self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl crate::following::Incarnations for RemoteInner {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn subscribe(&self) -> watch::Receiver<CellState> {
+        self.state.subscribe()
+    }
+    fn live_connection(&self) -> Option<Connection> {
+        Some(self.current().0).filter(|c| c.ended().is_none())
+    }
+    fn latest_connection(&self) -> Option<Connection> {
+        Some(self.current().0)
+    }
+    fn shut_down(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release stores of `shutdown` and
+        // `Owner::drop`.
+        self.shutting_down.load(Ordering::Acquire)
+    }
+    fn restart_bound(&self) -> Duration {
+        let backoff = match self.restart {
+            RestartPolicy::OnFailure { max_backoff, .. } => max_backoff,
+            RestartPolicy::Never => Duration::ZERO,
+        };
+        backoff + self.attacher.handshake_bound()
     }
 }
 
@@ -488,9 +522,14 @@ impl RemoteCell {
         Ok(conn)
     }
 
-    /// A typed client, e.g. `cell.client::<CalculatorClient>()`.
-    pub fn client<C: From<Connection>>(&self) -> Result<C, HostError> {
-        self.connection().map(C::from)
+    /// A typed client, e.g. `cell.client::<CalculatorClient>()`, that
+    /// follows the cell across re-attaches: each call goes to the session
+    /// current when it is made, and a call made while the host attaches
+    /// again waits for it (bounded like a spawned cell's, see
+    /// [`CellHandle::client`](crate::CellHandle::client)). For a client
+    /// bound to the current session alone, `XClient::new(cell.connection()?)`.
+    pub fn client<C: From<Target>>(&self) -> Result<C, HostError> {
+        CellSource::new(self.inner.clone()).target().map(C::from)
     }
 
     /// Counters: re-attaches after a failed session (`restarts`), what the

@@ -222,6 +222,25 @@ pub const fn crosses<T: Facet<'static>>() {}
 /// [`CallError::SchemaMismatch`](crate::CallError::SchemaMismatch), an
 /// unknown method with its name.
 pub async fn call<A, T, E>(
+    target: &crate::Target,
+    service: &'static str,
+    method: &'static str,
+    id: u64,
+    args: &A,
+    options: crate::CallOptions,
+) -> Result<T, crate::CallError<E>>
+where
+    A: for<'f> Facet<'f>,
+    T: Facet<'static> + Send + 'static,
+    E: Facet<'static> + Send + 'static,
+{
+    let mut options = options;
+    let to = target.resolve(&mut options).await?;
+    to.finish(call_on(&to.conn, service, method, id, args, options).await)
+}
+
+/// [`call`] on one connection.
+async fn call_on<A, T, E>(
     conn: &crate::Connection,
     service: &'static str,
     method: &'static str,
@@ -324,17 +343,14 @@ macro_rules! service {
         #[doc = concat!("Typed client of the `", stringify!($name), "` service.")]
         #[derive(Clone, Debug)]
         $vis struct $client {
-            conn: $crate::Connection,
+            target: $crate::Target,
             options: $crate::CallOptions,
         }
 
         impl $client {
             #[doc = concat!("A client calling `", stringify!($name), "` on `conn`.")]
             pub fn new(conn: $crate::Connection) -> Self {
-                Self {
-                    conn,
-                    options: $crate::CallOptions::default(),
-                }
+                Self::from($crate::Target::from(conn))
             }
 
             /// This client, making its calls with `options` (a deadline,
@@ -346,16 +362,16 @@ macro_rules! service {
                 self
             }
 
-            /// The connection this client calls on.
-            pub fn connection(&self) -> &$crate::Connection {
-                &self.conn
+            /// The connection calls go to now (see [`Target::connection`]($crate::Target::connection)).
+            pub fn connection(&self) -> $crate::Connection {
+                self.target.connection()
             }
 
             $(
                 $(#[$mmeta])*
                 pub async fn $method(&self $(, $arg: $argty)*) -> ::std::result::Result<$ok, $crate::CallError<$err>> {
                     $crate::__private::call(
-                        &self.conn,
+                        &self.target,
                         stringify!($name),
                         stringify!($method),
                         $crate::method_id(stringify!($name), stringify!($method)),
@@ -371,6 +387,15 @@ macro_rules! service {
         impl ::std::convert::From<$crate::Connection> for $client {
             fn from(conn: $crate::Connection) -> Self {
                 Self::new(conn)
+            }
+        }
+
+        impl ::std::convert::From<$crate::Target> for $client {
+            fn from(target: $crate::Target) -> Self {
+                Self {
+                    target,
+                    options: $crate::CallOptions::default(),
+                }
             }
         }
 

@@ -449,7 +449,8 @@ async fn a_handle_with_a_restart_policy_attaches_again_to_a_restarted_cell() {
     assert!(matches!(state, CellState::Attached { .. }), "{state}");
     let ended = remote.last_session_end();
     assert!(ended.is_none(), "a fresh session runs: {ended:?}");
-    let client: TestCellClient = remote.client().unwrap();
+    // The client taken before the restart follows the handle to the new
+    // session.
     let second_pid = within("pid", client.pid()).await.unwrap();
     assert_ne!(first_pid, second_pid);
     assert_eq!(second_pid, second.child.id());

@@ -1,5 +1,6 @@
-//! Clients across restarts: a `FollowingClient` reaches whichever `test-cell`
-//! process runs when a call is made, fails the calls in flight at a death
+//! Clients across restarts: the cell's client (`CellHandle::client`) and a
+//! `FollowingClient` reach whichever `test-cell` process runs when a call is
+//! made, fails the calls in flight at a death
 //! once with how the cell died, waits while the cell restarts, and fails
 //! clearly once the cell is given up on or shut down. And the order a caller
 //! relies on: the cell's state leaves `Running` before its calls fail.
@@ -52,8 +53,10 @@ fn running(s: &CellState) -> bool {
 async fn a_client_taken_before_a_crash_calls_the_restarted_cell() {
     let cell = spawn("follows", RestartPolicy::on_failure(5)).await;
     let follower = cell.following_client::<TestCellClient>();
-    let bound_to_first = cell.client::<TestCellClient>().unwrap();
+    let client = cell.client::<TestCellClient>().unwrap();
+    let bound_to_first = TestCellClient::new(cell.connection().unwrap());
     let first = pid_of(&follower).await;
+    assert_eq!(bounded("pid", client.pid()).await.unwrap(), first);
     assert_eq!(Some(first), cell.pid());
 
     // The crash happens during the call: that call fails, saying how.
@@ -78,7 +81,13 @@ async fn a_client_taken_before_a_crash_calls_the_restarted_cell() {
             .unwrap(),
         42
     );
-    // A plain typed client stays bound to the process it was made for.
+    // The cell's client, held across the crash, calls the new process.
+    assert_eq!(bounded("pid", client.pid()).await.unwrap(), second);
+    assert!(
+        client.connection().ended().is_none(),
+        "the client's connection is the new process's"
+    );
+    // A client made from one connection stays bound to that process.
     assert!(matches!(
         bound_to_first.add(1, 1).await,
         Err(CallError::Session(SessionError::PeerDied { .. }))
@@ -172,15 +181,15 @@ async fn a_call_made_while_the_cell_restarts_waits_for_the_new_process() {
         cell.wait_for(|s| matches!(s, CellState::Restarting { .. })),
     )
     .await;
-    // A client of the current incarnation cannot be had now...
-    assert!(matches!(
-        cell.client::<TestCellClient>(),
-        Err(HostError::NotRunning { .. })
-    ));
-    // ...but a following call waits for the next one.
+    // The current incarnation's connection cannot be had now...
+    assert!(matches!(cell.connection(), Err(HostError::NotRunning { .. })));
+    // ...but a call through the cell's client, made now, waits for the
+    // next one, and so does a following call.
+    let client = cell.client::<TestCellClient>().unwrap();
     let started = Instant::now();
     let was = cell.state();
-    let new = pid_of(&follower).await;
+    let new = bounded("pid", client.pid()).await.unwrap();
+    assert_eq!(pid_of(&follower).await, new);
     eprintln!(
         "a call made while {was} was answered by pid {new} after {:?}",
         started.elapsed()

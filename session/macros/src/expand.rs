@@ -96,18 +96,20 @@ fn client(service: &Service, root: &TokenStream) -> TokenStream {
         #[doc = #struct_doc]
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
         #vis struct #client {
-            conn: #p::Connection,
+            target: #p::Target,
         }
 
         impl #client {
             #[doc = #new_doc]
             pub fn new(conn: #p::Connection) -> Self {
-                Self { conn }
+                Self { target: conn.into() }
             }
 
-            /// The connection this client calls on.
-            pub fn connection(&self) -> &#p::Connection {
-                &self.conn
+            /// The connection calls go to now: this client's own, or for a
+            /// client that follows a peer across replacements (a host's
+            /// client of a cell), the current one. Open channels on it.
+            pub fn connection(&self) -> #p::Connection {
+                self.target.connection()
             }
 
             #(#methods)*
@@ -116,6 +118,12 @@ fn client(service: &Service, root: &TokenStream) -> TokenStream {
         impl ::core::convert::From<#p::Connection> for #client {
             fn from(conn: #p::Connection) -> Self {
                 Self::new(conn)
+            }
+        }
+
+        impl ::core::convert::From<#p::Target> for #client {
+            fn from(target: #p::Target) -> Self {
+                Self { target }
             }
         }
     }
@@ -154,7 +162,7 @@ fn client_method(m: &Method, service_name: &str, root: &TokenStream) -> TokenStr
     let span = m.ret.ty().span();
     let root_here = respanned(root, span);
     let call = quote_spanned! {span=>
-        #root_here::__private::call(&self.conn, #service_name, #method_name, #id, &#sent, options).await
+        #root_here::__private::call(&self.target, #service_name, #method_name, #id, &#sent, options).await
     };
     quote! {
         #docs

@@ -144,6 +144,11 @@ pub struct CallOptions {
     /// Where the metadata the call is answered with goes, if the caller
     /// wants it ([`with_response_metadata`](Self::with_response_metadata)).
     pub response_metadata: Option<ResponseMetadata>,
+    /// For a client that follows a peer across replacements (a host's
+    /// client of a cell that restarts): fail at once while the peer is
+    /// being replaced, instead of waiting for the next one (see
+    /// [`fail_fast`](Self::fail_fast)).
+    pub fail_fast: bool,
 }
 
 impl CallOptions {
@@ -177,6 +182,17 @@ impl CallOptions {
     /// returns).
     pub fn with_response_metadata(mut self, slot: &ResponseMetadata) -> Self {
         self.response_metadata = Some(slot.clone());
+        self
+    }
+
+    /// Through a client that follows a peer across replacements (a host's
+    /// [`CellHandle::client`](https://docs.rs/osmos-host) of a cell that
+    /// restarts): while the peer is being replaced, fail at once with
+    /// [`SessionError::PeerDied`](crate::SessionError::PeerDied) instead of
+    /// waiting for the next one. Without it the call waits, at most the
+    /// client's wait bound and at most its own timeout.
+    pub fn fail_fast(mut self) -> Self {
+        self.fail_fast = true;
         self
     }
 
