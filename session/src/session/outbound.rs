@@ -4,6 +4,7 @@
 //! `peer.releases-its-slots`).
 
 use crate::rules::Rule;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -217,12 +218,19 @@ impl Shared {
                 return; // sent, or the session ended
             }
         }
-        self.enqueue(msg.to_vec(), None);
+        let overtakes = match msg {
+            Message::Response { channels, .. } => channels.is_empty(),
+            Message::Ping { .. } | Message::Pong { .. } => true,
+            _ => false,
+        };
+        self.enqueue(msg.to_vec(), None, overtakes);
     }
 
     /// Queues an encoded frame for the writer task, ending the session if the
-    /// peer lets [`MAX_OUTBOX`] of them pile up.
-    pub(super) fn enqueue(&self, bytes: Vec<u8>, answered: Option<Answered>) {
+    /// peer lets [`MAX_OUTBOX`] of them pile up. A frame that `overtakes`
+    /// may go out ahead of earlier answers waiting for a free slot (see
+    /// [`writer`]).
+    pub(super) fn enqueue(&self, bytes: Vec<u8>, answered: Option<Answered>, overtakes: bool) {
         // A peer that keeps asking for answers (pings, calls to refuse)
         // without reading them would grow this queue forever.
         // ORDERING: Relaxed, see `send_later`.
@@ -237,7 +245,11 @@ impl Shared {
             });
             return;
         }
-        let _ = self.outbox.send(Outgoing { bytes, answered });
+        let _ = self.outbox.send(Outgoing {
+            bytes,
+            answered,
+            overtakes,
+        });
     }
 }
 
@@ -295,42 +307,166 @@ impl Drop for StallGuard<'_> {
     }
 }
 
-/// Drains the outbox onto the link.
+/// Drains the outbox onto the link, in order, except that a frame which
+/// needs a free slot (a large answer, over shm) waits aside when none is
+/// free: answers and keepalive frames behind it go ahead (the peer matches
+/// answers by request id), while any other frame (a channel's end, a
+/// connection's close, goodbye) first waits for the answers aside, in
+/// order, since it may refer to them.
 pub(super) async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedReceiver<Outgoing>) {
+    let shared = &*shared;
     let mut ended = shared.ended.subscribe();
+    // Answers waiting for a free slot, oldest first, and the wait for one.
+    let mut aside: VecDeque<Outgoing> = VecDeque::new();
+    let mut room: Option<RoomWait> = None;
+    // Counts the wait in `peer.releases-its-slots` while answers are aside.
+    let mut stalled: Option<StallGuard<'_>> = None;
     loop {
-        let Outgoing { bytes, answered } = tokio::select! {
-            b = outbox.recv() => match b { Some(b) => b, None => return },
+        let next = tokio::select! {
+            b = outbox.recv() => match b { Some(b) => Next::Frame(b), None => return },
+            r = async {
+                match room.as_mut() {
+                    Some(wait) => wait.await,
+                    None => std::future::pending().await,
+                }
+            } => Next::Room(r),
             _ = wait_ended(&mut ended) => return,
         };
-        let fill = |buf: &mut [u8]| {
-            // A queued answer stops counting against request.limit as it is
-            // written (the peer may call again the moment it reads it).
-            if let Some(a) = &answered {
-                a.committing(&shared);
+        match next {
+            Next::Room(r) => {
+                room = None;
+                if let Err(e) = r {
+                    shared.link_broke(e);
+                    return;
+                }
+                shared.slot_stall.progress();
+                // Send what fits now, oldest first.
+                while let Some(front) = aside.pop_front() {
+                    match write(shared, front).await {
+                        Written::Done => {}
+                        Written::Failed => return,
+                        Written::NeedsSlot(o, wait) => {
+                            aside.push_front(o);
+                            room = Some(wait);
+                            break;
+                        }
+                    }
+                }
             }
-            buf.copy_from_slice(&bytes);
-        };
-        let sent = match shared.try_send_now(bytes.len(), &fill) {
-            Ok(true) => Ok(()),
-            Ok(false) => shared.send_waiting(bytes.len(), &fill).await,
-            Err(e) => Err(e),
-        };
-        // ORDERING: Relaxed, see `Shared::send_later`.
-        shared.outbox_len.fetch_sub(1, Ordering::Relaxed);
-        if sent.is_err() {
-            return;
+            Next::Frame(o) if aside.is_empty() || o.overtakes => match write(shared, o).await {
+                Written::Done => {}
+                Written::Failed => return,
+                Written::NeedsSlot(o, wait) => {
+                    aside.push_back(o);
+                    room.get_or_insert(wait);
+                }
+            },
+            Next::Frame(o) => {
+                // It may refer to the answers aside: they go first.
+                room = None;
+                for o in aside.drain(..).chain(std::iter::once(o)) {
+                    if !write_waiting(shared, o).await {
+                        return;
+                    }
+                }
+            }
         }
-        if let Some(a) = answered {
-            a.written(&shared);
+        match (aside.is_empty(), stalled.is_some()) {
+            (false, false) => stalled = Some(shared.slot_stall.enter()),
+            (true, true) => stalled = None,
+            _ => {}
         }
     }
+}
+
+/// What the writer's wait gave.
+enum Next {
+    Frame(Outgoing),
+    Room(Result<(), LinkError>),
+}
+
+/// How writing one queued frame went.
+enum Written {
+    Done,
+    /// The session ended.
+    Failed,
+    /// It needs a free slot and none is: the frame back, and the wait for
+    /// one.
+    NeedsSlot(Outgoing, RoomWait),
+}
+
+/// Writes `o` now, or waits for room in the link unless what it needs is a
+/// free slot.
+async fn write(shared: &Shared, o: Outgoing) -> Written {
+    let len = o.bytes.len();
+    let now = shared.try_send_now(len, &o.fill(shared));
+    match now {
+        Ok(true) => return done(shared, o),
+        Ok(false) => {}
+        Err(_) => return Written::Failed,
+    }
+    let room = {
+        let mut tx = shared.tx.lock().await;
+        match tx.as_mut() {
+            Some(tx) => tx.room_wait(len),
+            None => return Written::Failed,
+        }
+    };
+    match room {
+        Some(wait) => Written::NeedsSlot(o, wait),
+        None if write_waiting(shared, o).await => Written::Done,
+        None => Written::Failed,
+    }
+}
+
+/// Writes `o`, waiting for whatever room it needs; false if the session
+/// ended.
+async fn write_waiting(shared: &Shared, o: Outgoing) -> bool {
+    let len = o.bytes.len();
+    let sent = {
+        let fill = o.fill(shared);
+        match shared.try_send_now(len, &fill) {
+            Ok(true) => Ok(()),
+            Ok(false) => shared.send_waiting(len, &fill).await,
+            Err(e) => Err(e),
+        }
+    };
+    match sent {
+        Ok(()) => matches!(done(shared, o), Written::Done),
+        Err(_) => false,
+    }
+}
+
+/// `o` was written.
+fn done(shared: &Shared, o: Outgoing) -> Written {
+    // ORDERING: Relaxed, see `Shared::send_later`.
+    shared.outbox_len.fetch_sub(1, Ordering::Relaxed);
+    if let Some(a) = o.answered {
+        a.written(shared);
+    }
+    Written::Done
 }
 
 /// A frame queued for the writer task.
 pub(super) struct Outgoing {
     bytes: Vec<u8>,
     answered: Option<Answered>,
+    /// May go out ahead of earlier answers waiting for a slot.
+    overtakes: bool,
+}
+
+impl Outgoing {
+    /// Writes the frame's bytes into the link's buffer.
+    fn fill<'a>(&'a self, shared: &'a Shared) -> impl Fn(&mut [u8]) + Sync + 'a {
+        move |buf: &mut [u8]| {
+            // A queued answer stops counting against request.limit as it
+            // is written (the peer may call again the moment it reads it).
+            if let Some(a) = &self.answered {
+                a.committing(shared);
+            }
+            buf.copy_from_slice(&self.bytes);
+        }
+    }
 }
 
 /// A call whose queued response the writer is to write: once written, the

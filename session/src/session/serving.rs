@@ -288,7 +288,8 @@ fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply, metadata:
         }
         s.serving.insert((conn, request), None);
     }
-    shared.enqueue(msg.to_vec(), Some(answered));
+    let overtakes = answered.channels.is_empty();
+    shared.enqueue(msg.to_vec(), Some(answered), overtakes);
 }
 
 /// Answers a call from the handler's task, waiting for link room.
