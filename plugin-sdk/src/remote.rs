@@ -152,6 +152,9 @@ impl RemoteSettings {
 #[derive(Clone)]
 pub(crate) struct LogHosts {
     hosts: Arc<Mutex<Vec<Connection>>>,
+    /// Bumped when a host is added: what the pump waits on while records
+    /// wait for a host.
+    added: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl LogHosts {
@@ -159,6 +162,8 @@ impl LogHosts {
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         hosts.retain(|c| c.ended().is_none());
         hosts.push(conn);
+        drop(hosts);
+        self.added.send_modify(|n| *n += 1);
     }
 
     fn current(&self) -> Vec<Connection> {
@@ -173,22 +178,28 @@ pub(crate) fn forward_logs_remote() -> LogHosts {
     let (tx, mut rx) = mpsc::channel::<LogRecord>(LOG_QUEUE);
     let hosts = LogHosts {
         hosts: Arc::new(Mutex::new(Vec::new())),
+        added: Arc::new(tokio::sync::watch::Sender::new(0)),
     };
     crate::logging::install(crate::logging::Sink::Queue(tx));
     let pump = hosts.clone();
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_LOG_BATCH);
+        let mut added = pump.added.subscribe();
         loop {
             if rx.recv_many(&mut batch, MAX_LOG_BATCH).await == 0 {
                 return;
             }
-            // Wait for a host to send them to (events wait in the queue).
+            // Wait for a host to send them to (events wait in the queue):
+            // until one is added, without polling.
             let targets = loop {
+                added.borrow_and_update();
                 let t = pump.current();
                 if !t.is_empty() {
                     break t;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                if added.changed().await.is_err() {
+                    return;
+                }
             };
             for host in targets {
                 let client = CellLogsClient::from(host);
