@@ -11,7 +11,7 @@
 //!   host [`create`](Segment::create)s it from a [`SegmentConfig`] and keeps
 //!   its own [`Layout`] (`layout.rs`); the cell [`attach`](Segment::attach)es
 //!   from the inherited fd and validates the header.
-//! - Frame rings (`ring.rs`): one SPSC ring of variable-length frames per
+//! - Frame rings (`ring/`): one SPSC ring of variable-length frames per
 //!   direction, [`FrameProducer`] / [`FrameConsumer`].
 //! - Slot pools (`pool.rs`): per direction, fixed-size slots owned by the
 //!   sender ([`SlotWriter`]) for payloads too large to go inline; the frame

@@ -30,7 +30,7 @@
 //! `tokio_cell.rs` (the SDK's entry points inside a program's own runtime),
 //! `containment.rs` (attacks on the host's output, logs, control socket,
 //! restart policy and exit reporting, with a well-behaved sibling),
-//! `sandbox.rs` (escape attempts), `chaos.rs` (cells killed at random under
+//! `sandbox_*.rs` (escape attempts), `chaos.rs` (cells killed at random under
 //! load), `hostile.rs` (cells that scribble over their segment or lie),
 //! `hostile_flip.rs` (a cell that rewrites its frames' strings and payloads
 //! while the host decodes them), `stable_soak.rs` (sessions over stable
