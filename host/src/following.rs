@@ -58,15 +58,12 @@ use crate::error::HostError;
 ///
 /// ```no_run
 /// # use osmos_host::{CellBuilder, RestartPolicy};
-/// # use osmos_session::{service, CallError};
-/// # service! {
+/// # use osmos_session::CallError;
+/// # /// Adds.
+/// # #[osmos_macros::service]
+/// # pub trait Calc {
 /// #     /// Adds.
-/// #     pub trait Calc {
-/// #         client CalcClient;
-/// #         dispatcher CalcDispatcher;
-/// #         /// Adds.
-/// #         async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-/// #     }
+/// #     async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
 /// # }
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let cell = CellBuilder::new("./calc-cell").restart(RestartPolicy::on_failure(5)).spawn().await?;
