@@ -10,10 +10,10 @@
 //!   calls, channels and virtual connections.
 //! - `channel/`: typed [`Tx<T>`] / [`Rx<T>`] channels with per-channel
 //!   credit, passed inside call arguments and results.
-//! - `service.rs`: [`service!`] turns a trait into a typed client and a
-//!   [`Dispatcher`]; method ids are stable hashes ([`method_id`]). The
+//! - `service.rs`: what a service's typed client and [`Dispatcher`] are
+//!   made of; method ids are stable hashes ([`method_id`]). The
 //!   `#[osmos::service]` attribute (crates `osmos` and `osmos-macros`)
-//!   generates the same from an ordinary trait, through `__private`.
+//!   generates both from an ordinary trait, through `__private`.
 //! - `context.rs` and `metadata.rs`: what a handler knows about its call
 //!   ([`CallContext`]: metadata, deadline, caller) and the metadata it
 //!   answers with, which the caller reads from a [`ResponseMetadata`] slot.

@@ -1,9 +1,10 @@
 //! Services: a trait defined once gives a typed client and a dispatcher.
 //!
-//! The [`service!`](crate::service!) macro turns a trait of `async fn`s
-//! returning `Result<T, E>` into: the trait itself (implement it to serve),
-//! a client whose methods make calls, and a dispatcher that decodes the
-//! arguments and runs the implementation. Method ids are stable 64-bit hashes
+//! The `#[osmos::service]` attribute (crate `osmos-macros`) turns a trait of
+//! `async fn`s into: the trait itself (implement it to serve), a client whose
+//! methods make calls, and a dispatcher that decodes the arguments and runs
+//! the implementation. What its generated code calls is here ([`call`],
+//! [`decode_args`], [`Dispatcher`], ...). Method ids are stable 64-bit hashes
 //! of `"Service.method"` ([`method_id`]), so a method keeps its id across
 //! builds and reorderings, and two services on one connection do not collide.
 
@@ -156,7 +157,7 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn dispatch(&self, method: u64, metadata: &Metadata, args: &[u8]) -> Dispatch;
 
     /// The service and methods this dispatcher serves, if it knows them
-    /// statically (the [`service!`](crate::service!) dispatchers do).
+    /// statically (the `#[osmos::service]` dispatchers do).
     fn describe(&self) -> Option<ServiceInfo> {
         None
     }
@@ -260,166 +261,4 @@ where
         }
         r => r,
     }
-}
-
-/// Defines a service: a trait, a typed client and a dispatcher.
-///
-/// The `#[osmos::service]` attribute (crate `osmos`) is the recommended way:
-/// it takes an ordinary trait, allows infallible methods, `Result` aliases and
-/// borrowed arguments, and points its errors at the offending code. Both
-/// give the same method ids, so a client of one calls a dispatcher of the
-/// other.
-///
-/// ```
-/// use osmos_session::service;
-///
-/// service! {
-///     /// Adds numbers.
-///     pub trait Calculator {
-///         client CalculatorClient;
-///         dispatcher CalculatorDispatcher;
-///         /// Adds two numbers; fails on overflow.
-///         async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-///     }
-/// }
-///
-/// struct Calc;
-/// impl Calculator for Calc {
-///     async fn add(&self, a: u32, b: u32) -> Result<u32, String> {
-///         a.checked_add(b).ok_or_else(|| "overflow".to_string())
-///     }
-/// }
-/// ```
-///
-/// Generated: `trait Calculator` (each method returns
-/// `impl Future<Output = Result<T, E>> + Send`), `CalculatorClient::new(conn)`
-/// with one `async fn` per method returning `Result<T, CallError<E>>` (calls
-/// get the session's default deadline, or the
-/// [`CallOptions`](crate::CallOptions) given to `with_options`; the
-/// `#[osmos::service]` attribute's clients have `*_with(options, ...)`
-/// variants instead), and `CalculatorDispatcher::new(impl)`
-/// (an [`Dispatcher`]).
-#[macro_export]
-macro_rules! service {
-    (
-        $(#[$meta:meta])*
-        $vis:vis trait $name:ident {
-            client $client:ident;
-            dispatcher $dispatcher:ident;
-            $(
-                $(#[$mmeta:meta])*
-                async fn $method:ident(&self $(, $arg:ident : $argty:ty)* $(,)?) -> Result<$ok:ty, $err:ty>;
-            )*
-        }
-    ) => {
-        $(#[$meta])*
-        $vis trait $name: Send + Sync + 'static {
-            $(
-                $(#[$mmeta])*
-                fn $method(&self $(, $arg: $argty)*)
-                    -> impl ::std::future::Future<Output = ::std::result::Result<$ok, $err>> + Send;
-            )*
-        }
-
-        #[doc = concat!("Typed client of the `", stringify!($name), "` service.")]
-        #[derive(Clone, Debug)]
-        $vis struct $client {
-            conn: $crate::Connection,
-            options: $crate::CallOptions,
-        }
-
-        impl $client {
-            #[doc = concat!("A client calling `", stringify!($name), "` on `conn`.")]
-            pub fn new(conn: $crate::Connection) -> Self {
-                Self {
-                    conn,
-                    options: $crate::CallOptions::default(),
-                }
-            }
-
-            /// This client, making its calls with `options` (a deadline,
-            /// metadata, a slot for the response's metadata) instead of
-            /// the defaults. Calls made at once share a response metadata
-            /// slot: give each its own client.
-            pub fn with_options(mut self, options: $crate::CallOptions) -> Self {
-                self.options = options;
-                self
-            }
-
-            /// The connection this client calls on.
-            pub fn connection(&self) -> &$crate::Connection {
-                &self.conn
-            }
-
-            $(
-                $(#[$mmeta])*
-                pub async fn $method(&self $(, $arg: $argty)*) -> ::std::result::Result<$ok, $crate::CallError<$err>> {
-                    $crate::__private::call(
-                        &self.conn,
-                        stringify!($name),
-                        stringify!($method),
-                        $crate::method_id(stringify!($name), stringify!($method)),
-                        &($($arg,)*),
-                        self.options.clone(),
-                    )
-                    .await
-                }
-            )*
-
-        }
-
-        impl ::std::convert::From<$crate::Connection> for $client {
-            fn from(conn: $crate::Connection) -> Self {
-                Self::new(conn)
-            }
-        }
-
-        #[doc = concat!("Serves the `", stringify!($name), "` service from an implementation.")]
-        $vis struct $dispatcher<S>(::std::sync::Arc<S>);
-
-        impl<S: $name> $dispatcher<S> {
-            /// Wraps an implementation.
-            pub fn new(service: S) -> ::std::sync::Arc<Self> {
-                ::std::sync::Arc::new(Self(::std::sync::Arc::new(service)))
-            }
-        }
-
-        impl<S: $name> $crate::Dispatcher for $dispatcher<S> {
-            fn describe(&self) -> ::std::option::Option<$crate::ServiceInfo> {
-                const METHODS: &[(&str, u64)] = &[$(
-                    (stringify!($method), $crate::method_id(stringify!($name), stringify!($method))),
-                )*];
-                ::std::option::Option::Some($crate::ServiceInfo {
-                    name: stringify!($name),
-                    methods: METHODS,
-                })
-            }
-
-            #[allow(unused_variables, unused_parens)]
-            fn dispatch(&self, method: u64, metadata: &$crate::wire::Metadata, args: &[u8]) -> $crate::Dispatch {
-                $(
-                    if method == $crate::method_id(stringify!($name), stringify!($method)) {
-                        if let Some(refusal) = $crate::__private::check_schema::<($($argty,)*), $ok, $err>(
-                            metadata,
-                            stringify!($name),
-                            stringify!($method),
-                        ) {
-                            return $crate::Dispatch::InvalidPayload(refusal);
-                        }
-                        return match $crate::decode_args::<($($argty,)*)>(args) {
-                            Err(e) => $crate::Dispatch::InvalidPayload(e),
-                            Ok(($($arg,)*)) => {
-                                let service = self.0.clone();
-                                $crate::Dispatch::Run(Box::pin(async move {
-                                    let r: ::std::result::Result<$ok, $err> = service.$method($($arg),*).await;
-                                    Box::new(r) as Box<dyn $crate::ReplyValue>
-                                }))
-                            }
-                        };
-                    }
-                )*
-                $crate::Dispatch::UnknownMethod
-            }
-        }
-    };
 }
