@@ -77,8 +77,8 @@ extern crate self as osmos;
 pub use facet;
 pub use facet::Facet;
 pub use osmos_macros::service;
-/// The session layer as a whole: links, the wire format, `service!` (the
-/// `macro_rules` predecessor of [`macro@service`]), the control contract.
+/// The session layer as a whole: links, the wire format, the control
+/// contract.
 pub use osmos_session as session;
 pub use osmos_session::{
     CallContext, CallError, CallOptions, ChannelError, ChannelId, Connection, ConnectionAcceptor, Dispatch,

@@ -2,26 +2,23 @@
 
 use std::time::Duration;
 
-use osmos_session::{Tx, service};
+use osmos_session::Tx;
 
-service! {
-    /// What the measured cells serve.
-    pub trait Bench {
-        client BenchClient;
-        dispatcher BenchDispatcher;
-        /// Adds two numbers (wrapping).
-        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-        /// Echoes bytes.
-        async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
-        /// Streams `n` items of `size` bytes into `out`, then closes it.
-        async fn stream(&self, n: u32, size: u32, out: Tx<Vec<u8>>) -> Result<(), String>;
-        /// Sends `0..n` into `out`, then closes it.
-        async fn count(&self, n: u32, out: Tx<u32>) -> Result<(), String>;
-        /// The cell's pid as the cell sees it.
-        async fn pid(&self) -> Result<u32, String>;
-        /// Replies `ms` milliseconds later: a call that stays in flight.
-        async fn hang(&self, ms: u32) -> Result<u32, String>;
-    }
+/// What the measured cells serve.
+#[osmos_macros::service]
+pub trait Bench {
+    /// Adds two numbers (wrapping).
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+    /// Echoes bytes.
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
+    /// Streams `n` items of `size` bytes into `out`, then closes it.
+    async fn stream(&self, n: u32, size: u32, out: Tx<Vec<u8>>) -> Result<(), String>;
+    /// Sends `0..n` into `out`, then closes it.
+    async fn count(&self, n: u32, out: Tx<u32>) -> Result<(), String>;
+    /// The cell's pid as the cell sees it.
+    async fn pid(&self) -> Result<u32, String>;
+    /// Replies `ms` milliseconds later: a call that stays in flight.
+    async fn hang(&self, ms: u32) -> Result<u32, String>;
 }
 
 /// The implementation of [`Bench`].

@@ -11,22 +11,19 @@
 use std::time::{Duration, Instant};
 
 use osmos_host::{CellBuilder, CellHandle, RestartPolicy};
-use osmos_session::{Tx, service};
+use osmos_session::Tx;
 
-service! {
-    /// What each demo cell serves.
-    pub trait Demo {
-        client DemoClient;
-        dispatcher DemoDispatcher;
-        /// Adds two numbers.
-        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-        /// Echoes bytes.
-        async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
-        /// Streams the first `n` squares.
-        async fn squares(&self, n: u32, out: Tx<u64>) -> Result<(), String>;
-        /// The cell's pid.
-        async fn pid(&self) -> Result<u32, String>;
-    }
+/// What each demo cell serves.
+#[osmos_macros::service]
+pub trait Demo {
+    /// Adds two numbers.
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+    /// Echoes bytes.
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
+    /// Streams the first `n` squares.
+    async fn squares(&self, n: u32, out: Tx<u64>) -> Result<(), String>;
+    /// The cell's pid.
+    async fn pid(&self) -> Result<u32, String>;
 }
 
 struct Cell;

@@ -27,7 +27,8 @@
 //!   the call's own timeout (`CallOptions::timeout`, through the typed
 //!   client's `*_with` methods, which counts from when the call is made),
 //!   then fails with [`SessionError::PeerDied`] saying the cell is still
-//!   restarting. With [`CallOptions::fail_fast`] it fails at once instead.
+//!   restarting. With [`CallOptions::fail_fast`](osmos_session::CallOptions::fail_fast)
+//!   it fails at once instead.
 //! - **Given up on or stopped** (the policy's restarts in a row are spent,
 //!   the host shut the cell down or dropped its last handle, or it exited
 //!   with no restart due): the call fails at once with
@@ -193,15 +194,12 @@ impl Follow for CellSource {
 ///
 /// ```no_run
 /// # use osmos_host::{CellBuilder, RestartPolicy};
-/// # use osmos_session::{service, CallError};
-/// # service! {
+/// # use osmos_session::CallError;
+/// # /// Adds.
+/// # #[osmos_macros::service]
+/// # pub trait Calc {
 /// #     /// Adds.
-/// #     pub trait Calc {
-/// #         client CalcClient;
-/// #         dispatcher CalcDispatcher;
-/// #         /// Adds.
-/// #         async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-/// #     }
+/// #     async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
 /// # }
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let cell = CellBuilder::new("./calc-cell").restart(RestartPolicy::on_failure(5)).spawn().await?;

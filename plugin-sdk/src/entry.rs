@@ -197,14 +197,11 @@ where
 /// a global subscriber first; see [`forward_logs`](crate::forward_logs)).
 ///
 /// ```no_run
-/// # osmos_session::service! {
+/// # /// Greets.
+/// # #[osmos_macros::service]
+/// # pub trait Greeter {
 /// #     /// Greets.
-/// #     pub trait Greeter {
-/// #         client GreeterClient;
-/// #         dispatcher GreeterDispatcher;
-/// #         /// Greets.
-/// #         async fn greet(&self, name: String) -> Result<String, String>;
-/// #     }
+/// #     async fn greet(&self, name: String) -> Result<String, String>;
 /// # }
 /// # struct Hello;
 /// # impl Greeter for Hello {

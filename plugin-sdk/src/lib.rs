@@ -1,19 +1,17 @@
 //! # osmos-plugin-sdk: the cell side of osmos
 //!
-//! A cell is any binary whose `main` hands a service to this crate:
+//! A cell is any binary whose `main` hands a service to this crate (here
+//! defined with `#[osmos_macros::service]`; a crate that depends on `osmos`
+//! writes `#[osmos::service]`):
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use osmos_session::service;
 //!
-//! service! {
-//!     /// What this cell serves.
-//!     pub trait Greeter {
-//!         client GreeterClient;
-//!         dispatcher GreeterDispatcher;
-//!         /// Greets.
-//!         async fn greet(&self, name: String) -> Result<String, String>;
-//!     }
+//! /// What this cell serves.
+//! #[osmos_macros::service]
+//! pub trait Greeter {
+//!     /// Greets.
+//!     async fn greet(&self, name: String) -> Result<String, String>;
 //! }
 //!
 //! struct Hello;

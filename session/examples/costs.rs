@@ -20,33 +20,26 @@ use osmos_session::link::Link;
 use osmos_session::link::memory;
 use osmos_session::link::stream::StreamLink;
 use osmos_session::{
-    Connection, Dispatcher, Forward, Reconnecting, RetryPolicy, Router, Rx, SessionBuilder, Tunnel,
-    TunnelEnd, service,
+    Connection, Dispatcher, Forward, Reconnecting, RetryPolicy, Router, Rx, SessionBuilder, Tunnel, TunnelEnd,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-service! {
-    /// The measured service.
-    pub trait Bench {
-        client BenchClient;
-        dispatcher BenchDispatcher;
-        /// Adds.
-        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-        /// Reads a channel to its end; returns the bytes received.
-        async fn sink(&self, input: Rx<Vec<u8>>) -> Result<u64, String>;
-        /// Reads a tunnel to its end; returns the bytes received.
-        async fn drain(&self, end: TunnelEnd) -> Result<u64, String>;
-    }
+/// The measured service.
+#[osmos_macros::service]
+pub trait Bench {
+    /// Adds.
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+    /// Reads a channel to its end; returns the bytes received.
+    async fn sink(&self, input: Rx<Vec<u8>>) -> Result<u64, String>;
+    /// Reads a tunnel to its end; returns the bytes received.
+    async fn drain(&self, end: TunnelEnd) -> Result<u64, String>;
 }
 
-service! {
-    /// A second service, for the router.
-    pub trait Other {
-        client OtherClient;
-        dispatcher OtherDispatcher;
-        /// Nothing.
-        async fn nothing(&self) -> Result<(), String>;
-    }
+/// A second service, for the router.
+#[osmos_macros::service]
+pub trait Other {
+    /// Nothing.
+    async fn nothing(&self) -> Result<(), String>;
 }
 
 struct Impl;

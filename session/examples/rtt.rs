@@ -19,17 +19,14 @@ use std::time::{Duration, Instant};
 use osmos_session::link::shm::ShmLink;
 use osmos_session::link::stream::StreamLink;
 use osmos_session::link::{Link, memory};
-use osmos_session::{Connection, SessionBuilder, service};
+use osmos_session::{Connection, SessionBuilder};
 use osmos_shm::{Segment, SegmentConfig, Side};
 
-service! {
-    /// The measured service.
-    pub trait Adder {
-        client AdderClient;
-        dispatcher AdderDispatcher;
-        /// Adds.
-        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-    }
+/// The measured service.
+#[osmos_macros::service]
+pub trait Adder {
+    /// Adds.
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
 }
 
 struct Add;

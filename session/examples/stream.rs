@@ -12,19 +12,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use osmos_session::link::shm::ShmLink;
-use osmos_session::{SessionBuilder, Tx, service};
+use osmos_session::{SessionBuilder, Tx};
 use osmos_shm::{Segment, SegmentConfig, Side};
 
-service! {
-    /// The measured service.
-    pub trait Source {
-        client SourceClient;
-        dispatcher SourceDispatcher;
-        /// Sends `n` items of `size` bytes.
-        async fn blobs(&self, n: u32, size: u32, out: Tx<Vec<u8>>) -> Result<(), String>;
-        /// Sends `0..n`.
-        async fn count(&self, n: u32, out: Tx<u32>) -> Result<(), String>;
-    }
+/// The measured service.
+#[osmos_macros::service]
+pub trait Source {
+    /// Sends `n` items of `size` bytes.
+    async fn blobs(&self, n: u32, size: u32, out: Tx<Vec<u8>>) -> Result<(), String>;
+    /// Sends `0..n`.
+    async fn count(&self, n: u32, out: Tx<u32>) -> Result<(), String>;
 }
 
 struct Src;

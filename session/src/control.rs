@@ -77,16 +77,13 @@ pub const ENV_LISTEN: &str = "OSMOS_LISTEN";
 /// writes them). Also given as `--credentials DIR`.
 pub const ENV_CREDENTIALS: &str = "OSMOS_CREDENTIALS";
 
-crate::service! {
-    /// Where a remote cell sends its tracing events: the host serves it on a
-    /// remote cell's session (a local cell uses its control socket).
-    pub trait CellLogs {
-        client CellLogsClient;
-        dispatcher CellLogsDispatcher;
-        /// A batch of the cell's events, oldest first (at most
-        /// [`MAX_LOG_BATCH`] records of at most [`MAX_LOG_RECORD`] bytes).
-        async fn records(&self, batch: Vec<LogRecord>) -> Result<(), String>;
-    }
+/// Where a remote cell sends its tracing events: the host serves it on a
+/// remote cell's session (a local cell uses its control socket).
+#[osmos_macros::service]
+pub trait CellLogs {
+    /// A batch of the cell's events, oldest first (at most
+    /// [`MAX_LOG_BATCH`] records of at most [`MAX_LOG_RECORD`] bytes).
+    async fn records(&self, batch: Vec<LogRecord>) -> Result<(), String>;
 }
 
 /// Most records a remote cell sends in one [`CellLogs::records`] call.

@@ -4,7 +4,7 @@
 //! stable hashes of `"Service.method"` ([`method_id`](crate::method_id)), so
 //! services never need to agree on numbering: the router indexes the ids of
 //! every dispatcher that [describes](Dispatcher::describe) itself (all
-//! [`service!`](crate::service!) dispatchers do) and refuses, when built, two
+//! `#[osmos::service]` dispatchers do) and refuses, when built, two
 //! services answering the same id. Dispatchers that do not describe
 //! themselves are asked in the order they were added.
 //!

@@ -10,7 +10,7 @@ use std::time::Duration;
 use osmos_session::wire::{self, MetaEntry, MetaValue, Metadata, Settings};
 use osmos_session::{
     CallError, CallOptions, Connection, Dispatch, Dispatcher, Forward, Router, Rx, SessionBuilder,
-    SessionConfig, SessionError, Tunnel, TunnelEnd, Tx, service,
+    SessionConfig, SessionError, Tunnel, TunnelEnd, Tx,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
@@ -20,40 +20,34 @@ use common::*;
 
 // ---------------------------------------------------------------- services
 
-service! {
-    /// The test service.
-    pub trait Calculator {
-        client CalculatorClient;
-        dispatcher CalculatorDispatcher;
-        /// Adds, failing on overflow.
-        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-        /// Echoes bytes.
-        async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
-        /// Waits forever; reports its drop.
-        async fn block(&self, tag: u32) -> Result<u32, String>;
-        /// Sends `0..count` on `out`, then closes it.
-        async fn count(&self, count: u32, out: Tx<u32>) -> Result<u32, String>;
-        /// Sums everything received on `input`.
-        async fn sum(&self, input: Rx<u64>) -> Result<u64, String>;
-        /// Returns a new channel on which it sends `0..count`.
-        async fn numbers(&self, count: u32) -> Result<Rx<u32>, String>;
-        /// Echoes a tunnel's bytes back until the caller shuts its side; returns the count.
-        async fn pipe(&self, end: TunnelEnd) -> Result<u64, String>;
-        /// Keeps a tunnel without reading it (until `drain`).
-        async fn hold(&self, end: TunnelEnd) -> Result<(), String>;
-        /// Reads the held tunnel to its end; returns the bytes read.
-        async fn drain(&self) -> Result<u64, String>;
-    }
+/// The test service.
+#[osmos_macros::service]
+pub trait Calculator {
+    /// Adds, failing on overflow.
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+    /// Echoes bytes.
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
+    /// Waits forever; reports its drop.
+    async fn block(&self, tag: u32) -> Result<u32, String>;
+    /// Sends `0..count` on `out`, then closes it.
+    async fn count(&self, count: u32, out: Tx<u32>) -> Result<u32, String>;
+    /// Sums everything received on `input`.
+    async fn sum(&self, input: Rx<u64>) -> Result<u64, String>;
+    /// Returns a new channel on which it sends `0..count`.
+    async fn numbers(&self, count: u32) -> Result<Rx<u32>, String>;
+    /// Echoes a tunnel's bytes back until the caller shuts its side; returns the count.
+    async fn pipe(&self, end: TunnelEnd) -> Result<u64, String>;
+    /// Keeps a tunnel without reading it (until `drain`).
+    async fn hold(&self, end: TunnelEnd) -> Result<(), String>;
+    /// Reads the held tunnel to its end; returns the bytes read.
+    async fn drain(&self) -> Result<u64, String>;
 }
 
-service! {
-    /// A second service.
-    pub trait Greeter {
-        client GreeterClient;
-        dispatcher GreeterDispatcher;
-        /// Greets.
-        async fn greet(&self, name: String) -> Result<String, String>;
-    }
+/// A second service.
+#[osmos_macros::service]
+pub trait Greeter {
+    /// Greets.
+    async fn greet(&self, name: String) -> Result<String, String>;
 }
 
 #[derive(Default)]

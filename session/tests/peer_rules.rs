@@ -6,19 +6,16 @@ use std::time::Duration;
 
 use osmos_session::link::{Link, LinkRx, LinkTx, SendPermit};
 use osmos_session::wire::{self, Message, PROTOCOL_VERSION, Settings};
-use osmos_session::{CallOptions, Connection, SessionBuilder, SessionConfig, SessionError, service};
+use osmos_session::{CallOptions, Connection, SessionBuilder, SessionConfig, SessionError};
 
 mod common;
 use common::*;
 
-service! {
-    /// What the server serves.
-    pub trait Echo {
-        client EchoClient;
-        dispatcher EchoDispatcher;
-        /// Echoes bytes.
-        async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
-    }
+/// What the server serves.
+#[osmos_macros::service]
+pub trait Echo {
+    /// Echoes bytes.
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
 }
 
 struct Echoer;

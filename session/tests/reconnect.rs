@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use osmos_session::link::stream::StreamLink;
 use osmos_session::{
-    CallError, Connection, ReconnectError, ReconnectState, Reconnecting, RetryPolicy, SessionBuilder, service,
+    CallError, Connection, ReconnectError, ReconnectState, Reconnecting, RetryPolicy, SessionBuilder,
 };
 use tokio::sync::Mutex;
 
@@ -21,16 +21,13 @@ async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-service! {
-    /// The served service.
-    pub trait Counter {
-        client CounterClient;
-        dispatcher CounterDispatcher;
-        /// Which server incarnation answers.
-        async fn incarnation(&self) -> Result<u32, String>;
-        /// Never returns.
-        async fn hang(&self) -> Result<(), String>;
-    }
+/// The served service.
+#[osmos_macros::service]
+pub trait Counter {
+    /// Which server incarnation answers.
+    async fn incarnation(&self) -> Result<u32, String>;
+    /// Never returns.
+    async fn hang(&self) -> Result<(), String>;
 }
 
 struct Served {

@@ -1,7 +1,7 @@
 //! Metadata both ways: a handler answers with response metadata, which
-//! reaches a typed caller (of an `#[osmos::service]` client and of a
-//! `service!` one) directly and through a forwarder, within bounds that
-//! both sides enforce; and who calls, as a trusted peer says.
+//! reaches a typed caller (of the service's client and of a client defined
+//! apart with the same method) directly and through a forwarder, within
+//! bounds that both sides enforce; and who calls, as a trusted peer says.
 
 use std::sync::{Arc, Mutex};
 
@@ -34,17 +34,14 @@ pub trait Answers {
     async fn whoami(&self) -> Result<String, String>;
 }
 
-/// The same service through `service!`, whose clients take their options
-/// with `with_options`.
+/// The same service defined apart, with one of its methods: its client
+/// calls the same method ids.
 mod plain {
-    osmos_session::service! {
-        /// Answers with metadata.
-        pub trait Answers {
-            client AnswersClient;
-            dispatcher AnswersDispatcher;
-            /// See the attribute's `Answers::answer`.
-            async fn answer(&self, entries: u32, fail: bool) -> Result<u32, String>;
-        }
+    /// Answers with metadata.
+    #[osmos_macros::service]
+    pub trait Answers {
+        /// See the attribute's `Answers::answer`.
+        async fn answer(&self, entries: u32, fail: bool) -> Result<u32, String>;
     }
 }
 
@@ -179,9 +176,14 @@ async fn a_typed_caller_reads_it(conn: &Connection, served_by: &str) {
     assert_eq!(slot.entries().len(), 1);
     assert_eq!(slot.get("k0"), None);
 
-    // A `service!` client takes its options with `with_options`.
-    let plain = plain::AnswersClient::new(conn.clone()).with_options(with());
-    assert_eq!(bounded("plain answer", plain.answer(3, false)).await.unwrap(), 3);
+    // A client of the service defined apart takes its options the same way.
+    let plain = plain::AnswersClient::new(conn.clone());
+    assert_eq!(
+        bounded("plain answer", plain.answer_with(with(), 3, false))
+            .await
+            .unwrap(),
+        3
+    );
     assert_answered(&slot, served_by);
 
     // Without a slot, the metadata goes nowhere and the call is unchanged.

@@ -11,7 +11,7 @@ use osmos_session::link::stream::StreamLink;
 use osmos_session::link::{Link, LinkRx, LinkTx, SendPermit, memory as mem};
 use osmos_session::wire::{self, Message, Outcome, PROTOCOL_VERSION, Settings};
 use osmos_session::{
-    CallError, CallOptions, Connection, Rx, SessionBuilder, SessionConfig, SessionError, Tx, service,
+    CallError, CallOptions, Connection, Rx, SessionBuilder, SessionConfig, SessionError, Tx,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -33,36 +33,30 @@ pub enum CalcError {
     },
 }
 
-service! {
-    /// The test service.
-    pub trait Calculator {
-        client CalculatorClient;
-        dispatcher CalculatorDispatcher;
-        /// Adds, failing on overflow.
-        async fn add(&self, a: u32, b: u32) -> Result<u32, CalcError>;
-        /// Echoes bytes.
-        async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, CalcError>;
-        /// Waits until released (or forever); reports its drop.
-        async fn block(&self, tag: u32) -> Result<u32, CalcError>;
-        /// Sends `0..count` on `out`, then closes it.
-        async fn count(&self, count: u32, out: Tx<u32>) -> Result<u32, CalcError>;
-        /// Sums everything received on `input`.
-        async fn sum(&self, input: Rx<u64>) -> Result<u64, CalcError>;
-        /// Returns a new channel on which it sends `0..count`.
-        async fn numbers(&self, count: u32) -> Result<Rx<u32>, CalcError>;
-        /// Panics, at once or after waiting once.
-        async fn explode(&self, after_waiting: bool) -> Result<u32, CalcError>;
-    }
+/// The test service.
+#[osmos_macros::service]
+pub trait Calculator {
+    /// Adds, failing on overflow.
+    async fn add(&self, a: u32, b: u32) -> Result<u32, CalcError>;
+    /// Echoes bytes.
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, CalcError>;
+    /// Waits until released (or forever); reports its drop.
+    async fn block(&self, tag: u32) -> Result<u32, CalcError>;
+    /// Sends `0..count` on `out`, then closes it.
+    async fn count(&self, count: u32, out: Tx<u32>) -> Result<u32, CalcError>;
+    /// Sums everything received on `input`.
+    async fn sum(&self, input: Rx<u64>) -> Result<u64, CalcError>;
+    /// Returns a new channel on which it sends `0..count`.
+    async fn numbers(&self, count: u32) -> Result<Rx<u32>, CalcError>;
+    /// Panics, at once or after waiting once.
+    async fn explode(&self, after_waiting: bool) -> Result<u32, CalcError>;
 }
 
-service! {
-    /// A second service, served by the initiator.
-    pub trait Greeter {
-        client GreeterClient;
-        dispatcher GreeterDispatcher;
-        /// Greets.
-        async fn greet(&self, name: String) -> Result<String, String>;
-    }
+/// A second service, served by the initiator.
+#[osmos_macros::service]
+pub trait Greeter {
+    /// Greets.
+    async fn greet(&self, name: String) -> Result<String, String>;
 }
 
 #[derive(Default)]

@@ -8,30 +8,27 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use osmos_session::link::shm::ShmLink;
-use osmos_session::{CallError, Rx, SessionBuilder, SessionError, Tx, service};
+use osmos_session::{CallError, Rx, SessionBuilder, SessionError, Tx};
 use osmos_shm::{Segment, SegmentConfig, Side};
 
 const ROLE: &str = "OSMOS_SESSION_TEST_CELL";
 const BOUND: Duration = Duration::from_secs(30);
 
-service! {
-    /// What the test cell serves.
-    pub trait Cell {
-        client CellClient;
-        dispatcher CellDispatcher;
-        /// Adds.
-        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-        /// Echoes.
-        async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
-        /// Sends `0..n` on `out`.
-        async fn count(&self, n: u32, out: Tx<u32>) -> Result<(), String>;
-        /// Sums what arrives on `input`.
-        async fn sum(&self, input: Rx<u64>) -> Result<u64, String>;
-        /// Never returns.
-        async fn hang(&self) -> Result<(), String>;
-        /// The cell's process id.
-        async fn pid(&self) -> Result<u32, String>;
-    }
+/// What the test cell serves.
+#[osmos_macros::service]
+pub trait Cell {
+    /// Adds.
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+    /// Echoes.
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
+    /// Sends `0..n` on `out`.
+    async fn count(&self, n: u32, out: Tx<u32>) -> Result<(), String>;
+    /// Sums what arrives on `input`.
+    async fn sum(&self, input: Rx<u64>) -> Result<u64, String>;
+    /// Never returns.
+    async fn hang(&self) -> Result<(), String>;
+    /// The cell's process id.
+    async fn pid(&self) -> Result<u32, String>;
 }
 
 struct TheCell;

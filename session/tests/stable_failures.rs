@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use osmos_session::link::stable::{Accepted, StableAcceptor, StableConfig, StableLink, Transport};
-use osmos_session::{CallError, RetryPolicy, SessionBuilder, SessionError, service};
+use osmos_session::{CallError, RetryPolicy, SessionBuilder, SessionError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
@@ -19,16 +19,13 @@ async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-service! {
-    /// The served service.
-    pub trait Slow {
-        client SlowClient;
-        dispatcher SlowDispatcher;
-        /// Never returns.
-        async fn hang(&self) -> Result<(), String>;
-        /// Answers at once.
-        async fn ping(&self) -> Result<u32, String>;
-    }
+/// The served service.
+#[osmos_macros::service]
+pub trait Slow {
+    /// Never returns.
+    async fn hang(&self) -> Result<(), String>;
+    /// Answers at once.
+    async fn ping(&self) -> Result<u32, String>;
 }
 
 struct Served {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use osmos_session::link::stable::{
     Accepted, ResumeFailure, StableAcceptor, StableConfig, StableLink, StableStatus, Transport,
 };
-use osmos_session::{Connection, RetryPolicy, SessionBuilder, Tunnel, TunnelEnd, Tx, service};
+use osmos_session::{Connection, RetryPolicy, SessionBuilder, Tunnel, TunnelEnd, Tx};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, mpsc, watch};
@@ -18,18 +18,15 @@ use tokio::sync::{Mutex, mpsc, watch};
 mod common;
 use common::bounded;
 
-service! {
-    /// The served service.
-    pub trait Held {
-        client HeldClient;
-        dispatcher HeldDispatcher;
-        /// Waits until the test opens the gate, then returns `2x + 1`.
-        async fn held(&self, x: u64) -> Result<u64, String>;
-        /// Sends `0..n` on `out`, then closes it.
-        async fn count(&self, n: u32, out: Tx<u32>) -> Result<u32, String>;
-        /// Echoes a tunnel's bytes until the caller shuts its side.
-        async fn pipe(&self, end: TunnelEnd) -> Result<u64, String>;
-    }
+/// The served service.
+#[osmos_macros::service]
+pub trait Held {
+    /// Waits until the test opens the gate, then returns `2x + 1`.
+    async fn held(&self, x: u64) -> Result<u64, String>;
+    /// Sends `0..n` on `out`, then closes it.
+    async fn count(&self, n: u32, out: Tx<u32>) -> Result<u32, String>;
+    /// Echoes a tunnel's bytes until the caller shuts its side.
+    async fn pipe(&self, end: TunnelEnd) -> Result<u64, String>;
 }
 
 struct Served {

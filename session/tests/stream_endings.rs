@@ -6,21 +6,18 @@
 
 use std::time::Duration;
 
-use osmos_session::{CallError, Connection, SessionBuilder, SessionError, Tx, service};
+use osmos_session::{CallError, Connection, SessionBuilder, SessionError, Tx};
 
 mod common;
 use common::*;
 
-service! {
-    /// Streams numbers, badly.
-    pub trait Streamer {
-        client StreamerClient;
-        dispatcher StreamerDispatcher;
-        /// Sends `count` numbers, then panics with a message.
-        async fn count_then_panic(&self, count: u32, out: Tx<u32>) -> Result<u32, String>;
-        /// Sends numbers until the receiver or the session goes.
-        async fn forever(&self, out: Tx<u32>) -> Result<u32, String>;
-    }
+/// Streams numbers, badly.
+#[osmos_macros::service]
+pub trait Streamer {
+    /// Sends `count` numbers, then panics with a message.
+    async fn count_then_panic(&self, count: u32, out: Tx<u32>) -> Result<u32, String>;
+    /// Sends numbers until the receiver or the session goes.
+    async fn forever(&self, out: Tx<u32>) -> Result<u32, String>;
 }
 
 struct Bad;

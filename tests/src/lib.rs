@@ -37,145 +37,127 @@
 //! conduits through the fault proxy, to another process, across hundreds of
 //! cuts; `OSMOS_SOAK=long` for the long run).
 
-use osmos_session::{Rx, Tx, service};
+use osmos_session::{Rx, Tx};
 
 pub mod fault_proxy;
 pub mod fuzz;
 pub mod hostile;
 pub mod soak;
 
-service! {
-    /// What the `test-cell` binary serves.
-    pub trait TestCell {
-        client TestCellClient;
-        dispatcher TestCellDispatcher;
-        /// Adds.
-        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-        /// Echoes bytes.
-        async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
-        /// Sends `0..n` on `out`, then closes it.
-        async fn count(&self, n: u32, out: Tx<u32>) -> Result<u32, String>;
-        /// Sums what arrives on `input`.
-        async fn sum(&self, input: Rx<u64>) -> Result<u64, String>;
-        /// Never returns (until cancelled or the cell dies).
-        async fn hang(&self) -> Result<(), String>;
-        /// Exits the process with `code` right away.
-        async fn exit(&self, code: i32) -> Result<(), String>;
-        /// The cell's pid.
-        async fn pid(&self) -> Result<u32, String>;
-        /// The cell's environment, sorted `KEY=VALUE` lines.
-        async fn env(&self) -> Result<Vec<String>, String>;
-        /// The fd numbers open in the cell (excluding the one used to list them).
-        async fn fds(&self) -> Result<Vec<i32>, String>;
-        /// Logs `message` through tracing (info) and prints it on stdout and stderr.
-        async fn log(&self, message: String) -> Result<(), String>;
-        /// Asks the host's `HostDirectory` for `key` and returns its answer.
-        async fn ask_host(&self, key: String) -> Result<String, String>;
-        /// Tries to read a file; `Ok(bytes read)` or `Err(the OS error)`.
-        async fn try_read(&self, path: String) -> Result<u64, String>;
-        /// Tries to create and write a file; `Err(the OS error)` if refused.
-        async fn try_write(&self, path: String) -> Result<(), String>;
-        /// Tries to open a TCP connection to `addr`.
-        async fn try_connect(&self, addr: String) -> Result<(), String>;
-        /// Tries to attach to its parent with ptrace.
-        async fn try_ptrace_parent(&self) -> Result<(), String>;
-        /// Who calls, as the cell's session reports it
-        /// (`CallContext::caller`), and the `osmos.caller` entry of the
-        /// call's own metadata, if one reached the cell.
-        async fn caller(&self) -> Result<(String, Option<String>), String>;
-    }
+/// What the `test-cell` binary serves.
+#[osmos_macros::service]
+pub trait TestCell {
+    /// Adds.
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+    /// Echoes bytes.
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
+    /// Sends `0..n` on `out`, then closes it.
+    async fn count(&self, n: u32, out: Tx<u32>) -> Result<u32, String>;
+    /// Sums what arrives on `input`.
+    async fn sum(&self, input: Rx<u64>) -> Result<u64, String>;
+    /// Never returns (until cancelled or the cell dies).
+    async fn hang(&self) -> Result<(), String>;
+    /// Exits the process with `code` right away.
+    async fn exit(&self, code: i32) -> Result<(), String>;
+    /// The cell's pid.
+    async fn pid(&self) -> Result<u32, String>;
+    /// The cell's environment, sorted `KEY=VALUE` lines.
+    async fn env(&self) -> Result<Vec<String>, String>;
+    /// The fd numbers open in the cell (excluding the one used to list them).
+    async fn fds(&self) -> Result<Vec<i32>, String>;
+    /// Logs `message` through tracing (info) and prints it on stdout and stderr.
+    async fn log(&self, message: String) -> Result<(), String>;
+    /// Asks the host's `HostDirectory` for `key` and returns its answer.
+    async fn ask_host(&self, key: String) -> Result<String, String>;
+    /// Tries to read a file; `Ok(bytes read)` or `Err(the OS error)`.
+    async fn try_read(&self, path: String) -> Result<u64, String>;
+    /// Tries to create and write a file; `Err(the OS error)` if refused.
+    async fn try_write(&self, path: String) -> Result<(), String>;
+    /// Tries to open a TCP connection to `addr`.
+    async fn try_connect(&self, addr: String) -> Result<(), String>;
+    /// Tries to attach to its parent with ptrace.
+    async fn try_ptrace_parent(&self) -> Result<(), String>;
+    /// Who calls, as the cell's session reports it
+    /// (`CallContext::caller`), and the `osmos.caller` entry of the
+    /// call's own metadata, if one reached the cell.
+    async fn caller(&self) -> Result<(String, Option<String>), String>;
 }
 
-service! {
-    /// A service the host exposes to its cells.
-    pub trait HostDirectory {
-        client HostDirectoryClient;
-        dispatcher HostDirectoryDispatcher;
-        /// Looks up a key.
-        async fn lookup(&self, key: String) -> Result<String, String>;
-    }
+/// A service the host exposes to its cells.
+#[osmos_macros::service]
+pub trait HostDirectory {
+    /// Looks up a key.
+    async fn lookup(&self, key: String) -> Result<String, String>;
 }
 
-service! {
-    /// What the `relay-cell` binary serves: calls to other cells, made
-    /// through the host.
-    pub trait Relay {
-        client RelayClient;
-        dispatcher RelayDispatcher;
-        /// Adds (to show the relay cell still works).
-        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-        /// Through the host, has `cell` stream `0..n` to this cell
-        /// (`TestCell::count`) and sums it, then streams `1..=n` to `cell`
-        /// (`TestCell::sum`); returns both sums.
-        async fn stream_via(&self, cell: String, n: u32) -> Result<(u64, u64), String>;
-        /// Through the host, calls `TestCell::hang` on `cell`; returns the
-        /// error the call ends with (`Err` if it did not fail).
-        async fn hang_via(&self, cell: String) -> Result<String, String>;
-        /// Through the host, asks `cell` for its pid.
-        async fn pid_via(&self, cell: String) -> Result<u32, String>;
-        /// Through the host, asks `cell` who calls (`TestCell::caller`). A
-        /// non-empty `claim` is sent as `osmos.caller`, both when opening
-        /// the connection and with the call: an impersonation the host
-        /// must not pass on.
-        async fn caller_via(&self, cell: String, claim: String) -> Result<(String, Option<String>), String>;
-    }
+/// What the `relay-cell` binary serves: calls to other cells, made
+/// through the host.
+#[osmos_macros::service]
+pub trait Relay {
+    /// Adds (to show the relay cell still works).
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+    /// Through the host, has `cell` stream `0..n` to this cell
+    /// (`TestCell::count`) and sums it, then streams `1..=n` to `cell`
+    /// (`TestCell::sum`); returns both sums.
+    async fn stream_via(&self, cell: String, n: u32) -> Result<(u64, u64), String>;
+    /// Through the host, calls `TestCell::hang` on `cell`; returns the
+    /// error the call ends with (`Err` if it did not fail).
+    async fn hang_via(&self, cell: String) -> Result<String, String>;
+    /// Through the host, asks `cell` for its pid.
+    async fn pid_via(&self, cell: String) -> Result<u32, String>;
+    /// Through the host, asks `cell` who calls (`TestCell::caller`). A
+    /// non-empty `claim` is sent as `osmos.caller`, both when opening
+    /// the connection and with the call: an impersonation the host
+    /// must not pass on.
+    async fn caller_via(&self, cell: String, claim: String) -> Result<(String, Option<String>), String>;
 }
 
-service! {
-    /// What the `tokio-cell` binary serves.
-    pub trait TokioCell {
-        client TokioCellClient;
-        dispatcher TokioCellDispatcher;
-        /// Emits `message` as a `debug!` event, and says how the cell
-        /// serves: its entry point and the flavor of the runtime the call
-        /// runs on (e.g. `run on MultiThread`).
-        async fn debug(&self, message: String) -> Result<String, String>;
-        /// Emits `message` as an `info!` event.
-        async fn info(&self, message: String) -> Result<(), String>;
-    }
+/// What the `tokio-cell` binary serves.
+#[osmos_macros::service]
+pub trait TokioCell {
+    /// Emits `message` as a `debug!` event, and says how the cell
+    /// serves: its entry point and the flavor of the runtime the call
+    /// runs on (e.g. `run on MultiThread`).
+    async fn debug(&self, message: String) -> Result<String, String>;
+    /// Emits `message` as an `info!` event.
+    async fn info(&self, message: String) -> Result<(), String>;
 }
 
-service! {
-    /// What the `greedy-cell` binary serves: attacks on the host's
-    /// resources, to show what the default sandbox limits stop.
-    pub trait Greedy {
-        client GreedyClient;
-        dispatcher GreedyDispatcher;
-        /// Adds (to show the cell still answers).
-        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-        /// Allocates and touches memory in 16 MiB chunks, and keeps it, until
-        /// an allocation fails or `max_mib` is reached. `Ok(bytes held)` when
-        /// an allocation failed, `Err` if nothing stopped it.
-        async fn hog_memory(&self, max_mib: u32) -> Result<u64, String>;
-        /// Starts threads that sleep forever until starting one fails or
-        /// `max` is reached. `Ok((threads started, the error))` when one
-        /// failed, `Err` if nothing stopped it.
-        async fn spawn_threads(&self, max: u32) -> Result<(u32, String), String>;
-        /// Spins on the CPU for `seconds` of CPU time (then returns them).
-        async fn spin(&self, seconds: u32) -> Result<u32, String>;
-        /// The cell's real uid, real gid and nice value.
-        async fn identity(&self) -> Result<(u32, u32, i32), String>;
-        /// `kill(pid, signal)`: `Err(the OS error)` if refused.
-        async fn signal(&self, pid: u32, signal: i32) -> Result<(), String>;
-        /// `ptrace(PTRACE_SEIZE, pid)`: `Err(the OS error)` if refused.
-        async fn ptrace(&self, pid: u32) -> Result<(), String>;
-    }
+/// What the `greedy-cell` binary serves: attacks on the host's
+/// resources, to show what the default sandbox limits stop.
+#[osmos_macros::service]
+pub trait Greedy {
+    /// Adds (to show the cell still answers).
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+    /// Allocates and touches memory in 16 MiB chunks, and keeps it, until
+    /// an allocation fails or `max_mib` is reached. `Ok(bytes held)` when
+    /// an allocation failed, `Err` if nothing stopped it.
+    async fn hog_memory(&self, max_mib: u32) -> Result<u64, String>;
+    /// Starts threads that sleep forever until starting one fails or
+    /// `max` is reached. `Ok((threads started, the error))` when one
+    /// failed, `Err` if nothing stopped it.
+    async fn spawn_threads(&self, max: u32) -> Result<(u32, String), String>;
+    /// Spins on the CPU for `seconds` of CPU time (then returns them).
+    async fn spin(&self, seconds: u32) -> Result<u32, String>;
+    /// The cell's real uid, real gid and nice value.
+    async fn identity(&self) -> Result<(u32, u32, i32), String>;
+    /// `kill(pid, signal)`: `Err(the OS error)` if refused.
+    async fn signal(&self, pid: u32, signal: i32) -> Result<(), String>;
+    /// `ptrace(PTRACE_SEIZE, pid)`: `Err(the OS error)` if refused.
+    async fn ptrace(&self, pid: u32) -> Result<(), String>;
 }
 
-service! {
-    /// What the `attack-cell` binary serves.
-    pub trait Attack {
-        client AttackClient;
-        dispatcher AttackDispatcher;
-        /// Adds (to show the cell still serves).
-        async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
-        /// Starts the attack named `kind` ([`AttackKind::name`]) of size
-        /// `amount` on a thread of its own; returns at once.
-        async fn start(&self, kind: String, amount: u64) -> Result<(), String>;
-        /// How the attack goes: units done, whether it finished, and the
-        /// first error it met (empty if none; a write that failed, say).
-        async fn progress(&self) -> Result<(u64, bool, String), String>;
-    }
+/// What the `attack-cell` binary serves.
+#[osmos_macros::service]
+pub trait Attack {
+    /// Adds (to show the cell still serves).
+    async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
+    /// Starts the attack named `kind` ([`AttackKind::name`]) of size
+    /// `amount` on a thread of its own; returns at once.
+    async fn start(&self, kind: String, amount: u64) -> Result<(), String>;
+    /// How the attack goes: units done, whether it finished, and the
+    /// first error it met (empty if none; a write that failed, say).
+    async fn progress(&self) -> Result<(u64, bool, String), String>;
 }
 
 /// The attacks `attack-cell` runs; `amount` sizes each.

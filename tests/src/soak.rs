@@ -13,27 +13,24 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use osmos_session::{Rx, Tunnel, TunnelEnd, Tx, service};
+use osmos_session::{Rx, Tunnel, TunnelEnd, Tx};
 use tokio::io::AsyncWriteExt;
 
-service! {
-    /// What `stable-peer` serves.
-    pub trait Soak {
-        client SoakClient;
-        dispatcher SoakDispatcher;
-        /// Returns [`answer`]`(x)`; records `x`.
-        async fn call(&self, x: u64) -> Result<u64, String>;
-        /// Sends `base`, `base + 1`, … (`n` items) on `out`, then closes it; returns `n`.
-        async fn download(&self, base: u64, n: u32, out: Tx<u64>) -> Result<u32, String>;
-        /// Reads `input` to its end, checking that the items count up by one
-        /// from the first; returns how many arrived and the wrapping sum of
-        /// [`answer`] of each.
-        async fn upload(&self, input: Rx<u64>) -> Result<(u64, u64), String>;
-        /// Echoes a tunnel's bytes until the caller shuts its side; returns the count.
-        async fn echo(&self, end: TunnelEnd) -> Result<u64, String>;
-        /// Calls answered, and calls whose argument had been seen before.
-        async fn tally(&self) -> Result<(u64, u64), String>;
-    }
+/// What `stable-peer` serves.
+#[osmos_macros::service]
+pub trait Soak {
+    /// Returns [`answer`]`(x)`; records `x`.
+    async fn call(&self, x: u64) -> Result<u64, String>;
+    /// Sends `base`, `base + 1`, … (`n` items) on `out`, then closes it; returns `n`.
+    async fn download(&self, base: u64, n: u32, out: Tx<u64>) -> Result<u32, String>;
+    /// Reads `input` to its end, checking that the items count up by one
+    /// from the first; returns how many arrived and the wrapping sum of
+    /// [`answer`] of each.
+    async fn upload(&self, input: Rx<u64>) -> Result<(u64, u64), String>;
+    /// Echoes a tunnel's bytes until the caller shuts its side; returns the count.
+    async fn echo(&self, end: TunnelEnd) -> Result<u64, String>;
+    /// Calls answered, and calls whose argument had been seen before.
+    async fn tally(&self) -> Result<(u64, u64), String>;
 }
 
 /// The answer to `call(x)`: a bijective mix of `x`, so a wrong or swapped

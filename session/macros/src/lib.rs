@@ -75,9 +75,9 @@ mod model;
 /// - **`<Trait>Dispatcher<S>`**: `new(impl) -> Arc<Self>`, a `Dispatcher`
 ///   whose `describe()` lists the methods.
 ///
-/// Method ids are `method_id("Trait", "m")`, as for `service!`: a client of
-/// one calls a dispatcher of the other, and an argument `&str` on one side
-/// meets `String` on the other.
+/// Method ids are `method_id("Trait", "m")`: a client of one definition
+/// calls a dispatcher of another of the same name, and an argument `&str`
+/// on one side meets `String` on the other.
 ///
 /// # Rules
 ///
@@ -95,8 +95,9 @@ mod model;
 ///   resolved through a trait implemented for `Result`, so a type named
 ///   `...Result` must be a `Result`. An alias named otherwise
 ///   (`type Checked<T> = Result<T, E>`) is taken for a plain value: the
-///   client then gets `Ok(Err(e))`, and `service!` peers disagree on the
-///   encoding; name it `...Result`. Nothing returned means `()`. Borrows
+///   client then gets `Ok(Err(e))`, and a peer whose definition of the
+///   method returns `Result<T, E>` disagrees on the encoding; name it
+///   `...Result`. Nothing returned means `()`. Borrows
 ///   and `impl Trait` are refused.
 /// - Every argument, value and error type is a `Facet` type (derive it with
 ///   `#[derive(osmos::Facet)] #[facet(crate = osmos::facet)]`). The std

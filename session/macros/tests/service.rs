@@ -1,8 +1,7 @@
 //! `#[osmos::service]` end to end, in a crate that depends on `osmos` only
 //! (no direct `facet` or `osmos-session`): calls over an in-memory session,
 //! borrowed arguments, infallible methods, `Result` and `Result` aliases,
-//! user errors, call options, `describe()`, and calls between a `service!`
-//! definition and an attribute one.
+//! user errors, call options and `describe()`.
 //!
 //! `missing_docs` is denied: the generated public items must carry docs.
 #![deny(missing_docs)]
@@ -335,53 +334,4 @@ async fn an_unknown_method_is_reported_as_such() {
         .call(osmos::method_id("Text", "missing"), &(), CallOptions::default())
         .await;
     assert!(matches!(r, Err(CallError::UnknownMethod { .. })), "{r:?}");
-}
-
-/// `Text`'s `upper` and `parse` as the `service!` macro spells them: same
-/// service name, so same method ids.
-mod legacy {
-    use super::ParseError;
-    use std::convert::Infallible;
-
-    osmos::session::service! {
-        /// `Text`, the old way.
-        pub trait Text {
-            client TextClient;
-            dispatcher TextDispatcher;
-            /// Upper-cases.
-            async fn upper(&self, s: String) -> Result<String, Infallible>;
-            /// Parses.
-            async fn parse(&self, s: String) -> Result<u32, ParseError>;
-        }
-    }
-
-    pub struct Impl;
-    impl Text for Impl {
-        async fn upper(&self, s: String) -> Result<String, Infallible> {
-            Ok(s.to_uppercase())
-        }
-        async fn parse(&self, s: String) -> Result<u32, ParseError> {
-            s.parse().map_err(|_| ParseError { input: s, at: 0 })
-        }
-    }
-}
-
-#[tokio::test]
-async fn service_rules_and_the_attribute_interoperate() {
-    // A `service!` client (owned `String`) calls the attribute's `&str` method.
-    let old = legacy::TextClient::new(text_client().await.connection().clone());
-    assert_eq!(old.upper("abc".into()).await.unwrap(), "ABC");
-    assert!(matches!(
-        old.parse("1x".into()).await,
-        Err(CallError::User(ParseError { at: 1, .. }))
-    ));
-
-    // An attribute client calls a `service!` dispatcher.
-    let new = TextClient::new(connect(legacy::TextDispatcher::new(legacy::Impl)).await);
-    assert_eq!(new.upper("def").await.unwrap(), "DEF");
-    assert_eq!(new.parse("77".into()).await.unwrap(), 77);
-    assert!(matches!(
-        new.sum(&[1]).await,
-        Err(CallError::UnknownMethod { .. })
-    ));
 }

@@ -117,8 +117,7 @@ impl Relay for Cell {
             .map_err(|e| format!("could not reach cell '{cell}': {e}"))?;
         let options = CallOptions::default().with_metadata(META_CALLER, MetaValue::Str(claim));
         TestCellClient::new(conn)
-            .with_options(options)
-            .caller()
+            .caller_with(options)
             .await
             .map_err(|e| e.to_string())
     }
