@@ -23,7 +23,6 @@
 //! visible).
 
 use std::fmt;
-use std::ptr::NonNull;
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
@@ -31,7 +30,8 @@ use crossbeam_utils::CachePadded;
 use crate::doorbell::{ParkFlag, WaitCtx, WaitStrategy, wait_until};
 use crate::error::{Error, Result, Rule};
 use crate::futex::Futex;
-use crate::liveness::{Keepalive, Liveness};
+use crate::liveness::Liveness;
+use crate::pinned::{NotSync, Pinned};
 use crate::sync::PlatformFutex;
 use crate::sync::atomic::{AtomicU32, Ordering, fence};
 
@@ -80,52 +80,37 @@ const _: () = {
 /// A handle on the credit table. Cheap to clone; hands out per-channel ends.
 #[derive(Clone)]
 pub struct CreditTable {
-    /// Invariant: `len` entries, valid while `keep` lives.
-    base: NonNull<CreditEntry>,
-    len: u32,
-    keep: Keepalive,
+    /// Invariant: at most `u32::MAX` entries (checked in `new`).
+    entries: Pinned<[CreditEntry]>,
     liveness: Liveness,
 }
-
-// SAFETY: the entries are atomics kept alive by `keep`.
-unsafe impl Send for CreditTable {}
-// SAFETY: see `Send`; all access is atomic.
-unsafe impl Sync for CreditTable {}
 
 impl fmt::Debug for CreditTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CreditTable")
-            .field("channels", &self.len)
+            .field("channels", &self.len())
             .finish()
     }
 }
 
 impl CreditTable {
-    /// # Safety
-    ///
-    /// `base` must point to `len` entries that stay valid while `keep` lives.
-    pub(crate) unsafe fn new(
-        base: NonNull<CreditEntry>,
-        len: u32,
-        keep: Keepalive,
-        liveness: Liveness,
-    ) -> Self {
-        Self {
-            base,
-            len,
-            keep,
-            liveness,
-        }
+    pub(crate) fn new(entries: Pinned<[CreditEntry]>, liveness: Liveness) -> Self {
+        assert!(
+            u32::try_from(entries.len()).is_ok(),
+            "a credit table has at most 2^32 - 1 channels"
+        );
+        Self { entries, liveness }
     }
 
     /// Number of channel entries.
     pub fn len(&self) -> u32 {
-        self.len
+        // At most `u32::MAX` entries (struct invariant).
+        self.entries.len() as u32
     }
 
     /// Whether the table has no entries.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.entries.is_empty()
     }
 
     fn check_initial(initial: u32) -> Result<()> {
@@ -137,26 +122,30 @@ impl CreditTable {
         Ok(())
     }
 
-    fn entry(&self, channel: u32) -> Result<NonNull<CreditEntry>> {
-        if channel >= self.len {
+    /// The index of `channel`'s entry, if the table has one.
+    fn index(&self, channel: u32) -> Result<usize> {
+        if channel >= self.len() {
             return Err(Error::InvalidArgument {
                 reason: format!(
                     "channel index {channel} is outside the credit table (0..{})",
-                    self.len
+                    self.len()
                 ),
             });
         }
-        // SAFETY: `channel < len`, so the result is inside the table.
-        Ok(unsafe { self.base.add(channel as usize) })
+        Ok(channel as usize)
+    }
+
+    /// A handle on `channel`'s entry, for one of its ends.
+    fn entry(&self, channel: u32) -> Result<Pinned<CreditEntry>> {
+        let i = self.index(channel)?;
+        Ok(self.entries.project(|entries| &entries[i]))
     }
 
     /// Reinitializes a channel's counters: `initial` bytes granted, nothing
     /// sent, no state bits. Call before announcing the channel to the peer.
     pub fn reset(&self, channel: u32, initial: u32) -> Result<()> {
         Self::check_initial(initial)?;
-        let e = self.entry(channel)?;
-        // SAFETY: valid while `self.keep` lives.
-        let e = unsafe { e.as_ref() };
+        let e = &self.entries[self.index(channel)?];
         e.receiver.granted_total.store(initial, Ordering::Relaxed);
         e.receiver.state.store(0, Ordering::Relaxed);
         e.sender.sent_total.store(0, Ordering::Relaxed);
@@ -173,9 +162,9 @@ impl CreditTable {
             channel,
             sent: 0,
             granted_seen: initial,
-            _keep: self.keep.clone(),
             liveness: self.liveness.clone(),
             strategy: WaitStrategy::default(),
+            _not_sync: NotSync::default(),
         })
     }
 
@@ -188,28 +177,24 @@ impl CreditTable {
             channel,
             granted: initial,
             received: 0,
-            _keep: self.keep.clone(),
             liveness: self.liveness.clone(),
+            _not_sync: NotSync::default(),
         })
     }
 }
 
 /// The sending side of one channel's credit. `Send`, not `Sync`.
 pub struct CreditSender {
-    /// Invariant: valid while `_keep` lives.
-    entry: NonNull<CreditEntry>,
+    entry: Pinned<CreditEntry>,
     channel: u32,
     /// Bytes sent since reset (private truth, wrapping).
     sent: u32,
     /// `granted_total` as last validated (wrapping).
     granted_seen: u32,
-    _keep: Keepalive,
     liveness: Liveness,
     strategy: WaitStrategy,
+    _not_sync: NotSync,
 }
-
-// SAFETY: atomics kept alive by `_keep`.
-unsafe impl Send for CreditSender {}
 
 impl fmt::Debug for CreditSender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -222,11 +207,6 @@ impl fmt::Debug for CreditSender {
 }
 
 impl CreditSender {
-    fn entry(&self) -> &CreditEntry {
-        // SAFETY: valid while `self._keep` lives (field invariant).
-        unsafe { self.entry.as_ref() }
-    }
-
     /// The channel's index.
     pub fn channel(&self) -> u32 {
         self.channel
@@ -239,7 +219,7 @@ impl CreditSender {
 
     /// Bytes that may be sent now, after validating the receiver's counter.
     pub fn available(&mut self) -> Result<u32> {
-        let e = self.entry();
+        let e = &self.entry;
         // ORDERING: Acquire pairs with the receiver's Release store in `grant`
         // (and `close`): the state it published before is visible.
         let g = e.receiver.granted_total.load(Ordering::Acquire);
@@ -271,7 +251,7 @@ impl CreditSender {
         // ORDERING: Release, pairs with nothing the protocol depends on (the
         // receiver trusts its own count); it keeps the counter's history
         // ordered after the credit it consumed, for diagnostics.
-        self.entry().sender.sent_total.store(self.sent, Ordering::Release);
+        self.entry.sender.sent_total.store(self.sent, Ordering::Release);
         Ok(true)
     }
 
@@ -297,7 +277,7 @@ impl CreditSender {
     /// once awake.
     pub fn arm_reactor(&mut self) {
         // ORDERING: the RMW may be Relaxed: the fence orders it before the re-check.
-        self.entry()
+        self.entry
             .sender
             .state
             .fetch_or(SENDER_PARKED_REACTOR, Ordering::Relaxed);
@@ -308,7 +288,7 @@ impl CreditSender {
 
     /// Withdraws the async waiter's mark.
     pub fn disarm_reactor(&mut self) {
-        self.entry()
+        self.entry
             .sender
             .state
             .fetch_and(!SENDER_PARKED_REACTOR, Ordering::Relaxed);
@@ -321,10 +301,8 @@ impl CreditSender {
         if self.take_now(n)? {
             return Ok(());
         }
-        let entry = self.entry;
-        // SAFETY: valid while `self._keep` lives; the reference does not
-        // outlive this call.
-        let e = unsafe { entry.as_ref() };
+        let entry = self.entry.clone();
+        let e = &*entry;
         let liveness = self.liveness.clone();
         let ctx = WaitCtx {
             liveness: &liveness,
@@ -344,20 +322,16 @@ impl CreditSender {
 
 /// The receiving side of one channel's credit. `Send`, not `Sync`.
 pub struct CreditReceiver {
-    /// Invariant: valid while `_keep` lives.
-    entry: NonNull<CreditEntry>,
+    entry: Pinned<CreditEntry>,
     channel: u32,
     /// Bytes granted since reset (private truth, wrapping).
     granted: u32,
     /// Bytes received since reset (private truth, wrapping). `received - granted <= 0`.
     received: u32,
-    _keep: Keepalive,
     /// The receiving side's liveness (a grant wakes the sender through it).
     liveness: Liveness,
+    _not_sync: NotSync,
 }
-
-// SAFETY: atomics kept alive by `_keep`.
-unsafe impl Send for CreditReceiver {}
 
 impl fmt::Debug for CreditReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -370,11 +344,6 @@ impl fmt::Debug for CreditReceiver {
 }
 
 impl CreditReceiver {
-    fn entry(&self) -> &CreditEntry {
-        // SAFETY: valid while `self._keep` lives (field invariant).
-        unsafe { self.entry.as_ref() }
-    }
-
     /// The channel's index.
     pub fn channel(&self) -> u32 {
         self.channel
@@ -416,7 +385,7 @@ impl CreditReceiver {
             });
         }
         self.granted = self.granted.wrapping_add(n);
-        let e = self.entry();
+        let e = &self.entry;
         // ORDERING: Release pairs with the sender's Acquire load in `available`.
         e.receiver.granted_total.store(self.granted, Ordering::Release);
         // ORDERING: SYNC POINT A (ringer side), pairs with the fence in
@@ -435,7 +404,7 @@ impl CreditReceiver {
     /// Closes the channel from the receiving side: a parked sender wakes and
     /// gets [`Error::ChannelClosed`].
     pub fn close(&mut self) {
-        let e = self.entry();
+        let e = &self.entry;
         // ORDERING: Release pairs with the sender's Acquire load in
         // `available` and its snapshot in `doorbell::park_loop`. A parked
         // sender sleeps on this word too: it is woken here, or its sleep's

@@ -36,6 +36,7 @@ use crossbeam_utils::CachePadded;
 use crate::error::{Error, Result};
 use crate::futex::Futex;
 use crate::liveness::Liveness;
+use crate::pinned::Pinned;
 use crate::sync::PlatformFutex;
 use crate::sync::atomic::{AtomicU32, Ordering, fence};
 use crate::wake::{PARKED_FUTEX, PARKED_REACTOR};
@@ -100,16 +101,9 @@ impl Doorbell {
 /// marks are one word): give each doorbell one waiting thread or task.
 #[derive(Clone)]
 pub struct BellWatcher {
-    /// Invariant: valid while `_keep` lives.
-    bell: std::ptr::NonNull<Doorbell>,
+    bell: Pinned<Doorbell>,
     liveness: Liveness,
-    _keep: crate::liveness::Keepalive,
 }
-
-// SAFETY: the doorbell is atomics, kept alive by `_keep`.
-unsafe impl Send for BellWatcher {}
-// SAFETY: see `Send`; every access is atomic.
-unsafe impl Sync for BellWatcher {}
 
 impl std::fmt::Debug for BellWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,31 +112,15 @@ impl std::fmt::Debug for BellWatcher {
 }
 
 impl BellWatcher {
-    /// # Safety
-    ///
-    /// `bell` must stay valid while `keep` lives.
-    pub(crate) unsafe fn new(
-        bell: std::ptr::NonNull<Doorbell>,
-        liveness: Liveness,
-        keep: crate::liveness::Keepalive,
-    ) -> Self {
-        Self {
-            bell,
-            liveness,
-            _keep: keep,
-        }
-    }
-
-    fn bell(&self) -> &Doorbell {
-        // SAFETY: valid while `self._keep` lives (field invariant).
-        unsafe { self.bell.as_ref() }
+    pub(crate) fn new(bell: Pinned<Doorbell>, liveness: Liveness) -> Self {
+        Self { bell, liveness }
     }
 
     /// The bell's ring count now. Take it *before* trying the operation.
     pub fn seq(&self) -> u32 {
         // ORDERING: Acquire pairs with the ringer's Release increment: what it
         // published before ringing is visible to the try that follows.
-        self.bell().seq.load(Ordering::Acquire)
+        self.bell.seq.load(Ordering::Acquire)
     }
 
     /// Blocks until the bell has rung since `seen` was read, the peer dies
@@ -155,7 +133,7 @@ impl BellWatcher {
             deadline,
             what: "a doorbell",
         };
-        self.bell()
+        self.bell
             .wait_until(&ctx, || Ok((self.seq() != seen).then_some(())))
     }
 
@@ -166,7 +144,7 @@ impl BellWatcher {
     pub fn arm_reactor(&self) {
         // ORDERING: the RMW may be Relaxed: the SeqCst fence that follows
         // orders it before the caller's re-check of the condition.
-        self.bell().parked.fetch_or(PARKED_REACTOR, Ordering::Relaxed);
+        self.bell.parked.fetch_or(PARKED_REACTOR, Ordering::Relaxed);
         // ORDERING: SYNC POINT A (async waiter side), pairs with the fence
         // in `Doorbell::ring`.
         fence(Ordering::SeqCst);
@@ -174,7 +152,7 @@ impl BellWatcher {
 
     /// Withdraws the async waiter's mark (a ring no longer sends a byte).
     pub fn disarm_reactor(&self) {
-        self.bell().parked.fetch_and(!PARKED_REACTOR, Ordering::Relaxed);
+        self.bell.parked.fetch_and(!PARKED_REACTOR, Ordering::Relaxed);
     }
 }
 

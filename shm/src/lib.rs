@@ -32,6 +32,16 @@
 //!   task that waits for it.
 //! - [`Endpoint`] (`endpoint.rs`): one side's bundle, with a message-level
 //!   [`FrameSender`] / [`FrameReceiver`] that picks inline or slot transport.
+//! - Handles into the mapping (`pinned.rs`): every handle on a structure in
+//!   the segment (a ring's or pool's control block, a doorbell, the credit
+//!   table and each channel's entry, the liveness words) is built on one
+//!   internal type, `Pinned<T>`: a `&T` that carries a clone of what keeps
+//!   the mapping alive instead of a lifetime. Its one `unsafe` constructor
+//!   states what the memory must be; projecting it to a part (an entry, a
+//!   doorbell) is safe, and it is `Send + Sync` exactly when `&T` is. The
+//!   frame and slot bytes are not structures but byte windows the peer
+//!   writes freely, copied in and out (`SharedBytes` in `sync/`), never
+//!   borrowed.
 //!
 //! ## Trust
 //!
@@ -59,6 +69,7 @@ mod error;
 mod futex;
 mod layout;
 mod liveness;
+mod pinned;
 mod pool;
 mod ring;
 mod sync;

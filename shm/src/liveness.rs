@@ -17,12 +17,12 @@
 //! or to change how long this side spins before parking.
 
 use std::fmt;
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
 use crate::futex::Futex;
+use crate::pinned::Pinned;
 use crate::sync::PlatformFutex;
 use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::wake::Notifier;
@@ -141,14 +141,10 @@ impl LivenessWords {
     }
 }
 
-/// Keeps the memory behind raw pointers alive (the mapping, or a model's boxes).
-pub(crate) type Keepalive = std::sync::Arc<dyn Send + Sync>;
-
 /// A handle on the liveness block, as seen from one side. Cheap to clone.
 #[derive(Clone)]
 pub struct Liveness {
-    /// Invariant: valid while `_keep` lives.
-    words: NonNull<LivenessWords>,
+    words: Pinned<LivenessWords>,
     side: Side,
     /// 1 once this side has been shut down, else 0. Process-local (the peer
     /// cannot write it) and shared by every handle of one segment mapping;
@@ -156,14 +152,7 @@ pub struct Liveness {
     shutdown: Arc<AtomicU32>,
     /// This side's wake descriptors (see `wake.rs`), shared like `shutdown`.
     notifier: Arc<Notifier>,
-    _keep: Keepalive,
 }
-
-// SAFETY: the pointer addresses atomics kept alive by `_keep`; atomics are
-// usable from any thread.
-unsafe impl Send for Liveness {}
-// SAFETY: see `Send`.
-unsafe impl Sync for Liveness {}
 
 impl fmt::Debug for Liveness {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -176,28 +165,18 @@ impl fmt::Debug for Liveness {
 }
 
 impl Liveness {
-    /// # Safety
-    ///
-    /// `words` must stay valid while `keep` lives.
-    pub(crate) unsafe fn new(
-        words: NonNull<LivenessWords>,
+    pub(crate) fn new(
+        words: Pinned<LivenessWords>,
         side: Side,
         shutdown: Arc<AtomicU32>,
         notifier: Arc<Notifier>,
-        keep: Keepalive,
     ) -> Self {
         Self {
             words,
             side,
             shutdown,
             notifier,
-            _keep: keep,
         }
-    }
-
-    fn words(&self) -> &LivenessWords {
-        // SAFETY: valid while `self._keep` lives (constructor contract).
-        unsafe { self.words.as_ref() }
     }
 
     /// The side this handle speaks for.
@@ -210,7 +189,7 @@ impl Liveness {
     pub fn state(&self, side: Side) -> PeerState {
         // ORDERING: Acquire pairs with the Release in `publish`/`mark_dead`,
         // so frames published before a Closing/Dead state are visible after it.
-        PeerState::from_word(self.words().side(side).state.load(Ordering::Acquire))
+        PeerState::from_word(self.words.side(side).state.load(Ordering::Acquire))
     }
 
     /// Publishes this side's own state (`Attached` or `Closing`). Use
@@ -226,13 +205,13 @@ impl Liveness {
         let dead = PeerState::Dead.to_word();
         // ORDERING: Release pairs with the Acquire in `state`; the failure
         // ordering only reads our own word.
-        let _ =
-            self.words()
-                .side(self.side)
-                .state
-                .fetch_update(Ordering::Release, Ordering::Relaxed, |now| {
-                    (now != dead).then_some(state.to_word())
-                });
+        let _ = self
+            .words
+            .side(self.side)
+            .state
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |now| {
+                (now != dead).then_some(state.to_word())
+            });
     }
 
     /// Marks `side` dead and wakes every futex waiter in the segment (all of
@@ -246,7 +225,7 @@ impl Liveness {
             self.shutdown.store(1, Ordering::Release);
             PlatformFutex::wake_all(&self.shutdown);
         }
-        let word = &self.words().side(side).state;
+        let word = &self.words.side(side).state;
         // ORDERING: Release pairs with the Acquire snapshot in
         // `doorbell::park_loop`; a waiter whose snapshot predates this store
         // has its `futex_waitv` compare fail, or is woken below.
@@ -284,7 +263,7 @@ impl Liveness {
     /// The words a waiter sleeps on besides its condition: this side's
     /// process-local shutdown word and the peer's shared state word.
     pub(crate) fn state_words(&self) -> (&AtomicU32, &AtomicU32) {
-        (&self.shutdown, &self.words().side(self.side.peer()).state)
+        (&self.shutdown, &self.words.side(self.side.peer()).state)
     }
 
     /// `check`, from the words of [`Liveness::state_words`] already copied out.
@@ -305,11 +284,11 @@ impl Liveness {
 
     /// The epoch `side` published.
     pub fn epoch(&self, side: Side) -> u32 {
-        self.words().side(side).epoch.load(Ordering::Relaxed)
+        self.words.side(side).epoch.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_epoch(&self, epoch: u32) {
-        self.words().side(self.side).epoch.store(epoch, Ordering::Relaxed);
+        self.words.side(self.side).epoch.store(epoch, Ordering::Relaxed);
     }
 
     /// `Err(PeerGone)` if the peer is dead, `Err(Shutdown)` if this side was
@@ -339,7 +318,7 @@ impl Liveness {
     /// cache line the peer reads away from it. (Relaxed: a hint, ordered
     /// with nothing; the peer reads it with `peer_cpu`.)
     pub(crate) fn note_cpu(&self, cpu: u32) {
-        let word = &self.words().side(self.side).cpu;
+        let word = &self.words.side(self.side).cpu;
         if word.load(Ordering::Relaxed) != cpu {
             word.store(cpu, Ordering::Relaxed);
         }
@@ -347,7 +326,7 @@ impl Liveness {
 
     /// The CPU the peer last recorded (plus one), 0 if unknown.
     pub(crate) fn peer_cpu(&self) -> u32 {
-        self.words().side(self.side.peer()).cpu.load(Ordering::Relaxed)
+        self.words.side(self.side.peer()).cpu.load(Ordering::Relaxed)
     }
 }
 
@@ -360,9 +339,7 @@ impl Liveness {
 
     /// A model-only liveness block, as a pair of handles (host, cell).
     pub(crate) fn new_model() -> (Self, Self) {
-        let block = std::sync::Arc::new(LivenessWords::default());
-        let ptr = NonNull::from(&*block);
-        let keep: Keepalive = block;
+        let words = Pinned::from_arc(Arc::new(LivenessWords::default()));
         let (host, cell) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         let (host_wakes, cell_wakes) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         let host_notifier = Arc::new(Notifier {
@@ -373,13 +350,10 @@ impl Liveness {
             own: cell_wakes,
             peer: host_wakes,
         });
-        // SAFETY: `block` is owned by `keep`.
-        unsafe {
-            (
-                Self::new(ptr, Side::Host, host, host_notifier, keep.clone()),
-                Self::new(ptr, Side::Cell, cell, cell_notifier, keep),
-            )
-        }
+        (
+            Self::new(words.clone(), Side::Host, host, host_notifier),
+            Self::new(words, Side::Cell, cell, cell_notifier),
+        )
     }
 }
 

@@ -8,7 +8,6 @@
 //! the model as a causality violation; the futex is a condvar stand-in, so a
 //! lost wakeup fails it as a deadlock.
 
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use loom::thread;
@@ -17,7 +16,8 @@ use crate::credit::{CreditEntry, CreditTable};
 use crate::doorbell::{Doorbell, WaitCtx, WaitStrategy};
 use crate::error::Error;
 use crate::layout::ClassLayout;
-use crate::liveness::{Keepalive, Liveness, Side};
+use crate::liveness::{Liveness, Side};
+use crate::pinned::Pinned;
 use crate::pool::{self, PoolCtrl, PoolMem};
 use crate::ring::{self, FrameConsumer, FrameProducer, RingCtrl, RingMem};
 use crate::sync::SharedBytes;
@@ -30,11 +30,9 @@ fn model_ring(
     host: &Liveness,
     cell: &Liveness,
 ) -> (FrameProducer, FrameConsumer) {
-    let ctrl = Arc::new(RingCtrl::default());
     let mem = RingMem {
-        ctrl: NonNull::from(&*ctrl),
+        ctrl: Pinned::from_arc(Arc::new(RingCtrl::default())),
         data: SharedBytes::new_model(cap),
-        _keep: ctrl,
     };
     let (mut p, mut c) = ring::split(mem, max_payload, host.clone(), cell.clone());
     p.set_wait_strategy(WaitStrategy::PARK);
@@ -81,10 +79,8 @@ fn loom_slot_alloc_release() {
     loom::model(|| {
         let (host, cell) = Liveness::new_model();
         let (mut p, mut c) = model_ring(64, 24, &host, &cell);
-        let ctrl = Arc::new(PoolCtrl::default());
-        let keep: Keepalive = ctrl.clone();
         let mem = PoolMem {
-            ctrl: NonNull::from(&*ctrl),
+            ctrl: Pinned::from_arc(Arc::new(PoolCtrl::default())),
             queue: SharedBytes::new_model(8),
             slots: SharedBytes::new_model(64),
             classes: vec![ClassLayout {
@@ -93,7 +89,6 @@ fn loom_slot_alloc_release() {
                 count: 1,
                 first_index: 0,
             }],
-            keep,
         };
         let (mut w, mut r) = pool::split(mem, host.clone());
         w.set_wait_strategy(WaitStrategy::PARK);
@@ -121,10 +116,8 @@ fn loom_slot_alloc_release() {
 }
 
 fn model_table(host: &Liveness) -> CreditTable {
-    let entry = Arc::new(CreditEntry::default());
-    let base = NonNull::from(&*entry);
-    // SAFETY: one entry, owned by the keepalive.
-    unsafe { CreditTable::new(base, 1, entry, host.clone()) }
+    let table = Pinned::from_arc(Arc::new([CreditEntry::default()]));
+    CreditTable::new(table.project(|entries| &entries[..]), host.clone())
 }
 
 /// A sender with 2 bytes of credit takes 2 + 2 + 2 bytes while the receiver
@@ -251,9 +244,7 @@ fn loom_reactor_doorbell_no_lost_wakeup() {
             f2.store(1, Ordering::Release);
             b2.ring(&host);
         });
-        let keep: Keepalive = bell.clone();
-        // SAFETY: the doorbell is kept alive by `keep`.
-        let watcher = unsafe { crate::BellWatcher::new(NonNull::from(&*bell), cell.clone(), keep) };
+        let watcher = crate::BellWatcher::new(Pinned::from_arc(bell), cell.clone());
         let wakes = cell.model_wakes();
         // ORDERING (all loads below): Acquire pairs with the ringer's Release.
         loop {

@@ -24,7 +24,6 @@
 //!   receiver releases something (or dies): no spinning without bound.
 
 use std::fmt;
-use std::ptr::NonNull;
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
@@ -32,7 +31,8 @@ use crossbeam_utils::CachePadded;
 use crate::doorbell::{Doorbell, WaitCtx, WaitStrategy};
 use crate::error::{Error, Result, Rule};
 use crate::layout::ClassLayout;
-use crate::liveness::{Keepalive, Liveness};
+use crate::liveness::Liveness;
+use crate::pinned::{NotSync, Pinned};
 use crate::sync::SharedBytes;
 use crate::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,28 +55,18 @@ const _: () = {
     assert!(std::mem::align_of::<PoolCtrl>() == crate::layout::STRUCT_ALIGN);
 };
 
-/// Where a pool lives.
+/// Where a pool lives (each part keeps the memory mapped).
 #[derive(Clone)]
 pub(crate) struct PoolMem {
-    /// Invariant: valid while `keep` lives.
-    pub(crate) ctrl: NonNull<PoolCtrl>,
+    pub(crate) ctrl: Pinned<PoolCtrl>,
     /// `queue_cap` 8-byte entries; `queue_cap` is a power of two.
     pub(crate) queue: SharedBytes,
     /// The slot data of all classes; class offsets are relative to its start.
     pub(crate) slots: SharedBytes,
     pub(crate) classes: Vec<ClassLayout>,
-    pub(crate) keep: Keepalive,
 }
 
-// SAFETY: atomics and `SharedBytes`, kept alive by `keep`.
-unsafe impl Send for PoolMem {}
-
 impl PoolMem {
-    fn ctrl(&self) -> &PoolCtrl {
-        // SAFETY: valid while `self.keep` lives (field invariant).
-        unsafe { self.ctrl.as_ref() }
-    }
-
     fn total(&self) -> u32 {
         self.classes.last().map_or(0, |c| c.first_index + c.count as u32)
     }
@@ -161,6 +151,7 @@ pub(crate) fn split(mem: PoolMem, owner_live: Liveness) -> (SlotWriter, SlotRead
         rel_head: 0,
         liveness: owner_live.clone(),
         strategy: WaitStrategy::default(),
+        _not_sync: NotSync::default(),
     };
     let r = SlotReader {
         mem,
@@ -169,6 +160,7 @@ pub(crate) fn split(mem: PoolMem, owner_live: Liveness) -> (SlotWriter, SlotRead
         held: vec![false; total],
         rel_tail: 0,
         rel_head_seen: 0,
+        _not_sync: NotSync::default(),
     };
     (w, r)
 }
@@ -187,6 +179,7 @@ pub struct SlotWriter {
     rel_head: u64,
     liveness: Liveness,
     strategy: WaitStrategy,
+    _not_sync: NotSync,
 }
 
 impl fmt::Debug for SlotWriter {
@@ -206,9 +199,8 @@ impl SlotWriter {
 
     /// A watcher of the doorbell the receiver rings when it releases slots.
     pub fn released_watcher(&self) -> crate::BellWatcher {
-        let bell = std::ptr::NonNull::from(&self.mem.ctrl().released);
-        // SAFETY: the doorbell lives in the pool's memory, kept by `keep`.
-        unsafe { crate::BellWatcher::new(bell, self.liveness.clone(), self.mem.keep.clone()) }
+        let bell = self.mem.ctrl.project(|ctrl| &ctrl.released);
+        crate::BellWatcher::new(bell, self.liveness.clone())
     }
 
     /// Slots sent and not yet released.
@@ -223,7 +215,7 @@ impl SlotWriter {
 
     /// Takes back every slot the receiver released. Returns how many.
     pub fn reclaim(&mut self) -> Result<usize> {
-        let ctrl = self.mem.ctrl();
+        let ctrl = &self.mem.ctrl;
         // ORDERING: SYNC POINT P1, Acquire pairs with the receiver's Release
         // store of `rel_tail`: the entries before it are written.
         let t = ctrl.rel_tail.load(Ordering::Acquire);
@@ -304,7 +296,7 @@ impl SlotWriter {
         let picked = match self.pick(len)? {
             Some(p) => p,
             None => {
-                let mem = self.mem.clone();
+                let ctrl = self.mem.ctrl.clone();
                 let liveness = self.liveness.clone();
                 let ctx = WaitCtx {
                     liveness: &liveness,
@@ -312,7 +304,7 @@ impl SlotWriter {
                     deadline,
                     what: "a free slot",
                 };
-                mem.ctrl().released.wait_until(&ctx, || self.pick(len))?
+                ctrl.released.wait_until(&ctx, || self.pick(len))?
             }
         };
         Ok(SlotGrant {
@@ -414,6 +406,7 @@ pub struct SlotReader {
     rel_head_seen: u64,
     /// The reading side's liveness (it rings `released` for the owner).
     liveness: Liveness,
+    _not_sync: NotSync,
 }
 
 impl fmt::Debug for SlotReader {
@@ -469,7 +462,6 @@ impl SlotReader {
             offset,
             len: r.len as usize,
             bytes: self.mem.slots.clone(),
-            _keep: self.mem.keep.clone(),
         })
     }
 
@@ -485,7 +477,7 @@ impl SlotReader {
             });
         }
         let cap = self.mem.queue_cap();
-        let ctrl = self.mem.ctrl();
+        let ctrl = &self.mem.ctrl;
         if self.rel_tail - self.rel_head_seen >= cap {
             // ORDERING: SYNC POINT P2, Acquire pairs with the owner's Release
             // store of `rel_head`: it has read the entries we will overwrite.
@@ -535,7 +527,6 @@ pub struct HeldSlot {
     offset: usize,
     len: usize,
     bytes: SharedBytes,
-    _keep: Keepalive,
 }
 
 impl fmt::Debug for HeldSlot {

@@ -27,7 +27,8 @@ use crate::credit::{CreditEntry, CreditTable};
 use crate::endpoint::{Endpoint, FrameReceiver, FrameSender};
 use crate::error::{Error, Result};
 use crate::layout::{Direction, HEADER_BYTES, Layout, RawHeader, SegmentConfig};
-use crate::liveness::{Keepalive, Liveness, LivenessWords, PeerState, Side};
+use crate::liveness::{Liveness, LivenessWords, PeerState, Side};
+use crate::pinned::{Keepalive, Pinned};
 use crate::pool::{self, PoolCtrl, PoolMem};
 use crate::ring::{self, RingCtrl, RingMem};
 use crate::sync::SharedBytes;
@@ -238,23 +239,19 @@ impl Segment {
 
     fn bytes(&self, off: usize, len: usize) -> SharedBytes {
         assert!(off + len <= self.layout.total);
-        // SAFETY: in bounds of the mapping, which the handle holding this
-        // window also keeps alive; offsets are 128-aligned by the layout.
-        unsafe { SharedBytes::from_raw(self.mapped.map.as_mut_ptr().add(off), len) }
+        // SAFETY: in bounds of the mapping (asserted), which `keep` keeps
+        // mapped; offsets are 128-aligned by the layout.
+        unsafe { SharedBytes::from_raw(self.mapped.map.as_mut_ptr().add(off), len, self.keep()) }
     }
 
     /// A handle on the liveness words, speaking for this side.
     pub fn liveness(&self) -> Liveness {
-        // SAFETY: the block is inside the mapping, kept alive by the handle.
-        unsafe {
-            Liveness::new(
-                self.at::<LivenessWords>(self.layout.liveness),
-                self.side,
-                self.shutdown.clone(),
-                self.notifier.clone(),
-                self.keep(),
-            )
-        }
+        let words = self.at::<LivenessWords>(self.layout.liveness);
+        // SAFETY: the layout places the liveness block (atomics only, valid
+        // for any bit pattern) at this 128-aligned offset inside the mapping,
+        // which `keep` keeps mapped.
+        let words = unsafe { Pinned::new(words, self.keep()) };
+        Liveness::new(words, self.side, self.shutdown.clone(), self.notifier.clone())
     }
 
     /// The channel credit table.
@@ -262,16 +259,22 @@ impl Segment {
         let n = self.layout.config.max_channels;
         let base = self.at::<CreditEntry>(self.layout.channels);
         assert!(self.layout.channels + n as usize * std::mem::size_of::<CreditEntry>() <= self.layout.total);
-        // SAFETY: `n` entries inside the mapping (asserted), kept alive by the handle.
-        unsafe { CreditTable::new(base, n, self.keep(), self.liveness()) }
+        // SAFETY: the layout places `n` credit entries (atomics only, valid
+        // for any bit pattern) at this 128-aligned offset, inside the mapping
+        // (asserted), which `keep` keeps mapped.
+        let entries = unsafe { Pinned::from_raw_parts(base, n as usize, self.keep()) };
+        CreditTable::new(entries, self.liveness())
     }
 
     fn ring_mem(&self, dir: Direction) -> RingMem {
         let r = self.layout.rings[dir as usize];
+        let ctrl = self.at::<RingCtrl>(r.ctrl);
         RingMem {
-            ctrl: self.at::<RingCtrl>(r.ctrl),
+            // SAFETY: the layout places the ring's control block (atomics
+            // only, valid for any bit pattern) at this 128-aligned offset
+            // inside the mapping, which `keep` keeps mapped.
+            ctrl: unsafe { Pinned::new(ctrl, self.keep()) },
             data: self.bytes(r.data, r.bytes),
-            _keep: self.keep(),
         }
     }
 
@@ -290,12 +293,15 @@ impl Segment {
                 ..*c
             })
             .collect();
+        let ctrl = self.at::<PoolCtrl>(p.ctrl);
         PoolMem {
-            ctrl: self.at::<PoolCtrl>(p.ctrl),
+            // SAFETY: the layout places the pool's control block (atomics
+            // only, valid for any bit pattern) at this 128-aligned offset
+            // inside the mapping, which `keep` keeps mapped.
+            ctrl: unsafe { Pinned::new(ctrl, self.keep()) },
             queue: self.bytes(p.queue, p.queue_cap * 8),
             slots: self.bytes(slots_start, slots_end - slots_start),
             classes,
-            keep: self.keep(),
         }
     }
 

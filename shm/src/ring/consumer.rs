@@ -10,6 +10,7 @@ use crate::doorbell::{WaitCtx, WaitStrategy};
 use crate::error::{Error, Result, Rule};
 use crate::layout::FRAME_HEADER;
 use crate::liveness::Liveness;
+use crate::pinned::NotSync;
 use crate::sync::atomic::Ordering;
 
 /// A validated frame's place in the data area.
@@ -36,6 +37,7 @@ pub struct FrameConsumer {
     pub(super) current: Option<FrameMeta>,
     pub(super) liveness: Liveness,
     pub(super) strategy: WaitStrategy,
+    pub(super) _not_sync: NotSync,
 }
 
 impl fmt::Debug for FrameConsumer {
@@ -51,9 +53,8 @@ impl fmt::Debug for FrameConsumer {
 impl FrameConsumer {
     /// A watcher of the doorbell the producer rings when it publishes frames.
     pub fn readable_watcher(&self) -> crate::BellWatcher {
-        let bell = std::ptr::NonNull::from(&self.mem.ctrl().readable);
-        // SAFETY: the doorbell lives in the ring's memory, kept by `_keep`.
-        unsafe { crate::BellWatcher::new(bell, self.liveness.clone(), self.mem._keep.clone()) }
+        let bell = self.mem.ctrl.project(|ctrl| &ctrl.readable);
+        crate::BellWatcher::new(bell, self.liveness.clone())
     }
 
     /// Sets how this end waits before parking.
@@ -65,7 +66,7 @@ impl FrameConsumer {
     fn refresh_tail(&mut self) -> Result<()> {
         // ORDERING: SYNC POINT R1, Acquire pairs with the producer's Release
         // store of `tail`: the frames before it are fully written.
-        let t = self.mem.ctrl().tail.load(Ordering::Acquire);
+        let t = self.mem.ctrl.tail.load(Ordering::Acquire);
         // Valid iff tail_seen <= t <= head + cap, computed without overflow.
         let ahead = t.wrapping_sub(self.head);
         if ahead > self.cap || ahead < self.tail_seen - self.head || !t.is_multiple_of(8) {
@@ -85,8 +86,8 @@ impl FrameConsumer {
     fn publish_head(&self) {
         // ORDERING: SYNC POINT R2, Release pairs with the producer's Acquire
         // load of `head`: our reads of the released bytes are complete.
-        self.mem.ctrl().head.store(self.head, Ordering::Release);
-        self.mem.ctrl().writable.ring(&self.liveness);
+        self.mem.ctrl.head.store(self.head, Ordering::Release);
+        self.mem.ctrl.writable.ring(&self.liveness);
     }
 
     /// Validates the next frame, consuming padding; `Ok(None)` if empty.
@@ -180,7 +181,7 @@ impl FrameConsumer {
     /// The next frame, waiting until `deadline` (or for as long as the producer lives).
     pub fn peek(&mut self, deadline: Option<Instant>) -> Result<FrameView<'_>> {
         if self.next_frame()?.is_none() {
-            let mem = self.mem.clone();
+            let ctrl = self.mem.ctrl.clone();
             let liveness = self.liveness.clone();
             let ctx = WaitCtx {
                 liveness: &liveness,
@@ -188,8 +189,7 @@ impl FrameConsumer {
                 deadline,
                 what: "a frame",
             };
-            mem.ctrl()
-                .readable
+            ctrl.readable
                 .wait_until(&ctx, || Ok(self.next_frame()?.map(|_| ())))?;
         }
         let meta = self.current.expect("frame found by the wait is still current");

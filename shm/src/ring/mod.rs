@@ -32,13 +32,12 @@
 //! lives) and `split`; the writing end is in `producer.rs`, the reading end
 //! in `consumer.rs`.
 
-use std::ptr::NonNull;
-
 use crossbeam_utils::CachePadded;
 
 use crate::doorbell::{Doorbell, WaitStrategy};
 use crate::layout::FRAME_HEADER;
-use crate::liveness::{Keepalive, Liveness};
+use crate::liveness::Liveness;
+use crate::pinned::{NotSync, Pinned};
 use crate::sync::SharedBytes;
 use crate::sync::atomic::AtomicU64;
 
@@ -93,24 +92,12 @@ const _: () = {
     assert!(std::mem::align_of::<RingCtrl>() == crate::layout::STRUCT_ALIGN);
 };
 
-/// Where a ring lives: its control block, data area and what keeps them mapped.
+/// Where a ring lives: its control block and data area (each keeps the
+/// memory mapped).
 #[derive(Clone)]
 pub(crate) struct RingMem {
-    /// Invariant: valid while `_keep` lives.
-    pub(crate) ctrl: NonNull<RingCtrl>,
+    pub(crate) ctrl: Pinned<RingCtrl>,
     pub(crate) data: SharedBytes,
-    pub(crate) _keep: Keepalive,
-}
-
-// SAFETY: the control block is atomics and the data is accessed through
-// `SharedBytes`; both are kept alive by `_keep` and usable from any thread.
-unsafe impl Send for RingMem {}
-
-impl RingMem {
-    fn ctrl(&self) -> &RingCtrl {
-        // SAFETY: valid while `self._keep` lives (field invariant).
-        unsafe { self.ctrl.as_ref() }
-    }
 }
 
 fn frame_size(len: u64) -> u64 {
@@ -135,6 +122,7 @@ pub(crate) fn split(
         head_seen: 0,
         liveness: producer_live,
         strategy: WaitStrategy::default(),
+        _not_sync: NotSync::default(),
     };
     let c = FrameConsumer {
         mem,
@@ -145,6 +133,7 @@ pub(crate) fn split(
         current: None,
         liveness: consumer_live,
         strategy: WaitStrategy::default(),
+        _not_sync: NotSync::default(),
     };
     (p, c)
 }

@@ -10,6 +10,7 @@ use crate::doorbell::{WaitCtx, WaitStrategy};
 use crate::error::{Error, Result, Rule};
 use crate::layout::FRAME_HEADER;
 use crate::liveness::Liveness;
+use crate::pinned::NotSync;
 use crate::sync::atomic::Ordering;
 
 /// The writing end of a frame ring. `Send`, not `Sync`: one thread produces.
@@ -24,6 +25,7 @@ pub struct FrameProducer {
     pub(super) head_seen: u64,
     pub(super) liveness: Liveness,
     pub(super) strategy: WaitStrategy,
+    pub(super) _not_sync: NotSync,
 }
 
 impl fmt::Debug for FrameProducer {
@@ -39,16 +41,15 @@ impl fmt::Debug for FrameProducer {
 impl FrameProducer {
     /// A watcher of the doorbell the consumer rings when it frees space.
     pub fn writable_watcher(&self) -> crate::BellWatcher {
-        let bell = std::ptr::NonNull::from(&self.mem.ctrl().writable);
-        // SAFETY: the doorbell lives in the ring's memory, kept by `_keep`.
-        unsafe { crate::BellWatcher::new(bell, self.liveness.clone(), self.mem._keep.clone()) }
+        let bell = self.mem.ctrl.project(|ctrl| &ctrl.writable);
+        crate::BellWatcher::new(bell, self.liveness.clone())
     }
 
     /// Rings the consumer's doorbell without publishing anything: wakes a
     /// consumer parked on an empty ring so that it re-checks (e.g. after this
     /// side published a state change).
     pub fn wake_consumer(&self) {
-        self.mem.ctrl().readable.ring(&self.liveness);
+        self.mem.ctrl.readable.ring(&self.liveness);
     }
 
     /// Reserves a frame carrying a [`SlotRef`](crate::SlotRef), without waiting.
@@ -70,7 +71,7 @@ impl FrameProducer {
     fn refresh_head(&mut self) -> Result<bool> {
         // ORDERING: SYNC POINT R2, Acquire pairs with the consumer's Release
         // store of `head`: its reads of the space it released are done.
-        let h = self.mem.ctrl().head.load(Ordering::Acquire);
+        let h = self.mem.ctrl.head.load(Ordering::Acquire);
         // Valid iff head_seen <= h <= tail, computed without overflow.
         if h.wrapping_sub(self.head_seen) > self.tail.wrapping_sub(self.head_seen) || !h.is_multiple_of(8) {
             return Err(Error::violation(
@@ -89,8 +90,8 @@ impl FrameProducer {
     fn publish_tail(&self) {
         // ORDERING: SYNC POINT R1, Release pairs with the consumer's Acquire
         // load of `tail`: the frame bytes written before are visible to it.
-        self.mem.ctrl().tail.store(self.tail, Ordering::Release);
-        self.mem.ctrl().readable.ring(&self.liveness);
+        self.mem.ctrl.tail.store(self.tail, Ordering::Release);
+        self.mem.ctrl.readable.ring(&self.liveness);
     }
 
     /// Finds room for a frame of `len` payload bytes; `Ok(None)` if the ring
@@ -159,7 +160,7 @@ impl FrameProducer {
         deadline: Option<Instant>,
     ) -> Result<FrameGrant<'_>> {
         if self.try_room(kind, len)?.is_none() {
-            let mem = self.mem.clone();
+            let ctrl = self.mem.ctrl.clone();
             let liveness = self.liveness.clone();
             let ctx = WaitCtx {
                 liveness: &liveness,
@@ -167,8 +168,7 @@ impl FrameProducer {
                 deadline,
                 what: "ring space",
             };
-            mem.ctrl()
-                .writable
+            ctrl.writable
                 .wait_until(&ctx, || Ok(self.try_room(kind, len)?.map(|_| ())))?;
         }
         let (off, _) = self

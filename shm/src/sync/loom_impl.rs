@@ -66,6 +66,14 @@ impl std::fmt::Debug for SharedBytes {
     }
 }
 
+// SAFETY: as for the `std` twin, sharing the window between threads is no
+// different from sharing it with the peer: every byte is a loom cell, and
+// loom checks each access for a happens-before edge to the write it reads,
+// failing the model on a racy one (which is what the models look for).
+unsafe impl Send for SharedBytes {}
+// SAFETY: see `Send` above.
+unsafe impl Sync for SharedBytes {}
+
 impl SharedBytes {
     pub(crate) fn new_model(len: usize) -> Self {
         Self {

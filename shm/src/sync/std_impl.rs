@@ -7,27 +7,44 @@ pub(crate) mod atomic {
 pub(crate) use std::hint::spin_loop;
 pub(crate) use std::thread::yield_now;
 
+use crate::pinned::Keepalive;
+
 /// The futex backend used by every wait in the crate.
 pub(crate) type PlatformFutex = crate::futex::OsFutex;
 
-/// A window of shared memory, addressed by byte offset.
+/// A window of shared memory, addressed by byte offset, that keeps the
+/// memory mapped.
 ///
 /// Offsets are validated by the caller; every access still checks its bounds
 /// and panics on a violation, which can only be a bug in this crate (never a
 /// consequence of what the peer wrote, because callers validate peer-supplied
 /// values before they become offsets).
-#[derive(Clone, Debug)]
+///
+/// Not a [`Pinned`](crate::pinned::Pinned): the peer writes these bytes
+/// with plain copies at any time, so they are only ever copied in and out,
+/// never borrowed as a `&T` (see `pinned.rs`).
+#[derive(Clone)]
 pub(crate) struct SharedBytes {
     /// Start of the window. Invariant: valid for reads and writes of `len`
-    /// bytes for as long as the owning mapping lives (the handle that holds a
-    /// `SharedBytes` also holds the mapping).
+    /// bytes for as long as `_keep` lives.
     ptr: *mut u8,
     len: usize,
+    _keep: Keepalive,
 }
 
-// SAFETY: `SharedBytes` is an address range in a shared mapping; all access
-// goes through raw-pointer copies and atomics, so moving or sharing the
-// address between threads is no different from sharing it between processes.
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBytes")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+// SAFETY: `SharedBytes` is an address range in a shared mapping, kept mapped
+// by `_keep` (itself `Send + Sync`); all access goes through raw-pointer
+// copies and atomics, so moving or sharing the address between threads is no
+// different from sharing it between processes.
 unsafe impl Send for SharedBytes {}
 // SAFETY: see `Send` above.
 unsafe impl Sync for SharedBytes {}
@@ -35,11 +52,15 @@ unsafe impl Sync for SharedBytes {}
 impl SharedBytes {
     /// # Safety
     ///
-    /// `ptr` must be valid for reads and writes of `len` bytes, 8-byte aligned,
-    /// for as long as any copy of the returned value is used.
-    pub(crate) unsafe fn from_raw(ptr: *mut u8, len: usize) -> Self {
+    /// `ptr` must be 8-byte aligned and valid for reads and writes of `len`
+    /// bytes for as long as `keep` (or any clone of it) lives.
+    pub(crate) unsafe fn from_raw(ptr: *mut u8, len: usize, keep: Keepalive) -> Self {
         debug_assert_eq!(ptr as usize % 8, 0);
-        Self { ptr, len }
+        Self {
+            ptr,
+            len,
+            _keep: keep,
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
