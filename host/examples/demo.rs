@@ -11,19 +11,19 @@
 use std::time::{Duration, Instant};
 
 use osmos_host::{CellBuilder, CellHandle, RestartPolicy};
-use osmos_session::Tx;
+use osmos_session::{CallContext, Rx};
 
 /// What each demo cell serves.
 #[osmos_macros::service]
 pub trait Demo {
-    /// Adds two numbers.
+    /// Adds two numbers, or says why it cannot.
     async fn add(&self, a: u32, b: u32) -> Result<u32, String>;
     /// Echoes bytes.
-    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
-    /// Streams the first `n` squares.
-    async fn squares(&self, n: u32, out: Tx<u64>) -> Result<(), String>;
+    async fn echo(&self, data: &[u8]) -> Vec<u8>;
+    /// The first `n` squares, as a stream the cell produces.
+    async fn squares(&self, n: u32) -> Result<Rx<u64>, String>;
     /// The cell's pid.
-    async fn pid(&self) -> Result<u32, String>;
+    async fn pid(&self) -> u32;
 }
 
 struct Cell;
@@ -31,18 +31,25 @@ impl Demo for Cell {
     async fn add(&self, a: u32, b: u32) -> Result<u32, String> {
         a.checked_add(b).ok_or_else(|| format!("{a} + {b} overflows"))
     }
-    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, String> {
-        Ok(data)
+    async fn echo(&self, data: &[u8]) -> Vec<u8> {
+        data.to_vec()
     }
-    async fn squares(&self, n: u32, out: Tx<u64>) -> Result<(), String> {
+    async fn squares(&self, n: u32) -> Result<Rx<u64>, String> {
         tracing::info!(n, "streaming squares");
-        for i in 0..u64::from(n) {
-            out.send(&(i * i)).await.map_err(|e| e.to_string())?;
-        }
-        out.close().await.map_err(|e| e.to_string())
+        let ctx = CallContext::current().ok_or("called outside a handler")?;
+        let (tx, rx) = ctx.connection().channel::<u64>().map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            for i in 0..u64::from(n) {
+                if tx.send(&(i * i)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.close().await;
+        });
+        Ok(rx)
     }
-    async fn pid(&self) -> Result<u32, String> {
-        Ok(std::process::id())
+    async fn pid(&self) -> u32 {
+        std::process::id()
     }
 }
 
@@ -68,20 +75,15 @@ async fn exercise(cell: &CellHandle) -> Result<(Duration, Duration, f64), Box<dy
     lat.sort();
     let payload = vec![0xa5u8; 64 << 10];
     for _ in 0..50 {
-        assert_eq!(c.echo(payload.clone()).await?.len(), payload.len());
+        assert_eq!(c.echo(&payload).await?.len(), payload.len());
     }
-    let (tx, mut rx) = c.connection().channel::<u64>()?;
     let start = Instant::now();
-    let streaming = tokio::spawn({
-        let c = c.clone();
-        async move { c.squares(20_000, tx).await }
-    });
+    let mut rx = c.squares(20_000).await?;
     let mut n = 0u64;
     while let Some(v) = rx.recv().await {
         assert_eq!(v?, n * n);
         n += 1;
     }
-    streaming.await??;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     Ok((lat[lat.len() / 2], lat[lat.len() * 99 / 100], rate))
 }
@@ -117,11 +119,12 @@ async fn host() -> Result<(), Box<dyn std::error::Error>> {
     let beta = &cells[1];
     let old = beta.pid().unwrap_or(0);
     println!("\nkilling beta (pid {old}) with SIGKILL...");
-    // A client that follows beta across restarts, taken before the kill.
-    let beta_calls = beta.following_client::<DemoClient>();
+    // The cell's client follows it across restarts; this one is taken
+    // before the kill.
+    let beta_client: DemoClient = beta.client()?;
     let in_flight = tokio::spawn({
-        let b = beta_calls.clone();
-        async move { b.call(|c| async move { c.add(1, 1).await }).await }
+        let c = beta_client.clone();
+        async move { c.add(1, 1).await }
     });
     beta.kill();
     match in_flight.await? {
@@ -129,7 +132,7 @@ async fn host() -> Result<(), Box<dyn std::error::Error>> {
         Ok(v) => println!("  the call in flight was answered ({v}) before the kill"),
     }
     let t = Instant::now();
-    let sum = beta_calls.call(|c| async move { c.add(40, 2).await }).await?;
+    let sum = beta_client.add(40, 2).await?;
     println!(
         "  the same client answers again after {:?} (beta is {}): 40 + 2 = {sum}",
         t.elapsed(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use osmos_host::{
     CellBuilder, CellHandle, CellState, FollowingClient, HostError, RestartPolicy, SandboxPolicy,
 };
-use osmos_session::{CallError, SessionError};
+use osmos_session::{CallError, CallOptions, SessionError};
 use osmos_tests::TestCellClient;
 
 const CELL: &str = env!("CARGO_BIN_EXE_test-cell");
@@ -196,6 +196,57 @@ async fn a_call_made_while_the_cell_restarts_waits_for_the_new_process() {
     );
     assert_ne!(new, old);
     assert_eq!(Some(new), cell.pid());
+    cell.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_cell_restarts_a_call_fails_fast_or_at_its_own_deadline_if_asked() {
+    // A backoff long enough that the calls below are made while restarting.
+    let cell = spawn("fail-fast", steady(Duration::from_secs(5))).await;
+    let client = cell.client::<TestCellClient>().unwrap();
+    let old = bounded("pid", client.pid()).await.unwrap();
+    cell.kill();
+    bounded(
+        "restarting",
+        cell.wait_for(|s| matches!(s, CellState::Restarting { .. })),
+    )
+    .await;
+    let started = Instant::now();
+    match bounded(
+        "a fail-fast call",
+        client.pid_with(CallOptions::default().fail_fast()),
+    )
+    .await
+    {
+        Err(CallError::Session(SessionError::PeerDied { detail })) => {
+            assert!(
+                detail.contains("'fail-fast'") && detail.contains("restarting"),
+                "{detail}"
+            )
+        }
+        other => panic!("expected PeerDied at once, got {other:?}"),
+    }
+    // A timeout shorter than the restart: the call's own deadline ends the
+    // wait, reported against the whole timeout.
+    let timeout = Duration::from_millis(100);
+    match bounded(
+        "a call with a short deadline",
+        client.pid_with(CallOptions::timeout(timeout)),
+    )
+    .await
+    {
+        Err(CallError::DeadlineExceeded { after }) => assert_eq!(after, timeout),
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    assert!(
+        matches!(cell.state(), CellState::Restarting { .. }),
+        "the calls waited for the restart ({:?}): {}",
+        started.elapsed(),
+        cell.state()
+    );
+    // Without either, the same client waits for the new process.
+    let new = bounded("pid", client.pid()).await.unwrap();
+    assert_ne!(new, old);
     cell.shutdown(Duration::from_secs(5)).await;
 }
 
