@@ -312,7 +312,6 @@ impl CellBuilder {
             last_end: Mutex::new(None),
             last_exit: Mutex::new(None),
             last_tail: Mutex::new(None),
-            last_conn: Mutex::new(None),
             restarts: AtomicU32::new(0),
             in_a_row: AtomicU32::new(0),
             shutting_down: AtomicBool::new(false),
@@ -356,9 +355,6 @@ pub(crate) struct Inner {
     last_exit: Mutex<Option<ExitInfo>>,
     /// The stderr tail of the last incarnation that ended.
     last_tail: Mutex<Option<Arc<StderrTail>>>,
-    /// The root connection of the last incarnation that ended (what a
-    /// following client's `connection()` gives while none runs).
-    pub(crate) last_conn: Mutex<Option<Connection>>,
     /// Restarts in all.
     restarts: AtomicU32,
     /// Failures since the last healthy run (see [`RestartPolicy`]).
@@ -382,7 +378,6 @@ impl crate::following::Incarnations for Inner {
     }
     fn latest_connection(&self) -> Option<Connection> {
         self.current(|i| i.conn.clone())
-            .or_else(|| lock(&self.last_conn).clone())
     }
     fn shut_down(&self) -> bool {
         Inner::shut_down(self)
@@ -540,10 +535,10 @@ impl CellHandle {
     /// keep the cell running. For a client bound to the current process
     /// alone, `XClient::new(handle.connection()?)`.
     ///
-    /// Fails only if no incarnation ever ran (not after
-    /// [`CellBuilder::spawn`](crate::CellBuilder::spawn) returned).
+    /// Never fails today (the `Result` leaves room for a cell that can
+    /// refuse clients).
     pub fn client<C: From<Target>>(&self) -> Result<C, HostError> {
-        self.source().target().map(C::from)
+        Ok(C::from(self.source().target()))
     }
 
     /// The source this cell's clients call through (see

@@ -59,7 +59,7 @@ pub(crate) trait Incarnations: Send + Sync + 'static {
     /// The running incarnation's root connection, if one runs and its
     /// session has not ended.
     fn live_connection(&self) -> Option<Connection>;
-    /// The running incarnation's connection, else the last one's.
+    /// The running incarnation's connection, if one runs.
     fn latest_connection(&self) -> Option<Connection>;
     /// Whether the host shut the cell down (or dropped its last handle).
     fn shut_down(&self) -> bool;
@@ -70,7 +70,7 @@ pub(crate) trait Incarnations: Send + Sync + 'static {
 /// The source a cell's typed clients call through: the connection of the
 /// incarnation running when a call is made (see the module docs). A
 /// [`Target`] made from it follows the cell:
-/// `XClient::from(Target::following(Arc::new(source))?)`, which is what
+/// `XClient::from(Target::following(Arc::new(source)))`, which is what
 /// [`CellHandle::client`](crate::CellHandle::client) does.
 #[derive(Clone)]
 pub struct CellSource {
@@ -102,10 +102,8 @@ impl CellSource {
     }
 
     /// A target for typed clients (`XClient::from(target)`).
-    pub fn target(self) -> Result<Target, HostError> {
-        let name = self.cell.name().to_string();
-        let state = self.cell.subscribe().borrow().to_string();
-        Target::following(Arc::new(self)).ok_or(HostError::NotRunning { name, state })
+    pub fn target(self) -> Target {
+        Target::following(Arc::new(self))
     }
 
     /// The root connection of the incarnation running now, waiting at most

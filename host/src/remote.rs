@@ -340,7 +340,7 @@ impl crate::following::Incarnations for RemoteInner {
         Some(self.current().0).filter(|c| c.ended().is_none())
     }
     fn latest_connection(&self) -> Option<Connection> {
-        Some(self.current().0)
+        self.live_connection()
     }
     fn shut_down(&self) -> bool {
         // ORDERING: Acquire pairs with the Release stores of `shutdown` and
@@ -529,7 +529,7 @@ impl RemoteCell {
     /// [`CellHandle::client`](crate::CellHandle::client)). For a client
     /// bound to the current session alone, `XClient::new(cell.connection()?)`.
     pub fn client<C: From<Target>>(&self) -> Result<C, HostError> {
-        CellSource::new(self.inner.clone()).target().map(C::from)
+        Ok(C::from(CellSource::new(self.inner.clone()).target()))
     }
 
     /// Counters: re-attaches after a failed session (`restarts`), what the

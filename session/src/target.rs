@@ -50,9 +50,8 @@ pub trait Follow: Send + Sync + std::fmt::Debug + 'static {
     /// fail at once).
     fn current(&self, wait: Duration) -> Current<'_>;
 
-    /// The latest connection, without waiting: the running peer's, else
-    /// the last one that ran (its session may have ended). `None` before
-    /// any peer ran.
+    /// The running peer's connection, without waiting; `None` while none
+    /// runs.
     fn latest(&self) -> Option<Connection>;
 
     /// How long a call waits for a peer being replaced, unless its options
@@ -69,12 +68,7 @@ pub struct Target(Kind);
 #[derive(Clone, Debug)]
 enum Kind {
     Fixed(Connection),
-    Following {
-        source: Arc<dyn Follow>,
-        /// The latest connection when the target was made: what
-        /// [`Target::connection`] gives if the source has none.
-        first: Connection,
-    },
+    Following { source: Arc<dyn Follow> },
 }
 
 impl From<Connection> for Target {
@@ -84,21 +78,25 @@ impl From<Connection> for Target {
 }
 
 impl Target {
-    /// A target that asks `source` for the connection at each call; `None`
-    /// when the source has no connection yet.
-    pub fn following(source: Arc<dyn Follow>) -> Option<Target> {
-        let first = source.latest()?;
-        Some(Target(Kind::Following { source, first }))
+    /// A target that asks `source` for the connection at each call.
+    pub fn following(source: Arc<dyn Follow>) -> Target {
+        Target(Kind::Following { source })
     }
 
     /// The connection calls go to now, without waiting: the fixed one, or
-    /// the source's latest (whose session may have ended while the peer is
-    /// replaced). Open channels and call back on it; a call through the
-    /// client itself finds the current connection on its own.
+    /// the source's current one. While the source has none (its peer is
+    /// being replaced), a connection whose session has ended, holding
+    /// nothing: channels opened on it fail. Open channels and call back on
+    /// it; a call through the client itself finds the current connection
+    /// on its own.
     pub fn connection(&self) -> Connection {
         match &self.0 {
             Kind::Fixed(conn) => conn.clone(),
-            Kind::Following { source, first } => source.latest().unwrap_or_else(|| first.clone()),
+            Kind::Following { source } => source.latest().unwrap_or_else(|| {
+                Connection::ended_with(SessionError::PeerDied {
+                    detail: format!("no peer runs now ({source:?}); it is being replaced or has stopped"),
+                })
+            }),
         }
     }
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use common::bounded;
 use osmos_session::link::memory as mem;
 use osmos_session::{
-    CallError, CallOptions, Connection, Current, Follow, SessionBuilder, SessionError, Target, Unreachable,
+    CallError, CallOptions, Connection, Current, Follow, SessionBuilder, SessionError, Target, Tx,
+    Unreachable,
 };
 use tokio::sync::watch;
 
@@ -21,12 +22,20 @@ use tokio::sync::watch;
 pub trait Who {
     /// The peer's number.
     async fn who(&self) -> u32;
+    /// Sends `n` items on `out`.
+    async fn fill(&self, n: u32, out: Tx<u32>) -> Result<(), String>;
 }
 
 struct Peer(u32);
 impl Who for Peer {
     async fn who(&self) -> u32 {
         self.0
+    }
+    async fn fill(&self, n: u32, out: Tx<u32>) -> Result<(), String> {
+        for i in 0..n {
+            out.send(&i).await.map_err(|e| e.to_string())?;
+        }
+        out.close().await.map_err(|e| e.to_string())
     }
 }
 
@@ -110,7 +119,7 @@ impl Follow for Source {
 async fn a_following_client_calls_whichever_peer_runs_now() {
     let (first, _s1) = peer(1).await;
     let source = Source::new(first, Duration::from_secs(10));
-    let client = WhoClient::from(Target::following(source.clone()).unwrap());
+    let client = WhoClient::from(Target::following(source.clone()));
     assert_eq!(bounded("who", client.who()).await.unwrap(), 1);
 
     let (second, _s2) = peer(2).await;
@@ -137,7 +146,7 @@ async fn a_following_client_calls_whichever_peer_runs_now() {
 async fn a_call_fails_fast_or_at_its_deadline_while_the_peer_is_replaced() {
     let (first, _s1) = peer(1).await;
     let source = Source::new(first, Duration::from_secs(30));
-    let client = WhoClient::from(Target::following(source.clone()).unwrap());
+    let client = WhoClient::from(Target::following(source.clone()));
     source.set(Now::Replacing);
 
     let started = Instant::now();
@@ -169,7 +178,7 @@ async fn a_call_fails_fast_or_at_its_deadline_while_the_peer_is_replaced() {
 
     // The source's own bound, when shorter than the call's timeout.
     let source = Source::new(client.connection(), Duration::from_millis(20));
-    let short = WhoClient::from(Target::following(source.clone()).unwrap());
+    let short = WhoClient::from(Target::following(source.clone()));
     source.set(Now::Replacing);
     match bounded("a call past the source's wait", short.who()).await {
         Err(CallError::Session(SessionError::PeerDied { detail })) => {
@@ -183,7 +192,7 @@ async fn a_call_fails_fast_or_at_its_deadline_while_the_peer_is_replaced() {
 async fn a_peer_gone_for_good_closes_the_call_with_the_sources_reason() {
     let (first, _s1) = peer(1).await;
     let source = Source::new(first, Duration::from_secs(30));
-    let client = WhoClient::from(Target::following(source.clone()).unwrap());
+    let client = WhoClient::from(Target::following(source.clone()));
     source.set(Now::Gone("the cell 'who' was stopped by the host"));
     match bounded("a call to a stopped peer", client.who()).await {
         Err(CallError::ConnectionClosed { reason }) => {
@@ -191,4 +200,28 @@ async fn a_peer_gone_for_good_closes_the_call_with_the_sources_reason() {
         }
         other => panic!("expected ConnectionClosed, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_channel_opened_on_the_previous_peer_is_refused_by_name() {
+    let (first, _s1) = peer(1).await;
+    let source = Source::new(first, Duration::from_secs(10));
+    let client = WhoClient::from(Target::following(source.clone()));
+    // A channel on the connection of the moment works.
+    let (tx, mut rx) = client.connection().channel::<u32>().unwrap();
+    bounded("fill", client.fill(2, tx)).await.unwrap();
+    assert_eq!(bounded("item", rx.recv()).await.unwrap().unwrap(), 0);
+    // One opened before the peer was replaced is refused, not sent to a
+    // peer that knows nothing of it.
+    let (stale, _rx) = client.connection().channel::<u32>().unwrap();
+    let (second, _s2) = peer(2).await;
+    source.set(Now::Running(second));
+    match bounded("a call with a stale channel", client.fill(1, stale)).await {
+        Err(CallError::Encode { detail }) => assert!(detail.contains("another session"), "{detail}"),
+        other => panic!("expected the stale channel refused, got {other:?}"),
+    }
+    // The client goes on working with channels of the new connection.
+    let (tx, mut rx) = client.connection().channel::<u32>().unwrap();
+    bounded("fill", client.fill(1, tx)).await.unwrap();
+    assert_eq!(bounded("item", rx.recv()).await.unwrap().unwrap(), 0);
 }

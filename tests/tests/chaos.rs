@@ -111,12 +111,13 @@ fn channel_error(op: Op, e: &ChannelError) -> Outcome {
     }
 }
 
-/// A client of the cell's current incarnation, waiting (within the caller's
-/// bound) while it restarts.
+/// A client bound to the cell's current incarnation (its streams' channels
+/// are opened on that connection), waiting (within the caller's bound)
+/// while it restarts.
 async fn client(cell: &CellHandle) -> TestCellClient {
     loop {
-        match cell.client::<TestCellClient>() {
-            Ok(c) => return c,
+        match cell.connection() {
+            Ok(c) => return TestCellClient::new(c),
             Err(HostError::NotRunning { .. }) => {
                 cell.wait_for(|s| matches!(s, CellState::Running { .. } | CellState::Failed { .. }))
                     .await;

@@ -53,7 +53,6 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         let detail = format!("cell '{name}' (pid {pid}) {exit}");
         *lock(&inner.last_exit) = Some(exit);
         let dead = lock(&inner.current).take();
-        *lock(&inner.last_conn) = dead.as_ref().map(|d| d.conn.clone());
         // The state changes first, the calls in flight fail after: a caller
         // whose call failed and who then waits for `Running` gets the next
         // incarnation, never this one (and a `FollowingClient` waits for it).

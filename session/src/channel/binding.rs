@@ -162,6 +162,18 @@ pub(super) fn hand_over(
 ) -> Result<ChannelId, String> {
     CONTEXT.with(|c| {
         let mut c = c.borrow_mut();
+        // A handle opened on another session (a connection that ended or
+        // was replaced, e.g. a restarted cell's previous one) means nothing
+        // to this peer: refuse it before it is handed over.
+        if let (Some(ctx), Some(b)) = (c.as_ref(), bound)
+            && !Arc::ptr_eq(&ctx.shared, &b.shared)
+        {
+            return Err(format!(
+                "channel {id} was opened on another session than the one this message goes to \
+                 (one that ended or was replaced); open channels on the connection the call is made \
+                 on (a client that follows a restarting peer calls whichever connection runs now)"
+            ));
+        }
         match c.as_mut().map(|ctx| &mut ctx.mode) {
             Some(BindMode::Encode { collected }) => {
                 if handed.swap(true, Ordering::AcqRel) {

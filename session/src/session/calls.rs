@@ -359,6 +359,14 @@ impl Connection {
                 reason: "the connection is closed".into(),
             }),
             Err(Unanswered::Encode(detail)) => Err(CallError::Encode { detail }),
+            // A send that failed because the session ended (the peer died
+            // mid-send): the session's reason.
+            Err(Unanswered::Send(_)) if shared.ended().is_some() => Err(CallError::Session(
+                shared.ended().unwrap_or(SessionError::Closed {
+                    reason: "closed".into(),
+                }),
+            )),
+            // Refused before sending (too large for the peer): the call's own fault.
             Err(Unanswered::Send(SessionError::Link { detail })) if !detail.contains("link") => {
                 Err(CallError::Encode { detail })
             }

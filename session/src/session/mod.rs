@@ -546,6 +546,42 @@ impl Connection {
     }
 
     /// A handle that does not keep connection `id` alive.
+    /// A connection of a session that has already ended with `why`: it
+    /// holds no link, and every call or channel on it fails with `why`.
+    /// What a client that follows a peer gives while no peer runs.
+    pub fn ended_with(why: SessionError) -> Connection {
+        let (outbox, _) = mpsc::unbounded_channel();
+        let (ended, _) = watch::channel(Some(why));
+        let shared = Arc::new(Shared {
+            role: Role::Initiator,
+            name: "ended".into(),
+            call_timeout: None,
+            ours: Settings::default(),
+            call_limit: Arc::new(Semaphore::new(1)),
+            peer: Settings::default(),
+            max_frame: 0,
+            credit: CreditMode::Messages,
+            tx: tokio::sync::Mutex::new(None),
+            ids: Ids::new(Role::Initiator),
+            state: Mutex::new(State::default()),
+            outbox,
+            outbox_len: AtomicUsize::new(0),
+            ended,
+            acceptor: None,
+            trust_peer_caller: false,
+            on_peer_fault: Mutex::new(None),
+            keepalive: Mutex::new(Keepalive::new()),
+            link_stall: StallClock::default(),
+            slot_stall: StallClock::default(),
+            room_gate: tokio::sync::Mutex::new(()),
+            stats: Counters::default(),
+        });
+        if let Some(why) = shared.ended() {
+            shared.lock().ended = Some(why);
+        }
+        Connection::unguarded(shared, 0)
+    }
+
     pub(crate) fn unguarded(shared: Arc<Shared>, id: u64) -> Connection {
         Connection {
             shared,

@@ -1,0 +1,458 @@
+//! The bodies run over every link against a raw peer that lies or stays
+//! silent: version mismatch, undecodable and lying frames, request and
+//! credit overruns, a peer that never reads, keepalive, and what pending
+//! calls see when the session ends.
+
+use super::*;
+
+/// Drives one end of a link by hand.
+pub(crate) struct Raw<L: Link> {
+    pub(crate) tx: L::Tx,
+    pub(crate) rx: L::Rx,
+}
+
+impl<L: Link> Raw<L> {
+    pub(crate) fn new(link: L) -> Self {
+        let (tx, rx) = link.split();
+        Raw { tx, rx }
+    }
+
+    pub(crate) async fn send_bytes(&mut self, bytes: &[u8]) {
+        let mut p = self.tx.reserve(bytes.len()).await.unwrap();
+        p.buf().copy_from_slice(bytes);
+        p.commit().await.unwrap();
+    }
+
+    pub(crate) async fn send(&mut self, m: &Message<'_>) {
+        self.send_bytes(&wire::encode(m).unwrap()).await;
+    }
+
+    /// The next message's kind and encoded bytes (None at end of link).
+    pub(crate) async fn recv(&mut self) -> Option<Vec<u8>> {
+        match bounded("raw recv", self.rx.recv()).await {
+            Ok(Some(f)) => Some(f.to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Reads until a message matching `pred` arrives.
+    pub(crate) async fn recv_until(&mut self, pred: impl Fn(&Message<'_>) -> bool) -> Option<Vec<u8>> {
+        while let Some(bytes) = self.recv().await {
+            if pred(&wire::decode(&bytes).unwrap()) {
+                return Some(bytes);
+            }
+        }
+        None
+    }
+}
+
+/// A real session (acceptor, serving Calculator) against a raw initiator
+/// that has done the handshake.
+pub(crate) async fn raw_against_server<F: Factory>(
+    f: &F,
+    server_settings: Settings,
+    keepalive: Option<Duration>,
+) -> (Raw<F::L>, Connection, Arc<Calc>) {
+    let (a, b) = f.pair().await;
+    let calc = Arc::new(Calc::default());
+    let mut cfg = config(server_settings);
+    if let Some(k) = keepalive {
+        cfg.keepalive_interval = k;
+        cfg.keepalive_timeout = k * 3;
+    }
+    let server = tokio::spawn(
+        SessionBuilder::new()
+            .config(cfg)
+            .serve(CalculatorDispatcher::new(calc.clone()))
+            .accept(b),
+    );
+    let mut raw = Raw::new(a);
+    raw.send(&Message::Hello {
+        version: PROTOCOL_VERSION,
+        settings: Settings::default(),
+    })
+    .await;
+    let hello = raw.recv().await.unwrap();
+    assert!(matches!(
+        wire::decode(&hello).unwrap(),
+        Message::HelloYourself {
+            version: PROTOCOL_VERSION,
+            ..
+        }
+    ));
+    let server = bounded("server", server).await.unwrap().unwrap();
+    (raw, server, calc)
+}
+
+pub(crate) async fn expect_violation<L: Link>(raw: &mut Raw<L>, server: &Connection, rule: &str) {
+    let bytes = raw
+        .recv_until(|m| matches!(m, Message::ProtocolError { .. }))
+        .await
+        .expect("a ProtocolError");
+    let Message::ProtocolError { rule: got, detail } = wire::decode(&bytes).unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(got, rule, "{detail}");
+    match bounded("session end", server.closed()).await {
+        SessionError::Violation { rule: r, .. } => assert_eq!(r, rule),
+        e => panic!("expected a violation of {rule}, got {e}"),
+    }
+    assert!(
+        raw.recv_until(|_| false).await.is_none(),
+        "the server closes the link after a violation"
+    );
+}
+
+pub(crate) async fn version_mismatch_names_both_versions<F: Factory>(f: F) {
+    let (a, b) = f.pair().await;
+    let server = tokio::spawn(SessionBuilder::new().accept(b));
+    let mut raw = Raw::new(a);
+    raw.send(&Message::Hello {
+        version: PROTOCOL_VERSION + 41,
+        settings: Settings::default(),
+    })
+    .await;
+    let err = bounded("server", server).await.unwrap().unwrap_err();
+    assert_eq!(
+        err,
+        SessionError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: PROTOCOL_VERSION + 41
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("speaks {}", PROTOCOL_VERSION + 41))
+    );
+    let bye = raw.recv().await.expect("a goodbye");
+    let Message::Goodbye { reason } = wire::decode(&bye).unwrap() else {
+        panic!("expected a goodbye")
+    };
+    assert!(reason.contains("version mismatch"), "{reason}");
+}
+
+pub(crate) async fn undecodable_frames_end_the_session<F: Factory>(f: F) {
+    let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
+    raw.send_bytes(&[0xff, 0xff, 0xff]).await;
+    expect_violation(&mut raw, &server, "frame.decodable").await;
+}
+
+pub(crate) async fn lying_frames_are_violations<F: Factory>(f: F) {
+    let add = osmos_session::method_id("Calculator", "add");
+    let args = wire::encode(&(1u32, 2u32)).unwrap();
+    let block = osmos_session::method_id("Calculator", "block");
+    let block_args = wire::encode(&(5u32,)).unwrap();
+    type Case = (&'static str, Vec<Vec<u8>>);
+    let enc = |m: Message<'_>| wire::encode(&m).unwrap();
+    let cases: Vec<Case> = vec![
+        (
+            "conn.known",
+            vec![enc(Message::Call {
+                conn: 77,
+                request: 1,
+                method: add,
+                deadline_us: 0,
+                metadata: vec![],
+                channels: vec![],
+                args: &args,
+            })],
+        ),
+        (
+            "id.parity",
+            vec![enc(Message::Call {
+                conn: 0,
+                request: 2,
+                method: add,
+                deadline_us: 0,
+                metadata: vec![],
+                channels: vec![],
+                args: &args,
+            })],
+        ),
+        (
+            "request.unique",
+            vec![
+                enc(Message::Call {
+                    conn: 0,
+                    request: 1,
+                    method: block,
+                    deadline_us: 0,
+                    metadata: vec![],
+                    channels: vec![],
+                    args: &block_args,
+                }),
+                enc(Message::Call {
+                    conn: 0,
+                    request: 1,
+                    method: block,
+                    deadline_us: 0,
+                    metadata: vec![],
+                    channels: vec![],
+                    args: &block_args,
+                }),
+            ],
+        ),
+        (
+            "response.known-request",
+            vec![enc(Message::Response {
+                conn: 0,
+                request: 9,
+                metadata: vec![],
+                channels: vec![],
+                outcome: Outcome::Cancelled,
+            })],
+        ),
+        (
+            "channel.known",
+            vec![enc(Message::Item {
+                channel: 5,
+                payload: &[1],
+            })],
+        ),
+        (
+            "handshake.once",
+            vec![enc(Message::Hello {
+                version: PROTOCOL_VERSION,
+                settings: Settings::default(),
+            })],
+        ),
+        (
+            "conn.known",
+            vec![enc(Message::ConnectionAccept {
+                conn: 3,
+                metadata: vec![],
+            })],
+        ),
+    ];
+    for (rule, frames) in cases {
+        let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
+        for frame in &frames {
+            raw.send_bytes(frame).await;
+        }
+        expect_violation(&mut raw, &server, rule).await;
+    }
+}
+
+pub(crate) async fn too_many_concurrent_requests_is_a_violation<F: Factory>(f: F) {
+    let server_settings = Settings {
+        max_concurrent_requests: 2,
+        ..Settings::default()
+    };
+    let (mut raw, server, _) = raw_against_server(&f, server_settings, None).await;
+    let block = osmos_session::method_id("Calculator", "block");
+    let args = wire::encode(&(5u32,)).unwrap();
+    for request in [1u64, 3, 5] {
+        raw.send(&Message::Call {
+            conn: 0,
+            request,
+            method: block,
+            deadline_us: 0,
+            metadata: vec![],
+            channels: vec![],
+            args: &args,
+        })
+        .await;
+    }
+    expect_violation(&mut raw, &server, "request.limit").await;
+}
+
+pub(crate) async fn credit_overrun_and_data_after_close_are_violations<F: Factory>(f: F) {
+    // The raw peer calls `sum` passing its own Rx... it must create the
+    // channel with its parity (odd) and list it in the call.
+    let server_settings = Settings {
+        initial_credit: 16,
+        ..Settings::default()
+    };
+    let sum = osmos_session::method_id("Calculator", "sum");
+    let args = wire::encode(&(0u64,)).unwrap(); // an Rx<u64> is its position in `channels`
+    let call = |request| Message::Call {
+        conn: 0,
+        request,
+        method: sum,
+        deadline_us: 0,
+        metadata: vec![],
+        channels: vec![1],
+        args: &args,
+    };
+    let (mut raw, server, _) = raw_against_server(&f, server_settings.clone(), None).await;
+    raw.send(&call(1)).await;
+    raw.send(&Message::Item {
+        channel: 1,
+        payload: &[0; 17],
+    })
+    .await;
+    expect_violation(&mut raw, &server, "credit.no-overrun").await;
+
+    let (mut raw, server, _) = raw_against_server(&f, server_settings, None).await;
+    raw.send(&call(1)).await;
+    raw.send(&Message::Item {
+        channel: 1,
+        payload: &[7],
+    })
+    .await;
+    raw.send(&Message::Close { channel: 1 }).await;
+    raw.send(&Message::Item {
+        channel: 1,
+        payload: &[7],
+    })
+    .await;
+    // The handler may finish (and retire the channel) before the late item
+    // arrives; either the rule or a normal response is fine only if the item
+    // came after the channel was gone. Here it arrives in order behind Close.
+    let bytes = raw
+        .recv_until(|m| matches!(m, Message::ProtocolError { .. } | Message::Response { .. }))
+        .await
+        .unwrap();
+    match wire::decode(&bytes).unwrap() {
+        Message::ProtocolError { rule, .. } => assert_eq!(rule, "channel.no-data-after-close"),
+        Message::Response { outcome, .. } => {
+            // The handler consumed 7 and returned; the channel was retired.
+            assert_eq!(outcome, Outcome::Ok(&wire::encode(&7u64).unwrap()));
+            assert!(server.ended().is_none());
+        }
+        _ => unreachable!(),
+    }
+}
+
+pub(crate) async fn a_peer_that_never_reads_its_answers_is_cut_off<F: Factory>(f: F) {
+    let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
+    // Ping forever without reading a single pong (a socket buffers
+    // megabytes of pongs before the server's queue starts to grow).
+    let flood = tokio::spawn(async move {
+        for nonce in 0..u64::MAX {
+            let bytes = wire::encode(&Message::Ping { nonce }).unwrap();
+            let mut p = match raw.tx.reserve(bytes.len()).await {
+                Ok(p) => p,
+                Err(_) => return nonce,
+            };
+            p.buf().copy_from_slice(&bytes);
+            if p.commit().await.is_err() {
+                return nonce;
+            }
+        }
+        u64::MAX
+    });
+    match bounded("the cut-off", server.closed()).await {
+        SessionError::Violation { rule, .. } => assert_eq!(rule, "peer.reads-its-answers"),
+        e => panic!("expected peer.reads-its-answers, got {e}"),
+    }
+    if F::RELEASES_A_BLOCKED_PEER {
+        let sent = bounded("the flood to stop", flood).await.unwrap();
+        assert!(sent > 65_536 && sent < u64::MAX, "cut off after {sent} pings");
+    } else {
+        flood.abort();
+    }
+}
+
+pub(crate) async fn a_silent_peer_times_out<F: Factory>(f: F) {
+    let (mut raw, server, _) =
+        raw_against_server(&f, Settings::default(), Some(Duration::from_millis(100))).await;
+    // Read (so the server's writes never block) but never answer a ping.
+    let reader = tokio::spawn(async move { while raw.recv().await.is_some() {} });
+    match bounded("keepalive", server.closed()).await {
+        SessionError::KeepaliveTimeout { silent_for } => assert!(silent_for >= Duration::from_millis(300)),
+        e => panic!("expected a keepalive timeout, got {e}"),
+    }
+    bounded("reader", reader).await.unwrap();
+}
+
+pub(crate) async fn keepalive_keeps_an_idle_session_up<F: Factory>(f: F) {
+    let (a, b) = f.pair().await;
+    let cfg = SessionConfig {
+        // A timeout generous enough that a loaded 2-CPU machine, which can
+        // leave a thread unscheduled for tens of milliseconds, does not trip it.
+        keepalive_interval: Duration::from_millis(50),
+        keepalive_timeout: Duration::from_millis(400),
+        ..SessionConfig::default()
+    };
+    let calc = Arc::new(Calc::default());
+    let (server, client) = tokio::join!(
+        SessionBuilder::new()
+            .config(cfg.clone())
+            .serve(CalculatorDispatcher::new(calc))
+            .accept(b),
+        SessionBuilder::new().config(cfg).initiate(a)
+    );
+    let (server, client) = (server.unwrap(), client.unwrap());
+    // Idle for several timeouts, waiting on real time passing.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    assert!(
+        server.ended().is_none() && client.ended().is_none(),
+        "pings kept both sides alive"
+    );
+    assert_eq!(CalculatorClient::new(client).add(1, 2).await.unwrap(), 3);
+}
+
+pub(crate) async fn a_violation_fails_pending_calls_with_the_rule<F: Factory>(f: F) {
+    let (a, b) = f.pair().await;
+    let client = tokio::spawn(SessionBuilder::new().initiate(a));
+    let mut raw = Raw::new(b);
+    raw.recv().await.unwrap();
+    raw.send(&Message::HelloYourself {
+        version: PROTOCOL_VERSION,
+        settings: Settings::default(),
+    })
+    .await;
+    let client = bounded("client", client).await.unwrap().unwrap();
+    let calc = CalculatorClient::new(client.clone());
+    let calls: Vec<_> = (0..3u32)
+        .map(|i| {
+            let calc = calc.clone();
+            tokio::spawn(async move { calc.add(i, i).await })
+        })
+        .collect();
+    for _ in 0..3 {
+        raw.recv_until(|m| matches!(m, Message::Call { .. }))
+            .await
+            .unwrap();
+    }
+    // Answer a request that was never made.
+    raw.send(&Message::Response {
+        conn: 0,
+        request: 1000,
+        metadata: vec![],
+        channels: vec![],
+        outcome: Outcome::Cancelled,
+    })
+    .await;
+    for c in calls {
+        match bounded("call", c).await.unwrap().unwrap_err() {
+            CallError::Session(SessionError::Violation { rule, .. }) => {
+                assert_eq!(rule, "response.known-request")
+            }
+            e => panic!("expected the violation, got {e:?}"),
+        }
+    }
+    let bytes = raw
+        .recv_until(|m| matches!(m, Message::ProtocolError { .. }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(wire::decode(&bytes).unwrap(), Message::ProtocolError { rule, .. } if rule == "response.known-request")
+    );
+}
+
+pub(crate) async fn a_dropped_link_fails_pending_calls<F: Factory>(f: F) {
+    let (a, b) = f.pair().await;
+    let client = tokio::spawn(SessionBuilder::new().initiate(a));
+    let mut raw = Raw::new(b);
+    let hello = raw.recv().await.unwrap();
+    assert!(matches!(wire::decode(&hello).unwrap(), Message::Hello { .. }));
+    raw.send(&Message::HelloYourself {
+        version: PROTOCOL_VERSION,
+        settings: Settings::default(),
+    })
+    .await;
+    let client = bounded("client", client).await.unwrap().unwrap();
+    let calc = CalculatorClient::new(client.clone());
+    let call = tokio::spawn(async move { calc.add(1, 2).await });
+    raw.recv_until(|m| matches!(m, Message::Call { .. }))
+        .await
+        .unwrap();
+    drop(raw);
+    let err = bounded("call", call).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, CallError::Session(SessionError::Link { .. })),
+        "{err:?}"
+    );
+}
