@@ -279,6 +279,27 @@ pub async fn spawn_cell(name: &str) -> Result<CellHandle, BoxError> {
     Ok(CellBuilder::new(me).name(name).spawn().await?)
 }
 
+/// `n` `add` calls on a fresh bench cell, one at a time: their p50 and the
+/// context switches per call of both processes (`osmos-bench --calls N`).
+pub async fn calls_only(n: usize) -> Result<String, BoxError> {
+    let cell = spawn_cell("bench").await?;
+    let client: BenchClient = cell.client()?;
+    let pid = cell.pid().ok_or("the cell has no pid")?;
+    let r = time_calls_counted(n, Duration::from_secs(600), Some(pid), |i| {
+        let c = client.clone();
+        async move { checked_add(&c, i).await }
+    })
+    .await;
+    cell.shutdown(Duration::from_secs(2)).await;
+    let (mut times, ctx) = r?;
+    times.sort();
+    let p50 = times.get(times.len() / 2).copied().unwrap_or_default();
+    Ok(format!(
+        "{n} add calls: p50 {p50:?}; {}",
+        ctx.map_or_else(|| "no context switch counts".to_string(), |c| c.breakdown())
+    ))
+}
+
 /// The names of the cases [`one_cell`] measures.
 pub const ONE_CELL: &[&str] = &[
     "idle_cpu/shm",

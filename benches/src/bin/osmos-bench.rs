@@ -13,7 +13,11 @@
 //!   repetition's p50, so a pass that lands in a slow mode shows;
 //! - `--unpinned-only` / `--pinned-only`: run one of the two passes;
 //! - `--only PATTERN`: run only the cases whose name contains PATTERN (the
-//!   floors always run, for the ratios).
+//!   floors always run, for the ratios);
+//! - `--calls N [--pin]`: no report: spawn one bench cell, make N `add`
+//!   calls over shm on a default runtime (pinned to CPU 0 with `--pin`) and
+//!   print their p50 and context switches; a steady load to run under
+//!   `perf record` or `perf sched`.
 //!
 //! Each pass measures the shm floors, the raw Unix-socket floors
 //! (`floor_uds/*`) and then the cases, and gives every case row its ratio to
@@ -85,6 +89,40 @@ fn parse(args: &[String]) -> Result<Options, String> {
         }
     }
     Ok(o)
+}
+
+/// `--calls N [--pin]`: N `add` calls on one cell, for a profiler.
+fn calls_only(args: &[String]) -> ExitCode {
+    let n: usize = match args.first().map(|a| a.parse()) {
+        Some(Ok(n)) => n,
+        _ => {
+            eprintln!("usage: osmos-bench --calls N [--pin]");
+            return ExitCode::from(2);
+        }
+    };
+    if args.get(1).map(String::as_str) == Some("--pin")
+        && let Err(e) = sys::pin_to_cpu0()
+    {
+        eprintln!("osmos-bench: cannot pin to CPU 0: {e}");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("osmos-bench: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cases::calls_only(n)) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("osmos-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// One pass over every floor and case. Errors of one group of cases are
@@ -227,6 +265,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--floor-child") {
         return ExitCode::from(u8::try_from(floor::child(&args[1..])).unwrap_or(1));
+    }
+    if args.first().map(String::as_str) == Some("--calls") {
+        return calls_only(&args[1..]);
     }
     let opts = match parse(&args) {
         Ok(o) => o,

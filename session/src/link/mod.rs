@@ -218,4 +218,61 @@ pub trait LinkRx: Send + 'static {
     /// The next frame; `Ok(None)` once the peer closed its sending half
     /// cleanly and every earlier frame was received.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Self::Frame<'_>>, LinkError>> + Send;
+
+    /// A way for other tasks to receive from this half on their own thread
+    /// while it is not receiving (see [`DirectRx`]); `None` (the default)
+    /// when the link has none, and only [`recv`](LinkRx::recv) receives.
+    fn direct(&self) -> Option<std::sync::Arc<dyn DirectRx>> {
+        None
+    }
+}
+
+/// Receiving on the thread that waits: a caller waiting for its answer
+/// takes the frames itself instead of waiting for the task that holds the
+/// receiving half to take them and wake it (a thread hop per call). Frames
+/// stay in order: one receiver at a time, and each frame is handled before
+/// the next is taken.
+pub trait DirectRx: Send + Sync {
+    /// The receive side, if nobody is receiving now; holding the claim keeps
+    /// everyone else from receiving until it is dropped.
+    fn claim(&self) -> Option<Box<dyn RxClaim>>;
+}
+
+/// A held claim on a link's receive side (see [`DirectRx`]).
+pub trait RxClaim: Send {
+    /// Takes the next frame if one is there now.
+    fn next(&mut self) -> Here<'_>;
+
+    /// Waits a little for a frame, as the link sees fit: [`WaitHere::Ready`]
+    /// when [`next`](RxClaim::next) has something to say,
+    /// [`WaitHere::Again`] when the holder should let its executor run other
+    /// work and then call this again, [`WaitHere::Stop`] when waiting here
+    /// does not pay (let the claim go and wait for the receiving task).
+    /// `block_until`: the thread may block until then (`None`: it must not
+    /// block at all).
+    fn wait(&mut self, block_until: Option<std::time::Instant>) -> WaitHere;
+}
+
+/// What [`RxClaim::next`] found.
+#[derive(Debug)]
+pub enum Here<'a> {
+    /// A frame, copied out of the link.
+    Frame(&'a [u8]),
+    /// Nothing yet.
+    Nothing,
+    /// The peer closed its sending half and every frame was received.
+    Closed,
+    /// The link failed.
+    Failed(LinkError),
+}
+
+/// What [`RxClaim::wait`] advises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitHere {
+    /// Look again now.
+    Ready,
+    /// Yield, then wait again.
+    Again,
+    /// Let the claim go.
+    Stop,
 }

@@ -24,6 +24,13 @@
 //! always does while the session lives (the session's driver), and which
 //! costs them one task hop; the common waits (for a frame) cost none.
 //!
+//! **Receiving where the answer is awaited.** The receiving half is shared
+//! (`rx.rs`): the driver holds its lock only while it reads, and a caller
+//! waiting for its answer may claim it ([`LinkRx::direct`](super::LinkRx::direct))
+//! and read the ring on its own thread, polling while the peer runs on
+//! another CPU and, off the runtime's workers, sleeping on the readable
+//! bell's futex; the peer's ring then wakes that thread directly.
+//!
 //! **Storms.** A peer can write its end of the wake pair without publishing
 //! anything. A wake that brings no frame while no other waiter of this side
 //! is armed is counted; past twice the frames received plus
@@ -39,19 +46,19 @@
 //! A peer marked dead (by its supervisor, from its pidfd) makes every wait
 //! return [`LinkError::PeerGone`].
 
-use crate::rules::Rule;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use osmos_shm::{
-    BellWatcher, Drained, Endpoint, FrameGrant, FrameReceiver, FrameSender, Liveness, PeerState, SlotGrant,
-};
+use osmos_shm::{BellWatcher, Drained, Endpoint, FrameGrant, FrameSender, Liveness, PeerState, SlotGrant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
-use super::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
+use super::{CreditMode, Link, LinkError, LinkTx, SendPermit};
+
+mod rx;
+pub use rx::ShmRx;
 
 /// How long a receive polls the ring before parking.
 const RECV_SPIN: Duration = Duration::from_micros(50);
@@ -320,7 +327,6 @@ impl Link for ShmLink {
         } = self.endpoint;
         let writable = sender.producer().writable_watcher();
         let released = sender.slots().released_watcher();
-        let readable = receiver.readable_watcher();
         let tx = ShmTx {
             sender,
             writable,
@@ -329,16 +335,7 @@ impl Link for ShmLink {
             waiters: self.waiters.clone(),
             closed: false,
         };
-        let rx = ShmRx {
-            spin_score: SPIN_SCORE_MAX,
-            parks_unspun: 0,
-            receiver,
-            readable,
-            liveness,
-            waiters: self.waiters,
-            buf: Vec::new(),
-            window: StormWindow::new(),
-        };
+        let rx = ShmRx::new(receiver, liveness, self.waiters);
         (tx, rx)
     }
 }
@@ -544,192 +541,5 @@ impl SendPermit for ShmPermit<'_> {
                 frame.commit(osmos_shm::SlotRef::ENCODED_LEN).map_err(shm_error)
             }
         }
-    }
-}
-
-/// Wakes and frames within the current second (see the module doc, "Storms").
-struct StormWindow {
-    start: Instant,
-    empty_wakes: u64,
-    frames: u64,
-}
-
-impl StormWindow {
-    fn new() -> Self {
-        StormWindow {
-            start: Instant::now(),
-            empty_wakes: 0,
-            frames: 0,
-        }
-    }
-
-    fn roll(&mut self) {
-        if self.start.elapsed() >= Duration::from_secs(1) {
-            *self = StormWindow::new();
-        }
-    }
-
-    fn frame(&mut self) {
-        self.frames += 1;
-    }
-
-    /// Counts a wake that brought nothing; a violation past the allowance.
-    fn empty_wake(&mut self) -> Result<(), LinkError> {
-        self.roll();
-        self.empty_wakes += 1;
-        let allowed = self.frames.saturating_mul(2).saturating_add(EMPTY_WAKES_ALLOWED);
-        if self.empty_wakes > allowed {
-            return Err(LinkError::Violation {
-                rule: Rule::LinkEmptyWakes.name(),
-                detail: format!(
-                    "the peer woke this side {} times within a second without publishing a frame ({} frames came; {allowed} empty wakes are allowed)",
-                    self.empty_wakes, self.frames
-                ),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// The receiving half of an shm link.
-pub struct ShmRx {
-    /// Recent spin windows that found a frame, minus twice those that did
-    /// not, within `0..=SPIN_SCORE_MAX`.
-    spin_score: u8,
-    /// Parks since the last spin window.
-    parks_unspun: u32,
-    receiver: FrameReceiver,
-    readable: BellWatcher,
-    liveness: Liveness,
-    waiters: SideWaiters,
-    /// The last frame received, copied out of the segment.
-    buf: Vec<u8>,
-    window: StormWindow,
-}
-
-impl Drop for ShmRx {
-    /// Nobody will read this side's ring again: mark this side dead, so that
-    /// a peer waiting for ring space (or anything else) gets `PeerGone`
-    /// instead of waiting forever.
-    fn drop(&mut self) {
-        self.liveness.mark_dead(self.liveness.side());
-    }
-}
-
-impl ShmRx {
-    /// Copies the next frame out, if one is there.
-    fn take_frame(&mut self) -> Result<bool, LinkError> {
-        let got = self.receiver.try_recv_into(&mut self.buf).map_err(shm_error)?;
-        if got {
-            self.window.frame();
-        }
-        Ok(got)
-    }
-
-    /// Whether a frame is ready, checking in a tight loop for about a
-    /// microsecond while the peer runs on another CPU.
-    fn has_frame_soon(&mut self) -> Result<bool, LinkError> {
-        if self.receiver.has_frame().map_err(shm_error)? {
-            return Ok(true);
-        }
-        // Where the peer runs does not change within a microsecond: look once.
-        if !self.liveness.peer_on_another_cpu() {
-            return Ok(false);
-        }
-        for _ in 1..RECV_CHECKS {
-            std::hint::spin_loop();
-            if self.receiver.has_frame().map_err(shm_error)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// The end of the stream once the ring is empty: `Ok(None)` for a
-    /// closing peer, an error for a dead one; `Ok(Some(()))` to go on.
-    fn ended(&mut self) -> Result<Option<()>, LinkError> {
-        let peer = self.liveness.side().peer();
-        match self.liveness.state(peer) {
-            PeerState::Closing | PeerState::Dead => {
-                if self.receiver.has_frame().map_err(shm_error)? {
-                    return Ok(Some(()));
-                }
-                if self.liveness.state(peer) == PeerState::Dead {
-                    return Err(LinkError::PeerGone {
-                        detail: format!("the {peer} died"),
-                    });
-                }
-                Ok(None)
-            }
-            _ => Ok(Some(())),
-        }
-    }
-}
-
-impl LinkRx for ShmRx {
-    type Frame<'a> = &'a [u8];
-
-    async fn recv(&mut self) -> Result<Option<&[u8]>, LinkError> {
-        self.waiters.reactor()?;
-        // Poll for a while before parking, but only while the peer runs on
-        // another CPU (a frame is then seen within ~0.1 µs, against tens of
-        // microseconds for a wake across CPUs), and only while spinning
-        // pays: windows that end without a frame (a slow peer, or many
-        // sessions sharing few CPUs) lower the score, and at zero a receive
-        // parks at once, trying a window again now and then. A peer on this
-        // CPU cannot run while we spin: park at once.
-        let spin_until = Instant::now() + RECV_SPIN;
-        let may_spin = self.spin_score > 0 || self.parks_unspun >= SPIN_PROBE_EVERY;
-        let mut spun = false;
-        loop {
-            if self.has_frame_soon()? {
-                if spun {
-                    self.spin_score = (self.spin_score + 1).min(SPIN_SCORE_MAX);
-                    self.parks_unspun = 0;
-                }
-                break;
-            }
-            match self.ended()? {
-                Some(()) => {}
-                None => return Ok(None),
-            }
-            if may_spin && Instant::now() < spin_until && self.liveness.peer_on_another_cpu() {
-                spun = true;
-                tokio::task::yield_now().await;
-                continue;
-            }
-            if spun {
-                // A whole window without a frame.
-                self.spin_score = self.spin_score.saturating_sub(2);
-                self.parks_unspun = 0;
-                spun = false;
-            } else {
-                self.parks_unspun = self.parks_unspun.saturating_add(1);
-            }
-            // Park: mark, re-check, sleep in the reactor.
-            let notified = self.waiters.inner.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            self.readable.arm_reactor();
-            if self.receiver.has_frame().map_err(shm_error)? {
-                self.readable.disarm_reactor();
-                break;
-            }
-            let slept = self.waiters.sleep(notified).await;
-            self.readable.disarm_reactor();
-            if slept? > 0
-                && !self.receiver.has_frame().map_err(shm_error)?
-                && !self.waiters.any_armed()
-                && self.liveness.check().is_ok()
-            {
-                self.window.empty_wake()?;
-            }
-        }
-        if self.take_frame()? {
-            return Ok(Some(&self.buf));
-        }
-        Err(LinkError::Io(std::io::Error::other(
-            "a frame found ready was gone (a bug)",
-        )))
     }
 }

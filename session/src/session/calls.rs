@@ -434,7 +434,21 @@ impl Connection {
             channels,
             args: &args,
         };
-        let sent = shared.send(&msg).await;
+        // Claim the receive side before the call goes out (see `here`), but
+        // never hold it while waiting to send: the peer may be waiting for
+        // us to read before it makes room.
+        let mut claim = shared.claim_receiving();
+        let sent = match claim {
+            Some(_) => match shared.try_send_message(&msg) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    claim = None;
+                    shared.send(&msg).await
+                }
+                Err(e) => Err(e),
+            },
+            None => shared.send(&msg).await,
+        };
         if let Message::Call { channels, .. } = &msg {
             shared.announce(channels);
         }
@@ -443,7 +457,11 @@ impl Connection {
             shared.lock().pending.remove(&request);
             return Err(Unanswered::Send(e));
         }
-        let result = answer.await.map_err(|_| Unanswered::Ended(shared.ended()));
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let result = shared
+            .answer(answer, deadline, claim)
+            .await
+            .map_err(|_| Unanswered::Ended(shared.ended()));
         guard.armed = false;
         result
     }

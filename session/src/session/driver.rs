@@ -130,11 +130,16 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
                         break;
                     }
                 };
-                shared.stats.frames_received.fetch_add(1, Ordering::Relaxed);
-                shared.stats.bytes_received.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                if let Err(v) = handle_frame(&shared, &frame) {
+                if let Err(v) = on_received(&shared, &frame) {
                     drop(frame);
                     fail_with_violation(&shared, v).await;
+                    break;
+                }
+                if shared.reading_stopped.load(Ordering::Acquire) {
+                    // A caller found a frame that broke a rule; the session
+                    // is ending on its own.
+                    drop(frame);
+                    wait_ended(&mut ended).await;
                     break;
                 }
             }
@@ -173,7 +178,27 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
     .await;
 }
 
-async fn fail_with_violation(shared: &Arc<Shared>, v: Violation) {
+/// Handles one received frame, on whichever task received it (the driver,
+/// or a caller receiving on its own thread). Errors are protocol violations;
+/// after one, no other frame is handled.
+pub(super) fn on_received(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
+    if shared.reading_stopped.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    shared.stats.frames_received.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .bytes_received
+        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    let r = handle_frame(shared, frame);
+    if r.is_err() {
+        shared.reading_stopped.store(true, Ordering::Release);
+    }
+    r
+}
+
+/// Ends the session for a frame that broke a rule, as the driver does.
+pub(super) async fn fail_with_violation(shared: &Arc<Shared>, v: Violation) {
     warn!(session = %shared.name, rule = v.rule, "peer broke a protocol rule: {}", v.detail);
     let msg = Message::ProtocolError {
         rule: v.rule.to_string(),

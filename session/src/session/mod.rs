@@ -64,7 +64,7 @@
 //! same way.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,7 +73,7 @@ use tracing::{debug, warn};
 
 use crate::channel::{self, ChannelError, Rx, Tx};
 use crate::error::{CallError, SessionError};
-use crate::link::{CreditMode, Link, LinkError};
+use crate::link::{CreditMode, DirectRx, Link, LinkError, LinkRx};
 use crate::service::Dispatcher;
 use crate::wire::{Message, Metadata, Settings};
 
@@ -93,6 +93,7 @@ mod channels;
 mod connections;
 mod driver;
 mod handshake;
+mod here;
 mod liveness;
 mod outbound;
 mod recent;
@@ -248,6 +249,8 @@ impl SessionBuilder {
             slot_stall: StallClock::default(),
             room_gate: tokio::sync::Mutex::new(()),
             stats: Counters::default(),
+            direct: rx.direct(),
+            reading_stopped: AtomicBool::new(false),
         });
         shared.lock().conns.insert(
             0,
@@ -381,6 +384,11 @@ pub(crate) struct Shared {
     /// Waits for room outside the send lock, one at a time.
     room_gate: tokio::sync::Mutex<()>,
     stats: Counters,
+    /// Receiving on a waiting caller's thread, where the link allows it
+    /// (see `here`).
+    direct: Option<Arc<dyn DirectRx>>,
+    /// A frame broke a rule: nobody handles another (the session is ending).
+    reading_stopped: AtomicBool,
 }
 
 /// Traffic counters of one session.
@@ -575,6 +583,8 @@ impl Connection {
             slot_stall: StallClock::default(),
             room_gate: tokio::sync::Mutex::new(()),
             stats: Counters::default(),
+            direct: None,
+            reading_stopped: AtomicBool::new(false),
         });
         if let Some(why) = shared.ended() {
             shared.lock().ended = Some(why);

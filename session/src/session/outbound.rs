@@ -93,6 +93,16 @@ impl Shared {
         self.send_waiting(len, &fill).await
     }
 
+    /// Sends a message if it can go at once (nobody else sending, room in
+    /// the link): `Ok(false)` if it would have to wait.
+    pub(super) fn try_send_message(&self, msg: &Message<'_>) -> Result<bool, SessionError> {
+        let len = msg.encoded_len();
+        self.check_sendable(msg.kind(), len)?;
+        self.try_send_now(len, &|buf: &mut [u8]| {
+            msg.write_to(buf);
+        })
+    }
+
     /// Whether a message may be sent: the session is up and the message fits
     /// the peer's and the link's limits.
     pub(super) fn check_sendable(&self, kind: &str, len: usize) -> Result<(), SessionError> {

@@ -1,0 +1,470 @@
+//! The receiving half of an shm link, shared by the session's driver and by
+//! callers that receive on their own thread.
+//!
+//! Whoever holds the receive lock reads the ring. The driver ([`ShmRx`])
+//! holds it only while it looks at the ring or hands a frame over, never
+//! while it waits. A caller waiting for its answer claims the lock instead
+//! ([`DirectRx::claim`]): while it holds it, it takes the driver's reactor
+//! mark off the readable bell (the peer's ring then wakes no other thread for
+//! the frames the caller takes), receives and handles every frame itself,
+//! polls while the peer runs on another CPU, and, where blocking a thread is
+//! allowed, sleeps on the bell's futex for a bounded time, so the peer's ring
+//! wakes the waiting thread directly. Letting the claim go puts the mark back
+//! and, when a frame is waiting, wakes the driver.
+//!
+//! Both ways of waiting are adaptive (see `Adaptive`): a window that ends
+//! without a frame (a slow handler, a busy machine) lowers its score, and at
+//! zero the wait is skipped, trying again now and then.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use osmos_shm::{BellWatcher, FrameReceiver, Liveness, PeerState};
+use tokio::sync::{MappedMutexGuard, MutexGuard, Notify, OwnedMutexGuard};
+
+use super::{
+    EMPTY_WAKES_ALLOWED, RECV_CHECKS, RECV_SPIN, SPIN_PROBE_EVERY, SPIN_SCORE_MAX, SideWaiters, shm_error,
+};
+use crate::link::{DirectRx, Here, LinkError, LinkRx, RxClaim, WaitHere};
+use crate::rules::Rule;
+
+/// Longest a caller blocks its thread on the readable bell in one window.
+const BLOCK_WINDOW: Duration = Duration::from_micros(500);
+/// How many ring checks a caller's spin makes in one poll (a few
+/// microseconds) before letting its executor run other work.
+const SPIN_CHUNK: u32 = 16 * RECV_CHECKS;
+
+/// Whether a kind of wait has been paying off: windows that found a frame
+/// raise the score, windows that did not lower it twice as much; at zero the
+/// wait is skipped, and tried again after [`SPIN_PROBE_EVERY`] skips.
+#[derive(Clone, Copy, Debug)]
+struct Adaptive {
+    score: u8,
+    skipped: u32,
+}
+
+impl Adaptive {
+    fn new() -> Self {
+        Adaptive {
+            score: SPIN_SCORE_MAX,
+            skipped: 0,
+        }
+    }
+
+    /// Whether to try a window now (counts a skip when not).
+    fn may_try(&mut self) -> bool {
+        if self.score > 0 || self.skipped >= SPIN_PROBE_EVERY {
+            true
+        } else {
+            self.skipped = self.skipped.saturating_add(1);
+            false
+        }
+    }
+
+    fn paid(&mut self) {
+        self.score = (self.score + 1).min(SPIN_SCORE_MAX);
+        self.skipped = 0;
+    }
+
+    fn missed(&mut self) {
+        self.score = self.score.saturating_sub(2);
+        self.skipped = 0;
+    }
+}
+
+/// Wakes and frames within the current second (see the module doc of
+/// `shm`, "Storms").
+#[derive(Debug)]
+struct StormWindow {
+    start: Instant,
+    empty_wakes: u64,
+    frames: u64,
+}
+
+impl StormWindow {
+    fn new() -> Self {
+        StormWindow {
+            start: Instant::now(),
+            empty_wakes: 0,
+            frames: 0,
+        }
+    }
+
+    fn roll(&mut self) {
+        if self.start.elapsed() >= Duration::from_secs(1) {
+            *self = StormWindow::new();
+        }
+    }
+
+    fn frame(&mut self) {
+        self.frames += 1;
+    }
+
+    /// Counts a wake that brought nothing; a violation past the allowance.
+    fn empty_wake(&mut self) -> Result<(), LinkError> {
+        self.roll();
+        self.empty_wakes += 1;
+        let allowed = self.frames.saturating_mul(2).saturating_add(EMPTY_WAKES_ALLOWED);
+        if self.empty_wakes > allowed {
+            return Err(LinkError::Violation {
+                rule: Rule::LinkEmptyWakes.name(),
+                detail: format!(
+                    "the peer woke this side {} times within a second without publishing a frame ({} frames came; {allowed} empty wakes are allowed)",
+                    self.empty_wakes, self.frames
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the receive lock guards.
+struct RxInner {
+    receiver: FrameReceiver,
+    /// The last frame received, copied out of the segment.
+    buf: Vec<u8>,
+    window: StormWindow,
+    /// The driver's spinning before it parks.
+    driver_spin: Adaptive,
+    /// Callers' spinning while the peer runs on another CPU.
+    caller_spin: Adaptive,
+    /// Callers' blocking on the readable bell.
+    caller_block: Adaptive,
+    /// The driver sleeps in the reactor with its mark on the readable bell
+    /// (a claim takes the mark off while it holds the lock and puts it back).
+    driver_parked: bool,
+}
+
+impl RxInner {
+    /// Copies the next frame out, if one is there.
+    fn take_frame(&mut self) -> Result<bool, LinkError> {
+        let got = self.receiver.try_recv_into(&mut self.buf).map_err(shm_error)?;
+        if got {
+            self.window.frame();
+        }
+        Ok(got)
+    }
+
+    fn has_frame(&mut self) -> Result<bool, LinkError> {
+        self.receiver.has_frame().map_err(shm_error)
+    }
+
+    /// Whether a frame is ready, checking `checks` times in a tight loop
+    /// while the peer runs on another CPU.
+    fn has_frame_soon(&mut self, liveness: &Liveness, checks: u32) -> Result<bool, LinkError> {
+        if self.has_frame()? {
+            return Ok(true);
+        }
+        // Where the peer runs does not change within a microsecond: look once.
+        if !liveness.peer_on_another_cpu() {
+            return Ok(false);
+        }
+        for _ in 1..checks {
+            std::hint::spin_loop();
+            if self.has_frame()? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The end of the stream once the ring is empty: `Ok(None)` for a
+    /// closing peer, an error for a dead one; `Ok(Some(()))` to go on.
+    fn ended(&mut self, liveness: &Liveness) -> Result<Option<()>, LinkError> {
+        let peer = liveness.side().peer();
+        match liveness.state(peer) {
+            PeerState::Closing | PeerState::Dead => {
+                if self.has_frame()? {
+                    return Ok(Some(()));
+                }
+                if liveness.state(peer) == PeerState::Dead {
+                    return Err(LinkError::PeerGone {
+                        detail: format!("the {peer} died"),
+                    });
+                }
+                Ok(None)
+            }
+            _ => Ok(Some(())),
+        }
+    }
+}
+
+/// What the driver and the claims share.
+struct Core {
+    inner: Arc<tokio::sync::Mutex<RxInner>>,
+    /// Woken when a claim lets the lock go.
+    released: Notify,
+    /// The driver's half is gone: nobody receives any more.
+    closed: AtomicBool,
+    readable: BellWatcher,
+    liveness: Liveness,
+    waiters: SideWaiters,
+}
+
+/// The receiving half of an shm link (the session's driver holds it).
+pub struct ShmRx {
+    core: Arc<Core>,
+}
+
+impl ShmRx {
+    pub(super) fn new(receiver: FrameReceiver, liveness: Liveness, waiters: SideWaiters) -> Self {
+        let readable = receiver.readable_watcher();
+        ShmRx {
+            core: Arc::new(Core {
+                inner: Arc::new(tokio::sync::Mutex::new(RxInner {
+                    receiver,
+                    buf: Vec::new(),
+                    window: StormWindow::new(),
+                    driver_spin: Adaptive::new(),
+                    caller_spin: Adaptive::new(),
+                    caller_block: Adaptive::new(),
+                    driver_parked: false,
+                })),
+                released: Notify::new(),
+                closed: AtomicBool::new(false),
+                readable,
+                liveness,
+                waiters,
+            }),
+        }
+    }
+}
+
+impl Drop for ShmRx {
+    /// Nobody will read this side's ring again: mark this side dead, so that
+    /// a peer waiting for ring space (or anything else) gets `PeerGone`
+    /// instead of waiting forever.
+    fn drop(&mut self) {
+        self.core.closed.store(true, Ordering::Release);
+        self.core.liveness.mark_dead(self.core.liveness.side());
+    }
+}
+
+impl LinkRx for ShmRx {
+    type Frame<'a> = MappedMutexGuard<'a, [u8]>;
+
+    async fn recv(&mut self) -> Result<Option<MappedMutexGuard<'_, [u8]>>, LinkError> {
+        let core = &*self.core;
+        core.waiters.reactor()?;
+        // Poll for a while before parking, but only while the peer runs on
+        // another CPU (a frame is then seen within ~0.1 µs, against tens of
+        // microseconds for a wake across CPUs), and only while spinning
+        // pays (see `Adaptive`). A peer on this CPU cannot run while we
+        // spin: park at once. While a caller holds the receive lock it does
+        // the receiving; wait for it to let go.
+        let spin_until = Instant::now() + RECV_SPIN;
+        let mut may_spin = None;
+        let mut spun = false;
+        loop {
+            let released = core.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let Ok(mut g) = core.inner.try_lock() else {
+                released.await;
+                continue;
+            };
+            if g.has_frame_soon(&core.liveness, RECV_CHECKS)? {
+                if spun {
+                    g.driver_spin.paid();
+                }
+                if !g.take_frame()? {
+                    return Err(LinkError::Io(std::io::Error::other(
+                        "a frame found ready was gone (a bug)",
+                    )));
+                }
+                return Ok(Some(MutexGuard::map(g, |i| &mut i.buf[..])));
+            }
+            if g.ended(&core.liveness)?.is_none() {
+                return Ok(None);
+            }
+            let may_spin = *may_spin.get_or_insert_with(|| g.driver_spin.may_try());
+            if may_spin && Instant::now() < spin_until && core.liveness.peer_on_another_cpu() {
+                spun = true;
+                drop(g);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if spun {
+                // A whole window without a frame.
+                g.driver_spin.missed();
+                spun = false;
+            }
+            // Park: mark, re-check, sleep in the reactor (the lock let go).
+            let notified = core.waiters.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            g.driver_parked = true;
+            core.readable.arm_reactor();
+            if g.has_frame()? {
+                core.readable.disarm_reactor();
+                g.driver_parked = false;
+                continue;
+            }
+            drop(g);
+            let slept = core.waiters.sleep(notified).await;
+            let mut g = core.inner.lock().await;
+            g.driver_parked = false;
+            core.readable.disarm_reactor();
+            if slept? > 0 && !g.has_frame()? && !core.waiters.any_armed() && core.liveness.check().is_ok() {
+                g.window.empty_wake()?;
+            }
+        }
+    }
+
+    fn direct(&self) -> Option<Arc<dyn DirectRx>> {
+        Some(Arc::new(ShmDirect(self.core.clone())))
+    }
+}
+
+/// Receiving on a caller's thread (see the module doc).
+struct ShmDirect(Arc<Core>);
+
+impl DirectRx for ShmDirect {
+    fn claim(&self) -> Option<Box<dyn RxClaim>> {
+        let core = &self.0;
+        if core.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let g = core.inner.clone().try_lock_owned().ok()?;
+        if g.driver_parked {
+            // The peer's rings wake this claim's thread (if it blocks),
+            // not the driver's, while the claim holds the lock.
+            core.readable.disarm_reactor();
+        }
+        Some(Box::new(ShmClaim {
+            g: Some(g),
+            core: core.clone(),
+            spin_until: None,
+            spun: false,
+            blocked: false,
+            error: None,
+        }))
+    }
+}
+
+/// A caller's hold on the receive lock.
+struct ShmClaim {
+    /// `Some` until dropped.
+    g: Option<OwnedMutexGuard<RxInner>>,
+    core: Arc<Core>,
+    /// The end of this claim's spin window, once decided (a window that is
+    /// skipped ends at once).
+    spin_until: Option<Instant>,
+    spun: bool,
+    /// A block ended without a frame: the claim has nothing more to wait for.
+    blocked: bool,
+    /// An error found while waiting, reported by the next `next`.
+    error: Option<LinkError>,
+}
+
+impl RxClaim for ShmClaim {
+    fn next(&mut self) -> Here<'_> {
+        if let Some(e) = self.error.take() {
+            return Here::Failed(e);
+        }
+        if self.core.closed.load(Ordering::Acquire) {
+            return Here::Nothing;
+        }
+        let ShmClaim { g, core, .. } = self;
+        let inner = g.as_mut().expect("a claim holds its guard until dropped");
+        match inner.take_frame() {
+            Ok(true) => return Here::Frame(&inner.buf),
+            Ok(false) => {}
+            Err(e) => return Here::Failed(e),
+        }
+        match inner.ended(&core.liveness) {
+            Ok(Some(())) => Here::Nothing,
+            Ok(None) => Here::Closed,
+            Err(e) => Here::Failed(e),
+        }
+    }
+
+    fn wait(&mut self, block_until: Option<Instant>) -> WaitHere {
+        if self.core.closed.load(Ordering::Acquire) {
+            return WaitHere::Stop;
+        }
+        let ShmClaim {
+            g,
+            core,
+            spin_until,
+            spun,
+            blocked,
+            error,
+        } = self;
+        let inner = g.as_mut().expect("a claim holds its guard until dropped");
+        let mut look = |inner: &mut RxInner, checks: u32| match inner.has_frame_soon(&core.liveness, checks) {
+            Ok(found) => found,
+            Err(e) => {
+                // Reported by the next `next`.
+                *error = Some(e);
+                true
+            }
+        };
+        let now = Instant::now();
+        if core.liveness.peer_on_another_cpu() {
+            let until = *spin_until.get_or_insert_with(|| {
+                if inner.caller_spin.may_try() {
+                    now + RECV_SPIN
+                } else {
+                    now
+                }
+            });
+            if now < until {
+                *spun = true;
+                if look(inner, SPIN_CHUNK) {
+                    inner.caller_spin.paid();
+                    return WaitHere::Ready;
+                }
+                return WaitHere::Again;
+            }
+            if std::mem::take(spun) {
+                inner.caller_spin.missed();
+            }
+        }
+        // Block at most once for each frame it brings: a block that ends
+        // without one (the window passed, or the bell rang for nothing)
+        // lets the claim go.
+        let Some(until) = block_until else {
+            return WaitHere::Stop;
+        };
+        if *blocked || !inner.caller_block.may_try() {
+            return WaitHere::Stop;
+        }
+        let seen = core.readable.seq();
+        if look(inner, 1) {
+            return WaitHere::Ready;
+        }
+        let r = core
+            .readable
+            .wait_change(seen, Some(until.min(now + BLOCK_WINDOW)));
+        if look(inner, 1) {
+            inner.caller_block.paid();
+            return WaitHere::Ready;
+        }
+        *blocked = true;
+        match r {
+            Ok(()) | Err(osmos_shm::Error::Timeout { .. }) => inner.caller_block.missed(),
+            // A dead peer or a shutdown: the driver reports it.
+            Err(_) => {}
+        }
+        WaitHere::Stop
+    }
+}
+
+impl Drop for ShmClaim {
+    fn drop(&mut self) {
+        let Some(mut g) = self.g.take() else { return };
+        let core = &self.core;
+        if g.driver_parked {
+            // The driver's mark goes back; a frame that came while it was off
+            // would ring nobody: hand it to the driver.
+            core.readable.arm_reactor();
+            if g.has_frame().unwrap_or(true) {
+                core.waiters.inner.notify.notify_waiters();
+            }
+        }
+        drop(g);
+        core.released.notify_waiters();
+    }
+}

@@ -1,0 +1,175 @@
+//! Receiving on the waiting caller's thread.
+//!
+//! A caller that has sent its call waits for the answer. When the link can
+//! be received from directly ([`DirectRx`], the shm link) and nobody else is
+//! receiving, the caller claims the receive side and takes frames itself:
+//! every frame it finds is handled exactly as the driver would handle it
+//! (other callers' answers, the peer's calls, channel items), until its own
+//! answer has come. The answer then costs no task wake and no thread hop.
+//! How long the caller waits here is the link's choice ([`RxClaim::wait`]):
+//! it polls while the peer runs on another CPU, and blocks its thread on
+//! the link's futex only where that stalls nothing else: outside the
+//! runtime's worker threads (the thread of `Runtime::block_on`, which is
+//! where `#[tokio::main]` runs `main`) and never on a current-thread
+//! runtime, whose one thread also drives the timers and the I/O. When
+//! waiting here stops paying, the claim is let go, the driver receives
+//! again, and the caller waits for it as before.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::Shared;
+use super::driver::{fail_with_violation, on_received};
+use crate::error::SessionError;
+use crate::link::{Here, RxClaim, WaitHere};
+
+/// How far ahead a caller without a deadline may block (each block is
+/// bounded much shorter by the link).
+const FAR: Duration = Duration::from_secs(3600);
+/// Longest one poll of a waiting caller keeps handling frames before it
+/// lets its executor run other work.
+const POLL_BUDGET: Duration = Duration::from_millis(1);
+
+/// Whether this thread may block in a wait: it runs a multi-thread runtime's
+/// `block_on` (no task is being polled), not a worker and not a
+/// current-thread runtime.
+fn may_block_here() -> bool {
+    tokio::task::try_id().is_none()
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+impl Shared {
+    /// The receive side for a caller about to send its call, if the link
+    /// offers it and nobody is receiving. Claimed before the call goes out,
+    /// the peer's answer then rings this caller's thread, not the driver's,
+    /// even when the peer answers before this thread runs again (a peer on
+    /// the same CPU often does).
+    pub(super) fn claim_receiving(&self) -> Option<Box<dyn RxClaim>> {
+        if self.reading_stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        self.direct.as_ref()?.claim()
+    }
+
+    /// Waits for a call's answer, receiving on this thread while that pays
+    /// (see the module doc). `deadline`: when the call gives up.
+    ///
+    /// `claim`: the receive side, claimed before the call was sent (see
+    /// [`claim_receiving`](Self::claim_receiving)).
+    pub(super) async fn answer<R>(
+        self: &Arc<Self>,
+        mut answer: oneshot::Receiver<R>,
+        deadline: Option<Instant>,
+        mut claim: Option<Box<dyn RxClaim>>,
+    ) -> Result<R, oneshot::error::RecvError> {
+        let Some(direct) = self.direct.clone() else {
+            return answer.await;
+        };
+        let block_until = may_block_here().then(|| deadline.unwrap_or_else(|| Instant::now() + FAR));
+        std::future::poll_fn(move |cx| {
+            if let Poll::Ready(r) = Pin::new(&mut answer).poll(cx) {
+                return Poll::Ready(r);
+            }
+            if claim.is_none() && !self.reading_stopped.load(Ordering::Acquire) {
+                claim = direct.claim();
+            }
+            let Some(c) = claim.as_mut() else {
+                return Poll::Pending;
+            };
+            match self.receive_here(c.as_mut(), &mut answer, cx, block_until) {
+                Some(r) => {
+                    claim = None;
+                    r
+                }
+                None => {
+                    // Yield with the claim held: the executor polls again soon.
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Ends the session for a frame a caller found breaking a rule, the
+    /// way the driver would (in a task: the caller cannot wait for it).
+    fn fail_soon(self: &Arc<Self>, v: crate::error::Violation) {
+        self.reading_stopped.store(true, Ordering::Release);
+        let shared = self.clone();
+        tokio::spawn(async move { fail_with_violation(&shared, v).await });
+    }
+
+    /// Receives under `claim` until `answer` is ready (`Some(Ready)`),
+    /// waiting here stops paying or the session ends (`Some(Pending)`: let
+    /// the claim go), or the link advises a yield (`None`: keep the claim).
+    fn receive_here<R>(
+        self: &Arc<Self>,
+        claim: &mut dyn RxClaim,
+        answer: &mut oneshot::Receiver<R>,
+        cx: &mut Context<'_>,
+        block_until: Option<Instant>,
+    ) -> Option<Poll<Result<R, oneshot::error::RecvError>>> {
+        let started = Instant::now();
+        let mut frames = 0u32;
+        loop {
+            loop {
+                match claim.next() {
+                    Here::Frame(frame) => {
+                        frames = frames.wrapping_add(1);
+                        // A peer that keeps sending does not keep this
+                        // thread from the rest of its work.
+                        if frames.is_multiple_of(64) && started.elapsed() >= POLL_BUDGET {
+                            if let Err(v) = on_received(self, frame) {
+                                self.fail_soon(v);
+                                return Some(Poll::Pending);
+                            }
+                            return None;
+                        }
+                        if let Err(v) = on_received(self, frame) {
+                            self.fail_soon(v);
+                            return Some(Poll::Pending);
+                        }
+                        if let Poll::Ready(r) = Pin::new(&mut *answer).poll(cx) {
+                            return Some(Poll::Ready(r));
+                        }
+                    }
+                    Here::Nothing => break,
+                    Here::Closed => {
+                        self.end(SessionError::Link {
+                            detail: "the peer closed the link".into(),
+                        });
+                        return Some(Pin::new(&mut *answer).poll(cx));
+                    }
+                    Here::Failed(crate::link::LinkError::Violation { rule, detail }) => {
+                        self.fail_soon(crate::error::violation(rule, detail));
+                        return Some(Poll::Pending);
+                    }
+                    Here::Failed(e) => {
+                        self.end(super::link_failed(e));
+                        return Some(Pin::new(&mut *answer).poll(cx));
+                    }
+                }
+            }
+            // Waiting here pays for a lone caller. With other calls in
+            // flight, their callers wait for whoever receives: hand that
+            // back to the driver rather than hold it through a yield.
+            if started.elapsed() >= POLL_BUDGET {
+                return None;
+            }
+            if self.lock().pending.len() > 1 {
+                return Some(Pin::new(&mut *answer).poll(cx));
+            }
+            match claim.wait(block_until) {
+                WaitHere::Ready => {}
+                WaitHere::Again => return None,
+                WaitHere::Stop => return Some(Pin::new(&mut *answer).poll(cx)),
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Over shm, a caller waiting for its answer receives on its own thread
+//! (`Runtime::block_on`, as `#[tokio::main]` runs `main`): everything that
+//! arrives before its answer is handled as the driver would handle it, a
+//! frame that breaks a rule ends the session as it would from the driver,
+//! and a caller that stops waiting leaves receiving to the driver.
+//!
+//! The peer is a raw one on a thread of its own, so each test decides what
+//! arrives while the session's caller waits.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::bounded;
+use osmos_session::link::shm::ShmLink;
+use osmos_session::wire::{self, Message, Outcome, PROTOCOL_VERSION, Settings};
+use osmos_session::{
+    CallError, CallOptions, Connection, SessionBuilder, SessionConfig, SessionError, method_id,
+};
+use osmos_shm::{Endpoint, FrameReceiver, FrameSender, Segment, SegmentConfig};
+
+/// What the session under test serves to the raw peer.
+#[osmos_macros::service]
+pub trait Side {
+    /// `2 * x`.
+    async fn double(&self, x: u32) -> u32;
+}
+
+struct Impl;
+impl Side for Impl {
+    async fn double(&self, x: u32) -> u32 {
+        2 * x
+    }
+}
+
+/// The raw peer's ends of the segment.
+struct Raw {
+    sender: FrameSender,
+    receiver: FrameReceiver,
+}
+
+impl Raw {
+    fn send(&mut self, m: &Message<'_>) {
+        self.sender.send(&wire::encode(m).unwrap(), None).unwrap();
+    }
+
+    /// The next message, decoded from a copy; `None` after 20 s.
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let until = Instant::now() + common::BOUND;
+        loop {
+            match self
+                .receiver
+                .recv(Some(Instant::now() + Duration::from_millis(50)))
+            {
+                Ok(m) => {
+                    let bytes = m.to_vec();
+                    drop(m);
+                    return Some(bytes);
+                }
+                Err(osmos_shm::Error::Timeout { .. }) if Instant::now() < until => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Runs the handshake as the initiator.
+    fn hello(&mut self) {
+        self.send(&Message::Hello {
+            version: PROTOCOL_VERSION,
+            settings: Settings::default(),
+        });
+        let answer = self.next().expect("the session's HelloYourself");
+        assert!(matches!(
+            wire::decode(&answer).unwrap(),
+            Message::HelloYourself { .. }
+        ));
+    }
+
+    /// Calls `Side.double(x)` on the session as request `request`.
+    fn call_double(&mut self, request: u64, x: u32) {
+        let args = wire::encode(&(x,)).unwrap();
+        self.send(&Message::Call {
+            conn: 0,
+            request,
+            method: method_id("Side", "double"),
+            deadline_us: 0,
+            metadata: vec![],
+            channels: vec![],
+            args: &args,
+        });
+    }
+
+    /// Answers `request` with `value`.
+    fn answer(&mut self, request: u64, value: u32) {
+        let payload = wire::encode(&value).unwrap();
+        self.send(&Message::Response {
+            conn: 0,
+            request,
+            metadata: vec![],
+            channels: vec![],
+            outcome: Outcome::Ok(&payload),
+        });
+    }
+}
+
+/// A segment, the session accepting on the host side (serving `Side`), and
+/// the raw peer's ends, handed to `peer` on a thread of its own.
+async fn start<T: Send + 'static>(
+    peer: impl FnOnce(Raw) -> T + Send + 'static,
+) -> (Connection, std::thread::JoinHandle<T>) {
+    let host = Segment::create(&SegmentConfig::default(), 1).unwrap();
+    let cell = host.attach_peer().unwrap();
+    let Endpoint { sender, receiver, .. } = cell.endpoint().unwrap();
+    let peer = std::thread::spawn(move || {
+        let _cell = cell;
+        let mut raw = Raw { sender, receiver };
+        raw.hello();
+        peer(raw)
+    });
+    // No periodic work in the driver within a test's bound: a frame it
+    // receives is one it was woken for.
+    let quiet = SessionConfig {
+        keepalive_interval: Duration::from_secs(60),
+        keepalive_timeout: Duration::from_secs(120),
+        call_timeout: None,
+        ..SessionConfig::default()
+    };
+    let conn = bounded(
+        "the handshake",
+        SessionBuilder::new()
+            .config(quiet)
+            .serve(SideDispatcher::new(Impl))
+            .accept(ShmLink::new(host.endpoint().unwrap())),
+    )
+    .await
+    .unwrap();
+    // The segment's mapping lives as long as the endpoints; the handle can go.
+    drop(host);
+    (conn, peer)
+}
+
+/// `Peer.next(x)` on the raw peer.
+async fn next(conn: &Connection, x: u32, options: CallOptions) -> Result<u32, CallError<String>> {
+    conn.call::<(u32,), u32, String>(method_id("Peer", "next"), &(x,), options)
+        .await
+}
+
+/// The session's next call, its request id and argument.
+fn expect_call(raw: &mut Raw) -> (u64, u32) {
+    loop {
+        let bytes = raw.next().expect("the session's call");
+        if let Message::Call { request, args, .. } = wire::decode(&bytes).unwrap() {
+            let (x,): (u32,) = facet_postcard::from_slice(args).unwrap();
+            return (request, x);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_arrives_before_the_answer_is_handled_by_the_waiting_caller() {
+    let (conn, peer) = start(|mut raw| {
+        let (request, x) = expect_call(&mut raw);
+        // Before the answer: a Ping and a call of our own.
+        raw.send(&Message::Ping { nonce: 99 });
+        raw.call_double(1, 21);
+        raw.answer(request, x + 1);
+        let (mut pong, mut doubled) = (None, None);
+        while pong.is_none() || doubled.is_none() {
+            let Some(bytes) = raw.next() else { break };
+            match wire::decode(&bytes).unwrap() {
+                Message::Pong { nonce } => pong = Some(nonce),
+                Message::Response {
+                    request: 1,
+                    outcome: Outcome::Ok(p),
+                    ..
+                } => doubled = Some(facet_postcard::from_slice::<u32>(p).unwrap()),
+                _ => {}
+            }
+        }
+        (pong, doubled)
+    })
+    .await;
+    let got = bounded("the answer", next(&conn, 41, CallOptions::default())).await;
+    assert_eq!(got.unwrap(), 42);
+    let (pong, doubled) = bounded(
+        "the peer",
+        tokio::task::spawn_blocking(move || peer.join().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pong, Some(99), "the Ping that came before the answer got no Pong");
+    assert_eq!(
+        doubled,
+        Some(42),
+        "the call that came before the answer was not answered"
+    );
+    assert!(conn.ended().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_frame_before_the_answer_ends_the_session_with_its_rule() {
+    let (conn, peer) = start(|mut raw| {
+        expect_call(&mut raw);
+        raw.sender.send(&[0xff; 9], None).unwrap();
+        // The session tells us which rule we broke.
+        while let Some(bytes) = raw.next() {
+            if let Ok(Message::ProtocolError { rule, .. }) = wire::decode(&bytes) {
+                return Some(rule);
+            }
+        }
+        None
+    })
+    .await;
+    let got = bounded("the failed call", next(&conn, 1, CallOptions::default())).await;
+    let err = got.expect_err("a call whose peer broke a rule");
+    assert!(err.to_string().contains("frame.decodable"), "{err}");
+    match bounded("the session's end", conn.closed()).await {
+        SessionError::Violation { rule, .. } => assert_eq!(rule, "frame.decodable"),
+        e => panic!("expected a violation of frame.decodable, got {e}"),
+    }
+    let told = bounded(
+        "the peer",
+        tokio::task::spawn_blocking(move || peer.join().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(told.as_deref(), Some("frame.decodable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_waiting_leaves_receiving_to_the_driver() {
+    let (doubled_tx, doubled_rx) = tokio::sync::oneshot::channel();
+    let (conn, peer) = start(move |mut raw| {
+        // The first call is never answered; once the session cancels it, we
+        // call the session: only its driver can receive that now.
+        let (first, _) = expect_call(&mut raw);
+        let mut doubled_tx = Some(doubled_tx);
+        while let Some(bytes) = raw.next() {
+            match wire::decode(&bytes).unwrap() {
+                Message::Cancel { request, .. } if request == first => raw.call_double(3, 21),
+                Message::Response {
+                    request: 3,
+                    outcome: Outcome::Ok(p),
+                    ..
+                } => {
+                    let v = facet_postcard::from_slice::<u32>(p).unwrap();
+                    if let Some(tx) = doubled_tx.take() {
+                        let _ = tx.send(v);
+                    }
+                }
+                Message::Call { request, args, .. } => {
+                    let (x,): (u32,) = facet_postcard::from_slice(args).unwrap();
+                    raw.answer(request, x + 1);
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    let first = next(&conn, 1, CallOptions::timeout(Duration::from_millis(30))).await;
+    assert!(
+        matches!(first, Err(CallError::DeadlineExceeded { .. })),
+        "{first:?}"
+    );
+    // Nobody waits for an answer now: the driver serves the peer's call.
+    assert_eq!(bounded("the peer's call answered", doubled_rx).await.unwrap(), 42);
+    let second = bounded("the second call", next(&conn, 1, CallOptions::default())).await;
+    assert_eq!(second.unwrap(), 2);
+    let answered = bounded(
+        "the peer",
+        tokio::task::spawn_blocking(move || peer.join().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(answered);
+}
