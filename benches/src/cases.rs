@@ -293,9 +293,15 @@ pub async fn calls_only(n: usize) -> Result<String, BoxError> {
     cell.shutdown(Duration::from_secs(2)).await;
     let (mut times, ctx) = r?;
     times.sort();
-    let p50 = times.get(times.len() / 2).copied().unwrap_or_default();
+    let at = |q: f64| {
+        times
+            .get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let (p50, p99) = (at(0.5), at(0.99));
     Ok(format!(
-        "{n} add calls: p50 {p50:?}; {}",
+        "{n} add calls: p50 {p50:?}, p99 {p99:?}; {}",
         ctx.map_or_else(|| "no context switch counts".to_string(), |c| c.breakdown())
     ))
 }

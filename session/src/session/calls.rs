@@ -461,7 +461,7 @@ impl Connection {
         let result = shared
             .answer(answer, deadline, claim)
             .await
-            .map_err(|_| Unanswered::Ended(shared.ended()));
+            .ok_or_else(|| Unanswered::Ended(shared.ended()));
         guard.armed = false;
         result
     }

@@ -18,7 +18,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -44,6 +44,16 @@ fn may_block_here() -> bool {
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
+/// The answer if it is there (`Some(None)`: it never will be), without
+/// tokio's cooperative budget.
+fn look<R>(answer: &mut oneshot::Receiver<R>) -> Option<Option<R>> {
+    match answer.try_recv() {
+        Ok(r) => Some(Some(r)),
+        Err(oneshot::error::TryRecvError::Closed) => Some(None),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+    }
+}
+
 impl Shared {
     /// The receive side for a caller about to send its call, if the link
     /// offers it and nobody is receiving. Claimed before the call goes out,
@@ -58,40 +68,51 @@ impl Shared {
     }
 
     /// Waits for a call's answer, receiving on this thread while that pays
-    /// (see the module doc). `deadline`: when the call gives up.
+    /// (see the module doc). `deadline`: when the call gives up. `None`
+    /// when the answer will never come (its sender was dropped).
     ///
     /// `claim`: the receive side, claimed before the call was sent (see
     /// [`claim_receiving`](Self::claim_receiving)).
+    ///
+    /// The answer is looked at with `try_recv`, which tokio's cooperative
+    /// budget does not limit: calls answered within one poll of `block_on`
+    /// use that budget up, and a budgeted look would then report an answer
+    /// that is there as missing, and the caller would wait for it.
     pub(super) async fn answer<R>(
         self: &Arc<Self>,
         mut answer: oneshot::Receiver<R>,
         deadline: Option<Instant>,
         mut claim: Option<Box<dyn RxClaim>>,
-    ) -> Result<R, oneshot::error::RecvError> {
+    ) -> Option<R> {
         let Some(direct) = self.direct.clone() else {
-            return answer.await;
+            return answer.await.ok();
         };
         let block_until = may_block_here().then(|| deadline.unwrap_or_else(|| Instant::now() + FAR));
         std::future::poll_fn(move |cx| {
-            if let Poll::Ready(r) = Pin::new(&mut answer).poll(cx) {
+            if let Some(r) = look(&mut answer) {
                 return Poll::Ready(r);
             }
             if claim.is_none() && !self.reading_stopped.load(Ordering::Acquire) {
                 claim = direct.claim();
             }
-            let Some(c) = claim.as_mut() else {
-                return Poll::Pending;
-            };
-            match self.receive_here(c.as_mut(), &mut answer, cx, block_until) {
-                Some(r) => {
-                    claim = None;
-                    r
+            if let Some(c) = claim.as_mut() {
+                match self.receive_here(c.as_mut(), &mut answer, block_until) {
+                    Some(Some(r)) => {
+                        claim = None;
+                        return Poll::Ready(r);
+                    }
+                    Some(None) => claim = None,
+                    None => {
+                        // Yield with the claim held: the executor polls again soon.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                 }
-                None => {
-                    // Yield with the claim held: the executor polls again soon.
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
+            }
+            // Wait for whoever receives; the registration may find it ready.
+            match Pin::new(&mut answer).poll(cx) {
+                Poll::Ready(r) => Poll::Ready(r.ok()),
+                Poll::Pending => Poll::Pending,
             }
         })
         .await
@@ -105,16 +126,15 @@ impl Shared {
         tokio::spawn(async move { fail_with_violation(&shared, v).await });
     }
 
-    /// Receives under `claim` until `answer` is ready (`Some(Ready)`),
-    /// waiting here stops paying or the session ends (`Some(Pending)`: let
-    /// the claim go), or the link advises a yield (`None`: keep the claim).
+    /// Receives under `claim` until the answer is there (`Some(Some(..))`),
+    /// waiting here stops paying or the session ends (`Some(None)`: let the
+    /// claim go), or the link advises a yield (`None`: keep the claim).
     fn receive_here<R>(
         self: &Arc<Self>,
         claim: &mut dyn RxClaim,
         answer: &mut oneshot::Receiver<R>,
-        cx: &mut Context<'_>,
         block_until: Option<Instant>,
-    ) -> Option<Poll<Result<R, oneshot::error::RecvError>>> {
+    ) -> Option<Option<Option<R>>> {
         let started = Instant::now();
         let mut frames = 0u32;
         loop {
@@ -127,16 +147,16 @@ impl Shared {
                         if frames.is_multiple_of(64) && started.elapsed() >= POLL_BUDGET {
                             if let Err(v) = on_received(self, frame) {
                                 self.fail_soon(v);
-                                return Some(Poll::Pending);
+                                return Some(None);
                             }
                             return None;
                         }
                         if let Err(v) = on_received(self, frame) {
                             self.fail_soon(v);
-                            return Some(Poll::Pending);
+                            return Some(None);
                         }
-                        if let Poll::Ready(r) = Pin::new(&mut *answer).poll(cx) {
-                            return Some(Poll::Ready(r));
+                        if let Some(r) = look(answer) {
+                            return Some(Some(r));
                         }
                     }
                     Here::Nothing => break,
@@ -144,15 +164,15 @@ impl Shared {
                         self.end(SessionError::Link {
                             detail: "the peer closed the link".into(),
                         });
-                        return Some(Pin::new(&mut *answer).poll(cx));
+                        return Some(look(answer));
                     }
                     Here::Failed(crate::link::LinkError::Violation { rule, detail }) => {
                         self.fail_soon(crate::error::violation(rule, detail));
-                        return Some(Poll::Pending);
+                        return Some(None);
                     }
                     Here::Failed(e) => {
                         self.end(super::link_failed(e));
-                        return Some(Pin::new(&mut *answer).poll(cx));
+                        return Some(look(answer));
                     }
                 }
             }
@@ -163,12 +183,12 @@ impl Shared {
                 return None;
             }
             if self.lock().pending.len() > 1 {
-                return Some(Pin::new(&mut *answer).poll(cx));
+                return Some(look(answer));
             }
             match claim.wait(block_until) {
                 WaitHere::Ready => {}
                 WaitHere::Again => return None,
-                WaitHere::Stop => return Some(Pin::new(&mut *answer).poll(cx)),
+                WaitHere::Stop => return Some(look(answer)),
             }
         }
     }
