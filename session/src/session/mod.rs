@@ -8,7 +8,9 @@
 //! refusals, protocol errors, answers that found no room) goes through the
 //! **outbox**, bounded by `peer.reads-its-answers` and `request.limit`, and
 //! drained by a writer task. Callers and handlers send directly, under the
-//! link's send lock.
+//! link's send lock. Where the link allows it (shm), a caller waiting for its
+//! answer receives on its own thread while the driver is not receiving, and
+//! handles every frame exactly as the driver would (`here.rs`).
 //!
 //! The parts, one file each:
 //!
@@ -17,6 +19,7 @@
 //!   session, and the [`Connection`] handle;
 //! - `handshake.rs`: `Hello` / `HelloYourself` and the version check;
 //! - `driver.rs`: the driver task, frame dispatch and the keepalive;
+//! - `here.rs`: a waiting caller receiving on its own thread;
 //! - `outbound.rs`: every path a frame takes out, the outbox and its writer
 //!   task, the stall guard;
 //! - `calls.rs`: the caller side (one path for typed and raw calls, and the
