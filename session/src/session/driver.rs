@@ -135,7 +135,7 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
                     fail_with_violation(&shared, v).await;
                     break;
                 }
-                if shared.reading_stopped.load(Ordering::Acquire) {
+                if shared.reading_stopped() {
                     // A caller found a frame that broke a rule; the session
                     // is ending on its own.
                     drop(frame);
@@ -182,7 +182,7 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
 /// or a caller receiving on its own thread). Errors are protocol violations;
 /// after one, no other frame is handled.
 pub(super) fn on_received(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
-    if shared.reading_stopped.load(Ordering::Acquire) {
+    if shared.reading_stopped() {
         return Ok(());
     }
     shared.stats.frames_received.fetch_add(1, Ordering::Relaxed);
@@ -192,7 +192,7 @@ pub(super) fn on_received(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Viol
         .fetch_add(frame.len() as u64, Ordering::Relaxed);
     let r = handle_frame(shared, frame);
     if r.is_err() {
-        shared.reading_stopped.store(true, Ordering::Release);
+        shared.stop_reading();
     }
     r
 }

@@ -17,7 +17,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -44,6 +43,23 @@ fn may_block_here() -> bool {
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
+/// How receiving under a claim ended.
+enum Received<R> {
+    /// The answer (`None`: it never will come).
+    Answer(Option<R>),
+    /// Let the claim go and wait for whoever receives.
+    LetGo,
+    /// Keep the claim, let the executor run other work, look again.
+    Yield,
+}
+
+impl<R> Received<R> {
+    /// The answer if it is there, else let the claim go.
+    fn settle(answer: &mut oneshot::Receiver<R>) -> Self {
+        look(answer).map_or(Received::LetGo, Received::Answer)
+    }
+}
+
 /// The answer if it is there (`Some(None)`: it never will be), without
 /// tokio's cooperative budget.
 fn look<R>(answer: &mut oneshot::Receiver<R>) -> Option<Option<R>> {
@@ -61,7 +77,7 @@ impl Shared {
     /// even when the peer answers before this thread runs again (a peer on
     /// the same CPU often does).
     pub(super) fn claim_receiving(&self) -> Option<Box<dyn RxClaim>> {
-        if self.reading_stopped.load(Ordering::Acquire) {
+        if self.reading_stopped() {
             return None;
         }
         self.direct.as_ref()?.claim()
@@ -92,17 +108,17 @@ impl Shared {
             if let Some(r) = look(&mut answer) {
                 return Poll::Ready(r);
             }
-            if claim.is_none() && !self.reading_stopped.load(Ordering::Acquire) {
+            if claim.is_none() && !self.reading_stopped() {
                 claim = direct.claim();
             }
             if let Some(c) = claim.as_mut() {
                 match self.receive_here(c.as_mut(), &mut answer, block_until) {
-                    Some(Some(r)) => {
+                    Received::Answer(r) => {
                         claim = None;
                         return Poll::Ready(r);
                     }
-                    Some(None) => claim = None,
-                    None => {
+                    Received::LetGo => claim = None,
+                    Received::Yield => {
                         // Yield with the claim held: the executor polls again soon.
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
@@ -121,42 +137,38 @@ impl Shared {
     /// Ends the session for a frame a caller found breaking a rule, the
     /// way the driver would (in a task: the caller cannot wait for it).
     fn fail_soon(self: &Arc<Self>, v: crate::error::Violation) {
-        self.reading_stopped.store(true, Ordering::Release);
+        self.stop_reading();
         let shared = self.clone();
         tokio::spawn(async move { fail_with_violation(&shared, v).await });
     }
 
-    /// Receives under `claim` until the answer is there (`Some(Some(..))`),
-    /// waiting here stops paying or the session ends (`Some(None)`: let the
-    /// claim go), or the link advises a yield (`None`: keep the claim).
+    /// Receives under `claim` until the answer is there, waiting here
+    /// stops paying or the session ends (let the claim go), or the link
+    /// advises a yield (keep the claim).
     fn receive_here<R>(
         self: &Arc<Self>,
         claim: &mut dyn RxClaim,
         answer: &mut oneshot::Receiver<R>,
         block_until: Option<Instant>,
-    ) -> Option<Option<Option<R>>> {
+    ) -> Received<R> {
         let started = Instant::now();
         let mut frames = 0u32;
         loop {
             loop {
                 match claim.next() {
                     Here::Frame(frame) => {
-                        frames = frames.wrapping_add(1);
-                        // A peer that keeps sending does not keep this
-                        // thread from the rest of its work.
-                        if frames.is_multiple_of(64) && started.elapsed() >= POLL_BUDGET {
-                            if let Err(v) = on_received(self, frame) {
-                                self.fail_soon(v);
-                                return Some(None);
-                            }
-                            return None;
-                        }
                         if let Err(v) = on_received(self, frame) {
                             self.fail_soon(v);
-                            return Some(None);
+                            return Received::LetGo;
                         }
                         if let Some(r) = look(answer) {
-                            return Some(Some(r));
+                            return Received::Answer(r);
+                        }
+                        // A peer that keeps sending does not keep this
+                        // thread from the rest of its work.
+                        frames = frames.wrapping_add(1);
+                        if frames.is_multiple_of(64) && started.elapsed() >= POLL_BUDGET {
+                            return Received::Yield;
                         }
                     }
                     Here::Nothing => break,
@@ -164,31 +176,31 @@ impl Shared {
                         self.end(SessionError::Link {
                             detail: "the peer closed the link".into(),
                         });
-                        return Some(look(answer));
+                        return Received::settle(answer);
                     }
                     Here::Failed(crate::link::LinkError::Violation { rule, detail }) => {
                         self.fail_soon(crate::error::violation(rule, detail));
-                        return Some(None);
+                        return Received::LetGo;
                     }
                     Here::Failed(e) => {
                         self.end(super::link_failed(e));
-                        return Some(look(answer));
+                        return Received::settle(answer);
                     }
                 }
+            }
+            if started.elapsed() >= POLL_BUDGET {
+                return Received::Yield;
             }
             // Waiting here pays for a lone caller. With other calls in
             // flight, their callers wait for whoever receives: hand that
             // back to the driver rather than hold it through a yield.
-            if started.elapsed() >= POLL_BUDGET {
-                return None;
-            }
             if self.lock().pending.len() > 1 {
-                return Some(look(answer));
+                return Received::settle(answer);
             }
             match claim.wait(block_until) {
                 WaitHere::Ready => {}
-                WaitHere::Again => return None,
-                WaitHere::Stop => return Some(look(answer)),
+                WaitHere::Again => return Received::Yield,
+                WaitHere::Stop => return Received::settle(answer),
             }
         }
     }

@@ -269,6 +269,21 @@ impl SessionBuilder {
     }
 }
 
+impl Shared {
+    /// Whether a frame broke a rule, so no frame is handled any more.
+    fn reading_stopped(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release in `stop_reading`; the
+        // flag publishes no data (the session's end follows under its lock).
+        self.reading_stopped.load(Ordering::Acquire)
+    }
+
+    /// No frame is handled from now on (the session is ending for a rule).
+    fn stop_reading(&self) {
+        // ORDERING: Release pairs with the Acquire in `reading_stopped`.
+        self.reading_stopped.store(true, Ordering::Release);
+    }
+}
+
 fn link_failed(e: LinkError) -> SessionError {
     match e {
         // A peer that breaks the link's framing broke a rule like any other.

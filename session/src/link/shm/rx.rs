@@ -202,6 +202,14 @@ struct Core {
     waiters: SideWaiters,
 }
 
+impl Core {
+    /// Whether the driver's half is gone (nobody may receive any more).
+    fn closed(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `ShmRx::drop`.
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
 /// The receiving half of an shm link (the session's driver holds it).
 pub struct ShmRx {
     core: Arc<Core>,
@@ -236,6 +244,8 @@ impl Drop for ShmRx {
     /// a peer waiting for ring space (or anything else) gets `PeerGone`
     /// instead of waiting forever.
     fn drop(&mut self) {
+        // ORDERING: Release pairs with the Acquire in `Core::closed`: a
+        // claim taken after it sees the driver's half gone.
         self.core.closed.store(true, Ordering::Release);
         self.core.liveness.mark_dead(self.core.liveness.side());
     }
@@ -323,7 +333,7 @@ struct ShmDirect(Arc<Core>);
 impl DirectRx for ShmDirect {
     fn claim(&self) -> Option<Box<dyn RxClaim>> {
         let core = &self.0;
-        if core.closed.load(Ordering::Acquire) {
+        if core.closed() {
             return None;
         }
         let g = core.inner.clone().try_lock_owned().ok()?;
@@ -363,7 +373,7 @@ impl RxClaim for ShmClaim {
         if let Some(e) = self.error.take() {
             return Here::Failed(e);
         }
-        if self.core.closed.load(Ordering::Acquire) {
+        if self.core.closed() {
             return Here::Nothing;
         }
         let ShmClaim { g, core, .. } = self;
@@ -381,7 +391,7 @@ impl RxClaim for ShmClaim {
     }
 
     fn wait(&mut self, block_until: Option<Instant>) -> WaitHere {
-        if self.core.closed.load(Ordering::Acquire) {
+        if self.core.closed() {
             return WaitHere::Stop;
         }
         let ShmClaim {
