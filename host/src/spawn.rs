@@ -29,7 +29,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,7 +74,7 @@ pub(crate) struct CellConfig {
 pub(crate) struct Incarnation {
     pub pid: u32,
     pub conn: Connection,
-    pub pidfd: Arc<OwnedFd>,
+    pub pidfd: Arc<Pidfd>,
     /// Why the session ended through the cell's fault, set by the session's
     /// `on_peer_fault` hook as it kills the cell: the supervisor may see the
     /// process exit before the session has recorded that end.
@@ -217,14 +217,36 @@ fn async_fd(fd: OwnedFd) -> Option<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
 }
 
+/// A cell process's pidfd, with its exit registered with the runtime's
+/// reactor once, when the process is started: every wait for the exit
+/// shares that one registration, so waiting opens no fd of its own (the
+/// host's fd count is the same from the moment `start` returns).
+pub(crate) struct Pidfd {
+    fd: OwnedFd,
+    /// A duplicate of `fd`, registered for readability (a pidfd polls
+    /// readable once its process has exited); `None` where the reactor
+    /// refused it, and a wait then goes straight to a blocking `waitid`.
+    exited: Option<AsyncFd<OwnedFd>>,
+}
+
+impl Pidfd {
+    /// Takes `fd`, a pidfd, and registers its exit with the reactor.
+    fn new(fd: OwnedFd) -> Pidfd {
+        let exited = fd.try_clone().ok().and_then(async_fd);
+        Pidfd { fd, exited }
+    }
+}
+
+impl AsFd for Pidfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// Waits (asynchronously) for the process behind `pidfd` to exit and reaps it.
-pub(crate) async fn wait_exit(pidfd: &Arc<OwnedFd>) -> ExitInfo {
-    let fd = match pidfd.try_clone() {
-        Ok(fd) => fd,
-        Err(_) => return ExitInfo::Exited(-1),
-    };
-    if let Some(afd) = async_fd(fd) {
-        // A pidfd polls readable once the process has exited.
+pub(crate) async fn wait_exit(pidfd: &Pidfd) -> ExitInfo {
+    if let Some(afd) = &pidfd.exited {
+        // Readiness is kept, so every other waiter sees it too.
         let _ = afd.readable().await.map(|mut g| g.retain_ready());
     }
     loop {
@@ -236,7 +258,7 @@ pub(crate) async fn wait_exit(pidfd: &Arc<OwnedFd>) -> ExitInfo {
         let r = unsafe {
             libc::waitid(
                 libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
+                pidfd.as_fd().as_raw_fd() as libc::id_t,
                 &mut info,
                 libc::WEXITED,
             )
@@ -263,7 +285,7 @@ pub(crate) async fn wait_exit(pidfd: &Arc<OwnedFd>) -> ExitInfo {
 
 /// How the process behind `pidfd` ended, read with `PIDFD_GET_INFO` (works
 /// after the process was reaped); `None` where the kernel cannot tell.
-fn exit_from_pidfd_info(pidfd: &OwnedFd) -> Option<ExitInfo> {
+fn exit_from_pidfd_info(pidfd: &impl AsFd) -> Option<ExitInfo> {
     /// `struct pidfd_info`, first version (64 bytes).
     #[repr(C)]
     #[derive(Default)]
@@ -285,7 +307,7 @@ fn exit_from_pidfd_info(pidfd: &OwnedFd) -> Option<ExitInfo> {
     // the size the request encodes.
     let r = unsafe {
         libc::ioctl(
-            pidfd.as_raw_fd(),
+            pidfd.as_fd().as_raw_fd(),
             PIDFD_GET_INFO as _,
             &mut info as *mut PidfdInfo,
         )
@@ -314,7 +336,7 @@ fn exit_from_pidfd_info(pidfd: &OwnedFd) -> Option<ExitInfo> {
 fn condemn(
     name: String,
     pid: u32,
-    pidfd: Arc<OwnedFd>,
+    pidfd: Arc<Pidfd>,
     condemned: Arc<OnceLock<SessionError>>,
 ) -> impl Fn(&SessionError) + Send + Sync + 'static {
     move |why| {
@@ -325,7 +347,7 @@ fn condemn(
 }
 
 /// Sends `signal` to the process behind `pidfd` (no-op once it is gone).
-pub(crate) fn signal(pidfd: &OwnedFd, signal: rustix::process::Signal) {
+pub(crate) fn signal(pidfd: &Pidfd, signal: rustix::process::Signal) {
     let _ = rustix::process::pidfd_send_signal(pidfd, signal);
 }
 
@@ -430,7 +452,7 @@ pub(crate) async fn start(
         op: "pidfd_open",
         source: e.into(),
     })?;
-    let pidfd = Arc::new(pidfd);
+    let pidfd = Arc::new(Pidfd::new(pidfd));
     let tail = Arc::new(StderrTail::default());
     if let Some(out) = child.stdout.take() {
         output::forward(gate.clone(), Stream::Stdout, out.into(), None);

@@ -173,12 +173,7 @@ fn after_exit(inner: &Inner, exit: ExitInfo, started: bool) -> CellState {
 /// The session of a cell (pid `pid`) ended with `why` while its process
 /// runs: kills it, at once or after [`SESSION_END_GRACE`] (see the module
 /// docs), and returns how it exited.
-async fn end_of_session(
-    inner: &Inner,
-    pid: u32,
-    pidfd: &Arc<std::os::fd::OwnedFd>,
-    why: SessionError,
-) -> ExitInfo {
+async fn end_of_session(inner: &Inner, pid: u32, pidfd: &spawn::Pidfd, why: SessionError) -> ExitInfo {
     let name = &inner.config.name;
     match &why {
         // A protocol violation or a keepalive timeout: the session's

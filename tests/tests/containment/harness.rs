@@ -205,6 +205,43 @@ impl Usage {
     }
 }
 
+/// Where each of this process's open fds points (`/proc/self/fd`), for a
+/// failure message.
+pub fn fd_targets() -> String {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return "(unreadable)".into();
+    };
+    let mut all: Vec<String> = dir
+        .flatten()
+        .map(|e| {
+            let target =
+                std::fs::read_link(e.path()).map_or_else(|e| e.to_string(), |t| t.display().to_string());
+            format!("{}={target}", e.file_name().to_string_lossy())
+        })
+        .collect();
+    all.sort();
+    all.join(", ")
+}
+
+/// The names of this process's threads (`/proc/self/task/*/comm`), for a
+/// failure message.
+pub fn thread_names() -> String {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return "(unreadable)".into();
+    };
+    let mut all: Vec<String> = dir
+        .flatten()
+        .map(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    all.sort();
+    all.join(", ")
+}
+
 /// Samples [`Usage`] every 2 ms on a thread of its own, keeping the peak of each.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -329,6 +366,8 @@ pub struct Scene {
     pub attacker: CellHandle,
     pub sibling: Sibling,
     pub baseline: Usage,
+    /// Where the host's fds pointed when `baseline` was taken.
+    pub baseline_fds: String,
 }
 
 /// Log limits that summarize drops quickly (a test waits for the summary).
@@ -375,6 +414,7 @@ impl Scene {
             attacker,
             sibling,
             baseline: Usage::now(),
+            baseline_fds: fd_targets(),
         }
     }
 
@@ -440,11 +480,25 @@ impl Scene {
     /// are back where they were before either was spawned (`before`).
     pub async fn finish(self, before: Usage) {
         let base = self.baseline;
-        until("the host's use to come back near its baseline", || {
-            let u = Usage::now();
+        let back = |u: &Usage| {
             u.rss_kib <= base.rss_kib + AFTER_RSS_KIB && u.fds <= base.fds && u.threads <= base.threads + 1
+        };
+        let came_back = tokio::time::timeout(BOUND, async {
+            while !back(&Usage::now()) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         })
         .await;
+        if came_back.is_err() {
+            panic!(
+                "{}: the host's use did not come back near its baseline within {BOUND:?}: now {:?}, baseline {base:?} (allowed: rss +{AFTER_RSS_KIB} KiB, threads +1, fds +0); open fds at the baseline: {}; now: {}; threads now: {}",
+                self.name,
+                Usage::now(),
+                self.baseline_fds,
+                fd_targets(),
+                thread_names(),
+            );
+        }
         assert_eq!(
             self.client().add(2, 3).await.unwrap(),
             5,
