@@ -150,6 +150,14 @@ impl BellWatcher {
         fence(Ordering::SeqCst);
     }
 
+    /// Whether a waiter has marked itself parked (or about to park) on this
+    /// bell: on a bell this side rings, whether the peer sleeps, or is
+    /// still waking from a ring. A hint only (the peer writes the word):
+    /// use it to choose how to wait, never for correctness.
+    pub fn someone_parked(&self) -> bool {
+        self.bell.parked.load(Ordering::Relaxed) != 0
+    }
+
     /// Withdraws the async waiter's mark (a ring no longer sends a byte).
     pub fn disarm_reactor(&self) {
         self.bell.parked.fetch_and(!PARKED_REACTOR, Ordering::Relaxed);
@@ -401,6 +409,21 @@ mod tests {
             }
         }
         waiter.join().unwrap();
+    }
+
+    #[test]
+    fn the_producer_sees_whether_its_consumer_is_parked() {
+        let mut p = pair(&small_config());
+        let sent_to = p.host.sender.producer().readable_watcher();
+        let consumer = p.cell.receiver.readable_watcher();
+        assert!(!sent_to.someone_parked());
+        consumer.arm_reactor();
+        assert!(
+            sent_to.someone_parked(),
+            "the mark is on the bell the producer rings"
+        );
+        consumer.disarm_reactor();
+        assert!(!sent_to.someone_parked());
     }
 
     #[test]

@@ -327,6 +327,7 @@ impl Link for ShmLink {
         } = self.endpoint;
         let writable = sender.producer().writable_watcher();
         let released = sender.slots().released_watcher();
+        let sent_to = sender.producer().readable_watcher();
         let tx = ShmTx {
             sender,
             writable,
@@ -335,7 +336,7 @@ impl Link for ShmLink {
             waiters: self.waiters.clone(),
             closed: false,
         };
-        let rx = ShmRx::new(receiver, liveness, self.waiters);
+        let rx = ShmRx::new(receiver, sent_to, liveness, self.waiters);
         (tx, rx)
     }
 }

@@ -45,6 +45,14 @@ impl FrameProducer {
         crate::BellWatcher::new(bell, self.liveness.clone())
     }
 
+    /// A watcher of the doorbell this end rings when it publishes: its
+    /// [`someone_parked`](crate::BellWatcher::someone_parked) tells whether
+    /// the consumer sleeps.
+    pub fn readable_watcher(&self) -> crate::BellWatcher {
+        let bell = self.mem.ctrl.project(|ctrl| &ctrl.readable);
+        crate::BellWatcher::new(bell, self.liveness.clone())
+    }
+
     /// Rings the consumer's doorbell without publishing anything: wakes a
     /// consumer parked on an empty ring so that it re-checks (e.g. after this
     /// side published a state change).

@@ -198,6 +198,12 @@ struct Core {
     /// The driver's half is gone: nobody receives any more.
     closed: AtomicBool,
     readable: BellWatcher,
+    /// The bell of the ring this side sends on: while the peer is marked
+    /// parked on it, the peer sleeps (or is still waking from this side's
+    /// ring), and a caller has no answer to spin for. (The driver cannot
+    /// use it: the peer's own driver is marked there whenever the peer's
+    /// callers receive for themselves, however busy the peer is.)
+    sent_to: BellWatcher,
     liveness: Liveness,
     waiters: SideWaiters,
 }
@@ -216,7 +222,13 @@ pub struct ShmRx {
 }
 
 impl ShmRx {
-    pub(super) fn new(receiver: FrameReceiver, liveness: Liveness, waiters: SideWaiters) -> Self {
+    /// `sent_to` watches the bell of the ring the sending half writes.
+    pub(super) fn new(
+        receiver: FrameReceiver,
+        sent_to: BellWatcher,
+        liveness: Liveness,
+        waiters: SideWaiters,
+    ) -> Self {
         let readable = receiver.readable_watcher();
         ShmRx {
             core: Arc::new(Core {
@@ -232,6 +244,7 @@ impl ShmRx {
                 released: Notify::new(),
                 closed: AtomicBool::new(false),
                 readable,
+                sent_to,
                 liveness,
                 waiters,
             }),
@@ -412,7 +425,10 @@ impl RxClaim for ShmClaim {
             }
         };
         let now = Instant::now();
-        if core.liveness.peer_on_another_cpu() {
+        // A peer asleep when the call went out must first be woken, which on
+        // an idle CPU takes tens of microseconds, and the scheduler often
+        // queues it on this CPU: spinning then only delays it. Block at once.
+        if core.liveness.peer_on_another_cpu() && !core.sent_to.someone_parked() {
             let until = *spin_until.get_or_insert_with(|| {
                 if inner.caller_spin.may_try() {
                     now + RECV_SPIN
