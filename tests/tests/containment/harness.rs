@@ -205,41 +205,33 @@ impl Usage {
     }
 }
 
-/// Where each of this process's open fds points (`/proc/self/fd`), for a
-/// failure message.
-pub fn fd_targets() -> String {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return "(unreadable)".into();
+/// One line per entry of `dir` (a `/proc` directory), sorted and joined,
+/// for a failure message.
+fn listing(dir: &str, line: impl Fn(&std::fs::DirEntry) -> String) -> String {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return format!("({dir} unreadable)");
     };
-    let mut all: Vec<String> = dir
-        .flatten()
-        .map(|e| {
-            let target =
-                std::fs::read_link(e.path()).map_or_else(|e| e.to_string(), |t| t.display().to_string());
-            format!("{}={target}", e.file_name().to_string_lossy())
-        })
-        .collect();
+    let mut all: Vec<String> = entries.flatten().map(|e| line(&e)).collect();
     all.sort();
     all.join(", ")
 }
 
-/// The names of this process's threads (`/proc/self/task/*/comm`), for a
-/// failure message.
+/// Where each of this process's open fds points (`/proc/self/fd`).
+pub fn fd_targets() -> String {
+    listing("/proc/self/fd", |e| {
+        let target = std::fs::read_link(e.path()).map_or_else(|e| e.to_string(), |t| t.display().to_string());
+        format!("{}={target}", e.file_name().to_string_lossy())
+    })
+}
+
+/// The names of this process's threads (`/proc/self/task/*/comm`).
 pub fn thread_names() -> String {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return "(unreadable)".into();
-    };
-    let mut all: Vec<String> = dir
-        .flatten()
-        .map(|e| {
-            std::fs::read_to_string(e.path().join("comm"))
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        })
-        .collect();
-    all.sort();
-    all.join(", ")
+    listing("/proc/self/task", |e| {
+        std::fs::read_to_string(e.path().join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    })
 }
 
 /// Samples [`Usage`] every 2 ms on a thread of its own, keeping the peak of each.
