@@ -61,13 +61,14 @@ const MAX_FIELDS: usize = 8;
 /// How a type is encoded directly: one value, or a tuple of them (a
 /// service's argument list) as `(kind, offset)` per element in order.
 enum Plan {
-    One(Kind),
+    /// `(kind, 0)`: the value is of the kind's type itself.
+    One([(Kind, usize); 1]),
     Tuple([(Kind, usize); MAX_FIELDS], usize),
 }
 
 fn plan<'f, T: Facet<'f>>() -> Option<Plan> {
     if let Some(k) = kind_of(T::SHAPE) {
-        return Some(Plan::One(k));
+        return Some(Plan::One([(k, 0)]));
     }
     let facet::Type::User(facet::UserType::Struct(st)) = T::SHAPE.ty else {
         return None;
@@ -128,23 +129,70 @@ unsafe fn put(out: &mut Vec<u8>, kind: Kind, ptr: *const u8) {
     }
 }
 
+/// The `(kind, offset)` of each element `plan` encodes, in order.
+fn elements(plan: &Plan) -> &[(Kind, usize)] {
+    match plan {
+        Plan::One(one) => one,
+        Plan::Tuple(fields, n) => &fields[..*n],
+    }
+}
+
 /// Encodes `v` directly if its type has a direct codec.
 pub(crate) fn encode<'f, T: Facet<'f>>(v: &T) -> Option<Vec<u8>> {
     let plan = plan::<T>()?;
     let base = (v as *const T).cast::<u8>();
     let mut out = Vec::new();
-    match plan {
-        // SAFETY: `plan` matched T's shape to this kind's type.
-        Plan::One(kind) => unsafe { put(&mut out, kind, base) },
-        Plan::Tuple(fields, n) => {
-            for &(kind, offset) in &fields[..n] {
-                // SAFETY: facet's shape of T (a tuple) puts an element of
-                // this kind's type at `offset`.
-                unsafe { put(&mut out, kind, base.add(offset)) };
-            }
-        }
+    for &(kind, offset) in elements(&plan) {
+        // SAFETY: `plan` matched T's shape: the value's type is T itself
+        // (offset 0) or the tuple element at `offset`, of this kind's type.
+        unsafe { put(&mut out, kind, base.add(offset)) };
     }
     Some(out)
+}
+
+/// The smallest last element [`split`] is used for by the session: a split
+/// saves one copy of the element's bytes, worth its bookkeeping only for a
+/// few KiB or more.
+pub(crate) const SPLIT_AT_LEAST: usize = 4096;
+
+/// A direct encoding of a value whose last element is a `Vec<u8>` or a
+/// `String`, split so that the element's bytes need not be copied into a
+/// buffer of their own: the encoding is `head` followed by `tail`, which
+/// borrows the value's bytes.
+pub(crate) struct Split<'v> {
+    /// Every element before the last, then the last one's length prefix.
+    pub head: Vec<u8>,
+    /// The last element's bytes.
+    pub tail: &'v [u8],
+}
+
+/// `v`'s direct encoding, split before the bytes of its last element, if
+/// its type has a direct codec, that element is a `Vec<u8>` or a `String`,
+/// and it holds at least `min_tail` bytes (below that a split saves
+/// nothing worth its bookkeeping).
+pub(crate) fn split<'v, 'f, T: Facet<'f>>(v: &'v T, min_tail: usize) -> Option<Split<'v>> {
+    let plan = plan::<T>()?;
+    let (&(last, last_at), before) = elements(&plan).split_last()?;
+    let base = (v as *const T).cast::<u8>();
+    // SAFETY: as in `encode`: the last element is of `last`'s type, and it
+    // lives as long as `v`.
+    let tail: &'v [u8] = unsafe {
+        match last {
+            Kind::Bytes => (*base.add(last_at).cast::<Vec<u8>>()).as_slice(),
+            Kind::String => (*base.add(last_at).cast::<String>()).as_bytes(),
+            _ => return None,
+        }
+    };
+    if tail.len() < min_tail {
+        return None;
+    }
+    let mut head = Vec::with_capacity(16 * elements(&plan).len());
+    for &(kind, offset) in before {
+        // SAFETY: as in `encode`.
+        unsafe { put(&mut head, kind, base.add(offset)) };
+    }
+    put_varint(&mut head, tail.len() as u64);
+    Some(Split { head, tail })
 }
 
 /// A decoded element, before it is moved into place.
@@ -250,16 +298,13 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
     // Every element is decoded before any is placed, so a failure leaves
     // nothing half-built.
     let mut values: [Option<(Value, usize)>; MAX_FIELDS] = Default::default();
-    let decoded = match &plan {
-        Plan::One(kind) => r.value(*kind).map(|v| values[0] = Some((v, 0))),
-        Plan::Tuple(fields, n) => fields[..*n]
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, &(kind, offset))| {
-                values[i] = Some((r.value(kind)?, offset));
-                Ok(())
-            }),
-    };
+    let decoded = elements(&plan)
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, &(kind, offset))| {
+            values[i] = Some((r.value(kind)?, offset));
+            Ok(())
+        });
     if let Err(e) = decoded {
         return Some(Err(e));
     }
@@ -335,6 +380,34 @@ mod tests {
         // A String element fails after a Vec element decoded: nothing leaks
         // or is double-freed (run under Miri or a leak checker to see).
         assert!(decode::<(Vec<u8>, String)>(&[1, 9, 1, 0xff]).unwrap().is_err());
+    }
+
+    #[test]
+    fn a_split_encoding_is_the_encoding() {
+        fn joined<'f, T: Facet<'f>>(v: &T, min_tail: usize) -> Option<Vec<u8>> {
+            let s = split(v, min_tail)?;
+            Some([s.head.as_slice(), s.tail].concat())
+        }
+        let big = vec![0x5au8; 70_000];
+        assert_eq!(joined(&big, 1).unwrap(), encode(&big).unwrap());
+        let text = "é".repeat(5_000);
+        assert_eq!(joined(&text, 1).unwrap(), encode(&text).unwrap());
+        let args = (-3i64, "key".to_string(), true, big.clone());
+        assert_eq!(joined(&args, 1).unwrap(), encode(&args).unwrap());
+        assert_eq!(
+            split(&args, 1).unwrap().tail.as_ptr(),
+            args.3.as_ptr(),
+            "borrowed, not copied"
+        );
+        // Only a large last element of bytes or text is split.
+        assert!(split(&args, 70_001).is_none());
+        assert!(split(&(big.clone(), 1u32), 1).is_none());
+        assert!(split(&5u64, 0).is_none());
+        assert!(split(&vec![1u32], 0).is_none());
+        assert_eq!(
+            joined(&(Vec::<u8>::new(),), 0).unwrap(),
+            encode(&(Vec::<u8>::new(),)).unwrap()
+        );
     }
 
     #[test]

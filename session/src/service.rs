@@ -112,6 +112,16 @@ pub trait ReplyValue: Send {
             Err(detail) => ReplyOutcome::Internal(detail),
         }
     }
+
+    /// The encoded value in two pieces, when it ends in a large `Vec<u8>` or
+    /// `String`: `(is_user_error, head, tail)`, the encoding being
+    /// `head ++ tail` and `tail` those bytes, borrowed from the value. The
+    /// session then copies them once, straight into the frame. `None` (the
+    /// default) has the session call
+    /// [`into_outcome`](ReplyValue::into_outcome).
+    fn split_reply(&self) -> Option<(bool, Vec<u8>, &[u8])> {
+        None
+    }
 }
 
 impl<T, E> ReplyValue for Result<T, E>
@@ -124,6 +134,14 @@ where
             Ok(v) => crate::payload::encode_value(&v).map(|b| (false, b)),
             Err(e) => crate::payload::encode_value(&e).map(|b| (true, b)),
         }
+    }
+
+    fn split_reply(&self) -> Option<(bool, Vec<u8>, &[u8])> {
+        let (is_error, split) = match self {
+            Ok(v) => (false, crate::fast::split(v, crate::fast::SPLIT_AT_LEAST)?),
+            Err(e) => (true, crate::fast::split(e, crate::fast::SPLIT_AT_LEAST)?),
+        };
+        Some((is_error, split.head, split.tail))
     }
 }
 

@@ -15,8 +15,10 @@ use super::channels::open_peer_channels;
 use super::{Connection, Ids, Shared};
 use crate::channel::{self, ChannelCore, End};
 use crate::error::{CallError, SessionError, Violation, violation};
+use crate::fast;
 use crate::metadata::{ResponseMetadata, check_response_metadata};
 use crate::service::ReplyOutcome;
+use crate::wire::spliced::{Encode, Spliced};
 use crate::wire::{Message, Metadata, Outcome};
 
 /// How many cancelled requests a session remembers (see `State::cancelled`).
@@ -337,9 +339,15 @@ impl Connection {
     {
         let shared = &self.shared;
         let encode = || {
+            // Large bytes or text at the end of the arguments are written
+            // straight from `args` into the frame. Such arguments hold no
+            // channels.
+            if let Some(split) = fast::split(args, fast::SPLIT_AT_LEAST) {
+                return Ok((Args::Split(split), Vec::new()));
+            }
             let (encoded, channels) =
                 channel::with_encode_context(shared, || crate::payload::encode_value(args));
-            encoded.map(|args| (Cow::Owned(args), channels))
+            encoded.map(|args| (Args::Bytes(Cow::Owned(args)), channels))
         };
         let (tx, rx) = oneshot::channel();
         let complete = Box::new(TypedPending::<T, E> {
@@ -384,7 +392,7 @@ impl Connection {
         method: u64,
         metadata: Metadata,
         timeout: Option<Duration>,
-        encode: impl FnOnce() -> Result<(Cow<'a, [u8]>, Vec<u64>), String>,
+        encode: impl FnOnce() -> Result<(Args<'a>, Vec<u64>), String>,
         complete: Box<dyn PendingCall>,
         answer: oneshot::Receiver<R>,
     ) -> Result<R, Unanswered> {
@@ -432,22 +440,42 @@ impl Connection {
             deadline_us: timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1)),
             metadata,
             channels,
-            args: &args,
+            args: match &args {
+                Args::Bytes(b) => b,
+                Args::Split(_) => &[],
+            },
+        };
+        let spliced = match &args {
+            Args::Split(s) => match Spliced::new(&msg, &s.head, s.tail) {
+                Some(spliced) => Some(spliced),
+                None => {
+                    guard.armed = false;
+                    shared.lock().pending.remove(&request);
+                    return Err(Unanswered::Encode(
+                        "the arguments could not be written into the call (a bug)".into(),
+                    ));
+                }
+            },
+            Args::Bytes(_) => None,
+        };
+        let out: &dyn Encode = match &spliced {
+            Some(s) => s,
+            None => &msg,
         };
         // Claim the receive side before the call goes out (see `here`), but
         // never hold it while waiting to send: the peer may be waiting for
         // us to read before it makes room.
         let mut claim = shared.claim_receiving();
         let sent = match claim {
-            Some(_) => match shared.try_send_message(&msg) {
+            Some(_) => match shared.try_send_message(out) {
                 Ok(true) => Ok(()),
                 Ok(false) => {
                     claim = None;
-                    shared.send(&msg).await
+                    shared.send(out).await
                 }
                 Err(e) => Err(e),
             },
-            None => shared.send(&msg).await,
+            None => shared.send(out).await,
         };
         if let Message::Call { channels, .. } = &msg {
             shared.announce(channels);
@@ -465,6 +493,15 @@ impl Connection {
         guard.armed = false;
         result
     }
+}
+
+/// A call's encoded arguments.
+enum Args<'a> {
+    /// Encoded, or given encoded (a raw call).
+    Bytes(Cow<'a, [u8]>),
+    /// Encoded but for the bytes of the last element, which are copied
+    /// straight from the value into the frame.
+    Split(fast::Split<'a>),
 }
 
 /// Why a call ended without its answer; each front end ([`Connection::call`],
@@ -552,7 +589,7 @@ pub(crate) async fn call_raw(
     channels: Vec<u64>,
     args: &[u8],
 ) -> Result<RawReply, String> {
-    let encode = || Ok((Cow::Borrowed(args), channels));
+    let encode = || Ok((Args::Bytes(Cow::Borrowed(args)), channels));
     let (tx, rx) = oneshot::channel();
     // A forwarded call keeps the deadline of the call it forwards.
     let timeout = crate::CallContext::current().and_then(|c| c.remaining());

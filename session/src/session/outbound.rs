@@ -18,6 +18,7 @@ use super::{Shared, link_failed, wait_ended};
 use crate::error::SessionError;
 use crate::link::{LinkError, LinkTx, RoomWait, SendPermit};
 use crate::wire::Message;
+use crate::wire::spliced::Encode;
 
 /// Most answers queued for a peer that is not reading them.
 const MAX_OUTBOX: usize = 65_536;
@@ -68,7 +69,7 @@ impl<T: LinkTx> ErasedTx for T {
 
 impl Shared {
     /// Sends a message now (waiting for link capacity).
-    pub(crate) async fn send(&self, msg: &Message<'_>) -> Result<(), SessionError> {
+    pub(crate) async fn send(&self, msg: &(impl Encode + ?Sized)) -> Result<(), SessionError> {
         self.send_then(msg, &|| {}).await
     }
 
@@ -76,7 +77,7 @@ impl Shared {
     /// once it has room, just before the frame becomes visible to the peer.
     pub(super) async fn send_then(
         &self,
-        msg: &Message<'_>,
+        msg: &(impl Encode + ?Sized),
         committing: &(dyn Fn() + Sync),
     ) -> Result<(), SessionError> {
         let len = msg.encoded_len();
@@ -95,7 +96,7 @@ impl Shared {
 
     /// Sends a message if it can go at once (nobody else sending, room in
     /// the link): `Ok(false)` if it would have to wait.
-    pub(super) fn try_send_message(&self, msg: &Message<'_>) -> Result<bool, SessionError> {
+    pub(super) fn try_send_message(&self, msg: &(impl Encode + ?Sized)) -> Result<bool, SessionError> {
         let len = msg.encoded_len();
         self.check_sendable(msg.kind(), len)?;
         self.try_send_now(len, &|buf: &mut [u8]| {

@@ -16,6 +16,7 @@ use crate::context::CallContext;
 use crate::error::{Violation, violation};
 use crate::metadata::{Answering, check_response_metadata};
 use crate::service::{Dispatch, HandlerFuture, ReplyOutcome, ReplyValue};
+use crate::wire::spliced::Spliced;
 use crate::wire::{Message, Metadata, Outcome};
 
 /// A call the peer made, as it arrived.
@@ -252,6 +253,11 @@ fn response<'a>(
 /// task that waits for it. Channels in the reply are announced only once the
 /// response is sent, so their items cannot overtake it.
 fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply, metadata: Metadata) {
+    if let Ok(value) = &reply
+        && answered_split(shared, conn, request, &**value, &metadata)
+    {
+        return;
+    }
     let (encoded, channels) = encode_reply(shared, reply);
     let (encoded, channels, metadata) = sendable_reply(shared, conn, request, encoded, channels, metadata);
     let msg = response(conn, request, &encoded, channels, metadata);
@@ -290,6 +296,40 @@ fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply, metadata:
     }
     let overtakes = answered.channels.is_empty();
     shared.enqueue(msg.to_vec(), Some(answered), overtakes);
+}
+
+/// Answers at once with the reply's large last element copied straight from
+/// the value into the frame (see [`ReplyValue::split_reply`]). `false` when
+/// the reply has no such element, or cannot go at once, or breaks a limit:
+/// the caller then answers the usual way (which says why).
+fn answered_split(
+    shared: &Arc<Shared>,
+    conn: u64,
+    request: u64,
+    value: &dyn ReplyValue,
+    metadata: &Metadata,
+) -> bool {
+    let Some((is_error, head, tail)) = value.split_reply() else {
+        return false;
+    };
+    if check_response_metadata(metadata).is_err() {
+        return false;
+    }
+    let msg = Message::Response {
+        conn,
+        request,
+        metadata: metadata.clone(),
+        channels: vec![],
+        outcome: if is_error {
+            Outcome::UserError(&[])
+        } else {
+            Outcome::Ok(&[])
+        },
+    };
+    let Some(spliced) = Spliced::new(&msg, &head, tail) else {
+        return false;
+    };
+    matches!(shared.try_send_message(&spliced), Ok(true))
 }
 
 /// Answers a call from the handler's task, waiting for link room.

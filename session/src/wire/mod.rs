@@ -27,6 +27,7 @@
 use facet::Facet;
 
 pub(crate) mod codec;
+pub(crate) mod spliced;
 
 /// The protocol version this build speaks. Version 2: a channel handle in a
 /// payload is its position in the message's channel list, not its id.

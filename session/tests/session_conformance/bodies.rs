@@ -10,6 +10,11 @@ pub(crate) async fn calls_return_values<F: Factory>(f: F) {
     assert_eq!(bounded("add", calc.add(2, 3)).await.unwrap(), 5);
     let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
     assert_eq!(bounded("echo", calc.echo(data.clone())).await.unwrap(), data);
+    // Around the size where payloads are written straight into the frame.
+    for len in [0, 4094, 4095, 4096, 4097] {
+        let data = vec![len as u8; len];
+        assert_eq!(bounded("echo", calc.echo(data.clone())).await.unwrap(), data);
+    }
     for i in 0..200 {
         assert_eq!(calc.add(i, i).await.unwrap(), 2 * i);
     }
@@ -71,6 +76,14 @@ pub(crate) async fn both_peers_serve_and_call<F: Factory>(f: F) {
     })
     .await;
     assert_eq!((g.unwrap(), c.unwrap()), ("hello, cell".to_string(), 42));
+    // Long strings travel both ways, as arguments and as results.
+    for len in [4095, 4096, 70_000] {
+        let name: String = "ωcell".chars().cycle().take(len).collect();
+        assert_eq!(
+            bounded("greet", greeter.greet(name.clone())).await.unwrap(),
+            format!("hello, {name}")
+        );
+    }
     assert_eq!(
         greeter.greet(String::new()).await.unwrap_err(),
         CallError::User("no name".to_string())

@@ -1,0 +1,173 @@
+//! Messages whose payload is written in two pieces, straight into the frame.
+//!
+//! A large argument or result (a `Vec<u8>`, a `String`) would otherwise be
+//! encoded into a buffer of its own and then copied again into the link's
+//! ring or slot. A [`Spliced`] message takes the payload as `head` (the
+//! encoded elements before the large one, and its length prefix) and `tail`
+//! (the large element's bytes, borrowed from the value), and writes both
+//! where the frame is: the large bytes are copied once. The bytes are
+//! exactly those of the same [`Message`] carrying `head ++ tail`.
+//!
+//! It relies on the payload being the last field of a `Call` and of an `Ok`
+//! or `UserError` `Response` in the envelope's encoding: the message is
+//! written with an empty payload, whose one-byte length (0) ends it, and that
+//! byte is then replaced by the real length and the two pieces.
+
+use super::codec::{varint_len, write_varint};
+use super::{Message, Outcome};
+
+/// What the send paths need of a message: its kind, its length and its
+/// bytes. Implemented by [`Message`] and [`Spliced`].
+pub(crate) trait Encode: Sync {
+    /// The message kind's name, for errors.
+    fn kind(&self) -> &'static str;
+    /// The encoding's length in bytes.
+    fn encoded_len(&self) -> usize;
+    /// Writes the encoding into the front of `buf` (at least
+    /// [`encoded_len`](Encode::encoded_len) long); returns its length.
+    fn write_to(&self, buf: &mut [u8]) -> usize;
+}
+
+impl Encode for Message<'_> {
+    fn kind(&self) -> &'static str {
+        Message::kind(self)
+    }
+
+    fn encoded_len(&self) -> usize {
+        Message::encoded_len(self)
+    }
+
+    fn write_to(&self, buf: &mut [u8]) -> usize {
+        Message::write_to(self, buf)
+    }
+}
+
+/// A `Call`, or an `Ok` or `UserError` `Response`, whose payload is
+/// `head ++ tail` (see the module docs).
+pub(crate) struct Spliced<'m, 'a> {
+    msg: &'m Message<'a>,
+    head: &'m [u8],
+    tail: &'m [u8],
+}
+
+impl<'m, 'a> Spliced<'m, 'a> {
+    /// `msg` with the payload `head ++ tail`; `None` unless `msg` is a
+    /// `Call`, or a `Response` with an `Ok` or `UserError` outcome, whose
+    /// payload is empty.
+    pub(crate) fn new(msg: &'m Message<'a>, head: &'m [u8], tail: &'m [u8]) -> Option<Self> {
+        let empty = match msg {
+            Message::Call { args, .. } => args.is_empty(),
+            Message::Response {
+                outcome: Outcome::Ok(b) | Outcome::UserError(b),
+                ..
+            } => b.is_empty(),
+            _ => false,
+        };
+        empty.then_some(Spliced { msg, head, tail })
+    }
+
+    fn payload_len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// The encoding, in a buffer of its own.
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<u8> {
+        let mut buf = vec![0; self.encoded_len()];
+        self.write_to(&mut buf);
+        buf
+    }
+}
+
+impl Encode for Spliced<'_, '_> {
+    fn kind(&self) -> &'static str {
+        self.msg.kind()
+    }
+
+    fn encoded_len(&self) -> usize {
+        // The empty payload's length byte is replaced.
+        let n = self.payload_len();
+        self.msg.encoded_len() - 1 + varint_len(n as u64) + n
+    }
+
+    fn write_to(&self, buf: &mut [u8]) -> usize {
+        // The message ends with its empty payload's length, one 0 byte.
+        let mut at = self.msg.write_to(buf) - 1;
+        at += write_varint(&mut buf[at..], self.payload_len() as u64);
+        buf[at..at + self.head.len()].copy_from_slice(self.head);
+        at += self.head.len();
+        buf[at..at + self.tail.len()].copy_from_slice(self.tail);
+        at + self.tail.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Metadata;
+
+    fn call(args: &[u8]) -> Message<'_> {
+        Message::Call {
+            conn: 3,
+            request: 1_000_001,
+            method: u64::MAX,
+            deadline_us: 250_000,
+            metadata: Metadata::new(),
+            channels: vec![],
+            args,
+        }
+    }
+
+    fn response(outcome: Outcome<'_>) -> Message<'_> {
+        Message::Response {
+            conn: 0,
+            request: 7,
+            metadata: Metadata::new(),
+            channels: vec![],
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_spliced_message_is_the_message_with_its_payload() {
+        for n in [0usize, 1, 127, 128, 16_383, 16_384, 70_000] {
+            let payload: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            for cut in [0, n / 3, n] {
+                let (head, tail) = payload.split_at(cut);
+                let whole = [
+                    (call(&payload), call(&[])),
+                    (response(Outcome::Ok(&payload)), response(Outcome::Ok(&[]))),
+                    (
+                        response(Outcome::UserError(&payload)),
+                        response(Outcome::UserError(&[])),
+                    ),
+                ];
+                for (full, empty) in &whole {
+                    let s = Spliced::new(empty, head, tail).unwrap();
+                    assert_eq!(s.encoded_len(), full.encoded_len(), "{} of {n}", s.kind());
+                    assert_eq!(s.to_vec(), full.to_vec(), "{} of {n} cut at {cut}", s.kind());
+                    assert_eq!(crate::wire::decode(&s.to_vec()).unwrap(), *full);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_an_empty_call_or_answer_payload_is_spliced() {
+        assert!(Spliced::new(&call(&[1]), &[], &[]).is_none());
+        assert!(Spliced::new(&response(Outcome::Ok(&[1])), &[], &[]).is_none());
+        assert!(Spliced::new(&response(Outcome::Cancelled), &[], &[]).is_none());
+        assert!(Spliced::new(&Message::Ping { nonce: 1 }, &[], &[]).is_none());
+        assert!(
+            Spliced::new(
+                &Message::Item {
+                    channel: 1,
+                    payload: &[]
+                },
+                &[],
+                &[]
+            )
+            .is_none()
+        );
+    }
+}
