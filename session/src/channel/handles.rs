@@ -11,9 +11,11 @@ use facet::Facet;
 
 use super::binding::{bind, hand_over};
 use super::{ChannelCore, ChannelError, ChannelId, End};
+use crate::fast;
 use crate::payload::{decode_exact, encode_value};
 use crate::session::Shared;
 use crate::wire::Message;
+use crate::wire::spliced::Spliced;
 
 /// The binding of a handle to its session.
 pub(super) struct Bound {
@@ -166,6 +168,11 @@ where
     /// Sends one item, waiting for credit if the receiver is behind.
     pub async fn send(&self, item: &T) -> Result<(), ChannelError> {
         self.bound()?;
+        // A large byte or string item is copied once, from `item` into the
+        // frame.
+        if let Some(split) = fast::split(item, fast::SPLIT_AT_LEAST) {
+            return self.send_parts(&split.head, split.tail).await;
+        }
         let bytes = encode_value(item).map_err(|detail| ChannelError::Encode { detail })?;
         self.send_bytes(&bytes).await
     }
@@ -174,17 +181,22 @@ where
 impl<T> Tx<T> {
     /// Sends one already-encoded item (tunnels send raw bytes this way).
     pub(crate) async fn send_bytes(&self, bytes: &[u8]) -> Result<(), ChannelError> {
+        self.send_parts(bytes, &[]).await
+    }
+
+    /// Sends one item encoded as `head ++ tail`.
+    async fn send_parts(&self, head: &[u8], tail: &[u8]) -> Result<(), ChannelError> {
         let b = self.bound()?;
+        let len = (head.len() + tail.len()) as u64;
         let window = u64::from(b.shared.peer_settings().initial_credit);
-        if bytes.len() as u64 > window {
+        if len > window {
             return Err(ChannelError::Encode {
                 detail: format!(
-                    "an item of {} bytes can never fit the receiver's {window}-byte credit window",
-                    bytes.len()
+                    "an item of {len} bytes can never fit the receiver's {window}-byte credit window"
                 ),
             });
         }
-        match b.core.take_credit(bytes.len() as u64).await {
+        match b.core.take_credit(len).await {
             Ok(()) => {}
             Err(ChannelError::PeerBrokeProtocol { rule, detail }) => {
                 b.shared.fail_violation(rule, detail.clone());
@@ -192,15 +204,28 @@ impl<T> Tx<T> {
             }
             Err(e) => return Err(e),
         }
-        b.shared
-            .send(&Message::Item {
+        let sent = if tail.is_empty() {
+            b.shared
+                .send(&Message::Item {
+                    channel: self.id,
+                    payload: head,
+                })
+                .await
+        } else {
+            let empty = Message::Item {
                 channel: self.id,
-                payload: bytes,
-            })
-            .await
-            .map_err(|e| ChannelError::SessionEnded {
-                reason: e.to_string(),
-            })
+                payload: &[],
+            };
+            let Some(spliced) = Spliced::new(&empty, head, tail) else {
+                return Err(ChannelError::Encode {
+                    detail: "the item could not be written into its frame (a bug)".into(),
+                });
+            };
+            b.shared.send(&spliced).await
+        };
+        sent.map_err(|e| ChannelError::SessionEnded {
+            reason: e.to_string(),
+        })
     }
 
     /// The largest item that can ever be sent: the receiver's whole credit

@@ -8,8 +8,8 @@
 //! where the frame is: the large bytes are copied once. The bytes are
 //! exactly those of the same [`Message`] carrying `head ++ tail`.
 //!
-//! It relies on the payload being the last field of a `Call` and of an `Ok`
-//! or `UserError` `Response` in the envelope's encoding: the message is
+//! It relies on the payload being the last field of a `Call`, of an `Ok`
+//! or `UserError` `Response` and of an `Item` in the envelope's encoding: the message is
 //! written with an empty payload, whose one-byte length (0) ends it, and that
 //! byte is then replaced by the real length and the two pieces.
 
@@ -42,7 +42,7 @@ impl Encode for Message<'_> {
     }
 }
 
-/// A `Call`, or an `Ok` or `UserError` `Response`, whose payload is
+/// A `Call`, an `Ok` or `UserError` `Response`, or an `Item`, whose payload is
 /// `head ++ tail` (see the module docs).
 pub(crate) struct Spliced<'m, 'a> {
     msg: &'m Message<'a>,
@@ -52,8 +52,8 @@ pub(crate) struct Spliced<'m, 'a> {
 
 impl<'m, 'a> Spliced<'m, 'a> {
     /// `msg` with the payload `head ++ tail`; `None` unless `msg` is a
-    /// `Call`, or a `Response` with an `Ok` or `UserError` outcome, whose
-    /// payload is empty.
+    /// `Call`, a `Response` with an `Ok` or `UserError` outcome, or an
+    /// `Item`, whose payload is empty.
     pub(crate) fn new(msg: &'m Message<'a>, head: &'m [u8], tail: &'m [u8]) -> Option<Self> {
         let empty = match msg {
             Message::Call { args, .. } => args.is_empty(),
@@ -61,6 +61,7 @@ impl<'m, 'a> Spliced<'m, 'a> {
                 outcome: Outcome::Ok(b) | Outcome::UserError(b),
                 ..
             } => b.is_empty(),
+            Message::Item { payload, .. } => payload.is_empty(),
             _ => false,
         };
         empty.then_some(Spliced { msg, head, tail })
@@ -141,6 +142,16 @@ mod tests {
                         response(Outcome::UserError(&payload)),
                         response(Outcome::UserError(&[])),
                     ),
+                    (
+                        Message::Item {
+                            channel: 1 << 40,
+                            payload: &payload,
+                        },
+                        Message::Item {
+                            channel: 1 << 40,
+                            payload: &[],
+                        },
+                    ),
                 ];
                 for (full, empty) in &whole {
                     let s = Spliced::new(empty, head, tail).unwrap();
@@ -153,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn only_an_empty_call_or_answer_payload_is_spliced() {
+    fn only_an_empty_call_answer_or_item_payload_is_spliced() {
         assert!(Spliced::new(&call(&[1]), &[], &[]).is_none());
         assert!(Spliced::new(&response(Outcome::Ok(&[1])), &[], &[]).is_none());
         assert!(Spliced::new(&response(Outcome::Cancelled), &[], &[]).is_none());
@@ -162,7 +173,7 @@ mod tests {
             Spliced::new(
                 &Message::Item {
                     channel: 1,
-                    payload: &[]
+                    payload: &[1]
                 },
                 &[],
                 &[]

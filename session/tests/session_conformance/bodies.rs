@@ -204,6 +204,36 @@ pub(crate) async fn streams_from_caller_to_callee<F: Factory>(f: F) {
     assert_eq!(bounded("sum", call).await.unwrap().unwrap(), 500_500);
 }
 
+pub(crate) async fn large_items_stream_both_ways<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    // Around the size where items are written straight into the frame.
+    let sizes = vec![0, 1, 4095, 4096, 4097, 60_000, 3];
+    let (tx, mut rx) = p.client.channel::<Vec<u8>>().unwrap();
+    let call = tokio::spawn({
+        let (calc, sizes) = (calc.clone(), sizes.clone());
+        async move { calc.chunks(sizes, tx).await }
+    });
+    for &size in &sizes {
+        let item = bounded("item", rx.recv()).await.unwrap().unwrap();
+        assert_eq!(item, (0..size).map(|i| i as u8).collect::<Vec<_>>());
+    }
+    assert!(bounded("end", rx.recv()).await.is_none());
+    assert_eq!(bounded("call", call).await.unwrap().unwrap(), sizes.len() as u32);
+
+    let parts: Vec<String> = [0, 5, 4096, 50_000]
+        .iter()
+        .map(|&n| "ωx".chars().cycle().take(n).collect())
+        .collect();
+    let (tx, rx) = p.client.channel::<String>().unwrap();
+    let call = tokio::spawn(async move { calc.join(rx).await });
+    for part in &parts {
+        bounded("send", tx.send(part)).await.unwrap();
+    }
+    tx.close().await.unwrap();
+    assert_eq!(bounded("join", call).await.unwrap().unwrap(), parts.join("|"));
+}
+
 pub(crate) async fn channels_can_be_returned<F: Factory>(f: F) {
     let p = pair(&f).await;
     let calc = CalculatorClient::new(p.client.clone());

@@ -46,6 +46,7 @@ macro_rules! conformance {
                 excess_calls_wait_for_the_limit,
                 streams_from_callee_to_caller,
                 streams_from_caller_to_callee,
+                large_items_stream_both_ways,
                 channels_can_be_returned,
                 credit_exhaustion_stalls_and_resumes,
                 a_slow_receiver_stalls_only_its_channel,

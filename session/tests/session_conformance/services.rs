@@ -30,6 +30,11 @@ pub trait Calculator {
     async fn count(&self, count: u32, out: Tx<u32>) -> Result<u32, CalcError>;
     /// Sums everything received on `input`.
     async fn sum(&self, input: Rx<u64>) -> Result<u64, CalcError>;
+    /// Sends one item of each of `sizes` bytes on `out` (byte `i` of an
+    /// item is `i as u8`), then closes it.
+    async fn chunks(&self, sizes: Vec<u32>, out: Tx<Vec<u8>>) -> Result<u32, CalcError>;
+    /// Receives strings and echoes them back joined by `|`.
+    async fn join(&self, input: Rx<String>) -> Result<String, CalcError>;
     /// Returns a new channel on which it sends `0..count`.
     async fn numbers(&self, count: u32) -> Result<Rx<u32>, CalcError>;
     /// Panics, at once or after waiting once.
@@ -90,6 +95,21 @@ impl Calculator for Arc<Calc> {
             total += v.unwrap();
         }
         Ok(total)
+    }
+    async fn chunks(&self, sizes: Vec<u32>, out: Tx<Vec<u8>>) -> Result<u32, CalcError> {
+        for &size in &sizes {
+            let item: Vec<u8> = (0..size).map(|i| i as u8).collect();
+            out.send(&item).await.unwrap();
+        }
+        out.close().await.unwrap();
+        Ok(sizes.len() as u32)
+    }
+    async fn join(&self, mut input: Rx<String>) -> Result<String, CalcError> {
+        let mut parts = Vec::new();
+        while let Some(s) = input.recv().await {
+            parts.push(s.unwrap());
+        }
+        Ok(parts.join("|"))
     }
     async fn numbers(&self, count: u32) -> Result<Rx<u32>, CalcError> {
         let conn = self.conn.get().expect("the server's connection").clone();

@@ -39,13 +39,13 @@ const SPIN_CHUNK: u32 = 16 * RECV_CHECKS;
 /// raise the score, windows that did not lower it twice as much; at zero the
 /// wait is skipped, and tried again after [`SPIN_PROBE_EVERY`] skips.
 #[derive(Clone, Copy, Debug)]
-struct Adaptive {
+pub(super) struct Adaptive {
     score: u8,
     skipped: u32,
 }
 
 impl Adaptive {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Adaptive {
             score: SPIN_SCORE_MAX,
             skipped: 0,
@@ -53,7 +53,7 @@ impl Adaptive {
     }
 
     /// Whether to try a window now (counts a skip when not).
-    fn may_try(&mut self) -> bool {
+    pub(super) fn may_try(&mut self) -> bool {
         if self.score > 0 || self.skipped >= SPIN_PROBE_EVERY {
             true
         } else {
@@ -62,12 +62,12 @@ impl Adaptive {
         }
     }
 
-    fn paid(&mut self) {
+    pub(super) fn paid(&mut self) {
         self.score = (self.score + 1).min(SPIN_SCORE_MAX);
         self.skipped = 0;
     }
 
-    fn missed(&mut self) {
+    pub(super) fn missed(&mut self) {
         self.score = self.score.saturating_sub(2);
         self.skipped = 0;
     }
