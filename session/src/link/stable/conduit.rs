@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::budget::ReplayBudget;
 use super::handshake::{self, Registry};
 use super::wire::{self, ACK_AT, Token};
 use super::{BoxRead, BoxWrite, Connector, ResumeFailure, StableConfig, StableStatus};
@@ -65,6 +66,8 @@ pub(super) struct Shared {
     pub token: Token,
     pub side: Side,
     pub writer: tokio::sync::Mutex<Writer>,
+    /// The acceptor's replay budget (the writer counts against it).
+    pub budget: Option<Arc<ReplayBudget>>,
     pub state: Mutex<State>,
     /// The highest connection generation declared broken.
     pub broken: watch::Sender<u64>,
@@ -132,10 +135,14 @@ pub(super) struct Writer {
     spare: Vec<Vec<u8>>,
     limit_bytes: usize,
     limit_frames: usize,
+    /// The acceptor's budget this buffer counts against (an initiator has
+    /// none), and the bytes taken from it for a frame not yet pushed.
+    budget: Option<Arc<ReplayBudget>>,
+    reserved: usize,
 }
 
 impl Writer {
-    pub fn new(config: &StableConfig) -> Writer {
+    pub fn new(config: &StableConfig, budget: Option<Arc<ReplayBudget>>) -> Writer {
         Writer {
             replay: VecDeque::new(),
             first_seq: 1,
@@ -148,6 +155,8 @@ impl Writer {
             spare: Vec::new(),
             limit_bytes: config.replay_bytes,
             limit_frames: config.replay_frames,
+            budget,
+            reserved: 0,
         }
     }
 
@@ -157,21 +166,56 @@ impl Writer {
         // past the cursor; a lying one must not make the cursor point before
         // the buffer.
         let keep_from = acked.min(self.cursor_seq.saturating_sub(1));
+        let mut freed = 0;
         while self.first_seq <= keep_from {
             let Some(f) = self.replay.pop_front() else { break };
             self.bytes -= f.len();
+            freed += f.len();
             self.first_seq += 1;
             if self.spare.len() < 16 && f.capacity() <= 256 << 10 {
                 self.spare.push(f);
             }
         }
+        if let Some(b) = &self.budget {
+            b.give_back(freed);
+        }
     }
 
-    /// Whether a frame of `len` bytes fits beside what is unacknowledged. A
-    /// frame always fits an empty buffer.
-    pub fn has_room(&self, len: usize) -> bool {
-        self.replay.is_empty()
-            || (self.bytes + len <= self.limit_bytes && self.replay.len() < self.limit_frames)
+    /// Takes room for a frame of `len` bytes beside what is unacknowledged,
+    /// if there is: within this buffer's bounds (a frame always fits an
+    /// empty buffer) and within the acceptor's budget (always, so that no
+    /// number of sessions exceeds it). The room is the next
+    /// [`push`](Self::push)'s, or given back by [`cancel_room`](Self::cancel_room).
+    pub fn take_room(&mut self, len: usize) -> bool {
+        self.cancel_room();
+        let fits = self.replay.is_empty()
+            || (self.bytes + len <= self.limit_bytes && self.replay.len() < self.limit_frames);
+        if !fits {
+            return false;
+        }
+        if let Some(b) = &self.budget {
+            if !b.try_take(len) {
+                return false;
+            }
+            self.reserved = len;
+        }
+        true
+    }
+
+    /// Gives back room taken for a frame that was not pushed.
+    pub fn cancel_room(&mut self) {
+        if let Some(b) = &self.budget {
+            b.give_back(std::mem::take(&mut self.reserved));
+        }
+    }
+
+    /// Whether a frame of `len` bytes can never fit the acceptor's budget,
+    /// and its bound if so.
+    pub fn beyond_budget(&self, len: usize) -> Option<usize> {
+        self.budget
+            .as_ref()
+            .map(|b| b.limit())
+            .filter(|&limit| len > limit)
     }
 
     /// A buffer of `len` bytes for the next frame.
@@ -187,6 +231,16 @@ impl Writer {
         let seq = self.next_seq;
         wire::put_numbered(&mut frame, kind, seq, 0);
         self.bytes += frame.len();
+        // The room taken for it becomes the frame's; should the frame's
+        // length differ, the budget is kept exact.
+        if let Some(b) = &self.budget {
+            let reserved = std::mem::take(&mut self.reserved);
+            if frame.len() > reserved {
+                b.take_anyway(frame.len() - reserved);
+            } else {
+                b.give_back(reserved - frame.len());
+            }
+        }
         self.replay.push_back(frame);
         self.next_seq += 1;
         // ORDERING: Release pairs with the receiver's Acquire load when it checks an ack.
@@ -211,8 +265,14 @@ impl Writer {
 
     /// Writes every frame from the cursor on to the current connection, then
     /// flushes. A broken connection is reported and dropped; the frames stay
-    /// for the next one. Cancel-safe: the cursor records progress.
+    /// for the next one. Cancel-safe: the cursor records progress. Frames acknowledged
+    /// meanwhile are dropped (their budget given back) at the end.
     pub async fn pump(&mut self, sh: &Shared) {
+        self.write_pending(sh).await;
+        self.trim(sh.peer_acked.load(Ordering::Acquire));
+    }
+
+    async fn write_pending(&mut self, sh: &Shared) {
         let Some((cgen, _)) = &self.conn else { return };
         let cgen = *cgen;
         let mut broken = sh.broken.subscribe();
@@ -370,14 +430,29 @@ async fn driver_ack(sh: &Shared, w: &mut Writer) {
     }
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.cancel_room();
+        if let Some(b) = &self.budget {
+            b.give_back(self.bytes);
+        }
+    }
+}
+
 impl Shared {
-    pub fn new(config: StableConfig, token: Token, side: Side) -> Arc<Shared> {
-        let writer = Writer::new(&config);
+    pub fn new(
+        config: StableConfig,
+        token: Token,
+        side: Side,
+        budget: Option<Arc<ReplayBudget>>,
+    ) -> Arc<Shared> {
+        let writer = Writer::new(&config, budget.clone());
         Arc::new(Shared {
             config,
             token,
             side,
             writer: tokio::sync::Mutex::new(writer),
+            budget,
             state: Mutex::new(State {
                 generation: 0,
                 reader: None,
@@ -472,6 +547,16 @@ impl Shared {
         if ack > before && self.tx_waiting.load(Ordering::Acquire) {
             self.tx_wake.notify_waiters();
         }
+        // An acceptor's sessions share one budget: what is acknowledged goes
+        // back to it now, not at this session's next send. (A writer busy
+        // writing trims when it is done; the driver's next tick catches an
+        // ack that slipped between the two.)
+        if ack > before
+            && self.budget.is_some()
+            && let Ok(mut w) = self.writer.try_lock()
+        {
+            w.trim(ack);
+        }
         Ok(())
     }
 
@@ -527,6 +612,11 @@ pub(super) async fn drive(sh: Arc<Shared>) {
         tokio::select! {
             _ = wake => {}
             _ = tick.tick() => {
+                if sh.budget.is_some()
+                    && let Ok(mut w) = sh.writer.try_lock()
+                {
+                    w.trim(sh.peer_acked.load(Ordering::Acquire));
+                }
                 let activity = sh.activity.load(Ordering::Relaxed);
                 let connected = !sh.is_broken();
                 if activity == seen_activity && connected {
@@ -671,6 +761,7 @@ mod tests {
             Side::Acceptor {
                 registry: Weak::new(),
             },
+            None,
         )
     }
 
@@ -682,7 +773,7 @@ mod tests {
             ..StableConfig::default()
         };
         let sh = unregistered(&cfg);
-        let mut w = Writer::new(&cfg);
+        let mut w = Writer::new(&cfg, None);
         for _ in 0..3 {
             let b = w.buffer(PREFIX_LEN + wire::NUMBERED_HEADER + 10);
             w.push(wire::DATA, b, &sh);
@@ -690,20 +781,20 @@ mod tests {
         assert_eq!(w.window(), (1, 4));
         // As if all three were written.
         w.cursor_seq = w.next_seq;
-        assert!(!w.has_room(10), "three frames is the limit");
+        assert!(!w.take_room(10), "three frames is the limit");
         w.trim(2);
         assert_eq!(w.window(), (3, 4));
-        assert!(w.has_room(31));
-        assert!(!w.has_room(100 - 31 + 1));
+        assert!(w.take_room(31));
+        assert!(!w.take_room(100 - 31 + 1));
         w.trim(3);
-        assert!(w.has_room(10_000), "an empty buffer takes any frame");
+        assert!(w.take_room(10_000), "an empty buffer takes any frame");
     }
 
     #[test]
     fn an_ack_past_what_was_written_never_drops_unwritten_frames() {
         let cfg = StableConfig::default();
         let sh = unregistered(&cfg);
-        let mut w = Writer::new(&cfg);
+        let mut w = Writer::new(&cfg, None);
         for _ in 0..10 {
             let b = w.buffer(PREFIX_LEN + wire::NUMBERED_HEADER);
             w.push(wire::DATA, b, &sh);

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::budget::ReplayBudget;
 use super::conduit::{self, Shared, Side, Terminal};
 use super::wire::{self, HELLO_LEN, Hello, Instance, READY_LEN, Token, Verdict, WELCOME_LEN, Welcome};
 use super::{BoxRead, BoxWrite, Connector, ResumeFailure, StableConfig, StableLink, StableStatus, Transport};
@@ -19,6 +20,8 @@ pub(super) struct Registry {
     instance: Instance,
     sessions: Mutex<HashMap<Token, Weak<Shared>>>,
     ended: Mutex<VecDeque<Token>>,
+    /// What all the sessions' replay buffers hold together.
+    budget: Arc<ReplayBudget>,
 }
 
 impl Registry {
@@ -146,7 +149,7 @@ pub(super) async fn connect_new(connect: Connector, config: StableConfig) -> Res
                     connect,
                     instance: welcome.instance,
                 };
-                let sh = Shared::new(config, welcome.token, side);
+                let sh = Shared::new(config, welcome.token, side, None);
                 {
                     let mut w = sh.writer.lock().await;
                     sh.install(&mut w, read, write, 0);
@@ -277,7 +280,20 @@ impl StableAcceptor {
     /// An acceptor whose sessions use `config`. It has an identity of its
     /// own (random): an initiator that finds a different one after a break
     /// knows the peer restarted.
+    ///
+    /// Fails if `acceptor_replay_bytes` cannot hold one frame of
+    /// `max_frame` bytes (no session could then ever send one).
     pub fn new(config: StableConfig) -> std::io::Result<StableAcceptor> {
+        let largest = super::PREFIX_LEN + super::NUMBERED_HEADER + config.max_frame;
+        if config.acceptor_replay_bytes < largest {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "acceptor_replay_bytes ({}) must hold at least one frame of max_frame ({} bytes with its header); raise it or lower max_frame",
+                    config.acceptor_replay_bytes, largest
+                ),
+            ));
+        }
         let mut instance = [0; 16];
         wire::random(&mut instance)?;
         Ok(StableAcceptor {
@@ -285,6 +301,7 @@ impl StableAcceptor {
                 instance,
                 sessions: Mutex::new(HashMap::new()),
                 ended: Mutex::new(VecDeque::new()),
+                budget: ReplayBudget::new(config.acceptor_replay_bytes),
             }),
             config,
         })
@@ -293,6 +310,12 @@ impl StableAcceptor {
     /// Sessions alive (or waiting for their initiator to come back).
     pub fn sessions(&self) -> usize {
         lock(&self.registry.sessions).len()
+    }
+
+    /// Bytes the sessions' replay buffers hold together (at most
+    /// [`StableConfig::acceptor_replay_bytes`]).
+    pub fn replay_held(&self) -> usize {
+        self.registry.budget.used()
     }
 
     /// Runs the conduit's handshake on an accepted connection, within the
@@ -358,7 +381,7 @@ impl StableAcceptor {
             let side = Side::Acceptor {
                 registry: Arc::downgrade(reg),
             };
-            let sh = Shared::new(self.config.clone(), token, side);
+            let sh = Shared::new(self.config.clone(), token, side, Some(reg.budget.clone()));
             lock(&reg.sessions).insert(token, Arc::downgrade(&sh));
             // Confirm once registered, so that a resume right after finds it.
             // Should the confirmation be lost after all, the initiator starts

@@ -12,7 +12,10 @@
 //!   re-encoded) in a **replay buffer** until it is acknowledged. The buffer
 //!   is bounded ([`StableConfig::replay_bytes`], [`StableConfig::replay_frames`]):
 //!   [`LinkTx::reserve`] waits for room in it, which is where a peer that
-//!   stops acknowledging pushes back.
+//!   stops acknowledging pushes back. An acceptor's sessions also share one
+//!   bound ([`StableConfig::acceptor_replay_bytes`], see `budget`), so many
+//!   peers that never acknowledge cannot make it hold `max_sessions` full
+//!   buffers; acknowledged frames go back to it as the acks arrive.
 //! - After a break the **initiator** (the side that connected) reconnects
 //!   per its [`RetryPolicy`] and resumes: a handshake names the session by
 //!   its token (32 random bytes, known only to the two ends; send it only
@@ -63,6 +66,7 @@ use super::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
 use crate::reconnect::RetryPolicy;
 use crate::rules::Rule;
 
+mod budget;
 mod conduit;
 mod handshake;
 mod wire;
@@ -149,13 +153,19 @@ pub struct StableConfig {
     pub heartbeat: Duration,
     /// Sessions an acceptor holds at once; more are refused.
     pub max_sessions: usize,
+    /// Bytes of replay buffer all the sessions of one acceptor hold
+    /// together. A session whose frame does not fit waits for other
+    /// sessions' peers to acknowledge theirs, so peers that never
+    /// acknowledge cannot make the acceptor hold `max_sessions` ×
+    /// `replay_bytes`. Must hold one frame of `max_frame`.
+    pub acceptor_replay_bytes: usize,
 }
 
 impl Default for StableConfig {
     /// Frames of up to 16 MiB, 16 MiB / 4096 frames of replay, the default
     /// retry policy (10 attempts, 50 ms doubling to 2 s), 30 s to resume,
     /// 10 s handshakes, acks within 5 ms, a heartbeat every 2 s, 1024
-    /// sessions per acceptor.
+    /// sessions per acceptor holding 256 MiB of replay together.
     fn default() -> Self {
         StableConfig {
             max_frame: 16 << 20,
@@ -167,6 +177,7 @@ impl Default for StableConfig {
             ack_delay: Duration::from_millis(5),
             heartbeat: Duration::from_secs(2),
             max_sessions: 1024,
+            acceptor_replay_bytes: 256 << 20,
         }
     }
 }
@@ -483,14 +494,35 @@ async fn room(
         if closed {
             return Err(LinkError::Closed);
         }
+        // Another session of the acceptor giving replay bytes back.
+        let freed = sh.budget.as_ref().map(|b| b.freed.notified());
+        tokio::pin!(freed);
+        if let Some(n) = freed.as_mut().as_pin_mut() {
+            n.enable();
+        }
         let mut w = sh.writer.lock().await;
         w.trim(sh.peer_acked.load(Ordering::Acquire));
-        if w.has_room(total) {
+        if let Some(limit) = w.beyond_budget(total) {
+            return Err(LinkError::FrameTooLarge {
+                len: total,
+                max: limit,
+            });
+        }
+        if w.take_room(total) {
             sh.tx_waiting.store(false, Ordering::Release);
             return Ok(w);
         }
         drop(w);
-        wake.await;
+        let freed = async {
+            match freed.as_mut().as_pin_mut() {
+                Some(n) => n.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = wake => {}
+            _ = freed => {}
+        }
     }
 }
 
@@ -556,11 +588,19 @@ impl SendPermit for StablePermit<'_> {
     /// Numbers the frame, keeps it for replay, and writes it (with anything
     /// still pending) to the current connection. While the connection is
     /// broken the frame waits for the next one: commit still succeeds.
-    async fn commit(self) -> Result<(), LinkError> {
-        let StablePermit { sh, mut writer, buf } = self;
-        writer.push(wire::DATA, buf, sh);
-        writer.pump(sh).await;
+    async fn commit(mut self) -> Result<(), LinkError> {
+        let sh = self.sh;
+        let buf = std::mem::take(&mut self.buf);
+        self.writer.push(wire::DATA, buf, sh);
+        self.writer.pump(sh).await;
         Ok(())
+    }
+}
+
+impl Drop for StablePermit<'_> {
+    /// A permit dropped unused gives its room back.
+    fn drop(&mut self) {
+        self.writer.cancel_room();
     }
 }
 

@@ -571,3 +571,105 @@ async fn a_new_session_whose_ready_is_lost_is_started_again() {
     assert_eq!(within("the pong", crx.recv()).await.unwrap().unwrap(), b"pong");
     assert_eq!(acceptor.sessions(), 1);
 }
+
+#[tokio::test]
+async fn the_sessions_of_an_acceptor_share_one_replay_budget() {
+    // Room for four frames of 1000 bytes, across every session.
+    const FRAME: usize = 1000;
+    let one = PREFIX_LEN + NUMBERED_HEADER + FRAME;
+    let config = StableConfig {
+        acceptor_replay_bytes: 4 * one,
+        ..StableConfig::default().max_frame(FRAME)
+    };
+    let too_small = StableConfig {
+        acceptor_replay_bytes: one - 1,
+        ..config.clone()
+    };
+    let e = StableAcceptor::new(too_small).unwrap_err();
+    assert!(e.to_string().contains("acceptor_replay_bytes"), "{e}");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = StableAcceptor::new(config.clone()).unwrap();
+    let accept = |acceptor: StableAcceptor| {
+        let listener = &listener;
+        async move {
+            let (s, _) = listener.accept().await.unwrap();
+            match acceptor.accept(Transport::tcp(s).unwrap()).await.unwrap() {
+                Accepted::New(link) => link,
+                Accepted::Resumed => panic!("a new session was taken for a resume"),
+            }
+        }
+    };
+
+    // A client that reads nothing acknowledges nothing: its session's
+    // frames stay in the acceptor's replay until the budget is spent.
+    let (hoarder, first) = tokio::join!(
+        StableLink::connect_tcp(addr, config.clone()),
+        accept(acceptor.clone())
+    );
+    let (_hoarder_tx, mut hoarder_rx) = hoarder.unwrap().split();
+    let (mut first_tx, first_rx) = first.split();
+    // The acceptor's receivers run, as a session's driver would: they
+    // read the clients' acks.
+    let reading = |mut rx: StableRx| tokio::spawn(async move { while let Ok(Some(_)) = rx.recv().await {} });
+    let first_reading = reading(first_rx);
+    for i in 0..4u8 {
+        within("room in the budget", send(&mut first_tx, &[i; FRAME])).await;
+    }
+    assert_eq!(acceptor.replay_held(), 4 * one);
+
+    // Another session, with its own buffer empty, waits for the budget.
+    let (reader, second) = tokio::join!(
+        StableLink::connect_tcp(addr, config.clone()),
+        accept(acceptor.clone())
+    );
+    let (_reader_tx, mut reader_rx) = reader.unwrap().split();
+    let (mut second_tx, second_rx) = second.split();
+    let second_reading = reading(second_rx);
+    let waiting = tokio::spawn(async move {
+        send(&mut second_tx, &[9; FRAME]).await;
+        second_tx
+    });
+    // (One thread: the sender runs until it waits.)
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        acceptor.replay_held(),
+        4 * one,
+        "nothing was taken past the bound"
+    );
+    assert!(!waiting.is_finished(), "the second session waits for the budget");
+
+    // Once the first client reads (and so acknowledges), the second
+    // session's frame goes out.
+    for i in 0..4u8 {
+        assert_eq!(
+            within("a hoarded frame", hoarder_rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+            [i; FRAME]
+        );
+    }
+    assert_eq!(
+        within("the waiting frame", reader_rx.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        [9; FRAME]
+    );
+    let second_tx = within("the waiting send", waiting).await.unwrap();
+    // Acknowledged frames are given back, and dropped sessions give back
+    // the rest.
+    drop((second_tx, first_tx));
+    first_reading.abort();
+    second_reading.abort();
+    within("the budget to empty", async {
+        while acceptor.replay_held() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
