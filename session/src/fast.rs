@@ -291,21 +291,44 @@ unsafe fn place(value: Value, ptr: *mut u8) {
     }
 }
 
+/// Decoded elements with their offsets in `T`, before they are placed.
+type Values = [Option<(Value, usize)>; MAX_FIELDS];
+
+/// Decodes `kinds` front to back from `r` into `values`.
+fn read_all(r: &mut Reader<'_>, kinds: &[(Kind, usize)], values: &mut Values) -> Result<(), String> {
+    for (slot, &(kind, offset)) in values.iter_mut().zip(kinds) {
+        *slot = Some((r.value(kind)?, offset));
+    }
+    Ok(())
+}
+
+/// Builds a `T` from every one of its elements.
+///
+/// # Safety
+/// `values` holds one value for each element of `plan::<T>()`, of that
+/// element's kind, at its offset.
+unsafe fn assemble<T>(values: Values) -> T {
+    let mut out = std::mem::MaybeUninit::<T>::uninit();
+    let base = out.as_mut_ptr().cast::<u8>();
+    for (value, offset) in values.into_iter().flatten() {
+        // SAFETY: per the caller, the value's type is T itself (offset 0)
+        // or the tuple element at `offset`.
+        unsafe { place(value, base.add(offset)) };
+    }
+    // SAFETY: every element of T (the one value, or each element of the
+    // tuple) was written above; a tuple has no other bytes that need
+    // initializing (padding is never read as a value).
+    unsafe { out.assume_init() }
+}
+
 /// Decodes `bytes` (all of them) directly if `T` has a direct codec.
 pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String>> {
     let plan = plan::<T>()?;
     let mut r = Reader { bytes, at: 0 };
     // Every element is decoded before any is placed, so a failure leaves
     // nothing half-built.
-    let mut values: [Option<(Value, usize)>; MAX_FIELDS] = Default::default();
-    let decoded = elements(&plan)
-        .iter()
-        .enumerate()
-        .try_for_each(|(i, &(kind, offset))| {
-            values[i] = Some((r.value(kind)?, offset));
-            Ok(())
-        });
-    if let Err(e) = decoded {
+    let mut values: Values = Default::default();
+    if let Err(e) = read_all(&mut r, elements(&plan), &mut values) {
         return Some(Err(e));
     }
     if r.at != bytes.len() {
@@ -316,17 +339,49 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
             r.at
         )));
     }
-    let mut out = std::mem::MaybeUninit::<T>::uninit();
-    let base = out.as_mut_ptr().cast::<u8>();
-    for (value, offset) in values.into_iter().flatten() {
-        // SAFETY: `plan` matched T's shape: the value's type is T itself
-        // (offset 0) or the tuple element at `offset`.
-        unsafe { place(value, base.add(offset)) };
+    // SAFETY: `read_all` decoded every element of the plan.
+    Some(Ok(unsafe { assemble(values) }))
+}
+
+/// Decodes the encoding `head ++ tail` directly, moving `tail` into the
+/// value as its last element instead of copying it: for a `T` with a direct
+/// codec whose last element is a `Vec<u8>` or a `String`, where `head` holds
+/// exactly the elements before it and its length prefix, which `tail.len()`
+/// matches. Gives `tail` back otherwise: decode the joined bytes then (which
+/// says what is wrong, if anything). Where it decodes, the value is the one
+/// [`decode`] gives for the joined bytes.
+pub(crate) fn decode_split<T: Facet<'static>>(
+    head: &[u8],
+    tail: Vec<u8>,
+) -> Result<Result<T, String>, Vec<u8>> {
+    let Some(plan) = plan::<T>() else {
+        return Err(tail);
+    };
+    let Some((&(last, last_at), before)) = elements(&plan).split_last() else {
+        return Err(tail);
+    };
+    if !matches!(last, Kind::Bytes | Kind::String) {
+        return Err(tail);
     }
-    // SAFETY: every element of T (the one value, or each element of the
-    // tuple) was written above; a tuple has no other bytes that need
-    // initializing (padding is never read as a value).
-    Some(Ok(unsafe { out.assume_init() }))
+    let mut r = Reader { bytes: head, at: 0 };
+    let mut values: Values = Default::default();
+    if read_all(&mut r, before, &mut values).is_err()
+        || r.varint(64).ok() != Some(tail.len() as u64)
+        || r.at != head.len()
+    {
+        return Err(tail);
+    }
+    let value = match last {
+        Kind::Bytes => Value::Bytes(tail),
+        _ => match String::from_utf8(tail) {
+            Ok(s) => Value::String(s),
+            Err(_) => return Ok(Err("a string is not valid UTF-8".into())),
+        },
+    };
+    values[before.len()] = Some((value, last_at));
+    // SAFETY: every element before the last was decoded by `read_all`, and
+    // the last is of its kind (checked above) at its offset.
+    Ok(Ok(unsafe { assemble(values) }))
 }
 
 #[cfg(test)]
@@ -408,6 +463,38 @@ mod tests {
             joined(&(Vec::<u8>::new(),), 0).unwrap(),
             encode(&(Vec::<u8>::new(),)).unwrap()
         );
+    }
+
+    #[test]
+    fn a_split_decode_moves_the_tail_and_agrees_with_the_whole_decode() {
+        let big: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+        let s = split(&big, 1).unwrap();
+        let tail = s.tail.to_vec();
+        let at = tail.as_ptr();
+        let got: Vec<u8> = decode_split(&s.head, tail).unwrap().unwrap();
+        assert_eq!(got, big);
+        assert_eq!(got.as_ptr(), at, "moved, not copied");
+
+        let args = (7u32, "key".to_string(), "é".repeat(3_000));
+        let s = split(&args, 1).unwrap();
+        let got: (u32, String, String) = decode_split(&s.head, s.tail.to_vec()).unwrap().unwrap();
+        assert_eq!(got, args);
+
+        // Not this shape: the tail comes back, for a decode of the joined bytes.
+        let (head, tail) = (s.head.clone(), s.tail.to_vec());
+        assert!(decode_split::<(u32, String)>(&head, tail.clone()).is_err());
+        assert!(decode_split::<(u32, String, String, u8)>(&head, tail.clone()).is_err());
+        assert!(decode_split::<Vec<u32>>(&head, tail.clone()).is_err());
+        assert!(decode_split::<(u32, String, String)>(&head, tail[1..].to_vec()).is_err());
+        assert!(decode_split::<(u32, String, String)>(&head[..head.len() - 1], tail.clone()).is_err());
+        // The shape, but not UTF-8: the same error as the whole decode.
+        let mut bad = tail.clone();
+        bad[0] = 0xff;
+        let e = decode_split::<(u32, String, String)>(&head, bad.clone())
+            .unwrap()
+            .unwrap_err();
+        let whole = decode::<(u32, String, String)>(&[head.as_slice(), &bad].concat()).unwrap();
+        assert_eq!(Err(e), whole);
     }
 
     #[test]

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use facet::Facet;
 
 use super::binding::{bind, hand_over};
-use super::{ChannelCore, ChannelError, ChannelId, End};
+use super::{ChannelCore, ChannelError, ChannelId, End, Queued};
 use crate::fast;
-use crate::payload::{decode_exact, encode_value};
+use crate::payload::encode_value;
 use crate::session::Shared;
 use crate::wire::Message;
 use crate::wire::spliced::Spliced;
@@ -216,12 +216,7 @@ impl<T> Tx<T> {
                 channel: self.id,
                 payload: &[],
             };
-            let Some(spliced) = Spliced::new(&empty, head, tail) else {
-                return Err(ChannelError::Encode {
-                    detail: "the item could not be written into its frame (a bug)".into(),
-                });
-            };
-            b.shared.send(&spliced).await
+            b.shared.send(&Spliced::new(&empty, head, tail)).await
         };
         sent.map_err(|e| ChannelError::SessionEnded {
             reason: e.to_string(),
@@ -358,8 +353,8 @@ where
     /// `while let Some(item) = rx.recv().await` always ends. An item that
     /// does not decode ([`ChannelError::Decode`]) does not end the channel.
     pub async fn recv(&mut self) -> Option<Result<T, ChannelError>> {
-        match self.recv_bytes().await? {
-            Ok(bytes) => Some(decode_exact(&bytes).map_err(|detail| ChannelError::Decode { detail })),
+        match self.recv_queued().await? {
+            Ok(item) => Some(item.decode().map_err(|detail| ChannelError::Decode { detail })),
             Err(e) => Some(Err(e)),
         }
     }
@@ -369,6 +364,12 @@ impl<T> Rx<T> {
     /// The next item's encoded bytes (tunnels receive raw bytes this way),
     /// granting credit back as items are consumed.
     pub(crate) async fn recv_bytes(&mut self) -> Option<Result<Vec<u8>, ChannelError>> {
+        Some(self.recv_queued().await?.map(Queued::into_bytes))
+    }
+
+    /// The next item as it was queued, granting credit back as items are
+    /// consumed.
+    async fn recv_queued(&mut self) -> Option<Result<Queued, ChannelError>> {
         if self.failed {
             return None;
         }

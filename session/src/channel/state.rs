@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use osmos_shm::{CreditReceiver, CreditSender, CreditTable};
 
-use super::{ChannelError, End};
+use super::{ChannelError, End, Queued};
 
 /// How a channel starts its credit.
 pub(crate) enum FlowInit {
@@ -70,7 +70,7 @@ pub(crate) struct ChannelCore {
 }
 
 struct ChanInner {
-    queue: VecDeque<Vec<u8>>,
+    queue: VecDeque<Queued>,
     /// Bytes consumed by the local receiver since our last grant.
     consumed_since_grant: u64,
     /// Our receive window (our initial credit), for the grant policy.
@@ -289,7 +289,7 @@ impl ChannelCore {
             }
         }
         if c.reset.is_none() && c.local_rx {
-            c.queue.push_back(payload.to_vec());
+            c.queue.push_back(Queued::new(payload));
         }
         drop(c);
         self.readable.notify_one();
@@ -474,7 +474,7 @@ impl ChannelCore {
 
     /// The next queued item, waiting for one. `Ok(None)` once closed and drained.
     /// Returns the bytes to grant back by message, if a grant is due.
-    pub(crate) async fn next_item(&self) -> Result<Option<(Vec<u8>, Option<u32>)>, ChannelError> {
+    pub(crate) async fn next_item(&self) -> Result<Option<(Queued, Option<u32>)>, ChannelError> {
         loop {
             let notified = self.readable.notified();
             tokio::pin!(notified);

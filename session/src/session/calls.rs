@@ -446,16 +446,7 @@ impl Connection {
             },
         };
         let spliced = match &args {
-            Args::Split(s) => match Spliced::new(&msg, &s.head, s.tail) {
-                Some(spliced) => Some(spliced),
-                None => {
-                    guard.armed = false;
-                    shared.lock().pending.remove(&request);
-                    return Err(Unanswered::Encode(
-                        "the arguments could not be written into the call (a bug)".into(),
-                    ));
-                }
-            },
+            Args::Split(s) => Some(Spliced::new(&msg, &s.head, s.tail)),
             Args::Bytes(_) => None,
         };
         let out: &dyn Encode = match &spliced {

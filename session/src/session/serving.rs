@@ -326,10 +326,10 @@ fn answered_split(
             Outcome::Ok(&[])
         },
     };
-    let Some(spliced) = Spliced::new(&msg, &head, tail) else {
-        return false;
-    };
-    matches!(shared.try_send_message(&spliced), Ok(true))
+    matches!(
+        shared.try_send_message(&Spliced::new(&msg, &head, tail)),
+        Ok(true)
+    )
 }
 
 /// Answers a call from the handler's task, waiting for link room.

@@ -51,10 +51,14 @@ pub(crate) struct Spliced<'m, 'a> {
 }
 
 impl<'m, 'a> Spliced<'m, 'a> {
-    /// `msg` with the payload `head ++ tail`; `None` unless `msg` is a
-    /// `Call`, a `Response` with an `Ok` or `UserError` outcome, or an
-    /// `Item`, whose payload is empty.
-    pub(crate) fn new(msg: &'m Message<'a>, head: &'m [u8], tail: &'m [u8]) -> Option<Self> {
+    /// `msg` with the payload `head ++ tail`.
+    ///
+    /// # Panics
+    /// Unless `msg` is a `Call`, a `Response` with an `Ok` or `UserError`
+    /// outcome, or an `Item`, whose payload is empty: every caller builds
+    /// such a message right before, so anything else is a bug here, never
+    /// something a peer can cause.
+    pub(crate) fn new(msg: &'m Message<'a>, head: &'m [u8], tail: &'m [u8]) -> Self {
         let empty = match msg {
             Message::Call { args, .. } => args.is_empty(),
             Message::Response {
@@ -64,7 +68,8 @@ impl<'m, 'a> Spliced<'m, 'a> {
             Message::Item { payload, .. } => payload.is_empty(),
             _ => false,
         };
-        empty.then_some(Spliced { msg, head, tail })
+        assert!(empty, "a {} message cannot carry a spliced payload", msg.kind());
+        Spliced { msg, head, tail }
     }
 
     fn payload_len(&self) -> usize {
@@ -154,7 +159,7 @@ mod tests {
                     ),
                 ];
                 for (full, empty) in &whole {
-                    let s = Spliced::new(empty, head, tail).unwrap();
+                    let s = Spliced::new(empty, head, tail);
                     assert_eq!(s.encoded_len(), full.encoded_len(), "{} of {n}", s.kind());
                     assert_eq!(s.to_vec(), full.to_vec(), "{} of {n} cut at {cut}", s.kind());
                     assert_eq!(crate::wire::decode(&s.to_vec()).unwrap(), *full);
@@ -165,20 +170,21 @@ mod tests {
 
     #[test]
     fn only_an_empty_call_answer_or_item_payload_is_spliced() {
-        assert!(Spliced::new(&call(&[1]), &[], &[]).is_none());
-        assert!(Spliced::new(&response(Outcome::Ok(&[1])), &[], &[]).is_none());
-        assert!(Spliced::new(&response(Outcome::Cancelled), &[], &[]).is_none());
-        assert!(Spliced::new(&Message::Ping { nonce: 1 }, &[], &[]).is_none());
-        assert!(
-            Spliced::new(
-                &Message::Item {
-                    channel: 1,
-                    payload: &[1]
-                },
-                &[],
-                &[]
-            )
-            .is_none()
-        );
+        let refused = [
+            call(&[1]),
+            response(Outcome::Ok(&[1])),
+            response(Outcome::Cancelled),
+            Message::Ping { nonce: 1 },
+            Message::Item {
+                channel: 1,
+                payload: &[1],
+            },
+        ];
+        for msg in &refused {
+            let built = std::panic::catch_unwind(|| {
+                Spliced::new(msg, &[], &[]);
+            });
+            assert!(built.is_err(), "a {} was spliced", msg.kind());
+        }
     }
 }

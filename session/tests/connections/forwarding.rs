@@ -15,6 +15,24 @@ pub(crate) async fn forward_calls_answers_and_errors<F: Factory>(f: F) {
         assert_eq!(bounded("add", calc.add(2, 3)).await.unwrap(), 5);
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         assert_eq!(bounded("echo", calc.echo(data.clone())).await.unwrap(), data);
+        // Byte items around the size where a receiver keeps an item's bytes
+        // apart from its length prefix, relayed through the proxy.
+        let (tx, rx) = conn.channel::<Vec<u8>>().unwrap();
+        let joining = tokio::spawn({
+            let calc = calc.clone();
+            async move { calc.concat(rx).await }
+        });
+        let mut sent = Vec::new();
+        for (i, n) in [4095usize, 4096, 4097, 70_000, 0, 65_536, 100]
+            .into_iter()
+            .enumerate()
+        {
+            let item: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
+            bounded("send", tx.send(&item)).await.unwrap();
+            sent.extend_from_slice(&item);
+        }
+        tx.close().await.unwrap();
+        assert_eq!(bounded("concat", joining).await.unwrap().unwrap(), sent);
         assert_eq!(
             bounded("overflow", calc.add(u32::MAX, 1)).await.unwrap_err(),
             CallError::User(format!("{} + 1 overflows", u32::MAX)),

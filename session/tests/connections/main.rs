@@ -47,6 +47,8 @@ pub trait Calculator {
     async fn sum(&self, input: Rx<u64>) -> Result<u64, String>;
     /// Returns a new channel on which it sends `0..count`.
     async fn numbers(&self, count: u32) -> Result<Rx<u32>, String>;
+    /// Joins the byte items received on `input`, in order.
+    async fn concat(&self, input: Rx<Vec<u8>>) -> Result<Vec<u8>, String>;
     /// Echoes a tunnel's bytes back until the caller shuts its side; returns the count.
     async fn pipe(&self, end: TunnelEnd) -> Result<u64, String>;
     /// Keeps a tunnel without reading it (until `drain`).
@@ -118,6 +120,13 @@ impl Calculator for Arc<Calc> {
             let _ = tx.close().await;
         });
         Ok(rx)
+    }
+    async fn concat(&self, mut input: Rx<Vec<u8>>) -> Result<Vec<u8>, String> {
+        let mut all = Vec::new();
+        while let Some(item) = input.recv().await {
+            all.extend_from_slice(&item.map_err(|e| e.to_string())?);
+        }
+        Ok(all)
     }
     async fn pipe(&self, end: TunnelEnd) -> Result<u64, String> {
         let (mut r, mut w) = tokio::io::split(Tunnel::from_end(end));
