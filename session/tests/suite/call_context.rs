@@ -11,7 +11,7 @@ use osmos_session::link::{Link, LinkRx, LinkTx, SendPermit};
 use osmos_session::wire::{self, Message, MetaValue, Outcome, PROTOCOL_VERSION, Settings};
 use osmos_session::{CallContext, CallError, CallOptions, Connection, SessionBuilder, SessionConfig};
 
-mod common;
+use crate::common;
 use common::*;
 
 /// Tells a handler's view of its call.

@@ -5,7 +5,7 @@
 //! outbox), and after the keepalive timeout the session ends with
 //! `peer.releases-its-slots`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! timeout) or, with `CallOptions::fail_fast`, fails at once; a peer gone
 //! for good closes the call with the source's reason.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

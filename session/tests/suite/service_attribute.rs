@@ -3,7 +3,7 @@
 //! `::osmos_session`. The attribute's own tests (`session/macros/tests/`)
 //! cover the facade and the rules.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 

@@ -8,7 +8,7 @@ use osmos_session::link::{Link, LinkRx, LinkTx, SendPermit};
 use osmos_session::wire::{self, Message, PROTOCOL_VERSION, Settings};
 use osmos_session::{CallOptions, Connection, SessionBuilder, SessionConfig, SessionError};
 
-mod common;
+use crate::common;
 use common::*;
 
 /// What the server serves.

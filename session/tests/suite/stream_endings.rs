@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use osmos_session::{CallError, Connection, SessionBuilder, SessionError, Tx};
 
-mod common;
+use crate::common;
 use common::*;
 
 /// Streams numbers, badly.

@@ -16,7 +16,7 @@ use osmos_session::{
     SessionError,
 };
 
-mod common;
+use crate::common;
 use common::*;
 
 /// Answers with metadata.

@@ -7,7 +7,7 @@
 //! The peer is a raw one on a thread of its own, so each test decides what
 //! arrives while the session's caller waits.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! an argument too) is a `SchemaMismatch` naming the method and both
 //! descriptions; a method the other side lacks is named.
 
-mod common;
+use crate::common;
 
 use common::bounded;
 use osmos_session::link::memory as mem;

@@ -78,8 +78,14 @@ async fn run_cell() -> ! {
 }
 
 fn spawn_cell(test: &str, seg: &Segment) -> Child {
+    // The test's full name within this binary: its module path without the
+    // crate's name.
+    let test = match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{test}"),
+        None => test.to_string(),
+    };
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+    cmd.args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(ROLE, "1")
         .stdin(Stdio::null());
     seg.pass_to(&mut cmd, osmos_session::control::SEGMENT_FD);
