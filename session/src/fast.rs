@@ -195,6 +195,30 @@ pub(crate) fn split<'v, 'f, T: Facet<'f>>(v: &'v T, min_tail: usize) -> Option<S
     Some(Split { head, tail })
 }
 
+/// Where the bytes of `T`'s last element begin in `payload` (an encoding of
+/// a `T`), if `T` has a direct codec whose last element is a `Vec<u8>` or a
+/// `String` of at least `min_tail` bytes that runs exactly to the end of
+/// `payload`: the offset just after that element's length prefix. Reads
+/// only; nothing is checked beyond what finding the offset needs (the
+/// decode checks the rest).
+pub(crate) fn tail_at<T: Facet<'static>>(payload: &[u8], min_tail: usize) -> Option<usize> {
+    let plan = plan::<T>()?;
+    let (&(last, _), before) = elements(&plan).split_last()?;
+    if !matches!(last, Kind::Bytes | Kind::String) {
+        return None;
+    }
+    let mut r = Reader {
+        bytes: payload,
+        at: 0,
+    };
+    for &(kind, _) in before {
+        r.skip(kind).ok()?;
+    }
+    let len = r.varint(64).ok()?;
+    let left = (payload.len() - r.at) as u64;
+    (len == left && len >= min_tail as u64).then_some(r.at)
+}
+
 /// A decoded element, before it is moved into place.
 enum Value {
     Bool(bool),
@@ -244,6 +268,32 @@ impl Reader<'_> {
         let b = self.bytes[self.at..self.at + len as usize].to_vec();
         self.at += len as usize;
         Ok(b)
+    }
+
+    /// Steps over a value of `kind` without building it.
+    fn skip(&mut self, kind: Kind) -> Result<(), String> {
+        match kind {
+            Kind::Bool | Kind::U8 => {
+                self.byte("value")?;
+            }
+            Kind::U16 | Kind::I16 => {
+                self.varint(16)?;
+            }
+            Kind::U32 | Kind::I32 => {
+                self.varint(32)?;
+            }
+            Kind::U64 | Kind::I64 => {
+                self.varint(64)?;
+            }
+            Kind::String | Kind::Bytes => {
+                let len = self.varint(64)?;
+                if len > (self.bytes.len() - self.at) as u64 {
+                    return Err("a length runs past the end of the payload".into());
+                }
+                self.at += len as usize;
+            }
+        }
+        Ok(())
     }
 
     fn value(&mut self, kind: Kind) -> Result<Value, String> {
@@ -495,6 +545,24 @@ mod tests {
             .unwrap_err();
         let whole = decode::<(u32, String, String)>(&[head.as_slice(), &bad].concat()).unwrap();
         assert_eq!(Err(e), whole);
+    }
+
+    #[test]
+    fn the_tail_is_found_where_the_split_put_it() {
+        let args = (-3i64, "key".to_string(), true, vec![0x5au8; 70_000]);
+        let s = split(&args, 1).unwrap();
+        let enc = encode(&args).unwrap();
+        type Args = (i64, String, bool, Vec<u8>);
+        assert_eq!(tail_at::<Args>(&enc, 1), Some(s.head.len()));
+        assert_eq!(tail_at::<Args>(&enc, 70_001), None, "below the minimum");
+        // Not an encoding of that shape: no offset, never a panic.
+        assert_eq!(tail_at::<Args>(&enc[..enc.len() - 1], 1), None);
+        assert_eq!(tail_at::<(i64, String)>(&enc, 1), None);
+        assert_eq!(tail_at::<(Vec<u8>, u32)>(&enc, 1), None);
+        assert_eq!(tail_at::<Vec<u32>>(&enc, 1), None);
+        for cut in 0..12 {
+            let _ = tail_at::<Args>(&enc[..cut], 0);
+        }
     }
 
     #[test]

@@ -353,6 +353,9 @@ where
     /// `while let Some(item) = rx.recv().await` always ends. An item that
     /// does not decode ([`ChannelError::Decode`]) does not end the channel.
     pub async fn recv(&mut self) -> Option<Result<T, ChannelError>> {
+        if let Some(b) = &self.bound {
+            b.core.use_splitter(super::queued::splitter_for::<T>());
+        }
         match self.recv_queued().await? {
             Ok(item) => Some(item.decode().map_err(|detail| ChannelError::Decode { detail })),
             Err(e) => Some(Err(e)),

@@ -1,15 +1,27 @@
 //! A received item's encoding as it waits in its channel's queue.
 //!
-//! A large item that is one byte string (a `Vec<u8>` or `String` item, the
-//! usual way to stream data) keeps its bytes apart from its length prefix,
-//! so that the receiver moves them into the value instead of copying them
-//! once more (see [`crate::fast::decode_split`]). Anything else waits as it
-//! came. Either way the bytes are the peer's encoding, byte for byte.
+//! A large item whose last element is a byte string (a `Vec<u8>` or
+//! `String` item, or a tuple ending in one: the usual ways to stream data)
+//! keeps those bytes apart from the rest, so that the receiver moves them
+//! into the value instead of copying them once more (see
+//! [`crate::fast::decode_split`]). Where the bytes begin is found by the
+//! channel's [`Splitter`]: the receiving handle's item type sets it on its
+//! first receive; until then (and on a relay, which has no item type) an
+//! item that is one byte string is split. Anything else waits as it came.
+//! Either way the bytes are the peer's encoding, byte for byte.
 
 use facet::Facet;
 
 use crate::fast::{self, SPLIT_AT_LEAST};
 use crate::wire::codec::read_varint;
+
+/// Finds where a large item's trailing bytes begin (see the module docs).
+pub(crate) type Splitter = fn(&[u8]) -> Option<usize>;
+
+/// The splitter for items of type `T`.
+pub(crate) fn splitter_for<T: Facet<'static>>() -> Splitter {
+    |payload| fast::tail_at::<T>(payload, SPLIT_AT_LEAST)
+}
 
 /// One queued item (see the module docs).
 pub(crate) enum Queued {
@@ -22,14 +34,16 @@ pub(crate) enum Queued {
 
 impl Queued {
     /// Copies `payload` (an item's encoding, in memory the peer cannot
-    /// touch) into a queue entry, splitting off the bytes of a large byte
-    /// string.
-    pub(crate) fn new(payload: &[u8]) -> Self {
+    /// touch) into a queue entry, splitting off the bytes of a large
+    /// trailing byte string where `splitter` (or, without one, the
+    /// one-byte-string rule) finds them.
+    pub(crate) fn new(payload: &[u8], splitter: Option<Splitter>) -> Self {
         if payload.len() >= SPLIT_AT_LEAST {
-            let mut at = 0;
-            if let Ok(n) = read_varint(payload, &mut at, 64)
-                && n == (payload.len() - at) as u64
-            {
+            let at = match splitter {
+                Some(find) => find(payload),
+                None => one_byte_string(payload),
+            };
+            if let Some(at) = at {
                 return Queued::Split {
                     head: payload[..at].to_vec(),
                     tail: payload[at..].to_vec(),
@@ -75,6 +89,14 @@ impl Queued {
     }
 }
 
+/// Where the bytes begin if `payload` is exactly one byte string (a length
+/// prefix, then that many bytes).
+fn one_byte_string(payload: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    let n = read_varint(payload, &mut at, 64).ok()?;
+    (n == (payload.len() - at) as u64).then_some(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,7 +105,7 @@ mod tests {
     fn a_large_byte_string_is_split_and_decodes_without_a_copy() {
         let data: Vec<u8> = (0..SPLIT_AT_LEAST as u32 + 1).map(|i| i as u8).collect();
         let enc = crate::payload::encode_value(&data).unwrap();
-        let q = Queued::new(&enc);
+        let q = Queued::new(&enc, None);
         let Queued::Split { head, tail } = &q else {
             panic!("not split");
         };
@@ -98,13 +120,41 @@ mod tests {
     #[test]
     fn everything_else_waits_whole_and_decodes_as_before() {
         let small = crate::payload::encode_value(&vec![7u8; 100]).unwrap();
-        assert!(matches!(Queued::new(&small), Queued::Whole(_)));
+        assert!(matches!(Queued::new(&small, None), Queued::Whole(_)));
         // Large, but not one byte string: a length that does not run to the end.
         let mut odd = crate::payload::encode_value(&vec![7u8; SPLIT_AT_LEAST]).unwrap();
         odd.push(1);
-        let q = Queued::new(&odd);
+        let q = Queued::new(&odd, None);
         assert!(matches!(q, Queued::Whole(_)));
         assert!(q.decode::<Vec<u8>>().unwrap_err().contains("ends after"));
+    }
+
+    #[test]
+    fn the_item_type_splits_a_tuple_ending_in_bytes() {
+        type Item = (u64, String, Vec<u8>);
+        let item: Item = (9, "part".into(), vec![3u8; SPLIT_AT_LEAST]);
+        let enc = crate::payload::encode_value(&item).unwrap();
+        assert!(
+            matches!(Queued::new(&enc, None), Queued::Whole(_)),
+            "not one byte string"
+        );
+        let q = Queued::new(&enc, Some(splitter_for::<Item>()));
+        let Queued::Split { tail, .. } = &q else {
+            panic!("not split");
+        };
+        let at = tail.as_ptr();
+        assert_eq!(q.len(), enc.len());
+        let got: Item = q.decode().unwrap();
+        assert_eq!(got, item);
+        assert_eq!(got.2.as_ptr(), at, "moved, not copied");
+        // The item type decides: a Vec<u16> that looks like a byte string
+        // is not split for its own type.
+        let v = vec![5u16; SPLIT_AT_LEAST];
+        let enc = crate::payload::encode_value(&v).unwrap();
+        assert!(matches!(
+            Queued::new(&enc, Some(splitter_for::<Vec<u16>>())),
+            Queued::Whole(_)
+        ));
     }
 
     #[test]
@@ -113,21 +163,21 @@ mod tests {
         // count: the same shape as a byte string.
         let v = vec![5u16; SPLIT_AT_LEAST];
         let enc = crate::payload::encode_value(&v).unwrap();
-        let q = Queued::new(&enc);
+        let q = Queued::new(&enc, None);
         assert!(matches!(q, Queued::Split { .. }));
         assert_eq!(q.decode::<Vec<u16>>().unwrap(), v);
         // Raw bytes come back exactly as they came.
-        assert_eq!(Queued::new(&enc).into_bytes(), enc);
+        assert_eq!(Queued::new(&enc, None).into_bytes(), enc);
         let text = "x".repeat(SPLIT_AT_LEAST);
         let enc = crate::payload::encode_value(&text).unwrap();
-        let q = Queued::new(&enc);
+        let q = Queued::new(&enc, None);
         let (head, tail) = q.parts();
         assert!(!head.is_empty());
         assert_eq!([head, tail].concat(), enc);
         let mut bad = enc.clone();
         *bad.last_mut().unwrap() = 0xff;
         assert!(
-            Queued::new(&bad)
+            Queued::new(&bad, None)
                 .decode::<String>()
                 .unwrap_err()
                 .contains("UTF-8")

@@ -6,12 +6,13 @@
 
 use crate::rules::Rule;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
 use osmos_shm::{CreditReceiver, CreditSender, CreditTable};
 
+use super::queued::Splitter;
 use super::{ChannelError, End, Queued};
 
 /// How a channel starts its credit.
@@ -67,6 +68,9 @@ pub(crate) struct ChannelCore {
     readable: Notify,
     /// Credit, an announcement or a reset arrived.
     writable: Notify,
+    /// Where a large received item's trailing bytes begin, for the local
+    /// receiver's item type (set on its first receive).
+    splitter: OnceLock<Splitter>,
 }
 
 struct ChanInner {
@@ -156,7 +160,14 @@ impl ChannelCore {
             }),
             readable: Notify::new(),
             writable: Notify::new(),
+            splitter: OnceLock::new(),
         })
+    }
+
+    /// Sets how large received items are split for the local receiver's
+    /// item type (the first call wins; a handle has one type).
+    pub(crate) fn use_splitter(&self, splitter: Splitter) {
+        let _ = self.splitter.set(splitter);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ChanInner> {
@@ -289,7 +300,8 @@ impl ChannelCore {
             }
         }
         if c.reset.is_none() && c.local_rx {
-            c.queue.push_back(Queued::new(payload));
+            c.queue
+                .push_back(Queued::new(payload, self.splitter.get().copied()));
         }
         drop(c);
         self.readable.notify_one();

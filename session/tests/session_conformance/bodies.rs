@@ -225,10 +225,11 @@ pub(crate) async fn large_items_stream_both_ways<F: Factory>(f: F) {
         .iter()
         .map(|&n| "ωx".chars().cycle().take(n).collect())
         .collect();
-    let (tx, rx) = p.client.channel::<String>().unwrap();
+    // Items that end in a large string (the receiver keeps its bytes apart).
+    let (tx, rx) = p.client.channel::<(u32, String)>().unwrap();
     let call = tokio::spawn(async move { calc.join(rx).await });
-    for part in &parts {
-        bounded("send", tx.send(part)).await.unwrap();
+    for (i, part) in parts.iter().enumerate() {
+        bounded("send", tx.send(&(i as u32, part.clone()))).await.unwrap();
     }
     tx.close().await.unwrap();
     assert_eq!(bounded("join", call).await.unwrap().unwrap(), parts.join("|"));

@@ -33,8 +33,9 @@ pub trait Calculator {
     /// Sends one item of each of `sizes` bytes on `out` (byte `i` of an
     /// item is `i as u8`), then closes it.
     async fn chunks(&self, sizes: Vec<u32>, out: Tx<Vec<u8>>) -> Result<u32, CalcError>;
-    /// Receives strings and echoes them back joined by `|`.
-    async fn join(&self, input: Rx<String>) -> Result<String, CalcError>;
+    /// Receives numbered strings (numbered in order) and returns them
+    /// joined by `|`.
+    async fn join(&self, input: Rx<(u32, String)>) -> Result<String, CalcError>;
     /// Returns a new channel on which it sends `0..count`.
     async fn numbers(&self, count: u32) -> Result<Rx<u32>, CalcError>;
     /// Panics, at once or after waiting once.
@@ -104,10 +105,12 @@ impl Calculator for Arc<Calc> {
         out.close().await.unwrap();
         Ok(sizes.len() as u32)
     }
-    async fn join(&self, mut input: Rx<String>) -> Result<String, CalcError> {
+    async fn join(&self, mut input: Rx<(u32, String)>) -> Result<String, CalcError> {
         let mut parts = Vec::new();
-        while let Some(s) = input.recv().await {
-            parts.push(s.unwrap());
+        while let Some(item) = input.recv().await {
+            let (i, s) = item.unwrap();
+            assert_eq!(i as usize, parts.len(), "items arrive in order");
+            parts.push(s);
         }
         Ok(parts.join("|"))
     }
