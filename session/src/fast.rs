@@ -28,27 +28,31 @@ enum Kind {
 }
 
 fn kind_of(shape: &facet::Shape) -> Option<Kind> {
-    let id = shape.id;
-    let is = |s: &facet::Shape| s.id == id;
-    Some(if is(bool::SHAPE) {
+    use std::any::TypeId;
+    // A shape's id calls a function to produce its `TypeId` at every
+    // comparison (two calls per `==` between shapes): take it once and
+    // compare against constants. This runs for every value encoded or
+    // decoded.
+    let id = shape.id.get();
+    Some(if id == TypeId::of::<bool>() {
         Kind::Bool
-    } else if is(u8::SHAPE) {
+    } else if id == TypeId::of::<u8>() {
         Kind::U8
-    } else if is(u16::SHAPE) {
+    } else if id == TypeId::of::<u16>() {
         Kind::U16
-    } else if is(u32::SHAPE) {
+    } else if id == TypeId::of::<u32>() {
         Kind::U32
-    } else if is(u64::SHAPE) {
+    } else if id == TypeId::of::<u64>() {
         Kind::U64
-    } else if is(i16::SHAPE) {
+    } else if id == TypeId::of::<i16>() {
         Kind::I16
-    } else if is(i32::SHAPE) {
+    } else if id == TypeId::of::<i32>() {
         Kind::I32
-    } else if is(i64::SHAPE) {
+    } else if id == TypeId::of::<i64>() {
         Kind::I64
-    } else if is(String::SHAPE) {
+    } else if id == TypeId::of::<String>() {
         Kind::String
-    } else if is(<Vec<u8>>::SHAPE) {
+    } else if id == TypeId::of::<Vec<u8>>() {
         Kind::Bytes
     } else {
         return None;
