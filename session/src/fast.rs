@@ -261,7 +261,8 @@ impl Reader<'_> {
         Ok(b)
     }
 
-    fn body(&mut self) -> Result<Vec<u8>, String> {
+    /// A length-prefixed run of bytes (a string's or a byte vector's).
+    fn span(&mut self) -> Result<&[u8], String> {
         let len = self.varint(64)?;
         let left = (self.bytes.len() - self.at) as u64;
         if len > left {
@@ -269,9 +270,13 @@ impl Reader<'_> {
                 "a length of {len} runs past the end of the payload ({left} bytes left)"
             ));
         }
-        let b = self.bytes[self.at..self.at + len as usize].to_vec();
+        let start = self.at;
         self.at += len as usize;
-        Ok(b)
+        Ok(&self.bytes[start..self.at])
+    }
+
+    fn body(&mut self) -> Result<Vec<u8>, String> {
+        self.span().map(<[u8]>::to_vec)
     }
 
     /// Steps over a value of `kind` without building it.
@@ -290,11 +295,7 @@ impl Reader<'_> {
                 self.varint(64)?;
             }
             Kind::String | Kind::Bytes => {
-                let len = self.varint(64)?;
-                if len > (self.bytes.len() - self.at) as u64 {
-                    return Err("a length runs past the end of the payload".into());
-                }
-                self.at += len as usize;
+                self.span()?;
             }
         }
         Ok(())

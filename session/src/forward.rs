@@ -50,7 +50,6 @@ use tracing::debug;
 use crate::channel::{self, ChannelCore, ChannelError, End};
 use crate::service::{Dispatch, Dispatcher, HandlerFuture, ReplyOutcome, ReplyValue};
 use crate::session::{self, Connection, RawReply, Shared};
-use crate::wire::spliced::Spliced;
 use crate::wire::{Message, Metadata};
 
 /// Where calls go.
@@ -391,22 +390,8 @@ async fn pump(sfrom: Arc<Shared>, from: Arc<ChannelCore>, sto: Arc<Shared>, to: 
                     }
                 }
                 // A split item goes on in its two pieces, not joined first.
-                let sent = match bytes.parts() {
-                    ([], whole) => {
-                        sto.send(&Message::Item {
-                            channel: to.id,
-                            payload: whole,
-                        })
-                        .await
-                    }
-                    (head, tail) => {
-                        let empty = Message::Item {
-                            channel: to.id,
-                            payload: &[],
-                        };
-                        sto.send(&Spliced::new(&empty, head, tail)).await
-                    }
-                };
+                let (head, tail) = bytes.parts();
+                let sent = channel::send_item(&sto, to.id, head, tail).await;
                 if let Err(e) = sent {
                     reset(&sfrom, &from, &format!("the next hop's session ended: {e}"));
                     return;

@@ -178,6 +178,26 @@ where
     }
 }
 
+/// Sends an `Item` on `channel` whose payload is `head ++ tail`, written
+/// into the frame from the two pieces (see [`Spliced`]) unless one of them
+/// is empty.
+pub(crate) async fn send_item(
+    shared: &Shared,
+    channel: u64,
+    head: &[u8],
+    tail: &[u8],
+) -> Result<(), crate::SessionError> {
+    if head.is_empty() || tail.is_empty() {
+        let payload = if head.is_empty() { tail } else { head };
+        return shared.send(&Message::Item { channel, payload }).await;
+    }
+    let empty = Message::Item {
+        channel,
+        payload: &[],
+    };
+    shared.send(&Spliced::new(&empty, head, tail)).await
+}
+
 impl<T> Tx<T> {
     /// Sends one already-encoded item (tunnels send raw bytes this way).
     pub(crate) async fn send_bytes(&self, bytes: &[u8]) -> Result<(), ChannelError> {
@@ -204,23 +224,11 @@ impl<T> Tx<T> {
             }
             Err(e) => return Err(e),
         }
-        let sent = if tail.is_empty() {
-            b.shared
-                .send(&Message::Item {
-                    channel: self.id,
-                    payload: head,
-                })
-                .await
-        } else {
-            let empty = Message::Item {
-                channel: self.id,
-                payload: &[],
-            };
-            b.shared.send(&Spliced::new(&empty, head, tail)).await
-        };
-        sent.map_err(|e| ChannelError::SessionEnded {
-            reason: e.to_string(),
-        })
+        send_item(&b.shared, self.id, head, tail)
+            .await
+            .map_err(|e| ChannelError::SessionEnded {
+                reason: e.to_string(),
+            })
     }
 
     /// The largest item that can ever be sent: the receiver's whole credit
