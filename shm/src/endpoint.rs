@@ -180,6 +180,57 @@ impl FrameReceiver {
         Ok(true)
     }
 
+    /// Copies the next message out as [`try_recv_into`](Self::try_recv_into)
+    /// does, but in two pieces when `split` asks for it: a message of at
+    /// least `min_split` bytes has its first `peek` bytes copied into
+    /// `head`, and `split(those bytes, the message's length)` may name an
+    /// offset where the message's tail begins. The tail is then copied into
+    /// a vector of its own, the rest of the head after the peeked bytes;
+    /// without an offset the whole message ends up in `head`. Every byte is
+    /// copied out of shared memory exactly once, and `split` sees only the
+    /// private copy. `Ok(None)`: no message (`head` untouched).
+    pub fn try_recv_split(
+        &mut self,
+        head: &mut Vec<u8>,
+        min_split: usize,
+        peek: usize,
+        split: impl FnOnce(&[u8], usize) -> Option<usize>,
+    ) -> Result<Option<Copied>> {
+        let Some(m) = self.try_recv()? else {
+            return Ok(None);
+        };
+        head.clear();
+        let len = m.len();
+        if len < min_split {
+            m.append_to(head);
+            m.finish()?;
+            return Ok(Some(Copied::Whole));
+        }
+        let peeked = peek.min(len);
+        m.append_range_to(0, peeked, head)?;
+        let copied = match split(head, len).filter(|&at| at <= len) {
+            None => {
+                m.append_range_to(peeked, len - peeked, head)?;
+                Copied::Whole
+            }
+            Some(at) if at >= peeked => {
+                m.append_range_to(peeked, at - peeked, head)?;
+                let mut tail = Vec::with_capacity(len - at);
+                m.append_range_to(at, len - at, &mut tail)?;
+                Copied::Split(tail)
+            }
+            Some(at) => {
+                let mut tail = Vec::with_capacity(len - at);
+                tail.extend_from_slice(&head[at..]);
+                head.truncate(at);
+                m.append_range_to(peeked, len - peeked, &mut tail)?;
+                Copied::Split(tail)
+            }
+        };
+        m.finish()?;
+        Ok(Some(copied))
+    }
+
     /// The next message, waiting until `deadline` (or as long as the peer lives).
     pub fn recv(&mut self, deadline: Option<Instant>) -> Result<Message<'_>> {
         if let Some(e) = self.deferred.take() {
@@ -213,6 +264,15 @@ impl FrameReceiver {
             },
         })
     }
+}
+
+/// How [`FrameReceiver::try_recv_split`] copied a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Copied {
+    /// The whole message is in the head buffer.
+    Whole,
+    /// The message is the head buffer followed by these bytes.
+    Split(Vec<u8>),
 }
 
 enum Body<'a> {
@@ -267,6 +327,19 @@ impl Message<'_> {
             Body::Inline(Some(v)) => v.append_to(dst),
             Body::Slot { slot: Some(s), .. } => s.append_to(dst),
             _ => {}
+        }
+    }
+
+    /// Appends bytes `[at, at + len)` of the message to `dst`: one copy out
+    /// of shared memory, as [`append_to`](Self::append_to).
+    pub fn append_range_to(&self, at: usize, len: usize, dst: &mut Vec<u8>) -> Result<()> {
+        match &self.body {
+            Body::Inline(Some(v)) => v.append_range_to(at, len, dst),
+            Body::Slot { slot: Some(s), .. } => s.append_range_to(at, len, dst),
+            _ if len == 0 => Ok(()),
+            _ => Err(Error::InvalidArgument {
+                reason: "read of a message already given back".into(),
+            }),
         }
     }
 
@@ -342,6 +415,62 @@ mod tests {
         assert_eq!(p.host.sender.slots().in_flight(), 1);
         assert_eq!(p.host.sender.slots().reclaim().unwrap(), 1);
         assert_eq!(p.host.sender.slots().in_flight(), 0);
+    }
+
+    #[test]
+    fn a_split_receive_copies_each_byte_once_into_head_and_tail() {
+        let mut p = pair(&small_config());
+        let rx = &mut p.cell.receiver;
+        let mut head = vec![0xee; 3];
+        assert_eq!(
+            rx.try_recv_split(&mut head, 64, 16, |_, _| Some(0)).unwrap(),
+            None
+        );
+        assert_eq!(head, [0xee; 3], "untouched without a message");
+        // (length, split offset asked for, expected copy); inline and slot.
+        for (len, at) in [
+            (40usize, Some(5)), // below min_split: whole, split not asked
+            (200, None),        // asked, declined
+            (200, Some(10)),    // inside the peeked bytes
+            (200, Some(16)),    // at the end of the peeked bytes
+            (200, Some(100)),   // past them
+            (200, Some(200)),   // an empty tail
+            (200, Some(201)),   // past the end: ignored
+            (5000, Some(3)),    // a slot message
+            (5000, Some(4000)),
+        ] {
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            p.host.sender.send(&msg, bound()).unwrap();
+            let mut seen = None;
+            let copied = rx
+                .try_recv_split(&mut head, 64, 16, |peeked, total| {
+                    seen = Some((peeked.to_vec(), total));
+                    at
+                })
+                .unwrap()
+                .expect("a message");
+            match (len >= 64, at.filter(|&a| a <= len)) {
+                (true, Some(a)) => {
+                    assert_eq!(copied, Copied::Split(msg[a..].to_vec()), "len {len} at {a}");
+                    assert_eq!(head, msg[..a], "len {len} at {a}");
+                }
+                _ => {
+                    assert_eq!(copied, Copied::Whole, "len {len}");
+                    assert_eq!(head, msg, "len {len}");
+                }
+            }
+            if len >= 64 {
+                assert_eq!(
+                    seen,
+                    Some((msg[..16].to_vec(), len)),
+                    "split sees the peeked copy"
+                );
+            } else {
+                assert_eq!(seen, None, "no split asked below min_split");
+            }
+        }
+        p.host.sender.slots().reclaim().unwrap();
+        assert_eq!(p.host.sender.slots().in_flight(), 0, "every slot given back");
     }
 
     #[test]

@@ -103,6 +103,6 @@ pub use wake::{Drained, WakePair, drain_link, drain_local};
 pub use wake::{PARKED_FUTEX, PARKED_REACTOR};
 
 #[cfg(not(osmos_loom))]
-pub use endpoint::{Endpoint, FrameReceiver, FrameSender, Message};
+pub use endpoint::{Copied, Endpoint, FrameReceiver, FrameSender, Message};
 #[cfg(not(osmos_loom))]
 pub use segment::{REQUIRED_SEALS, Segment};

@@ -577,6 +577,21 @@ impl HeldSlot {
     pub fn append_to(&self, dst: &mut Vec<u8>) {
         self.bytes.read_append(self.offset, self.len, dst);
     }
+
+    /// Appends payload bytes `[at, at + len)` to `dst` (one copy out of
+    /// shared memory, as [`append_to`](Self::append_to)).
+    pub fn append_range_to(&self, at: usize, len: usize, dst: &mut Vec<u8>) -> Result<()> {
+        if at.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::InvalidArgument {
+                reason: format!(
+                    "read of {len} bytes at {at} overruns a {}-byte slot payload",
+                    self.len
+                ),
+            });
+        }
+        self.bytes.read_append(self.offset + at, len, dst);
+        Ok(())
+    }
 }
 
 #[cfg(all(test, not(osmos_loom)))]

@@ -252,6 +252,24 @@ impl FrameView<'_> {
             .read_append(self.meta.payload, self.meta.len, dst);
     }
 
+    /// Appends payload bytes `[at, at + len)` to `dst` (one copy out of
+    /// shared memory, as [`append_to`](Self::append_to)).
+    pub fn append_range_to(&self, at: usize, len: usize, dst: &mut Vec<u8>) -> Result<()> {
+        if at.checked_add(len).is_none_or(|end| end > self.meta.len) {
+            return Err(Error::InvalidArgument {
+                reason: format!(
+                    "read of {len} bytes at {at} overruns a {}-byte frame",
+                    self.meta.len
+                ),
+            });
+        }
+        self.consumer
+            .mem
+            .data
+            .read_append(self.meta.payload + at, len, dst);
+        Ok(())
+    }
+
     /// Marks the frame consumed, freeing its space for the producer.
     pub fn release(self) {
         let c = self.consumer;
