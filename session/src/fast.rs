@@ -398,6 +398,16 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
     Some(Ok(unsafe { assemble(values) }))
 }
 
+/// Decodes the encoding `head ++ tail` as a `T`, the whole encoding and
+/// nothing more: with [`decode_split`] where it applies, else from the
+/// joined bytes (which also says what is wrong, if anything).
+pub(crate) fn decode_split_or_join<T: Facet<'static>>(head: &[u8], tail: Vec<u8>) -> Result<T, String> {
+    match decode_split(head, tail) {
+        Ok(r) => r,
+        Err(tail) => crate::payload::decode_exact(&[head, &tail].concat()),
+    }
+}
+
 /// Decodes the encoding `head ++ tail` directly, moving `tail` into the
 /// value as its last element instead of copying it: for a `T` with a direct
 /// codec whose last element is a `Vec<u8>` or a `String`, where `head` holds

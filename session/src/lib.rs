@@ -71,7 +71,7 @@ pub use reconnect::{ReconnectError, ReconnectState, Reconnecting, RetryPolicy};
 pub use router::{RouteConflict, Router, RouterBuilder};
 pub use rules::Rule;
 pub use service::{
-    Dispatch, Dispatcher, HandlerFuture, ReplyOutcome, ReplyValue, ServiceDescription, ServiceInfo,
+    Args, Dispatch, Dispatcher, HandlerFuture, ReplyOutcome, ReplyValue, ServiceDescription, ServiceInfo,
     decode_args, method_id,
 };
 pub use session::{
@@ -89,7 +89,7 @@ pub mod __private {
     pub use crate::service::{IsResult, call, crosses};
     pub use crate::wire::Metadata;
     pub use crate::{
-        CallError, CallOptions, Connection, Dispatch, Dispatcher, ReplyValue, ServiceInfo, Target,
+        Args, CallError, CallOptions, Connection, Dispatch, Dispatcher, ReplyValue, ServiceInfo, Target,
         decode_args, method_id,
     };
 }

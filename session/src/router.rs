@@ -124,11 +124,17 @@ impl Router {
 
 impl Dispatcher for Router {
     fn dispatch(&self, method: u64, metadata: &Metadata, args: &[u8]) -> Dispatch {
+        self.dispatch_args(method, metadata, crate::Args::whole(args))
+    }
+
+    fn dispatch_args(&self, method: u64, metadata: &Metadata, args: crate::Args<'_>) -> Dispatch {
         if let Some(&i) = self.by_id.get(&method) {
-            return self.routes[i].dispatch(method, metadata, args);
+            return self.routes[i].dispatch_args(method, metadata, args);
         }
+        // Probed routes may each look at the arguments: in one piece.
+        let args = args.joined();
         for &i in &self.probe {
-            match self.routes[i].dispatch(method, metadata, args) {
+            match self.routes[i].dispatch(method, metadata, &args) {
                 Dispatch::UnknownMethod => continue,
                 d => return d,
             }

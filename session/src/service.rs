@@ -84,10 +84,20 @@ impl ReplyOutcome {
 
     /// The owned form of a wire outcome.
     pub fn from_wire(outcome: &crate::wire::Outcome<'_>) -> ReplyOutcome {
+        ReplyOutcome::from_wire_parts(outcome, None)
+    }
+
+    /// [`from_wire`](Self::from_wire) for an outcome whose bytes end with
+    /// `tail`, held apart by the link.
+    pub(crate) fn from_wire_parts(outcome: &crate::wire::Outcome<'_>, tail: Option<Vec<u8>>) -> ReplyOutcome {
         use crate::wire::Outcome;
+        let join = |b: &[u8]| match &tail {
+            None => b.to_vec(),
+            Some(t) => [b, t].concat(),
+        };
         match outcome {
-            Outcome::Ok(b) => ReplyOutcome::Ok(b.to_vec()),
-            Outcome::UserError(b) => ReplyOutcome::UserError(b.to_vec()),
+            Outcome::Ok(b) => ReplyOutcome::Ok(join(b)),
+            Outcome::UserError(b) => ReplyOutcome::UserError(join(b)),
             Outcome::UnknownMethod => ReplyOutcome::UnknownMethod,
             Outcome::InvalidPayload(d) => ReplyOutcome::InvalidPayload(d.clone()),
             Outcome::Cancelled => ReplyOutcome::Cancelled,
@@ -174,6 +184,16 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// them bind now) and returns the handler to run.
     fn dispatch(&self, method: u64, metadata: &Metadata, args: &[u8]) -> Dispatch;
 
+    /// [`dispatch`](Dispatcher::dispatch) for arguments as they arrived,
+    /// which may hold a large trailing byte string apart ([`Args`]). The
+    /// session calls this one. The default joins the pieces (a copy when
+    /// they are apart) and calls `dispatch`; the `#[osmos::service]`
+    /// dispatchers decode the pieces with [`Args::decode`], moving the bytes
+    /// into the argument instead.
+    fn dispatch_args(&self, method: u64, metadata: &Metadata, args: Args<'_>) -> Dispatch {
+        self.dispatch(method, metadata, &args.joined())
+    }
+
     /// The service and methods this dispatcher serves, if it knows them
     /// statically (the `#[osmos::service]` dispatchers do).
     fn describe(&self) -> Option<ServiceInfo> {
@@ -194,6 +214,68 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// forward to.
     fn connection_accepted(&self, conn: &crate::Connection) {
         let _ = conn;
+    }
+}
+
+/// A call's encoded arguments as they arrived. When the call's last
+/// argument is a large byte string (`Vec<u8>`, `String`) the link may have
+/// copied those bytes out on their own; [`decode`](Args::decode) then moves
+/// them into the argument instead of copying them again. Either way the
+/// encoding is [`head`](Args::head) followed by the tail, byte for byte.
+#[derive(Debug)]
+pub struct Args<'a> {
+    head: &'a [u8],
+    tail: Option<Vec<u8>>,
+}
+
+impl<'a> Args<'a> {
+    /// Arguments that arrived in one piece.
+    pub fn whole(bytes: &'a [u8]) -> Self {
+        Args {
+            head: bytes,
+            tail: None,
+        }
+    }
+
+    /// Arguments whose encoding is `head` followed by `tail`.
+    pub fn split(head: &'a [u8], tail: Vec<u8>) -> Self {
+        Args {
+            head,
+            tail: Some(tail),
+        }
+    }
+
+    /// The encoding's first piece (all of it, unless a tail is held apart).
+    pub fn head(&self) -> &'a [u8] {
+        self.head
+    }
+
+    /// The encoding's length in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Whether the encoding is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole encoding in one buffer (copied only if it is in pieces).
+    pub fn joined(&self) -> std::borrow::Cow<'a, [u8]> {
+        match &self.tail {
+            None => std::borrow::Cow::Borrowed(self.head),
+            Some(t) => std::borrow::Cow::Owned([self.head, t].concat()),
+        }
+    }
+
+    /// Decodes the arguments as [`decode_args`] does, moving a tail held
+    /// apart into the value where the type's last element is that byte
+    /// string.
+    pub fn decode<A: Facet<'static>>(self) -> Result<A, String> {
+        match self.tail {
+            None => decode_args(self.head),
+            Some(tail) => crate::fast::decode_split_or_join(self.head, tail),
+        }
     }
 }
 
@@ -297,5 +379,43 @@ where
             })
         }
         r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_in_two_pieces_move_their_bytes_into_the_value() {
+        let data = vec![9u8; 10_000];
+        for enc in [
+            crate::payload::encode_value(&(data.clone(),)).unwrap(),
+            crate::payload::encode_value(&(7u32, data.clone())).unwrap(),
+        ] {
+            let at = enc.len() - data.len();
+            let tail = enc[at..].to_vec();
+            let ptr = tail.as_ptr();
+            let args = Args::split(&enc[..at], tail);
+            assert_eq!((args.len(), &*args.joined()), (enc.len(), &enc[..]));
+            let got: Vec<u8> = if at > 2 {
+                args.decode::<(u32, Vec<u8>)>().unwrap().1
+            } else {
+                args.decode::<(Vec<u8>,)>().unwrap().0
+            };
+            assert_eq!(got, data);
+            assert_eq!(got.as_ptr(), ptr, "moved, not copied");
+        }
+        // Another type decodes from the joined bytes, errors included.
+        let enc = crate::payload::encode_value(&(vec![3u16; 5000],)).unwrap();
+        let at = enc.len() - 5000;
+        let split = || Args::split(&enc[..at], enc[at..].to_vec());
+        assert_eq!(split().decode::<(Vec<u16>,)>().unwrap().0, vec![3u16; 5000]);
+        assert_eq!(
+            split().decode::<(String,)>().map(|s| s.0.len()),
+            decode_args::<(String,)>(&enc).map(|s| s.0.len())
+        );
+        assert!(split().decode::<(u8,)>().is_err());
+        assert!(Args::whole(&enc).decode::<(u8,)>().is_err());
     }
 }

@@ -290,7 +290,16 @@ fn dispatcher(service: &Service, root: &TokenStream) -> TokenStream {
             }
 
             fn dispatch(&self, #method: u64, #metadata: &#p::Metadata, #args: &[u8]) -> #p::Dispatch {
-                let _ = (#metadata, #args);
+                self.dispatch_args(#method, #metadata, #p::Args::whole(#args))
+            }
+
+            fn dispatch_args(
+                &self,
+                #method: u64,
+                #metadata: &#p::Metadata,
+                #args: #p::Args<'_>,
+            ) -> #p::Dispatch {
+                let _ = (#metadata, &#args);
                 #(#arms)*
                 #p::Dispatch::UnknownMethod
             }
@@ -353,7 +362,7 @@ fn dispatch_arm(m: &Method, service_name: &str, root: &TokenStream) -> TokenStre
             {
                 return #p::Dispatch::InvalidPayload(#refusal);
             }
-            return match #p::decode_args::<#types>(#args) {
+            return match #args.decode::<#types>() {
                 ::core::result::Result::Err(#error) => #p::Dispatch::InvalidPayload(#error),
                 ::core::result::Result::Ok(#pattern) => {
                     let #service = ::std::sync::Arc::clone(&self.0);

@@ -8,7 +8,9 @@
 //! channel's [`Splitter`]: the receiving handle's item type sets it on its
 //! first receive; until then (and on a relay, which has no item type) an
 //! item that is one byte string is split. Anything else waits as it came.
-//! Either way the bytes are the peer's encoding, byte for byte.
+//! Either way the bytes are the peer's encoding, byte for byte. A link that
+//! already copied such bytes out on their own (the shm link, see
+//! `wire::codec::split_point`) hands them over as they are.
 
 use facet::Facet;
 
@@ -27,8 +29,9 @@ pub(crate) fn splitter_for<T: Facet<'static>>() -> Splitter {
 pub(crate) enum Queued {
     /// The encoding as it came.
     Whole(Vec<u8>),
-    /// The encoding is `head ++ tail`: `head` is the byte string's length
-    /// prefix as the peer wrote it, `tail` the bytes, exactly that many.
+    /// The encoding is `head ++ tail`: `head` is everything before the byte
+    /// string's bytes (ending with its length prefix as the peer wrote
+    /// it), `tail` the bytes, exactly that many.
     Split { head: Vec<u8>, tail: Vec<u8> },
 }
 
@@ -81,10 +84,7 @@ impl Queued {
     pub(crate) fn decode<T: Facet<'static>>(self) -> Result<T, String> {
         match self {
             Queued::Whole(b) => crate::payload::decode_exact(&b),
-            Queued::Split { head, tail } => match fast::decode_split(&head, tail) {
-                Ok(r) => r,
-                Err(tail) => crate::payload::decode_exact(&[head, tail].concat()),
-            },
+            Queued::Split { head, tail } => fast::decode_split_or_join(&head, tail),
         }
     }
 }

@@ -254,19 +254,20 @@ impl ChannelCore {
     }
 
     /// An item arrived (driver). Checks the peer's credit and queues it.
-    pub(crate) fn on_item(&self, payload: &[u8]) -> Result<(), crate::error::Violation> {
+    /// `tail`: the end of the item's encoding, when the link held it apart.
+    pub(crate) fn on_item(
+        &self,
+        payload: &[u8],
+        tail: Option<Vec<u8>>,
+    ) -> Result<(), crate::error::Violation> {
         let mut c = self.lock();
+        let len = (payload.len() + tail.as_ref().map_or(0, Vec::len)) as u64;
         if c.remote_closed {
             return Err(crate::error::violation(
                 Rule::ChannelNoDataAfterClose.name(),
-                format!(
-                    "item of {} bytes on channel {} after its Close",
-                    payload.len(),
-                    self.id
-                ),
+                format!("item of {len} bytes on channel {} after its Close", self.id),
             ));
         }
-        let len = payload.len() as u64;
         match &mut c.flow {
             Flow::Messages {
                 granted, received, ..
@@ -300,8 +301,13 @@ impl ChannelCore {
             }
         }
         if c.reset.is_none() && c.local_rx {
-            c.queue
-                .push_back(Queued::new(payload, self.splitter.get().copied()));
+            c.queue.push_back(match tail {
+                Some(tail) => Queued::Split {
+                    head: payload.to_vec(),
+                    tail,
+                },
+                None => Queued::new(payload, self.splitter.get().copied()),
+            });
         }
         drop(c);
         self.readable.notify_one();

@@ -208,10 +208,27 @@ pub trait SendPermit: Send {
     fn commit(self) -> impl Future<Output = Result<(), LinkError>> + Send;
 }
 
+/// A received frame: its bytes, and possibly a tail the link held apart.
+///
+/// A link that copies frames out of shared memory may copy the end of a
+/// large frame (the bytes of a byte string that ends a call's arguments, a
+/// response's value or an item) into a vector of its own instead of after
+/// the rest, so that the session moves that vector into the decoded value
+/// instead of copying the bytes once more. The frame is then the bytes
+/// followed by the tail. Links that never do this use the default.
+pub trait Received: Deref<Target = [u8]> + Send {
+    /// The tail held apart, if there is one (taken once).
+    fn take_tail(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+impl Received for &[u8] {}
+
 /// The receiving half of a link.
 pub trait LinkRx: Send + 'static {
     /// A received frame; it may borrow the link until dropped.
-    type Frame<'a>: Deref<Target = [u8]> + Send
+    type Frame<'a>: Received
     where
         Self: 'a;
 
@@ -256,8 +273,9 @@ pub trait RxClaim: Send {
 /// What [`RxClaim::next`] found.
 #[derive(Debug)]
 pub enum Here<'a> {
-    /// A frame, copied out of the link.
-    Frame(&'a [u8]),
+    /// A frame, copied out of the link: its bytes, followed by the tail
+    /// held apart, if any (see [`Received`]).
+    Frame(&'a [u8], Option<Vec<u8>>),
     /// Nothing yet.
     Nothing,
     /// The peer closed its sending half and every frame was received.

@@ -38,12 +38,14 @@ pub(super) struct Pending {
 /// (so channels in the return value bind before later frames arrive).
 pub(crate) trait PendingCall: Send {
     /// The response arrived, with its channels, metadata and outcome.
+    /// `tail`: the end of the outcome's bytes, when the link held it apart.
     fn respond(
         self: Box<Self>,
         shared: &Arc<Shared>,
         channels: &[u64],
         metadata: Metadata,
         outcome: &Outcome<'_>,
+        tail: Option<Vec<u8>>,
     );
     fn fail(self: Box<Self>, error: CallFailure);
 }
@@ -95,6 +97,7 @@ pub(super) fn on_response(
     channels: &[u64],
     metadata: Metadata,
     outcome: &Outcome<'_>,
+    tail: Option<Vec<u8>>,
 ) -> Result<(), Violation> {
     check_response_metadata(&metadata).map_err(|e| {
         violation(
@@ -127,7 +130,9 @@ pub(super) fn on_response(
         ));
     }
     open_peer_channels(shared, channels)?;
-    pending.complete.respond(shared, channels, metadata, outcome);
+    pending
+        .complete
+        .respond(shared, channels, metadata, outcome, tail);
     Ok(())
 }
 
@@ -225,18 +230,23 @@ where
         channels: &[u64],
         metadata: Metadata,
         outcome: &Outcome<'_>,
+        tail: Option<Vec<u8>>,
     ) {
         if let Some(slot) = &self.metadata {
             slot.fill(metadata);
         }
         let result = match outcome {
             Outcome::Ok(bytes) => {
-                let (r, _) = channel::with_decode_context(shared, channels, || {
-                    crate::payload::decode_exact::<T>(bytes)
+                let (r, _) = channel::with_decode_context(shared, channels, || match tail {
+                    None => crate::payload::decode_exact::<T>(bytes),
+                    Some(tail) => crate::fast::decode_split_or_join::<T>(bytes, tail),
                 });
                 r.map_err(|detail| CallError::Decode { detail })
             }
-            Outcome::UserError(bytes) => match crate::payload::decode_exact::<E>(bytes) {
+            Outcome::UserError(bytes) => match match tail {
+                None => crate::payload::decode_exact::<E>(bytes),
+                Some(tail) => crate::fast::decode_split_or_join::<E>(bytes, tail),
+            } {
                 Ok(e) => Err(CallError::User(e)),
                 Err(detail) => Err(CallError::Decode { detail }),
             },
@@ -530,6 +540,7 @@ impl PendingCall for RawPending {
         channels: &[u64],
         metadata: Metadata,
         outcome: &Outcome<'_>,
+        tail: Option<Vec<u8>>,
     ) {
         let mut cores = Vec::with_capacity(channels.len());
         for &id in channels {
@@ -549,7 +560,7 @@ impl PendingCall for RawPending {
             cores.push(core);
         }
         let _ = self.tx.send(Ok(RawReply {
-            outcome: ReplyOutcome::from_wire(outcome),
+            outcome: ReplyOutcome::from_wire_parts(outcome, tail),
             channels: cores,
             metadata,
         }));

@@ -16,7 +16,7 @@ use super::connections::{close_connection, on_connection_answer, on_connection_o
 use super::serving::{IncomingCall, on_call};
 use super::{SessionConfig, Shared, link_failed, wait_ended};
 use crate::error::{SessionError, Violation, violation};
-use crate::link::{LinkError, LinkRx};
+use crate::link::{LinkError, LinkRx, Received};
 use crate::wire::{self, Message};
 
 impl Shared {
@@ -115,7 +115,7 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
     loop {
         tokio::select! {
             frame = rx.recv() => {
-                let frame = match frame {
+                let mut frame = match frame {
                     Ok(Some(f)) => f,
                     Ok(None) => {
                         shared.end(SessionError::Link { detail: "the peer closed the link".into() });
@@ -130,7 +130,8 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
                         break;
                     }
                 };
-                if let Err(v) = on_received(&shared, &frame) {
+                let tail = frame.take_tail();
+                if let Err(v) = on_received(&shared, &frame, tail) {
                     drop(frame);
                     fail_with_violation(&shared, v).await;
                     break;
@@ -179,18 +180,24 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
 }
 
 /// Handles one received frame, on whichever task received it (the driver,
-/// or a caller receiving on its own thread). Errors are protocol violations;
+/// or a caller receiving on its own thread): `frame`, followed by `tail`
+/// when the link held the end of a large frame apart (see
+/// [`Received`](crate::link::Received)). Errors are protocol violations;
 /// after one, no other frame is handled.
-pub(super) fn on_received(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
+pub(super) fn on_received(
+    shared: &Arc<Shared>,
+    frame: &[u8],
+    tail: Option<Vec<u8>>,
+) -> Result<(), Violation> {
     if shared.reading_stopped() {
         return Ok(());
     }
     shared.stats.frames_received.fetch_add(1, Ordering::Relaxed);
-    shared
-        .stats
-        .bytes_received
-        .fetch_add(frame.len() as u64, Ordering::Relaxed);
-    let r = handle_frame(shared, frame);
+    shared.stats.bytes_received.fetch_add(
+        (frame.len() + tail.as_ref().map_or(0, Vec::len)) as u64,
+        Ordering::Relaxed,
+    );
+    let r = handle_frame(shared, frame, tail);
     if r.is_err() {
         shared.stop_reading();
     }
@@ -215,19 +222,21 @@ pub(super) async fn fail_with_violation(shared: &Arc<Shared>, v: Violation) {
     shared.end(why);
 }
 
-/// Handles one incoming frame. Errors are protocol violations.
-fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
-    if frame.len() > shared.ours.max_payload as usize {
+/// Handles one incoming frame (`frame ++ tail`). Errors are protocol
+/// violations.
+fn handle_frame(shared: &Arc<Shared>, frame: &[u8], tail: Option<Vec<u8>>) -> Result<(), Violation> {
+    let len = frame.len() + tail.as_ref().map_or(0, Vec::len);
+    if len > shared.ours.max_payload as usize {
         return Err(violation(
             Rule::FrameMaxPayload.name(),
             format!(
-                "a frame of {} bytes exceeds our max_payload of {}",
-                frame.len(),
+                "a frame of {len} bytes exceeds our max_payload of {}",
                 shared.ours.max_payload
             ),
         ));
     }
-    let msg = wire::decode(frame).map_err(|e| violation(Rule::FrameDecodable.name(), e))?;
+    let msg = wire::codec::decode_parts(frame, tail.as_ref().map_or(0, Vec::len))
+        .map_err(|e| violation(Rule::FrameDecodable.name(), e.to_string()))?;
     match msg {
         Message::Hello { .. } | Message::HelloYourself { .. } => Err(violation(
             Rule::HandshakeOnce.name(),
@@ -283,7 +292,10 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
                 deadline_us,
                 metadata: &metadata,
                 channels: &channels,
-                args,
+                args: match tail {
+                    None => crate::service::Args::whole(args),
+                    Some(t) => crate::service::Args::split(args, t),
+                },
             },
         ),
         Message::Response {
@@ -292,7 +304,7 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
             metadata,
             channels,
             outcome,
-        } => on_response(shared, conn, request, &channels, metadata, &outcome),
+        } => on_response(shared, conn, request, &channels, metadata, &outcome, tail),
         Message::Cancel { conn, request } => {
             if let Some(Some(h)) = shared.lock().serving.remove(&(conn, request)) {
                 h.abort();
@@ -300,7 +312,7 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), Violation> {
             Ok(())
         }
         Message::Item { channel, payload } => match channel_for(shared, channel, "Item")? {
-            Some(core) => core.on_item(payload),
+            Some(core) => core.on_item(payload, tail),
             None => Ok(()),
         },
         Message::Close { channel } => {

@@ -156,8 +156,8 @@ impl Shared {
         loop {
             loop {
                 match claim.next() {
-                    Here::Frame(frame) => {
-                        if let Err(v) = on_received(self, frame) {
+                    Here::Frame(frame, tail) => {
+                        if let Err(v) = on_received(self, frame, tail) {
                             self.fail_soon(v);
                             return Received::LetGo;
                         }

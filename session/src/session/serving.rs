@@ -28,7 +28,8 @@ pub(super) struct IncomingCall<'a> {
     pub(super) deadline_us: u64,
     pub(super) metadata: &'a Metadata,
     pub(super) channels: &'a [u64],
-    pub(super) args: &'a [u8],
+    /// The encoded arguments (a large trailing byte string may be apart).
+    pub(super) args: crate::service::Args<'a>,
 }
 
 pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<(), Violation> {
@@ -91,7 +92,7 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
         None => Dispatch::UnknownMethod,
         Some(d) => {
             let (r, bound) =
-                channel::with_decode_context(shared, channels, || d.dispatch(method, metadata, args));
+                channel::with_decode_context(shared, channels, || d.dispatch_args(method, metadata, args));
             abandon_unbound(shared, channels, &bound);
             r
         }

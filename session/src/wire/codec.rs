@@ -355,6 +355,11 @@ impl std::fmt::Display for DecodeError {
 struct Reader<'a> {
     frame: &'a [u8],
     at: usize,
+    /// Bytes of the frame held apart after `frame` (see [`decode_parts`]):
+    /// they can only be the end of the message's last byte payload.
+    tail: usize,
+    /// Whether the last byte payload took them.
+    tail_taken: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -397,6 +402,23 @@ impl<'a> Reader<'a> {
         let b = &self.frame[self.at..self.at + len as usize];
         self.at += len as usize;
         Ok(b)
+    }
+
+    /// The message's last field, a byte payload: like [`bytes`](Self::bytes),
+    /// but one that runs on into the bytes held apart, to their end, is
+    /// returned without them (its caller gets them separately).
+    fn last_bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        if self.tail > 0 {
+            let mut at = self.at;
+            if let Ok(len) = read_varint(self.frame, &mut at, 64)
+                && len == (self.frame.len() - at) as u64 + self.tail as u64
+            {
+                self.at = self.frame.len();
+                self.tail_taken = true;
+                return Ok(&self.frame[at..]);
+            }
+        }
+        self.bytes(what)
     }
 
     fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
@@ -459,8 +481,8 @@ impl<'a> Reader<'a> {
 
     fn outcome(&mut self) -> Result<Outcome<'a>, DecodeError> {
         Ok(match self.u32("outcome")? {
-            0 => Outcome::Ok(self.bytes("result")?),
-            1 => Outcome::UserError(self.bytes("user error")?),
+            0 => Outcome::Ok(self.last_bytes("result")?),
+            1 => Outcome::UserError(self.last_bytes("user error")?),
             2 => Outcome::UnknownMethod,
             3 => Outcome::InvalidPayload(self.string("invalid payload detail")?),
             4 => Outcome::Cancelled,
@@ -472,7 +494,20 @@ impl<'a> Reader<'a> {
 
 /// Decodes one frame, borrowing byte payloads from it.
 pub(crate) fn decode(frame: &[u8]) -> Result<Message<'_>, DecodeError> {
-    let mut r = Reader { frame, at: 0 };
+    decode_parts(frame, 0)
+}
+
+/// Decodes one frame of which the last `tail` bytes are held apart (found by
+/// [`split_point`]): they must be the end of the message's last field, a
+/// byte payload (a call's arguments, a response's value or error, an item),
+/// which is then borrowed without them.
+pub(crate) fn decode_parts(frame: &[u8], tail: usize) -> Result<Message<'_>, DecodeError> {
+    let mut r = Reader {
+        frame,
+        at: 0,
+        tail,
+        tail_taken: false,
+    };
     let kind = r.u32("message kind")?;
     let m = match kind {
         0 | 1 => {
@@ -520,7 +555,7 @@ pub(crate) fn decode(frame: &[u8]) -> Result<Message<'_>, DecodeError> {
             deadline_us: r.u64("deadline")?,
             metadata: r.metadata()?,
             channels: r.ids()?,
-            args: r.bytes("arguments")?,
+            args: r.last_bytes("arguments")?,
         },
         11 => Message::Response {
             conn: r.u64("connection id")?,
@@ -535,7 +570,7 @@ pub(crate) fn decode(frame: &[u8]) -> Result<Message<'_>, DecodeError> {
         },
         13 => Message::Item {
             channel: r.u64("channel id")?,
-            payload: r.bytes("item")?,
+            payload: r.last_bytes("item")?,
         },
         14 => Message::Close {
             channel: r.u64("channel id")?,
@@ -559,5 +594,66 @@ pub(crate) fn decode(frame: &[u8]) -> Result<Message<'_>, DecodeError> {
     if r.at != frame.len() {
         return r.fail("frame", "bytes are left over after the message");
     }
+    if r.tail > 0 && !r.tail_taken {
+        return r.fail(
+            "frame",
+            "its end was held apart as a payload's bytes, but the message has no payload there",
+        );
+    }
     Ok(m)
+}
+
+/// How far into a byte payload [`split_point`] looks for the length prefix
+/// of the bytes it ends with.
+const SPLIT_SCAN: usize = 32;
+
+/// Where to hold a large frame's tail apart, judged from the first bytes of
+/// the frame (`prefix`, a private copy) and its whole length `total`: the
+/// offset of the bytes that end a call's arguments, a response's value or
+/// error, or an item, when these end with a byte string (a length prefix,
+/// then at least `min_tail` bytes running to the end of the frame, the way
+/// a `Vec<u8>` or `String` argument, result or item is encoded). The
+/// receiver then moves those bytes into the decoded value (see
+/// `fast::decode_split`) instead of copying them again. `None`: keep the
+/// frame whole. A wrong guess costs one copy, never a different value: the
+/// value's decoder checks that the bytes are its last element's.
+pub(crate) fn split_point(prefix: &[u8], total: usize, min_tail: usize) -> Option<usize> {
+    let mut r = Reader {
+        frame: prefix,
+        at: 0,
+        tail: 0,
+        tail_taken: false,
+    };
+    match r.u32("message kind").ok()? {
+        10 => {
+            for what in ["connection id", "request id", "method id", "deadline"] {
+                r.u64(what).ok()?;
+            }
+            r.metadata().ok()?;
+            r.ids().ok()?;
+        }
+        11 => {
+            r.u64("connection id").ok()?;
+            r.u64("request id").ok()?;
+            r.metadata().ok()?;
+            r.ids().ok()?;
+            if r.u32("outcome").ok()? > 1 {
+                return None;
+            }
+        }
+        13 => {
+            r.u64("channel id").ok()?;
+        }
+        _ => return None,
+    }
+    let len = r.u64("payload").ok()?;
+    if (r.at as u64).checked_add(len)? != total as u64 {
+        return None;
+    }
+    let payload = r.at;
+    (payload..prefix.len().min(payload + SPLIT_SCAN)).find_map(|p| {
+        let mut at = p;
+        let n = read_varint(prefix, &mut at, 64).ok()?;
+        (n >= min_tail as u64 && (at as u64).checked_add(n) == Some(total as u64)).then_some(at)
+    })
 }

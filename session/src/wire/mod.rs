@@ -28,6 +28,8 @@ use facet::Facet;
 
 pub(crate) mod codec;
 pub(crate) mod spliced;
+#[cfg(test)]
+mod split_tests;
 
 /// The protocol version this build speaks. Version 2: a channel handle in a
 /// payload is its position in the message's channel list, not its id.

@@ -90,6 +90,47 @@ pub(crate) async fn both_peers_serve_and_call<F: Factory>(f: F) {
     );
 }
 
+/// Values whose encoding ends with a large byte string: links that copy
+/// those bytes out on their own (shm) must give the values the whole
+/// encoding gives, whatever the types around them.
+pub(crate) async fn large_trailing_bytes_decode_exactly<F: Factory>(f: F) {
+    let p = pair(&f).await;
+    let greeter = GreeterClient::new(p.server.clone());
+    for len in [0usize, 2047, 2048, 4095, 4096, 70_000, 131_000, 140_000] {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        // Arguments and result that are tuples ending in bytes.
+        assert_eq!(
+            bounded(
+                "stamp",
+                greeter.stamp(u64::from(u32::MAX) + len as u64, data.clone())
+            )
+            .await
+            .unwrap(),
+            (u64::from(u32::MAX) + len as u64 + 1, data.clone()),
+            "len {len}"
+        );
+        // A user error that is a long text.
+        assert_eq!(
+            bounded("stamp", greeter.stamp(0, data.clone()))
+                .await
+                .unwrap_err(),
+            CallError::User("e".repeat(len)),
+            "len {len}"
+        );
+        // Numbers below 128 encode one byte each after their count: the
+        // encoding looks like a byte string, and is not one.
+        let numbers: Vec<u16> = (0..len).map(|i| (i % 128) as u16).collect();
+        let mut reversed = numbers.clone();
+        reversed.reverse();
+        assert_eq!(
+            bounded("reverse", greeter.reverse(numbers)).await.unwrap(),
+            reversed,
+            "len {len}"
+        );
+    }
+    assert!(p.client.ended().is_none() && p.server.ended().is_none());
+}
+
 pub(crate) async fn dropping_a_call_cancels_the_handler<F: Factory>(f: F) {
     let p = pair(&f).await;
     let (tx, rx) = oneshot::channel();

@@ -41,6 +41,7 @@ macro_rules! conformance {
                 user_errors_are_distinct_from_protocol_errors,
                 unknown_methods_and_invalid_payloads,
                 both_peers_serve_and_call,
+                large_trailing_bytes_decode_exactly,
                 dropping_a_call_cancels_the_handler,
                 deadlines_fail_and_cancel,
                 excess_calls_wait_for_the_limit,

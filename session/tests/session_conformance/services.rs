@@ -47,6 +47,11 @@ pub trait Calculator {
 pub trait Greeter {
     /// Greets.
     async fn greet(&self, name: String) -> Result<String, String>;
+    /// Returns its arguments tagged (`tag + 1`), or, for tag 0, fails with
+    /// a text as long as `data`.
+    async fn stamp(&self, tag: u64, data: Vec<u8>) -> Result<(u64, Vec<u8>), String>;
+    /// Returns its numbers reversed.
+    async fn reverse(&self, numbers: Vec<u16>) -> Result<Vec<u16>, String>;
 }
 
 #[derive(Default)]
@@ -143,6 +148,16 @@ impl Greeter for Greet {
         } else {
             Ok(format!("hello, {name}"))
         }
+    }
+    async fn stamp(&self, tag: u64, data: Vec<u8>) -> Result<(u64, Vec<u8>), String> {
+        match tag {
+            0 => Err("e".repeat(data.len())),
+            t => Ok((t + 1, data)),
+        }
+    }
+    async fn reverse(&self, mut numbers: Vec<u16>) -> Result<Vec<u16>, String> {
+        numbers.reverse();
+        Ok(numbers)
     }
 }
 
