@@ -106,7 +106,7 @@ impl FrameSender {
 
     /// Sends a copy of `bytes`.
     pub fn send(&mut self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
-        self.send_with(bytes.len(), deadline, |dst| dst.copy_from_slice(bytes))
+        self.send_with(bytes.len(), deadline, |dst| crate::copy_bytes(dst, bytes))
     }
 }
 

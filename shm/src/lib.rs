@@ -63,6 +63,7 @@
 
 #![cfg_attr(osmos_loom, allow(dead_code, unused_imports))]
 
+mod copy;
 mod credit;
 mod doorbell;
 mod error;
@@ -85,6 +86,7 @@ mod loom_models;
 #[cfg(all(test, not(osmos_loom)))]
 mod test_support;
 
+pub use copy::copy_bytes;
 pub use credit::{CreditReceiver, CreditSender, CreditTable};
 pub use doorbell::{BellWatcher, Doorbell, WaitStrategy};
 pub use error::{Error, Result, Rule, Violation};

@@ -475,7 +475,7 @@ impl Outgoing {
             if let Some(a) = &self.answered {
                 a.committing(shared);
             }
-            buf.copy_from_slice(&self.bytes);
+            osmos_shm::copy_bytes(buf, &self.bytes);
         }
     }
 }

@@ -194,7 +194,7 @@ impl Writer<'_> {
 
     fn bytes(&mut self, b: &[u8]) {
         self.varint(b.len() as u64);
-        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        osmos_shm::copy_bytes(&mut self.buf[self.at..self.at + b.len()], b);
         self.at += b.len();
     }
 

@@ -100,9 +100,9 @@ impl Encode for Spliced<'_, '_> {
         // The message ends with its empty payload's length, one 0 byte.
         let mut at = self.msg.write_to(buf) - 1;
         at += write_varint(&mut buf[at..], self.payload_len() as u64);
-        buf[at..at + self.head.len()].copy_from_slice(self.head);
+        osmos_shm::copy_bytes(&mut buf[at..at + self.head.len()], self.head);
         at += self.head.len();
-        buf[at..at + self.tail.len()].copy_from_slice(self.tail);
+        osmos_shm::copy_bytes(&mut buf[at..at + self.tail.len()], self.tail);
         at + self.tail.len()
     }
 }

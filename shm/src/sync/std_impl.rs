@@ -84,7 +84,7 @@ impl SharedBytes {
         // overlap the shared mapping. The peer may write the source
         // concurrently: the copy then yields arbitrary bytes, which every
         // caller treats as untrusted and validates.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), dst.as_mut_ptr(), dst.len()) }
+        unsafe { crate::copy::copy_raw(self.ptr.add(off), dst.as_mut_ptr(), dst.len()) }
     }
 
     /// Appends `len` bytes starting at `off` to `dst`, copied out of shared
@@ -100,7 +100,7 @@ impl SharedBytes {
         // write the source concurrently: the copy then yields arbitrary
         // bytes, which every caller treats as untrusted and validates.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.add(off), dst.as_mut_ptr().add(start), len);
+            crate::copy::copy_raw(self.ptr.add(off), dst.as_mut_ptr().add(start), len);
             dst.set_len(start + len);
         }
     }
@@ -110,7 +110,7 @@ impl SharedBytes {
     pub(crate) fn write(&self, off: usize, src: &[u8]) {
         self.check(off, src.len());
         // SAFETY: bounds checked above; `src` is private memory.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(off), src.len()) }
+        unsafe { crate::copy::copy_raw(src.as_ptr(), self.ptr.add(off), src.len()) }
     }
 
     /// Reads one little-endian `u64` at an 8-aligned offset with a single
