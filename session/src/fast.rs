@@ -101,35 +101,95 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
+/// The integer a varint-encoded kind writes (zigzagged if signed), or
+/// `None` for the kinds written otherwise.
+///
+/// # Safety
+/// `ptr` points to a live value of the type `kind` stands for.
+unsafe fn varint_of(kind: Kind, ptr: *const u8) -> Option<u64> {
+    // SAFETY: per the caller, `ptr` points to a value of this kind's type.
+    unsafe {
+        Some(match kind {
+            Kind::U16 => (*ptr.cast::<u16>()).into(),
+            Kind::U32 => (*ptr.cast::<u32>()).into(),
+            Kind::U64 => *ptr.cast::<u64>(),
+            Kind::I16 => zigzag((*ptr.cast::<i16>()).into()),
+            Kind::I32 => zigzag((*ptr.cast::<i32>()).into()),
+            Kind::I64 => zigzag(*ptr.cast::<i64>()),
+            Kind::Bool | Kind::U8 | Kind::String | Kind::Bytes => return None,
+        })
+    }
+}
+
+/// The bytes of a `String` or `Vec<u8>` value, or `None` for other kinds.
+///
+/// # Safety
+/// `ptr` points to a live value of the type `kind` stands for, which
+/// outlives `'v`.
+unsafe fn bytes_of<'v>(kind: Kind, ptr: *const u8) -> Option<&'v [u8]> {
+    // SAFETY: per the caller.
+    unsafe {
+        match kind {
+            Kind::String => Some((*ptr.cast::<String>()).as_bytes()),
+            Kind::Bytes => Some((*ptr.cast::<Vec<u8>>()).as_slice()),
+            _ => None,
+        }
+    }
+}
+
+/// The encoded length of the value of `kind` at `ptr`.
+///
+/// # Safety
+/// `ptr` points to a live value of the type `kind` stands for.
+unsafe fn size(kind: Kind, ptr: *const u8) -> usize {
+    use crate::wire::codec::varint_len;
+    // SAFETY: per the caller.
+    unsafe {
+        if let Some(v) = varint_of(kind, ptr) {
+            varint_len(v)
+        } else if let Some(b) = bytes_of(kind, ptr) {
+            varint_len(b.len() as u64) + b.len()
+        } else {
+            1 // bool, u8
+        }
+    }
+}
+
+/// Writes the value of `kind` at `ptr` to the front of `out` (at least
+/// [`size`] bytes long); returns its length.
+///
+/// # Safety
+/// `ptr` points to a live value of the type `kind` stands for.
+unsafe fn put_at(out: &mut [u8], kind: Kind, ptr: *const u8) -> usize {
+    use crate::wire::codec::write_varint;
+    // SAFETY: per the caller.
+    unsafe {
+        if let Some(v) = varint_of(kind, ptr) {
+            write_varint(out, v)
+        } else if let Some(b) = bytes_of(kind, ptr) {
+            let n = write_varint(out, b.len() as u64);
+            osmos_shm::copy_bytes(&mut out[n..n + b.len()], b);
+            n + b.len()
+        } else {
+            out[0] = match kind {
+                Kind::Bool => u8::from(*ptr.cast::<bool>()),
+                _ => *ptr,
+            };
+            1
+        }
+    }
+}
+
 /// Appends the value of `kind` at `ptr`.
 ///
 /// # Safety
 /// `ptr` points to a live value of the type `kind` stands for.
 unsafe fn put(out: &mut Vec<u8>, kind: Kind, ptr: *const u8) {
-    // SAFETY: per the caller, `ptr` points to a value of this kind's type.
+    let at = out.len();
+    // SAFETY: per the caller.
     unsafe {
-        match kind {
-            Kind::Bool => out.push(u8::from(*ptr.cast::<bool>())),
-            Kind::U8 => out.push(*ptr),
-            Kind::U16 => put_varint(out, (*ptr.cast::<u16>()).into()),
-            Kind::U32 => put_varint(out, (*ptr.cast::<u32>()).into()),
-            Kind::U64 => put_varint(out, *ptr.cast::<u64>()),
-            Kind::I16 => put_varint(out, zigzag((*ptr.cast::<i16>()).into())),
-            Kind::I32 => put_varint(out, zigzag((*ptr.cast::<i32>()).into())),
-            Kind::I64 => put_varint(out, zigzag(*ptr.cast::<i64>())),
-            Kind::String => {
-                let s = &*ptr.cast::<String>();
-                out.reserve(10 + s.len());
-                put_varint(out, s.len() as u64);
-                out.extend_from_slice(s.as_bytes());
-            }
-            Kind::Bytes => {
-                let b = &*ptr.cast::<Vec<u8>>();
-                out.reserve(10 + b.len());
-                put_varint(out, b.len() as u64);
-                out.extend_from_slice(b);
-            }
-        }
+        out.resize(at + size(kind, ptr), 0);
+        put_at(&mut out[at..], kind, ptr);
     }
 }
 
@@ -141,16 +201,65 @@ fn elements(plan: &Plan) -> &[(Kind, usize)] {
     }
 }
 
-/// Encodes `v` directly if its type has a direct codec.
-pub(crate) fn encode<'f, T: Facet<'f>>(v: &T) -> Option<Vec<u8>> {
+/// A value of a type with a direct codec, measured and ready to be written
+/// straight where its frame is (see [`direct`]): a stream item goes from
+/// the value into the link's ring or slot with no buffer in between.
+pub(crate) struct Direct<'v> {
+    base: *const u8,
+    plan: Plan,
+    len: usize,
+    _value: std::marker::PhantomData<&'v ()>,
+}
+
+// SAFETY: a `Direct` only reads the value it borrows, and is only built for
+// types with a direct codec (integers, bool, `String`, `Vec<u8>` and tuples
+// of them), which are all `Sync`.
+unsafe impl Sync for Direct<'_> {}
+// SAFETY: as above; the borrow it stands for is a shared one.
+unsafe impl Send for Direct<'_> {}
+
+/// `v` ready to be written directly, if its type has a direct codec.
+pub(crate) fn direct<'v, 'f, T: Facet<'f>>(v: &'v T) -> Option<Direct<'v>> {
     let plan = plan::<T>()?;
     let base = (v as *const T).cast::<u8>();
-    let mut out = Vec::new();
-    for &(kind, offset) in elements(&plan) {
+    let len = elements(&plan)
+        .iter()
         // SAFETY: `plan` matched T's shape: the value's type is T itself
         // (offset 0) or the tuple element at `offset`, of this kind's type.
-        unsafe { put(&mut out, kind, base.add(offset)) };
+        .map(|&(kind, offset)| unsafe { size(kind, base.add(offset)) })
+        .sum();
+    Some(Direct {
+        base,
+        plan,
+        len,
+        _value: std::marker::PhantomData,
+    })
+}
+
+impl Direct<'_> {
+    /// The encoding's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
+
+    /// Writes the encoding to the front of `out` (at least [`len`](Self::len)
+    /// bytes); returns its length.
+    pub(crate) fn write_to(&self, out: &mut [u8]) -> usize {
+        let mut at = 0;
+        for &(kind, offset) in elements(&self.plan) {
+            // SAFETY: as in `direct`; the value outlives `self`.
+            at += unsafe { put_at(&mut out[at..], kind, self.base.add(offset)) };
+        }
+        debug_assert_eq!(at, self.len);
+        at
+    }
+}
+
+/// Encodes `v` directly if its type has a direct codec.
+pub(crate) fn encode<'f, T: Facet<'f>>(v: &T) -> Option<Vec<u8>> {
+    let d = direct(v)?;
+    let mut out = vec![0; d.len()];
+    d.write_to(&mut out);
     Some(out)
 }
 
@@ -380,6 +489,30 @@ unsafe fn assemble<T>(values: Values) -> T {
 pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String>> {
     let plan = plan::<T>()?;
     let mut r = Reader { bytes, at: 0 };
+    let spare = |at: usize| {
+        format!(
+            "{} bytes, but a {} ends after {at}: the payload is not of the expected type",
+            bytes.len(),
+            std::any::type_name::<T>(),
+        )
+    };
+    if let Plan::One([(kind, _)]) = plan {
+        // One value (a stream of numbers or strings): no staging.
+        let value = match r.value(kind) {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        if r.at != bytes.len() {
+            return Some(Err(spare(r.at)));
+        }
+        let mut out = std::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: `plan` matched: T is this kind's type itself, and the
+        // value, written whole, initializes it.
+        unsafe {
+            place(value, out.as_mut_ptr().cast::<u8>());
+            return Some(Ok(out.assume_init()));
+        }
+    }
     // Every element is decoded before any is placed, so a failure leaves
     // nothing half-built.
     let mut values: Values = Default::default();
@@ -387,12 +520,7 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
         return Some(Err(e));
     }
     if r.at != bytes.len() {
-        return Some(Err(format!(
-            "{} bytes, but a {} ends after {}: the payload is not of the expected type",
-            bytes.len(),
-            std::any::type_name::<T>(),
-            r.at
-        )));
+        return Some(Err(spare(r.at)));
     }
     // SAFETY: `read_all` decoded every element of the plan.
     Some(Ok(unsafe { assemble(values) }))

@@ -167,14 +167,31 @@ where
 {
     /// Sends one item, waiting for credit if the receiver is behind.
     pub async fn send(&self, item: &T) -> Result<(), ChannelError> {
-        self.bound()?;
-        // A large byte or string item is copied once, from `item` into the
-        // frame.
-        if let Some(split) = fast::split(item, fast::SPLIT_AT_LEAST) {
-            return self.send_parts(&split.head, split.tail).await;
+        let b = self.bound()?;
+        // An item of a type with a direct codec (a number, a string, bytes,
+        // a tuple of them) is encoded straight into the frame: no buffer,
+        // and its bytes are copied once, from `item`.
+        if let Some(value) = fast::direct(item) {
+            self.take_credit(value.len()).await?;
+            let empty = Message::Item {
+                channel: self.id,
+                payload: &[],
+            };
+            return b
+                .shared
+                .send(&Spliced::value(&empty, &value))
+                .await
+                .map_err(session_ended);
         }
         let bytes = encode_value(item).map_err(|detail| ChannelError::Encode { detail })?;
         self.send_bytes(&bytes).await
+    }
+}
+
+/// A send failed because the session ended.
+fn session_ended(e: crate::SessionError) -> ChannelError {
+    ChannelError::SessionEnded {
+        reason: e.to_string(),
     }
 }
 
@@ -201,13 +218,19 @@ pub(crate) async fn send_item(
 impl<T> Tx<T> {
     /// Sends one already-encoded item (tunnels send raw bytes this way).
     pub(crate) async fn send_bytes(&self, bytes: &[u8]) -> Result<(), ChannelError> {
-        self.send_parts(bytes, &[]).await
+        let b = self.take_credit(bytes.len()).await?;
+        let msg = Message::Item {
+            channel: self.id,
+            payload: bytes,
+        };
+        b.shared.send(&msg).await.map_err(session_ended)
     }
 
-    /// Sends one item encoded as `head ++ tail`.
-    async fn send_parts(&self, head: &[u8], tail: &[u8]) -> Result<(), ChannelError> {
+    /// Takes credit for an item of `len` encoded bytes, waiting for the
+    /// receiver to grant it; refuses an item that can never fit.
+    async fn take_credit(&self, len: usize) -> Result<&Bound, ChannelError> {
         let b = self.bound()?;
-        let len = (head.len() + tail.len()) as u64;
+        let len = len as u64;
         let window = u64::from(b.shared.peer_settings().initial_credit);
         if len > window {
             return Err(ChannelError::Encode {
@@ -224,11 +247,7 @@ impl<T> Tx<T> {
             }
             Err(e) => return Err(e),
         }
-        send_item(&b.shared, self.id, head, tail)
-            .await
-            .map_err(|e| ChannelError::SessionEnded {
-                reason: e.to_string(),
-            })
+        Ok(b)
     }
 
     /// The largest item that can ever be sent: the receiver's whole credit

@@ -1,20 +1,23 @@
-//! Messages whose payload is written in two pieces, straight into the frame.
+//! Messages whose payload is written straight into the frame.
 //!
 //! A large argument or result (a `Vec<u8>`, a `String`) would otherwise be
 //! encoded into a buffer of its own and then copied again into the link's
 //! ring or slot. A [`Spliced`] message takes the payload as `head` (the
 //! encoded elements before the large one, and its length prefix) and `tail`
 //! (the large element's bytes, borrowed from the value), and writes both
-//! where the frame is: the large bytes are copied once. The bytes are
-//! exactly those of the same [`Message`] carrying `head ++ tail`.
+//! where the frame is: the large bytes are copied once. A value with a
+//! direct codec ([`Direct`]: a stream item such as a number, a string or a
+//! tuple of them) is encoded where the frame is, with no buffer at all.
+//! The bytes are exactly those of the same [`Message`] carrying the payload.
 //!
 //! It relies on the payload being the last field of a `Call`, of an `Ok`
 //! or `UserError` `Response` and of an `Item` in the envelope's encoding: the message is
 //! written with an empty payload, whose one-byte length (0) ends it, and that
-//! byte is then replaced by the real length and the two pieces.
+//! byte is then replaced by the real length and the payload.
 
 use super::codec::{varint_len, write_varint};
 use super::{Message, Outcome};
+use crate::fast::Direct;
 
 /// What the send paths need of a message: its kind, its length and its
 /// bytes. Implemented by [`Message`] and [`Spliced`].
@@ -43,11 +46,18 @@ impl Encode for Message<'_> {
 }
 
 /// A `Call`, an `Ok` or `UserError` `Response`, or an `Item`, whose payload is
-/// `head ++ tail` (see the module docs).
+/// `head ++ tail`, or a value written directly (see the module docs).
 pub(crate) struct Spliced<'m, 'a> {
     msg: &'m Message<'a>,
-    head: &'m [u8],
-    tail: &'m [u8],
+    body: Body<'m>,
+}
+
+/// Where a [`Spliced`] message's payload comes from.
+enum Body<'m> {
+    /// Two pieces of bytes.
+    Parts { head: &'m [u8], tail: &'m [u8] },
+    /// A value with a direct codec, encoded where the frame is.
+    Value(&'m Direct<'m>),
 }
 
 impl<'m, 'a> Spliced<'m, 'a> {
@@ -59,6 +69,19 @@ impl<'m, 'a> Spliced<'m, 'a> {
     /// such a message right before, so anything else is a bug here, never
     /// something a peer can cause.
     pub(crate) fn new(msg: &'m Message<'a>, head: &'m [u8], tail: &'m [u8]) -> Self {
+        Self::checked(msg, Body::Parts { head, tail })
+    }
+
+    /// `msg` with the payload `value`'s encoding, written straight into the
+    /// frame.
+    ///
+    /// # Panics
+    /// As [`new`](Self::new).
+    pub(crate) fn value(msg: &'m Message<'a>, value: &'m Direct<'m>) -> Self {
+        Self::checked(msg, Body::Value(value))
+    }
+
+    fn checked(msg: &'m Message<'a>, body: Body<'m>) -> Self {
         let empty = match msg {
             Message::Call { args, .. } => args.is_empty(),
             Message::Response {
@@ -69,11 +92,14 @@ impl<'m, 'a> Spliced<'m, 'a> {
             _ => false,
         };
         assert!(empty, "a {} message cannot carry a spliced payload", msg.kind());
-        Spliced { msg, head, tail }
+        Spliced { msg, body }
     }
 
     fn payload_len(&self) -> usize {
-        self.head.len() + self.tail.len()
+        match &self.body {
+            Body::Parts { head, tail } => head.len() + tail.len(),
+            Body::Value(v) => v.len(),
+        }
     }
 
     /// The encoding, in a buffer of its own.
@@ -100,10 +126,15 @@ impl Encode for Spliced<'_, '_> {
         // The message ends with its empty payload's length, one 0 byte.
         let mut at = self.msg.write_to(buf) - 1;
         at += write_varint(&mut buf[at..], self.payload_len() as u64);
-        osmos_shm::copy_bytes(&mut buf[at..at + self.head.len()], self.head);
-        at += self.head.len();
-        osmos_shm::copy_bytes(&mut buf[at..at + self.tail.len()], self.tail);
-        at + self.tail.len()
+        match &self.body {
+            Body::Parts { head, tail } => {
+                osmos_shm::copy_bytes(&mut buf[at..at + head.len()], head);
+                at += head.len();
+                osmos_shm::copy_bytes(&mut buf[at..at + tail.len()], tail);
+                at + tail.len()
+            }
+            Body::Value(v) => at + v.write_to(&mut buf[at..]),
+        }
     }
 }
 
@@ -165,6 +196,43 @@ mod tests {
                     assert_eq!(crate::wire::decode(&s.to_vec()).unwrap(), *full);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_value_written_in_place_is_the_message_with_its_encoding() {
+        fn check<T: facet::Facet<'static>>(v: &T) {
+            let payload = facet_postcard::to_vec(v).unwrap();
+            let d = crate::fast::direct(v).expect("a type with a direct codec");
+            assert_eq!(d.len(), payload.len());
+            let full = Message::Item {
+                channel: 1 << 40,
+                payload: &payload,
+            };
+            let empty = Message::Item {
+                channel: 1 << 40,
+                payload: &[],
+            };
+            let s = Spliced::value(&empty, &d);
+            assert_eq!(s.encoded_len(), full.encoded_len());
+            // Written into a dirty buffer longer than needed: exactly the
+            // message's bytes, nothing past them touched.
+            let mut buf = vec![0xa5u8; s.encoded_len() + 8];
+            assert_eq!(s.write_to(&mut buf), full.encoded_len());
+            assert_eq!(&buf[..full.encoded_len()], full.to_vec().as_slice());
+            assert!(buf[full.encoded_len()..].iter().all(|&b| b == 0xa5));
+            let args = call(&[]);
+            assert_eq!(Spliced::value(&args, &d).to_vec(), call(&payload).to_vec());
+        }
+        for n in [0u32, 1, 127, 128, 16_383, 16_384, u32::MAX] {
+            check(&n);
+            check(&(u64::from(n) << 20, i64::from(n) * -3, n % 2 == 1, n as u8));
+        }
+        check(&(-1i16, i32::MIN, 7u16));
+        for n in [0usize, 1, 127, 128, 70_000] {
+            check(&"é".repeat(n / 2));
+            check(&(9u64, "part".to_string(), vec![3u8; n]));
+            check(&vec![0x5au8; n]);
         }
     }
 
