@@ -8,6 +8,8 @@
 //! channel's [`Splitter`]: the receiving handle's item type sets it on its
 //! first receive; until then (and on a relay, which has no item type) an
 //! item that is one byte string is split. Anything else waits as it came.
+//! A short item (up to 38 bytes, most items of a stream of numbers or ids)
+//! waits in the queue entry itself, without an allocation of its own.
 //! Either way the bytes are the peer's encoding, byte for byte. A link that
 //! already copied such bytes out on their own (the shm link, see
 //! `wire::codec::split_point`) hands them over as they are.
@@ -25,8 +27,14 @@ pub(crate) fn splitter_for<T: Facet<'static>>() -> Splitter {
     |payload| fast::tail_at::<T>(payload, SPLIT_AT_LEAST)
 }
 
+/// Items this short wait in the queue entry itself: a stream of small
+/// items (counters, ids, short records) costs no allocation per item.
+const INLINE: usize = 38;
+
 /// One queued item (see the module docs).
 pub(crate) enum Queued {
+    /// A short encoding, kept in place: `bytes[..len]`.
+    Inline { len: u8, bytes: [u8; INLINE] },
     /// The encoding as it came.
     Whole(Vec<u8>),
     /// The encoding is `head ++ tail`: `head` is everything before the byte
@@ -53,12 +61,21 @@ impl Queued {
                 };
             }
         }
+        if payload.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..payload.len()].copy_from_slice(payload);
+            return Queued::Inline {
+                len: payload.len() as u8,
+                bytes,
+            };
+        }
         Queued::Whole(payload.to_vec())
     }
 
     /// The encoding's length in bytes (what the item cost in credit).
     pub(crate) fn len(&self) -> usize {
         match self {
+            Queued::Inline { len, .. } => usize::from(*len),
             Queued::Whole(b) => b.len(),
             Queued::Split { head, tail } => head.len() + tail.len(),
         }
@@ -67,6 +84,7 @@ impl Queued {
     /// The encoding in one buffer.
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         match self {
+            Queued::Inline { len, bytes } => bytes[..usize::from(len)].to_vec(),
             Queued::Whole(b) => b,
             Queued::Split { head, tail } => [head, tail].concat(),
         }
@@ -75,6 +93,7 @@ impl Queued {
     /// The encoding as `head ++ tail` without copying (`head` may be empty).
     pub(crate) fn parts(&self) -> (&[u8], &[u8]) {
         match self {
+            Queued::Inline { len, bytes } => (&[], &bytes[..usize::from(*len)]),
             Queued::Whole(b) => (&[], b),
             Queued::Split { head, tail } => (head, tail),
         }
@@ -83,6 +102,7 @@ impl Queued {
     /// Decodes the item as a `T`, the whole encoding and nothing more.
     pub(crate) fn decode<T: Facet<'static>>(self) -> Result<T, String> {
         match self {
+            Queued::Inline { len, bytes } => crate::payload::decode_exact(&bytes[..usize::from(len)]),
             Queued::Whole(b) => crate::payload::decode_exact(&b),
             Queued::Split { head, tail } => fast::decode_split_or_join(&head, tail),
         }
@@ -115,6 +135,27 @@ mod tests {
         let got: Vec<u8> = q.decode().unwrap();
         assert_eq!(got, data);
         assert_eq!(got.as_ptr(), at, "moved, not copied");
+    }
+
+    #[test]
+    fn short_items_wait_inline_byte_for_byte() {
+        for n in [0usize, 1, INLINE - 1, INLINE, INLINE + 1] {
+            let text = "y".repeat(n.saturating_sub(1));
+            let enc = crate::payload::encode_value(&text).unwrap();
+            assert_eq!(enc.len(), n.max(1));
+            let q = Queued::new(&enc, Some(splitter_for::<String>()));
+            assert_eq!(matches!(q, Queued::Inline { .. }), enc.len() <= INLINE, "{n}");
+            assert_eq!(q.len(), enc.len());
+            let (head, tail) = q.parts();
+            assert!(head.is_empty());
+            assert_eq!(tail, enc.as_slice());
+            assert_eq!(q.decode::<String>().unwrap(), text);
+            assert_eq!(Queued::new(&enc, None).into_bytes(), enc);
+        }
+        // A short item of the wrong type fails the same way inline.
+        let enc = crate::payload::encode_value(&(1u32, 300u32)).unwrap();
+        let e = Queued::new(&enc, None).decode::<u32>().unwrap_err();
+        assert!(e.contains("ends after 1"), "{e}");
     }
 
     #[test]

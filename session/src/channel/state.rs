@@ -403,45 +403,18 @@ impl ChannelCore {
     /// Takes `n` bytes of send credit, waiting for grants (and, for a channel
     /// created here, for the message that hands it to the peer).
     pub(crate) async fn take_credit(&self, n: u64) -> Result<(), ChannelError> {
+        // A sender with credit to spare takes it without a wake registration.
+        if let CreditTake::Took = self.try_take_credit(n)? {
+            return Ok(());
+        }
         loop {
             let notified = self.writable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let waiters = {
-                let mut c = self.lock();
-                if let Some(reason) = &c.reset {
-                    return Err(ChannelError::Reset {
-                        reason: reason.clone(),
-                    });
-                }
-                if !c.announced {
-                    None
-                } else {
-                    match &mut c.flow {
-                        Flow::Messages { send_available, .. } => {
-                            if *send_available >= n {
-                                *send_available -= n;
-                                if *send_available > 0 {
-                                    self.writable.notify_one();
-                                }
-                                return Ok(());
-                            }
-                            None
-                        }
-                        Flow::Table {
-                            sender: Some(s),
-                            waiters,
-                            ..
-                        } => {
-                            if s.try_take(credit_u32(n)).map_err(shm_credit_error)? {
-                                return Ok(());
-                            }
-                            Some(waiters.clone())
-                        }
-                        // Not bound yet.
-                        Flow::Table { sender: None, .. } => None,
-                    }
-                }
+            let waiters = match self.try_take_credit(n)? {
+                CreditTake::Took => return Ok(()),
+                CreditTake::WaitTable(waiters) => Some(waiters),
+                CreditTake::Wait => None,
             };
             let Some(waiters) = waiters else {
                 notified.await;
@@ -479,6 +452,44 @@ impl ChannelCore {
         }
     }
 
+    /// Takes `n` bytes of send credit if there are, or says what to wait for.
+    fn try_take_credit(&self, n: u64) -> Result<CreditTake, ChannelError> {
+        let mut c = self.lock();
+        if let Some(reason) = &c.reset {
+            return Err(ChannelError::Reset {
+                reason: reason.clone(),
+            });
+        }
+        if !c.announced {
+            return Ok(CreditTake::Wait);
+        }
+        match &mut c.flow {
+            Flow::Messages { send_available, .. } => {
+                if *send_available >= n {
+                    *send_available -= n;
+                    if *send_available > 0 {
+                        // Pass the rest on to another waiting sender.
+                        self.writable.notify_one();
+                    }
+                    return Ok(CreditTake::Took);
+                }
+                Ok(CreditTake::Wait)
+            }
+            Flow::Table {
+                sender: Some(s),
+                waiters,
+                ..
+            } => {
+                if s.try_take(credit_u32(n)).map_err(shm_credit_error)? {
+                    return Ok(CreditTake::Took);
+                }
+                Ok(CreditTake::WaitTable(waiters.clone()))
+            }
+            // Not bound yet.
+            Flow::Table { sender: None, .. } => Ok(CreditTake::Wait),
+        }
+    }
+
     /// Runs `f` on the bound table sender (`Ok(false)` if there is none).
     fn with_table_sender(
         &self,
@@ -492,49 +503,76 @@ impl ChannelCore {
 
     /// The next queued item, waiting for one. `Ok(None)` once closed and drained.
     /// Returns the bytes to grant back by message, if a grant is due.
-    pub(crate) async fn next_item(&self) -> Result<Option<(Queued, Option<u32>)>, ChannelError> {
+    pub(crate) async fn next_item(&self) -> NextItem {
+        // A receiver that keeps up with a stream finds the next item queued
+        // most of the time: look before paying for a wake registration.
+        if let Some(r) = self.try_next_item() {
+            return r;
+        }
         loop {
             let notified = self.readable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut c = self.lock();
-                if let Some(item) = c.queue.pop_front() {
-                    c.consumed_since_grant += item.len() as u64;
-                    let mut grant_message = None;
-                    if c.consumed_since_grant * 2 >= c.window.max(1) {
-                        let g = c.consumed_since_grant.min(u64::from(u32::MAX));
-                        c.consumed_since_grant -= g;
-                        match &mut c.flow {
-                            Flow::Messages { granted, .. } => {
-                                *granted += g;
-                                grant_message = Some(g as u32);
-                            }
-                            Flow::Table {
-                                receiver: Some(r), ..
-                            } => {
-                                // Only fails on a window past 2^31, which the
-                                // grant policy never opens.
-                                let _ = r.grant(g as u32);
-                            }
-                            Flow::Table { receiver: None, .. } => {}
-                        }
-                    }
-                    return Ok(Some((item, grant_message)));
-                }
-                if let Some(reason) = &c.reset {
-                    return Err(ChannelError::Reset {
-                        reason: reason.clone(),
-                    });
-                }
-                if c.remote_closed {
-                    return Ok(None);
-                }
+            if let Some(r) = self.try_next_item() {
+                return r;
             }
             notified.await;
         }
     }
+
+    /// The next queued item, the end of the channel, or `None` if the
+    /// receiver has to wait (see [`next_item`](Self::next_item)).
+    fn try_next_item(&self) -> Option<NextItem> {
+        let mut c = self.lock();
+        if let Some(item) = c.queue.pop_front() {
+            c.consumed_since_grant += item.len() as u64;
+            let mut grant_message = None;
+            if c.consumed_since_grant * 2 >= c.window.max(1) {
+                let g = c.consumed_since_grant.min(u64::from(u32::MAX));
+                c.consumed_since_grant -= g;
+                match &mut c.flow {
+                    Flow::Messages { granted, .. } => {
+                        *granted += g;
+                        grant_message = Some(g as u32);
+                    }
+                    Flow::Table {
+                        receiver: Some(r), ..
+                    } => {
+                        // Only fails on a window past 2^31, which the
+                        // grant policy never opens.
+                        let _ = r.grant(g as u32);
+                    }
+                    Flow::Table { receiver: None, .. } => {}
+                }
+            }
+            return Some(Ok(Some((item, grant_message))));
+        }
+        if let Some(reason) = &c.reset {
+            return Some(Err(ChannelError::Reset {
+                reason: reason.clone(),
+            }));
+        }
+        if c.remote_closed {
+            return Some(Ok(None));
+        }
+        None
+    }
 }
+
+/// What [`ChannelCore::try_take_credit`] found.
+enum CreditTake {
+    /// The credit was taken.
+    Took,
+    /// Wait for `writable` (a grant by message, the announcement, a reset).
+    Wait,
+    /// Short of table credit: wait for the peer's grant through these.
+    WaitTable(crate::link::shm::SideWaiters),
+}
+
+/// What [`ChannelCore::next_item`] gives: the next item and the bytes to
+/// grant back by message (if a grant is due), `None` once the channel is
+/// closed and drained, or the error that ended it.
+pub(crate) type NextItem = Result<Option<(Queued, Option<u32>)>, ChannelError>;
 
 /// A credit amount for the table's 32-bit counters (larger asks fail there).
 fn credit_u32(n: u64) -> u32 {
