@@ -12,7 +12,7 @@ use facet::Facet;
 use super::binding::{bind, hand_over};
 use super::{ChannelCore, ChannelError, ChannelId, End, Queued};
 use crate::fast;
-use crate::payload::encode_value;
+use crate::payload::encode_reflected;
 use crate::session::Shared;
 use crate::wire::Message;
 use crate::wire::spliced::Spliced;
@@ -167,12 +167,12 @@ where
 {
     /// Sends one item, waiting for credit if the receiver is behind.
     pub async fn send(&self, item: &T) -> Result<(), ChannelError> {
-        let b = self.bound()?;
+        self.bound()?;
         // An item of a type with a direct codec (a number, a string, bytes,
         // a tuple of them) is encoded straight into the frame: no buffer,
         // and its bytes are copied once, from `item`.
         if let Some(value) = fast::direct(item) {
-            self.take_credit(value.len()).await?;
+            let b = self.take_credit(value.len()).await?;
             let empty = Message::Item {
                 channel: self.id,
                 payload: &[],
@@ -183,7 +183,7 @@ where
                 .await
                 .map_err(session_ended);
         }
-        let bytes = encode_value(item).map_err(|detail| ChannelError::Encode { detail })?;
+        let bytes = encode_reflected(item).map_err(|detail| ChannelError::Encode { detail })?;
         self.send_bytes(&bytes).await
     }
 }

@@ -20,6 +20,12 @@ pub(crate) fn encode_value<'f, T: Facet<'f>>(value: &T) -> Result<Vec<u8>, Strin
     }
 }
 
+/// Encodes a value of a type without a direct codec (one
+/// [`crate::fast::direct`] refused) through facet's reflection.
+pub(crate) fn encode_reflected<'f, T: Facet<'f>>(value: &T) -> Result<Vec<u8>, String> {
+    encode::to_vec(value)
+}
+
 /// Decodes `bytes` as a `T`, refusing trailing bytes: postcard is not
 /// self-describing, so a payload of the wrong type often decodes "successfully"
 /// with bytes to spare. The parser's position after the value must be the

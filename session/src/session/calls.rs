@@ -349,14 +349,14 @@ impl Connection {
     {
         let shared = &self.shared;
         let encode = || {
-            // Large bytes or text at the end of the arguments are written
-            // straight from `args` into the frame. Such arguments hold no
-            // channels.
-            if let Some(split) = fast::split(args, fast::SPLIT_AT_LEAST) {
-                return Ok((Args::Split(split), Vec::new()));
+            // Arguments of directly-coded types (numbers, strings, bytes)
+            // are encoded straight from `args` into the frame. Such
+            // arguments hold no channels.
+            if let Some(value) = fast::direct(args) {
+                return Ok((Args::Direct(value), Vec::new()));
             }
             let (encoded, channels) =
-                channel::with_encode_context(shared, || crate::payload::encode_value(args));
+                channel::with_encode_context(shared, || crate::payload::encode_reflected(args));
             encoded.map(|args| (Args::Bytes(Cow::Owned(args)), channels))
         };
         let (tx, rx) = oneshot::channel();
@@ -452,11 +452,11 @@ impl Connection {
             channels,
             args: match &args {
                 Args::Bytes(b) => b,
-                Args::Split(_) => &[],
+                Args::Direct(_) => &[],
             },
         };
         let spliced = match &args {
-            Args::Split(s) => Some(Spliced::new(&msg, &s.head, s.tail)),
+            Args::Direct(value) => Some(Spliced::value(&msg, value)),
             Args::Bytes(_) => None,
         };
         let out: &dyn Encode = match &spliced {
@@ -500,9 +500,9 @@ impl Connection {
 enum Args<'a> {
     /// Encoded, or given encoded (a raw call).
     Bytes(Cow<'a, [u8]>),
-    /// Encoded but for the bytes of the last element, which are copied
-    /// straight from the value into the frame.
-    Split(fast::Split<'a>),
+    /// Of a type with a direct codec: encoded straight from the value into
+    /// the frame.
+    Direct(fast::Direct<'a>),
 }
 
 /// Why a call ended without its answer; each front end ([`Connection::call`],
