@@ -311,6 +311,18 @@ impl Liveness {
         peer != 0 && peer != me
     }
 
+    /// Records the CPU this thread runs on and tells whether the peer last
+    /// recorded the same one: a peer that is runnable there only runs once
+    /// this thread gives the CPU up, so yielding hands over faster than
+    /// sleeping and being woken. (A hint, like
+    /// [`peer_on_another_cpu`](Self::peer_on_another_cpu).)
+    #[cfg(not(osmos_loom))]
+    pub fn peer_on_this_cpu(&self) -> bool {
+        let me = rustix::thread::sched_getcpu() as u32 + 1;
+        self.note_cpu(me);
+        self.peer_cpu() == me
+    }
+
     /// Records the CPU this side is running on, for the peer's wait strategy.
     ///
     /// Waiters call this on every round of a spin: the word is only written

@@ -7,14 +7,25 @@
 //! ([`DirectRx::claim`]): while it holds it, it takes the driver's reactor
 //! mark off the readable bell (the peer's ring then wakes no other thread for
 //! the frames the caller takes), receives and handles every frame itself,
-//! polls while the peer runs on another CPU, and, where blocking a thread is
-//! allowed, sleeps on the bell's futex for a bounded time, so the peer's ring
-//! wakes the waiting thread directly. Letting the claim go puts the mark back
-//! and, when a frame is waiting, wakes the driver.
+//! polls while the peer runs on another CPU, yields its CPU while the peer
+//! last ran on the same one, and, where blocking a thread is allowed, sleeps
+//! on the bell's futex for a bounded time, so the peer's ring wakes the
+//! waiting thread directly. Letting the claim go puts the mark back and,
+//! when a frame is waiting, wakes the driver.
 //!
-//! Both ways of waiting are adaptive (see `Adaptive`): a window that ends
-//! without a frame (a slow handler, a busy machine) lowers its score, and at
-//! zero the wait is skipped, trying again now and then.
+//! Yielding is what makes one CPU fast: a peer that shares this side's CPU
+//! and was just woken (or has not gone to sleep yet) is queued behind this
+//! thread, and giving the CPU up runs it at once. Its answer, written while
+//! this side is not parked, needs no wake, and a driver that yields after
+//! answering finds the next call without being woken either: a round trip
+//! is two switches and no wake. `sched_yield` leaves the thread runnable,
+//! so a runtime's worker may do it too, and a yield is bounded (two per
+//! wait).
+//!
+//! Every way of waiting is adaptive (see `Adaptive`): a window that ends
+//! without a frame (a slow handler, a busy machine, a peer that only sends)
+//! lowers its score, and at zero the wait is skipped, trying again now and
+//! then.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +43,12 @@ use crate::rules::Rule;
 
 /// Longest a caller blocks its thread on the readable bell in one window.
 const BLOCK_WINDOW: Duration = Duration::from_micros(500);
+/// How many times a caller gives its CPU to a peer on the same CPU before
+/// it blocks.
+const CALLER_YIELDS: u32 = 2;
+/// How many times the driver gives its CPU to a peer on the same CPU before
+/// it parks.
+const DRIVER_YIELDS: u32 = 2;
 /// How many ring checks a caller's spin makes in one poll (a few
 /// microseconds) before letting its executor run other work.
 const SPIN_CHUNK: u32 = 16 * RECV_CHECKS;
@@ -145,8 +162,12 @@ struct RxInner {
     window: StormWindow,
     /// The driver's spinning before it parks.
     driver_spin: Adaptive,
+    /// The driver's yielding to a peer on its CPU before it parks.
+    driver_yield: Adaptive,
     /// Callers' spinning while the peer runs on another CPU.
     caller_spin: Adaptive,
+    /// Callers' yielding to a peer on their CPU.
+    caller_yield: Adaptive,
     /// Callers' blocking on the readable bell.
     caller_block: Adaptive,
     /// The driver sleeps in the reactor with its mark on the readable bell
@@ -270,7 +291,9 @@ impl ShmRx {
                     tail: None,
                     window: StormWindow::new(),
                     driver_spin: Adaptive::new(),
+                    driver_yield: Adaptive::new(),
                     caller_spin: Adaptive::new(),
+                    caller_yield: Adaptive::new(),
                     caller_block: Adaptive::new(),
                     driver_parked: false,
                 })),
@@ -329,6 +352,8 @@ impl LinkRx for ShmRx {
         let spin_until = Instant::now() + RECV_SPIN;
         let mut may_spin = None;
         let mut spun = false;
+        let mut yields = 0;
+        let mut may_yield = None;
         loop {
             let released = core.released.notified();
             tokio::pin!(released);
@@ -340,6 +365,9 @@ impl LinkRx for ShmRx {
             if g.has_frame_soon(&core.liveness, RECV_CHECKS)? {
                 if spun {
                     g.driver_spin.paid();
+                }
+                if yields > 0 {
+                    g.driver_yield.paid();
                 }
                 if !g.take_frame()? {
                     return Err(LinkError::Io(std::io::Error::other(
@@ -362,6 +390,24 @@ impl LinkRx for ShmRx {
                 // A whole window without a frame.
                 g.driver_spin.missed();
                 spun = false;
+            }
+            // A peer that last ran on this CPU may be runnable behind this
+            // thread (an answer just written, a caller about to send): give
+            // it the CPU a few times before sleeping. Its next frame then
+            // comes without a wake on either side.
+            // Only while yielding pays (see `Adaptive`): a side that only
+            // sends (a stream's producer) would lose its CPU for nothing.
+            if yields < DRIVER_YIELDS
+                && core.liveness.peer_on_this_cpu()
+                && *may_yield.get_or_insert_with(|| g.driver_yield.may_try())
+            {
+                yields += 1;
+                drop(g);
+                std::thread::yield_now();
+                continue;
+            }
+            if std::mem::take(&mut yields) > 0 {
+                g.driver_yield.missed();
             }
             // Park: mark, re-check, sleep in the reactor (the lock let go).
             let notified = core.waiters.inner.notify.notified();
@@ -410,6 +456,7 @@ impl DirectRx for ShmDirect {
             core: core.clone(),
             spin_until: None,
             spun: false,
+            yielded: false,
             blocked: false,
             error: None,
         }))
@@ -425,6 +472,8 @@ struct ShmClaim {
     /// skipped ends at once).
     spin_until: Option<Instant>,
     spun: bool,
+    /// The claim gave its CPU to a peer on the same CPU (once per claim).
+    yielded: bool,
     /// A block ended without a frame: the claim has nothing more to wait for.
     blocked: bool,
     /// An error found while waiting, reported by the next `next`.
@@ -465,6 +514,7 @@ impl RxClaim for ShmClaim {
             core,
             spin_until,
             spun,
+            yielded,
             blocked,
             error,
         } = self;
@@ -500,6 +550,25 @@ impl RxClaim for ShmClaim {
             if std::mem::take(spun) {
                 inner.caller_spin.missed();
             }
+        }
+        // The peer last ran on this CPU: the peer this side just woke (or
+        // that is still finishing) is likely queued behind this thread.
+        // Giving the CPU up hands over without a sleep and a wake, and the
+        // answer, written while this side is not parked, rings nobody. A
+        // yield leaves the thread runnable, so a worker may do it too; once
+        // per claim, and only while it pays (see `Adaptive`).
+        if !std::mem::replace(yielded, true)
+            && core.liveness.peer_on_this_cpu()
+            && inner.caller_yield.may_try()
+        {
+            for _ in 0..CALLER_YIELDS {
+                std::thread::yield_now();
+                if look(inner, 1) {
+                    inner.caller_yield.paid();
+                    return WaitHere::Ready;
+                }
+            }
+            inner.caller_yield.missed();
         }
         // Block at most once for each frame it brings: a block that ends
         // without one (the window passed, or the bell rang for nothing)
