@@ -363,12 +363,8 @@ async fn pump(sfrom: Arc<Shared>, from: Arc<ChannelCore>, sto: Arc<Shared>, to: 
                         })
                         .await;
                 }
-                let window = sto.peer_settings().initial_credit;
-                if bytes.len() as u64 > u64::from(window) {
-                    let why = format!(
-                        "a relayed item of {} bytes can never fit the next hop's {window}-byte credit window",
-                        bytes.len()
-                    );
+                if let Some(why) = channel::never_sendable(&sto, bytes.len() as u64) {
+                    let why = format!("a relayed item of {why} (the next hop)");
                     reset(&sfrom, &from, &why);
                     reset(&sto, &to, &why);
                     return;

@@ -188,6 +188,29 @@ where
     }
 }
 
+/// Room kept in a message for the item's envelope (kind, channel id and
+/// payload length): an item of up to the largest message less this always
+/// fits one.
+const ITEM_HEADROOM: usize = 64;
+
+/// Why an item of `len` encoded bytes can never be sent over `shared`'s
+/// session (completing "an item of …"), or `None` if it can: it must fit
+/// the receiver's whole credit window and one message it accepts.
+pub(crate) fn never_sendable(shared: &Shared, len: u64) -> Option<String> {
+    let window = u64::from(shared.peer_settings().initial_credit);
+    if len > window {
+        return Some(format!(
+            "{len} bytes can never fit the receiver's {window}-byte credit window"
+        ));
+    }
+    let largest = shared.max_message().saturating_sub(ITEM_HEADROOM) as u64;
+    (len > largest).then(|| {
+        format!(
+            "{len} bytes does not fit one message the receiver accepts ({largest} bytes at most): send it as smaller items"
+        )
+    })
+}
+
 /// A send failed because the session ended.
 fn session_ended(e: crate::SessionError) -> ChannelError {
     ChannelError::SessionEnded {
@@ -231,12 +254,9 @@ impl<T> Tx<T> {
     async fn take_credit(&self, len: usize) -> Result<&Bound, ChannelError> {
         let b = self.bound()?;
         let len = len as u64;
-        let window = u64::from(b.shared.peer_settings().initial_credit);
-        if len > window {
+        if let Some(why) = never_sendable(&b.shared, len) {
             return Err(ChannelError::Encode {
-                detail: format!(
-                    "an item of {len} bytes can never fit the receiver's {window}-byte credit window"
-                ),
+                detail: format!("an item of {why}"),
             });
         }
         match b.core.take_credit(len).await {
@@ -254,7 +274,8 @@ impl<T> Tx<T> {
     /// window, and what fits one message.
     pub(crate) fn max_item(&self) -> Option<usize> {
         self.bound.as_ref().map(|b| {
-            (b.shared.peer_settings().initial_credit as usize).min(b.shared.max_message().saturating_sub(64))
+            (b.shared.peer_settings().initial_credit as usize)
+                .min(b.shared.max_message().saturating_sub(ITEM_HEADROOM))
         })
     }
 

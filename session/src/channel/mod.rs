@@ -39,7 +39,7 @@ mod state;
 
 pub(crate) use binding::{bind_listed_for_relay, list_for_relay, with_decode_context, with_encode_context};
 pub use handles::{Rx, Tx};
-pub(crate) use handles::{pair, poll_catching_panics, send_item};
+pub(crate) use handles::{never_sendable, pair, poll_catching_panics, send_item};
 pub(crate) use queued::Queued;
 pub(crate) use state::{ChannelCore, FlowInit};
 

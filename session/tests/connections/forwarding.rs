@@ -114,6 +114,32 @@ pub(crate) async fn forward_streams_both_ways_with_credit<F: Factory>(f: F) {
     }
 }
 
+pub(crate) async fn forward_resets_an_item_too_large_for_the_next_hop<F: Factory>(f: F) {
+    // The server accepts messages of 16 KiB; the client and the proxy take
+    // far more. An item of 20 000 bytes reaches the proxy but cannot go on:
+    // the server's channel ends with a reset that says why.
+    let server = Settings {
+        max_payload: 16 << 10,
+        ..Settings::default()
+    };
+    let p = proxied(&f, Settings::default(), Settings::default(), server).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    let (tx, rx) = p.client.channel::<Vec<u8>>().unwrap();
+    let call = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.concat(rx).await }
+    });
+    bounded("send", tx.send(&vec![1u8; 100])).await.unwrap();
+    bounded("send", tx.send(&vec![2u8; 20_000])).await.unwrap();
+    let err = bounded("concat", call).await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("does not fit one message"), "{err}");
+    assert_eq!(
+        bounded("add", calc.add(2, 3)).await.unwrap(),
+        5,
+        "the session goes on"
+    );
+}
+
 pub(crate) async fn forward_cancels_reach_the_target<F: Factory>(f: F) {
     let p = proxied(&f, Settings::default(), Settings::default(), Settings::default()).await;
     let (tx, rx) = oneshot::channel();

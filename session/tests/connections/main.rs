@@ -338,6 +338,7 @@ macro_rules! suite {
                 liveness_a_handle_held_by_a_closing_connection_is_released,
                 forward_calls_answers_and_errors,
                 forward_streams_both_ways_with_credit,
+                forward_resets_an_item_too_large_for_the_next_hop,
                 forward_cancels_reach_the_target,
                 forward_closing_either_side_closes_the_other,
                 forward_a_target_that_goes_away_fails_calls_with_its_reason,

@@ -276,6 +276,41 @@ pub(crate) async fn large_items_stream_both_ways<F: Factory>(f: F) {
     assert_eq!(bounded("join", call).await.unwrap().unwrap(), parts.join("|"));
 }
 
+pub(crate) async fn an_item_larger_than_a_message_is_refused_up_front<F: Factory>(f: F) {
+    // The server accepts messages of 16 KiB and grants 20 000 bytes of
+    // credit: an item of 17 000 bytes fits the window but no message.
+    let server = Settings {
+        max_payload: 16 << 10,
+        initial_credit: 20_000,
+        ..Settings::default()
+    };
+    let p = pair_with(&f, Settings::default(), server).await;
+    let calc = CalculatorClient::new(p.client.clone());
+    let (tx, rx) = p.client.channel::<(u32, String)>().unwrap();
+    let call = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.join(rx).await }
+    });
+    let big = "x".repeat(17_000);
+    match bounded("send", tx.send(&(0, big))).await {
+        Err(osmos_session::ChannelError::Encode { detail }) => {
+            assert!(detail.contains("does not fit one message"), "{detail}")
+        }
+        other => panic!("an item larger than a message: {other:?}"),
+    }
+    // Nothing was sent and no credit was taken: items adding up to more
+    // than the window less the refused item still flow, and the session
+    // goes on.
+    let part = "y".repeat(4000);
+    for i in 0..8u32 {
+        bounded("send", tx.send(&(i, part.clone()))).await.unwrap();
+    }
+    tx.close().await.unwrap();
+    let joined = bounded("join", call).await.unwrap().unwrap();
+    assert_eq!(joined, vec![part; 8].join("|"));
+    assert_eq!(calc.add(1, 2).await.unwrap(), 3);
+}
+
 pub(crate) async fn channels_can_be_returned<F: Factory>(f: F) {
     let p = pair(&f).await;
     let calc = CalculatorClient::new(p.client.clone());

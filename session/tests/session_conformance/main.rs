@@ -48,6 +48,7 @@ macro_rules! conformance {
                 streams_from_callee_to_caller,
                 streams_from_caller_to_callee,
                 large_items_stream_both_ways,
+                an_item_larger_than_a_message_is_refused_up_front,
                 channels_can_be_returned,
                 credit_exhaustion_stalls_and_resumes,
                 a_slow_receiver_stalls_only_its_channel,
