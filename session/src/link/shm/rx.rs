@@ -347,8 +347,9 @@ impl LinkRx for ShmRx {
         // another CPU (a frame is then seen within ~0.1 µs, against tens of
         // microseconds for a wake across CPUs), and only while spinning
         // pays (see `Adaptive`). A peer on this CPU cannot run while we
-        // spin: park at once. While a caller holds the receive lock it does
-        // the receiving; wait for it to let go.
+        // spin: give it the CPU a few times instead, then park. While a
+        // caller holds the receive lock it does the receiving; wait for it
+        // to let go.
         let spin_until = Instant::now() + RECV_SPIN;
         let mut may_spin = None;
         let mut spun = false;
