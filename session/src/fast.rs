@@ -287,21 +287,15 @@ pub(crate) fn split<'v, 'f, T: Facet<'f>>(v: &'v T, min_tail: usize) -> Option<S
     let plan = plan::<T>()?;
     let (&(last, last_at), before) = elements(&plan).split_last()?;
     let base = (v as *const T).cast::<u8>();
-    // SAFETY: as in `encode`: the last element is of `last`'s type, and it
+    // SAFETY: as in `direct`: the last element is of `last`'s type, and it
     // lives as long as `v`.
-    let tail: &'v [u8] = unsafe {
-        match last {
-            Kind::Bytes => (*base.add(last_at).cast::<Vec<u8>>()).as_slice(),
-            Kind::String => (*base.add(last_at).cast::<String>()).as_bytes(),
-            _ => return None,
-        }
-    };
+    let tail: &'v [u8] = unsafe { bytes_of(last, base.add(last_at)) }?;
     if tail.len() < min_tail {
         return None;
     }
     let mut head = Vec::with_capacity(16 * elements(&plan).len());
     for &(kind, offset) in before {
-        // SAFETY: as in `encode`.
+        // SAFETY: as in `direct`.
         unsafe { put(&mut head, kind, base.add(offset)) };
     }
     put_varint(&mut head, tail.len() as u64);

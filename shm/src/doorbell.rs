@@ -257,10 +257,7 @@ fn busy_phase<T>(
     if strategy.spin.is_zero() && strategy.yields == 0 {
         return Ok(None);
     }
-    let me = rustix::thread::sched_getcpu() as u32 + 1;
-    ctx.liveness.note_cpu(me);
-    let peer = ctx.liveness.peer_cpu();
-    if peer == me {
+    if ctx.liveness.where_peer_runs() == crate::liveness::PeerCpu::Same {
         for _ in 0..strategy.yields {
             crate::sync::yield_now();
             if let Some(v) = check()? {

@@ -97,7 +97,7 @@ pub use layout::{
     ClassLayout, Direction, FORMAT_VERSION, FRAME_HEADER, Layout, MAGIC, MAX_SLOT_CLASSES, PoolLayout,
     RingLayout, SegmentConfig, SlotClass,
 };
-pub use liveness::{Liveness, PeerState, Side};
+pub use liveness::{Liveness, PeerCpu, PeerState, Side};
 pub use pool::{HeldSlot, SlotGrant, SlotReader, SlotRef, SlotWriter};
 pub use ring::{FrameConsumer, FrameGrant, FrameKind, FrameProducer, FrameView};
 #[cfg(not(osmos_loom))]

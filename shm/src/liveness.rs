@@ -55,6 +55,18 @@ impl fmt::Display for Side {
     }
 }
 
+/// Where the peer last ran, seen from the CPU of the thread that asks
+/// ([`Liveness::where_peer_runs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerCpu {
+    /// The peer has not said yet.
+    Unknown,
+    /// On this thread's CPU.
+    Same,
+    /// On another CPU.
+    Other,
+}
+
 /// A side's published state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerState {
@@ -299,37 +311,37 @@ impl Liveness {
         self.check_words(own.load(Ordering::Acquire), peer.load(Ordering::Acquire))
     }
 
-    /// Records the CPU this thread runs on and tells whether the peer last
-    /// recorded a different one: spinning for the peer only pays off when it
-    /// runs on another CPU. (A hint the peer writes; a lie only changes how
-    /// long this side spins.)
+    /// Records the CPU this thread runs on and tells where the peer last
+    /// recorded running, relative to it: spinning for the peer only pays off
+    /// when it runs on another CPU, and yielding when it runs on this one
+    /// (there it is runnable behind this thread at best). A hint the peer
+    /// writes: a lie only changes how this side waits before it sleeps.
     #[cfg(not(osmos_loom))]
-    pub fn peer_on_another_cpu(&self) -> bool {
+    pub fn where_peer_runs(&self) -> PeerCpu {
         let me = rustix::thread::sched_getcpu() as u32 + 1;
         self.note_cpu(me);
-        let peer = self.peer_cpu();
-        peer != 0 && peer != me
+        match self.peer_cpu() {
+            0 => PeerCpu::Unknown,
+            peer if peer == me => PeerCpu::Same,
+            _ => PeerCpu::Other,
+        }
     }
 
-    /// Records the CPU this thread runs on and tells whether the peer last
-    /// recorded the same one: a peer that is runnable there only runs once
-    /// this thread gives the CPU up, so yielding hands over faster than
-    /// sleeping and being woken. (A hint, like
-    /// [`peer_on_another_cpu`](Self::peer_on_another_cpu).)
+    /// [`where_peer_runs`](Self::where_peer_runs) is [`PeerCpu::Other`].
     #[cfg(not(osmos_loom))]
-    pub fn peer_on_this_cpu(&self) -> bool {
-        let me = rustix::thread::sched_getcpu() as u32 + 1;
-        self.note_cpu(me);
-        self.peer_cpu() == me
+    pub fn peer_on_another_cpu(&self) -> bool {
+        self.where_peer_runs() == PeerCpu::Other
     }
 
     /// Records the CPU this side is running on, for the peer's wait strategy.
     ///
-    /// Waiters call this on every round of a spin: the word is only written
+    /// Waiters call this (through `where_peer_runs`) on every round of a
+    /// spin: the word is only written
     /// when the CPU changed, so a spinning side does not keep pulling the
     /// cache line the peer reads away from it. (Relaxed: a hint, ordered
     /// with nothing; the peer reads it with `peer_cpu`.)
-    pub(crate) fn note_cpu(&self, cpu: u32) {
+    #[cfg(not(osmos_loom))]
+    fn note_cpu(&self, cpu: u32) {
         let word = &self.words.side(self.side).cpu;
         if word.load(Ordering::Relaxed) != cpu {
             word.store(cpu, Ordering::Relaxed);
@@ -337,7 +349,8 @@ impl Liveness {
     }
 
     /// The CPU the peer last recorded (plus one), 0 if unknown.
-    pub(crate) fn peer_cpu(&self) -> u32 {
+    #[cfg(not(osmos_loom))]
+    fn peer_cpu(&self) -> u32 {
         self.words.side(self.side.peer()).cpu.load(Ordering::Relaxed)
     }
 }

@@ -155,9 +155,7 @@ impl<T> Tx<T> {
         if finished {
             b.shared.retire_channel(self.id);
         }
-        sent.map_err(|e| ChannelError::SessionEnded {
-            reason: e.to_string(),
-        })
+        sent.map_err(session_ended)
     }
 }
 
@@ -197,18 +195,25 @@ const ITEM_HEADROOM: usize = 64;
 /// session (completing "an item of …"), or `None` if it can: it must fit
 /// the receiver's whole credit window and one message it accepts.
 pub(crate) fn never_sendable(shared: &Shared, len: u64) -> Option<String> {
-    let window = u64::from(shared.peer_settings().initial_credit);
+    let (window, largest) = item_limits(shared);
     if len > window {
         return Some(format!(
             "{len} bytes can never fit the receiver's {window}-byte credit window"
         ));
     }
-    let largest = shared.max_message().saturating_sub(ITEM_HEADROOM) as u64;
     (len > largest).then(|| {
         format!(
             "{len} bytes does not fit one message the receiver accepts ({largest} bytes at most): send it as smaller items"
         )
     })
+}
+
+/// The limits on one item's encoding over `shared`'s session: the
+/// receiver's whole credit window, and what one message it accepts holds.
+fn item_limits(shared: &Shared) -> (u64, u64) {
+    let window = u64::from(shared.peer_settings().initial_credit);
+    let largest = shared.max_message().saturating_sub(ITEM_HEADROOM) as u64;
+    (window, largest)
 }
 
 /// A send failed because the session ended.
@@ -274,8 +279,8 @@ impl<T> Tx<T> {
     /// window, and what fits one message.
     pub(crate) fn max_item(&self) -> Option<usize> {
         self.bound.as_ref().map(|b| {
-            (b.shared.peer_settings().initial_credit as usize)
-                .min(b.shared.max_message().saturating_sub(ITEM_HEADROOM))
+            let (window, largest) = item_limits(&b.shared);
+            usize::try_from(window.min(largest)).unwrap_or(usize::MAX)
         })
     }
 

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use osmos_shm::{BellWatcher, Copied, FrameReceiver, Liveness, PeerState};
+use osmos_shm::{BellWatcher, Copied, FrameReceiver, Liveness, PeerCpu, PeerState};
 use tokio::sync::{MutexGuard, Notify, OwnedMutexGuard};
 
 use super::{
@@ -204,13 +204,13 @@ impl RxInner {
     }
 
     /// Whether a frame is ready, checking `checks` times in a tight loop
-    /// while the peer runs on another CPU.
-    fn has_frame_soon(&mut self, liveness: &Liveness, checks: u32) -> Result<bool, LinkError> {
+    /// while the peer runs on another CPU (where the peer runs does not
+    /// change within a microsecond: the caller looks once).
+    fn has_frame_soon(&mut self, peer: PeerCpu, checks: u32) -> Result<bool, LinkError> {
         if self.has_frame()? {
             return Ok(true);
         }
-        // Where the peer runs does not change within a microsecond: look once.
-        if !liveness.peer_on_another_cpu() {
+        if peer != PeerCpu::Other {
             return Ok(false);
         }
         for _ in 1..checks {
@@ -363,7 +363,8 @@ impl LinkRx for ShmRx {
                 released.await;
                 continue;
             };
-            if g.has_frame_soon(&core.liveness, RECV_CHECKS)? {
+            let peer = core.liveness.where_peer_runs();
+            if g.has_frame_soon(peer, RECV_CHECKS)? {
                 if spun {
                     g.driver_spin.paid();
                 }
@@ -381,7 +382,7 @@ impl LinkRx for ShmRx {
                 return Ok(None);
             }
             let may_spin = *may_spin.get_or_insert_with(|| g.driver_spin.may_try());
-            if may_spin && Instant::now() < spin_until && core.liveness.peer_on_another_cpu() {
+            if may_spin && Instant::now() < spin_until && peer == PeerCpu::Other {
                 spun = true;
                 drop(g);
                 tokio::task::yield_now().await;
@@ -399,7 +400,7 @@ impl LinkRx for ShmRx {
             // Only while yielding pays (see `Adaptive`): a side that only
             // sends (a stream's producer) would lose its CPU for nothing.
             if yields < DRIVER_YIELDS
-                && core.liveness.peer_on_this_cpu()
+                && peer == PeerCpu::Same
                 && *may_yield.get_or_insert_with(|| g.driver_yield.may_try())
             {
                 yields += 1;
@@ -520,7 +521,8 @@ impl RxClaim for ShmClaim {
             error,
         } = self;
         let inner = g.as_mut().expect("a claim holds its guard until dropped");
-        let mut look = |inner: &mut RxInner, checks: u32| match inner.has_frame_soon(&core.liveness, checks) {
+        let peer = core.liveness.where_peer_runs();
+        let mut look = |inner: &mut RxInner, checks: u32| match inner.has_frame_soon(peer, checks) {
             Ok(found) => found,
             Err(e) => {
                 // Reported by the next `next`.
@@ -532,7 +534,7 @@ impl RxClaim for ShmClaim {
         // A peer asleep when the call went out must first be woken, which on
         // an idle CPU takes tens of microseconds, and the scheduler often
         // queues it on this CPU: spinning then only delays it. Block at once.
-        if core.liveness.peer_on_another_cpu() && !core.sent_to.someone_parked() {
+        if peer == PeerCpu::Other && !core.sent_to.someone_parked() {
             let until = *spin_until.get_or_insert_with(|| {
                 if inner.caller_spin.may_try() {
                     now + RECV_SPIN
@@ -558,10 +560,7 @@ impl RxClaim for ShmClaim {
         // answer, written while this side is not parked, rings nobody. A
         // yield leaves the thread runnable, so a worker may do it too; once
         // per claim, and only while it pays (see `Adaptive`).
-        if !std::mem::replace(yielded, true)
-            && core.liveness.peer_on_this_cpu()
-            && inner.caller_yield.may_try()
-        {
+        if !std::mem::replace(yielded, true) && peer == PeerCpu::Same && inner.caller_yield.may_try() {
             for _ in 0..CALLER_YIELDS {
                 std::thread::yield_now();
                 if look(inner, 1) {
