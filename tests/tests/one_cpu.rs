@@ -13,7 +13,8 @@
 
 use std::time::Duration;
 
-use osmos_host::{CellBuilder, CellHandle, ExitInfo};
+use osmos_host::sandbox::CpuPriority;
+use osmos_host::{CellBuilder, CellHandle, ExitInfo, SandboxPolicy};
 use osmos_tests::TestCellClient;
 
 const CELL: &str = env!("CARGO_BIN_EXE_test-cell");
@@ -98,8 +99,24 @@ fn one_cpu_carries_calls_streams_and_echoes_without_sleeping_per_call() {
         .enable_all()
         .build()
         .expect("a runtime");
+    // The cell competes for the CPU with the same weight as the host: in
+    // the host's session (a session of its own puts it in an autogroup of
+    // its own where the kernel has autogroups, and that group's weight
+    // against the host's depends on the rest of the host's session) and at
+    // the host's nice. With unequal weights the kernel runs the lighter side
+    // only when the heavier one sleeps: a yield cannot hand over, and the
+    // link falls back to parking (see the README, "One CPU"). The rest of
+    // the sandbox stays on.
+    let policy = SandboxPolicy {
+        new_session: false,
+        cpu_priority: CpuPriority::Inherit,
+        ..SandboxPolicy::default()
+    };
     let cell: CellHandle = rt
-        .block_on(bounded("spawn", CellBuilder::new(CELL).name("one-cpu").spawn()))
+        .block_on(bounded(
+            "spawn",
+            CellBuilder::new(CELL).name("one-cpu").sandbox(policy).spawn(),
+        ))
         .expect("spawn the test cell");
     let c: TestCellClient = cell.client().expect("a running cell");
     let pid = rt.block_on(bounded("pid", c.pid())).unwrap();
