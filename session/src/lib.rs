@@ -37,6 +37,7 @@
 // name `::osmos_session` inside this crate too.
 extern crate self as osmos_session;
 
+mod adaptive;
 mod channel;
 mod context;
 pub mod control;

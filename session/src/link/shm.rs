@@ -62,10 +62,6 @@ pub use rx::ShmRx;
 
 /// How long a receive polls the ring before parking.
 const RECV_SPIN: Duration = Duration::from_micros(50);
-/// The spin score of a fresh receiver, and its most (see `ShmRx::recv`).
-const SPIN_SCORE_MAX: u8 = 4;
-/// A receiver that stopped spinning tries one window after this many parks.
-const SPIN_PROBE_EVERY: u32 = 16;
 /// How many times a receive checks the ring in a tight loop before letting
 /// other tasks run (about a microsecond).
 const RECV_CHECKS: u32 = 64;
@@ -113,7 +109,7 @@ struct WaitersInner {
     /// The peer's end of the wake pair is closed: stop watching ours.
     link_closed: std::sync::atomic::AtomicBool,
     /// Whether polling before a wait has been paying off.
-    spin: std::sync::Mutex<rx::Adaptive>,
+    spin: std::sync::Mutex<crate::adaptive::Adaptive>,
 }
 
 impl std::fmt::Debug for SideWaiters {
@@ -134,7 +130,7 @@ impl SideWaiters {
                 notify: Notify::new(),
                 armed: AtomicUsize::new(0),
                 link_closed: std::sync::atomic::AtomicBool::new(false),
-                spin: std::sync::Mutex::new(rx::Adaptive::new()),
+                spin: std::sync::Mutex::new(crate::adaptive::Adaptive::new()),
             }),
         }
     }
@@ -198,11 +194,11 @@ impl SideWaiters {
     /// while we poll: then this returns at once.
     async fn poll_for<E>(&self, ready: &mut impl FnMut() -> Result<bool, E>) -> Result<bool, E> {
         let liveness = &self.inner.liveness;
-        let adapt = |f: fn(&mut rx::Adaptive) -> bool| match self.inner.spin.lock() {
+        let adapt = |f: fn(&mut crate::adaptive::Adaptive) -> bool| match self.inner.spin.lock() {
             Ok(mut a) => f(&mut a),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         };
-        if !liveness.peer_on_another_cpu() || !adapt(rx::Adaptive::may_try) {
+        if !liveness.peer_on_another_cpu() || !adapt(crate::adaptive::Adaptive::may_try) {
             return Ok(false);
         }
         let until = Instant::now() + RECV_SPIN;

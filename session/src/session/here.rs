@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use super::driver::{fail_with_violation, on_received};
+use crate::adaptive::may_block_here;
 use crate::error::SessionError;
 use crate::link::{Here, RxClaim, WaitHere};
 
@@ -33,15 +34,6 @@ const FAR: Duration = Duration::from_secs(3600);
 /// Longest one poll of a waiting caller keeps handling frames before it
 /// lets its executor run other work.
 const POLL_BUDGET: Duration = Duration::from_millis(1);
-
-/// Whether this thread may block in a wait: it runs a multi-thread runtime's
-/// `block_on` (no task is being polled), not a worker and not a
-/// current-thread runtime.
-fn may_block_here() -> bool {
-    tokio::task::try_id().is_none()
-        && tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-}
 
 /// How receiving under a claim ended.
 enum Received<R> {

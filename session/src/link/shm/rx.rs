@@ -34,9 +34,8 @@ use std::time::{Duration, Instant};
 use osmos_shm::{BellWatcher, Copied, FrameReceiver, Liveness, PeerCpu, PeerState};
 use tokio::sync::{MutexGuard, Notify, OwnedMutexGuard};
 
-use super::{
-    EMPTY_WAKES_ALLOWED, RECV_CHECKS, RECV_SPIN, SPIN_PROBE_EVERY, SPIN_SCORE_MAX, SideWaiters, shm_error,
-};
+use super::{EMPTY_WAKES_ALLOWED, RECV_CHECKS, RECV_SPIN, SideWaiters, shm_error};
+use crate::adaptive::Adaptive;
 use crate::fast::SPLIT_AT_LEAST;
 use crate::link::{DirectRx, Here, LinkError, LinkRx, Received, RxClaim, WaitHere};
 use crate::rules::Rule;
@@ -52,44 +51,6 @@ const DRIVER_YIELDS: u32 = 2;
 /// How many ring checks a caller's spin makes in one poll (a few
 /// microseconds) before letting its executor run other work.
 const SPIN_CHUNK: u32 = 16 * RECV_CHECKS;
-
-/// Whether a kind of wait has been paying off: windows that found a frame
-/// raise the score, windows that did not lower it twice as much; at zero the
-/// wait is skipped, and tried again after [`SPIN_PROBE_EVERY`] skips.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Adaptive {
-    score: u8,
-    skipped: u32,
-}
-
-impl Adaptive {
-    pub(super) fn new() -> Self {
-        Adaptive {
-            score: SPIN_SCORE_MAX,
-            skipped: 0,
-        }
-    }
-
-    /// Whether to try a window now (counts a skip when not).
-    pub(super) fn may_try(&mut self) -> bool {
-        if self.score > 0 || self.skipped >= SPIN_PROBE_EVERY {
-            true
-        } else {
-            self.skipped = self.skipped.saturating_add(1);
-            false
-        }
-    }
-
-    pub(super) fn paid(&mut self) {
-        self.score = (self.score + 1).min(SPIN_SCORE_MAX);
-        self.skipped = 0;
-    }
-
-    pub(super) fn missed(&mut self) {
-        self.score = self.score.saturating_sub(2);
-        self.skipped = 0;
-    }
-}
 
 /// Wakes and frames within the current second (see the module doc of
 /// `shm`, "Storms").
