@@ -436,7 +436,7 @@ impl<T> Rx<T> {
                 return Some(Err(ChannelError::Unbound));
             }
         };
-        match b.core.next_item().await {
+        match b.shared.channel_item(&b.core).await {
             Ok(None) => None,
             Err(e) => {
                 self.failed = true;

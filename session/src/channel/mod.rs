@@ -41,7 +41,7 @@ pub(crate) use binding::{bind_listed_for_relay, list_for_relay, with_decode_cont
 pub use handles::{Rx, Tx};
 pub(crate) use handles::{never_sendable, pair, poll_catching_panics, send_item};
 pub(crate) use queued::Queued;
-pub(crate) use state::{ChannelCore, FlowInit};
+pub(crate) use state::{ChannelCore, FlowInit, NextItem};
 
 /// A channel handle inside an encoded payload: its position in the
 /// message's channel list (the ids themselves travel in the envelope).

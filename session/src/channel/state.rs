@@ -571,7 +571,7 @@ impl ChannelCore {
 
     /// The next queued item, the end of the channel, or `None` if the
     /// receiver has to wait (see [`next_item`](Self::next_item)).
-    fn try_next_item(&self) -> Option<NextItem> {
+    pub(crate) fn try_next_item(&self) -> Option<NextItem> {
         let mut c = self.lock();
         if let Some(item) = c.queue.pop_front() {
             c.consumed_since_grant += item.len() as u64;

@@ -6,6 +6,10 @@
 //! every frame it finds is handled exactly as the driver would handle it
 //! (other callers' answers, the peer's calls, channel items), until its own
 //! answer has come. The answer then costs no task wake and no thread hop.
+//! A channel's receiver with an empty queue does the same until an item of
+//! its own has come, then takes the frames already there too
+//! (`Shared::channel_item`): a stream's items then reach it without the
+//! driver, in batches.
 //! How long the caller waits here is the link's choice ([`RxClaim::wait`]):
 //! it polls while the peer runs on another CPU, and blocks its thread on
 //! the link's futex only where that stalls nothing else: outside the
@@ -25,6 +29,7 @@ use tokio::sync::oneshot;
 use super::Shared;
 use super::driver::{fail_with_violation, on_received};
 use crate::adaptive::may_block_here;
+use crate::channel::{ChannelCore, NextItem};
 use crate::error::SessionError;
 use crate::link::{Here, RxClaim, WaitHere};
 
@@ -37,8 +42,9 @@ const POLL_BUDGET: Duration = Duration::from_millis(1);
 
 /// How receiving under a claim ended.
 enum Received<R> {
-    /// The answer (`None`: it never will come).
-    Answer(Option<R>),
+    /// What the thread waited for (for a call, its answer, `None` when it
+    /// never will come).
+    Answer(R),
     /// Let the claim go and wait for whoever receives.
     LetGo,
     /// Keep the claim, let the executor run other work, look again.
@@ -46,11 +52,27 @@ enum Received<R> {
 }
 
 impl<R> Received<R> {
-    /// The answer if it is there, else let the claim go.
-    fn settle(answer: &mut oneshot::Receiver<R>) -> Self {
-        look(answer).map_or(Received::LetGo, Received::Answer)
+    /// What `look` finds, else let the claim go.
+    fn settle(look: &mut dyn FnMut() -> Option<R>) -> Self {
+        look().map_or(Received::LetGo, Received::Answer)
     }
 }
+
+/// What taking one frame under a claim did.
+enum Took {
+    /// A frame came and was handled.
+    Frame,
+    /// No frame was there.
+    Nothing,
+    /// The peer broke a rule; the session is ending: let the claim go.
+    Broken,
+    /// The link ended, and so has the session.
+    Ended,
+}
+
+/// Most frames a receiver takes after finding its item (see
+/// `Shared::drain_here`).
+const DRAIN_MAX: u32 = 64;
 
 /// The answer if it is there (`Some(None)`: it never will be), without
 /// tokio's cooperative budget.
@@ -104,7 +126,7 @@ impl Shared {
                 claim = direct.claim();
             }
             if let Some(c) = claim.as_mut() {
-                match self.receive_here(c.as_mut(), &mut answer, block_until) {
+                match self.receive_here(c.as_mut(), &mut || look(&mut answer), block_until, false) {
                     Received::Answer(r) => {
                         claim = None;
                         return Poll::Ready(r);
@@ -134,26 +156,30 @@ impl Shared {
         tokio::spawn(async move { fail_with_violation(&shared, v).await });
     }
 
-    /// Receives under `claim` until the answer is there, waiting here
-    /// stops paying or the session ends (let the claim go), or the link
-    /// advises a yield (keep the claim).
+    /// Receives under `claim` until `look` finds what this thread waits
+    /// for, waiting here stops paying or the session ends (let the claim
+    /// go), or the link advises a yield (keep the claim).
+    ///
+    /// `drain`: once found, go on taking the frames already there (a
+    /// stream's next items) before returning, so that the claim is let go
+    /// with the ring empty and the driver is not woken for the rest.
     fn receive_here<R>(
         self: &Arc<Self>,
         claim: &mut dyn RxClaim,
-        answer: &mut oneshot::Receiver<R>,
+        look: &mut dyn FnMut() -> Option<R>,
         block_until: Option<Instant>,
+        drain: bool,
     ) -> Received<R> {
         let started = Instant::now();
         let mut frames = 0u32;
         loop {
             loop {
-                match claim.next() {
-                    Here::Frame(frame, tail) => {
-                        if let Err(v) = on_received(self, frame, tail) {
-                            self.fail_soon(v);
-                            return Received::LetGo;
-                        }
-                        if let Some(r) = look(answer) {
+                match self.take_here(claim) {
+                    Took::Frame => {
+                        if let Some(r) = look() {
+                            if drain {
+                                self.drain_here(claim);
+                            }
                             return Received::Answer(r);
                         }
                         // A peer that keeps sending does not keep this
@@ -163,21 +189,9 @@ impl Shared {
                             return Received::Yield;
                         }
                     }
-                    Here::Nothing => break,
-                    Here::Closed => {
-                        self.end(SessionError::Link {
-                            detail: "the peer closed the link".into(),
-                        });
-                        return Received::settle(answer);
-                    }
-                    Here::Failed(crate::link::LinkError::Violation { rule, detail }) => {
-                        self.fail_soon(crate::error::violation(rule, detail));
-                        return Received::LetGo;
-                    }
-                    Here::Failed(e) => {
-                        self.end(super::link_failed(e));
-                        return Received::settle(answer);
-                    }
+                    Took::Nothing => break,
+                    Took::Broken => return Received::LetGo,
+                    Took::Ended => return Received::settle(look),
                 }
             }
             if started.elapsed() >= POLL_BUDGET {
@@ -187,12 +201,82 @@ impl Shared {
             // flight, their callers wait for whoever receives: hand that
             // back to the driver rather than hold it through a yield.
             if self.lock().pending.len() > 1 {
-                return Received::settle(answer);
+                return Received::settle(look);
             }
             match claim.wait(block_until) {
                 WaitHere::Ready => {}
                 WaitHere::Again => return Received::Yield,
-                WaitHere::Stop => return Received::settle(answer),
+                WaitHere::Stop => return Received::settle(look),
+            }
+        }
+    }
+
+    /// Takes one frame under `claim` and handles it the way the driver
+    /// would.
+    fn take_here(self: &Arc<Self>, claim: &mut dyn RxClaim) -> Took {
+        match claim.next() {
+            Here::Frame(frame, tail) => match on_received(self, frame, tail) {
+                Ok(()) => Took::Frame,
+                Err(v) => {
+                    self.fail_soon(v);
+                    Took::Broken
+                }
+            },
+            Here::Nothing => Took::Nothing,
+            Here::Closed => {
+                self.end(SessionError::Link {
+                    detail: "the peer closed the link".into(),
+                });
+                Took::Ended
+            }
+            Here::Failed(crate::link::LinkError::Violation { rule, detail }) => {
+                self.fail_soon(crate::error::violation(rule, detail));
+                Took::Broken
+            }
+            Here::Failed(e) => {
+                self.end(super::link_failed(e));
+                Took::Ended
+            }
+        }
+    }
+
+    /// Takes the frames already in the ring, at most [`DRAIN_MAX`].
+    fn drain_here(self: &Arc<Self>, claim: &mut dyn RxClaim) {
+        for _ in 0..DRAIN_MAX {
+            if !matches!(self.take_here(claim), Took::Frame) {
+                return;
+            }
+        }
+    }
+
+    /// Waits for `core`'s next item, receiving on this thread while that
+    /// pays, the way a caller waits for its answer (see the module doc):
+    /// a stream's items then go from the ring to their receiver without
+    /// the driver, and a receiver that may block sleeps on the ring's own
+    /// bell. Falls back to [`ChannelCore::next_item`] (the driver
+    /// receives) on a link without direct receiving, while someone else
+    /// receives, or when waiting here stops paying.
+    pub(crate) async fn channel_item(self: &Arc<Self>, core: &ChannelCore) -> NextItem {
+        let block_until = may_block_here().then(|| Instant::now() + FAR);
+        let mut claim = None;
+        loop {
+            if let Some(r) = core.try_next_item() {
+                return r;
+            }
+            if claim.is_none() && !self.reading_stopped() {
+                claim = self.direct.as_ref().and_then(|d| d.claim());
+            }
+            let Some(c) = claim.as_mut() else {
+                return core.next_item().await;
+            };
+            match self.receive_here(c.as_mut(), &mut || core.try_next_item(), block_until, true) {
+                Received::Answer(r) => return r,
+                Received::LetGo => {
+                    drop(claim.take());
+                    return core.next_item().await;
+                }
+                // Keep the claim, let the executor run other work.
+                Received::Yield => tokio::task::yield_now().await,
             }
         }
     }
