@@ -32,12 +32,6 @@ pub(crate) struct Adaptive {
     skipped: u32,
 }
 
-impl Default for Adaptive {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Adaptive {
     /// A wait that tries from the start.
     pub(crate) fn new() -> Self {

@@ -37,6 +37,9 @@
 //! conduits through the fault proxy, to another process, across hundreds of
 //! cuts; `OSMOS_SOAK=long` for the long run).
 
+use std::future::Future;
+use std::time::Duration;
+
 use osmos_session::{Rx, Tx};
 
 pub mod fault_proxy;
@@ -216,3 +219,51 @@ pub const CONTROL_GARBAGE_DONE: &str = "control garbage sent; the host still rea
 pub const LONG_LINE_DONE: &str = "long line written; the pipe still flows";
 /// The line `attack-cell` writes on stdout and stderr after invalid UTF-8.
 pub const INVALID_UTF8_DONE: &str = "invalid utf-8 written; println still works";
+
+/// Bound on every wait of a cross-process test; only reached when
+/// something hangs.
+pub const BOUND: Duration = Duration::from_secs(30);
+
+/// Awaits `f`, panicking with `what` if it takes longer than [`BOUND`].
+pub async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Streams `0..n` from the cell (`count`) and `1..=n` to it (`sum`),
+/// checking every item that arrives, the count and the sum.
+pub async fn streams_both_ways(c: &TestCellClient, n: u32) {
+    let (tx, mut rx) = c.connection().channel::<u32>().expect("a channel");
+    let counting = tokio::spawn({
+        let c = c.clone();
+        async move { c.count(n, tx).await }
+    });
+    let mut got = 0;
+    while let Some(v) = bounded("item", rx.recv()).await {
+        assert_eq!(v.expect("an item"), got);
+        got += 1;
+    }
+    assert_eq!(got, n);
+    assert_eq!(
+        bounded("count", counting)
+            .await
+            .expect("the count task")
+            .expect("count"),
+        n
+    );
+    let (tx, rx) = c.connection().channel::<u64>().expect("a channel");
+    let summing = tokio::spawn({
+        let c = c.clone();
+        async move { c.sum(rx).await }
+    });
+    for i in 1..=u64::from(n) {
+        bounded("send", tx.send(&i)).await.expect("send");
+    }
+    tx.close().await.expect("close");
+    let n = u64::from(n);
+    assert_eq!(
+        bounded("sum", summing).await.expect("the sum task").expect("sum"),
+        n * (n + 1) / 2
+    );
+}

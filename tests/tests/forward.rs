@@ -4,19 +4,10 @@
 use std::time::Duration;
 
 use osmos_host::{CellBuilder, CellHandle, CellState, Routes};
-use osmos_tests::{RelayClient, TestCellClient};
+use osmos_tests::{RelayClient, TestCellClient, bounded};
 
 const CELL: &str = env!("CARGO_BIN_EXE_test-cell");
 const RELAY: &str = env!("CARGO_BIN_EXE_relay-cell");
-/// Bound on every wait; only reached when something hangs.
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
 async fn spawn(builder: CellBuilder) -> CellHandle {
     bounded("spawn", builder.spawn()).await.expect("spawn a cell")
 }

@@ -7,18 +7,9 @@ use std::time::{Duration, Instant};
 
 use osmos_host::{CellBuilder, CellHandle, CellState, ExitInfo, HostError, RestartPolicy, SandboxPolicy};
 use osmos_session::{CallError, CallOptions, SessionError};
-use osmos_tests::{HostDirectory, HostDirectoryDispatcher, TestCellClient};
+use osmos_tests::{HostDirectory, HostDirectoryDispatcher, TestCellClient, bounded, streams_both_ways};
 
 const CELL: &str = env!("CARGO_BIN_EXE_test-cell");
-/// Bound on every wait; only reached when something hangs.
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
 async fn spawn(name: &str) -> CellHandle {
     bounded("spawn", CellBuilder::new(CELL).name(name).spawn())
         .await
@@ -56,28 +47,7 @@ async fn calls_reach_a_separate_sandboxed_process() {
 async fn streams_flow_both_ways_across_processes() {
     let cell = spawn("streams").await;
     let c = client(&cell);
-    let (tx, mut rx) = c.connection().channel::<u32>().unwrap();
-    let counting = tokio::spawn({
-        let c = c.clone();
-        async move { c.count(10_000, tx).await }
-    });
-    let mut n = 0;
-    while let Some(v) = bounded("item", rx.recv()).await {
-        assert_eq!(v.unwrap(), n);
-        n += 1;
-    }
-    assert_eq!(n, 10_000);
-    assert_eq!(bounded("count", counting).await.unwrap().unwrap(), 10_000);
-    let (tx, rx) = c.connection().channel::<u64>().unwrap();
-    let summing = tokio::spawn({
-        let c = c.clone();
-        async move { c.sum(rx).await }
-    });
-    for i in 1..=10_000u64 {
-        tx.send(&i).await.unwrap();
-    }
-    tx.close().await.unwrap();
-    assert_eq!(bounded("sum", summing).await.unwrap().unwrap(), 50_005_000);
+    streams_both_ways(&c, 10_000).await;
     cell.shutdown(Duration::from_secs(5)).await;
 }
 

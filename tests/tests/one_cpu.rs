@@ -15,18 +15,9 @@ use std::time::Duration;
 
 use osmos_host::sandbox::CpuPriority;
 use osmos_host::{CellBuilder, CellHandle, ExitInfo, SandboxPolicy};
-use osmos_tests::TestCellClient;
+use osmos_tests::{TestCellClient, bounded, streams_both_ways};
 
 const CELL: &str = env!("CARGO_BIN_EXE_test-cell");
-/// Bound on every wait; only reached when something hangs.
-const BOUND: Duration = Duration::from_secs(60);
-
-async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
 /// Pins the calling thread to the first CPU it may run on; what it starts
 /// afterwards inherits the mask. Returns that CPU.
 fn pin_to_one_cpu() -> usize {
@@ -202,28 +193,7 @@ fn one_cpu_carries_calls_streams_and_echoes_without_sleeping_per_call() {
         }
 
         // A stream from the cell, and one to it.
-        let (tx, mut rx) = c.connection().channel::<u32>().unwrap();
-        let counting = tokio::spawn({
-            let c = c.clone();
-            async move { c.count(20_000, tx).await }
-        });
-        let mut n = 0;
-        while let Some(v) = bounded("item", rx.recv()).await {
-            assert_eq!(v.unwrap(), n);
-            n += 1;
-        }
-        assert_eq!(n, 20_000);
-        assert_eq!(bounded("count", counting).await.unwrap().unwrap(), 20_000);
-        let (tx, rx) = c.connection().channel::<u64>().unwrap();
-        let summing = tokio::spawn({
-            let c = c.clone();
-            async move { c.sum(rx).await }
-        });
-        for i in 1..=20_000u64 {
-            bounded("send", tx.send(&i)).await.unwrap();
-        }
-        tx.close().await.unwrap();
-        assert_eq!(bounded("sum", summing).await.unwrap().unwrap(), 200_010_000);
+        streams_both_ways(&c, 20_000).await;
 
         // Large payloads both ways.
         for len in [64usize, 4096, 65_536, 1 << 20] {

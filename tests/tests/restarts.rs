@@ -11,18 +11,9 @@ use osmos_host::{
     CellBuilder, CellHandle, CellState, FollowingClient, HostError, RestartPolicy, SandboxPolicy,
 };
 use osmos_session::{CallError, CallOptions, SessionError};
-use osmos_tests::TestCellClient;
+use osmos_tests::{BOUND, TestCellClient, bounded};
 
 const CELL: &str = env!("CARGO_BIN_EXE_test-cell");
-/// Bound on every wait; only reached when something hangs.
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
 async fn spawn(name: &str, policy: RestartPolicy) -> CellHandle {
     bounded("spawn", CellBuilder::new(CELL).name(name).restart(policy).spawn())
         .await

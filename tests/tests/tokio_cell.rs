@@ -8,18 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use osmos_host::{CellBuilder, CellHandle, HostError};
-use osmos_tests::TokioCellClient;
+use osmos_tests::{TokioCellClient, bounded};
 
 const CELL: &str = env!("CARGO_BIN_EXE_tokio-cell");
-/// Bound on every wait; only reached when something hangs.
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
 /// Collects the events the host's tracing receives.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<String>>>);

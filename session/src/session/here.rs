@@ -85,11 +85,12 @@ fn look<R>(answer: &mut oneshot::Receiver<R>) -> Option<Option<R>> {
 }
 
 impl Shared {
-    /// The receive side for a caller about to send its call, if the link
-    /// offers it and nobody is receiving. Claimed before the call goes out,
-    /// the peer's answer then rings this caller's thread, not the driver's,
-    /// even when the peer answers before this thread runs again (a peer on
-    /// the same CPU often does).
+    /// The receive side, if the link offers it, nobody is receiving and
+    /// the session still reads. A caller claims it before its call goes
+    /// out: the peer's answer then rings this caller's thread, not the
+    /// driver's, even when the peer answers before this thread runs again
+    /// (a peer on the same CPU often does). A channel's receiver claims it
+    /// when its queue is empty (`channel_item`).
     pub(super) fn claim_receiving(&self) -> Option<Box<dyn RxClaim>> {
         if self.reading_stopped() {
             return None;
@@ -114,16 +115,16 @@ impl Shared {
         deadline: Option<Instant>,
         mut claim: Option<Box<dyn RxClaim>>,
     ) -> Option<R> {
-        let Some(direct) = self.direct.clone() else {
+        if self.direct.is_none() {
             return answer.await.ok();
-        };
+        }
         let block_until = may_block_here().then(|| deadline.unwrap_or_else(|| Instant::now() + FAR));
         std::future::poll_fn(move |cx| {
             if let Some(r) = look(&mut answer) {
                 return Poll::Ready(r);
             }
-            if claim.is_none() && !self.reading_stopped() {
-                claim = direct.claim();
+            if claim.is_none() {
+                claim = self.claim_receiving();
             }
             if let Some(c) = claim.as_mut() {
                 match self.receive_here(c.as_mut(), &mut || look(&mut answer), block_until, false) {
@@ -257,18 +258,22 @@ impl Shared {
     /// receives) on a link without direct receiving, while someone else
     /// receives, or when waiting here stops paying.
     pub(crate) async fn channel_item(self: &Arc<Self>, core: &ChannelCore) -> NextItem {
-        let block_until = may_block_here().then(|| Instant::now() + FAR);
+        // Decided once a claim is taken: an item already queued (the common
+        // case in a stream) costs no runtime lookup and no clock read.
+        let mut block_until = None;
         let mut claim = None;
         loop {
             if let Some(r) = core.try_next_item() {
                 return r;
             }
-            if claim.is_none() && !self.reading_stopped() {
-                claim = self.direct.as_ref().and_then(|d| d.claim());
+            if claim.is_none() {
+                claim = self.claim_receiving();
             }
             let Some(c) = claim.as_mut() else {
                 return core.next_item().await;
             };
+            let block_until =
+                *block_until.get_or_insert_with(|| may_block_here().then(|| Instant::now() + FAR));
             match self.receive_here(c.as_mut(), &mut || core.try_next_item(), block_until, true) {
                 Received::Answer(r) => return r,
                 Received::LetGo => {
