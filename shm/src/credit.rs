@@ -320,6 +320,40 @@ impl CreditSender {
     }
 }
 
+/// The wake that goes with a grant already published
+/// ([`CreditReceiver::grant_later`]). Ringing it late is safe: the sender
+/// re-checks the total after marking itself parked, and the ring looks at
+/// the mark only after the grant is visible.
+#[must_use = "a parked sender sleeps on until the grant's wake is rung"]
+pub struct GrantWake {
+    entry: Pinned<CreditEntry>,
+    liveness: Liveness,
+}
+
+impl GrantWake {
+    /// Wakes the sender if it is parked (on the futex or in its reactor).
+    pub fn ring(self) {
+        let e = &*self.entry;
+        // ORDERING: SYNC POINT A (ringer side), pairs with the fence in
+        // `doorbell::park_loop` after the sender sets `SENDER_PARKED`; the
+        // grant's Release store came before it.
+        fence(Ordering::SeqCst);
+        let parked = e.sender.state.load(Ordering::Relaxed);
+        if parked & SENDER_PARKED != 0 {
+            PlatformFutex::wake_all(&e.receiver.granted_total);
+        }
+        if parked & SENDER_PARKED_REACTOR != 0 {
+            self.liveness.notify_peer();
+        }
+    }
+}
+
+impl fmt::Debug for GrantWake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrantWake").finish_non_exhaustive()
+    }
+}
+
 /// The receiving side of one channel's credit. `Send`, not `Sync`.
 pub struct CreditReceiver {
     entry: Pinned<CreditEntry>,
@@ -375,6 +409,17 @@ impl CreditReceiver {
 
     /// Grants `n` more bytes and wakes the sender if it is parked.
     pub fn grant(&mut self, n: u32) -> Result<()> {
+        self.grant_later(n)?.ring();
+        Ok(())
+    }
+
+    /// Grants `n` more bytes at once, and returns the wake of a parked
+    /// sender for the caller to [`ring`](GrantWake::ring) once it has let
+    /// go of its own locks. A woken sender on the same CPU often runs at
+    /// once; if this thread still held the lock that guards the receiver,
+    /// the next frame's handling would wait for it and cost two more
+    /// context switches.
+    pub fn grant_later(&mut self, n: u32) -> Result<GrantWake> {
         if n > MAX_WINDOW.saturating_sub(self.outstanding()) {
             return Err(Error::InvalidArgument {
                 reason: format!(
@@ -388,17 +433,10 @@ impl CreditReceiver {
         let e = &self.entry;
         // ORDERING: Release pairs with the sender's Acquire load in `available`.
         e.receiver.granted_total.store(self.granted, Ordering::Release);
-        // ORDERING: SYNC POINT A (ringer side), pairs with the fence in
-        // `doorbell::park_loop` after the sender sets `SENDER_PARKED`.
-        fence(Ordering::SeqCst);
-        let parked = e.sender.state.load(Ordering::Relaxed);
-        if parked & SENDER_PARKED != 0 {
-            PlatformFutex::wake_all(&e.receiver.granted_total);
-        }
-        if parked & SENDER_PARKED_REACTOR != 0 {
-            self.liveness.notify_peer();
-        }
-        Ok(())
+        Ok(GrantWake {
+            entry: self.entry.clone(),
+            liveness: self.liveness.clone(),
+        })
     }
 
     /// Closes the channel from the receiving side: a parked sender wakes and

@@ -87,7 +87,7 @@ mod loom_models;
 mod test_support;
 
 pub use copy::copy_bytes;
-pub use credit::{CreditReceiver, CreditSender, CreditTable};
+pub use credit::{CreditReceiver, CreditSender, CreditTable, GrantWake};
 pub use doorbell::{BellWatcher, Doorbell, WaitStrategy};
 pub use error::{Error, Result, Rule, Violation};
 #[cfg(not(osmos_loom))]

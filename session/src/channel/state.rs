@@ -576,6 +576,7 @@ impl ChannelCore {
         if let Some(item) = c.queue.pop_front() {
             c.consumed_since_grant += item.len() as u64;
             let mut grant_message = None;
+            let mut wake = None;
             if c.consumed_since_grant * 2 >= c.window.max(1) {
                 let g = c.consumed_since_grant.min(u64::from(u32::MAX));
                 c.consumed_since_grant -= g;
@@ -589,10 +590,16 @@ impl ChannelCore {
                     } => {
                         // Only fails on a window past 2^31, which the
                         // grant policy never opens.
-                        let _ = r.grant(g as u32);
+                        wake = r.grant_later(g as u32).ok();
                     }
                     Flow::Table { receiver: None, .. } => {}
                 }
+            }
+            // The sender is woken with the lock let go: on this CPU it may
+            // run at once, and its next item must not wait for the lock.
+            drop(c);
+            if let Some(w) = wake {
+                w.ring();
             }
             return Some(Ok(Some((item, grant_message))));
         }
