@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use facet::Facet;
 
 use super::binding::{bind, hand_over};
+use super::state::{ITEM_CREDIT, credit_cost};
 use super::{ChannelCore, ChannelError, ChannelId, End, Queued};
 use crate::fast;
 use crate::payload::encode_reflected;
@@ -196,9 +197,9 @@ const ITEM_HEADROOM: usize = 64;
 /// the receiver's whole credit window and one message it accepts.
 pub(crate) fn never_sendable(shared: &Shared, len: u64) -> Option<String> {
     let (window, largest) = item_limits(shared);
-    if len > window {
+    if credit_cost(len) > window {
         return Some(format!(
-            "{len} bytes can never fit the receiver's {window}-byte credit window"
+            "{len} bytes can never fit the receiver's {window}-byte credit window (an item costs its bytes and {ITEM_CREDIT} more)"
         ));
     }
     (len > largest).then(|| {
@@ -280,7 +281,8 @@ impl<T> Tx<T> {
     pub(crate) fn max_item(&self) -> Option<usize> {
         self.bound.as_ref().map(|b| {
             let (window, largest) = item_limits(&b.shared);
-            usize::try_from(window.min(largest)).unwrap_or(usize::MAX)
+            let fits_window = window.saturating_sub(ITEM_CREDIT);
+            usize::try_from(fits_window.min(largest)).unwrap_or(usize::MAX)
         })
     }
 

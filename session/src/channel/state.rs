@@ -17,6 +17,23 @@ use osmos_shm::{CreditReceiver, CreditSender, CreditTable};
 use super::queued::Splitter;
 use super::{ChannelError, End, Queued};
 
+/// Credit every item costs besides its encoded bytes.
+///
+/// Credit bounds what a receiver holds for a channel, and a queued item
+/// takes memory of its own: its queue entry (48 bytes, up to twice that
+/// while the queue grows) and, past 38 bytes, an allocation's header.
+/// Charged by bytes alone, items of zero bytes (a unit type, or a hostile
+/// peer's empty payloads) would cost nothing and queue without bound, and
+/// one-byte items about 60 times their credit. With this charge a
+/// receiver holds at most about 1.5 times its window per channel.
+pub(crate) const ITEM_CREDIT: u64 = 64;
+
+/// The credit an item of `len` encoded bytes costs (see [`ITEM_CREDIT`]).
+/// Both ends charge the same, whichever way the credit travels.
+pub(crate) fn credit_cost(len: u64) -> u64 {
+    len.saturating_add(ITEM_CREDIT)
+}
+
 /// How a channel starts its credit.
 pub(crate) enum FlowInit {
     /// `GrantCredit` messages: our receive window and our initial send credit.
@@ -274,6 +291,7 @@ impl ChannelCore {
     ) -> Result<(), crate::error::Violation> {
         let mut c = self.lock();
         let len = (payload.len() + tail.as_ref().map_or(0, Vec::len)) as u64;
+        let cost = credit_cost(len);
         if c.remote_closed {
             return Err(crate::error::violation(
                 Rule::ChannelNoDataAfterClose.name(),
@@ -284,22 +302,22 @@ impl ChannelCore {
             Flow::Messages {
                 granted, received, ..
             } => {
-                if *received + len > *granted {
+                if *received + cost > *granted {
                     return Err(crate::error::violation(
                         Rule::CreditNoOverrun.name(),
                         format!(
-                            "channel {}: item of {len} bytes with only {} bytes of credit left ({granted} granted, {received} received)",
+                            "channel {}: item of {len} bytes (costing {cost} bytes of credit) with only {} bytes of credit left ({granted} granted, {received} received)",
                             self.id,
                             *granted - *received,
                         ),
                     ));
                 }
-                *received += len;
+                *received += cost;
             }
             Flow::Table {
                 receiver: Some(r), ..
             } => {
-                let n = u32::try_from(len).unwrap_or(u32::MAX);
+                let n = u32::try_from(cost).unwrap_or(u32::MAX);
                 r.on_received(n).map_err(|e| match e {
                     osmos_shm::Error::Violation(v) => crate::error::violation(v.rule.name(), v.detail),
                     other => crate::error::violation(Rule::CreditNoOverrun.name(), other.to_string()),
@@ -412,9 +430,11 @@ impl ChannelCore {
         self.writable.notify_one();
     }
 
-    /// Takes `n` bytes of send credit, waiting for grants (and, for a channel
-    /// created here, for the message that hands it to the peer).
-    pub(crate) async fn take_credit(&self, n: u64) -> Result<(), ChannelError> {
+    /// Takes the credit of an item of `len` encoded bytes (see
+    /// [`credit_cost`]), waiting for grants (and, for a channel created
+    /// here, for the message that hands it to the peer).
+    pub(crate) async fn take_credit(&self, len: u64) -> Result<(), ChannelError> {
+        let n = credit_cost(len);
         // A sender with credit to spare takes it without a wake registration.
         if let CreditTake::Took = self.try_take_credit(n)? {
             return Ok(());
@@ -574,7 +594,7 @@ impl ChannelCore {
     pub(crate) fn try_next_item(&self) -> Option<NextItem> {
         let mut c = self.lock();
         if let Some(item) = c.queue.pop_front() {
-            c.consumed_since_grant += item.len() as u64;
+            c.consumed_since_grant += credit_cost(item.len() as u64);
             let mut grant_message = None;
             let mut wake = None;
             if c.consumed_since_grant * 2 >= c.window.max(1) {
@@ -633,4 +653,65 @@ pub(crate) type NextItem = Result<Option<(Queued, Option<u32>)>, ChannelError>;
 /// A credit amount for the table's 32-bit counters (larger asks fail there).
 fn credit_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receiving channel with a window of `window` bytes, credit by message.
+    fn receiving(window: u32) -> Arc<ChannelCore> {
+        let core = ChannelCore::new(
+            1,
+            false,
+            true,
+            FlowInit::Messages {
+                recv_window: window,
+                send_window: 0,
+            },
+            window,
+        );
+        core.attach(End::Rx);
+        core
+    }
+
+    #[test]
+    fn empty_items_cost_credit_so_an_unread_queue_stays_bounded() {
+        let core = receiving(10 * ITEM_CREDIT as u32);
+        for i in 0..10 {
+            core.on_item(&[], None)
+                .unwrap_or_else(|v| panic!("empty item {i} within the window: {v:?}"));
+        }
+        let v = core
+            .on_item(&[], None)
+            .expect_err("the 11th empty item overruns the window");
+        assert_eq!(v.rule, Rule::CreditNoOverrun.name());
+        assert_eq!(core.lock().queue.len(), 10);
+    }
+
+    #[test]
+    fn consuming_grants_back_what_the_items_cost() {
+        let window = 4 * credit_cost(8);
+        let core = receiving(window as u32);
+        for _ in 0..4 {
+            core.on_item(&[0; 8], None).unwrap();
+        }
+        assert!(core.on_item(&[0; 8], None).is_err(), "a fifth item overruns");
+        let core = receiving(window as u32);
+        for _ in 0..4 {
+            core.on_item(&[0; 8], None).unwrap();
+        }
+        // Two items consumed are half the window: their whole cost comes back.
+        let mut granted = 0;
+        for _ in 0..2 {
+            if let Some(Ok(Some((_, Some(g))))) = core.try_next_item() {
+                granted += u64::from(g);
+            }
+        }
+        assert_eq!(granted, 2 * credit_cost(8));
+        for _ in 0..2 {
+            core.on_item(&[0; 8], None).unwrap();
+        }
+        assert!(core.on_item(&[0; 8], None).is_err(), "the window is full again");
+    }
 }

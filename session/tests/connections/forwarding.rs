@@ -67,10 +67,10 @@ pub(crate) async fn forward_calls_answers_and_errors<F: Factory>(f: F) {
 }
 
 pub(crate) async fn forward_streams_both_ways_with_credit<F: Factory>(f: F) {
-    // Small windows on both ends: items only flow as credit comes back
-    // through the proxy.
+    // Small windows on both ends (ten small items; each costs its bytes
+    // and 64): items only flow as credit comes back through the proxy.
     let small = Settings {
-        initial_credit: 64,
+        initial_credit: 650,
         ..Settings::default()
     };
     let p = proxied(&f, small.clone(), small.clone(), small).await;

@@ -324,10 +324,11 @@ pub(crate) async fn channels_can_be_returned<F: Factory>(f: F) {
 }
 
 pub(crate) async fn credit_exhaustion_stalls_and_resumes<F: Factory>(f: F) {
-    // The client receives with a window of 64 bytes: 1-byte items (u32 < 128
-    // encodes in one byte), so the server stalls after 64 unread items.
+    // The client receives with a window of 64 items of one byte (u32 < 128
+    // encodes in one byte; an item costs its bytes and 64), so the server
+    // stalls after 64 unread items.
     let client = Settings {
-        initial_credit: 64,
+        initial_credit: 64 * 65,
         ..Settings::default()
     };
     let p = pair_with(&f, client, Settings::default()).await;
@@ -348,8 +349,9 @@ pub(crate) async fn credit_exhaustion_stalls_and_resumes<F: Factory>(f: F) {
 }
 
 pub(crate) async fn a_slow_receiver_stalls_only_its_channel<F: Factory>(f: F) {
+    // 32 one-byte items (each costs its byte and 64).
     let client = Settings {
-        initial_credit: 32,
+        initial_credit: 32 * 65,
         ..Settings::default()
     };
     let p = pair_with(&f, client, Settings::default()).await;

@@ -259,8 +259,9 @@ pub(crate) async fn too_many_concurrent_requests_is_a_violation<F: Factory>(f: F
 pub(crate) async fn credit_overrun_and_data_after_close_are_violations<F: Factory>(f: F) {
     // The raw peer calls `sum` passing its own Rx... it must create the
     // channel with its parity (odd) and list it in the call.
+    // An item costs its bytes and 64: one of 16 bytes fits, 17 do not.
     let server_settings = Settings {
-        initial_credit: 16,
+        initial_credit: 16 + 64,
         ..Settings::default()
     };
     let sum = osmos_session::method_id("Calculator", "sum");
