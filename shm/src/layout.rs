@@ -64,10 +64,12 @@ pub struct SegmentConfig {
 
 impl Default for SegmentConfig {
     /// 256 KiB rings, 8 KiB inline frames, 32 × 68 KiB and 4 × 2 MiB slots
-    /// per direction, 256 channels with 256 KiB initial credit: about
+    /// per direction, 256 channels with 1 MiB initial credit: about
     /// 20.8 MiB of address space per cell, of which only touched pages cost
     /// memory. The small class holds a 64 KiB payload with its envelope
     /// (a message of exactly 64 KiB of user bytes is a little over 64 KiB).
+    /// A window of 16 such messages lets a sender pinned to the receiver's
+    /// CPU write eight of them per wake (a grant comes every half window).
     fn default() -> Self {
         SegmentConfig {
             ring_bytes: 256 << 10,
@@ -83,7 +85,7 @@ impl Default for SegmentConfig {
                 },
             ],
             max_channels: 256,
-            initial_credit: 256 << 10,
+            initial_credit: 1 << 20,
         }
     }
 }

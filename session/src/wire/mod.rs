@@ -41,7 +41,10 @@ pub const PROTOCOL_VERSION: u32 = 3;
 pub struct Settings {
     /// Largest encoded message this side accepts, in bytes.
     pub max_payload: u32,
-    /// Bytes of credit a channel this side receives on starts with.
+    /// Bytes of credit a channel this side receives on starts with (its
+    /// window; 1 MiB by default). Each item costs its encoded bytes and 64
+    /// more, so the window also bounds what the peer can make this side
+    /// queue for the channel: about 1.5 times it at most.
     pub initial_credit: u32,
     /// Most calls this side serves at once; the peer queues past it.
     pub max_concurrent_requests: u32,
@@ -51,7 +54,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             max_payload: 4 << 20,
-            initial_credit: 256 << 10,
+            initial_credit: 1 << 20,
             max_concurrent_requests: 1024,
         }
     }
