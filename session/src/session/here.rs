@@ -9,7 +9,11 @@
 //! A channel's receiver with an empty queue does the same until an item of
 //! its own has come, then takes the frames already there too
 //! (`Shared::channel_item`): a stream's items then reach it without the
-//! driver, in batches.
+//! driver, in batches. A caller that holds the receive side while a
+//! channel's receiver waits for items (a task waiting for the call that
+//! streams to it, say) takes the frames already there and lets it go, so
+//! the receiver takes the rest itself, the caller's answer included,
+//! instead of the two handing each item over between threads.
 //! How long the caller waits here is the link's choice ([`RxClaim::wait`]):
 //! it polls while the peer runs on another CPU, and blocks its thread on
 //! the link's futex only where that stalls nothing else: outside the
@@ -21,6 +25,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -81,6 +86,23 @@ fn look<R>(answer: &mut oneshot::Receiver<R>) -> Option<Option<R>> {
         Ok(r) => Some(Some(r)),
         Err(oneshot::error::TryRecvError::Closed) => Some(None),
         Err(oneshot::error::TryRecvError::Empty) => None,
+    }
+}
+
+/// Counts a channel receiver waiting while someone else receives, for as
+/// long as it waits (see `Shared::channel_waiters`).
+struct ChannelWaiter<'a>(&'a Shared);
+
+impl<'a> ChannelWaiter<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.channel_waiters.fetch_add(1, Ordering::Relaxed);
+        ChannelWaiter(shared)
+    }
+}
+
+impl Drop for ChannelWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.channel_waiters.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -183,6 +205,13 @@ impl Shared {
                             }
                             return Received::Answer(r);
                         }
+                        // A channel's receiver waits while this caller
+                        // holds the receive side: hand it over, with the
+                        // ring emptied so the driver is not woken for it.
+                        if !drain && self.channel_waiters.load(Ordering::Relaxed) > 0 {
+                            self.drain_here(claim);
+                            return Received::settle(look);
+                        }
                         // A peer that keeps sending does not keep this
                         // thread from the rest of its work.
                         frames = frames.wrapping_add(1);
@@ -270,6 +299,11 @@ impl Shared {
                 claim = self.claim_receiving();
             }
             let Some(c) = claim.as_mut() else {
+                // Someone else receives (or the link cannot be received
+                // from here): a caller holding the receive side lets it go
+                // when it next takes a frame, and this receiver claims it
+                // when woken for that item.
+                let _waiting = ChannelWaiter::new(self);
                 return core.next_item().await;
             };
             let block_until =

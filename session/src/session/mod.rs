@@ -254,6 +254,7 @@ impl SessionBuilder {
             stats: Counters::default(),
             direct: rx.direct(),
             reading_stopped: AtomicBool::new(false),
+            channel_waiters: AtomicUsize::new(0),
         });
         shared.lock().conns.insert(
             0,
@@ -407,6 +408,9 @@ pub(crate) struct Shared {
     direct: Option<Arc<dyn DirectRx>>,
     /// A frame broke a rule: nobody handles another (the session is ending).
     reading_stopped: AtomicBool,
+    /// Channel receivers waiting for items while someone else holds the
+    /// receive side (see `here`): a waiting caller lets it go for them.
+    channel_waiters: AtomicUsize,
 }
 
 /// Traffic counters of one session.
@@ -603,6 +607,7 @@ impl Connection {
             stats: Counters::default(),
             direct: None,
             reading_stopped: AtomicBool::new(false),
+            channel_waiters: AtomicUsize::new(0),
         });
         if let Some(why) = shared.ended() {
             shared.lock().ended = Some(why);

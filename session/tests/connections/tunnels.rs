@@ -74,14 +74,18 @@ async fn tunnel_a_dropped_end_is_an_error_not_an_end(client: Connection) {
     let err = bounded("read", tunnel.read_to_end(&mut buf)).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
     assert!(err.to_string().contains("dropped"), "{err}");
-    // Writing into a tunnel whose reader is gone fails too.
-    let mut failed = None;
-    for _ in 0..64 {
-        if let Err(e) = tunnel.write_all(&[0; 4096]).await.and(tunnel.flush().await) {
-            failed = Some(e);
-            break;
+    // Writing into a tunnel whose reader is gone fails too: at the latest
+    // once the writes outgrow the credit window (4 MiB is four default
+    // windows), since the reset ends the wait for credit.
+    let failed = bounded("writes into a dropped tunnel", async {
+        for _ in 0..1024 {
+            if let Err(e) = tunnel.write_all(&[0; 4096]).await.and(tunnel.flush().await) {
+                return Some(e);
+            }
         }
-    }
+        None
+    })
+    .await;
     let e = failed.expect("writes fail once the reader is gone");
     assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
     other.shutdown().await.unwrap();
