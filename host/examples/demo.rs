@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use osmos_host::{CellBuilder, CellHandle, RestartPolicy};
+use osmos_host::{CellBuilder, CellHandle, CellState, RestartPolicy};
 use osmos_session::{CallContext, Rx};
 
 /// What each demo cell serves.
@@ -131,7 +131,13 @@ async fn host() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => println!("  the call in flight failed: {e}"),
         Ok(v) => println!("  the call in flight was answered ({v}) before the kill"),
     }
+    // A call made before the supervisor has seen the death would go to the
+    // dying process and fail with it: wait for the next incarnation.
     let t = Instant::now();
+    let back = |s: &CellState| matches!(s, CellState::Running { incarnation, .. } if *incarnation > 0);
+    tokio::time::timeout(Duration::from_secs(10), beta.wait_for(back))
+        .await
+        .map_err(|_| "beta did not come back within 10 s of the kill")?;
     let sum = beta_client.add(40, 2).await?;
     println!(
         "  the same client answers again after {:?} (beta is {}): 40 + 2 = {sum}",
