@@ -91,12 +91,20 @@ fn look<R>(answer: &mut oneshot::Receiver<R>) -> Option<Option<R>> {
 
 /// Counts a channel receiver waiting while someone else receives, for as
 /// long as it waits (see `Shared::channel_waiters`).
+///
+/// ORDERING: Relaxed throughout for `channel_waiters`: it publishes no
+/// data, only a hint. A caller that reads it late keeps the claim a little
+/// longer and hands items over through the channel's queue as before; the
+/// item itself reaches the receiver under the channel's lock and `Notify`.
 struct ChannelWaiter<'a>(&'a Shared);
 
 impl<'a> ChannelWaiter<'a> {
-    fn new(shared: &'a Shared) -> Self {
+    /// Counts a waiter on a link where someone else can hold the claim
+    /// (`None` elsewhere: nobody would hand it over).
+    fn new(shared: &'a Shared) -> Option<Self> {
+        shared.direct.as_ref()?;
         shared.channel_waiters.fetch_add(1, Ordering::Relaxed);
-        ChannelWaiter(shared)
+        Some(ChannelWaiter(shared))
     }
 }
 
@@ -208,6 +216,7 @@ impl Shared {
                         // A channel's receiver waits while this caller
                         // holds the receive side: hand it over, with the
                         // ring emptied so the driver is not woken for it.
+                        // ORDERING: Relaxed, a hint (see `ChannelWaiter`).
                         if !drain && self.channel_waiters.load(Ordering::Relaxed) > 0 {
                             self.drain_here(claim);
                             return Received::settle(look);
@@ -302,7 +311,8 @@ impl Shared {
                 // Someone else receives (or the link cannot be received
                 // from here): a caller holding the receive side lets it go
                 // when it next takes a frame, and this receiver claims it
-                // when woken for that item.
+                // when woken for that item. Counted only where a claim
+                // exists to hand over.
                 let _waiting = ChannelWaiter::new(self);
                 return core.next_item().await;
             };
