@@ -484,7 +484,9 @@ impl Connection {
         if let Err(e) = sent {
             guard.armed = false;
             shared.lock().pending.remove(&request);
-            return Err(Unanswered::Send(e));
+            // Let the receive side go: the peer's last frames tell why.
+            drop(claim);
+            return Err(Unanswered::Send(shared.send_failure(e).await));
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let result = shared

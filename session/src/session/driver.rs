@@ -13,6 +13,7 @@ use tracing::warn;
 use super::calls::{expire_calls, on_response};
 use super::channels::channel_for;
 use super::connections::{close_connection, on_connection_answer, on_connection_open};
+use super::outbound::PEER_CLOSE_GRACE;
 use super::serving::{IncomingCall, on_call};
 use super::{SessionConfig, Shared, link_failed, wait_ended};
 use crate::error::{SessionError, Violation, violation};
@@ -112,6 +113,8 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
             .max(Duration::from_millis(1)),
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set once a send found the peer's end closed (see `PeerClosing`).
+    let mut grace: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             frame = rx.recv() => {
@@ -161,6 +164,13 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
                         break;
                     }
                 }
+            }
+            _ = shared.peer_closing.started(), if grace.is_none() => {
+                grace = Some(tokio::time::Instant::now() + PEER_CLOSE_GRACE);
+            }
+            _ = sleep_until(grace) => {
+                shared.end(shared.peer_closing.failure());
+                break;
             }
             _ = wait_ended(&mut ended) => break,
         }
@@ -340,5 +350,13 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8], tail: Option<Vec<u8>>) -> Re
             Some(core) => core.on_grant(bytes),
             None => Ok(()),
         },
+    }
+}
+
+/// Sleeps until `at`, or forever without it.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -84,7 +84,7 @@ use calls::{CANCELLED_MEMORY, CallFailure, Pending};
 use channels::Channels;
 use connections::ConnState;
 use driver::Keepalive;
-use outbound::{ErasedTx, Outgoing, StallClock};
+use outbound::{ErasedTx, Outgoing, PeerClosing, StallClock};
 use recent::RecentIds;
 
 pub use calls::CallOptions;
@@ -255,6 +255,7 @@ impl SessionBuilder {
             direct: rx.direct(),
             reading_stopped: AtomicBool::new(false),
             channel_waiters: AtomicUsize::new(0),
+            peer_closing: PeerClosing::default(),
         });
         shared.lock().conns.insert(
             0,
@@ -411,6 +412,10 @@ pub(crate) struct Shared {
     /// Channel receivers waiting for items while someone else holds the
     /// receive side (see `here`): a waiting caller lets it go for them.
     channel_waiters: AtomicUsize,
+    /// A send found the peer's end closed: the receive side reads what the
+    /// peer wrote before (its goodbye) before the session ends (see
+    /// `outbound`).
+    peer_closing: PeerClosing,
 }
 
 /// Traffic counters of one session.
@@ -608,6 +613,7 @@ impl Connection {
             direct: None,
             reading_stopped: AtomicBool::new(false),
             channel_waiters: AtomicUsize::new(0),
+            peer_closing: PeerClosing::default(),
         });
         if let Some(why) = shared.ended() {
             shared.lock().ended = Some(why);

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -22,6 +22,49 @@ use crate::wire::spliced::Encode;
 
 /// Most answers queued for a peer that is not reading them.
 const MAX_OUTBOX: usize = 65_536;
+
+/// How long the receive side reads on after a send found the peer's end
+/// closed, before the session ends with the link's failure.
+pub(super) const PEER_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A send found the peer's end of the link closed or gone.
+///
+/// A peer that ends its session writes its goodbye and then closes, so its
+/// last frames may still wait unread on this side when a send fails. The
+/// session does not end at once with a link detail: the driver reads on and
+/// the session ends with what it reads (the goodbye, or the link's end),
+/// or with the send's failure once [`PEER_CLOSE_GRACE`] has passed.
+#[derive(Default)]
+pub(super) struct PeerClosing {
+    /// The first failed send's error.
+    failure: std::sync::OnceLock<SessionError>,
+    /// Tells the driver to start the grace.
+    started: tokio::sync::Notify,
+}
+
+impl PeerClosing {
+    fn saw(&self, err: SessionError) {
+        if self.failure.set(err).is_ok() {
+            self.started.notify_one();
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.failure.get().is_some()
+    }
+
+    /// Waits until a send has found the peer's end closed.
+    pub(super) async fn started(&self) {
+        self.started.notified().await;
+    }
+
+    /// The failed send's error, for a session that ends with it.
+    pub(super) fn failure(&self) -> SessionError {
+        self.failure.get().cloned().unwrap_or(SessionError::Link {
+            detail: "the peer closed the link".into(),
+        })
+    }
+}
 
 /// Writes one frame's bytes into the buffer a link lends.
 type Fill<'a> = &'a (dyn Fn(&mut [u8]) + Sync);
@@ -86,12 +129,27 @@ impl Shared {
             committing();
             msg.write_to(buf);
         };
-        match self.try_send_now(len, &fill) {
+        let r = match self.try_send_now(len, &fill) {
             Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => return Err(e),
+            Ok(false) => self.send_waiting(len, &fill).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.send_failure(e).await),
         }
-        self.send_waiting(len, &fill).await
+    }
+
+    /// Why a send failed, as the caller should see it: when the peer's end
+    /// closed, the session's own reason once the receive side has read the
+    /// peer's last frames (bounded by [`PEER_CLOSE_GRACE`]).
+    pub(super) async fn send_failure(&self, e: SessionError) -> SessionError {
+        if !self.peer_closing.seen() {
+            return e;
+        }
+        let mut ended = self.ended.subscribe();
+        let _ = tokio::time::timeout(2 * PEER_CLOSE_GRACE, wait_ended(&mut ended)).await;
+        self.ended().unwrap_or(e)
     }
 
     /// Sends a message if it can go at once (nobody else sending, room in
@@ -202,7 +260,13 @@ impl Shared {
 
     /// The link failed while sending: the session ends with that.
     fn link_broke(&self, e: LinkError) -> SessionError {
+        let peer_end = matches!(e, LinkError::Closed | LinkError::PeerGone { .. });
         let err = link_failed(e);
+        if peer_end && self.ended().is_none() {
+            // The peer may have said why in frames not read yet.
+            self.peer_closing.saw(err.clone());
+            return err;
+        }
         self.end(err.clone());
         // The session may have ended before for a reason of its own (the
         // link closes because of it): callers see that reason.

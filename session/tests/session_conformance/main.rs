@@ -64,6 +64,7 @@ macro_rules! conformance {
                 keepalive_keeps_an_idle_session_up,
                 a_dropped_link_fails_pending_calls,
                 a_violation_fails_pending_calls_with_the_rule,
+                a_goodbye_wins_over_a_send_that_finds_the_link_closed,
             );
         }
     };

@@ -457,3 +457,36 @@ pub(crate) async fn a_dropped_link_fails_pending_calls<F: Factory>(f: F) {
         "{err:?}"
     );
 }
+
+/// A peer that says goodbye and closes its end at once: a send that finds
+/// the end closed before this side has read the goodbye must not make the
+/// session end with a link detail. The race is repeated, since either side
+/// of it may win on one try.
+pub(crate) async fn a_goodbye_wins_over_a_send_that_finds_the_link_closed<F: Factory>(f: F) {
+    for _ in 0..20 {
+        let (a, b) = f.pair().await;
+        let client = tokio::spawn(SessionBuilder::new().initiate(a));
+        let mut raw = Raw::new(b);
+        raw.recv().await.unwrap();
+        raw.send(&Message::HelloYourself {
+            version: PROTOCOL_VERSION,
+            settings: Settings::default(),
+        })
+        .await;
+        let client = bounded("client", client).await.unwrap().unwrap();
+        raw.send(&Message::Goodbye {
+            reason: "maintenance".into(),
+        })
+        .await;
+        drop(raw);
+        let calc = CalculatorClient::new(client.clone());
+        let goodbye = SessionError::Goodbye {
+            reason: "maintenance".into(),
+        };
+        for i in 0..4u32 {
+            let err = bounded("call", calc.add(i, i)).await.unwrap_err();
+            assert_eq!(err, CallError::Session(goodbye.clone()));
+        }
+        assert_eq!(bounded("closed", client.closed()).await, goodbye);
+    }
+}
