@@ -71,6 +71,13 @@ impl Params {
     pub fn cell_counts(&self) -> &'static [usize] {
         if self.quick { &[1, 8, 16] } else { &[1, 8, 64] }
     }
+    /// Whether any many-cells case runs in this pass (`--only cells_64`
+    /// included: its reference, cells_1, runs with it).
+    pub fn wants_cells(&self) -> bool {
+        self.cell_counts()
+            .iter()
+            .any(|n| self.wants(&format!("cells_{n}/shm")))
+    }
     /// How long each many-cells run calls.
     pub fn cells_window(&self) -> Duration {
         Duration::from_millis(if self.quick { 400 } else { 2_000 })
@@ -91,6 +98,12 @@ impl Params {
             cap: self.cap(),
             runs: self.runs(),
             stream_items: self.stream_items(),
+            cell_counts: if self.wants_cells() {
+                self.cell_counts()
+            } else {
+                &[]
+            },
+            cells_window: self.cells_window(),
             cold_calls: self.cold_calls(),
             pinned: self.pinned,
         }
@@ -565,9 +578,8 @@ pub async fn many_cells(p: &Params) -> Result<Vec<Row>, BoxError> {
     let mut rows: Vec<Row> = Vec::new();
     let mut one = 0.0;
     for &n in p.cell_counts() {
-        // cells_1 is the reference of the others.
-        let reference = n == 1 && p.wants("cells_");
-        if !(reference || p.wants(&format!("cells_{n}/shm"))) {
+        // cells_1 is the reference of the others: it runs whenever any does.
+        if !(n == 1 || p.wants(&format!("cells_{n}/shm"))) {
             continue;
         }
         let mut cells = Vec::with_capacity(n);

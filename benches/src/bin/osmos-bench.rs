@@ -195,7 +195,7 @@ fn pass(p: Params, errors: &mut Vec<String>) -> Vec<Row> {
                 Err(e) => errors.push(format!("{label}: one-cell cases: {e}")),
             }
         }
-        if p.wants("cells_") {
+        if p.wants_cells() {
             eprintln!("  many cells");
             match cases::many_cells(&p).await {
                 Ok(r) => rows.extend(r),

@@ -22,6 +22,11 @@
 //! - `floor_uds/stream_64k`: the same with 64 KiB items (one `write(2)` of
 //!   prefix and payload per item), in GB/s of payload.
 //!
+//! - `floor_uds/cells_<n>`: `n` `pingpong` peers at once, each driven by
+//!   its own host thread doing blocking `add` round trips back to back for
+//!   the window, in calls per second over all of them — the many-cells
+//!   case written by hand, one thread per peer.
+//!
 //! The peer is this program re-executed as `--floor-child uds <mode>` with
 //! its end of the pair as stdin. Both ends block; when the host closes its
 //! end the peer reads end-of-file and exits, and when the peer dies the
@@ -70,6 +75,10 @@ pub struct Plan {
     pub stream_items: usize,
     /// Timed round trips of `add_cold`, [`COLD_GAP`] apart.
     pub cold_calls: usize,
+    /// Peer counts of `floor_uds/cells_<n>` (empty: none measured).
+    pub cell_counts: &'static [usize],
+    /// How long each `floor_uds/cells_<n>` run calls.
+    pub cells_window: Duration,
     /// Whether this pass is pinned to one CPU (labels the rows).
     pub pinned: bool,
 }
@@ -360,6 +369,57 @@ fn stream(plan: &Plan) -> Result<Row, BoxError> {
     )
 }
 
+/// `floor_uds/cells_<n>` for each of the plan's counts: `n` `pingpong`
+/// peers, one host thread per peer calling back to back until the window
+/// closes.
+fn cells(plan: &Plan) -> Result<Vec<Row>, BoxError> {
+    let mut rows = Vec::new();
+    for &n in plan.cell_counts {
+        let peers = (0..n)
+            .map(|_| UdsPeer::start_self("pingpong"))
+            .collect::<io::Result<Vec<_>>>()?;
+        let start = Instant::now();
+        let deadline = start + plan.cells_window;
+        let threads: Vec<_> = peers
+            .into_iter()
+            .map(|mut peer| {
+                std::thread::spawn(move || -> Result<(UdsPeer, u64), String> {
+                    let mut calls = 0u64;
+                    while Instant::now() < deadline {
+                        check(&mut peer, calls as usize).map_err(|e| e.to_string())?;
+                        calls += 1;
+                    }
+                    Ok((peer, calls))
+                })
+            })
+            .collect();
+        let mut total = 0u64;
+        let mut finished = Vec::with_capacity(n);
+        for t in threads {
+            let (peer, calls) = t.join().map_err(|_| "a uds cells thread panicked")??;
+            total += calls;
+            finished.push(peer);
+        }
+        let rate = total as f64 / start.elapsed().as_secs_f64();
+        for peer in finished {
+            peer.finish()?;
+        }
+        rows.push(
+            Row::rate(
+                format!("{UDS_PREFIX}cells_{n}"),
+                "calls/s",
+                &mut [rate],
+                plan.pinned,
+            )
+            .note(&format!(
+                "{n} pingpong peers, one blocking host thread each, calling for {:?}",
+                plan.cells_window
+            )),
+        );
+    }
+    Ok(rows)
+}
+
 /// Measures every `floor_uds/*` row. One failing workload does not stop
 /// the others: their errors come back beside the rows.
 pub fn floors(plan: &Plan) -> (Vec<Row>, Vec<String>) {
@@ -380,6 +440,10 @@ pub fn floors(plan: &Plan) -> (Vec<Row>, Vec<String>) {
     match stream(plan) {
         Ok(r) => rows.push(r),
         Err(e) => errors.push(format!("uds stream_64k floor: {e}")),
+    }
+    match cells(plan) {
+        Ok(r) => rows.extend(r),
+        Err(e) => errors.push(format!("uds cells floors: {e}")),
     }
     (rows, errors)
 }
