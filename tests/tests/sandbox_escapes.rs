@@ -161,6 +161,8 @@ fn escape_attempts_are_denied_by_the_default_sandbox() {
     // Below the host's priority (this process runs at nice 0 or more).
     let nice: i32 = run.info("nice").parse().unwrap();
     assert!(nice >= osmos_host::sandbox::DEFAULT_NICE_INCREMENT, "nice {nice}");
+    // And never preempting the host on wakeup.
+    assert_eq!(run.info("sched_policy"), libc::SCHED_BATCH.to_string());
     // A root host runs the cell under a uid and gid of its own.
     if root() {
         assert_eq!(

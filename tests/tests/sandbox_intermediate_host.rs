@@ -302,6 +302,8 @@ fn escape_attempts_are_denied_for_an_unprivileged_host_too() {
     assert_eq!(run.info("rlimit_data"), format!("{data} {data}"));
     let nice: i32 = run.info("nice").parse().unwrap();
     assert!(nice >= osmos_host::sandbox::DEFAULT_NICE_INCREMENT, "nice {nice}");
+    // And never preempting the host on wakeup.
+    assert_eq!(run.info("sched_policy"), libc::SCHED_BATCH.to_string());
     assert!(
         report.contains("RLIMIT_DATA=1GiB") && report.contains("RLIMIT_NPROC=256"),
         "{report}"

@@ -83,8 +83,13 @@ pub unsafe fn apply_in_child(prepared: &PreparedSandbox) -> io::Result<()> {
         sys_prlimit(*resource, limit)?;
     }
     match plan.priority {
-        Some(ChildPriority::Nice(nice)) => sys_set_nice(nice)?,
-        Some(ChildPriority::Idle) => sys_set_sched_idle()?,
+        Some(ChildPriority::Nice { nice, batch }) => {
+            sys_set_nice(nice)?;
+            if batch {
+                sys_set_policy(libc::SCHED_BATCH)?;
+            }
+        }
+        Some(ChildPriority::Idle) => sys_set_policy(libc::SCHED_IDLE)?,
         None => {}
     }
     // 6. Capabilities, then re-arm PDEATHSIG (credential changes may clear it).
@@ -160,15 +165,16 @@ fn sys_set_nice(nice: c_int) -> io::Result<()> {
     check(unsafe { libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, 0, nice) }).map(drop)
 }
 
-/// `sched_setscheduler(0, SCHED_IDLE, {0})`.
-fn sys_set_sched_idle() -> io::Result<()> {
+/// `sched_setscheduler(0, policy, {0})`, for a policy without a static
+/// priority (`SCHED_BATCH`, `SCHED_IDLE`); the nice value stays.
+fn sys_set_policy(policy: c_int) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: the kernel reads one sched_param from a live local.
     check(unsafe {
         libc::syscall(
             libc::SYS_sched_setscheduler,
             0,
-            libc::SCHED_IDLE,
+            policy,
             &param as *const libc::sched_param,
         )
     })

@@ -75,7 +75,8 @@
 //!    under uid 0 ([`CellIds::Host`] under a root host) gets `rlimit-nproc`
 //!    in [`SandboxReport::skipped`], and **no-subprocesses** (below) is what
 //!    stops a fork bomb there, though not a thread bomb. Then the nice value
-//!    (`setpriority(2)`, the host's plus [`CpuPriority::Nice`]'s increment)
+//!    (`setpriority(2)`, the host's plus [`CpuPriority::Batch`]'s or
+//!    [`CpuPriority::Nice`]'s increment) with `SCHED_BATCH` for the former,
 //!    or `SCHED_IDLE`, inherited by every thread the cell creates.
 //! 6. **drop-capabilities**: empty the bounding set (`PR_CAPBSET_DROP`), clear
 //!    the ambient set and `capset(2)` all sets to zero, so that a cell
@@ -331,8 +332,9 @@ struct ChildPlan {
 /// A CPU priority as the child sets it.
 #[derive(Clone, Copy, Debug)]
 enum ChildPriority {
-    /// An absolute nice value (the host's plus the policy's increment).
-    Nice(c_int),
+    /// An absolute nice value (the host's plus the policy's increment), and
+    /// whether the policy becomes `SCHED_BATCH`.
+    Nice { nice: c_int, batch: bool },
     /// `SCHED_IDLE`.
     Idle,
 }
@@ -500,11 +502,16 @@ pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox
     decisions.report.cell_ids = ids;
     plan.priority = match policy.cpu_priority {
         CpuPriority::Inherit => None,
-        CpuPriority::Nice(increment) => {
+        CpuPriority::Nice(increment) | CpuPriority::Batch(increment) => {
             let host = rustix::process::getpriority_process(None).unwrap_or(0);
             let nice = host.saturating_add(increment).clamp(-20, 19);
-            decisions.report.cpu_priority = Some(CpuPriority::Nice(nice));
-            Some(ChildPriority::Nice(nice))
+            let batch = matches!(policy.cpu_priority, CpuPriority::Batch(_));
+            decisions.report.cpu_priority = Some(if batch {
+                CpuPriority::Batch(nice)
+            } else {
+                CpuPriority::Nice(nice)
+            });
+            Some(ChildPriority::Nice { nice, batch })
         }
         CpuPriority::Idle => {
             decisions.report.cpu_priority = Some(CpuPriority::Idle);

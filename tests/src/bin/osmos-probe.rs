@@ -240,6 +240,8 @@ fn describe_situation() {
     let (gid, nice) = unsafe { (libc::getgid(), libc::getpriority(libc::PRIO_PROCESS, 0)) };
     info("gid", gid);
     info("nice", nice);
+    // SAFETY: integer argument only.
+    info("sched_policy", unsafe { libc::sched_getscheduler(0) });
     // SAFETY: integer arguments only.
     info("no_new_privs", unsafe {
         libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
