@@ -68,12 +68,17 @@ fn escape_report_lists_every_applied_step() {
         Some(osmos_host::sandbox::DEFAULT_TASKS)
     );
     assert_eq!(limit(RlimitResource::Core), Some(0));
-    assert!(report.cpu_priority.is_some());
+    // The default: below the host's nice, under SCHED_BATCH.
+    let Some(osmos_host::sandbox::CpuPriority::Batch(nice)) = report.cpu_priority else {
+        panic!("default cpu priority reported as {:?}", report.cpu_priority);
+    };
+    assert!(nice >= osmos_host::sandbox::DEFAULT_NICE_INCREMENT, "nice {nice}");
     let text = report.to_string();
     assert!(
         text.contains("RLIMIT_DATA=1GiB") && text.contains("RLIMIT_NPROC=256"),
         "{text}"
     );
+    assert!(text.contains(&format!("nice {nice}, SCHED_BATCH")), "{text}");
     if root() {
         assert!(text.contains("runs as uid "), "{text}");
         // Keeping the host's uid 0, RLIMIT_NPROC cannot bind, and the report
