@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::landlock::RULE_FD_FLOOR;
-use super::policy::{CgroupLimits, SandboxError};
+use super::policy::CgroupLimits;
+use super::report::SandboxError;
 
 /// `CGROUP2_SUPER_MAGIC`, see `statfs(2)`.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;

@@ -8,10 +8,8 @@ use std::sync::Mutex;
 use super::UserMaps;
 use super::cgroup::check_delegated;
 use super::child::{landlock_abi, probe_namespaces, seccomp_support};
-use super::policy::{
-    CpuPriority, Enforcement, Namespaces, Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport,
-    Step,
-};
+use super::policy::{CpuPriority, Enforcement, Namespaces, Rlimit, RlimitResource, SandboxPolicy, Step};
+use super::report::{SandboxError, SandboxReport};
 
 /// What the kernel (and this process) can provide; each `Err` says why not.
 #[derive(Clone, Debug)]

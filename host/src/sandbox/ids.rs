@@ -10,7 +10,8 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use super::policy::{CellIds, SandboxError};
+use super::policy::CellIds;
+use super::report::SandboxError;
 
 /// The ids in use, and the offset in the range the next search starts from.
 struct Leases {

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use landlock::{ABI, Access, AccessFs, AccessNet, BitFlags, Scope};
 
 use super::child::{RulesetStep, create_ruleset};
-use super::policy::{SandboxError, SandboxPolicy};
+use super::policy::SandboxPolicy;
 use super::program::{ProgramDeps, inspect_program};
+use super::report::SandboxError;
 
 /// Standard shared library directories, allowed read-only when they exist.
 pub(super) const LIBRARY_DIRS: [&str; 7] = [

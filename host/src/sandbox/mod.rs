@@ -216,6 +216,7 @@ mod ids;
 mod landlock;
 mod policy;
 mod program;
+mod report;
 mod seccomp;
 
 pub use cgroup::CgroupLease;
@@ -223,8 +224,9 @@ pub use child::apply_in_child;
 pub use ids::CellIdLease;
 pub use policy::{
     CellIds, CgroupLimits, CpuPriority, DEFAULT_MEMORY, DEFAULT_NICE_INCREMENT, DEFAULT_TASKS, Enforcement,
-    Namespaces, Rlimit, RlimitResource, SandboxError, SandboxPolicy, SandboxReport, Step,
+    Namespaces, Rlimit, RlimitResource, SandboxPolicy, Step,
 };
+pub use report::{SandboxError, SandboxReport};
 
 use child::{CAP_SETPCAP, current_rlimit, holds_capability};
 use detect::{KernelSupport, clamp_rlimit, decide, last_capability, unshare_flags};

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::policy::SandboxError;
+use super::report::SandboxError;
 
 /// The files the kernel opens for `exec` and the directories the loader
 /// reads, found by inspecting the program.

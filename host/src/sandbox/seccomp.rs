@@ -8,7 +8,7 @@ use seccompiler::{
     SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 
-use super::policy::SandboxError;
+use super::report::SandboxError;
 
 /// `setxattrat(2)` (Linux 6.13): the same number on every architecture.
 pub(super) const SYS_SETXATTRAT: c_long = 463;
