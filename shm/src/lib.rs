@@ -92,6 +92,8 @@ pub use doorbell::{BellWatcher, Doorbell, WaitStrategy};
 pub use error::{Error, Result, Rule, Violation};
 #[cfg(not(osmos_loom))]
 pub use futex::OsFutex;
+#[cfg(not(osmos_loom))]
+pub use futex::past_next_tick;
 pub use futex::{FALLBACK_SLICE, Futex, FutexWait};
 pub use layout::{
     ClassLayout, Direction, FORMAT_VERSION, FRAME_HEADER, Layout, MAGIC, MAX_SLOT_CLASSES, PoolLayout,

@@ -40,7 +40,9 @@ use crate::fast::SPLIT_AT_LEAST;
 use crate::link::{DirectRx, Here, LinkError, LinkRx, Received, RxClaim, WaitHere};
 use crate::rules::Rule;
 
-/// Longest a caller blocks its thread on the readable bell in one window.
+/// How long a caller blocks its thread on the readable bell in one window
+/// at least. The window lasts until just past the next kernel tick (4 ms at
+/// 250 Hz) if that is later, unless the caller's own deadline comes first.
 const BLOCK_WINDOW: Duration = Duration::from_micros(500);
 /// How many times a caller gives its CPU to a peer on the same CPU before
 /// it blocks.
@@ -544,9 +546,11 @@ impl RxClaim for ShmClaim {
         if look(inner, 1) {
             return WaitHere::Ready;
         }
-        let r = core
-            .readable
-            .wait_change(seen, Some(until.min(now + BLOCK_WINDOW)));
+        // The window ends past the next kernel tick: a shorter timer costs
+        // two reprogrammings of the CPU's timer device (see
+        // `past_next_tick`).
+        let window = osmos_shm::past_next_tick(now + BLOCK_WINDOW);
+        let r = core.readable.wait_change(seen, Some(until.min(window)));
         if look(inner, 1) {
             inner.caller_block.paid();
             return WaitHere::Ready;
