@@ -15,8 +15,8 @@ use seccompiler::TargetArch;
 
 use super::detect::{NS_CGROUP, NS_IDS, NS_IPC, NS_MOUNT, NS_NET, NS_SLOTS, NS_USER, NS_UTS};
 use super::landlock::{LandlockPlan, RulesetAttr};
-use super::policy::Namespaces;
-use super::{ChildPriority, PreparedSandbox, UserMaps};
+use super::policy::{CpuPriority, Namespaces};
+use super::{PreparedSandbox, UserMaps};
 
 /// Applies a prepared sandbox to the calling process, in the order described
 /// in the module documentation.
@@ -83,14 +83,13 @@ pub unsafe fn apply_in_child(prepared: &PreparedSandbox) -> io::Result<()> {
         sys_prlimit(*resource, limit)?;
     }
     match plan.priority {
-        Some(ChildPriority::Nice { nice, batch }) => {
+        Some(CpuPriority::Nice(nice)) => sys_set_nice(nice)?,
+        Some(CpuPriority::Batch(nice)) => {
             sys_set_nice(nice)?;
-            if batch {
-                sys_set_policy(libc::SCHED_BATCH)?;
-            }
+            sys_set_policy(libc::SCHED_BATCH)?;
         }
-        Some(ChildPriority::Idle) => sys_set_policy(libc::SCHED_IDLE)?,
-        None => {}
+        Some(CpuPriority::Idle) => sys_set_policy(libc::SCHED_IDLE)?,
+        Some(CpuPriority::Inherit) | None => {}
     }
     // 6. Capabilities, then re-arm PDEATHSIG (credential changes may clear it).
     if plan.drop_capabilities {

@@ -324,21 +324,12 @@ struct ChildPlan {
     seccomp: Vec<Vec<libc::sock_filter>>,
     /// `(uid, gid)` the cell switches to, under a root host.
     ids: Option<(u32, u32)>,
-    /// The CPU priority the cell takes.
-    priority: Option<ChildPriority>,
+    /// The CPU priority the cell takes, its nice value absolute (the
+    /// host's plus the policy's increment).
+    priority: Option<CpuPriority>,
     /// `cgroup.procs` of the cell's own cgroup, which it joins by writing
     /// `0`.
     cgroup_procs: Option<OwnedFd>,
-}
-
-/// A CPU priority as the child sets it.
-#[derive(Clone, Copy, Debug)]
-enum ChildPriority {
-    /// An absolute nice value (the host's plus the policy's increment), and
-    /// whether the policy becomes `SCHED_BATCH`.
-    Nice { nice: c_int, batch: bool },
-    /// `SCHED_IDLE`.
-    Idle,
 }
 
 struct UserMaps {
@@ -502,24 +493,18 @@ pub fn prepare(policy: &SandboxPolicy, program: &Path) -> Result<PreparedSandbox
     }
     plan.ids = ids;
     decisions.report.cell_ids = ids;
+    // The increments become the cell's absolute nice value.
+    let cell_nice = |increment: i32| {
+        let host = rustix::process::getpriority_process(None).unwrap_or(0);
+        host.saturating_add(increment).clamp(-20, 19)
+    };
     plan.priority = match policy.cpu_priority {
         CpuPriority::Inherit => None,
-        CpuPriority::Nice(increment) | CpuPriority::Batch(increment) => {
-            let host = rustix::process::getpriority_process(None).unwrap_or(0);
-            let nice = host.saturating_add(increment).clamp(-20, 19);
-            let batch = matches!(policy.cpu_priority, CpuPriority::Batch(_));
-            decisions.report.cpu_priority = Some(if batch {
-                CpuPriority::Batch(nice)
-            } else {
-                CpuPriority::Nice(nice)
-            });
-            Some(ChildPriority::Nice { nice, batch })
-        }
-        CpuPriority::Idle => {
-            decisions.report.cpu_priority = Some(CpuPriority::Idle);
-            Some(ChildPriority::Idle)
-        }
+        CpuPriority::Nice(increment) => Some(CpuPriority::Nice(cell_nice(increment))),
+        CpuPriority::Batch(increment) => Some(CpuPriority::Batch(cell_nice(increment))),
+        CpuPriority::Idle => Some(CpuPriority::Idle),
     };
+    decisions.report.cpu_priority = plan.priority;
 
     let mut cgroup = None;
     if let (true, Some(limits)) = (decisions.cgroup, &policy.cgroup) {
