@@ -548,7 +548,8 @@ impl RxClaim for ShmClaim {
         }
         // The window ends past the next kernel tick: a shorter timer costs
         // two reprogrammings of the CPU's timer device (see
-        // `past_next_tick`).
+        // `past_next_tick`, which reads the clock afresh: `now` predates
+        // the yields above).
         let window = osmos_shm::past_next_tick(now + BLOCK_WINDOW);
         let r = core.readable.wait_change(seen, Some(until.min(window)));
         if look(inner, 1) {
