@@ -314,7 +314,11 @@ impl CreditSender {
             &ctx,
             &e.receiver.granted_total,
             Some(&e.receiver.state),
-            ParkFlag(&e.sender.state, SENDER_PARKED),
+            ParkFlag {
+                word: &e.sender.state,
+                mark: SENDER_PARKED,
+                cleared_with: 0,
+            },
             || Ok(self.take_now(n)?.then_some(())),
         )
     }

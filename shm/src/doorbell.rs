@@ -22,6 +22,20 @@
 //! once. A busy pair therefore makes no system calls at all: the ringer only
 //! pays a fence and a load.
 //!
+//! The ringer that wakes also takes the marks (one compare-and-swap that
+//! clears them and leaves [`WAKING`] instead), so the rings that follow
+//! while the woken waiter is still on its way (tens of microseconds for a
+//! wake across CPUs, during which a stream's producer may publish dozens of
+//! frames) see no mark and make no system call. A waiter that still finds
+//! nothing sets its mark again before it re-checks, so the argument above
+//! holds for each of its sleeps. One case needs more: a ringer delayed
+//! between its increment and its take may take the mark of a *later*
+//! sleep, whose snapshot of `seq` already includes that increment, and
+//! wake it before it sleeps. So a ringer that takes a futex mark bumps
+//! `seq` once more before `FUTEX_WAKE`: that sleep then finds `seq`
+//! changed and returns at once. (A reactor waiter needs no such bump: the
+//! byte stays in its descriptor until read.)
+//!
 //! Before parking, the waiter spins (when the peer last ran on another CPU,
 //! where a spin handoff costs ~0.3 µs against 25–55 µs for a cross-CPU wake)
 //! or yields (when the peer last ran on this CPU, where spinning only steals
@@ -39,7 +53,7 @@ use crate::liveness::Liveness;
 use crate::pinned::Pinned;
 use crate::sync::PlatformFutex;
 use crate::sync::atomic::{AtomicU32, Ordering, fence};
-use crate::wake::{PARKED_FUTEX, PARKED_REACTOR};
+use crate::wake::{PARKED_FUTEX, PARKED_REACTOR, WAKING};
 
 /// A futex doorbell in shared memory.
 #[repr(C)]
@@ -49,9 +63,9 @@ pub struct Doorbell {
     seq: CachePadded<AtomicU32>,
     /// Marks of a waiter that is parked or about to park: [`PARKED_FUTEX`]
     /// (a thread on the futex) and [`PARKED_REACTOR`] (a task in its
-    /// reactor, see `wake.rs`); 0 when nobody waits. Written only by the
-    /// waiter; read by the ringer to decide whether to call `FUTEX_WAKE` or
-    /// send a wake byte.
+    /// reactor, see `wake.rs`); 0 when nobody waits. Set by the waiter; the
+    /// ringer that sees one takes both (leaving [`WAKING`]) and calls
+    /// `FUTEX_WAKE` or sends a wake byte for what it took.
     parked: CachePadded<AtomicU32>,
 }
 
@@ -70,13 +84,52 @@ impl Doorbell {
         // `park_loop` (or `BellWatcher::arm_reactor`) after the waiter marks
         // `parked`.
         fence(Ordering::SeqCst);
-        let parked = self.parked.load(Ordering::Relaxed);
+        let parked = self.take_marks();
         if parked & PARKED_FUTEX != 0 {
+            // The mark taken may belong to a sleep that began after the
+            // increment above, if this thread lost its CPU between the two
+            // (an earlier ring's work, already seen by the waiter's
+            // re-check): bump `seq` again, so that such a sleep, whose
+            // snapshot of `seq` came after the first increment, returns at
+            // once instead of sleeping without its mark.
+            // ORDERING: Release, as the first increment.
+            self.seq.fetch_add(1, Ordering::Release);
             PlatformFutex::wake_all(&self.seq);
         }
         if parked & PARKED_REACTOR != 0 {
             liveness.notify_peer();
         }
+    }
+
+    /// Takes the waiter's marks, leaving [`WAKING`]: which of them were set.
+    /// Only the ringer that takes a mark wakes its waiter; the waiter, still
+    /// waking, sets its mark again before each sleep.
+    fn take_marks(&self) -> u32 {
+        const MARKS: u32 = PARKED_FUTEX | PARKED_REACTOR;
+        // ORDERING: Relaxed: this load follows SYNC POINT A's fence, which
+        // is what makes it see a mark set before the waiter's fence.
+        let mut now = self.parked.load(Ordering::Relaxed);
+        // The peer may write this word too: a few tries, then take the marks
+        // without the note, so that no peer can keep this loop going.
+        for _ in 0..4 {
+            if now & MARKS == 0 {
+                return 0;
+            }
+            // ORDERING: Relaxed: the RMW reads the latest value of the word;
+            // the wake that follows is a syscall (or, for the reactor, a
+            // socket write), and the waiter re-checks after it.
+            match self.parked.compare_exchange_weak(
+                now,
+                (now & !MARKS) | WAKING,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return now & MARKS,
+                Err(seen) => now = seen,
+            }
+        }
+        // ORDERING: Relaxed, as above.
+        self.parked.fetch_and(!MARKS, Ordering::Relaxed) & MARKS
     }
 
     /// Waits until `check` returns `Some`, spinning or yielding first as
@@ -87,7 +140,12 @@ impl Doorbell {
     /// is shut down, [`Error::Timeout`] at `ctx.deadline`, or the first error
     /// `check` returns.
     pub fn wait_until<T>(&self, ctx: &WaitCtx<'_>, check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-        wait_until(ctx, &self.seq, None, ParkFlag(&self.parked, PARKED_FUTEX), check)
+        let flag = ParkFlag {
+            word: &self.parked,
+            mark: PARKED_FUTEX,
+            cleared_with: WAKING,
+        };
+        wait_until(ctx, &self.seq, None, flag, check)
     }
 }
 
@@ -155,12 +213,18 @@ impl BellWatcher {
     /// still waking from a ring. A hint only (the peer writes the word):
     /// use it to choose how to wait, never for correctness.
     pub fn someone_parked(&self) -> bool {
+        // ORDERING: Relaxed: a hint.
         self.bell.parked.load(Ordering::Relaxed) != 0
     }
 
-    /// Withdraws the async waiter's mark (a ring no longer sends a byte).
+    /// Withdraws the async waiter's mark (a ring no longer sends a byte),
+    /// and the ringer's note that it is waking.
     pub fn disarm_reactor(&self) {
-        self.bell.parked.fetch_and(!PARKED_REACTOR, Ordering::Relaxed);
+        // ORDERING: Relaxed: only ever makes a ring skip its wake, which the
+        // waiter no longer needs.
+        self.bell
+            .parked
+            .fetch_and(!(PARKED_REACTOR | WAKING), Ordering::Relaxed);
     }
 }
 
@@ -208,18 +272,29 @@ pub struct WaitCtx<'a> {
 }
 
 /// The "I am parked" mark: one bit of a word whose other bits belong to the
-/// same (waiting) side.
-pub(crate) struct ParkFlag<'a>(pub(crate) &'a AtomicU32, pub(crate) u32);
+/// same (waiting) side, or are the ringer's note that it woke the waiter.
+pub(crate) struct ParkFlag<'a> {
+    /// The word the ringer reads.
+    pub(crate) word: &'a AtomicU32,
+    /// This waiter's bit.
+    pub(crate) mark: u32,
+    /// Bits cleared with the mark (the ringer's [`WAKING`] note, where the
+    /// ringer leaves one).
+    pub(crate) cleared_with: u32,
+}
 
 impl ParkFlag<'_> {
     fn set(&self) {
         // ORDERING: Relaxed; the SeqCst fence that follows in `park_loop` is
         // what orders this store before the condition re-check.
-        self.0.fetch_or(self.1, Ordering::Relaxed);
+        self.word.fetch_or(self.mark, Ordering::Relaxed);
     }
 
     fn clear(&self) {
-        self.0.fetch_and(!self.1, Ordering::Relaxed);
+        // ORDERING: Relaxed: only ever makes a ring skip its wake, which the
+        // waiter no longer needs.
+        self.word
+            .fetch_and(!(self.mark | self.cleared_with), Ordering::Relaxed);
     }
 }
 
@@ -425,6 +500,37 @@ mod tests {
         );
         consumer.disarm_reactor();
         assert!(!sent_to.someone_parked());
+    }
+
+    #[test]
+    fn the_ring_that_wakes_takes_the_mark_so_the_rings_after_it_stay_quiet() {
+        use crate::wake::{Drained, drain_link};
+        let host_seg = crate::Segment::create(&small_config(), 7).unwrap();
+        let cell_seg = host_seg.attach_peer().unwrap();
+        let mut host = host_seg.endpoint().unwrap();
+        let mut cell = cell_seg.endpoint().unwrap();
+        let consumer = cell.receiver.readable_watcher();
+        let sent_to = host.sender.producer().readable_watcher();
+        let wake_fd = cell.liveness.wake_fd().expect("attached with its wake end");
+        for round in 0..3u8 {
+            consumer.arm_reactor();
+            for i in 0..5u8 {
+                host.sender
+                    .send(&[round, i], crate::test_support::bound())
+                    .unwrap();
+            }
+            assert_eq!(
+                drain_link(wake_fd),
+                Drained::Empty(1),
+                "five rings while the waiter wakes send one wake byte"
+            );
+            assert!(sent_to.someone_parked(), "the waiter is still waking");
+            consumer.disarm_reactor();
+            assert!(!sent_to.someone_parked(), "disarming clears the ringer's note");
+            for i in 0..5u8 {
+                assert_eq!(cell.receiver.try_recv().unwrap().unwrap().to_vec(), [round, i]);
+            }
+        }
     }
 
     #[test]

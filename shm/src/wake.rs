@@ -55,6 +55,11 @@ pub const PARKED_FUTEX: u32 = 1;
 /// `parked` mark: a task sleeps (or is about to) in its reactor, waiting for
 /// the wake descriptor; the ringer sends it a byte.
 pub const PARKED_REACTOR: u32 = 2;
+/// `parked` mark left by the ringer when it takes the two marks above and
+/// wakes their waiter: the waiter is still waking. Cleared by the waiter
+/// when it stops waiting; only a hint (see
+/// [`BellWatcher::someone_parked`](crate::BellWatcher::someone_parked)).
+pub(crate) const WAKING: u32 = 4;
 
 /// Both ends of a segment's wake socket pair, as the host creates them.
 #[cfg(not(osmos_loom))]
