@@ -330,6 +330,7 @@ pub const ONE_CELL: &[&str] = &[
     "echo_1m/shm",
     "stream_64k/shm",
     "stream_1000/shm",
+    "stream_1000_spawned/shm",
     "concurrency_1/shm",
     "concurrency_16/shm",
     "concurrency_256/shm",
@@ -381,7 +382,10 @@ async fn one_cell_inner(
         rows.push(stream(client, "stream_64k/shm", p, f).await?);
     }
     if p.wants("stream_1000/shm") {
-        rows.push(small_stream(client, p, f).await?);
+        rows.push(small_stream(client, false, p, f).await?);
+    }
+    if p.wants("stream_1000_spawned/shm") {
+        rows.push(small_stream(client, true, p, f).await?);
     }
     for callers in [1usize, 16, 256] {
         if p.wants(&format!("concurrency_{callers}/shm")) {
@@ -499,26 +503,48 @@ pub(crate) async fn stream(
 const SMALL_ITEMS: u32 = 1000;
 
 /// `stream_1000/shm`: a call that streams 1000 `u32` items cell → host,
-/// timed from the call to the last item.
-async fn small_stream(client: &BenchClient, p: &Params, f: &Floors) -> Result<Row, BoxError> {
+/// timed from the call to the last item. The call and the loop that
+/// receives its items run in one task (`tokio::join!`), as the socket
+/// floor's one thread does.
+///
+/// `stream_1000_spawned/shm` (`spawned`): the same with the call spawned
+/// as a task of its own, the other common way to write it; its items then
+/// reach a task other than the one that waits for the call's answer.
+async fn small_stream(client: &BenchClient, spawned: bool, p: &Params, f: &Floors) -> Result<Row, BoxError> {
+    let name = if spawned {
+        "stream_1000_spawned/shm"
+    } else {
+        "stream_1000/shm"
+    };
     let rounds = p.rounds() / 10;
     let mut times = time_calls(rounds, p.cap(), |_| {
         let c = client.clone();
         async move {
             let (tx, mut rx) = c.connection().channel::<u32>()?;
-            let call = tokio::spawn({
-                let c = c.clone();
-                async move { c.count(SMALL_ITEMS, tx).await }
-            });
-            let mut expected = 0u32;
-            while let Some(item) = rx.recv().await {
-                let item = item?;
-                if item != expected {
-                    return Err(format!("item {expected} arrived as {item}").into());
+            let items = async {
+                let mut expected = 0u32;
+                while let Some(item) = rx.recv().await {
+                    let item = item?;
+                    if item != expected {
+                        return Err::<u32, BoxError>(format!("item {expected} arrived as {item}").into());
+                    }
+                    expected += 1;
                 }
-                expected += 1;
-            }
-            call.await??;
+                Ok(expected)
+            };
+            let expected = if spawned {
+                let call = tokio::spawn({
+                    let c = c.clone();
+                    async move { c.count(SMALL_ITEMS, tx).await }
+                });
+                let expected = items.await?;
+                call.await??;
+                expected
+            } else {
+                let (answer, expected) = tokio::join!(c.count(SMALL_ITEMS, tx), items);
+                answer?;
+                expected?
+            };
             if expected != SMALL_ITEMS {
                 return Err(format!("{expected} items arrived, not {SMALL_ITEMS}").into());
             }
@@ -527,12 +553,16 @@ async fn small_stream(client: &BenchClient, p: &Params, f: &Floors) -> Result<Ro
     })
     .await?;
     let short = times.len() < rounds;
-    let mut row =
-        Row::latency("stream_1000/shm", &mut times, p.pinned).against(floor::ADAPTIVE, f.adaptive_ns);
+    let mut row = Row::latency(name, &mut times, p.pinned).against(floor::ADAPTIVE, f.adaptive_ns);
     if short {
         row = row.note(&format!("stopped early after {:?}", p.cap()));
     }
-    Ok(row.note("1000 u32 items cell → host, call to last item"))
+    let how = if spawned {
+        "the call in a task of its own"
+    } else {
+        "call and items in one task"
+    };
+    Ok(row.note(&format!("1000 u32 items cell → host, call to last item, {how}")))
 }
 
 /// `concurrency_<n>/shm`: calls/s with `callers` tasks calling `add` at once.
