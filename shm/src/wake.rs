@@ -15,11 +15,16 @@
 //!   seq += 1           (Release)         fence(SeqCst)
 //!   fence(SeqCst)  ── SYNC POINT A ──    if condition: disarm, done
 //!   if parked & PARKED_REACTOR:          await the wake descriptor
-//!       send one byte to the peer        drain it, disarm, re-check
+//!       take the mark (WAKING)           drain it, disarm, re-check
+//!       send one byte to the peer
 //! ```
 //!
 //! The same Dekker argument as in `doorbell.rs` shows no wakeup is lost: the
-//! ringer sees the mark, or the waiter's re-check sees the condition.
+//! ringer sees the mark, or the waiter's re-check sees the condition. The
+//! ringer takes the mark as it sends, so one sleep costs the peer one byte
+//! however many rings come before the waiter disarms; the byte stays in the
+//! descriptor until read, so a mark taken early still wakes the sleep it
+//! belongs to.
 //!
 //! ## The wake descriptor
 //!
