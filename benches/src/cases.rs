@@ -533,10 +533,7 @@ async fn small_stream(client: &BenchClient, spawned: bool, p: &Params, f: &Floor
                 Ok(expected)
             };
             let expected = if spawned {
-                let call = tokio::spawn({
-                    let c = c.clone();
-                    async move { c.count(SMALL_ITEMS, tx).await }
-                });
+                let call = tokio::spawn(async move { c.count(SMALL_ITEMS, tx).await });
                 let expected = items.await?;
                 call.await??;
                 expected

@@ -429,7 +429,7 @@ fn park_loop<T>(
 #[cfg(all(test, not(osmos_loom)))]
 mod tests {
     use super::*;
-    use crate::test_support::{pair, small_config};
+    use crate::test_support::{bound, pair, small_config};
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
 
@@ -515,9 +515,7 @@ mod tests {
         for round in 0..3u8 {
             consumer.arm_reactor();
             for i in 0..5u8 {
-                host.sender
-                    .send(&[round, i], crate::test_support::bound())
-                    .unwrap();
+                host.sender.send(&[round, i], bound()).unwrap();
             }
             assert_eq!(
                 drain_link(wake_fd),

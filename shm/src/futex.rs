@@ -157,20 +157,26 @@ impl Futex for OsFutex {
 /// the resolution is not a tick's, `at` comes back unchanged.
 #[cfg(not(osmos_loom))]
 pub fn past_next_tick(at: std::time::Instant) -> std::time::Instant {
-    static PERIOD: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    let period = *PERIOD.get_or_init(|| {
-        let r = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
-        let p = Duration::new(r.tv_sec.max(0) as u64, r.tv_nsec.clamp(0, 999_999_999) as u32);
-        // A tick between 0.1 ms (10 kHz) and 100 ms (10 Hz); anything else
-        // is not a tick.
-        (p >= Duration::from_micros(100) && p <= Duration::from_millis(100)).then_some(p)
-    });
-    match period {
+    match tick_period() {
         // Past the tick by a margin: the tick's own timer may fire a little
         // late.
         Some(p) => at.max(std::time::Instant::now() + p + TICK_MARGIN),
         None => at,
     }
+}
+
+/// The kernel's tick period (the resolution of `CLOCK_MONOTONIC_COARSE`),
+/// read once; `None` where that resolution is not a tick's.
+#[cfg(not(osmos_loom))]
+fn tick_period() -> Option<Duration> {
+    static PERIOD: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *PERIOD.get_or_init(|| {
+        let r = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
+        let p = Duration::new(r.tv_sec.max(0) as u64, r.tv_nsec.clamp(0, 999_999_999) as u32);
+        // A tick between 0.1 ms (10 kHz) and 100 ms (10 Hz); anything else
+        // is not a tick.
+        (p >= Duration::from_micros(100) && p <= Duration::from_millis(100)).then_some(p)
+    })
 }
 
 /// How far past the next tick [`past_next_tick`] puts a window's end.
@@ -198,16 +204,14 @@ mod tests {
 
     #[test]
     fn a_window_shorter_than_a_tick_ends_past_the_next_tick() {
-        let r = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
-        let period = Duration::new(r.tv_sec as u64, r.tv_nsec as u32);
         let before = Instant::now();
         let short = before + Duration::from_micros(50);
         let end = past_next_tick(short);
-        if period < Duration::from_micros(100) || period > Duration::from_millis(100) {
+        let Some(period) = tick_period() else {
             // Not a tick (no Linux kernel ticks so): nothing to move past.
             assert_eq!(end, short);
             return;
-        }
+        };
         assert!(end >= before + period + TICK_MARGIN, "{:?}", end - before);
         assert!(end <= Instant::now() + period + TICK_MARGIN);
         // A window that already ends past the next tick is kept.
