@@ -306,17 +306,19 @@ pub async fn calls_only(n: usize) -> Result<String, BoxError> {
     cell.shutdown(Duration::from_secs(2)).await;
     let (mut times, ctx) = r?;
     times.sort();
-    let at = |q: f64| {
-        times
-            .get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    let (p50, p99) = (at(0.5), at(0.99));
+    let (p50, p99) = (quantile(&times, 0.5), quantile(&times, 0.99));
     Ok(format!(
         "{n} add calls: p50 {p50:?}, p99 {p99:?}; {}",
         ctx.map_or_else(|| "no context switch counts".to_string(), |c| c.breakdown())
     ))
+}
+
+/// The `q` quantile of sorted `times` (zero when there are none).
+fn quantile(times: &[Duration], q: f64) -> Duration {
+    times
+        .get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// The names of the cases [`one_cell`] measures.
@@ -517,38 +519,7 @@ async fn small_stream(client: &BenchClient, spawned: bool, p: &Params, f: &Floor
         "stream_1000/shm"
     };
     let rounds = p.rounds() / 10;
-    let mut times = time_calls(rounds, p.cap(), |_| {
-        let c = client.clone();
-        async move {
-            let (tx, mut rx) = c.connection().channel::<u32>()?;
-            let items = async {
-                let mut expected = 0u32;
-                while let Some(item) = rx.recv().await {
-                    let item = item?;
-                    if item != expected {
-                        return Err::<u32, BoxError>(format!("item {expected} arrived as {item}").into());
-                    }
-                    expected += 1;
-                }
-                Ok(expected)
-            };
-            let expected = if spawned {
-                let call = tokio::spawn(async move { c.count(SMALL_ITEMS, tx).await });
-                let expected = items.await?;
-                call.await??;
-                expected
-            } else {
-                let (answer, expected) = tokio::join!(c.count(SMALL_ITEMS, tx), items);
-                answer?;
-                expected?
-            };
-            if expected != SMALL_ITEMS {
-                return Err(format!("{expected} items arrived, not {SMALL_ITEMS}").into());
-            }
-            Ok(())
-        }
-    })
-    .await?;
+    let mut times = time_calls(rounds, p.cap(), |_| one_small_stream(client.clone(), spawned)).await?;
     let short = times.len() < rounds;
     let mut row = Row::latency(name, &mut times, p.pinned).against(floor::ADAPTIVE, f.adaptive_ns);
     if short {
@@ -560,6 +531,55 @@ async fn small_stream(client: &BenchClient, spawned: bool, p: &Params, f: &Floor
         "call and items in one task"
     };
     Ok(row.note(&format!("1000 u32 items cell → host, call to last item, {how}")))
+}
+
+/// One `stream_1000` round: a call that streams [`SMALL_ITEMS`] items,
+/// each checked, received in the calling task or with the call spawned.
+async fn one_small_stream(c: BenchClient, spawned: bool) -> Result<(), BoxError> {
+    let (tx, mut rx) = c.connection().channel::<u32>()?;
+    let items = async {
+        let mut expected = 0u32;
+        while let Some(item) = rx.recv().await {
+            let item = item?;
+            if item != expected {
+                return Err::<u32, BoxError>(format!("item {expected} arrived as {item}").into());
+            }
+            expected += 1;
+        }
+        Ok(expected)
+    };
+    let expected = if spawned {
+        let call = tokio::spawn(async move { c.count(SMALL_ITEMS, tx).await });
+        let expected = items.await?;
+        call.await??;
+        expected
+    } else {
+        let (answer, expected) = tokio::join!(c.count(SMALL_ITEMS, tx), items);
+        answer?;
+        expected?
+    };
+    if expected != SMALL_ITEMS {
+        return Err(format!("{expected} items arrived, not {SMALL_ITEMS}").into());
+    }
+    Ok(())
+}
+
+/// `osmos-bench --streams N`: only `n` rounds of `stream_1000/shm` against
+/// one cell, nothing else, for a profiler; prints p50 and p99.
+pub async fn streams_only(n: usize) -> Result<String, BoxError> {
+    let cell = spawn_cell("bench").await?;
+    let client: BenchClient = cell.client()?;
+    let r = time_calls(n, Duration::from_secs(600), |_| {
+        one_small_stream(client.clone(), false)
+    })
+    .await;
+    cell.shutdown(Duration::from_secs(2)).await;
+    let mut times = r?;
+    times.sort();
+    let (p50, p99) = (quantile(&times, 0.5), quantile(&times, 0.99));
+    Ok(format!(
+        "{n} streams of {SMALL_ITEMS} items: p50 {p50:?}, p99 {p99:?}"
+    ))
 }
 
 /// `concurrency_<n>/shm`: calls/s with `callers` tasks calling `add` at once.

@@ -17,7 +17,9 @@
 //! - `--calls N [--pin]`: no report: spawn one bench cell, make N `add`
 //!   calls over shm on a default runtime (pinned to CPU 0 with `--pin`) and
 //!   print their p50 and context switches; a steady load to run under
-//!   `perf record` or `perf sched`.
+//!   `perf record` or `perf sched`;
+//! - `--streams N [--pin]`: the same for N rounds of `stream_1000/shm`
+//!   (p50 and p99 only).
 //!
 //! Each pass measures the shm floors, the raw Unix-socket floors
 //! (`floor_uds/*`) and then the cases, and gives every case row its ratio to
@@ -91,12 +93,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
-/// `--calls N [--pin]`: N `add` calls on one cell, for a profiler.
-fn calls_only(args: &[String]) -> ExitCode {
+/// `--calls N [--pin]`: N `add` calls on one cell; `--streams N [--pin]`:
+/// N rounds of `stream_1000/shm`. Nothing else runs, for a profiler.
+fn profile_only(mode: &str, args: &[String]) -> ExitCode {
     let n: usize = match args.first().map(|a| a.parse()) {
         Some(Ok(n)) => n,
         _ => {
-            eprintln!("usage: osmos-bench --calls N [--pin]");
+            eprintln!("usage: osmos-bench {mode} N [--pin]");
             return ExitCode::from(2);
         }
     };
@@ -113,7 +116,14 @@ fn calls_only(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cases::calls_only(n)) {
+    let run = async {
+        if mode == "--streams" {
+            cases::streams_only(n).await
+        } else {
+            cases::calls_only(n).await
+        }
+    };
+    match rt.block_on(run) {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -266,8 +276,8 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("--floor-child") {
         return ExitCode::from(u8::try_from(floor::child(&args[1..])).unwrap_or(1));
     }
-    if args.first().map(String::as_str) == Some("--calls") {
-        return calls_only(&args[1..]);
+    if let Some(mode @ ("--calls" | "--streams")) = args.first().map(String::as_str) {
+        return profile_only(mode, &args[1..]);
     }
     let opts = match parse(&args) {
         Ok(o) => o,
