@@ -14,7 +14,7 @@ use crate::doorbell::WaitStrategy;
 use crate::error::{Error, Result, Rule};
 use crate::liveness::Liveness;
 use crate::pool::{HeldSlot, SlotReader, SlotRef, SlotWriter};
-use crate::ring::{FrameConsumer, FrameKind, FrameProducer, FrameView};
+use crate::ring::{FrameConsumer, FrameKind, FrameProducer, FrameRun, FrameView};
 
 /// Everything one side needs to talk over a segment.
 #[derive(Debug)]
@@ -178,6 +178,19 @@ impl FrameReceiver {
         m.append_to(buf);
         m.finish()?;
         Ok(true)
+    }
+
+    /// Copies the inline messages at the head of the ring out together
+    /// (each at most `max_frame` bytes, `max_bytes` in all) and gives their
+    /// frames back at once: see [`FrameConsumer::take_run`]. Returns how
+    /// many `run` holds; 0 when none is there or the next message is one
+    /// for [`try_recv`](Self::try_recv) (a slot, a larger frame) or breaks
+    /// a rule (which `try_recv` reports).
+    pub fn try_recv_run(&mut self, run: &mut FrameRun, max_bytes: usize, max_frame: usize) -> Result<usize> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        self.consumer.take_run(run, max_bytes, max_frame)
     }
 
     /// Copies the next message out as [`try_recv_into`](Self::try_recv_into)

@@ -101,7 +101,7 @@ pub use layout::{
 };
 pub use liveness::{Liveness, PeerCpu, PeerState, Side};
 pub use pool::{HeldSlot, SlotGrant, SlotReader, SlotRef, SlotWriter};
-pub use ring::{FrameConsumer, FrameGrant, FrameKind, FrameProducer, FrameView};
+pub use ring::{FrameConsumer, FrameGrant, FrameKind, FrameProducer, FrameRun, FrameView};
 #[cfg(not(osmos_loom))]
 pub use wake::{Drained, WakePair, drain_link, drain_local};
 pub use wake::{PARKED_FUTEX, PARKED_REACTOR};

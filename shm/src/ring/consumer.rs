@@ -24,6 +24,59 @@ pub(super) struct FrameMeta {
     size: u64,
 }
 
+/// A validated frame header.
+enum Header {
+    /// Padding to the end of the data area: advance `head` by `skip`.
+    Pad {
+        skip: u64,
+    },
+    Frame(FrameMeta),
+}
+
+/// Inline frames copied out of a ring together by
+/// [`FrameConsumer::take_run`] (or
+/// [`FrameReceiver::try_recv_run`](crate::FrameReceiver::try_recv_run)):
+/// private memory, which the peer cannot touch, handed out one frame at a
+/// time.
+#[derive(Debug, Default)]
+pub struct FrameRun {
+    bytes: Vec<u8>,
+    /// Each frame's payload: (offset in `bytes`, length).
+    frames: Vec<(usize, usize)>,
+    /// Frames handed out so far.
+    next: usize,
+}
+
+impl FrameRun {
+    /// An empty run.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether every frame of the run was handed out.
+    pub fn is_empty(&self) -> bool {
+        self.next == self.frames.len()
+    }
+
+    /// The next frame's payload, as a range of [`bytes`](Self::bytes).
+    pub fn next_frame(&mut self) -> Option<std::ops::Range<usize>> {
+        let &(at, len) = self.frames.get(self.next)?;
+        self.next += 1;
+        Some(at..at + len)
+    }
+
+    /// The run's private copy of the ring's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.frames.clear();
+        self.next = 0;
+    }
+}
+
 /// The reading end of a frame ring. `Send`, not `Sync`: one thread consumes.
 pub struct FrameConsumer {
     pub(super) mem: RingMem,
@@ -113,64 +166,132 @@ impl FrameConsumer {
                 }
             }
             let off = self.head % self.cap;
-            let avail = self.tail_seen - self.head;
-            let to_end = self.cap - off;
             // A single 8-byte load: the header is fetched exactly once.
             let header = self.mem.data.read_u64(off as usize);
-            let len = header & 0xffff_ffff;
-            let kind = (header >> 32) as u32;
-            let kind = match kind {
-                KIND_PAD => {
-                    if len + FRAME_HEADER as u64 != to_end || to_end > avail {
-                        return Err(Error::violation(
-                            Rule::PadToRingEnd,
-                            format!(
-                                "padding of {len} bytes at ring offset {off} must run exactly to the end ({} bytes) within the {avail} published",
-                                to_end - FRAME_HEADER as u64
-                            ),
-                        ));
-                    }
-                    self.head += to_end;
+            match self.check_header(header, self.head, self.tail_seen - self.head)? {
+                Header::Pad { skip } => {
+                    self.head += skip;
                     self.publish_head();
-                    continue;
                 }
-                KIND_INLINE => FrameKind::Inline,
-                KIND_SLOT => FrameKind::SlotRef,
-                other => {
+                Header::Frame(meta) => {
+                    self.current = Some(meta);
+                    return Ok(Some(meta));
+                }
+            }
+        }
+    }
+
+    /// Validates the header of the frame at position `at`, with `avail`
+    /// bytes published from there (the header already read, once, from
+    /// the ring or from a private copy of it).
+    fn check_header(&self, header: u64, at: u64, avail: u64) -> Result<Header> {
+        let off = at % self.cap;
+        let to_end = self.cap - off;
+        let len = header & 0xffff_ffff;
+        let kind = match (header >> 32) as u32 {
+            KIND_PAD => {
+                if len + FRAME_HEADER as u64 != to_end || to_end > avail {
                     return Err(Error::violation(
-                        Rule::FrameKindKnown,
-                        format!("frame at ring offset {off} has kind word {other:#x}"),
+                        Rule::PadToRingEnd,
+                        format!(
+                            "padding of {len} bytes at ring offset {off} must run exactly to the end ({} bytes) within the {avail} published",
+                            to_end - FRAME_HEADER as u64
+                        ),
                     ));
                 }
-            };
-            let size = frame_size(len);
-            if len > u64::from(self.max_payload) || size > avail {
+                return Ok(Header::Pad { skip: to_end });
+            }
+            KIND_INLINE => FrameKind::Inline,
+            KIND_SLOT => FrameKind::SlotRef,
+            other => {
                 return Err(Error::violation(
-                    Rule::FrameLengthInBounds,
-                    format!(
-                        "frame at ring offset {off} claims {len} payload bytes (max {}, {} published)",
-                        self.max_payload,
-                        avail.saturating_sub(FRAME_HEADER as u64)
-                    ),
+                    Rule::FrameKindKnown,
+                    format!("frame at ring offset {off} has kind word {other:#x}"),
                 ));
             }
-            if size > to_end {
-                return Err(Error::violation(
-                    Rule::FrameContiguous,
-                    format!(
-                        "frame at ring offset {off} of {size} bytes crosses the ring end ({to_end} bytes left)"
-                    ),
-                ));
-            }
-            let meta = FrameMeta {
-                payload: off as usize + FRAME_HEADER,
-                len: len as usize,
-                kind,
-                size,
-            };
-            self.current = Some(meta);
-            return Ok(Some(meta));
+        };
+        let size = frame_size(len);
+        if len > u64::from(self.max_payload) || size > avail {
+            return Err(Error::violation(
+                Rule::FrameLengthInBounds,
+                format!(
+                    "frame at ring offset {off} claims {len} payload bytes (max {}, {} published)",
+                    self.max_payload,
+                    avail.saturating_sub(FRAME_HEADER as u64)
+                ),
+            ));
         }
+        if size > to_end {
+            return Err(Error::violation(
+                Rule::FrameContiguous,
+                format!(
+                    "frame at ring offset {off} of {size} bytes crosses the ring end ({to_end} bytes left)"
+                ),
+            ));
+        }
+        Ok(Header::Frame(FrameMeta {
+            payload: off as usize + FRAME_HEADER,
+            len: len as usize,
+            kind,
+            size,
+        }))
+    }
+
+    /// Copies the inline frames at the head of the ring out together, into
+    /// `run` (emptied first), and gives their space back at once: one
+    /// published head and one doorbell check for all of them. Frames are
+    /// taken in order while they are inline and at most `max_frame` payload
+    /// bytes each, until the run holds `max_bytes` (its first frame is
+    /// always taken) or the frames published when the call began are used
+    /// up; padding between them is consumed. Each header is read once and
+    /// validated as [`peek`](Self::peek) does, and each payload copied out
+    /// once. Returns how many frames `run` holds: 0 when the ring is empty
+    /// or its first frame is not one to take here (a slot reference, a
+    /// larger frame, a broken one), which [`peek`](Self::peek) then handles
+    /// (and reports).
+    pub fn take_run(&mut self, run: &mut FrameRun, max_bytes: usize, max_frame: usize) -> Result<usize> {
+        run.clear();
+        if self.current.is_none() && self.head == self.tail_seen {
+            self.refresh_tail()?;
+        }
+        let mut at = self.head;
+        while at < self.tail_seen && (run.frames.is_empty() || run.bytes.len() < max_bytes) {
+            let header = match self.current.take() {
+                Some(meta) => Header::Frame(meta),
+                None => {
+                    // A single 8-byte load: the header is fetched exactly once.
+                    let header = self.mem.data.read_u64((at % self.cap) as usize);
+                    // A broken frame ends the run; `peek` reports it once it
+                    // is at the head.
+                    match self.check_header(header, at, self.tail_seen - at) {
+                        Ok(h) => h,
+                        Err(_) => break,
+                    }
+                }
+            };
+            match header {
+                Header::Pad { skip } => at += skip,
+                Header::Frame(meta) => {
+                    let fits = run.frames.is_empty() || run.bytes.len() + meta.len <= max_bytes;
+                    if meta.kind != FrameKind::Inline || meta.len > max_frame || !fits {
+                        if at == self.head {
+                            // Still the frame at the head: keep it validated.
+                            self.current = Some(meta);
+                        }
+                        break;
+                    }
+                    let start = run.bytes.len();
+                    self.mem.data.read_append(meta.payload, meta.len, &mut run.bytes);
+                    run.frames.push((start, meta.len));
+                    at += meta.size;
+                }
+            }
+        }
+        if at != self.head {
+            self.head = at;
+            self.publish_head();
+        }
+        Ok(run.frames.len())
     }
 
     /// The next frame, without waiting. `Ok(None)` if the ring is empty.

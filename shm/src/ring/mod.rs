@@ -26,7 +26,10 @@
 //! consumer copies a frame out, then stores `head` with Release; the
 //! producer loads `head` with Acquire before reusing the space (SYNC POINT R2).
 //! Doorbells carry the wakeups: `readable` (rung by the producer) and
-//! `writable` (rung by the consumer).
+//! `writable` (rung by the consumer). A consumer may also take a run of
+//! small inline frames at once (`FrameConsumer::take_run`): each still
+//! copied out once and its header read once, their space given back with
+//! one store of `head` and one look at the `writable` doorbell.
 //!
 //! This module holds the layout (frame kinds, the control block, where a ring
 //! lives) and `split`; the writing end is in `producer.rs`, the reading end
@@ -46,7 +49,7 @@ mod producer;
 #[cfg(all(test, not(osmos_loom)))]
 mod tests;
 
-pub use consumer::{FrameConsumer, FrameView};
+pub use consumer::{FrameConsumer, FrameRun, FrameView};
 pub use producer::{FrameGrant, FrameProducer};
 
 const KIND_INLINE: u32 = 1;

@@ -5,6 +5,7 @@
 use super::*;
 use crate::error::{Error, Rule};
 use crate::layout::Direction;
+use crate::ring::FrameRun;
 use crate::sync::atomic::Ordering;
 use crate::test_support::{
     Pair, RING_READABLE_PARKED, RING_WRITABLE_PARKED, WakeBound, await_word, bound, pair, small_config, soon,
@@ -306,4 +307,80 @@ fn a_head_out_of_range_is_a_violation() {
         }
     };
     assert_eq!(err.rule(), Some(Rule::RingHeadInRange), "{err}");
+}
+
+/// The little-endian u64 at `off` in the host's mapping (a u32 word reads
+/// as its low half).
+fn read_word(pair: &Pair, off: usize) -> u64 {
+    // SAFETY: callers pass 8-aligned offsets inside the segment.
+    u64::from_le(unsafe { pair.host_seg.raw_at(off).cast::<u64>().read_volatile() })
+}
+
+/// The frames `run` holds, copied out.
+fn run_frames(run: &mut FrameRun) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| run.next_frame().map(|r| run.bytes()[r].to_vec())).collect()
+}
+
+#[test]
+fn a_run_takes_small_inline_frames_in_order_and_frees_their_space_at_once() {
+    let mut p = pair(&small_config());
+    // Move the ring's positions to 512 bytes before its end, so the run
+    // below crosses the padding frame there.
+    for _ in 0..14 {
+        p.cell.sender.send(&[1; 248], bound()).unwrap();
+        p.host.receiver.recv(bound()).unwrap().finish().unwrap();
+    }
+    // Six 112-byte frames (four before the end, padding, two after it), a
+    // slot message, a frame too large for the run, then two more.
+    let small: Vec<Vec<u8>> = (0..8).map(|i| bytes(i, 100 - i)).collect();
+    for m in &small[..6] {
+        p.cell.sender.send(m, bound()).unwrap();
+    }
+    p.cell.sender.send(&bytes(50, 300), bound()).unwrap();
+    p.cell.sender.send(&bytes(51, 200), bound()).unwrap();
+    for m in &small[6..] {
+        p.cell.sender.send(m, bound()).unwrap();
+    }
+    let ring = ring_of(&p, Direction::CellToHost);
+    let rung = read_word(&p, ring.ctrl + 512) as u32;
+    let mut run = FrameRun::new();
+    assert_eq!(p.host.receiver.try_recv_run(&mut run, 1 << 20, 150).unwrap(), 6);
+    assert_eq!(run_frames(&mut run), small[..6].to_vec());
+    assert!(run.is_empty());
+    // Their space, the padding's included, went back at once: `head` now
+    // points at the slot reference (four frames of 112 bytes from 3584,
+    // 64 bytes of padding, two of 104), published with one ring of the
+    // writable doorbell.
+    assert_eq!(read_word(&p, ring.ctrl), 4096 + 208);
+    assert_eq!(read_word(&p, ring.ctrl + 512) as u32, rung.wrapping_add(1));
+    // The slot message and the larger frame are left to `recv`.
+    assert_eq!(p.host.receiver.try_recv_run(&mut run, 1 << 20, 150).unwrap(), 0);
+    let m = p.host.receiver.recv(bound()).unwrap();
+    assert!(m.in_slot());
+    assert_eq!(m.to_vec(), bytes(50, 300));
+    m.finish().unwrap();
+    assert_eq!(p.host.receiver.try_recv_run(&mut run, 1 << 20, 150).unwrap(), 0);
+    assert_eq!(p.host.receiver.recv(bound()).unwrap().to_vec(), bytes(51, 200));
+    // `max_bytes` ends a run, but its first frame is always taken.
+    assert_eq!(p.host.receiver.try_recv_run(&mut run, 10, 150).unwrap(), 1);
+    assert_eq!(run_frames(&mut run), vec![small[6].clone()]);
+    assert_eq!(p.host.receiver.try_recv_run(&mut run, 10, 150).unwrap(), 1);
+    assert_eq!(run_frames(&mut run), vec![small[7].clone()]);
+    assert!(p.host.receiver.try_recv().unwrap().is_none());
+}
+
+#[test]
+fn a_broken_frame_ends_a_run_and_is_reported_at_the_head() {
+    let ring = ring_of(&pair(&small_config()), Direction::CellToHost);
+    let mut p = pair(&small_config());
+    for i in 0..3 {
+        p.cell.sender.send(&bytes(i, 40), bound()).unwrap();
+    }
+    // The third frame (48 bytes each) gets an unknown kind.
+    poke(&p, ring.data + 2 * 48, 9u64 << 32 | 40);
+    let mut run = FrameRun::new();
+    assert_eq!(p.host.receiver.try_recv_run(&mut run, 1 << 20, 256).unwrap(), 2);
+    assert_eq!(run_frames(&mut run), vec![bytes(0, 40), bytes(1, 40)]);
+    assert_eq!(p.host.receiver.try_recv_run(&mut run, 1 << 20, 256).unwrap(), 0);
+    assert_eq!(host_recv_rule(&mut p), Rule::FrameKindKnown);
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use osmos_shm::{BellWatcher, Copied, FrameReceiver, Liveness, PeerCpu, PeerState};
+use osmos_shm::{BellWatcher, Copied, FrameReceiver, FrameRun, Liveness, PeerCpu, PeerState};
 use tokio::sync::{MutexGuard, Notify, OwnedMutexGuard};
 
 use super::{EMPTY_WAKES_ALLOWED, RECV_CHECKS, RECV_SPIN, SideWaiters, shm_error};
@@ -114,11 +114,20 @@ const SPLIT_PEEK: usize = 256;
 /// there.
 const SPLIT_AT_MOST: usize = 128 << 10;
 
+/// Most bytes of frames copied out of the ring in one run (see
+/// `RxInner::take_frame`).
+const RUN_BYTES: usize = 16 << 10;
+
 /// What the receive lock guards.
 struct RxInner {
     receiver: FrameReceiver,
-    /// The last frame received, copied out of the segment (without its
-    /// tail, if that was held apart).
+    /// Small frames copied out of the ring together: a stream's items cost
+    /// one published head for all of them, not one each.
+    run: FrameRun,
+    /// The last frame received, when it came from `run`.
+    in_run: Option<std::ops::Range<usize>>,
+    /// The last frame received otherwise, copied out of the segment
+    /// (without its tail, if that was held apart).
     buf: Vec<u8>,
     /// The end of the last frame, when it was copied out on its own.
     tail: Option<Vec<u8>>,
@@ -141,7 +150,22 @@ struct RxInner {
 impl RxInner {
     /// Copies the next frame out, if one is there: a large frame whose
     /// payload ends with a byte string in two pieces (see [`Received`]).
+    ///
+    /// Small frames come from a run of them copied out together; a frame
+    /// the run does not take (a slot, a frame large enough to split) is
+    /// copied out on its own.
     fn take_frame(&mut self) -> Result<bool, LinkError> {
+        if self.run.is_empty() {
+            self.receiver
+                .try_recv_run(&mut self.run, RUN_BYTES, SPLIT_AT_LEAST - 1)
+                .map_err(shm_error)?;
+        }
+        self.in_run = self.run.next_frame();
+        if self.in_run.is_some() {
+            self.tail = None;
+            self.window.frame();
+            return Ok(true);
+        }
         let copied = self
             .receiver
             .try_recv_split(&mut self.buf, SPLIT_AT_LEAST, SPLIT_PEEK, |peeked, total| {
@@ -162,8 +186,16 @@ impl RxInner {
         Ok(true)
     }
 
+    /// The frame [`take_frame`](Self::take_frame) took last.
+    fn frame(&self) -> &[u8] {
+        match &self.in_run {
+            Some(r) => &self.run.bytes()[r.clone()],
+            None => &self.buf,
+        }
+    }
+
     fn has_frame(&mut self) -> Result<bool, LinkError> {
-        self.receiver.has_frame().map_err(shm_error)
+        Ok(!self.run.is_empty() || self.receiver.has_frame().map_err(shm_error)?)
     }
 
     /// Whether a frame is ready, checking `checks` times in a tight loop
@@ -250,6 +282,8 @@ impl ShmRx {
             core: Arc::new(Core {
                 inner: Arc::new(tokio::sync::Mutex::new(RxInner {
                     receiver,
+                    run: FrameRun::new(),
+                    in_run: None,
                     buf: Vec::new(),
                     tail: None,
                     window: StormWindow::new(),
@@ -290,7 +324,7 @@ impl std::ops::Deref for ShmFrame<'_> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.0.buf
+        self.0.frame()
     }
 }
 
@@ -458,7 +492,7 @@ impl RxClaim for ShmClaim {
         match inner.take_frame() {
             Ok(true) => {
                 let tail = inner.tail.take();
-                return Here::Frame(&inner.buf, tail);
+                return Here::Frame(inner.frame(), tail);
             }
             Ok(false) => {}
             Err(e) => return Here::Failed(e),
