@@ -2,6 +2,7 @@
 //! is bound to its session while it is used here, and handed over (no longer
 //! usable here) once encoded into a message for the peer.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -51,8 +52,20 @@ pub struct Rx<T> {
     /// `recv` returned the error that ended the channel: it returns `None`
     /// from now on.
     failed: bool,
+    /// Items taken from the channel's queue with the last one received,
+    /// their credit already granted back (see [`READY_ITEMS`]).
+    ready: VecDeque<Queued>,
     _items: PhantomData<fn() -> T>,
 }
+
+/// Most items a receiver takes from its channel's queue at once, under one
+/// lock, when it finds them queued behind the one it waited for (and
+/// [`READY_BYTES`] of encoding past the first). A stream's items then
+/// cost a lock and a credit update per batch, not per item; what a
+/// receiver holds stays bounded by its window plus one such batch.
+const READY_ITEMS: usize = 64;
+/// See [`READY_ITEMS`].
+const READY_BYTES: usize = 16 << 10;
 
 impl<T> fmt::Debug for Tx<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -88,6 +101,7 @@ pub(crate) fn pair<T>(shared: &Arc<Shared>, core: Arc<ChannelCore>) -> (Tx<T>, R
         }),
         done: AtomicBool::new(false),
         failed: false,
+        ready: VecDeque::new(),
         _items: PhantomData,
     };
     (tx, rx)
@@ -122,6 +136,7 @@ impl<T> TryFrom<ChannelId> for Rx<T> {
             bound: Some(Bound { shared, core }),
             done: AtomicBool::new(false),
             failed: false,
+            ready: VecDeque::new(),
             _items: PhantomData,
         })
     }
@@ -130,6 +145,13 @@ impl<T> TryFrom<ChannelId> for Rx<T> {
 impl<T> TryFrom<&Rx<T>> for ChannelId {
     type Error = String;
     fn try_from(rx: &Rx<T>) -> Result<Self, String> {
+        if !rx.ready.is_empty() {
+            return Err(format!(
+                "channel {} has {} received items not yet read; read them (recv) before handing the receiver on",
+                rx.id,
+                rx.ready.len()
+            ));
+        }
         hand_over(rx.id, &rx.done, End::Rx, rx.bound.as_ref())
     }
 }
@@ -438,6 +460,9 @@ impl<T> Rx<T> {
                 return Some(Err(ChannelError::Unbound));
             }
         };
+        if let Some(item) = self.ready.pop_front() {
+            return Some(Ok(item));
+        }
         match b.shared.channel_item(&b.core).await {
             Ok(None) => None,
             Err(e) => {
@@ -445,6 +470,11 @@ impl<T> Rx<T> {
                 Some(Err(e))
             }
             Ok(Some((bytes, grant))) => {
+                let more = b.core.take_queued(&mut self.ready, READY_ITEMS, READY_BYTES);
+                let grant = match (grant, more) {
+                    (Some(a), Some(b)) => Some(a.saturating_add(b)),
+                    (a, b) => a.or(b),
+                };
                 if let Some(g) = grant {
                     // Best effort: if the session is gone, so is the sender.
                     let _ = b

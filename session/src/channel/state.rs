@@ -7,6 +7,7 @@
 use crate::adaptive::{Adaptive, may_block_here};
 use crate::rules::Rule;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,8 @@ pub(crate) struct ChannelCore {
     /// Where a large received item's trailing bytes begin, for the local
     /// receiver's item type (set on its first receive).
     splitter: OnceLock<Splitter>,
+    /// The session forgot the channel (see `Shared::retire_channel`).
+    retired: AtomicBool,
 }
 
 struct ChanInner {
@@ -190,6 +193,7 @@ impl ChannelCore {
             readable: Notify::new(),
             writable: Notify::new(),
             splitter: OnceLock::new(),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -197,6 +201,19 @@ impl ChannelCore {
     /// item type (the first call wins; a handle has one type).
     pub(crate) fn use_splitter(&self, splitter: Splitter) {
         let _ = self.splitter.set(splitter);
+    }
+
+    /// Marks the channel forgotten by its session (under the session's
+    /// lock, as it leaves the registry).
+    pub(crate) fn mark_retired(&self) {
+        // ORDERING: Release pairs with the Acquire in `is_retired`.
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether the session forgot the channel: traffic for it is dropped.
+    pub(crate) fn is_retired(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release in `mark_retired`.
+        self.retired.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ChanInner> {
@@ -594,27 +611,7 @@ impl ChannelCore {
     pub(crate) fn try_next_item(&self) -> Option<NextItem> {
         let mut c = self.lock();
         if let Some(item) = c.queue.pop_front() {
-            c.consumed_since_grant += credit_cost(item.len() as u64);
-            let mut grant_message = None;
-            let mut wake = None;
-            if c.consumed_since_grant * 2 >= c.window.max(1) {
-                let g = c.consumed_since_grant.min(u64::from(u32::MAX));
-                c.consumed_since_grant -= g;
-                match &mut c.flow {
-                    Flow::Messages { granted, .. } => {
-                        *granted += g;
-                        grant_message = Some(g as u32);
-                    }
-                    Flow::Table {
-                        receiver: Some(r), ..
-                    } => {
-                        // Only fails on a window past 2^31, which the
-                        // grant policy never opens.
-                        wake = r.grant_later(g as u32).ok();
-                    }
-                    Flow::Table { receiver: None, .. } => {}
-                }
-            }
+            let (grant_message, wake) = c.consumed(item.len());
             // The sender is woken with the lock let go: on this CPU it may
             // run at once, and its next item must not wait for the lock.
             drop(c);
@@ -632,6 +629,65 @@ impl ChannelCore {
             return Some(Ok(None));
         }
         None
+    }
+}
+
+impl ChannelCore {
+    /// Moves the items queued now into `out`, at most `max_items` and,
+    /// past the first, `max_bytes` of encoding, granting credit for them
+    /// as [`try_next_item`](Self::try_next_item) does: a receiver that
+    /// found an item takes the ones behind it under one lock. Returns the
+    /// bytes to grant back by message, if a grant is due.
+    pub(crate) fn take_queued(
+        &self,
+        out: &mut VecDeque<Queued>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Option<u32> {
+        let mut c = self.lock();
+        let (mut grant_message, mut wake, mut bytes) = (None::<u32>, None, 0);
+        while out.len() < max_items && bytes < max_bytes {
+            let Some(item) = c.queue.pop_front() else { break };
+            bytes += item.len();
+            let (g, w) = c.consumed(item.len());
+            if let Some(g) = g {
+                grant_message = Some(grant_message.map_or(g, |sum| sum.saturating_add(g)));
+            }
+            wake = wake.or(w);
+            out.push_back(item);
+        }
+        drop(c);
+        if let Some(w) = wake {
+            w.ring();
+        }
+        grant_message
+    }
+}
+
+impl ChanInner {
+    /// The local receiver took an item of `len` encoded bytes: counts its
+    /// credit as consumed and grants a batch back once half the window is
+    /// consumed. Returns the bytes to grant by message, or the wake of a
+    /// table-mode sender to ring once the lock is let go.
+    fn consumed(&mut self, len: usize) -> (Option<u32>, Option<osmos_shm::GrantWake>) {
+        self.consumed_since_grant += credit_cost(len as u64);
+        if self.consumed_since_grant * 2 < self.window.max(1) {
+            return (None, None);
+        }
+        let g = self.consumed_since_grant.min(u64::from(u32::MAX));
+        self.consumed_since_grant -= g;
+        match &mut self.flow {
+            Flow::Messages { granted, .. } => {
+                *granted += g;
+                (Some(g as u32), None)
+            }
+            // Only fails on a window past 2^31, which the grant policy
+            // never opens.
+            Flow::Table {
+                receiver: Some(r), ..
+            } => (None, r.grant_later(g as u32).ok()),
+            Flow::Table { receiver: None, .. } => (None, None),
+        }
     }
 }
 

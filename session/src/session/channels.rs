@@ -54,6 +54,7 @@ impl Shared {
     pub(crate) fn retire_channel(&self, id: u64) {
         let mut s = self.lock();
         if let Some(core) = s.channels.open.remove(&id) {
+            core.mark_retired();
             if let Some(index) = core.table_index() {
                 s.channels.table_busy.remove(&index);
             }
@@ -157,6 +158,29 @@ pub(super) fn channel_for(
         Rule::ChannelKnown.name(),
         format!("{what} for channel {id}, which is not open"),
     ))
+}
+
+/// The channel the last item or grant came for, kept by whoever receives
+/// (the driver, a caller receiving on its own thread) across the frames it
+/// handles: a stream's items then skip the registry's lock and hash.
+#[derive(Default)]
+pub(super) struct LastChannel(Option<Arc<ChannelCore>>);
+
+impl LastChannel {
+    /// The channel `id`, as [`channel_for`] finds it.
+    pub(super) fn get(
+        &mut self,
+        shared: &Shared,
+        id: u64,
+        what: &str,
+    ) -> Result<Option<&ChannelCore>, Violation> {
+        // Ids are never reused in a session: the open channel of this id
+        // is the one kept, until it is retired.
+        if !matches!(&self.0, Some(c) if c.id == id && !c.is_retired()) {
+            self.0 = channel_for(shared, id, what)?;
+        }
+        Ok(self.0.as_deref())
+    }
 }
 
 /// Opens the channels a message lists (created by the peer).

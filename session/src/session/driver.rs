@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::calls::{expire_calls, on_response};
-use super::channels::channel_for;
+use super::channels::{LastChannel, channel_for};
 use super::connections::{close_connection, on_connection_answer, on_connection_open};
 use super::outbound::PEER_CLOSE_GRACE;
 use super::serving::{IncomingCall, on_call};
@@ -115,6 +115,7 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Set once a send found the peer's end closed (see `PeerClosing`).
     let mut grace: Option<tokio::time::Instant> = None;
+    let mut last = LastChannel::default();
     loop {
         tokio::select! {
             frame = rx.recv() => {
@@ -134,7 +135,7 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
                     }
                 };
                 let tail = frame.take_tail();
-                if let Err(v) = on_received(&shared, &frame, tail) {
+                if let Err(v) = on_received(&shared, &frame, tail, &mut last) {
                     drop(frame);
                     fail_with_violation(&shared, v).await;
                     break;
@@ -193,11 +194,13 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
 /// or a caller receiving on its own thread): `frame`, followed by `tail`
 /// when the link held the end of a large frame apart (see
 /// [`Received`](crate::link::Received)). Errors are protocol violations;
-/// after one, no other frame is handled.
+/// after one, no other frame is handled. `last`: the receiving task's
+/// cache of the channel its last item came for.
 pub(super) fn on_received(
     shared: &Arc<Shared>,
     frame: &[u8],
     tail: Option<Vec<u8>>,
+    last: &mut LastChannel,
 ) -> Result<(), Violation> {
     if shared.reading_stopped() {
         return Ok(());
@@ -207,7 +210,7 @@ pub(super) fn on_received(
         (frame.len() + tail.as_ref().map_or(0, Vec::len)) as u64,
         Ordering::Relaxed,
     );
-    let r = handle_frame(shared, frame, tail);
+    let r = handle_frame(shared, frame, tail, last);
     if r.is_err() {
         shared.stop_reading();
     }
@@ -234,7 +237,12 @@ pub(super) async fn fail_with_violation(shared: &Arc<Shared>, v: Violation) {
 
 /// Handles one incoming frame (`frame ++ tail`). Errors are protocol
 /// violations.
-fn handle_frame(shared: &Arc<Shared>, frame: &[u8], tail: Option<Vec<u8>>) -> Result<(), Violation> {
+fn handle_frame(
+    shared: &Arc<Shared>,
+    frame: &[u8],
+    tail: Option<Vec<u8>>,
+    last: &mut LastChannel,
+) -> Result<(), Violation> {
     let len = frame.len() + tail.as_ref().map_or(0, Vec::len);
     if len > shared.ours.max_payload as usize {
         return Err(violation(
@@ -321,7 +329,7 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8], tail: Option<Vec<u8>>) -> Re
             }
             Ok(())
         }
-        Message::Item { channel, payload } => match channel_for(shared, channel, "Item")? {
+        Message::Item { channel, payload } => match last.get(shared, channel, "Item")? {
             Some(core) => core.on_item(payload, tail),
             None => Ok(()),
         },
@@ -346,7 +354,7 @@ fn handle_frame(shared: &Arc<Shared>, frame: &[u8], tail: Option<Vec<u8>>) -> Re
             }
             Ok(())
         }
-        Message::GrantCredit { channel, bytes } => match channel_for(shared, channel, "GrantCredit")? {
+        Message::GrantCredit { channel, bytes } => match last.get(shared, channel, "GrantCredit")? {
             Some(core) => core.on_grant(bytes),
             None => Ok(()),
         },

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::Shared;
+use super::channels::LastChannel;
 use super::driver::{fail_with_violation, on_received};
 use crate::adaptive::may_block_here;
 use crate::channel::{ChannelCore, NextItem};
@@ -203,13 +204,14 @@ impl Shared {
     ) -> Received<R> {
         let started = Instant::now();
         let mut frames = 0u32;
+        let mut last = LastChannel::default();
         loop {
             loop {
-                match self.take_here(claim) {
+                match self.take_here(claim, &mut last) {
                     Took::Frame => {
                         if let Some(r) = look() {
                             if drain {
-                                self.drain_here(claim);
+                                self.drain_here(claim, &mut last);
                             }
                             return Received::Answer(r);
                         }
@@ -218,7 +220,7 @@ impl Shared {
                         // ring emptied so the driver is not woken for it.
                         // ORDERING: Relaxed, a hint (see `ChannelWaiter`).
                         if !drain && self.channel_waiters.load(Ordering::Relaxed) > 0 {
-                            self.drain_here(claim);
+                            self.drain_here(claim, &mut last);
                             return Received::settle(look);
                         }
                         // A peer that keeps sending does not keep this
@@ -252,9 +254,9 @@ impl Shared {
 
     /// Takes one frame under `claim` and handles it the way the driver
     /// would.
-    fn take_here(self: &Arc<Self>, claim: &mut dyn RxClaim) -> Took {
+    fn take_here(self: &Arc<Self>, claim: &mut dyn RxClaim, last: &mut LastChannel) -> Took {
         match claim.next() {
-            Here::Frame(frame, tail) => match on_received(self, frame, tail) {
+            Here::Frame(frame, tail) => match on_received(self, frame, tail, last) {
                 Ok(()) => Took::Frame,
                 Err(v) => {
                     self.fail_soon(v);
@@ -280,9 +282,9 @@ impl Shared {
     }
 
     /// Takes the frames already in the ring, at most [`DRAIN_MAX`].
-    fn drain_here(self: &Arc<Self>, claim: &mut dyn RxClaim) {
+    fn drain_here(self: &Arc<Self>, claim: &mut dyn RxClaim, last: &mut LastChannel) {
         for _ in 0..DRAIN_MAX {
-            if !matches!(self.take_here(claim), Took::Frame) {
+            if !matches!(self.take_here(claim, last), Took::Frame) {
                 return;
             }
         }

@@ -49,6 +49,8 @@ pub trait Calculator {
     async fn numbers(&self, count: u32) -> Result<Rx<u32>, String>;
     /// Joins the byte items received on `input`, in order.
     async fn concat(&self, input: Rx<Vec<u8>>) -> Result<Vec<u8>, String>;
+    /// Counts the items received on `input`.
+    async fn tally(&self, input: Rx<u32>) -> Result<u64, String>;
     /// Echoes a tunnel's bytes back until the caller shuts its side; returns the count.
     async fn pipe(&self, end: TunnelEnd) -> Result<u64, String>;
     /// Keeps a tunnel without reading it (until `drain`).
@@ -120,6 +122,14 @@ impl Calculator for Arc<Calc> {
             let _ = tx.close().await;
         });
         Ok(rx)
+    }
+    async fn tally(&self, mut input: Rx<u32>) -> Result<u64, String> {
+        let mut n = 0;
+        while let Some(v) = input.recv().await {
+            v.map_err(|e| e.to_string())?;
+            n += 1;
+        }
+        Ok(n)
     }
     async fn concat(&self, mut input: Rx<Vec<u8>>) -> Result<Vec<u8>, String> {
         let mut all = Vec::new();
@@ -326,6 +336,28 @@ async fn wait_running(calc: &Calc, n: usize) {
     .await;
 }
 
+/// A receiver takes the items queued behind the one it waited for in one
+/// go: they arrive in order, and a receiver still holding some refuses to
+/// be handed on (they would be lost) with an error that says so.
+async fn channel_a_receiver_holding_items_read_ahead_is_not_handed_on<F: Factory>(f: F) {
+    let d = direct(&f).await;
+    let calc = CalculatorClient::new(d.client.clone());
+    let (tx, mut rx) = d.client.channel::<u32>().unwrap();
+    assert_eq!(bounded("count", calc.count(10, tx)).await.unwrap(), 10);
+    // The answer came after the ten items: all of them wait here now.
+    assert_eq!(bounded("an item", rx.recv()).await.unwrap().unwrap(), 0);
+    let err = bounded("tally", calc.tally(rx)).await.unwrap_err().to_string();
+    assert!(err.contains("9 received items not yet read"), "{err}");
+    // Read to the end, they all come, in order.
+    let (tx, mut rx) = d.client.channel::<u32>().unwrap();
+    assert_eq!(bounded("count", calc.count(300, tx)).await.unwrap(), 300);
+    let mut got = Vec::new();
+    while let Some(item) = bounded("an item", rx.recv()).await {
+        got.push(item.unwrap());
+    }
+    assert_eq!(got, (0..300).collect::<Vec<u32>>());
+}
+
 macro_rules! suite {
     ($link:ident, $factory:expr) => {
         mod $link {
@@ -344,6 +376,7 @@ macro_rules! suite {
                 forward_a_target_that_goes_away_fails_calls_with_its_reason,
                 tunnel_direct,
                 tunnel_forwarded,
+                channel_a_receiver_holding_items_read_ahead_is_not_handed_on,
             );
         }
     };

@@ -46,7 +46,7 @@ pub(crate) async fn routing_serves_several_services_on_one_connection<F: Factory
             name: None
         }
     );
-    assert_eq!(router.methods().count(), 11);
+    assert_eq!(router.methods().count(), 12);
     // The same router serves virtual connections too.
     let (c, d) = f.pair().await;
     let (server, client) = bounded("handshake", async {

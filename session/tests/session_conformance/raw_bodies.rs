@@ -315,6 +315,79 @@ pub(crate) async fn credit_overrun_and_data_after_close_are_violations<F: Factor
     }
 }
 
+/// Items of two streams that arrive interleaved each reach their own
+/// receiver, and a late item for a channel the server already forgot is
+/// dropped quietly, even right after items for that same channel (whoever
+/// receives keeps the last item's channel at hand).
+pub(crate) async fn interleaved_items_reach_their_channels_and_late_ones_are_dropped<F: Factory>(f: F) {
+    let sum = osmos_session::method_id("Calculator", "sum");
+    let args = wire::encode(&(0u64,)).unwrap(); // an Rx<u64>: its position in `channels`
+    let call = |request, channel| Message::Call {
+        conn: 0,
+        request,
+        method: sum,
+        deadline_us: 0,
+        metadata: vec![],
+        channels: vec![channel],
+        args: &args,
+    };
+    let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
+    let item = |channel: u64, v: u64| (channel, wire::encode(&v).unwrap());
+    let mut sums = std::collections::HashMap::new();
+    for round in 0..2u64 {
+        // Requests and channels of the peer's (odd) parity.
+        let (a, b) = (4 * round + 1, 4 * round + 3);
+        raw.send(&call(a, a)).await;
+        raw.send(&call(b, b)).await;
+        for (channel, payload) in [
+            item(a, 1),
+            item(b, 10),
+            item(a, 2),
+            item(b, 20),
+            item(b, 30),
+            item(a, 4),
+        ] {
+            raw.send(&Message::Item {
+                channel,
+                payload: &payload,
+            })
+            .await;
+        }
+        raw.send(&Message::Close { channel: b }).await;
+        raw.send(&Message::Close { channel: a }).await;
+        for _ in 0..2 {
+            let bytes = raw
+                .recv_until(|m| matches!(m, Message::Response { .. } | Message::ProtocolError { .. }))
+                .await
+                .expect("an answer");
+            match wire::decode(&bytes).unwrap() {
+                Message::Response { request, outcome, .. } => {
+                    let Outcome::Ok(v) = outcome else {
+                        panic!("request {request} failed: {outcome:?}")
+                    };
+                    sums.insert(request, v.to_vec());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Each handler dropped its receiver (the channel's last end here)
+        // before it answered: both channels are retired now. One more
+        // item for the channel of the last item is dropped quietly.
+        let (channel, payload) = item(a, 8);
+        raw.send(&Message::Item {
+            channel,
+            payload: &payload,
+        })
+        .await;
+    }
+    let want: std::collections::HashMap<u64, Vec<u8>> = [(1, 7u64), (3, 60), (5, 7), (7, 60)]
+        .into_iter()
+        .map(|(request, sum)| (request, wire::encode(&sum).unwrap()))
+        .collect();
+    assert_eq!(sums, want);
+    assert!(server.ended().is_none(), "{:?}", server.ended());
+}
+
 pub(crate) async fn a_peer_that_never_reads_its_answers_is_cut_off<F: Factory>(f: F) {
     let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
     // Ping forever without reading a single pong (a socket buffers
