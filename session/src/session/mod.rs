@@ -254,6 +254,7 @@ impl SessionBuilder {
             stats: Counters::default(),
             direct: rx.direct(),
             reading_stopped: AtomicBool::new(false),
+            has_ended: AtomicBool::new(false),
             channel_waiters: AtomicUsize::new(0),
             peer_closing: PeerClosing::default(),
         });
@@ -409,6 +410,8 @@ pub(crate) struct Shared {
     direct: Option<Arc<dyn DirectRx>>,
     /// A frame broke a rule: nobody handles another (the session is ending).
     reading_stopped: AtomicBool,
+    /// `State::ended` is set (it never goes back).
+    has_ended: AtomicBool,
     /// Channel receivers waiting for items while someone else holds the
     /// receive side (see `here`): a waiting caller lets it go for them.
     channel_waiters: AtomicUsize,
@@ -462,6 +465,12 @@ impl Shared {
     }
 
     fn ended(&self) -> Option<SessionError> {
+        // Every send asks: a live session answers without its lock.
+        // ORDERING: Acquire pairs with the Release stores after `ended` is
+        // set; a session ending meanwhile is seen by the next look.
+        if !self.has_ended.load(Ordering::Acquire) {
+            return None;
+        }
         self.lock().ended.clone()
     }
 
@@ -510,6 +519,8 @@ impl Shared {
                 return;
             }
             s.ended = Some(why.clone());
+            // ORDERING: Release, see `ended`.
+            self.has_ended.store(true, Ordering::Release);
             (
                 std::mem::take(&mut s.pending),
                 std::mem::take(&mut s.serving),
@@ -586,7 +597,7 @@ impl Connection {
     /// What a client that follows a peer gives while no peer runs.
     pub fn ended_with(why: SessionError) -> Connection {
         let (outbox, _) = mpsc::unbounded_channel();
-        let (ended, _) = watch::channel(Some(why));
+        let (ended, _) = watch::channel(Some(why.clone()));
         let shared = Arc::new(Shared {
             role: Role::Initiator,
             name: "ended".into(),
@@ -612,12 +623,12 @@ impl Connection {
             stats: Counters::default(),
             direct: None,
             reading_stopped: AtomicBool::new(false),
+            has_ended: AtomicBool::new(false),
             channel_waiters: AtomicUsize::new(0),
             peer_closing: PeerClosing::default(),
         });
-        if let Some(why) = shared.ended() {
-            shared.lock().ended = Some(why);
-        }
+        shared.lock().ended = Some(why);
+        shared.has_ended.store(true, Ordering::Release);
         Connection::unguarded(shared, 0)
     }
 

@@ -225,3 +225,21 @@ async fn a_channel_opened_on_the_previous_peer_is_refused_by_name() {
     bounded("fill", client.fill(1, tx)).await.unwrap();
     assert_eq!(bounded("item", rx.recv()).await.unwrap().unwrap(), 0);
 }
+
+/// The connection a following target gives while no peer runs
+/// (`Connection::ended_with`) has ended with its reason: asking it says
+/// so, and a call on it fails with that reason.
+#[tokio::test]
+async fn a_connection_that_ended_before_it_began_gives_its_reason() {
+    let conn = Connection::ended_with(SessionError::PeerDied {
+        detail: "no peer runs now".into(),
+    });
+    match conn.ended() {
+        Some(SessionError::PeerDied { detail }) => assert_eq!(detail, "no peer runs now"),
+        other => panic!("expected the reason, got {other:?}"),
+    }
+    match bounded("a call", WhoClient::new(conn).who()).await {
+        Err(CallError::Session(SessionError::PeerDied { detail })) => assert_eq!(detail, "no peer runs now"),
+        other => panic!("expected the reason, got {other:?}"),
+    }
+}
