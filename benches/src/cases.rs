@@ -564,13 +564,14 @@ async fn one_small_stream(c: BenchClient, spawned: bool) -> Result<(), BoxError>
     Ok(())
 }
 
-/// `osmos-bench --streams N`: only `n` rounds of `stream_1000/shm` against
-/// one cell, nothing else, for a profiler; prints p50 and p99.
-pub async fn streams_only(n: usize) -> Result<String, BoxError> {
+/// `osmos-bench --streams N`: only `n` rounds of `stream_1000/shm` (with
+/// the call `spawned`, of `stream_1000_spawned/shm`) against one cell,
+/// nothing else, for a profiler; prints p50 and p99.
+pub async fn streams_only(n: usize, spawned: bool) -> Result<String, BoxError> {
     let cell = spawn_cell("bench").await?;
     let client: BenchClient = cell.client()?;
     let r = time_calls(n, Duration::from_secs(600), |_| {
-        one_small_stream(client.clone(), false)
+        one_small_stream(client.clone(), spawned)
     })
     .await;
     cell.shutdown(Duration::from_secs(2)).await;

@@ -18,8 +18,9 @@
 //!   calls over shm on a default runtime (pinned to CPU 0 with `--pin`) and
 //!   print their p50 and context switches; a steady load to run under
 //!   `perf record` or `perf sched`;
-//! - `--streams N [--pin]`: the same for N rounds of `stream_1000/shm`
-//!   (p50 and p99 only).
+//! - `--streams N [--pin] [--spawned]`: the same for N rounds of
+//!   `stream_1000/shm` (of `stream_1000_spawned/shm` with `--spawned`; p50
+//!   and p99 only).
 //!
 //! Each pass measures the shm floors, the raw Unix-socket floors
 //! (`floor_uds/*`) and then the cases, and gives every case row its ratio to
@@ -93,17 +94,27 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
-/// `--calls N [--pin]`: N `add` calls on one cell; `--streams N [--pin]`:
-/// N rounds of `stream_1000/shm`. Nothing else runs, for a profiler.
+/// `--calls N [--pin]`: N `add` calls on one cell; `--streams N [--pin]
+/// [--spawned]`: N rounds of `stream_1000/shm` (or its spawned form).
+/// Nothing else runs, for a profiler.
 fn profile_only(mode: &str, args: &[String]) -> ExitCode {
     let n: usize = match args.first().map(|a| a.parse()) {
         Some(Ok(n)) => n,
         _ => {
-            eprintln!("usage: osmos-bench {mode} N [--pin]");
+            eprintln!("usage: osmos-bench {mode} N [--pin] [--spawned]");
             return ExitCode::from(2);
         }
     };
-    if args.get(1).map(String::as_str) == Some("--pin")
+    let flags = &args[1..];
+    if let Some(bad) = flags
+        .iter()
+        .find(|f| !matches!(f.as_str(), "--pin" | "--spawned"))
+    {
+        eprintln!("osmos-bench {mode}: unknown argument {bad:?} (--pin, --spawned)");
+        return ExitCode::from(2);
+    }
+    let spawned = flags.iter().any(|f| f == "--spawned");
+    if flags.iter().any(|f| f == "--pin")
         && let Err(e) = sys::pin_to_cpu0()
     {
         eprintln!("osmos-bench: cannot pin to CPU 0: {e}");
@@ -118,7 +129,7 @@ fn profile_only(mode: &str, args: &[String]) -> ExitCode {
     };
     let run = async {
         if mode == "--streams" {
-            cases::streams_only(n).await
+            cases::streams_only(n, spawned).await
         } else {
             cases::calls_only(n).await
         }
