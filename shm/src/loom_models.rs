@@ -40,6 +40,18 @@ fn model_ring(
     (p, c)
 }
 
+/// A thread that sends frames of these payload sizes, in order, waiting
+/// for room as it must.
+fn produce(mut p: FrameProducer, sizes: [usize; 3]) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for (i, &n) in sizes.iter().enumerate() {
+            let mut g = p.reserve(n, None).unwrap();
+            g.write(0, &payload(i, n)).unwrap();
+            g.commit(n).unwrap();
+        }
+    })
+}
+
 fn payload(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| (i * 31 + j) as u8).collect()
 }
@@ -52,15 +64,9 @@ fn payload(i: usize, len: usize) -> Vec<u8> {
 fn loom_ring_produce_consume_with_wrap() {
     loom::model(|| {
         let (host, cell) = Liveness::new_model();
-        let (mut p, mut c) = model_ring(64, 24, &host, &cell);
+        let (p, mut c) = model_ring(64, 24, &host, &cell);
         let sizes = [24usize, 8, 16];
-        let t = thread::spawn(move || {
-            for (i, &n) in sizes.iter().enumerate() {
-                let mut g = p.reserve(n, None).unwrap();
-                g.write(0, &payload(i, n)).unwrap();
-                g.commit(n).unwrap();
-            }
-        });
+        let t = produce(p, sizes);
         for (i, &n) in sizes.iter().enumerate() {
             let v = c.peek(None).unwrap();
             assert_eq!(v.len(), n);
@@ -80,15 +86,9 @@ fn loom_ring_produce_consume_with_wrap() {
 fn loom_ring_frames_taken_in_runs() {
     loom::model(|| {
         let (host, cell) = Liveness::new_model();
-        let (mut p, mut c) = model_ring(64, 24, &host, &cell);
+        let (p, mut c) = model_ring(64, 24, &host, &cell);
         let sizes = [24usize, 8, 16];
-        let t = thread::spawn(move || {
-            for (i, &n) in sizes.iter().enumerate() {
-                let mut g = p.reserve(n, None).unwrap();
-                g.write(0, &payload(i, n)).unwrap();
-                g.commit(n).unwrap();
-            }
-        });
+        let t = produce(p, sizes);
         let mut run = ring::FrameRun::new();
         let mut got = Vec::new();
         while got.len() < sizes.len() {

@@ -118,18 +118,8 @@ async fn shm_grant_credit_messages_are_a_violation() {
     // message, which the table mode forbids. (Handing the server a Tx instead
     // would let its first send find the table entry the raw peer never set
     // up, a different violation that could win the race.)
-    let sum = osmos_session::method_id("Calculator", "sum");
-    let args = wire::encode(&(0u64,)).unwrap();
-    raw.send(&Message::Call {
-        conn: 0,
-        request: 1,
-        method: sum,
-        deadline_us: 0,
-        metadata: vec![],
-        channels: vec![1],
-        args: &args,
-    })
-    .await;
+    let args = sum_args();
+    raw.send(&sum_call(1, 1, &args)).await;
     raw.send(&Message::GrantCredit {
         channel: 1,
         bytes: 100,
@@ -142,19 +132,9 @@ async fn shm_grant_credit_messages_are_a_violation() {
 async fn shm_two_live_channels_on_one_table_entry_is_a_violation() {
     let (mut raw, server, _) = raw_against_server(&ShmFactory, Settings::default(), None).await;
     // Channels 1 and 257 map to the same table entry (128 entries per side).
-    let sum = osmos_session::method_id("Calculator", "sum");
+    let args = sum_args();
     for (request, channel) in [(1u64, 1u64), (3, 257)] {
-        let args = wire::encode(&(0u64,)).unwrap();
-        raw.send(&Message::Call {
-            conn: 0,
-            request,
-            method: sum,
-            deadline_us: 0,
-            metadata: vec![],
-            channels: vec![channel],
-            args: &args,
-        })
-        .await;
+        raw.send(&sum_call(request, channel, &args)).await;
     }
     expect_violation(&mut raw, &server, "channel.table-index-free").await;
 }

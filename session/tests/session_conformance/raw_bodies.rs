@@ -256,6 +256,26 @@ pub(crate) async fn too_many_concurrent_requests_is_a_violation<F: Factory>(f: F
     expect_violation(&mut raw, &server, "request.limit").await;
 }
 
+/// The encoded arguments of `Calculator::sum`: its `Rx<u64>` is position 0
+/// of the call's channel list.
+pub(crate) fn sum_args() -> Vec<u8> {
+    wire::encode(&(0u64,)).unwrap()
+}
+
+/// A raw `Calculator::sum` call (`args` from [`sum_args`]) handing the
+/// server the receiving end of `channel`, one of the raw peer's (odd) ids.
+pub(crate) fn sum_call(request: u64, channel: u64, args: &[u8]) -> Message<'_> {
+    Message::Call {
+        conn: 0,
+        request,
+        method: osmos_session::method_id("Calculator", "sum"),
+        deadline_us: 0,
+        metadata: vec![],
+        channels: vec![channel],
+        args,
+    }
+}
+
 pub(crate) async fn credit_overrun_and_data_after_close_are_violations<F: Factory>(f: F) {
     // The raw peer calls `sum` passing its own Rx... it must create the
     // channel with its parity (odd) and list it in the call.
@@ -264,17 +284,8 @@ pub(crate) async fn credit_overrun_and_data_after_close_are_violations<F: Factor
         initial_credit: 16 + 64,
         ..Settings::default()
     };
-    let sum = osmos_session::method_id("Calculator", "sum");
-    let args = wire::encode(&(0u64,)).unwrap(); // an Rx<u64> is its position in `channels`
-    let call = |request| Message::Call {
-        conn: 0,
-        request,
-        method: sum,
-        deadline_us: 0,
-        metadata: vec![],
-        channels: vec![1],
-        args: &args,
-    };
+    let args = sum_args();
+    let call = |request| sum_call(request, 1, &args);
     let (mut raw, server, _) = raw_against_server(&f, server_settings.clone(), None).await;
     raw.send(&call(1)).await;
     raw.send(&Message::Item {
@@ -320,17 +331,8 @@ pub(crate) async fn credit_overrun_and_data_after_close_are_violations<F: Factor
 /// dropped quietly, even right after items for that same channel (whoever
 /// receives keeps the last item's channel at hand).
 pub(crate) async fn interleaved_items_reach_their_channels_and_late_ones_are_dropped<F: Factory>(f: F) {
-    let sum = osmos_session::method_id("Calculator", "sum");
-    let args = wire::encode(&(0u64,)).unwrap(); // an Rx<u64>: its position in `channels`
-    let call = |request, channel| Message::Call {
-        conn: 0,
-        request,
-        method: sum,
-        deadline_us: 0,
-        metadata: vec![],
-        channels: vec![channel],
-        args: &args,
-    };
+    let args = sum_args();
+    let call = |request, channel| sum_call(request, channel, &args);
     let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
     let item = |channel: u64, v: u64| (channel, wire::encode(&v).unwrap());
     let mut sums = std::collections::HashMap::new();
