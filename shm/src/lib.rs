@@ -12,7 +12,8 @@
 //!   its own [`Layout`] (`layout.rs`); the cell [`attach`](Segment::attach)es
 //!   from the inherited fd and validates the header.
 //! - Frame rings (`ring/`): one SPSC ring of variable-length frames per
-//!   direction, [`FrameProducer`] / [`FrameConsumer`].
+//!   direction, [`FrameProducer`] / [`FrameConsumer`]; a consumer takes
+//!   one frame at a time or a run of small ones at once ([`FrameRun`]).
 //! - Slot pools (`pool.rs`): per direction, fixed-size slots owned by the
 //!   sender ([`SlotWriter`]) for payloads too large to go inline; the frame
 //!   carries a [`SlotRef`], the receiver ([`SlotReader`]) returns slots
