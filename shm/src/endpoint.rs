@@ -181,7 +181,8 @@ impl FrameReceiver {
     }
 
     /// Copies the inline messages at the head of the ring out together
-    /// (each at most `max_frame` bytes, `max_bytes` in all) and gives their
+    /// (each at most `max_frame` bytes, spanning at most `max_bytes` of the
+    /// ring with their headers) and gives their
     /// frames back at once: see [`FrameConsumer::take_run`]. Returns how
     /// many `run` holds; 0 when none is there or the next message is one
     /// for [`try_recv`](Self::try_recv) (a slot, a larger frame) or breaks

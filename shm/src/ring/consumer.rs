@@ -241,9 +241,10 @@ impl FrameConsumer {
     /// `run` (emptied first), and gives their space back at once: one
     /// published head and one doorbell check for all of them. Frames are
     /// taken in order while they are inline and at most `max_frame` payload
-    /// bytes each, until the run holds `max_bytes` (its first frame is
-    /// always taken) or the frames published when the call began are used
-    /// up; padding between them is consumed. Each header is read once and
+    /// bytes each, while they span at most `max_bytes` of the ring, headers
+    /// and padding included (the first frame is always taken), and until
+    /// the frames published when the call began are used up; padding
+    /// between them is consumed. Each header is read once and
     /// validated as [`peek`](Self::peek) does, and each payload copied out
     /// once. Returns how many frames `run` holds: 0 when the ring is empty
     /// or its first frame is not one to take here (a slot reference, a
@@ -255,7 +256,10 @@ impl FrameConsumer {
             self.refresh_tail()?;
         }
         let mut at = self.head;
-        while at < self.tail_seen && (run.frames.is_empty() || run.bytes.len() < max_bytes) {
+        // Bounded by the ring bytes the run spans (headers and padding
+        // included), so a peer's empty frames cannot make it long.
+        let budget = max_bytes as u64;
+        while at < self.tail_seen && (run.frames.is_empty() || at - self.head < budget) {
             let header = match self.current.take() {
                 Some(meta) => Header::Frame(meta),
                 None => {
@@ -272,7 +276,7 @@ impl FrameConsumer {
             match header {
                 Header::Pad { skip } => at += skip,
                 Header::Frame(meta) => {
-                    let fits = run.frames.is_empty() || run.bytes.len() + meta.len <= max_bytes;
+                    let fits = run.frames.is_empty() || at - self.head + meta.size <= budget;
                     if meta.kind != FrameKind::Inline || meta.len > max_frame || !fits {
                         if at == self.head {
                             // Still the frame at the head: keep it validated.

@@ -370,6 +370,27 @@ fn a_run_takes_small_inline_frames_in_order_and_frees_their_space_at_once() {
 }
 
 #[test]
+fn a_run_of_empty_frames_is_bounded_by_the_ring_bytes_it_spans() {
+    let mut p = pair(&small_config());
+    for _ in 0..100 {
+        p.cell.sender.send(&[], bound()).unwrap();
+    }
+    let mut run = FrameRun::new();
+    // Each empty frame is its 8-byte header: 64 bytes of ring hold 8.
+    let mut taken = Vec::new();
+    loop {
+        let n = p.host.receiver.try_recv_run(&mut run, 64, 256).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(run_frames(&mut run).iter().all(Vec::is_empty));
+        taken.push(n);
+    }
+    assert_eq!(taken.iter().sum::<usize>(), 100);
+    assert!(taken.iter().all(|&n| n <= 8), "{taken:?}");
+}
+
+#[test]
 fn a_broken_frame_ends_a_run_and_is_reported_at_the_head() {
     let ring = ring_of(&pair(&small_config()), Direction::CellToHost);
     let mut p = pair(&small_config());
