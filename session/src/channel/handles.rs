@@ -42,7 +42,10 @@ pub struct Tx<T> {
 /// The receiving end of a channel of `T` items.
 ///
 /// Pass it to the peer in a call, or keep it and receive. Dropping it resets
-/// the channel, so the sender stops.
+/// the channel, so the sender stops. A receive that finds several items
+/// queued takes them all at once (up to 64) and hands them out one by one;
+/// a receiver that still holds some cannot be passed on (the call that
+/// tries fails with an error that says so): receive them first.
 #[derive(Facet)]
 #[facet(opaque, proxy = ChannelId)]
 pub struct Rx<T> {
