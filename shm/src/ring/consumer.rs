@@ -278,10 +278,9 @@ impl FrameConsumer {
                 Header::Frame(meta) => {
                     let fits = run.frames.is_empty() || at - self.head + meta.size <= budget;
                     if meta.kind != FrameKind::Inline || meta.len > max_frame || !fits {
-                        if at == self.head {
-                            // Still the frame at the head: keep it validated.
-                            self.current = Some(meta);
-                        }
+                        // The frame at the head once the run is taken: keep
+                        // it validated, so its header is not read again.
+                        self.current = Some(meta);
                         break;
                     }
                     let start = run.bytes.len();
