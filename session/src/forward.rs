@@ -352,7 +352,7 @@ fn relay(sa: Arc<Shared>, a: Arc<ChannelCore>, sb: Arc<Shared>, b: Arc<ChannelCo
 /// Moves what arrives on `from` to `to` until either ends.
 async fn pump(sfrom: Arc<Shared>, from: Arc<ChannelCore>, sto: Arc<Shared>, to: Arc<ChannelCore>) {
     loop {
-        match from.next_item().await {
+        match from.next_item(None).await {
             Ok(Some((bytes, grant))) => {
                 if let Some(g) = grant {
                     // Best effort: if that session is gone, so is the sender.

@@ -56,19 +56,10 @@ pub struct Rx<T> {
     /// from now on.
     failed: bool,
     /// Items taken from the channel's queue with the last one received,
-    /// their credit already granted back (see [`READY_ITEMS`]).
+    /// their credit already granted back (see `ChannelCore::try_next_item`).
     ready: VecDeque<Queued>,
     _items: PhantomData<fn() -> T>,
 }
-
-/// Most items a receiver takes from its channel's queue at once, under one
-/// lock, when it finds them queued behind the one it waited for (and
-/// [`READY_BYTES`] of encoding past the first). A stream's items then
-/// cost a lock and a credit update per batch, not per item; what a
-/// receiver holds stays bounded by its window plus one such batch.
-const READY_ITEMS: usize = 64;
-/// See [`READY_ITEMS`].
-const READY_BYTES: usize = 16 << 10;
 
 impl<T> fmt::Debug for Tx<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -466,18 +457,13 @@ impl<T> Rx<T> {
         if let Some(item) = self.ready.pop_front() {
             return Some(Ok(item));
         }
-        match b.shared.channel_item(&b.core).await {
+        match b.shared.channel_item(&b.core, &mut self.ready).await {
             Ok(None) => None,
             Err(e) => {
                 self.failed = true;
                 Some(Err(e))
             }
             Ok(Some((bytes, grant))) => {
-                let more = b.core.take_queued(&mut self.ready, READY_ITEMS, READY_BYTES);
-                let grant = match (grant, more) {
-                    (Some(a), Some(b)) => Some(a.saturating_add(b)),
-                    (a, b) => a.or(b),
-                };
                 if let Some(g) = grant {
                     // Best effort: if the session is gone, so is the sender.
                     let _ = b

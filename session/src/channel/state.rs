@@ -552,20 +552,21 @@ impl ChannelCore {
 
     /// The next queued item, waiting for one. `Ok(None)` once closed and drained.
     /// Returns the bytes to grant back by message, if a grant is due.
-    pub(crate) async fn next_item(&self) -> NextItem {
+    /// `ahead`: see [`try_next_item`](Self::try_next_item).
+    pub(crate) async fn next_item(&self, mut ahead: Option<&mut VecDeque<Queued>>) -> NextItem {
         // A receiver that keeps up with a stream finds the next item queued
         // most of the time: look before paying for a wake registration.
-        if let Some(r) = self.try_next_item() {
+        if let Some(r) = self.try_next_item(ahead.as_deref_mut()) {
             return r;
         }
-        if let Some(r) = self.poll_briefly().await {
+        if let Some(r) = self.poll_briefly(ahead.as_deref_mut()).await {
             return r;
         }
         loop {
             let notified = self.readable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(r) = self.try_next_item() {
+            if let Some(r) = self.try_next_item(ahead.as_deref_mut()) {
                 return r;
             }
             notified.await;
@@ -581,7 +582,7 @@ impl ChannelCore {
     /// `block_on`) spins; a task yields to its executor, so the driver and
     /// other tasks on its worker run meanwhile. Only while it pays (see
     /// [`Adaptive`]): a slow stream turns it off.
-    async fn poll_briefly(&self) -> Option<NextItem> {
+    async fn poll_briefly(&self, mut ahead: Option<&mut VecDeque<Queued>>) -> Option<NextItem> {
         if !self.lock().poll.may_try() {
             return None;
         }
@@ -595,7 +596,7 @@ impl ChannelCore {
             } else {
                 tokio::task::yield_now().await;
             }
-            if let Some(r) = self.try_next_item() {
+            if let Some(r) = self.try_next_item(ahead.as_deref_mut()) {
                 self.lock().poll.paid();
                 return Some(r);
             }
@@ -608,10 +609,31 @@ impl ChannelCore {
 
     /// The next queued item, the end of the channel, or `None` if the
     /// receiver has to wait (see [`next_item`](Self::next_item)).
-    pub(crate) fn try_next_item(&self) -> Option<NextItem> {
+    ///
+    /// `ahead`: where the receiver keeps items taken ahead. With it, the
+    /// items queued behind the one returned move there too, under the same
+    /// lock (at most [`READ_AHEAD_ITEMS`] in `ahead` and, past the first,
+    /// [`READ_AHEAD_BYTES`] of encoding), their credit counted as consumed
+    /// with it: a stream's items then cost a lock and a credit update per
+    /// batch, not per item, and what a receiver holds stays bounded by its
+    /// window plus one such batch.
+    pub(crate) fn try_next_item(&self, ahead: Option<&mut VecDeque<Queued>>) -> Option<NextItem> {
         let mut c = self.lock();
         if let Some(item) = c.queue.pop_front() {
-            let (grant_message, wake) = c.consumed(item.len());
+            let (mut grant_message, mut wake) = c.consumed(item.len());
+            if let Some(out) = ahead {
+                let mut bytes = 0;
+                while out.len() < READ_AHEAD_ITEMS && bytes < READ_AHEAD_BYTES {
+                    let Some(next) = c.queue.pop_front() else { break };
+                    bytes += next.len();
+                    let (g, w) = c.consumed(next.len());
+                    if let Some(g) = g {
+                        grant_message = Some(grant_message.map_or(g, |sum| sum.saturating_add(g)));
+                    }
+                    wake = wake.or(w);
+                    out.push_back(next);
+                }
+            }
             // The sender is woken with the lock let go: on this CPU it may
             // run at once, and its next item must not wait for the lock.
             drop(c);
@@ -632,37 +654,12 @@ impl ChannelCore {
     }
 }
 
-impl ChannelCore {
-    /// Moves the items queued now into `out`, at most `max_items` and,
-    /// past the first, `max_bytes` of encoding, granting credit for them
-    /// as [`try_next_item`](Self::try_next_item) does: a receiver that
-    /// found an item takes the ones behind it under one lock. Returns the
-    /// bytes to grant back by message, if a grant is due.
-    pub(crate) fn take_queued(
-        &self,
-        out: &mut VecDeque<Queued>,
-        max_items: usize,
-        max_bytes: usize,
-    ) -> Option<u32> {
-        let mut c = self.lock();
-        let (mut grant_message, mut wake, mut bytes) = (None::<u32>, None, 0);
-        while out.len() < max_items && bytes < max_bytes {
-            let Some(item) = c.queue.pop_front() else { break };
-            bytes += item.len();
-            let (g, w) = c.consumed(item.len());
-            if let Some(g) = g {
-                grant_message = Some(grant_message.map_or(g, |sum| sum.saturating_add(g)));
-            }
-            wake = wake.or(w);
-            out.push_back(item);
-        }
-        drop(c);
-        if let Some(w) = wake {
-            w.ring();
-        }
-        grant_message
-    }
-}
+/// Most items a receiver keeps taken ahead (see
+/// [`ChannelCore::try_next_item`]).
+const READ_AHEAD_ITEMS: usize = 64;
+/// Most bytes of encoding a receiver takes ahead at once, past the first
+/// item (see [`ChannelCore::try_next_item`]).
+const READ_AHEAD_BYTES: usize = 16 << 10;
 
 impl ChanInner {
     /// The local receiver took an item of `len` encoded bytes: counts its
@@ -760,7 +757,7 @@ mod tests {
         // Two items consumed are half the window: their whole cost comes back.
         let mut granted = 0;
         for _ in 0..2 {
-            if let Some(Ok(Some((_, Some(g))))) = core.try_next_item() {
+            if let Some(Ok(Some((_, Some(g))))) = core.try_next_item(None) {
                 granted += u64::from(g);
             }
         }

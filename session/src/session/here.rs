@@ -23,6 +23,7 @@
 //! waiting here stops paying, the claim is let go, the driver receives
 //! again, and the caller waits for it as before.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,7 +36,7 @@ use super::Shared;
 use super::channels::LastChannel;
 use super::driver::{fail_with_violation, on_received};
 use crate::adaptive::may_block_here;
-use crate::channel::{ChannelCore, NextItem};
+use crate::channel::{ChannelCore, NextItem, Queued};
 use crate::error::SessionError;
 use crate::link::{Here, RxClaim, WaitHere};
 
@@ -297,13 +298,20 @@ impl Shared {
     /// bell. Falls back to [`ChannelCore::next_item`] (the driver
     /// receives) on a link without direct receiving, while someone else
     /// receives, or when waiting here stops paying.
-    pub(crate) async fn channel_item(self: &Arc<Self>, core: &ChannelCore) -> NextItem {
+    ///
+    /// `ahead`: the receiver's items taken ahead (see
+    /// [`ChannelCore::try_next_item`]).
+    pub(crate) async fn channel_item(
+        self: &Arc<Self>,
+        core: &ChannelCore,
+        ahead: &mut VecDeque<Queued>,
+    ) -> NextItem {
         // Decided once a claim is taken: an item already queued (the common
         // case in a stream) costs no runtime lookup and no clock read.
         let mut block_until = None;
         let mut claim = None;
         loop {
-            if let Some(r) = core.try_next_item() {
+            if let Some(r) = core.try_next_item(Some(ahead)) {
                 return r;
             }
             if claim.is_none() {
@@ -316,15 +324,20 @@ impl Shared {
                 // when woken for that item. Counted only where a claim
                 // exists to hand over.
                 let _waiting = ChannelWaiter::new(self);
-                return core.next_item().await;
+                return core.next_item(Some(ahead)).await;
             };
             let block_until =
                 *block_until.get_or_insert_with(|| may_block_here().then(|| Instant::now() + FAR));
-            match self.receive_here(c.as_mut(), &mut || core.try_next_item(), block_until, true) {
+            match self.receive_here(
+                c.as_mut(),
+                &mut || core.try_next_item(Some(&mut *ahead)),
+                block_until,
+                true,
+            ) {
                 Received::Answer(r) => return r,
                 Received::LetGo => {
                     drop(claim.take());
-                    return core.next_item().await;
+                    return core.next_item(Some(ahead)).await;
                 }
                 // Keep the claim, let the executor run other work.
                 Received::Yield => tokio::task::yield_now().await,
