@@ -50,3 +50,114 @@ async fn a_receiver_woken_in_its_reactor_thousands_of_times_misses_no_wake() {
     }
     receiver.abort();
 }
+
+/// Counts the wakes of a hand-polled future.
+struct CountWakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountWakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A peer's raw sending end, and this side's link split, with the receive
+/// side that callers claim.
+fn claimable() -> (
+    osmos_shm::Endpoint,
+    osmos_session::link::shm::ShmTx,
+    osmos_session::link::shm::ShmRx,
+    std::sync::Arc<dyn osmos_session::link::DirectRx>,
+) {
+    use osmos_session::link::{Link, LinkRx};
+    let host_seg = Segment::create(&SegmentConfig::default(), 1).unwrap();
+    let cell_seg = host_seg.attach_peer().unwrap();
+    let peer = host_seg.endpoint().unwrap();
+    let (tx, rx) = ShmLink::new(cell_seg.endpoint().unwrap()).split();
+    let direct = rx.direct().expect("the shm link is received from directly");
+    (peer, tx, rx, direct)
+}
+
+/// A driver that finds the receive side claimed sleeps until the claim
+/// hands the ring back. A claim let go with a frame waiting (one the peer
+/// wrote without a wake, the driver's mark being off while the claim held
+/// the lock) wakes it, and it receives the frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_let_go_with_a_frame_waiting_wakes_the_driver_behind_it() {
+    use osmos_session::link::LinkRx;
+    let (mut peer, _tx, mut rx, direct) = claimable();
+    let claim = direct.claim().expect("nobody receives yet");
+    let recv = rx.recv();
+    tokio::pin!(recv);
+    let woken = std::sync::Arc::new(CountWakes(Default::default()));
+    let waker = std::task::Waker::from(woken.clone());
+    let first = recv.as_mut().poll(&mut std::task::Context::from_waker(&waker));
+    assert!(
+        first.is_pending(),
+        "the driver received while a claim held the receive side"
+    );
+    peer.sender
+        .send(b"behind the claim", Some(Instant::now() + BOUND))
+        .unwrap();
+    drop(claim);
+    let frame = tokio::time::timeout(Duration::from_secs(10), recv)
+        .await
+        .expect("the claim let go with a frame waiting and the driver behind it was never woken")
+        .expect("the link works")
+        .expect("the link is open");
+    assert_eq!(&*frame, b"behind the claim");
+}
+
+/// A claim let go with the ring empty wakes nobody: it puts the driver's
+/// reactor mark back (the peer sees it), and the peer's next frame wakes
+/// the driver through its reactor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_let_go_with_the_ring_empty_wakes_nobody_and_the_next_frame_wakes_the_driver() {
+    use osmos_session::link::LinkRx;
+    use std::sync::atomic::Ordering;
+    let (mut peer, _tx, mut rx, direct) = claimable();
+    let bell = peer.sender.producer().readable_watcher();
+    let claim = direct.claim().expect("nobody receives yet");
+    let recv = rx.recv();
+    tokio::pin!(recv);
+    let woken = std::sync::Arc::new(CountWakes(Default::default()));
+    let waker = std::task::Waker::from(woken.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(
+        recv.as_mut().poll(&mut cx).is_pending(),
+        "the driver received from an empty ring"
+    );
+    assert!(
+        !bell.someone_parked(),
+        "the driver's mark is on while a claim holds the receive side"
+    );
+    drop(claim);
+    assert_eq!(
+        woken.0.load(Ordering::SeqCst),
+        0,
+        "a claim let go with the ring empty woke the driver for nothing"
+    );
+    assert!(
+        bell.someone_parked(),
+        "the claim let go without putting the driver's mark back"
+    );
+    peer.sender
+        .send(b"after the claim", Some(Instant::now() + BOUND))
+        .unwrap();
+    let deadline = Instant::now() + BOUND;
+    while woken.0.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the peer's frame never woke the driver"
+        );
+        tokio::task::yield_now().await;
+    }
+    match recv.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok(Some(frame))) => assert_eq!(&*frame, b"after the claim"),
+        std::task::Poll::Ready(_) => panic!("the link ended"),
+        std::task::Poll::Pending => panic!("the driver, woken by the peer's frame, did not receive it"),
+    }
+}
