@@ -253,7 +253,17 @@ fn handle_frame(
             ),
         ));
     }
-    let msg = wire::codec::decode_parts(frame, tail.as_ref().map_or(0, Vec::len))
+    let tail_len = tail.as_ref().map_or(0, Vec::len);
+    // A stream's items, most of the frames, go to their channel without a
+    // `Message` built for them.
+    if let Some(item) = wire::codec::decode_item(frame, tail_len) {
+        let (channel, payload) = item.map_err(|e| violation(Rule::FrameDecodable.name(), e.to_string()))?;
+        return match last.get(shared, channel, "Item")? {
+            Some(core) => core.on_item(payload, tail),
+            None => Ok(()),
+        };
+    }
+    let msg = wire::codec::decode_parts(frame, tail_len)
         .map_err(|e| violation(Rule::FrameDecodable.name(), e.to_string()))?;
     match msg {
         Message::Hello { .. } | Message::HelloYourself { .. } => Err(violation(
@@ -329,10 +339,8 @@ fn handle_frame(
             }
             Ok(())
         }
-        Message::Item { channel, payload } => match last.get(shared, channel, "Item")? {
-            Some(core) => core.on_item(payload, tail),
-            None => Ok(()),
-        },
+        // Taken above.
+        Message::Item { .. } => Ok(()),
         Message::Close { channel } => {
             if let Some(core) = channel_for(shared, channel, "Close")?
                 && core.on_close()?

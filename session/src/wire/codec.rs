@@ -116,7 +116,7 @@ fn index(m: &Message<'_>) -> u8 {
         Message::Call { .. } => 10,
         Message::Response { .. } => 11,
         Message::Cancel { .. } => 12,
-        Message::Item { .. } => 13,
+        Message::Item { .. } => ITEM as u8,
         Message::Close { .. } => 14,
         Message::Reset { .. } => 15,
         Message::GrantCredit { .. } => 16,
@@ -371,6 +371,26 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// An `Item`'s fields, after its kind: the channel id and the payload.
+    fn item(&mut self) -> Result<(u64, &'a [u8]), DecodeError> {
+        Ok((self.u64("channel id")?, self.last_bytes("item")?))
+    }
+
+    /// Checks that the message used the whole frame, and the bytes held
+    /// apart if there were.
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.at != self.frame.len() {
+            return self.fail("frame", "bytes are left over after the message");
+        }
+        if self.tail > 0 && !self.tail_taken {
+            return self.fail(
+                "frame",
+                "its end was held apart as a payload's bytes, but the message has no payload there",
+            );
+        }
+        Ok(())
+    }
+
     fn varint(&mut self, what: &'static str, bits: u32) -> Result<u64, DecodeError> {
         let start = self.at;
         read_varint(self.frame, &mut self.at, bits).map_err(|e| DecodeError {
@@ -568,10 +588,10 @@ pub(crate) fn decode_parts(frame: &[u8], tail: usize) -> Result<Message<'_>, Dec
             conn: r.u64("connection id")?,
             request: r.u64("request id")?,
         },
-        13 => Message::Item {
-            channel: r.u64("channel id")?,
-            payload: r.last_bytes("item")?,
-        },
+        ITEM => {
+            let (channel, payload) = r.item()?;
+            Message::Item { channel, payload }
+        }
         14 => Message::Close {
             channel: r.u64("channel id")?,
         },
@@ -591,16 +611,28 @@ pub(crate) fn decode_parts(frame: &[u8], tail: usize) -> Result<Message<'_>, Dec
             });
         }
     };
-    if r.at != frame.len() {
-        return r.fail("frame", "bytes are left over after the message");
-    }
-    if r.tail > 0 && !r.tail_taken {
-        return r.fail(
-            "frame",
-            "its end was held apart as a payload's bytes, but the message has no payload there",
-        );
-    }
+    r.finish()?;
     Ok(m)
+}
+
+/// The kind of an `Item` message.
+const ITEM: u32 = 13;
+
+/// An `Item` frame's channel and payload, decoded without building a
+/// [`Message`] (a stream's items are most of the frames); `None` for a frame
+/// of another kind, for [`decode_parts`]. Accepts and refuses exactly what
+/// `decode_parts` does.
+pub(crate) fn decode_item(frame: &[u8], tail: usize) -> Option<Result<(u64, &[u8]), DecodeError>> {
+    let mut r = Reader {
+        frame,
+        at: 0,
+        tail,
+        tail_taken: false,
+    };
+    match r.u32("message kind") {
+        Ok(ITEM) => Some(r.item().and_then(|item| r.finish().map(|()| item))),
+        _ => None,
+    }
 }
 
 /// How far into a byte payload [`split_point`] looks for the length prefix
@@ -641,7 +673,7 @@ pub(crate) fn split_point(prefix: &[u8], total: usize, min_tail: usize) -> Optio
                 return None;
             }
         }
-        13 => {
+        ITEM => {
             r.u64("channel id").ok()?;
         }
         _ => return None,

@@ -1,8 +1,9 @@
 //! Tests of how a large frame is split into a head and a tail held apart
 //! (`codec::split_point`) and decoded in those two pieces
-//! (`codec::decode_parts`).
+//! (`codec::decode_parts`), and of the decoder of items alone
+//! (`codec::decode_item`) against `decode_parts`.
 
-use super::codec::{decode, decode_parts, split_point, to_vec};
+use super::codec::{decode, decode_item, decode_parts, split_point, to_vec};
 use super::{Message, MetaEntry, MetaValue, Metadata, Outcome};
 
 const MIN: usize = 2048;
@@ -235,4 +236,84 @@ fn a_tail_that_no_payload_ends_with_is_refused() {
     let ping = to_vec(&Message::Ping { nonce: 1 });
     let e = decode_parts(&ping, 10).unwrap_err().to_string();
     assert!(e.contains("held apart"), "{e}");
+}
+
+#[test]
+fn an_item_decoded_alone_is_what_the_whole_decoder_gives() {
+    let big = crate::payload::encode_value(&(vec![7u8; 5000],)).unwrap();
+    let frames = [
+        to_vec(&Message::Item {
+            channel: 5,
+            payload: &[1, 2, 3],
+        }),
+        to_vec(&Message::Item {
+            channel: 1 << 40,
+            payload: &[],
+        }),
+        to_vec(&Message::Item {
+            channel: 7,
+            payload: &big,
+        }),
+        to_vec(&Message::Close { channel: 13 }),
+        to_vec(&Message::GrantCredit {
+            channel: 13,
+            bytes: 13,
+        }),
+        call(vec![], &[13, 13]),
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize
+    };
+    let (mut items, mut refused, mut others) = (0, 0, 0);
+    for round in 0..20_000 {
+        let mut frame = frames[round % frames.len()].clone();
+        if round % 4 != 0 {
+            // Lie about the kind, the channel and the lengths.
+            for _ in 0..1 + next() % 3 {
+                let i = next() % frame.len().min(12);
+                frame[i] = if next() % 2 == 0 { 13 } else { next() as u8 };
+            }
+            match next() % 6 {
+                0 => frame.truncate(frame.len() - next() % frame.len().min(8)),
+                1 => frame.extend(std::iter::repeat_n(1, 1 + next() % 8)),
+                _ => {}
+            }
+        }
+        // Sometimes with an end held apart, anywhere.
+        let tail = if next() % 3 == 0 {
+            next() % (frame.len() + 1)
+        } else {
+            0
+        };
+        let head = &frame[..frame.len() - tail];
+        match (decode_item(head, tail), decode_parts(head, tail)) {
+            (
+                Some(Ok((channel, payload))),
+                Ok(Message::Item {
+                    channel: c,
+                    payload: p,
+                }),
+            ) => {
+                assert_eq!((channel, payload), (c, p), "round {round}");
+                items += 1;
+            }
+            (Some(Err(alone)), Err(whole)) => {
+                assert_eq!(alone.to_string(), whole.to_string(), "round {round}");
+                refused += 1;
+            }
+            (None, Ok(m)) if !matches!(m, Message::Item { .. }) => others += 1,
+            (None, Err(_)) => others += 1,
+            (alone, whole) => {
+                panic!("round {round}: {frame:?} (tail {tail}) alone {alone:?}, whole {whole:?}")
+            }
+        }
+    }
+    assert!(
+        items > 1000 && refused > 1000 && others > 1000,
+        "{items} items, {refused} refused, {others} of other kinds"
+    );
 }
