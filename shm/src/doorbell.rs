@@ -217,6 +217,14 @@ impl BellWatcher {
         self.bell.parked.load(Ordering::Relaxed) != 0
     }
 
+    /// Whether the async waiter's mark is still on this bell: no ring has
+    /// taken it since [`arm_reactor`](Self::arm_reactor) (a ring that finds
+    /// it takes it and sends a wake byte). Relaxed: order it with a fence.
+    pub fn reactor_armed(&self) -> bool {
+        // ORDERING: Relaxed: the caller's fence orders it.
+        self.bell.parked.load(Ordering::Relaxed) & PARKED_REACTOR != 0
+    }
+
     /// Withdraws the async waiter's mark (a ring no longer sends a byte),
     /// and the ringer's note that it is waking.
     pub fn disarm_reactor(&self) {

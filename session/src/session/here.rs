@@ -77,9 +77,14 @@ enum Took {
     Ended,
 }
 
-/// Most frames a receiver takes after finding its item (see
-/// `Shared::drain_here`).
-const DRAIN_MAX: u32 = 64;
+/// Most frames a receiver takes after finding its item, or a caller before
+/// it hands the receive side to a channel's receiver (see
+/// `Shared::drain_here`). Each batch ends in a hand-back to the driver (the
+/// shm link then marks it parked again, and the peer's next frame may wake
+/// it): a stream's items come in few batches. The items past the
+/// receiver's read-ahead wait in its channel's queue, bounded by the
+/// channel's credit.
+const DRAIN_MAX: u32 = 1024;
 
 /// The answer if it is there (`Some(None)`: it never will be), without
 /// tokio's cooperative budget.
@@ -212,7 +217,7 @@ impl Shared {
                     Took::Frame => {
                         if let Some(r) = look() {
                             if drain {
-                                self.drain_here(claim, &mut last);
+                                self.drain_here(claim, &mut last, started);
                             }
                             return Received::Answer(r);
                         }
@@ -221,7 +226,7 @@ impl Shared {
                         // ring emptied so the driver is not woken for it.
                         // ORDERING: Relaxed, a hint (see `ChannelWaiter`).
                         if !drain && self.channel_waiters.load(Ordering::Relaxed) > 0 {
-                            self.drain_here(claim, &mut last);
+                            self.drain_here(claim, &mut last, started);
                             return Received::settle(look);
                         }
                         // A peer that keeps sending does not keep this
@@ -282,10 +287,14 @@ impl Shared {
         }
     }
 
-    /// Takes the frames already in the ring, at most [`DRAIN_MAX`].
-    fn drain_here(self: &Arc<Self>, claim: &mut dyn RxClaim, last: &mut LastChannel) {
-        for _ in 0..DRAIN_MAX {
+    /// Takes the frames already in the ring, at most [`DRAIN_MAX`] and
+    /// until [`POLL_BUDGET`] has passed since `started`.
+    fn drain_here(self: &Arc<Self>, claim: &mut dyn RxClaim, last: &mut LastChannel, started: Instant) {
+        for taken in 1..=DRAIN_MAX {
             if !matches!(self.take_here(claim, last), Took::Frame) {
+                return;
+            }
+            if taken.is_multiple_of(64) && started.elapsed() >= POLL_BUDGET {
                 return;
             }
         }

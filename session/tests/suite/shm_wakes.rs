@@ -81,12 +81,12 @@ fn claimable() -> (
     (peer, tx, rx, direct)
 }
 
-/// A driver that finds the receive side claimed waits for the claim to
-/// be let go. A claim let go with a frame waiting (one the peer wrote
-/// while the claim held the lock, which woke no other thread) wakes it,
-/// and it receives the frame.
+/// A driver that finds the receive side claimed sleeps until the claim
+/// hands the ring back. A claim let go with a frame waiting (one the peer
+/// wrote without a wake, the driver's mark being off while the claim held
+/// the lock) wakes it, and it receives the frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_let_go_with_a_frame_waiting_wakes_the_driver_waiting_for_it() {
+async fn a_claim_let_go_with_a_frame_waiting_wakes_the_driver_behind_it() {
     use osmos_session::link::LinkRx;
     let (mut peer, _tx, mut rx, direct) = claimable();
     let claim = direct.claim().expect("nobody receives yet");
@@ -109,4 +109,55 @@ async fn a_claim_let_go_with_a_frame_waiting_wakes_the_driver_waiting_for_it() {
         .expect("the link works")
         .expect("the link is open");
     assert_eq!(&*frame, b"behind the claim");
+}
+
+/// A claim let go with the ring empty wakes nobody: it puts the driver's
+/// reactor mark back (the peer sees it), and the peer's next frame wakes
+/// the driver through its reactor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_let_go_with_the_ring_empty_wakes_nobody_and_the_next_frame_wakes_the_driver() {
+    use osmos_session::link::LinkRx;
+    use std::sync::atomic::Ordering;
+    let (mut peer, _tx, mut rx, direct) = claimable();
+    let bell = peer.sender.producer().readable_watcher();
+    let claim = direct.claim().expect("nobody receives yet");
+    let recv = rx.recv();
+    tokio::pin!(recv);
+    let woken = std::sync::Arc::new(CountWakes(Default::default()));
+    let waker = std::task::Waker::from(woken.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(
+        recv.as_mut().poll(&mut cx).is_pending(),
+        "the driver received from an empty ring"
+    );
+    assert!(
+        !bell.someone_parked(),
+        "the driver's mark is on while a claim holds the receive side"
+    );
+    drop(claim);
+    assert_eq!(
+        woken.0.load(Ordering::SeqCst),
+        0,
+        "a claim let go with the ring empty woke the driver for nothing"
+    );
+    assert!(
+        bell.someone_parked(),
+        "the claim let go without putting the driver's mark back"
+    );
+    peer.sender
+        .send(b"after the claim", Some(Instant::now() + BOUND))
+        .unwrap();
+    let deadline = Instant::now() + BOUND;
+    while woken.0.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the peer's frame never woke the driver"
+        );
+        tokio::task::yield_now().await;
+    }
+    match recv.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok(Some(frame))) => assert_eq!(&*frame, b"after the claim"),
+        std::task::Poll::Ready(_) => panic!("the link ended"),
+        std::task::Poll::Pending => panic!("the driver, woken by the peer's frame, did not receive it"),
+    }
 }

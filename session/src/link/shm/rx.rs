@@ -13,6 +13,16 @@
 //! waiting thread directly. Letting the claim go puts the mark back and,
 //! when a frame is waiting, wakes the driver.
 //!
+//! A driver that finds the lock claimed sleeps as if parked (marked in
+//! `Core::driver_parked`), not until the claim is let go: a claim that ends
+//! with the ring empty hands the ring back by putting the reactor mark on
+//! (the peer's next frame wakes the driver) and wakes nobody. A stream's
+//! receiver that claims the lock batch after batch while the call that
+//! feeds it waits on another thread then costs the driver no wake per
+//! batch (SYNC POINT H: the claim lets the lock go and then looks at the
+//! mark, the driver marks itself and then tries the lock; one of them sees
+//! the other).
+//!
 //! Yielding is what makes one CPU fast: a peer that shares this side's CPU
 //! and was just woken (or has not gone to sleep yet) is queued behind this
 //! thread, and giving the CPU up runs it at once. Its answer, written while
@@ -28,7 +38,7 @@
 //! then.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use osmos_shm::{BellWatcher, Copied, FrameReceiver, FrameRun, Liveness, PeerCpu, PeerState};
@@ -142,9 +152,6 @@ struct RxInner {
     caller_yield: Adaptive,
     /// Callers' blocking on the readable bell.
     caller_block: Adaptive,
-    /// The driver sleeps in the reactor with its mark on the readable bell
-    /// (a claim takes the mark off while it holds the lock and puts it back).
-    driver_parked: bool,
 }
 
 impl RxInner {
@@ -241,8 +248,15 @@ impl RxInner {
 /// What the driver and the claims share.
 struct Core {
     inner: Arc<tokio::sync::Mutex<RxInner>>,
-    /// Woken when a claim lets the lock go.
-    released: Notify,
+    /// The driver sleeps (or is about to) and is woken through the reactor,
+    /// its mark on the readable bell except while a claim holds the lock:
+    /// whoever lets the receive lock go hands the ring back to it
+    /// ([`hand_back`](Core::hand_back)). Set by the driver, under the lock
+    /// when it parks, without it when it finds the lock claimed; cleared by
+    /// the driver under the lock.
+    driver_parked: AtomicBool,
+    /// A permit for the driver: a hand-back found a frame waiting.
+    handed_back: Notify,
     /// The driver's half is gone: nobody receives any more.
     closed: AtomicBool,
     readable: BellWatcher,
@@ -261,6 +275,81 @@ impl Core {
     fn closed(&self) -> bool {
         // ORDERING: Acquire pairs with the Release store in `ShmRx::drop`.
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the driver is marked parked. ORDERING: Relaxed: the mark
+    /// carries no data; where it races with the lock, SYNC POINT H orders
+    /// it (see `behind_claim` and `ShmClaim::drop`).
+    fn driver_parked(&self) -> bool {
+        self.driver_parked.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps the way a parked driver does while a claim holds the receive
+    /// lock; the claim hands the ring back when it lets go. Returns how
+    /// many wakes from the peer this sleep read (0 or 1: see
+    /// `StormWindow`).
+    async fn behind_claim(&self) -> Result<u32, LinkError> {
+        let handed_back = self.handed_back.notified();
+        let passed_on = self.waiters.inner.notify.notified();
+        tokio::pin!(handed_back, passed_on);
+        passed_on.as_mut().enable();
+        self.driver_parked.store(true, Ordering::Relaxed);
+        // ORDERING: SYNC POINT H (driver side), pairs with the fence in
+        // `ShmClaim::drop`: either this try_lock sees the claim's unlock, or
+        // the claim, after its unlock, sees the mark and hands back.
+        fence(Ordering::SeqCst);
+        if self.inner.try_lock().is_ok() {
+            // The claim is gone; the caller's loop takes the lock.
+            return Ok(0);
+        }
+        tokio::select! {
+            biased;
+            _ = handed_back => Ok(0),
+            slept = self.waiters.sleep(passed_on) => Ok(u32::from(slept? > 0)),
+        }
+    }
+
+    /// Hands the ring back to a parked driver once the receive lock is let
+    /// go: puts its reactor mark back (the peer's next frame wakes it) and,
+    /// with a frame already waiting, wakes it. Whoever holds the lock
+    /// instead does this when it lets go (a claim) or receives itself (the
+    /// driver).
+    ///
+    /// The look takes the lock itself, and a driver may find it held by
+    /// the look and go back to sleep, marked: woken for a frame that came
+    /// after the look (its ring takes the mark put back here), or awake
+    /// and unmarked when the look began. So the driver is woken only once
+    /// the lock is let go, and then also when a ring took the mark; and a
+    /// look that found the driver unmarked looks again if it marked itself
+    /// meanwhile (SYNC POINT H once more).
+    fn hand_back(&self) {
+        loop {
+            let waiting = {
+                let Ok(mut g) = self.inner.try_lock() else { return };
+                if self.driver_parked() {
+                    self.readable.arm_reactor();
+                    Some(g.has_frame().unwrap_or(true))
+                } else {
+                    None
+                }
+            };
+            // ORDERING: SYNC POINT H (the look's side, as in
+            // `ShmClaim::drop`); it also orders the look at the mark below
+            // after the lock is let go: a ring that takes the mark later
+            // wakes a driver that then finds the lock free.
+            fence(Ordering::SeqCst);
+            match waiting {
+                Some(waiting) => {
+                    if waiting || !self.readable.reactor_armed() {
+                        // A permit: the driver may not be asleep yet.
+                        self.handed_back.notify_one();
+                    }
+                    return;
+                }
+                None if !self.driver_parked() => return,
+                None => {}
+            }
+        }
     }
 }
 
@@ -292,9 +381,9 @@ impl ShmRx {
                     caller_spin: Adaptive::new(),
                     caller_yield: Adaptive::new(),
                     caller_block: Adaptive::new(),
-                    driver_parked: false,
                 })),
-                released: Notify::new(),
+                driver_parked: AtomicBool::new(false),
+                handed_back: Notify::new(),
                 closed: AtomicBool::new(false),
                 readable,
                 sent_to,
@@ -352,14 +441,24 @@ impl LinkRx for ShmRx {
         let mut spun = false;
         let mut yields = 0;
         let mut may_yield = None;
+        // Sleeps that read a wake from the peer, not yet matched by a frame.
+        let mut woken = 0u32;
         loop {
-            let released = core.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
             let Ok(mut g) = core.inner.try_lock() else {
-                released.await;
+                woken += core.behind_claim().await?;
                 continue;
             };
+            if core.driver_parked() {
+                core.driver_parked.store(false, Ordering::Relaxed);
+                core.readable.disarm_reactor();
+            }
+            if std::mem::take(&mut woken) > 0
+                && !g.has_frame()?
+                && !core.waiters.any_armed()
+                && core.liveness.check().is_ok()
+            {
+                g.window.empty_wake()?;
+            }
             let peer = core.liveness.where_peer_runs();
             if g.has_frame_soon(peer, RECV_CHECKS)? {
                 if spun {
@@ -408,24 +507,24 @@ impl LinkRx for ShmRx {
             if std::mem::take(&mut yields) > 0 {
                 g.driver_yield.missed();
             }
-            // Park: mark, re-check, sleep in the reactor (the lock let go).
-            let notified = core.waiters.inner.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            g.driver_parked = true;
+            // Park: mark, re-check, sleep in the reactor (the lock let go;
+            // a claim taken meanwhile hands the ring back when it ends).
+            let handed_back = core.handed_back.notified();
+            let passed_on = core.waiters.inner.notify.notified();
+            tokio::pin!(handed_back, passed_on);
+            passed_on.as_mut().enable();
+            core.driver_parked.store(true, Ordering::Relaxed);
             core.readable.arm_reactor();
             if g.has_frame()? {
                 core.readable.disarm_reactor();
-                g.driver_parked = false;
+                core.driver_parked.store(false, Ordering::Relaxed);
                 continue;
             }
             drop(g);
-            let slept = core.waiters.sleep(notified).await;
-            let mut g = core.inner.lock().await;
-            g.driver_parked = false;
-            core.readable.disarm_reactor();
-            if slept? > 0 && !g.has_frame()? && !core.waiters.any_armed() && core.liveness.check().is_ok() {
-                g.window.empty_wake()?;
+            tokio::select! {
+                biased;
+                _ = handed_back => {}
+                slept = core.waiters.sleep(passed_on) => woken += u32::from(slept? > 0),
             }
         }
     }
@@ -445,7 +544,7 @@ impl DirectRx for ShmDirect {
             return None;
         }
         let g = core.inner.clone().try_lock_owned().ok()?;
-        if g.driver_parked {
+        if core.driver_parked() {
             // The peer's rings wake this claim's thread (if it blocks),
             // not the driver's, while the claim holds the lock.
             core.readable.disarm_reactor();
@@ -601,18 +700,16 @@ impl RxClaim for ShmClaim {
 }
 
 impl Drop for ShmClaim {
+    /// Lets the lock go, then hands the ring back to a parked driver: a
+    /// frame that came while its mark was off would ring nobody.
     fn drop(&mut self) {
-        let Some(mut g) = self.g.take() else { return };
-        let core = &self.core;
-        if g.driver_parked {
-            // The driver's mark goes back; a frame that came while it was off
-            // would ring nobody: hand it to the driver.
-            core.readable.arm_reactor();
-            if g.has_frame().unwrap_or(true) {
-                core.waiters.inner.notify.notify_waiters();
-            }
-        }
+        let Some(g) = self.g.take() else { return };
         drop(g);
-        core.released.notify_waiters();
+        // ORDERING: SYNC POINT H (claim side), pairs with the fence in
+        // `Core::behind_claim`.
+        fence(Ordering::SeqCst);
+        if self.core.driver_parked() {
+            self.core.hand_back();
+        }
     }
 }
