@@ -20,6 +20,17 @@ fn call(metadata: Metadata, args: &[u8]) -> Vec<u8> {
     })
 }
 
+/// A reproducible stream of numbers from `seed` (a linear congruential
+/// generator, its high bits), for tests that lie about a frame's bytes.
+fn numbers(mut seed: u64) -> impl FnMut() -> usize {
+    move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize
+    }
+}
+
 /// Splits `frame` where [`split_point`] says, after peeking `peek` bytes,
 /// and decodes the pieces; `None` when it keeps the frame whole.
 fn split(frame: &[u8], peek: usize) -> Option<(usize, Message<'_>, Vec<u8>)> {
@@ -154,13 +165,7 @@ fn a_split_of_any_frame_decodes_as_the_whole_frame_does() {
             outcome: Outcome::Ok(&one),
         }),
     ];
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) as usize
-    };
+    let mut next = numbers(0x9e37_79b9_7f4a_7c15u64);
     let (mut both_ok, mut both_err) = (0, 0);
     for round in 0..20_000 {
         let mut frame = frames[round % frames.len()].clone();
@@ -261,13 +266,7 @@ fn an_item_decoded_alone_is_what_the_whole_decoder_gives() {
         }),
         call(vec![], &[13, 13]),
     ];
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) as usize
-    };
+    let mut next = numbers(0x2545_f491_4f6c_dd1du64);
     let (mut items, mut refused, mut others) = (0, 0, 0);
     for round in 0..20_000 {
         let mut frame = frames[round % frames.len()].clone();
