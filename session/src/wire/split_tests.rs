@@ -274,7 +274,11 @@ fn an_item_decoded_alone_is_what_the_whole_decoder_gives() {
             // Lie about the kind, the channel and the lengths.
             for _ in 0..1 + next() % 3 {
                 let i = next() % frame.len().min(12);
-                frame[i] = if next() % 2 == 0 { 13 } else { next() as u8 };
+                frame[i] = if next().is_multiple_of(2) {
+                    13
+                } else {
+                    next() as u8
+                };
             }
             match next() % 6 {
                 0 => frame.truncate(frame.len() - next() % frame.len().min(8)),
@@ -283,7 +287,7 @@ fn an_item_decoded_alone_is_what_the_whole_decoder_gives() {
             }
         }
         // Sometimes with an end held apart, anywhere.
-        let tail = if next() % 3 == 0 {
+        let tail = if next().is_multiple_of(3) {
             next() % (frame.len() + 1)
         } else {
             0
