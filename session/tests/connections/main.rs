@@ -358,6 +358,37 @@ async fn channel_a_receiver_holding_items_read_ahead_is_not_handed_on<F: Factory
     assert_eq!(got, (0..300).collect::<Vec<u32>>());
 }
 
+/// Streams whose call runs in a task of its own, round after round: the
+/// items reach this task while the call's answer reaches the other, so
+/// the receive side passes between the two and the driver all the time.
+/// Every round ends within a few seconds, never waiting for a keepalive
+/// tick to find frames nobody was woken for.
+async fn channel_streams_with_the_call_spawned_lose_no_wake<F: Factory>(f: F) {
+    let d = direct(&f).await;
+    let calc = CalculatorClient::new(d.client.clone());
+    for round in 0..1000 {
+        let (tx, mut rx) = d.client.channel::<u32>().unwrap();
+        let c = calc.clone();
+        let call = tokio::spawn(async move { c.count(1000, tx).await });
+        let items = async {
+            let mut n = 0u32;
+            while let Some(item) = rx.recv().await {
+                assert_eq!(item.unwrap(), n, "round {round}");
+                n += 1;
+            }
+            n
+        };
+        let n = tokio::time::timeout(Duration::from_secs(3), items)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the stream stalled"));
+        assert_eq!(n, 1000, "round {round}");
+        let answer = tokio::time::timeout(Duration::from_secs(3), call)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the call's answer stalled"));
+        assert_eq!(answer.unwrap().unwrap(), 1000);
+    }
+}
+
 macro_rules! suite {
     ($link:ident, $factory:expr) => {
         mod $link {
@@ -377,6 +408,7 @@ macro_rules! suite {
                 tunnel_direct,
                 tunnel_forwarded,
                 channel_a_receiver_holding_items_read_ahead_is_not_handed_on,
+                channel_streams_with_the_call_spawned_lose_no_wake,
             );
         }
     };
