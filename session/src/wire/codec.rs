@@ -363,6 +363,16 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader at the start of `frame`, with `tail` bytes held apart.
+    fn new(frame: &'a [u8], tail: usize) -> Self {
+        Reader {
+            frame,
+            at: 0,
+            tail,
+            tail_taken: false,
+        }
+    }
+
     fn fail<T>(&self, what: &'static str, problem: &'static str) -> Result<T, DecodeError> {
         Err(DecodeError {
             what,
@@ -522,12 +532,7 @@ pub(crate) fn decode(frame: &[u8]) -> Result<Message<'_>, DecodeError> {
 /// byte payload (a call's arguments, a response's value or error, an item),
 /// which is then borrowed without them.
 pub(crate) fn decode_parts(frame: &[u8], tail: usize) -> Result<Message<'_>, DecodeError> {
-    let mut r = Reader {
-        frame,
-        at: 0,
-        tail,
-        tail_taken: false,
-    };
+    let mut r = Reader::new(frame, tail);
     let kind = r.u32("message kind")?;
     let m = match kind {
         0 | 1 => {
@@ -623,12 +628,7 @@ const ITEM: u32 = 13;
 /// of another kind, for [`decode_parts`]. Accepts and refuses exactly what
 /// `decode_parts` does.
 pub(crate) fn decode_item(frame: &[u8], tail: usize) -> Option<Result<(u64, &[u8]), DecodeError>> {
-    let mut r = Reader {
-        frame,
-        at: 0,
-        tail,
-        tail_taken: false,
-    };
+    let mut r = Reader::new(frame, tail);
     match r.u32("message kind") {
         Ok(ITEM) => Some(r.item().and_then(|item| r.finish().map(|()| item))),
         _ => None,
@@ -650,12 +650,7 @@ const SPLIT_SCAN: usize = 32;
 /// frame whole. A wrong guess costs one copy, never a different value: the
 /// value's decoder checks that the bytes are its last element's.
 pub(crate) fn split_point(prefix: &[u8], total: usize, min_tail: usize) -> Option<usize> {
-    let mut r = Reader {
-        frame: prefix,
-        at: 0,
-        tail: 0,
-        tail_taken: false,
-    };
+    let mut r = Reader::new(prefix, 0);
     match r.u32("message kind").ok()? {
         10 => {
             for what in ["connection id", "request id", "method id", "deadline"] {

@@ -340,6 +340,9 @@ impl Core {
             fence(Ordering::SeqCst);
             match waiting {
                 Some(waiting) => {
+                    // The mark is in the peer's memory: a peer that lies
+                    // about it costs the driver a spurious wake, or delays
+                    // only the frames it sent itself.
                     if waiting || !self.readable.reactor_armed() {
                         // A permit: the driver may not be asleep yet.
                         self.handed_back.notify_one();
@@ -452,12 +455,14 @@ impl LinkRx for ShmRx {
                 core.driver_parked.store(false, Ordering::Relaxed);
                 core.readable.disarm_reactor();
             }
-            if std::mem::take(&mut woken) > 0
-                && !g.has_frame()?
-                && !core.waiters.any_armed()
-                && core.liveness.check().is_ok()
-            {
-                g.window.empty_wake()?;
+            // Each sleep a wake ended counts, also those behind a claim
+            // (a peer writing wake bytes while callers receive wakes the
+            // driver each time).
+            let woke = std::mem::take(&mut woken);
+            if woke > 0 && !g.has_frame()? && !core.waiters.any_armed() && core.liveness.check().is_ok() {
+                for _ in 0..woke {
+                    g.window.empty_wake()?;
+                }
             }
             let peer = core.liveness.where_peer_runs();
             if g.has_frame_soon(peer, RECV_CHECKS)? {
