@@ -19,17 +19,26 @@ pub(crate) fn may_block_here() -> bool {
 
 /// The score of a fresh wait, and its most.
 const SCORE_MAX: u8 = 4;
-/// A wait that stopped trying tries once after this many skips.
+/// A wait that stopped trying tries once after this many skips at first.
 const PROBE_EVERY: u32 = 16;
+/// The most skips between two probes: each probe that fails doubles the
+/// skips before the next, up to this.
+const PROBE_EVERY_MAX: u32 = 1024;
 
 /// Whether a kind of wait has been paying off: windows that found what they
 /// waited for raise the score, windows that did not lower it twice as much;
 /// at zero the wait is skipped, and tried again after [`PROBE_EVERY`]
-/// skips.
+/// skips, then after twice as many for each probe that fails (up to
+/// [`PROBE_EVERY_MAX`]). A probe costs a whole window (a spin lasts up to
+/// 50 µs), so a wait that never pays — a cell among many, called long
+/// after it answered — must not probe often: one probe every 16 waits
+/// spent about 3 µs per wait in such a cell.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Adaptive {
     score: u8,
     skipped: u32,
+    /// Skips before the next probe.
+    probe_every: u32,
 }
 
 impl Adaptive {
@@ -38,12 +47,13 @@ impl Adaptive {
         Adaptive {
             score: SCORE_MAX,
             skipped: 0,
+            probe_every: PROBE_EVERY,
         }
     }
 
     /// Whether to try a window now (counts a skip when not).
     pub(crate) fn may_try(&mut self) -> bool {
-        if self.score > 0 || self.skipped >= PROBE_EVERY {
+        if self.score > 0 || self.skipped >= self.probe_every {
             true
         } else {
             self.skipped = self.skipped.saturating_add(1);
@@ -55,10 +65,15 @@ impl Adaptive {
     pub(crate) fn paid(&mut self) {
         self.score = (self.score + 1).min(SCORE_MAX);
         self.skipped = 0;
+        self.probe_every = PROBE_EVERY;
     }
 
     /// A window ended without it.
     pub(crate) fn missed(&mut self) {
+        if self.score == 0 {
+            // A probe that failed.
+            self.probe_every = (self.probe_every * 2).min(PROBE_EVERY_MAX);
+        }
         self.score = self.score.saturating_sub(2);
         self.skipped = 0;
     }
@@ -82,6 +97,34 @@ mod tests {
         assert!(a.may_try(), "probes again after {PROBE_EVERY} skips");
         a.paid();
         assert!(a.may_try(), "one paying probe turns it back on");
+    }
+
+    /// Skips before the next probe, counted by trying.
+    fn skips_before_probe(a: &mut Adaptive) -> u32 {
+        let mut skips = 0;
+        while !a.may_try() {
+            skips += 1;
+        }
+        skips
+    }
+
+    #[test]
+    fn each_failed_probe_doubles_the_skips_before_the_next_up_to_a_bound() {
+        let mut a = Adaptive::new();
+        a.missed();
+        a.missed();
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            seen.push(skips_before_probe(&mut a));
+            a.missed();
+        }
+        assert_eq!(seen, [16, 32, 64, 128, 256, 512, 1024, 1024, 1024, 1024]);
+        // A probe that pays starts over: a wait that pays again is not kept
+        // off for long.
+        a.paid();
+        assert!(a.may_try());
+        a.missed();
+        assert_eq!(skips_before_probe(&mut a), PROBE_EVERY);
     }
 
     #[test]

@@ -439,7 +439,8 @@ impl LinkRx for ShmRx {
         // spin: give it the CPU a few times instead, then park. While a
         // caller holds the receive lock it does the receiving; wait for it
         // to let go.
-        let spin_until = Instant::now() + RECV_SPIN;
+        // Decided when the first window begins (no clock read otherwise).
+        let mut spin_until = None;
         let mut may_spin = None;
         let mut spun = false;
         let mut yields = 0;
@@ -465,7 +466,14 @@ impl LinkRx for ShmRx {
                 }
             }
             let peer = core.liveness.where_peer_runs();
-            if g.has_frame_soon(peer, RECV_CHECKS)? {
+            // The tight loop only while spinning pays: a peer that answers
+            // late (one of many cells, a slow handler) would cost a
+            // microsecond of checks on every pass.
+            let found = g.has_frame()?
+                || (peer == PeerCpu::Other
+                    && *may_spin.get_or_insert_with(|| g.driver_spin.may_try())
+                    && g.has_frame_soon(peer, RECV_CHECKS)?);
+            if found {
                 if spun {
                     g.driver_spin.paid();
                 }
@@ -483,7 +491,10 @@ impl LinkRx for ShmRx {
                 return Ok(None);
             }
             let may_spin = *may_spin.get_or_insert_with(|| g.driver_spin.may_try());
-            if may_spin && Instant::now() < spin_until && peer == PeerCpu::Other {
+            if may_spin && peer == PeerCpu::Other && {
+                let now = Instant::now();
+                now < *spin_until.get_or_insert(now + RECV_SPIN)
+            } {
                 spun = true;
                 drop(g);
                 tokio::task::yield_now().await;
