@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 /// `b"OSMOSSEG"`, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"OSMOSSEG");
 /// Version of the segment format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Most slot classes a segment can have.
 pub const MAX_SLOT_CLASSES: usize = 8;
 /// Alignment of every structure in the segment.

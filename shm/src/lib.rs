@@ -104,7 +104,7 @@ pub use liveness::{Liveness, PeerCpu, PeerState, Side};
 pub use pool::{HeldSlot, SlotGrant, SlotReader, SlotRef, SlotWriter};
 pub use ring::{FrameConsumer, FrameGrant, FrameKind, FrameProducer, FrameRun, FrameView};
 #[cfg(not(osmos_loom))]
-pub use wake::{Drained, WakePair, drain_link, drain_local};
+pub use wake::{Drained, WakePair, drain_link, drain_local, lazy_drain_limit};
 pub use wake::{PARKED_FUTEX, PARKED_REACTOR};
 
 #[cfg(not(osmos_loom))]

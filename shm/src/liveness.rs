@@ -128,6 +128,12 @@ pub(crate) struct SideWords {
     /// CPU this side last ran on when it began a wait, plus one (0 = unknown).
     /// A hint for the wait strategy: spinning for a peer on our own CPU is useless.
     cpu: AtomicU32,
+    /// Wake bytes this side has sent the peer (wrapping), counted before
+    /// each send: the peer reads it to tell how many may wait unread in its
+    /// end of the wake pair, and drains it only when that could matter (see
+    /// [`Liveness::peer_wakes_sent`]). Not part of any wait protocol, so a
+    /// plain atomic even in the models.
+    wakes_sent: std::sync::atomic::AtomicU32,
 }
 
 /// The liveness block in the segment.
@@ -246,13 +252,36 @@ impl Liveness {
         // Async waiters sleep in their reactors, not on the words: wake ours
         // and the peer's (both re-check the liveness words).
         self.notifier.notify_local();
-        self.notifier.notify_peer();
+        self.notify_peer();
     }
 
     /// Wakes the peer's async waiter (see `wake.rs`); the ringer's half of
     /// the reactor protocol, after it saw [`PARKED_REACTOR`](crate::PARKED_REACTOR).
     pub(crate) fn notify_peer(&self) {
+        // ORDERING: Relaxed: a count the peer reads as a hint; counted
+        // before the send, so it is never behind the bytes that arrived.
+        self.words
+            .side(self.side)
+            .wakes_sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.notifier.notify_peer();
+    }
+
+    /// How many wake bytes the peer says it has sent this side (wrapping):
+    /// with what this side has read, how many may wait in its end of the
+    /// wake pair. A reactor waiter that leaves the bytes in place (each new
+    /// byte still reports the descriptor readable again to an
+    /// edge-triggered epoll) drains only when this says the buffer could
+    /// fill, which would make the peer's next send fail and its wake be
+    /// lost. The peer writes the word: a peer that says too little loses
+    /// only its own wakes; one that says too much makes this side drain at
+    /// every wake, as it would without the count.
+    pub fn peer_wakes_sent(&self) -> u32 {
+        // ORDERING: Relaxed: a hint, see above.
+        self.words
+            .side(self.side.peer())
+            .wakes_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This side's end of the segment's wake pair: readable when the peer

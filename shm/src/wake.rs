@@ -41,6 +41,16 @@
 //! end in a loop only makes this side's descriptor readable; the session
 //! counts wakes that bring nothing and ends a peer that storms.
 //!
+//! The waiter need not read the bytes at every wake: an edge-triggered
+//! epoll (tokio's) reports the descriptor again for each new byte, read or
+//! not. What it must not do is let them pile up until the peer's send
+//! buffer is full, for then the peer's next send fails and that wake is
+//! lost. So each side counts the bytes it sends in its liveness line
+//! ([`Liveness::peer_wakes_sent`](crate::Liveness::peer_wakes_sent)), and
+//! the waiter drains once that count, less what it had drained, reaches
+//! [`lazy_drain_limit`] (or when it was woken more often than the peer
+//! says it sent, which only a peer that does not count can cause).
+//!
 //! Besides the shared pair, each process keeps a private eventfd per segment
 //! handle ("local"): marking a side dead or shutting this side down writes it,
 //! so this side's own async waiters wake even though no byte can be sent to
@@ -154,6 +164,26 @@ pub enum Drained {
     /// The peer closed its end of the pair (it exited, or dropped its
     /// segment): the descriptor stays readable for good.
     Closed,
+}
+
+/// How many wake bytes may wait unread in this side's end of the wake
+/// pair before a waiter that leaves them in place must drain it (see
+/// [`Liveness::peer_wakes_sent`](crate::Liveness::peer_wakes_sent)); 0:
+/// drain at every wake.
+///
+/// Each byte the peer sends is its own socket buffer (about 770 bytes of
+/// the sender's send buffer on Linux 6.18: 278 one-byte sends fill the
+/// default 208 KiB), and a send into a full buffer fails, which loses that
+/// wake. The peer's buffer is taken to be the size of this side's own
+/// (both ends get the system default unless changed), with 1 KiB per byte
+/// and a margin of four, and at most 32 bytes are left unread.
+#[cfg(not(osmos_loom))]
+pub fn lazy_drain_limit(fd: BorrowedFd<'_>) -> u32 {
+    const MOST: usize = 32;
+    match rustix::net::sockopt::socket_send_buffer_size(fd) {
+        Ok(bytes) => (bytes / 1024 / 4).min(MOST) as u32,
+        Err(_) => 0,
+    }
 }
 
 /// Empties (up to a bound) this side's end of the wake pair without blocking.

@@ -108,6 +108,14 @@ struct WaitersInner {
     armed: AtomicUsize,
     /// The peer's end of the wake pair is closed: stop watching ours.
     link_closed: std::sync::atomic::AtomicBool,
+    /// The peer's count of wake bytes sent ([`Liveness::peer_wakes_sent`])
+    /// when a drain last emptied this side's end: the bytes it sent since
+    /// may wait there unread.
+    drained_to: std::sync::atomic::AtomicU32,
+    /// Wakes seen since then. Each took at least one byte, so more of them
+    /// than the peer's count says it sent is a peer that does not count
+    /// (a storm): it is drained at every wake, and each empty wake counts.
+    wakes_since_drain: std::sync::atomic::AtomicU32,
     /// Whether polling before a wait has been paying off.
     spin: std::sync::Mutex<crate::adaptive::Adaptive>,
 }
@@ -130,6 +138,8 @@ impl SideWaiters {
                 notify: Notify::new(),
                 armed: AtomicUsize::new(0),
                 link_closed: std::sync::atomic::AtomicBool::new(false),
+                drained_to: std::sync::atomic::AtomicU32::new(0),
+                wakes_since_drain: std::sync::atomic::AtomicU32::new(0),
                 spin: std::sync::Mutex::new(crate::adaptive::Adaptive::new()),
             }),
         }
@@ -226,41 +236,67 @@ impl SideWaiters {
 
     /// Sleeps until another waiter passes a wake on (`notified`, enabled
     /// before the caller armed its doorbell) or this side's descriptors wake
-    /// it; a wake read here is passed on. Returns how many wake bytes the
-    /// peer had sent, if this call read them.
+    /// it; a wake seen here is passed on. Returns whether the peer's wake
+    /// ended this sleep.
+    ///
+    /// The peer's wake bytes are left in the descriptor, not read at every
+    /// wake: tokio's epoll is edge-triggered, and each byte the peer sends
+    /// makes the descriptor report readable again, read or not. A drain
+    /// (one `recvfrom`, about a tenth of a cell's work per call when 64
+    /// cells are called at once) comes only when the bytes left unread
+    /// could fill the peer's send buffer ([`osmos_shm::lazy_drain_limit`]),
+    /// when the peer may have closed its end, or when it woke this side
+    /// more often than it says it sent bytes (a peer that storms without
+    /// counting is then drained at every wake, as before, and its empty
+    /// wakes end it). So the descriptor never
+    /// holds more than the limit when this side sleeps: a sleep starts only
+    /// once its readiness was cleared, which happens here after the count
+    /// was looked at, and a byte sent since sets it again.
     async fn sleep(
         &self,
         notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-    ) -> Result<u64, LinkError> {
+    ) -> Result<bool, LinkError> {
         let reactor = self.reactor()?;
         let watch_link = !self.inner.link_closed.load(Ordering::Relaxed);
-        let drained = tokio::select! {
+        let woken = tokio::select! {
             biased;
-            _ = notified => return Ok(0),
+            _ = notified => return Ok(false),
             guard = reactor.link.readable(), if watch_link => {
                 let mut guard = guard.map_err(LinkError::Io)?;
-                match osmos_shm::drain_link(std::os::fd::AsFd::as_fd(guard.get_inner())) {
-                    Drained::Empty(n) => {
-                        guard.clear_ready();
-                        n
-                    }
-                    Drained::More(n) => n,
-                    Drained::Closed => {
-                        self.inner.link_closed.store(true, Ordering::Relaxed);
-                        guard.clear_ready();
-                        0
+                let sent = self.inner.liveness.peer_wakes_sent();
+                let unread = sent.wrapping_sub(self.inner.drained_to.load(Ordering::Relaxed));
+                let wakes = self.inner.wakes_since_drain.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+                if unread < reactor.drain_after && unread >= wakes && !guard.ready().is_read_closed() {
+                    guard.clear_ready();
+                } else {
+                    match osmos_shm::drain_link(std::os::fd::AsFd::as_fd(guard.get_inner())) {
+                        Drained::Empty(_) => {
+                            // The peer counts before it sends: a byte counted
+                            // in `sent` that arrives after this drain waits
+                            // unread and uncounted, one per ringing thread of
+                            // the peer at most (the limit's margin covers it).
+                            self.inner.drained_to.store(sent, Ordering::Relaxed);
+                            self.inner.wakes_since_drain.store(0, Ordering::Relaxed);
+                            guard.clear_ready();
+                        }
+                        Drained::More(_) => {}
+                        Drained::Closed => {
+                            self.inner.link_closed.store(true, Ordering::Relaxed);
+                            guard.clear_ready();
+                        }
                     }
                 }
+                true
             }
             guard = reactor.local.readable() => {
                 let mut guard = guard.map_err(LinkError::Io)?;
                 osmos_shm::drain_local(std::os::fd::AsFd::as_fd(guard.get_inner()));
                 guard.clear_ready();
-                0
+                false
             }
         };
         self.inner.notify.notify_waiters();
-        Ok(drained)
+        Ok(woken)
     }
 
     fn any_armed(&self) -> bool {
@@ -309,6 +345,8 @@ struct Reactor {
     link: AsyncFd<OwnedFd>,
     /// This process's local eventfd: deaths and shutdowns marked here.
     local: AsyncFd<OwnedFd>,
+    /// Wake bytes that may wait unread in `link` ([`osmos_shm::lazy_drain_limit`]).
+    drain_after: u32,
 }
 
 impl Reactor {
@@ -342,6 +380,7 @@ impl Reactor {
                 .map_err(|e| unavailable(format!("registering a wake descriptor with tokio failed: {e}")))
         };
         Ok(Reactor {
+            drain_after: osmos_shm::lazy_drain_limit(link),
             link: register(dup(link)?)?,
             local: register(dup(liveness.local_wake_fd())?)?,
         })

@@ -15,6 +15,42 @@ const BOUND: Duration = Duration::from_secs(30);
 /// socket, and when, the buffer never fills so that a wake is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_woken_in_its_reactor_thousands_of_times_misses_no_wake() {
+    wake_rounds(1500, |_| {}).await;
+}
+
+/// The receiver leaves the wake bytes in its descriptor (its epoll reports
+/// each new byte, read or not) and drains them only before they could fill
+/// the peer's send buffer: some stay unread, never more than the limit
+/// (plus one a racing ring may add).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_in_its_reactor_leaves_wake_bytes_unread_up_to_the_limit() {
+    let mut limit = None;
+    let mut most = 0;
+    wake_rounds(400, |cell_seg| {
+        let liveness = cell_seg.liveness();
+        let fd = liveness.wake_fd().expect("attached with its wake end");
+        let limit = *limit.get_or_insert_with(|| osmos_shm::lazy_drain_limit(fd) as i32);
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through a pointer to a live one.
+        let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::FIONREAD, &mut unread) };
+        assert_eq!(r, 0, "FIONREAD on the wake descriptor");
+        assert!(
+            unread <= limit + 1,
+            "{unread} wake bytes wait unread, past the limit of {limit}"
+        );
+        most = most.max(unread);
+    })
+    .await;
+    assert!(
+        most >= 2,
+        "the receiver read every wake byte at once (at most {most} waited)"
+    );
+}
+
+/// `rounds` frames sent one at a time to a receiver asleep in its reactor,
+/// each awaited (5 s at most); `after` looks at the receiving segment
+/// after each.
+async fn wake_rounds(rounds: u32, mut after: impl FnMut(&Segment)) {
     use osmos_session::link::{Link, LinkRx};
     let host_seg = Segment::create(&SegmentConfig::default(), 1).unwrap();
     let cell_seg = host_seg.attach_peer().unwrap();
@@ -34,7 +70,7 @@ async fn a_receiver_woken_in_its_reactor_thousands_of_times_misses_no_wake() {
         }
     });
     let deadline = Instant::now() + BOUND;
-    for i in 0..1500u32 {
+    for i in 0..rounds {
         // The receiver withdrew its mark when it woke for the last frame:
         // a mark now means it sleeps again.
         while !bell.someone_parked() {
@@ -47,6 +83,7 @@ async fn a_receiver_woken_in_its_reactor_thousands_of_times_misses_no_wake() {
             .unwrap_or_else(|_| panic!("the receiver asleep in its reactor missed the wake for frame {i}"))
             .expect("the receiver runs");
         assert_eq!(frame, i.to_le_bytes());
+        after(&cell_seg);
     }
     receiver.abort();
 }

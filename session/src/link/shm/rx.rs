@@ -305,7 +305,7 @@ impl Core {
         tokio::select! {
             biased;
             _ = handed_back => Ok(0),
-            slept = self.waiters.sleep(passed_on) => Ok(u32::from(slept? > 0)),
+            slept = self.waiters.sleep(passed_on) => Ok(u32::from(slept?)),
         }
     }
 
@@ -540,7 +540,7 @@ impl LinkRx for ShmRx {
             tokio::select! {
                 biased;
                 _ = handed_back => {}
-                slept = core.waiters.sleep(passed_on) => woken += u32::from(slept? > 0),
+                slept = core.waiters.sleep(passed_on) => woken += u32::from(slept?),
             }
         }
     }
