@@ -306,6 +306,18 @@ impl ChannelCore {
         payload: &[u8],
         tail: Option<Vec<u8>>,
     ) -> Result<(), crate::error::Violation> {
+        self.on_item_unannounced(payload, tail)?;
+        self.announce_items();
+        Ok(())
+    }
+
+    /// [`on_item`](Self::on_item) without waking the receiver: whoever
+    /// calls it owes an [`announce_items`](Self::announce_items).
+    pub(crate) fn on_item_unannounced(
+        &self,
+        payload: &[u8],
+        tail: Option<Vec<u8>>,
+    ) -> Result<(), crate::error::Violation> {
         let mut c = self.lock();
         let len = (payload.len() + tail.as_ref().map_or(0, Vec::len)) as u64;
         let cost = credit_cost(len);
@@ -356,9 +368,41 @@ impl ChannelCore {
                 None => Queued::new(payload, self.splitter.get().copied()),
             });
         }
-        drop(c);
-        self.readable.notify_one();
         Ok(())
+    }
+
+    /// Wakes the receiver for the items queued since.
+    pub(crate) fn announce_items(&self) {
+        self.readable.notify_one();
+    }
+
+    /// A receiving channel `id` with a window of `window` bytes, credit by
+    /// message.
+    #[cfg(test)]
+    pub(crate) fn receiving_for_tests(id: u64, window: u32) -> Arc<ChannelCore> {
+        let core = ChannelCore::new(
+            id,
+            false,
+            true,
+            FlowInit::Messages {
+                recv_window: window,
+                send_window: 0,
+            },
+            window,
+        );
+        core.attach(End::Rx);
+        core
+    }
+
+    /// Whether the receiver was woken since this was last asked (takes the
+    /// wake).
+    #[cfg(test)]
+    pub(crate) fn take_announcement(&self) -> bool {
+        use std::future::Future;
+        let notified = std::pin::pin!(self.readable.notified());
+        notified
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            .is_ready()
     }
 
     /// The peer granted more credit by message (driver).
@@ -712,20 +756,8 @@ fn credit_u32(n: u64) -> u32 {
 mod tests {
     use super::*;
 
-    /// A receiving channel with a window of `window` bytes, credit by message.
     fn receiving(window: u32) -> Arc<ChannelCore> {
-        let core = ChannelCore::new(
-            1,
-            false,
-            true,
-            FlowInit::Messages {
-                recv_window: window,
-                send_window: 0,
-            },
-            window,
-        );
-        core.attach(End::Rx);
-        core
+        ChannelCore::receiving_for_tests(1, window)
     }
 
     #[test]

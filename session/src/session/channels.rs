@@ -163,10 +163,37 @@ pub(super) fn channel_for(
 /// The channel the last item or grant came for, kept by whoever receives
 /// (the driver, a caller receiving on its own thread) across the frames it
 /// handles: a stream's items then skip the registry's lock and hash.
+///
+/// A caller receiving on its own thread ([`deferring`](Self::deferring))
+/// also wakes a channel's receiver once for a run of items, not for each:
+/// on one CPU the woken receiver preempts the thread that woke it, takes
+/// the one item there, and sleeps again, item after item (two switches
+/// per item; 15–20 % of pinned spawned 1000-item streams took 2.5 ms
+/// instead of 0.4). The items it owes a wake for are announced when the
+/// run moves to another channel, after [`ANNOUNCE_EVERY`] of them, before
+/// the caller waits ([`announce`](Self::announce)) and when it is dropped.
 #[derive(Default)]
-pub(super) struct LastChannel(Option<Arc<ChannelCore>>);
+pub(super) struct LastChannel {
+    channel: Option<Arc<ChannelCore>>,
+    defer: bool,
+    /// Items queued on `channel` and not yet announced.
+    owed: u32,
+}
+
+/// The most items a deferring receiver queues before it wakes their
+/// receiver.
+const ANNOUNCE_EVERY: u32 = 32;
 
 impl LastChannel {
+    /// One that wakes a channel's receiver once for a run of items.
+    pub(super) fn deferring() -> Self {
+        LastChannel {
+            channel: None,
+            defer: true,
+            owed: 0,
+        }
+    }
+
     /// The channel `id`, as [`channel_for`] finds it.
     pub(super) fn get(
         &mut self,
@@ -176,10 +203,59 @@ impl LastChannel {
     ) -> Result<Option<&ChannelCore>, Violation> {
         // Ids are never reused in a session: the open channel of this id
         // is the one kept, until it is retired.
-        if !matches!(&self.0, Some(c) if c.id == id && !c.is_retired()) {
-            self.0 = channel_for(shared, id, what)?;
+        if !matches!(&self.channel, Some(c) if c.id == id && !c.is_retired()) {
+            self.hold(channel_for(shared, id, what)?);
         }
-        Ok(self.0.as_deref())
+        Ok(self.channel.as_deref())
+    }
+
+    /// Keeps `next` instead, announcing what the one held is owed.
+    fn hold(&mut self, next: Option<Arc<ChannelCore>>) {
+        self.announce();
+        self.channel = next;
+    }
+
+    /// Queues an item that came for channel `id`.
+    pub(super) fn item(
+        &mut self,
+        shared: &Shared,
+        id: u64,
+        payload: &[u8],
+        tail: Option<Vec<u8>>,
+    ) -> Result<(), Violation> {
+        self.get(shared, id, "Item")?;
+        self.deliver(payload, tail)
+    }
+
+    /// Queues an item on the channel held (if any).
+    fn deliver(&mut self, payload: &[u8], tail: Option<Vec<u8>>) -> Result<(), Violation> {
+        let Some(core) = &self.channel else {
+            return Ok(());
+        };
+        if !self.defer {
+            return core.on_item(payload, tail);
+        }
+        core.on_item_unannounced(payload, tail)?;
+        self.owed += 1;
+        if self.owed >= ANNOUNCE_EVERY {
+            self.announce();
+        }
+        Ok(())
+    }
+
+    /// Wakes the receiver of the items queued and not yet announced.
+    pub(super) fn announce(&mut self) {
+        if std::mem::take(&mut self.owed) > 0
+            && let Some(c) = &self.channel
+        {
+            c.announce_items();
+        }
+    }
+}
+
+impl Drop for LastChannel {
+    fn drop(&mut self) {
+        self.announce();
     }
 }
 
@@ -260,5 +336,60 @@ pub(crate) fn relay_unsupported(shared: &Shared) -> Option<String> {
             ))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(last: &mut LastChannel) {
+        last.deliver(&[7], None).expect("within the window");
+    }
+
+    #[test]
+    fn a_deferring_receiver_wakes_a_channel_once_for_a_run_of_items() {
+        let core = ChannelCore::receiving_for_tests(1, 1 << 20);
+        let mut last = LastChannel::deferring();
+        last.hold(Some(core.clone()));
+        for i in 1..ANNOUNCE_EVERY {
+            item(&mut last);
+            assert!(!core.take_announcement(), "item {i} woke the receiver");
+        }
+        item(&mut last);
+        assert!(core.take_announcement(), "the {ANNOUNCE_EVERY}th item wakes it");
+        item(&mut last);
+        assert!(!core.take_announcement());
+        last.announce();
+        assert!(core.take_announcement(), "announcing (before a wait) wakes it");
+        last.announce();
+        assert!(!core.take_announcement(), "nothing owed, nobody woken");
+
+        // Moving on to another channel announces the first one's items.
+        let other = ChannelCore::receiving_for_tests(3, 1 << 20);
+        item(&mut last);
+        last.hold(Some(other.clone()));
+        assert!(core.take_announcement(), "switching channels wakes the first");
+        item(&mut last);
+        assert!(!other.take_announcement());
+        drop(last);
+        assert!(other.take_announcement(), "dropping it wakes the second");
+        let queued = |c: &ChannelCore| std::iter::from_fn(|| c.try_next_item(None)).count();
+        assert_eq!(
+            queued(&core) + queued(&other),
+            ANNOUNCE_EVERY as usize + 3,
+            "every item was queued"
+        );
+    }
+
+    #[test]
+    fn the_driver_wakes_the_receiver_for_each_item() {
+        let core = ChannelCore::receiving_for_tests(1, 1 << 20);
+        let mut last = LastChannel::default();
+        last.hold(Some(core.clone()));
+        for i in 0..3 {
+            item(&mut last);
+            assert!(core.take_announcement(), "item {i}");
+        }
     }
 }

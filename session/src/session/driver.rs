@@ -258,10 +258,7 @@ fn handle_frame(
     // `Message` built for them.
     if let Some(item) = wire::codec::decode_item(frame, tail_len) {
         let (channel, payload) = item.map_err(|e| violation(Rule::FrameDecodable.name(), e.to_string()))?;
-        return match last.get(shared, channel, "Item")? {
-            Some(core) => core.on_item(payload, tail),
-            None => Ok(()),
-        };
+        return last.item(shared, channel, payload, tail);
     }
     let msg = wire::codec::decode_parts(frame, tail_len)
         .map_err(|e| violation(Rule::FrameDecodable.name(), e.to_string()))?;

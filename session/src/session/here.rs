@@ -210,7 +210,7 @@ impl Shared {
     ) -> Received<R> {
         let started = Instant::now();
         let mut frames = 0u32;
-        let mut last = LastChannel::default();
+        let mut last = LastChannel::deferring();
         loop {
             loop {
                 match self.take_here(claim, &mut last) {
@@ -250,6 +250,9 @@ impl Shared {
             if self.lock().pending.len() > 1 {
                 return Received::settle(look);
             }
+            // Nobody waits for the items taken so far while this thread
+            // does.
+            last.announce();
             match claim.wait(block_until) {
                 WaitHere::Ready => {}
                 WaitHere::Again => return Received::Yield,
