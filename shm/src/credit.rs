@@ -449,14 +449,20 @@ impl CreditReceiver {
         let e = &self.entry;
         // ORDERING: Release pairs with the sender's Acquire load in
         // `available` and its snapshot in `doorbell::park_loop`. A parked
-        // sender sleeps on this word too: it is woken here, or its sleep's
+        // sender sleeps on this word too: it is woken below, or its sleep's
         // compare fails because the word changed after its snapshot.
         e.receiver.state.fetch_or(RECEIVER_CLOSED, Ordering::Release);
-        PlatformFutex::wake_all(&e.receiver.state);
-        // ORDERING: SYNC POINT A (ringer side) for an async sender, pairs
-        // with the fence in `CreditSender::arm_reactor`.
+        // ORDERING: SYNC POINT A (ringer side), pairs with the fence in
+        // `doorbell::park_loop` after the sender sets `SENDER_PARKED` and
+        // with the one in `CreditSender::arm_reactor`: the sender's
+        // re-check sees the close, or this load sees its mark. A channel
+        // closed with nobody parked (every stream's end) makes no syscall.
         fence(Ordering::SeqCst);
-        if e.sender.state.load(Ordering::Relaxed) & SENDER_PARKED_REACTOR != 0 {
+        let parked = e.sender.state.load(Ordering::Relaxed);
+        if parked & SENDER_PARKED != 0 {
+            PlatformFutex::wake_all(&e.receiver.state);
+        }
+        if parked & SENDER_PARKED_REACTOR != 0 {
             self.liveness.notify_peer();
         }
     }
