@@ -265,6 +265,10 @@ impl SideWaiters {
             guard = reactor.link.readable(), if watch_link => {
                 let mut guard = guard.map_err(LinkError::Io)?;
                 let sent = self.inner.liveness.peer_wakes_sent();
+                // ORDERING: Relaxed here and for the stores below: counts
+                // that only choose whether to drain (no data is published
+                // through them); a stale one costs a drain or defers one by
+                // a wake, within the limit's margin.
                 let unread = sent.wrapping_sub(self.inner.drained_to.load(Ordering::Relaxed));
                 let wakes = self.inner.wakes_since_drain.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
                 if unread < reactor.drain_after && unread >= wakes && !guard.ready().is_read_closed() {

@@ -336,8 +336,8 @@ fn handle_frame(
             }
             Ok(())
         }
-        // Taken above.
-        Message::Item { .. } => Ok(()),
+        // Routed above without a `Message`; the same if one gets here.
+        Message::Item { channel, payload } => last.item(shared, channel, payload, tail),
         Message::Close { channel } => {
             if let Some(core) = channel_for(shared, channel, "Close")?
                 && core.on_close()?
