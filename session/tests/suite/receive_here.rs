@@ -276,3 +276,98 @@ async fn a_caller_that_stops_waiting_leaves_receiving_to_the_driver() {
     .unwrap();
     assert!(answered);
 }
+
+/// The first two CPUs this thread may run on, if it may run on two.
+fn two_cpus() -> Option<(usize, usize)> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set, and the call gets
+    // its exact size.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let r = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        assert_eq!(r, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+        set
+    };
+    // SAFETY: CPU_ISSET reads a bit of the set, each index below its size.
+    let mut allowed = (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) });
+    Some((allowed.next()?, allowed.next()?))
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_this_thread(cpu: usize) {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set, CPU_SET writes one
+    // bit of it within its size, and the call gets its exact size.
+    unsafe {
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one);
+        assert_eq!(r, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// How many times the calling thread has gone to sleep.
+fn this_thread_slept() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .expect("this thread's status")
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in /proc/thread-self/status")
+}
+
+/// A caller that had to wake its peer (asleep on another CPU) keeps its
+/// CPU for the answer, looking for it and yielding between looks, instead
+/// of sleeping until the peer, once awake, wakes it in turn: the calling
+/// thread does not sleep for such calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_woke_its_peer_waits_for_the_answer_awake() {
+    let Some((mine, theirs)) = two_cpus() else {
+        eprintln!("skipped: this needs two CPUs");
+        return;
+    };
+    /// The argument that tells the peer to stop.
+    const LAST: u32 = u32::MAX;
+    const CALLS: u64 = 300;
+    pin_this_thread(mine);
+    let (conn, peer) = start(move |mut raw| {
+        pin_this_thread(theirs);
+        loop {
+            let (request, x) = expect_call(&mut raw);
+            raw.answer(request, x.wrapping_add(1));
+            if x == LAST {
+                return;
+            }
+        }
+    })
+    .await;
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let before = this_thread_slept();
+        for i in 0..CALLS as u32 {
+            // Long enough for the peer to stop spinning for a call and go
+            // to sleep. Busy: a sleep here would count.
+            let gap = Instant::now() + Duration::from_micros(300);
+            while Instant::now() < gap {
+                std::hint::spin_loop();
+            }
+            let got = bounded("a call", next(&conn, i, CallOptions::default())).await;
+            assert_eq!(got.unwrap(), i + 1);
+        }
+        let slept = this_thread_slept() - before;
+        rounds.push(slept);
+        if slept < CALLS / 4 {
+            break;
+        }
+    }
+    let got = bounded("the last call", next(&conn, LAST, CallOptions::default())).await;
+    assert_eq!(got.unwrap(), 0);
+    bounded(
+        "the peer",
+        tokio::task::spawn_blocking(move || peer.join().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        *rounds.last().expect("a round") < CALLS / 4,
+        "the calling thread slept {rounds:?} times in rounds of {CALLS} calls to a sleeping peer"
+    );
+}

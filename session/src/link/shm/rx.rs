@@ -150,6 +150,9 @@ struct RxInner {
     caller_spin: Adaptive,
     /// Callers' yielding to a peer on their CPU.
     caller_yield: Adaptive,
+    /// Callers' spinning (and yielding) for the answer of a peer they had
+    /// to wake, on a thread that may block.
+    caller_wake_spin: Adaptive,
     /// Callers' blocking on the readable bell.
     caller_block: Adaptive,
 }
@@ -383,6 +386,7 @@ impl ShmRx {
                     driver_yield: Adaptive::new(),
                     caller_spin: Adaptive::new(),
                     caller_yield: Adaptive::new(),
+                    caller_wake_spin: Adaptive::new(),
                     caller_block: Adaptive::new(),
                 })),
                 driver_parked: AtomicBool::new(false),
@@ -570,6 +574,7 @@ impl DirectRx for ShmDirect {
             core: core.clone(),
             spin_until: None,
             spun: false,
+            woke_spun: false,
             yielded: false,
             blocked: false,
             error: None,
@@ -586,6 +591,8 @@ struct ShmClaim {
     /// skipped ends at once).
     spin_until: Option<Instant>,
     spun: bool,
+    /// The claim spun for a peer it had to wake (once per claim).
+    woke_spun: bool,
     /// The claim gave its CPU to a peer on the same CPU (once per claim).
     yielded: bool,
     /// A block ended without a frame: the claim has nothing more to wait for.
@@ -628,6 +635,7 @@ impl RxClaim for ShmClaim {
             core,
             spin_until,
             spun,
+            woke_spun,
             yielded,
             blocked,
             error,
@@ -644,8 +652,25 @@ impl RxClaim for ShmClaim {
         };
         let now = Instant::now();
         // A peer asleep when the call went out must first be woken, which on
-        // an idle CPU takes tens of microseconds, and the scheduler often
-        // queues it on this CPU: spinning then only delays it. Block at once.
+        // an idle CPU takes tens of microseconds. A thread that may block
+        // keeps its CPU meanwhile, yielding it between looks (the scheduler
+        // may have queued the peer on this CPU): a block would add a second
+        // wake, this side's, of as many microseconds, once the answer (or a
+        // stream's first item) is written. Only while that pays (see
+        // `Adaptive`): a peer slow to answer makes it stop.
+        if peer == PeerCpu::Other
+            && block_until.is_some()
+            && !std::mem::replace(woke_spun, true)
+            && core.sent_to.someone_parked()
+            && inner.caller_wake_spin.may_try()
+        {
+            if spin_for_woken_peer(now + RECV_SPIN, || look(inner, SPIN_CHUNK)) {
+                inner.caller_wake_spin.paid();
+                return WaitHere::Ready;
+            }
+            inner.caller_wake_spin.missed();
+        }
+        // Otherwise a thread spins only for a peer that is awake.
         if peer == PeerCpu::Other && !core.sent_to.someone_parked() {
             let until = *spin_until.get_or_insert_with(|| {
                 if inner.caller_spin.may_try() {
@@ -712,6 +737,21 @@ impl RxClaim for ShmClaim {
             Err(_) => {}
         }
         WaitHere::Stop
+    }
+}
+
+/// Looks (`look` spins through a chunk of ring checks) until it finds a frame
+/// or `until` passes, yielding the CPU between looks: the peer just woken
+/// may have been queued on this CPU. Whether a frame was found.
+fn spin_for_woken_peer(until: Instant, mut look: impl FnMut() -> bool) -> bool {
+    loop {
+        if look() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::yield_now();
     }
 }
 
