@@ -116,6 +116,10 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
     // Set once a send found the peer's end closed (see `PeerClosing`).
     let mut grace: Option<tokio::time::Instant> = None;
     let mut last = LastChannel::default();
+    // One future for the whole loop: a fresh one each round would register
+    // with the watch (and leave it) for every frame.
+    let session_ended = wait_ended(&mut ended);
+    tokio::pin!(session_ended);
     loop {
         tokio::select! {
             frame = rx.recv() => {
@@ -144,7 +148,7 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
                     // A caller found a frame that broke a rule; the session
                     // is ending on its own.
                     drop(frame);
-                    wait_ended(&mut ended).await;
+                    session_ended.as_mut().await;
                     break;
                 }
             }
@@ -173,7 +177,7 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
                 shared.end(shared.peer_closing.failure());
                 break;
             }
-            _ = wait_ended(&mut ended) => break,
+            () = session_ended.as_mut() => break,
         }
     }
     // Stop reading at once (the peer sees the link end), then close the
