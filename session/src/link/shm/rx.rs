@@ -658,13 +658,14 @@ impl RxClaim for ShmClaim {
         // wake, this side's, of as many microseconds, once the answer (or a
         // stream's first item) is written. Only while that pays (see
         // `Adaptive`): a peer slow to answer makes it stop.
-        if peer == PeerCpu::Other
-            && block_until.is_some()
+        if let Some(deadline) = block_until
+            && peer == PeerCpu::Other
             && !std::mem::replace(woke_spun, true)
             && core.sent_to.someone_parked()
             && inner.caller_wake_spin.may_try()
         {
-            if spin_for_woken_peer(now + RECV_SPIN, || look(inner, SPIN_CHUNK)) {
+            let until = (now + RECV_SPIN).min(deadline);
+            if spin_for_woken_peer(until, || look(inner, SPIN_CHUNK)) {
                 inner.caller_wake_spin.paid();
                 return WaitHere::Ready;
             }
