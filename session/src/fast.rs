@@ -27,6 +27,14 @@ enum Kind {
     Bytes,
 }
 
+impl Kind {
+    /// Whether a value of this kind owns memory (a failed decode must drop
+    /// what it placed of it).
+    fn owns(self) -> bool {
+        matches!(self, Kind::String | Kind::Bytes)
+    }
+}
+
 fn kind_of(shape: &facet::Shape) -> Option<Kind> {
     use std::any::TypeId;
     // A shape's id calls a function to produce its `TypeId` at every
@@ -507,6 +515,28 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
             return Some(Ok(out.assume_init()));
         }
     }
+    if !elements(&plan).iter().any(|&(kind, _)| kind.owns()) {
+        // Numbers and bools only (a service's usual arguments): nothing
+        // placed needs dropping if a later element fails, so each goes
+        // straight to its place.
+        let mut out = std::mem::MaybeUninit::<T>::uninit();
+        let base = out.as_mut_ptr().cast::<u8>();
+        for &(kind, offset) in elements(&plan) {
+            let value = match r.value(kind) {
+                Ok(v) => v,
+                Err(e) => return Some(Err(e)),
+            };
+            // SAFETY: `plan` matched: the tuple's element at `offset` is of
+            // this kind's type.
+            unsafe { place(value, base.add(offset)) };
+        }
+        if r.at != bytes.len() {
+            return Some(Err(spare(r.at)));
+        }
+        // SAFETY: every element of the tuple was written above; a tuple has
+        // no other bytes that need initializing.
+        return Some(Ok(unsafe { out.assume_init() }));
+    }
     // Every element is decoded before any is placed, so a failure leaves
     // nothing half-built.
     let mut values: Values = Default::default();
@@ -614,6 +644,12 @@ mod tests {
         same(("name".to_string(), vec![1u8, 2, 3], true, 7u8));
         same((vec![0xa5u8; 70_000],));
         same(());
+        same((7u8, u64::MAX, false, -1i16));
+        same((i64::MIN, u16::MAX, true));
+        // Numbers and bools go straight to their places: a bad element after
+        // good ones is still an error.
+        let e = decode::<(u32, bool, u16)>(&[1, 2, 3]).unwrap().unwrap_err();
+        assert!(e.contains("bool must be 0 or 1"), "{e}");
         let bytes = facet_postcard::to_vec(&(1u32, 2u32)).unwrap();
         let e = decode::<(u32, u32, u32)>(&bytes).unwrap().unwrap_err();
         assert!(e.contains("ends inside"), "{e}");
