@@ -67,6 +67,7 @@
 //! same way.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,6 +86,7 @@ use channels::Channels;
 use connections::ConnState;
 use driver::Keepalive;
 use outbound::{ErasedTx, Outgoing, PeerClosing, StallClock};
+use own_ids::{OwnIdMap, OwnIds};
 use recent::RecentIds;
 
 pub use calls::CallOptions;
@@ -99,6 +101,7 @@ mod handshake;
 mod here;
 mod liveness;
 mod outbound;
+mod own_ids;
 mod recent;
 mod serving;
 
@@ -339,7 +342,7 @@ impl Ids {
 #[derive(Default)]
 struct State {
     /// Our calls in flight, by request id.
-    pending: HashMap<u64, Pending>,
+    pending: OwnIdMap<Pending>,
     /// Requests we cancelled recently: a late response for one is not a
     /// violation. Most are never answered (the callee drops the handler), so
     /// only the last [`CANCELLED_MEMORY`] are remembered.
@@ -365,7 +368,7 @@ struct State {
     conn_watch: liveness::ConnWatch,
     /// Methods whose schema a call already carried (bounded by the methods
     /// this program's clients have: ids come from their code, not the peer).
-    schemas_sent: std::collections::HashSet<u64>,
+    schemas_sent: std::collections::HashSet<u64, BuildHasherDefault<OwnIds>>,
 }
 
 /// Everything the session's handles, driver and writer share.
