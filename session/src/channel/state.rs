@@ -674,7 +674,13 @@ impl ChannelCore {
                     if let Some(g) = g {
                         grant_message = Some(grant_message.map_or(g, |sum| sum.saturating_add(g)));
                     }
-                    wake = wake.or(w);
+                    // Most items bring no wake: look before moving one (moving
+                    // the 72-byte `Option<GrantWake>` per item stalled on a
+                    // store-buffer reload). One wake per batch is enough: the
+                    // grants are all published when it rings.
+                    if wake.is_none() && w.is_some() {
+                        wake = w;
+                    }
                     out.push_back(next);
                 }
             }
