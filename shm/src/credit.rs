@@ -337,18 +337,29 @@ pub struct GrantWake {
 impl GrantWake {
     /// Wakes the sender if it is parked (on the futex or in its reactor).
     pub fn ring(self) {
-        let e = &*self.entry;
-        // ORDERING: SYNC POINT A (ringer side), pairs with the fence in
-        // `doorbell::park_loop` after the sender sets `SENDER_PARKED`; the
-        // grant's Release store came before it.
-        fence(Ordering::SeqCst);
-        let parked = e.sender.state.load(Ordering::Relaxed);
-        if parked & SENDER_PARKED != 0 {
-            PlatformFutex::wake_all(&e.receiver.granted_total);
-        }
-        if parked & SENDER_PARKED_REACTOR != 0 {
-            self.liveness.notify_peer();
-        }
+        // The grant's Release store came before.
+        wake_parked_sender(&self.entry, &self.liveness, &self.entry.receiver.granted_total);
+    }
+}
+
+/// Wakes the sender of `e` if it is marked parked: on the futex (through
+/// `word`, one of the words it sleeps on) or in its reactor (a wake byte
+/// through `liveness`). Call after publishing what the sender waits for
+/// (Release): a sender that has not marked itself yet sees it when it
+/// re-checks, and one that has needs no syscall from a ringer that finds no
+/// mark (a stream's grants and its close, most of the time).
+fn wake_parked_sender(e: &CreditEntry, liveness: &Liveness, word: &AtomicU32) {
+    // ORDERING: SYNC POINT A (ringer side), pairs with the fence in
+    // `doorbell::park_loop` after the sender sets `SENDER_PARKED` and with
+    // the one in `CreditSender::arm_reactor`: the sender's re-check sees
+    // what was published, or this load sees its mark.
+    fence(Ordering::SeqCst);
+    let parked = e.sender.state.load(Ordering::Relaxed);
+    if parked & SENDER_PARKED != 0 {
+        PlatformFutex::wake_all(word);
+    }
+    if parked & SENDER_PARKED_REACTOR != 0 {
+        liveness.notify_peer();
     }
 }
 
@@ -452,19 +463,7 @@ impl CreditReceiver {
         // sender sleeps on this word too: it is woken below, or its sleep's
         // compare fails because the word changed after its snapshot.
         e.receiver.state.fetch_or(RECEIVER_CLOSED, Ordering::Release);
-        // ORDERING: SYNC POINT A (ringer side), pairs with the fence in
-        // `doorbell::park_loop` after the sender sets `SENDER_PARKED` and
-        // with the one in `CreditSender::arm_reactor`: the sender's
-        // re-check sees the close, or this load sees its mark. A channel
-        // closed with nobody parked (every stream's end) makes no syscall.
-        fence(Ordering::SeqCst);
-        let parked = e.sender.state.load(Ordering::Relaxed);
-        if parked & SENDER_PARKED != 0 {
-            PlatformFutex::wake_all(&e.receiver.state);
-        }
-        if parked & SENDER_PARKED_REACTOR != 0 {
-            self.liveness.notify_peer();
-        }
+        wake_parked_sender(e, &self.liveness, &e.receiver.state);
     }
 }
 
