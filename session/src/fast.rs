@@ -498,27 +498,11 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
             std::any::type_name::<T>(),
         )
     };
-    if let Plan::One([(kind, _)]) = plan {
-        // One value (a stream of numbers or strings): no staging.
-        let value = match r.value(kind) {
-            Ok(v) => v,
-            Err(e) => return Some(Err(e)),
-        };
-        if r.at != bytes.len() {
-            return Some(Err(spare(r.at)));
-        }
-        let mut out = std::mem::MaybeUninit::<T>::uninit();
-        // SAFETY: `plan` matched: T is this kind's type itself, and the
-        // value, written whole, initializes it.
-        unsafe {
-            place(value, out.as_mut_ptr().cast::<u8>());
-            return Some(Ok(out.assume_init()));
-        }
-    }
-    if !elements(&plan).iter().any(|&(kind, _)| kind.owns()) {
-        // Numbers and bools only (a service's usual arguments): nothing
-        // placed needs dropping if a later element fails, so each goes
-        // straight to its place.
+    if matches!(plan, Plan::One(_)) || !elements(&plan).iter().any(|&(kind, _)| kind.owns()) {
+        // One value (a stream of numbers or strings), or numbers and bools
+        // only (a service's usual arguments): no staging. Nothing placed
+        // needs dropping when an element fails (a lone value has no later
+        // element), so each goes straight to its place.
         let mut out = std::mem::MaybeUninit::<T>::uninit();
         let base = out.as_mut_ptr().cast::<u8>();
         for &(kind, offset) in elements(&plan) {
@@ -526,16 +510,18 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
                 Ok(v) => v,
                 Err(e) => return Some(Err(e)),
             };
-            // SAFETY: `plan` matched: the tuple's element at `offset` is of
-            // this kind's type.
+            // SAFETY: `plan` matched: T is this kind's type itself (offset
+            // 0), or its tuple element at `offset` is.
             unsafe { place(value, base.add(offset)) };
         }
+        // SAFETY: every element of T (the one value, or each element of the
+        // tuple) was written above; a tuple has no other bytes that need
+        // initializing.
+        let value = unsafe { out.assume_init() };
         if r.at != bytes.len() {
             return Some(Err(spare(r.at)));
         }
-        // SAFETY: every element of the tuple was written above; a tuple has
-        // no other bytes that need initializing.
-        return Some(Ok(unsafe { out.assume_init() }));
+        return Some(Ok(value));
     }
     // Every element is decoded before any is placed, so a failure leaves
     // nothing half-built.
