@@ -299,21 +299,12 @@ impl ChannelCore {
         self.lock().sent_terminal
     }
 
-    /// An item arrived (driver). Checks the peer's credit and queues it.
-    /// `tail`: the end of the item's encoding, when the link held it apart.
+    /// An item arrived. Checks the peer's credit and queues it, without
+    /// waking the receiver: whoever calls it owes an
+    /// [`announce_items`](Self::announce_items) (the driver for each item,
+    /// a caller receiving on its own thread for a run of them). `tail`: the
+    /// end of the item's encoding, when the link held it apart.
     pub(crate) fn on_item(
-        &self,
-        payload: &[u8],
-        tail: Option<Vec<u8>>,
-    ) -> Result<(), crate::error::Violation> {
-        self.on_item_unannounced(payload, tail)?;
-        self.announce_items();
-        Ok(())
-    }
-
-    /// [`on_item`](Self::on_item) without waking the receiver: whoever
-    /// calls it owes an [`announce_items`](Self::announce_items).
-    pub(crate) fn on_item_unannounced(
         &self,
         payload: &[u8],
         tail: Option<Vec<u8>>,

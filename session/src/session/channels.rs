@@ -239,14 +239,11 @@ impl LastChannel {
         let Some(core) = &self.channel else {
             return Ok(());
         };
-        if !self.defer {
-            return core.on_item(payload, tail);
-        }
         let len = payload.len() + tail.as_ref().map_or(0, Vec::len);
-        core.on_item_unannounced(payload, tail)?;
+        core.on_item(payload, tail)?;
         self.owed += 1;
         self.owed_bytes += len;
-        if self.owed >= ANNOUNCE_EVERY || self.owed_bytes >= ANNOUNCE_BYTES {
+        if !self.defer || self.owed >= ANNOUNCE_EVERY || self.owed_bytes >= ANNOUNCE_BYTES {
             self.announce();
         }
         Ok(())
