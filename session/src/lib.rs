@@ -45,6 +45,7 @@ pub mod error;
 mod fast;
 mod forward;
 pub mod link;
+mod locks;
 mod metadata;
 mod payload;
 mod reconnect;

@@ -78,6 +78,7 @@ use tracing::{debug, warn};
 use crate::channel::{self, ChannelError, Rx, Tx};
 use crate::error::{CallError, SessionError};
 use crate::link::{CreditMode, DirectRx, Link, LinkError, LinkRx};
+use crate::locks::SendLock;
 use crate::service::Dispatcher;
 use crate::wire::{Message, Metadata, Settings};
 
@@ -241,7 +242,7 @@ impl SessionBuilder {
             peer,
             max_frame,
             credit,
-            tx: tokio::sync::Mutex::new(Some(Box::new(tx))),
+            tx: SendLock::new(Some(Box::new(tx))),
             ids: Ids::new(role),
             state: Mutex::new(State::default()),
             outbox: outbox_tx,
@@ -385,7 +386,7 @@ pub(crate) struct Shared {
     /// Calls beyond the peer's `max_concurrent_requests` wait here.
     call_limit: Arc<Semaphore>,
     /// The link's sending half; `None` once the session ended and closed it.
-    tx: tokio::sync::Mutex<Option<Box<dyn ErasedTx>>>,
+    tx: SendLock<Option<Box<dyn ErasedTx>>>,
     ids: Ids,
     state: Mutex<State>,
     /// Encoded frames for the writer task (sent from the driver and from drops).
@@ -610,7 +611,7 @@ impl Connection {
             peer: Settings::default(),
             max_frame: 0,
             credit: CreditMode::Messages,
-            tx: tokio::sync::Mutex::new(None),
+            tx: SendLock::new(None),
             ids: Ids::new(Role::Initiator),
             state: Mutex::new(State::default()),
             outbox,

@@ -185,7 +185,7 @@ impl Shared {
     /// Sends a frame at once if nobody else is sending and the link has
     /// room; `Ok(false)` if it would have to wait.
     pub(super) fn try_send_now(&self, len: usize, fill: Fill<'_>) -> Result<bool, SessionError> {
-        let Ok(mut tx) = self.tx.try_lock() else {
+        let Some(mut tx) = self.tx.try_lock() else {
             return Ok(false);
         };
         let r = match tx.as_mut() {

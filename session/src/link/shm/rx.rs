@@ -42,7 +42,9 @@ use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use osmos_shm::{BellWatcher, Copied, FrameReceiver, FrameRun, Liveness, PeerCpu, PeerState};
-use tokio::sync::{MutexGuard, Notify, OwnedMutexGuard};
+use tokio::sync::Notify;
+
+use crate::locks::{OwnedTryGuard, TryGuard, TryLock};
 
 use super::{EMPTY_WAKES_ALLOWED, RECV_CHECKS, RECV_SPIN, SideWaiters, shm_error};
 use crate::adaptive::Adaptive;
@@ -250,7 +252,7 @@ impl RxInner {
 
 /// What the driver and the claims share.
 struct Core {
-    inner: Arc<tokio::sync::Mutex<RxInner>>,
+    inner: Arc<TryLock<RxInner>>,
     /// The driver sleeps (or is about to) and is woken through the reactor,
     /// its mark on the readable bell except while a claim holds the lock:
     /// whoever lets the receive lock go hands the ring back to it
@@ -301,7 +303,7 @@ impl Core {
         // `ShmClaim::drop`: either this try_lock sees the claim's unlock, or
         // the claim, after its unlock, sees the mark and hands back.
         fence(Ordering::SeqCst);
-        if self.inner.try_lock().is_ok() {
+        if self.inner.try_lock().is_some() {
             // The claim is gone; the caller's loop takes the lock.
             return Ok(0);
         }
@@ -328,7 +330,9 @@ impl Core {
     fn hand_back(&self) {
         loop {
             let waiting = {
-                let Ok(mut g) = self.inner.try_lock() else { return };
+                let Some(mut g) = self.inner.try_lock() else {
+                    return;
+                };
                 if self.driver_parked() {
                     self.readable.arm_reactor();
                     Some(g.has_frame().unwrap_or(true))
@@ -375,7 +379,7 @@ impl ShmRx {
         let readable = receiver.readable_watcher();
         ShmRx {
             core: Arc::new(Core {
-                inner: Arc::new(tokio::sync::Mutex::new(RxInner {
+                inner: Arc::new(TryLock::new(RxInner {
                     receiver,
                     run: FrameRun::new(),
                     in_run: None,
@@ -414,7 +418,7 @@ impl Drop for ShmRx {
 }
 
 /// A frame the driver received, held under the receive lock.
-pub struct ShmFrame<'a>(MutexGuard<'a, RxInner>);
+pub struct ShmFrame<'a>(TryGuard<'a, RxInner>);
 
 impl std::ops::Deref for ShmFrame<'_> {
     type Target = [u8];
@@ -452,7 +456,7 @@ impl LinkRx for ShmRx {
         // Sleeps that read a wake from the peer, not yet matched by a frame.
         let mut woken = 0u32;
         loop {
-            let Ok(mut g) = core.inner.try_lock() else {
+            let Some(mut g) = core.inner.try_lock() else {
                 woken += core.behind_claim().await?;
                 continue;
             };
@@ -563,7 +567,7 @@ impl DirectRx for ShmDirect {
         if core.closed() {
             return None;
         }
-        let g = core.inner.clone().try_lock_owned().ok()?;
+        let g = core.inner.clone().try_lock_owned()?;
         if core.driver_parked() {
             // The peer's rings wake this claim's thread (if it blocks),
             // not the driver's, while the claim holds the lock.
@@ -585,7 +589,7 @@ impl DirectRx for ShmDirect {
 /// A caller's hold on the receive lock.
 struct ShmClaim {
     /// `Some` until dropped.
-    g: Option<OwnedMutexGuard<RxInner>>,
+    g: Option<OwnedTryGuard<RxInner>>,
     core: Arc<Core>,
     /// The end of this claim's spin window, once decided (a window that is
     /// skipped ends at once).
