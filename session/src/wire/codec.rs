@@ -51,7 +51,21 @@ pub(crate) enum VarintError {
 /// Reads a varint of at most `bits` bits (16, 32 or 64) from `bytes` at
 /// `*at`, advancing `*at` past it. A number with bits beyond `bits` (or more
 /// groups than `bits` needs) is refused rather than truncated.
+#[inline]
 pub(crate) fn read_varint(bytes: &[u8], at: &mut usize, bits: u32) -> Result<u64, VarintError> {
+    // Most numbers on the wire (kinds, small ids, lengths, a stream's
+    // counters) take one byte: that case stays inline in every reader.
+    if let Some(&b) = bytes.get(*at)
+        && b < 0x80
+    {
+        *at += 1;
+        return Ok(b.into());
+    }
+    read_varint_long(bytes, at, bits)
+}
+
+/// [`read_varint`] of a number that takes more than one byte (or of none).
+fn read_varint_long(bytes: &[u8], at: &mut usize, bits: u32) -> Result<u64, VarintError> {
     let mut v = 0u64;
     let mut shift = 0u32;
     loop {
@@ -628,6 +642,19 @@ const ITEM: u32 = 13;
 /// of another kind, for [`decode_parts`]. Accepts and refuses exactly what
 /// `decode_parts` does.
 pub(crate) fn decode_item(frame: &[u8], tail: usize) -> Option<Result<(u64, &[u8]), DecodeError>> {
+    // The usual item, read with no error bookkeeping: the kind in one byte,
+    // then the channel and a length that ends the frame exactly. Anything
+    // else (a tail held apart, a bad length) takes the full reader below,
+    // which refuses it with its reason.
+    if tail == 0 && frame.first() == Some(&(ITEM as u8)) {
+        let mut at = 1;
+        if let Ok(channel) = read_varint(frame, &mut at, 64)
+            && let Ok(len) = read_varint(frame, &mut at, 64)
+            && len == (frame.len() - at) as u64
+        {
+            return Some(Ok((channel, &frame[at..])));
+        }
+    }
     let mut r = Reader::new(frame, tail);
     match r.u32("message kind") {
         Ok(ITEM) => Some(r.item().and_then(|item| r.finish().map(|()| item))),
