@@ -9,6 +9,8 @@
 pub enum Rule {
     /// Every frame decodes as a message.
     FrameDecodable,
+    /// A batch holds at least one message and no batch.
+    FrameBatchFlat,
     /// No frame exceeds our `max_payload`.
     FrameMaxPayload,
     /// The handshake comes first.
@@ -74,6 +76,7 @@ impl Rule {
     /// Every rule.
     pub const ALL: &[Rule] = &[
         Rule::FrameDecodable,
+        Rule::FrameBatchFlat,
         Rule::FrameMaxPayload,
         Rule::HandshakeHelloFirst,
         Rule::HandshakeOnce,
@@ -109,6 +112,7 @@ impl Rule {
     pub const fn name(self) -> &'static str {
         match self {
             Rule::FrameDecodable => "frame.decodable",
+            Rule::FrameBatchFlat => "frame.batch-flat",
             Rule::FrameMaxPayload => "frame.max-payload",
             Rule::HandshakeHelloFirst => "handshake.hello-first",
             Rule::HandshakeOnce => "handshake.once",

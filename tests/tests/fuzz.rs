@@ -154,6 +154,13 @@ fn all_messages() -> Vec<(&'static str, Message<'static>)> {
                 bytes: 65536,
             },
         ),
+        (
+            "batch",
+            Message::Batch {
+                // Two items on channel 1: `[13, 1, 1, 7]` and `[13, 1, 0]`.
+                messages: &[4, 13, 1, 1, 7, 3, 13, 1, 0],
+            },
+        ),
     ]
 }
 
@@ -262,6 +269,7 @@ fn fuzz_write_seed_corpus() {
             vec![pick("connection-open"), pick("connection-close")],
         ),
         ("grant-credit", vec![pick("grant-credit")]),
+        ("stream-batch", vec![pick("batch"), pick("close")]),
         ("goodbye", vec![goodbye.clone()]),
         ("hello-again", vec![pick("hello-yourself")]),
         ("garbage", vec![vec![0xff; 9]]),

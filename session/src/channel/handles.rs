@@ -181,6 +181,12 @@ where
     T: for<'f> Facet<'f>,
 {
     /// Sends one item, waiting for credit if the receiver is behind.
+    ///
+    /// A small item sent while the peer has not yet read this side's
+    /// earlier frames may wait in a batch, joined by the items after it:
+    /// the batch leaves as one frame when it is full, before anything else
+    /// this session sends, or as soon as the sending task pauses. Items
+    /// always arrive in the order they were sent.
     pub async fn send(&self, item: &T) -> Result<(), ChannelError> {
         self.bound()?;
         // An item of a type with a direct codec (a number, a string, bytes,
@@ -194,7 +200,7 @@ where
             };
             return b
                 .shared
-                .send(&Spliced::value(&empty, &value))
+                .send_item(&Spliced::value(&empty, &value))
                 .await
                 .map_err(session_ended);
         }
@@ -251,13 +257,13 @@ pub(crate) async fn send_item(
 ) -> Result<(), crate::SessionError> {
     if head.is_empty() || tail.is_empty() {
         let payload = if head.is_empty() { tail } else { head };
-        return shared.send(&Message::Item { channel, payload }).await;
+        return shared.send_item(&Message::Item { channel, payload }).await;
     }
     let empty = Message::Item {
         channel,
         payload: &[],
     };
-    shared.send(&Spliced::new(&empty, head, tail)).await
+    shared.send_item(&Spliced::new(&empty, head, tail)).await
 }
 
 impl<T> Tx<T> {
@@ -268,7 +274,7 @@ impl<T> Tx<T> {
             channel: self.id,
             payload: bytes,
         };
-        b.shared.send(&msg).await.map_err(session_ended)
+        b.shared.send_item(&msg).await.map_err(session_ended)
     }
 
     /// Takes credit for an item of `len` encoded bytes, waiting for the

@@ -192,6 +192,13 @@ impl LinkTx for MemoryTx {
         })
     }
 
+    /// Frames are in flight that the peer has not received yet.
+    fn peer_behind(&mut self) -> bool {
+        self.sender
+            .as_ref()
+            .is_some_and(|s| s.capacity() < s.max_capacity())
+    }
+
     /// Sends at once when the direction has a free slot.
     fn try_send_now(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<bool, LinkError> {
         if len > self.max_frame {

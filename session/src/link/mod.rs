@@ -188,6 +188,15 @@ pub trait LinkTx: Send + 'static {
         None
     }
 
+    /// Whether the peer has not yet read every frame committed so far: a
+    /// hint, read as a frame is about to be sent. While it holds, the
+    /// session gathers a stream's small items into one frame (a batch)
+    /// instead of sending each alone, since the peer could not read them
+    /// sooner anyway. The default, `false`, sends every item alone.
+    fn peer_behind(&mut self) -> bool {
+        false
+    }
+
     /// Sends everything committed so far and closes this direction; the peer's
     /// next receive returns `Ok(None)` once it has read the earlier frames.
     fn close(&mut self) -> impl Future<Output = Result<(), LinkError>> + Send;

@@ -515,6 +515,12 @@ impl LinkTx for ShmTx {
         Ok(ShmPermit::Slot { slot, frame, len })
     }
 
+    /// The peer has not yet taken every frame from the ring. (A broken
+    /// ring says no here; the send that follows reports it.)
+    fn peer_behind(&mut self) -> bool {
+        self.sender.producer().has_unread().unwrap_or(false)
+    }
+
     /// Sends at once when the ring (and, for a large frame, the slot pool)
     /// has room: the frame is encoded straight into shared memory.
     fn try_send_now(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<bool, LinkError> {

@@ -186,10 +186,7 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
     // `on_peer_fault` hook before the peer can see this.
     drop(rx);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut tx = shared.tx.lock().await;
-        if let Some(mut t) = tx.take() {
-            let _ = t.close().await;
-        }
+        let _ = shared.tx.lock().await.close().await;
     })
     .await;
 }
@@ -246,6 +243,18 @@ fn handle_frame(
     frame: &[u8],
     tail: Option<Vec<u8>>,
     last: &mut LastChannel,
+) -> Result<(), Violation> {
+    handle_message(shared, frame, tail, last, false)
+}
+
+/// Handles one message: a whole frame, or (`in_batch`) one message of a
+/// [`Message::Batch`], which may not be a batch itself.
+fn handle_message(
+    shared: &Arc<Shared>,
+    frame: &[u8],
+    tail: Option<Vec<u8>>,
+    last: &mut LastChannel,
+    in_batch: bool,
 ) -> Result<(), Violation> {
     let len = frame.len() + tail.as_ref().map_or(0, Vec::len);
     if len > shared.ours.max_payload as usize {
@@ -367,6 +376,21 @@ fn handle_frame(
             Some(core) => core.on_grant(bytes),
             None => Ok(()),
         },
+        Message::Batch { messages } => {
+            if in_batch {
+                return Err(violation(Rule::FrameBatchFlat.name(), "a batch inside a batch"));
+            }
+            let (mut at, mut handled) = (0, 0usize);
+            while let Some(m) = wire::codec::next_in_batch(messages, &mut at) {
+                let m = m.map_err(|e| violation(Rule::FrameDecodable.name(), e))?;
+                handle_message(shared, m, None, last, true)?;
+                handled += 1;
+            }
+            if handled == 0 {
+                return Err(violation(Rule::FrameBatchFlat.name(), "an empty batch"));
+            }
+            Ok(())
+        }
     }
 }
 

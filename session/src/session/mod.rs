@@ -37,6 +37,7 @@
 //! | rule | meaning |
 //! |---|---|
 //! | `frame.decodable` | every frame decodes as a [`Message`] |
+//! | `frame.batch-flat` | a [`Message::Batch`] holds at least one message, and no batch |
 //! | `frame.max-payload` | no frame exceeds our `max_payload` |
 //! | `handshake.hello-first` / `handshake.once` | the handshake comes first, once |
 //! | `id.parity` | ids the peer creates have the peer's parity |
@@ -72,7 +73,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 use crate::channel::{self, ChannelError, Rx, Tx};
@@ -86,7 +87,8 @@ use calls::{CANCELLED_MEMORY, CallFailure, Pending};
 use channels::Channels;
 use connections::ConnState;
 use driver::Keepalive;
-use outbound::{ErasedTx, Outgoing, PeerClosing, StallClock};
+use gather::Sender;
+use outbound::{Outgoing, PeerClosing, StallClock};
 use own_ids::{OwnIdMap, OwnIds};
 use recent::RecentIds;
 
@@ -98,6 +100,7 @@ mod calls;
 mod channels;
 mod connections;
 mod driver;
+mod gather;
 mod handshake;
 mod here;
 mod liveness;
@@ -233,6 +236,7 @@ impl SessionBuilder {
         let peer = handshake::run(&mut tx, &mut rx, role, &ours, self.config.handshake_timeout).await?;
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
         let (ended_tx, _) = watch::channel(None);
+        let sender = Sender::new(Box::new(tx), (peer.max_payload as usize).min(max_frame));
         let shared = Arc::new(Shared {
             role,
             name: self.config.name.clone(),
@@ -242,7 +246,8 @@ impl SessionBuilder {
             peer,
             max_frame,
             credit,
-            tx: SendLock::new(Some(Box::new(tx))),
+            tx: SendLock::new(sender),
+            flush_soon: Notify::new(),
             ids: Ids::new(role),
             state: Mutex::new(State::default()),
             outbox: outbox_tx,
@@ -385,8 +390,11 @@ pub(crate) struct Shared {
     credit: CreditMode,
     /// Calls beyond the peer's `max_concurrent_requests` wait here.
     call_limit: Arc<Semaphore>,
-    /// The link's sending half; `None` once the session ended and closed it.
-    tx: SendLock<Option<Box<dyn ErasedTx>>>,
+    /// The link's sending half (closed once the session ended) and the
+    /// small items gathered for it.
+    tx: SendLock<Sender>,
+    /// Asks the writer task to send the gathered items (see `gather`).
+    flush_soon: Notify,
     ids: Ids,
     state: Mutex<State>,
     /// Encoded frames for the writer task (sent from the driver and from drops).
@@ -611,7 +619,8 @@ impl Connection {
             peer: Settings::default(),
             max_frame: 0,
             credit: CreditMode::Messages,
-            tx: SendLock::new(None),
+            tx: SendLock::new(Sender::closed()),
+            flush_soon: Notify::new(),
             ids: Ids::new(Role::Initiator),
             state: Mutex::new(State::default()),
             outbox,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::gather::{Fill, Gathered};
 use super::{Shared, link_failed, wait_ended};
 use crate::error::SessionError;
 use crate::link::{LinkError, LinkTx, RoomWait, SendPermit};
@@ -66,9 +67,6 @@ impl PeerClosing {
     }
 }
 
-/// Writes one frame's bytes into the buffer a link lends.
-type Fill<'a> = &'a (dyn Fn(&mut [u8]) + Sync);
-
 /// The erased sending half of the link.
 pub(super) trait ErasedTx: Send {
     /// [`LinkTx::try_send_now`].
@@ -81,6 +79,8 @@ pub(super) trait ErasedTx: Send {
     ) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + 'a>>;
     /// [`LinkTx::room_wait`].
     fn room_wait(&mut self, len: usize) -> Option<RoomWait>;
+    /// [`LinkTx::peer_behind`].
+    fn peer_behind(&mut self) -> bool;
     fn close(&mut self) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + '_>>;
 }
 
@@ -103,6 +103,10 @@ impl<T: LinkTx> ErasedTx for T {
 
     fn room_wait(&mut self, len: usize) -> Option<RoomWait> {
         LinkTx::room_wait(self, len)
+    }
+
+    fn peer_behind(&mut self) -> bool {
+        LinkTx::peer_behind(self)
     }
 
     fn close(&mut self) -> Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send + '_>> {
@@ -137,6 +141,67 @@ impl Shared {
         match r {
             Ok(()) => Ok(()),
             Err(e) => Err(self.send_failure(e).await),
+        }
+    }
+
+    /// Sends a channel's item (an `Item` message), gathering it into a
+    /// batch while the peer is behind (see `gather`). A batch it begins goes
+    /// out when the writer task runs, if nothing sends it before: a task
+    /// that sends item after item without pausing fills batches, and the
+    /// last one leaves as soon as it pauses (or with whatever it sends
+    /// next).
+    pub(crate) async fn send_item(&self, msg: &(impl Encode + ?Sized)) -> Result<(), SessionError> {
+        let len = msg.encoded_len();
+        self.check_sendable(msg.kind(), len)?;
+        let fill = |buf: &mut [u8]| {
+            msg.write_to(buf);
+        };
+        if let Some(mut tx) = self.tx.try_lock() {
+            let r = tx.try_gather(len, &fill);
+            let flushed = tx.take_flushed();
+            drop(tx);
+            self.count_batches(flushed);
+            match r {
+                Ok(Gathered::Added) => return Ok(()),
+                Ok(Gathered::Started) => {
+                    self.flush_soon.notify_one();
+                    return Ok(());
+                }
+                Ok(Gathered::Sent) => {
+                    self.sent(len);
+                    return Ok(());
+                }
+                Ok(Gathered::Wait) => {}
+                Err(e) => return Err(self.send_failure(self.link_broke(e)).await),
+            }
+        }
+        match self.send_waiting(len, &fill).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.send_failure(e).await),
+        }
+    }
+
+    /// Sends the gathered items, if any wait, waiting for room (the writer
+    /// task, see [`send_item`](Self::send_item)); false if the session
+    /// ended.
+    async fn flush_gathered(&self) -> bool {
+        let mut ended = self.ended.subscribe();
+        let r = tokio::select! {
+            r = async {
+                let _waiting = self.link_stall.enter();
+                let mut tx = self.tx.lock().await;
+                let r = tx.flush().await;
+                self.count_batches(tx.take_flushed());
+                r
+            } => r,
+            _ = wait_ended(&mut ended) => return false,
+        };
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                self.link_broke(e);
+                false
+            }
         }
     }
 
@@ -188,11 +253,10 @@ impl Shared {
         let Some(mut tx) = self.tx.try_lock() else {
             return Ok(false);
         };
-        let r = match tx.as_mut() {
-            Some(tx) => tx.try_send_now(len, fill),
-            None => Err(LinkError::Closed),
-        };
+        let r = tx.try_send_now(len, fill);
+        let flushed = tx.take_flushed();
         drop(tx);
+        self.count_batches(flushed);
         match r {
             Ok(true) => {
                 self.sent(len);
@@ -233,21 +297,33 @@ impl Shared {
             let room = {
                 let _waiting = self.link_stall.enter();
                 let mut tx = self.tx.lock().await;
-                let Some(tx) = tx.as_mut() else {
-                    return Err(LinkError::Closed);
-                };
-                if tx.try_send_now(len, fill)? {
+                let sent = tx.try_send_now(len, fill);
+                self.count_batches(tx.take_flushed());
+                if sent? {
                     return Ok(());
                 }
                 match tx.room_wait(len) {
                     Some(room) => room,
-                    None => return tx.send_frame(len, fill).await,
+                    None => {
+                        let sent = tx.send_frame(len, fill).await;
+                        self.count_batches(tx.take_flushed());
+                        return sent;
+                    }
                 }
             };
             let _one_at_a_time = self.room_gate.lock().await;
             let _waiting = self.slot_stall.enter();
             room.await?;
             self.slot_stall.progress();
+        }
+    }
+
+    /// Counts the batch frames a send sent ahead of its own frame.
+    fn count_batches(&self, (frames, bytes): (u64, u64)) {
+        if frames > 0 {
+            self.stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
+            self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+            self.link_stall.progress();
         }
     }
 
@@ -405,9 +481,15 @@ pub(super) async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedRecei
                     None => std::future::pending().await,
                 }
             } => Next::Room(r),
+            () = shared.flush_soon.notified() => Next::Flush,
             _ = wait_ended(&mut ended) => return,
         };
         match next {
+            Next::Flush => {
+                if !shared.flush_gathered().await {
+                    return;
+                }
+            }
             Next::Room(r) => {
                 room = None;
                 if let Err(e) = r {
@@ -456,6 +538,8 @@ pub(super) async fn writer(shared: Arc<Shared>, mut outbox: mpsc::UnboundedRecei
 
 /// What the writer's wait gave.
 enum Next {
+    /// Send the gathered items.
+    Flush,
     Frame(Outgoing),
     Room(Result<(), LinkError>),
 }
@@ -482,10 +566,7 @@ async fn write(shared: &Shared, o: Outgoing) -> Written {
     }
     let room = {
         let mut tx = shared.tx.lock().await;
-        match tx.as_mut() {
-            Some(tx) => tx.room_wait(len),
-            None => return Written::Failed,
-        }
+        tx.room_wait(len)
     };
     match room {
         Some(wait) => Written::NeedsSlot(o, wait),

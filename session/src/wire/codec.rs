@@ -134,6 +134,7 @@ fn index(m: &Message<'_>) -> u8 {
         Message::Close { .. } => 14,
         Message::Reset { .. } => 15,
         Message::GrantCredit { .. } => 16,
+        Message::Batch { .. } => 17,
     }
 }
 
@@ -192,6 +193,7 @@ pub(crate) fn encoded_len(m: &Message<'_>) -> usize {
         Message::Close { channel } => varint_len(*channel),
         Message::Reset { channel, reason } => varint_len(*channel) + bytes_len(reason.as_bytes()),
         Message::GrantCredit { channel, bytes } => varint_len(*channel) + varint_len((*bytes).into()),
+        Message::Batch { messages } => bytes_len(messages),
     }
 }
 
@@ -339,6 +341,7 @@ pub(crate) fn write(m: &Message<'_>, buf: &mut [u8]) -> usize {
             w.varint(*channel);
             w.varint((*bytes).into());
         }
+        Message::Batch { messages } => w.bytes(messages),
     }
     w.at
 }
@@ -622,11 +625,14 @@ pub(crate) fn decode_parts(frame: &[u8], tail: usize) -> Result<Message<'_>, Dec
             channel: r.u64("channel id")?,
             bytes: r.u32("credit")?,
         },
+        17 => Message::Batch {
+            messages: r.bytes("batch")?,
+        },
         _ => {
             return Err(DecodeError {
                 what: "message kind",
                 at: 0,
-                problem: "the kind is out of range (there are 17 kinds, 0..=16)",
+                problem: "the kind is out of range (there are 18 kinds, 0..=17)",
             });
         }
     };
@@ -636,6 +642,33 @@ pub(crate) fn decode_parts(frame: &[u8], tail: usize) -> Result<Message<'_>, Dec
 
 /// The kind of an `Item` message.
 const ITEM: u32 = 13;
+
+/// The next message of a `Batch`'s `messages` at `*at` (its length, then
+/// its bytes), advancing `*at` past it; `None` at the end. A length that
+/// runs past the end is an error.
+pub(crate) fn next_in_batch<'m>(messages: &'m [u8], at: &mut usize) -> Option<Result<&'m [u8], String>> {
+    if *at >= messages.len() {
+        return None;
+    }
+    let len = match read_varint(messages, at, 64) {
+        Ok(len) => len,
+        Err(_) => {
+            return Some(Err(format!(
+                "a batch's message length at byte {} is cut short",
+                *at
+            )));
+        }
+    };
+    let left = (messages.len() - *at) as u64;
+    if len > left {
+        return Some(Err(format!(
+            "a batch's message of {len} bytes runs past its end ({left} bytes left)"
+        )));
+    }
+    let m = &messages[*at..*at + len as usize];
+    *at += len as usize;
+    Some(Ok(m))
+}
 
 /// An `Item` frame's channel and payload, decoded without building a
 /// [`Message`] (a stream's items are most of the frames); `None` for a frame

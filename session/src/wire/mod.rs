@@ -6,7 +6,8 @@
 //! [`decode`]); the tests below hold the two to the same bytes. The user's
 //! values inside it (arguments, results, items) go through facet-postcard.
 //!
-//! One frame carries one [`Message`]. Byte payloads (`args`, `result`,
+//! One frame carries one [`Message`] (a [`Message::Batch`] carries several,
+//! each as it would travel alone). Byte payloads (`args`, `result`,
 //! `payload`) are already-encoded facet-postcard values of the user's types,
 //! borrowed in place when decoding (`from_slice_borrowed`), so a large
 //! payload is never copied by the envelope decoder.
@@ -18,7 +19,8 @@
 //! - connections: `ConnectionOpen` / `Accept` / `Reject` / `Close`;
 //! - requests: [`Message::Call`], [`Message::Response`], [`Message::Cancel`];
 //! - channels: [`Message::Item`], [`Message::Close`], [`Message::Reset`],
-//!   [`Message::GrantCredit`].
+//!   [`Message::GrantCredit`];
+//! - framing: [`Message::Batch`], several messages in one frame.
 //!
 //! Identifiers (connections, requests, channels) are chosen by the side that
 //! creates them: the initiator of a session uses odd numbers, the acceptor
@@ -33,7 +35,8 @@ mod split_tests;
 
 /// The protocol version this build speaks. Version 2: a channel handle in a
 /// payload is its position in the message's channel list, not its id.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4: [`Message::Batch`].
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Limits each side announces in its hello. Each side obeys the limits the
 /// *peer* announced and enforces its own on what it receives.
@@ -239,6 +242,16 @@ pub enum Message<'a> {
         /// Additional bytes the sender may send.
         bytes: u32,
     },
+    /// Several messages in one frame, handled in order exactly as if each
+    /// had come in a frame of its own. A sender gathers a stream's small
+    /// items this way while the receiver has not caught up with its frames,
+    /// so the receiver takes many items per frame. A batch holds at least
+    /// one message, and no batch or hello.
+    Batch {
+        /// The messages, each as its encoded length (a varint) followed by
+        /// its encoding.
+        messages: &'a [u8],
+    },
 }
 
 impl Message<'_> {
@@ -262,6 +275,7 @@ impl Message<'_> {
             Message::Close { .. } => "Close",
             Message::Reset { .. } => "Reset",
             Message::GrantCredit { .. } => "GrantCredit",
+            Message::Batch { .. } => "Batch",
         }
     }
 }
@@ -448,8 +462,8 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode(&[]).is_err());
         assert!(
-            decode(&[17]).unwrap_err().contains("out of range"),
-            "17 variants: 0..=16"
+            decode(&[18]).unwrap_err().contains("out of range"),
+            "18 variants: 0..=17"
         );
         assert!(decode(&[10, 0, 1]).is_err(), "truncated call");
         let mut seed = 1u64;
@@ -529,7 +543,7 @@ mod tests {
     }
 
     fn random_message<'a>(r: &mut Rng, payload: &'a [u8]) -> Message<'a> {
-        match r.next() % 17 {
+        match r.next() % 18 {
             0 => Message::Hello {
                 version: r.number() as u32,
                 settings: r.settings(),
@@ -597,10 +611,11 @@ mod tests {
                 channel: r.number(),
                 reason: r.text(),
             },
-            _ => Message::GrantCredit {
+            16 => Message::GrantCredit {
                 channel: r.number(),
                 bytes: r.number() as u32,
             },
+            _ => Message::Batch { messages: payload },
         }
     }
 

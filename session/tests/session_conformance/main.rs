@@ -23,11 +23,13 @@ use tokio::sync::{Notify, oneshot};
 mod bodies;
 #[path = "../common/mod.rs"]
 mod common;
+mod gathering;
 mod raw_bodies;
 mod services;
 
 use bodies::*;
 use common::*;
+use gathering::batch_of;
 use raw_bodies::*;
 use services::*;
 
@@ -58,6 +60,7 @@ macro_rules! conformance {
                 version_mismatch_names_both_versions,
                 undecodable_frames_end_the_session,
                 lying_frames_are_violations,
+                a_batch_is_handled_like_its_messages_alone,
                 too_many_concurrent_requests_is_a_violation,
                 credit_overrun_and_data_after_close_are_violations,
                 interleaved_items_reach_their_channels_and_late_ones_are_dropped,
@@ -188,19 +191,7 @@ async fn a_broken_frame_length_is_a_violation_of_the_link_rule() {
 /// tells the peer, instead of keeping it forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_open_is_closed_when_the_peer_accepts() {
-    let (ours, theirs) = mem::pair(MAX_FRAME, 64);
-    let mut raw = Raw::new(theirs);
-    let (client, ()) = tokio::join!(SessionBuilder::new().initiate(ours), async {
-        raw.recv_until(|m| matches!(m, Message::Hello { .. }))
-            .await
-            .unwrap();
-        raw.send(&Message::HelloYourself {
-            version: PROTOCOL_VERSION,
-            settings: Settings::default(),
-        })
-        .await;
-    });
-    let client = client.unwrap();
+    let (mut raw, client) = raw_against_client().await;
     let mut open = Box::pin(client.open(vec![], None));
     let frame = tokio::select! {
         r = &mut open => panic!("open returned before any answer: {r:?}"),

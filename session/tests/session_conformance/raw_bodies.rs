@@ -84,6 +84,24 @@ pub(crate) async fn raw_against_server<F: Factory>(
     (raw, server, calc)
 }
 
+/// A real session (initiator, serving nothing) against a raw acceptor
+/// over a memory link, after the handshake.
+pub(crate) async fn raw_against_client() -> (Raw<mem::MemoryLink>, Connection) {
+    let (ours, theirs) = mem::pair(MAX_FRAME, 64);
+    let mut raw = Raw::new(theirs);
+    let (client, ()) = tokio::join!(SessionBuilder::new().initiate(ours), async {
+        raw.recv_until(|m| matches!(m, Message::Hello { .. }))
+            .await
+            .unwrap();
+        raw.send(&Message::HelloYourself {
+            version: PROTOCOL_VERSION,
+            settings: Settings::default(),
+        })
+        .await;
+    });
+    (raw, client.unwrap())
+}
+
 pub(crate) async fn expect_violation<L: Link>(raw: &mut Raw<L>, server: &Connection, rule: &str) {
     let bytes = raw
         .recv_until(|m| matches!(m, Message::ProtocolError { .. }))
@@ -223,6 +241,49 @@ pub(crate) async fn lying_frames_are_violations<F: Factory>(f: F) {
                 metadata: vec![],
             })],
         ),
+        // Batches: each message in one is held to the rules as if alone.
+        ("frame.batch-flat", vec![enc(Message::Batch { messages: &[] })]),
+        (
+            "frame.batch-flat",
+            vec![enc(Message::Batch {
+                messages: &batch_of(&[enc(Message::Batch {
+                    messages: &batch_of(&[enc(Message::Ping { nonce: 1 })]),
+                })]),
+            })],
+        ),
+        (
+            "frame.decodable",
+            vec![enc(Message::Batch {
+                messages: &[&batch_of(&[enc(Message::Ping { nonce: 1 })])[..], &[9, 1]].concat(),
+            })],
+        ),
+        (
+            "frame.decodable",
+            vec![enc(Message::Batch {
+                messages: &batch_of(&[vec![0xff, 0xff, 0xff]]),
+            })],
+        ),
+        (
+            "handshake.once",
+            vec![enc(Message::Batch {
+                messages: &batch_of(&[enc(Message::Hello {
+                    version: PROTOCOL_VERSION,
+                    settings: Settings::default(),
+                })]),
+            })],
+        ),
+        (
+            "channel.known",
+            vec![enc(Message::Batch {
+                messages: &batch_of(&[
+                    enc(Message::Ping { nonce: 1 }),
+                    enc(Message::Item {
+                        channel: 5,
+                        payload: &[1],
+                    }),
+                ]),
+            })],
+        ),
     ];
     for (rule, frames) in cases {
         let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
@@ -231,6 +292,54 @@ pub(crate) async fn lying_frames_are_violations<F: Factory>(f: F) {
         }
         expect_violation(&mut raw, &server, rule).await;
     }
+}
+
+/// Two calls in one `Batch` frame are served as if each had come alone.
+pub(crate) async fn a_batch_is_handled_like_its_messages_alone<F: Factory>(f: F) {
+    let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
+    let add = osmos_session::method_id("Calculator", "add");
+    let enc = |m: Message<'_>| wire::encode(&m).unwrap();
+    let (one, two) = (
+        wire::encode(&(1u32, 2u32)).unwrap(),
+        wire::encode(&(40u32, 2u32)).unwrap(),
+    );
+    let call = |request: u64, args: &[u8]| {
+        enc(Message::Call {
+            conn: 0,
+            request,
+            method: add,
+            deadline_us: 0,
+            metadata: vec![],
+            channels: vec![],
+            args,
+        })
+    };
+    raw.send(&Message::Batch {
+        messages: &batch_of(&[call(1, &one), call(3, &two)]),
+    })
+    .await;
+    let mut sums = std::collections::BTreeMap::new();
+    while sums.len() < 2 {
+        let bytes = raw
+            .recv_until(|m| matches!(m, Message::Response { .. }))
+            .await
+            .expect("an answer");
+        let Message::Response {
+            request,
+            outcome: Outcome::Ok(value),
+            ..
+        } = wire::decode(&bytes).unwrap()
+        else {
+            panic!("expected a successful answer")
+        };
+        sums.insert(request, value.to_vec());
+    }
+    let expected = [
+        (1, wire::encode(&3u32).unwrap()),
+        (3, wire::encode(&42u32).unwrap()),
+    ];
+    assert_eq!(sums, expected.into_iter().collect());
+    assert!(server.ended().is_none(), "the session goes on");
 }
 
 pub(crate) async fn too_many_concurrent_requests_is_a_violation<F: Factory>(f: F) {

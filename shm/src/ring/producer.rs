@@ -75,6 +75,17 @@ impl FrameProducer {
         self.strategy = strategy;
     }
 
+    /// Whether the consumer has not yet released every frame published so
+    /// far. Reads its position only while frames were outstanding at the
+    /// last look (the consumer never moves back).
+    pub fn has_unread(&mut self) -> Result<bool> {
+        if self.tail == self.head_seen {
+            return Ok(false);
+        }
+        self.refresh_head()?;
+        Ok(self.tail != self.head_seen)
+    }
+
     /// Reloads and validates the consumer's position. Returns whether it moved.
     fn refresh_head(&mut self) -> Result<bool> {
         // ORDERING: SYNC POINT R2, Acquire pairs with the consumer's Release
