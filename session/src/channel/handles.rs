@@ -287,15 +287,20 @@ impl<T> Tx<T> {
                 detail: format!("an item of {why}"),
             });
         }
-        match b.core.take_credit(len).await {
-            Ok(()) => {}
+        // Most items find credit: take it without building the wait.
+        let taken = match b.core.try_take_credit_now(len) {
+            Ok(true) => Ok(()),
+            Ok(false) => b.core.take_credit(len).await,
+            Err(e) => Err(e),
+        };
+        match taken {
+            Ok(()) => Ok(b),
             Err(ChannelError::PeerBrokeProtocol { rule, detail }) => {
                 b.shared.fail_violation(rule, detail.clone());
-                return Err(ChannelError::PeerBrokeProtocol { rule, detail });
+                Err(ChannelError::PeerBrokeProtocol { rule, detail })
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
-        Ok(b)
     }
 
     /// The largest item that can ever be sent: the receiver's whole credit

@@ -536,6 +536,16 @@ impl ChannelCore {
         }
     }
 
+    /// Takes the credit of an item of `len` encoded bytes if there is
+    /// enough now; `Ok(false)` if [`take_credit`](Self::take_credit) must
+    /// wait for it.
+    pub(crate) fn try_take_credit_now(&self, len: u64) -> Result<bool, ChannelError> {
+        Ok(matches!(
+            self.try_take_credit(credit_cost(len))?,
+            CreditTake::Took
+        ))
+    }
+
     /// Takes `n` bytes of send credit if there are, or says what to wait for.
     fn try_take_credit(&self, n: u64) -> Result<CreditTake, ChannelError> {
         let mut c = self.lock();

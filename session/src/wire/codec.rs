@@ -641,7 +641,7 @@ pub(crate) fn decode_parts(frame: &[u8], tail: usize) -> Result<Message<'_>, Dec
 }
 
 /// The kind of an `Item` message.
-const ITEM: u32 = 13;
+pub(crate) const ITEM: u32 = 13;
 
 /// The next message of a `Batch`'s `messages` at `*at` (its length, then
 /// its bytes), advancing `*at` past it; `None` at the end. A length that

@@ -15,7 +15,7 @@
 //! written with an empty payload, whose one-byte length (0) ends it, and that
 //! byte is then replaced by the real length and the payload.
 
-use super::codec::{varint_len, write_varint};
+use super::codec::{ITEM, varint_len, write_varint};
 use super::{Message, Outcome};
 use crate::fast::Direct;
 
@@ -117,14 +117,25 @@ impl Encode for Spliced<'_, '_> {
     }
 
     fn encoded_len(&self) -> usize {
-        // The empty payload's length byte is replaced.
         let n = self.payload_len();
-        self.msg.encoded_len() - 1 + varint_len(n as u64) + n
+        let envelope = match self.msg {
+            // A stream's item, the most frequent: its kind and channel.
+            Message::Item { channel, .. } => 1 + varint_len(*channel),
+            // The empty payload's length byte is replaced.
+            m => m.encoded_len() - 1,
+        };
+        envelope + varint_len(n as u64) + n
     }
 
     fn write_to(&self, buf: &mut [u8]) -> usize {
-        // The message ends with its empty payload's length, one 0 byte.
-        let mut at = self.msg.write_to(buf) - 1;
+        let mut at = match self.msg {
+            Message::Item { channel, .. } => {
+                buf[0] = ITEM as u8;
+                1 + write_varint(&mut buf[1..], *channel)
+            }
+            // The message ends with its empty payload's length, one 0 byte.
+            m => m.write_to(buf) - 1,
+        };
         at += write_varint(&mut buf[at..], self.payload_len() as u64);
         match &self.body {
             Body::Parts { head, tail } => {
@@ -205,6 +216,19 @@ mod tests {
             let payload = facet_postcard::to_vec(v).unwrap();
             let d = crate::fast::direct(v).expect("a type with a direct codec");
             assert_eq!(d.len(), payload.len());
+            // A one-byte channel id writes its envelope the short way.
+            for channel in [1, 1 << 40] {
+                let full = Message::Item {
+                    channel,
+                    payload: &payload,
+                };
+                let empty = Message::Item {
+                    channel,
+                    payload: &[],
+                };
+                let s = Spliced::value(&empty, &d);
+                assert_eq!(s.to_vec(), full.to_vec(), "channel {channel}");
+            }
             let full = Message::Item {
                 channel: 1 << 40,
                 payload: &payload,
