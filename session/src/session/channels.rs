@@ -201,6 +201,19 @@ impl LastChannel {
         }
     }
 
+    /// Runs `f` over a batch's messages waking a channel's receiver once
+    /// for a run of the items it queues (as a deferring receiver does), and
+    /// at the batch's end for the rest, instead of once per item.
+    pub(super) fn deferring_during<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let was = std::mem::replace(&mut self.defer, true);
+        let r = f(self);
+        self.defer = was;
+        if !was {
+            self.announce();
+        }
+        r
+    }
+
     /// The channel `id`, as [`channel_for`] finds it.
     pub(super) fn get(
         &mut self,
@@ -412,5 +425,31 @@ mod tests {
             item(&mut last);
             assert!(core.take_announcement(), "item {i}");
         }
+    }
+
+    #[test]
+    fn the_driver_wakes_the_receiver_once_for_a_batchs_run_of_items() {
+        let core = ChannelCore::receiving_for_tests(1, 1 << 20);
+        let mut last = LastChannel::default();
+        last.hold(Some(core.clone()));
+        last.deferring_during(|last| {
+            for i in 1..ANNOUNCE_EVERY {
+                item(last);
+                assert!(
+                    !core.take_announcement(),
+                    "item {i} of the batch woke the receiver"
+                );
+            }
+            item(last);
+            assert!(core.take_announcement(), "the {ANNOUNCE_EVERY}th item wakes it");
+            item(last);
+            assert!(!core.take_announcement());
+        });
+        assert!(core.take_announcement(), "the batch's end wakes it for the rest");
+        item(&mut last);
+        assert!(
+            core.take_announcement(),
+            "after the batch, each item wakes it again"
+        );
     }
 }

@@ -380,16 +380,18 @@ fn handle_message(
             if in_batch {
                 return Err(violation(Rule::FrameBatchFlat.name(), "a batch inside a batch"));
             }
-            let (mut at, mut handled) = (0, 0usize);
-            while let Some(m) = wire::codec::next_in_batch(messages, &mut at) {
-                let m = m.map_err(|e| violation(Rule::FrameDecodable.name(), e))?;
-                handle_message(shared, m, None, last, true)?;
-                handled += 1;
-            }
-            if handled == 0 {
-                return Err(violation(Rule::FrameBatchFlat.name(), "an empty batch"));
-            }
-            Ok(())
+            last.deferring_during(|last| {
+                let (mut at, mut handled) = (0, 0usize);
+                while let Some(m) = wire::codec::next_in_batch(messages, &mut at) {
+                    let m = m.map_err(|e| violation(Rule::FrameDecodable.name(), e))?;
+                    handle_message(shared, m, None, last, true)?;
+                    handled += 1;
+                }
+                if handled == 0 {
+                    return Err(violation(Rule::FrameBatchFlat.name(), "an empty batch"));
+                }
+                Ok(())
+            })
         }
     }
 }
