@@ -73,8 +73,8 @@ pub use reconnect::{ReconnectError, ReconnectState, Reconnecting, RetryPolicy};
 pub use router::{RouteConflict, Router, RouterBuilder};
 pub use rules::Rule;
 pub use service::{
-    Args, Dispatch, Dispatcher, HandlerFuture, ReplyOutcome, ReplyValue, ServiceDescription, ServiceInfo,
-    decode_args, method_id,
+    Args, DirectSend, Dispatch, Dispatcher, HandlerFuture, ReplyOutcome, ReplyValue, ServiceDescription,
+    ServiceInfo, decode_args, method_id,
 };
 pub use session::{
     CallOptions, Connection, ConnectionAcceptor, Role, SessionBuilder, SessionConfig, SessionStats,

@@ -132,7 +132,23 @@ pub trait ReplyValue: Send {
     fn split_reply(&self) -> Option<(bool, Vec<u8>, &[u8])> {
         None
     }
+
+    /// Sends the value written straight into the frame, when its type has
+    /// a direct codec (an integer, a bool, a string, bytes, a tuple of
+    /// them): calls `send` with `(is_user_error, the encoding's length, a
+    /// writer of the encoding)` and returns what it returned (whether it
+    /// sent). `None` (the default): the session uses
+    /// [`split_reply`](ReplyValue::split_reply) or
+    /// [`into_outcome`](ReplyValue::into_outcome).
+    fn send_direct(&self, send: &mut DirectSend<'_>) -> Option<bool> {
+        let _ = send;
+        None
+    }
 }
+
+/// What [`ReplyValue::send_direct`] calls: `(is_user_error, len, write)`,
+/// `write` filling exactly `len` bytes; returns whether it sent.
+pub type DirectSend<'a> = dyn FnMut(bool, usize, &(dyn Fn(&mut [u8]) + Sync)) -> bool + 'a;
 
 impl<T, E> ReplyValue for Result<T, E>
 where
@@ -152,6 +168,16 @@ where
             Err(e) => (true, crate::fast::split(e, crate::fast::SPLIT_AT_LEAST)?),
         };
         Some((is_error, split.head, split.tail))
+    }
+
+    fn send_direct(&self, send: &mut DirectSend<'_>) -> Option<bool> {
+        let (is_error, value) = match self {
+            Ok(v) => (false, crate::fast::direct(v)?),
+            Err(e) => (true, crate::fast::direct(e)?),
+        };
+        Some(send(is_error, value.len(), &|buf: &mut [u8]| {
+            value.write_to(buf);
+        }))
     }
 }
 

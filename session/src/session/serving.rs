@@ -255,7 +255,8 @@ fn response<'a>(
 /// response is sent, so their items cannot overtake it.
 fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply, metadata: Metadata) {
     if let Ok(value) = &reply
-        && answered_split(shared, conn, request, &**value, &metadata)
+        && (answered_split(shared, conn, request, &**value, &metadata)
+            || answered_direct(shared, conn, request, &**value, &metadata))
     {
         return;
     }
@@ -313,6 +314,57 @@ fn answered_split(
     let Some((is_error, head, tail)) = value.split_reply() else {
         return false;
     };
+    answered_spliced(
+        shared,
+        conn,
+        request,
+        metadata,
+        is_error,
+        Payload::Parts(&head, tail),
+    )
+}
+
+/// Answers at once with a value of a type with a direct codec (most
+/// results: a number, a string, bytes), written straight into the frame
+/// with no buffer; false if it could not (the caller encodes it).
+fn answered_direct(
+    shared: &Arc<Shared>,
+    conn: u64,
+    request: u64,
+    value: &dyn ReplyValue,
+    metadata: &Metadata,
+) -> bool {
+    let sent = value.send_direct(&mut |is_error, len, write| {
+        answered_spliced(
+            shared,
+            conn,
+            request,
+            metadata,
+            is_error,
+            Payload::Written(len, write),
+        )
+    });
+    sent == Some(true)
+}
+
+/// Where a response sent at once takes its payload from.
+enum Payload<'p> {
+    /// `head ++ tail`.
+    Parts(&'p [u8], &'p [u8]),
+    /// `len` bytes a writer puts straight into the frame.
+    Written(usize, &'p (dyn Fn(&mut [u8]) + Sync)),
+}
+
+/// Sends the response with `payload` spliced into it, if the link has room
+/// now and the metadata may go.
+fn answered_spliced(
+    shared: &Arc<Shared>,
+    conn: u64,
+    request: u64,
+    metadata: &Metadata,
+    is_error: bool,
+    payload: Payload<'_>,
+) -> bool {
     if check_response_metadata(metadata).is_err() {
         return false;
     }
@@ -327,10 +379,11 @@ fn answered_split(
             Outcome::Ok(&[])
         },
     };
-    matches!(
-        shared.try_send_message(&Spliced::new(&msg, &head, tail)),
-        Ok(true)
-    )
+    let spliced = match payload {
+        Payload::Parts(head, tail) => Spliced::new(&msg, head, tail),
+        Payload::Written(len, write) => Spliced::written(&msg, len, write),
+    };
+    matches!(shared.try_send_message(&spliced), Ok(true))
 }
 
 /// Answers a call from the handler's task, waiting for link room.

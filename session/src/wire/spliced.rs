@@ -58,6 +58,11 @@ enum Body<'m> {
     Parts { head: &'m [u8], tail: &'m [u8] },
     /// A value with a direct codec, encoded where the frame is.
     Value(&'m Direct<'m>),
+    /// `len` bytes that `write` puts where the frame is.
+    Written {
+        len: usize,
+        write: &'m (dyn Fn(&mut [u8]) + Sync),
+    },
 }
 
 impl<'m, 'a> Spliced<'m, 'a> {
@@ -81,6 +86,15 @@ impl<'m, 'a> Spliced<'m, 'a> {
         Self::checked(msg, Body::Value(value))
     }
 
+    /// `msg` with a payload of `len` bytes that `write` puts straight into
+    /// the frame.
+    ///
+    /// # Panics
+    /// As [`new`](Self::new).
+    pub(crate) fn written(msg: &'m Message<'a>, len: usize, write: &'m (dyn Fn(&mut [u8]) + Sync)) -> Self {
+        Self::checked(msg, Body::Written { len, write })
+    }
+
     fn checked(msg: &'m Message<'a>, body: Body<'m>) -> Self {
         let empty = match msg {
             Message::Call { args, .. } => args.is_empty(),
@@ -99,6 +113,7 @@ impl<'m, 'a> Spliced<'m, 'a> {
         match &self.body {
             Body::Parts { head, tail } => head.len() + tail.len(),
             Body::Value(v) => v.len(),
+            Body::Written { len, .. } => *len,
         }
     }
 
@@ -145,6 +160,10 @@ impl Encode for Spliced<'_, '_> {
                 at + tail.len()
             }
             Body::Value(v) => at + v.write_to(&mut buf[at..]),
+            Body::Written { len, write } => {
+                write(&mut buf[at..at + len]);
+                at + len
+            }
         }
     }
 }
@@ -207,6 +226,29 @@ mod tests {
                     assert_eq!(crate::wire::decode(&s.to_vec()).unwrap(), *full);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_written_payload_is_the_message_with_those_bytes() {
+        let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let write = |buf: &mut [u8]| buf.copy_from_slice(&payload);
+        for outcome in [Outcome::Ok(&payload[..]), Outcome::UserError(&payload[..])] {
+            let empty_outcome = match outcome {
+                Outcome::Ok(_) => Outcome::Ok(&[]),
+                _ => Outcome::UserError(&[]),
+            };
+            let response = |outcome| Message::Response {
+                conn: 3,
+                request: 1 << 33,
+                metadata: vec![],
+                channels: vec![],
+                outcome,
+            };
+            let (full, empty) = (response(outcome), response(empty_outcome));
+            let s = Spliced::written(&empty, payload.len(), &write);
+            assert_eq!(s.encoded_len(), full.encoded_len());
+            assert_eq!(s.to_vec(), full.to_vec());
         }
     }
 
