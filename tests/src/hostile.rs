@@ -150,6 +150,11 @@ pub enum Hostility {
     WrongParity,
     /// Pings without ever reading the pongs.
     PingFlood,
+    /// The same flood packed into `Batch` frames, a hundred pings a frame:
+    /// each costs the host an answer all the same.
+    BatchedPingFlood,
+    /// A `Batch` frame inside a `Batch` frame.
+    NestedBatch,
     /// Never reads and never sends again.
     StalledReader,
     /// Sends well-formed calls ([`FLIP_METHOD`]) whose metadata and
@@ -177,7 +182,7 @@ pub enum Expect {
 
 impl Hostility {
     /// Every lie (scribbles excluded), in a fixed order.
-    pub const LIES: [Hostility; 11] = [
+    pub const LIES: [Hostility; 13] = [
         Hostility::OversizedFrame,
         Hostility::OversizedSlot,
         Hostility::OversizedPrefix,
@@ -188,6 +193,8 @@ impl Hostility {
         Hostility::UnknownConnection,
         Hostility::WrongParity,
         Hostility::PingFlood,
+        Hostility::BatchedPingFlood,
+        Hostility::NestedBatch,
         Hostility::StalledReader,
     ];
 
@@ -206,6 +213,8 @@ impl Hostility {
             Hostility::UnknownConnection => "unknown-connection".into(),
             Hostility::WrongParity => "wrong-parity".into(),
             Hostility::PingFlood => "ping-flood".into(),
+            Hostility::BatchedPingFlood => "batched-ping-flood".into(),
+            Hostility::NestedBatch => "nested-batch".into(),
             Hostility::StalledReader => "stalled-reader".into(),
             Hostility::FlipBytes => "flip-bytes".into(),
         }
@@ -238,7 +247,8 @@ impl Hostility {
             Hostility::UnknownChannel => Expect::Rule(&["channel.known"]),
             Hostility::UnknownConnection => Expect::Rule(&["conn.known"]),
             Hostility::WrongParity => Expect::Rule(&["id.parity"]),
-            Hostility::PingFlood => Expect::Rule(&["peer.reads-its-answers"]),
+            Hostility::PingFlood | Hostility::BatchedPingFlood => Expect::Rule(&["peer.reads-its-answers"]),
+            Hostility::NestedBatch => Expect::Rule(&["frame.batch-flat"]),
             Hostility::StalledReader => Expect::KeepaliveTimeout,
         }
     }

@@ -552,6 +552,27 @@ impl Peer {
                     self.send(&Message::Ping { nonce })?;
                 }
             }
+            Hostility::BatchedPingFlood => {
+                for first in (0..1_000_000u64).step_by(100) {
+                    let mut messages = Vec::new();
+                    for nonce in first..first + 100 {
+                        let ping = Message::Ping { nonce }.to_vec();
+                        messages.push(ping.len() as u8);
+                        messages.extend(ping);
+                    }
+                    self.send(&Message::Batch { messages: &messages })?;
+                }
+            }
+            Hostility::NestedBatch => {
+                let ping = Message::Ping { nonce: 1 }.to_vec();
+                let inner = Message::Batch {
+                    messages: &[&[ping.len() as u8][..], &ping].concat(),
+                }
+                .to_vec();
+                self.send(&Message::Batch {
+                    messages: &[&[inner.len() as u8][..], &inner].concat(),
+                })?;
+            }
             Hostility::StalledReader => {}
         }
         Ok(())
