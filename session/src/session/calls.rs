@@ -412,8 +412,7 @@ impl Connection {
         }
         let _slot = shared
             .call_limit
-            .clone()
-            .acquire_owned()
+            .acquire()
             .await
             .map_err(|_| Unanswered::Ended(shared.ended()))?;
         let (args, channels) = encode().map_err(Unanswered::Encode)?;

@@ -242,7 +242,7 @@ impl SessionBuilder {
             name: self.config.name.clone(),
             call_timeout: self.config.call_timeout,
             ours,
-            call_limit: Arc::new(Semaphore::new(peer.max_concurrent_requests.max(1) as usize)),
+            call_limit: Semaphore::new(peer.max_concurrent_requests.max(1) as usize),
             peer,
             max_frame,
             credit,
@@ -389,7 +389,7 @@ pub(crate) struct Shared {
     /// How channel credit travels.
     credit: CreditMode,
     /// Calls beyond the peer's `max_concurrent_requests` wait here.
-    call_limit: Arc<Semaphore>,
+    call_limit: Semaphore,
     /// The link's sending half (closed once the session ended) and the
     /// small items gathered for it.
     tx: SendLock<Sender>,
@@ -615,7 +615,7 @@ impl Connection {
             name: "ended".into(),
             call_timeout: None,
             ours: Settings::default(),
-            call_limit: Arc::new(Semaphore::new(1)),
+            call_limit: Semaphore::new(1),
             peer: Settings::default(),
             max_frame: 0,
             credit: CreditMode::Messages,
