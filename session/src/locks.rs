@@ -21,6 +21,7 @@
 //! with a store.
 
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -66,7 +67,10 @@ impl<T> SendLock<T> {
         self.state
             .compare_exchange(FREE, HELD, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| SendGuard { lock: self })
+            .map(|_| SendGuard {
+                lock: self,
+                _value: PhantomData,
+            })
     }
 
     /// Takes the lock, waiting while another task holds it. Dropping the
@@ -88,19 +92,15 @@ impl<T> SendLock<T> {
             if self.state.swap(WAITED_FOR, Ordering::AcqRel) == FREE {
                 // Ours. The state says someone may wait, so our release
                 // wakes one waiter, perhaps for nothing: harmless.
-                return SendGuard { lock: self };
+                return SendGuard {
+                    lock: self,
+                    _value: PhantomData,
+                };
             }
             woken.await;
         }
     }
-}
 
-/// Access to a [`SendLock`]'s value; the lock is released on drop.
-pub(crate) struct SendGuard<'a, T> {
-    lock: &'a SendLock<T>,
-}
-
-impl<T> SendLock<T> {
     fn release(&self) {
         // ORDERING: AcqRel. Release: the next holder sees what we wrote.
         // Acquire: reading WAITED_FOR makes the waiter's registration
@@ -109,6 +109,12 @@ impl<T> SendLock<T> {
             self.waiters.notify_one();
         }
     }
+}
+
+/// Access to a [`SendLock`]'s value; the lock is released on drop.
+pub(crate) struct SendGuard<'a, T> {
+    lock: &'a SendLock<T>,
+    _value: Holds<T>,
 }
 
 /// A lock that is only ever tried, never waited for (see the module doc).
@@ -136,13 +142,19 @@ impl<T> TryLock<T> {
     /// Takes the lock if it is free.
     pub(crate) fn try_lock(&self) -> Option<TryGuard<'_, T>> {
         // Built only once taken: a guard releases the lock when dropped.
-        self.take().then(|| TryGuard { lock: self })
+        self.take().then(|| TryGuard {
+            lock: self,
+            _value: PhantomData,
+        })
     }
 
     /// Takes the lock if it is free, for a holder that keeps the lock
     /// alive itself.
     pub(crate) fn try_lock_owned(self: Arc<Self>) -> Option<OwnedTryGuard<T>> {
-        self.take().then(|| OwnedTryGuard { lock: self })
+        self.take().then(|| OwnedTryGuard {
+            lock: self,
+            _value: PhantomData,
+        })
     }
 
     fn take(&self) -> bool {
@@ -162,13 +174,21 @@ impl<T> TryLock<T> {
 /// Access to a [`TryLock`]'s value; the lock is released on drop.
 pub(crate) struct TryGuard<'a, T> {
     lock: &'a TryLock<T>,
+    _value: Holds<T>,
 }
 
 /// Access to a [`TryLock`]'s value that keeps the lock alive; the lock is
 /// released on drop.
 pub(crate) struct OwnedTryGuard<T> {
     lock: Arc<TryLock<T>>,
+    _value: Holds<T>,
 }
+
+/// Makes a guard `Send` and `Sync` only as far as its value is, as a
+/// `&mut T` would be: the locks are `Sync` for any `T: Send`, and a guard
+/// shared between threads would otherwise hand out `&T` to several at
+/// once.
+type Holds<T> = PhantomData<T>;
 
 /// `Deref`, `DerefMut` and a releasing `Drop` for a guard whose `lock`
 /// field leads to a held lock of one of the kinds above.
