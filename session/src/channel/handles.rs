@@ -290,7 +290,7 @@ impl<T> Tx<T> {
         // Most items find credit: take it without building the wait.
         let taken = match b.core.try_take_credit_now(len) {
             Ok(true) => Ok(()),
-            Ok(false) => b.core.take_credit(len).await,
+            Ok(false) => b.core.wait_for_credit(len).await,
             Err(e) => Err(e),
         };
         match taken {

@@ -486,11 +486,17 @@ impl ChannelCore {
     /// [`credit_cost`]), waiting for grants (and, for a channel created
     /// here, for the message that hands it to the peer).
     pub(crate) async fn take_credit(&self, len: u64) -> Result<(), ChannelError> {
-        let n = credit_cost(len);
         // A sender with credit to spare takes it without a wake registration.
-        if let CreditTake::Took = self.try_take_credit(n)? {
+        if self.try_take_credit_now(len)? {
             return Ok(());
         }
+        self.wait_for_credit(len).await
+    }
+
+    /// The wait of [`take_credit`](Self::take_credit), once a first look
+    /// ([`try_take_credit_now`](Self::try_take_credit_now)) found too little.
+    pub(crate) async fn wait_for_credit(&self, len: u64) -> Result<(), ChannelError> {
+        let n = credit_cost(len);
         loop {
             let notified = self.writable.notified();
             tokio::pin!(notified);
@@ -536,9 +542,7 @@ impl ChannelCore {
         }
     }
 
-    /// Takes the credit of an item of `len` encoded bytes if there is
-    /// enough now; `Ok(false)` if [`take_credit`](Self::take_credit) must
-    /// wait for it.
+    /// Takes the credit of an item of `len` encoded bytes if there is enough now.
     pub(crate) fn try_take_credit_now(&self, len: u64) -> Result<bool, ChannelError> {
         Ok(matches!(
             self.try_take_credit(credit_cost(len))?,

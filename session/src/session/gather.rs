@@ -14,6 +14,10 @@
 //!
 //! [`LinkTx::peer_behind`]: crate::link::LinkTx::peer_behind
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Counters;
 use super::outbound::ErasedTx;
 use crate::link::{LinkError, RoomWait};
 use crate::wire::Message;
@@ -41,9 +45,8 @@ pub(super) struct Sender {
     /// The most bytes `batch` may hold: [`BATCH_BYTES`], or less when the
     /// peer accepts smaller messages.
     batch_limit: usize,
-    /// Batch frames sent and their bytes, not yet in the session's counters
-    /// (see [`take_flushed`](Sender::take_flushed)).
-    flushed: (u64, u64),
+    /// The session's traffic counters: a batch frame counts when it goes.
+    stats: Arc<Counters>,
 }
 
 /// What [`Sender::try_gather`] did with a message.
@@ -59,15 +62,22 @@ pub(super) enum Gathered {
     Wait,
 }
 
+impl Gathered {
+    /// What a try to send a frame alone did.
+    pub(super) fn sent_or_wait(sent: bool) -> Self {
+        if sent { Gathered::Sent } else { Gathered::Wait }
+    }
+}
+
 impl Sender {
     /// A sender over `link`, whose peer accepts messages of up to
     /// `max_message` bytes.
-    pub(super) fn new(link: Box<dyn ErasedTx>, max_message: usize) -> Self {
+    pub(super) fn new(link: Box<dyn ErasedTx>, max_message: usize, stats: Arc<Counters>) -> Self {
         Sender {
             link: Some(link),
             batch: Vec::new(),
             batch_limit: BATCH_BYTES.min(max_message.saturating_sub(BATCH_OVERHEAD)),
-            flushed: (0, 0),
+            stats,
         }
     }
 
@@ -77,7 +87,7 @@ impl Sender {
             link: None,
             batch: Vec::new(),
             batch_limit: 0,
-            flushed: (0, 0),
+            stats: Arc::default(),
         }
     }
 
@@ -108,12 +118,6 @@ impl Sender {
     pub(super) async fn send_frame(&mut self, len: usize, fill: Fill<'_>) -> Result<(), LinkError> {
         self.flush().await?;
         self.link()?.send_frame(len, fill).await
-    }
-
-    /// The batch frames sent since the last call, and their bytes, for the
-    /// session's traffic counters.
-    pub(super) fn take_flushed(&mut self) -> (u64, u64) {
-        std::mem::take(&mut self.flushed)
     }
 
     /// Sends the batch, if one waits, waiting for room.
@@ -162,7 +166,8 @@ impl Sender {
     /// The batch went out in a frame of `len` bytes.
     fn batch_sent(&mut self, len: usize) {
         self.batch.clear();
-        self.flushed = (self.flushed.0 + 1, self.flushed.1 + len as u64);
+        self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
     }
 
     /// Sends a small message (a channel's item) of `len` bytes now, or
@@ -190,11 +195,7 @@ impl Sender {
 
     /// Sends a message in a frame of its own now, if it can.
     fn alone(&mut self, len: usize, fill: Fill<'_>) -> Result<Gathered, LinkError> {
-        Ok(if self.try_send_now(len, fill)? {
-            Gathered::Sent
-        } else {
-            Gathered::Wait
-        })
+        self.try_send_now(len, fill).map(Gathered::sent_or_wait)
     }
 
     fn append(&mut self, len: usize, fill: Fill<'_>) {

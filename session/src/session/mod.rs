@@ -236,7 +236,12 @@ impl SessionBuilder {
         let peer = handshake::run(&mut tx, &mut rx, role, &ours, self.config.handshake_timeout).await?;
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
         let (ended_tx, _) = watch::channel(None);
-        let sender = Sender::new(Box::new(tx), (peer.max_payload as usize).min(max_frame));
+        let stats = Arc::new(Counters::default());
+        let sender = Sender::new(
+            Box::new(tx),
+            (peer.max_payload as usize).min(max_frame),
+            stats.clone(),
+        );
         let shared = Arc::new(Shared {
             role,
             name: self.config.name.clone(),
@@ -260,7 +265,7 @@ impl SessionBuilder {
             link_stall: StallClock::default(),
             slot_stall: StallClock::default(),
             room_gate: tokio::sync::Mutex::new(()),
-            stats: Counters::default(),
+            stats,
             direct: rx.direct(),
             reading_stopped: AtomicBool::new(false),
             has_ended: AtomicBool::new(false),
@@ -416,7 +421,7 @@ pub(crate) struct Shared {
     slot_stall: StallClock,
     /// Waits for room outside the send lock, one at a time.
     room_gate: tokio::sync::Mutex<()>,
-    stats: Counters,
+    stats: Arc<Counters>,
     /// Receiving on a waiting caller's thread, where the link allows it
     /// (see `here`).
     direct: Option<Arc<dyn DirectRx>>,
@@ -433,13 +438,14 @@ pub(crate) struct Shared {
     peer_closing: PeerClosing,
 }
 
-/// Traffic counters of one session.
+/// Traffic counters of one session (shared with its [`Sender`], which
+/// counts the batch frames it sends).
 #[derive(Default)]
-struct Counters {
+pub(super) struct Counters {
     calls_made: AtomicU64,
     calls_served: AtomicU64,
-    frames_sent: AtomicU64,
-    bytes_sent: AtomicU64,
+    pub(super) frames_sent: AtomicU64,
+    pub(super) bytes_sent: AtomicU64,
     frames_received: AtomicU64,
     bytes_received: AtomicU64,
 }
@@ -633,7 +639,7 @@ impl Connection {
             link_stall: StallClock::default(),
             slot_stall: StallClock::default(),
             room_gate: tokio::sync::Mutex::new(()),
-            stats: Counters::default(),
+            stats: Arc::default(),
             direct: None,
             reading_stopped: AtomicBool::new(false),
             has_ended: AtomicBool::new(false),

@@ -116,32 +116,21 @@ impl<T: LinkTx> ErasedTx for T {
 
 impl Shared {
     /// Sends a message now (waiting for link capacity).
-    pub(crate) async fn send(&self, msg: &(impl Encode + ?Sized)) -> Result<(), SessionError> {
-        self.send_then(msg, &|| {}).await
+    pub(crate) fn send<'a>(
+        &'a self,
+        msg: &'a (impl Encode + ?Sized),
+    ) -> impl Future<Output = Result<(), SessionError>> + 'a {
+        self.send_with::<false>(msg, None)
     }
 
     /// Sends a message (waiting for link capacity), calling `committing`
     /// once it has room, just before the frame becomes visible to the peer.
-    pub(super) async fn send_then(
-        &self,
-        msg: &(impl Encode + ?Sized),
-        committing: &(dyn Fn() + Sync),
-    ) -> Result<(), SessionError> {
-        let len = msg.encoded_len();
-        self.check_sendable(msg.kind(), len)?;
-        let fill = |buf: &mut [u8]| {
-            committing();
-            msg.write_to(buf);
-        };
-        let r = match self.try_send_now(len, &fill) {
-            Ok(true) => return Ok(()),
-            Ok(false) => self.send_waiting(len, &fill).await,
-            Err(e) => Err(e),
-        };
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.send_failure(e).await),
-        }
+    pub(super) fn send_then<'a>(
+        &'a self,
+        msg: &'a (impl Encode + ?Sized),
+        committing: &'a (dyn Fn() + Sync),
+    ) -> impl Future<Output = Result<(), SessionError>> + 'a {
+        self.send_with::<false>(msg, Some(committing))
     }
 
     /// Sends a channel's item (an `Item` message), gathering it into a
@@ -150,32 +139,35 @@ impl Shared {
     /// that sends item after item without pausing fills batches, and the
     /// last one leaves as soon as it pauses (or with whatever it sends
     /// next).
-    pub(crate) async fn send_item(&self, msg: &(impl Encode + ?Sized)) -> Result<(), SessionError> {
+    pub(crate) fn send_item<'a>(
+        &'a self,
+        msg: &'a (impl Encode + ?Sized),
+    ) -> impl Future<Output = Result<(), SessionError>> + 'a {
+        self.send_with::<true>(msg, None)
+    }
+
+    /// The one sending path of [`send`](Self::send),
+    /// [`send_then`](Self::send_then) and [`send_item`](Self::send_item):
+    /// at once (or, for an item, gathered) if it can, else waiting.
+    async fn send_with<const GATHER: bool>(
+        &self,
+        msg: &(impl Encode + ?Sized),
+        committing: Option<&(dyn Fn() + Sync)>,
+    ) -> Result<(), SessionError> {
         let len = msg.encoded_len();
         self.check_sendable(msg.kind(), len)?;
         let fill = |buf: &mut [u8]| {
+            if let Some(committing) = committing {
+                committing();
+            }
             msg.write_to(buf);
         };
-        if let Some(mut tx) = self.tx.try_lock() {
-            let r = tx.try_gather(len, &fill);
-            let flushed = tx.take_flushed();
-            drop(tx);
-            self.count_batches(flushed);
-            match r {
-                Ok(Gathered::Added) => return Ok(()),
-                Ok(Gathered::Started) => {
-                    self.flush_soon.notify_one();
-                    return Ok(());
-                }
-                Ok(Gathered::Sent) => {
-                    self.sent(len);
-                    return Ok(());
-                }
-                Ok(Gathered::Wait) => {}
-                Err(e) => return Err(self.send_failure(self.link_broke(e)).await),
-            }
-        }
-        match self.send_waiting(len, &fill).await {
+        let r = match self.try_send::<GATHER>(len, &fill) {
+            Ok(true) => return Ok(()),
+            Ok(false) => self.send_waiting(len, &fill).await,
+            Err(e) => Err(e),
+        };
+        match r {
             Ok(()) => Ok(()),
             Err(e) => Err(self.send_failure(e).await),
         }
@@ -189,15 +181,15 @@ impl Shared {
         let r = tokio::select! {
             r = async {
                 let _waiting = self.link_stall.enter();
-                let mut tx = self.tx.lock().await;
-                let r = tx.flush().await;
-                self.count_batches(tx.take_flushed());
-                r
+                self.tx.lock().await.flush().await
             } => r,
             _ = wait_ended(&mut ended) => return false,
         };
         match r {
-            Ok(()) => true,
+            Ok(()) => {
+                self.link_stall.progress();
+                true
+            }
             Err(e) => {
                 self.link_broke(e);
                 false
@@ -250,19 +242,32 @@ impl Shared {
     /// Sends a frame at once if nobody else is sending and the link has
     /// room; `Ok(false)` if it would have to wait.
     pub(super) fn try_send_now(&self, len: usize, fill: Fill<'_>) -> Result<bool, SessionError> {
+        self.try_send::<false>(len, fill)
+    }
+
+    /// [`try_send_now`](Self::try_send_now), or for a channel's item
+    /// (`GATHER`), also `Ok(true)` when it joined a batch (see `gather`).
+    fn try_send<const GATHER: bool>(&self, len: usize, fill: Fill<'_>) -> Result<bool, SessionError> {
         let Some(mut tx) = self.tx.try_lock() else {
             return Ok(false);
         };
-        let r = tx.try_send_now(len, fill);
-        let flushed = tx.take_flushed();
+        let r = if GATHER {
+            tx.try_gather(len, fill)
+        } else {
+            tx.try_send_now(len, fill).map(Gathered::sent_or_wait)
+        };
         drop(tx);
-        self.count_batches(flushed);
         match r {
-            Ok(true) => {
+            Ok(Gathered::Sent) => {
                 self.sent(len);
                 Ok(true)
             }
-            Ok(false) => Ok(false),
+            Ok(Gathered::Added) => Ok(true),
+            Ok(Gathered::Started) => {
+                self.flush_soon.notify_one();
+                Ok(true)
+            }
+            Ok(Gathered::Wait) => Ok(false),
             Err(e) => Err(self.link_broke(e)),
         }
     }
@@ -297,33 +302,18 @@ impl Shared {
             let room = {
                 let _waiting = self.link_stall.enter();
                 let mut tx = self.tx.lock().await;
-                let sent = tx.try_send_now(len, fill);
-                self.count_batches(tx.take_flushed());
-                if sent? {
+                if tx.try_send_now(len, fill)? {
                     return Ok(());
                 }
                 match tx.room_wait(len) {
                     Some(room) => room,
-                    None => {
-                        let sent = tx.send_frame(len, fill).await;
-                        self.count_batches(tx.take_flushed());
-                        return sent;
-                    }
+                    None => return tx.send_frame(len, fill).await,
                 }
             };
             let _one_at_a_time = self.room_gate.lock().await;
             let _waiting = self.slot_stall.enter();
             room.await?;
             self.slot_stall.progress();
-        }
-    }
-
-    /// Counts the batch frames a send sent ahead of its own frame.
-    fn count_batches(&self, (frames, bytes): (u64, u64)) {
-        if frames > 0 {
-            self.stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
-            self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-            self.link_stall.progress();
         }
     }
 

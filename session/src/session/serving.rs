@@ -16,7 +16,7 @@ use crate::context::CallContext;
 use crate::error::{Violation, violation};
 use crate::metadata::{Answering, check_response_metadata};
 use crate::service::{Dispatch, HandlerFuture, ReplyOutcome, ReplyValue};
-use crate::wire::spliced::Spliced;
+use crate::wire::spliced::{Body, Spliced};
 use crate::wire::{Message, Metadata, Outcome};
 
 /// A call the peer made, as it arrived.
@@ -255,8 +255,7 @@ fn response<'a>(
 /// response is sent, so their items cannot overtake it.
 fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply, metadata: Metadata) {
     if let Ok(value) = &reply
-        && (answered_split(shared, conn, request, &**value, &metadata)
-            || answered_direct(shared, conn, request, &**value, &metadata))
+        && answered_in_place(shared, conn, request, &**value, &metadata)
     {
         return;
     }
@@ -300,59 +299,29 @@ fn answer(shared: &Arc<Shared>, conn: u64, request: u64, reply: Reply, metadata:
     shared.enqueue(msg.to_vec(), Some(answered), overtakes);
 }
 
-/// Answers at once with the reply's large last element copied straight from
-/// the value into the frame (see [`ReplyValue::split_reply`]). `false` when
-/// the reply has no such element, or cannot go at once, or breaks a limit:
-/// the caller then answers the usual way (which says why).
-fn answered_split(
+/// Answers at once with the value written straight into the frame, with no
+/// buffer of its own: its large last element copied from the value (see
+/// [`ReplyValue::split_reply`]), or the whole value by its direct codec
+/// (most results: a number, a string, bytes; see
+/// [`ReplyValue::send_direct`]). `false` when the reply is neither, or
+/// cannot go at once, or breaks a limit: the caller then answers the usual
+/// way (which says why).
+fn answered_in_place(
     shared: &Arc<Shared>,
     conn: u64,
     request: u64,
     value: &dyn ReplyValue,
     metadata: &Metadata,
 ) -> bool {
-    let Some((is_error, head, tail)) = value.split_reply() else {
-        return false;
-    };
-    answered_spliced(
-        shared,
-        conn,
-        request,
-        metadata,
-        is_error,
-        Payload::Parts(&head, tail),
-    )
-}
-
-/// Answers at once with a value of a type with a direct codec (most
-/// results: a number, a string, bytes), written straight into the frame
-/// with no buffer; false if it could not (the caller encodes it).
-fn answered_direct(
-    shared: &Arc<Shared>,
-    conn: u64,
-    request: u64,
-    value: &dyn ReplyValue,
-    metadata: &Metadata,
-) -> bool {
+    if let Some((is_error, head, tail)) = value.split_reply() {
+        let body = Body::Parts { head: &head, tail };
+        return answered_spliced(shared, conn, request, metadata, is_error, body);
+    }
     let sent = value.send_direct(&mut |is_error, len, write| {
-        answered_spliced(
-            shared,
-            conn,
-            request,
-            metadata,
-            is_error,
-            Payload::Written(len, write),
-        )
+        let body = Body::Written { len, write };
+        answered_spliced(shared, conn, request, metadata, is_error, body)
     });
     sent == Some(true)
-}
-
-/// Where a response sent at once takes its payload from.
-enum Payload<'p> {
-    /// `head ++ tail`.
-    Parts(&'p [u8], &'p [u8]),
-    /// `len` bytes a writer puts straight into the frame.
-    Written(usize, &'p (dyn Fn(&mut [u8]) + Sync)),
 }
 
 /// Sends the response with `payload` spliced into it, if the link has room
@@ -363,7 +332,7 @@ fn answered_spliced(
     request: u64,
     metadata: &Metadata,
     is_error: bool,
-    payload: Payload<'_>,
+    payload: Body<'_>,
 ) -> bool {
     if check_response_metadata(metadata).is_err() {
         return false;
@@ -379,11 +348,7 @@ fn answered_spliced(
             Outcome::Ok(&[])
         },
     };
-    let spliced = match payload {
-        Payload::Parts(head, tail) => Spliced::new(&msg, head, tail),
-        Payload::Written(len, write) => Spliced::written(&msg, len, write),
-    };
-    matches!(shared.try_send_message(&spliced), Ok(true))
+    matches!(shared.try_send_message(&Spliced::with(&msg, payload)), Ok(true))
 }
 
 /// Answers a call from the handler's task, waiting for link room.

@@ -53,7 +53,7 @@ pub(crate) struct Spliced<'m, 'a> {
 }
 
 /// Where a [`Spliced`] message's payload comes from.
-enum Body<'m> {
+pub(crate) enum Body<'m> {
     /// Two pieces of bytes.
     Parts { head: &'m [u8], tail: &'m [u8] },
     /// A value with a direct codec, encoded where the frame is.
@@ -86,13 +86,12 @@ impl<'m, 'a> Spliced<'m, 'a> {
         Self::checked(msg, Body::Value(value))
     }
 
-    /// `msg` with a payload of `len` bytes that `write` puts straight into
-    /// the frame.
+    /// `msg` with the payload `body` gives.
     ///
     /// # Panics
     /// As [`new`](Self::new).
-    pub(crate) fn written(msg: &'m Message<'a>, len: usize, write: &'m (dyn Fn(&mut [u8]) + Sync)) -> Self {
-        Self::checked(msg, Body::Written { len, write })
+    pub(crate) fn with(msg: &'m Message<'a>, body: Body<'m>) -> Self {
+        Self::checked(msg, body)
     }
 
     fn checked(msg: &'m Message<'a>, body: Body<'m>) -> Self {
@@ -246,7 +245,13 @@ mod tests {
                 outcome,
             };
             let (full, empty) = (response(outcome), response(empty_outcome));
-            let s = Spliced::written(&empty, payload.len(), &write);
+            let s = Spliced::with(
+                &empty,
+                Body::Written {
+                    len: payload.len(),
+                    write: &write,
+                },
+            );
             assert_eq!(s.encoded_len(), full.encoded_len());
             assert_eq!(s.to_vec(), full.to_vec());
         }
