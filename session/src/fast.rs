@@ -120,7 +120,7 @@ fn plan<'f, T: Facet<'f>>() -> Option<Plan> {
 
 fn put_varint(out: &mut Vec<u8>, v: u64) {
     let mut buf = [0u8; 10];
-    let n = crate::wire::codec::write_varint(&mut buf, v);
+    let n = crate::wire::varint::write_varint(&mut buf, v);
     out.extend_from_slice(&buf[..n]);
 }
 
@@ -173,7 +173,7 @@ unsafe fn bytes_of<'v>(kind: Kind, ptr: *const u8) -> Option<&'v [u8]> {
 /// # Safety
 /// `ptr` points to a live value of the type `kind` stands for.
 unsafe fn size(kind: Kind, ptr: *const u8) -> usize {
-    use crate::wire::codec::varint_len;
+    use crate::wire::varint::varint_len;
     // SAFETY: per the caller.
     unsafe {
         if let Some(v) = varint_of(kind, ptr) {
@@ -192,7 +192,7 @@ unsafe fn size(kind: Kind, ptr: *const u8) -> usize {
 /// # Safety
 /// `ptr` points to a live value of the type `kind` stands for.
 unsafe fn put_at(out: &mut [u8], kind: Kind, ptr: *const u8) -> usize {
-    use crate::wire::codec::write_varint;
+    use crate::wire::varint::write_varint;
     // SAFETY: per the caller.
     unsafe {
         if let Some(v) = varint_of(kind, ptr) {
@@ -379,7 +379,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn varint(&mut self, max_bits: u32) -> Result<u64, String> {
-        use crate::wire::codec::{VarintError, read_varint};
+        use crate::wire::varint::{VarintError, read_varint};
         read_varint(self.bytes, &mut self.at, max_bits).map_err(|e| match e {
             VarintError::Truncated => "the payload ends inside a number".to_string(),
             VarintError::Overflow => format!("the number overflows {max_bits} bits"),
@@ -518,7 +518,7 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
         // placed with no reader; anything wrong takes the reader below,
         // which says what.
         let mut at = 0;
-        if let Ok(v) = crate::wire::codec::read_varint(bytes, &mut at, bits)
+        if let Ok(v) = crate::wire::varint::read_varint(bytes, &mut at, bits)
             && at == bytes.len()
         {
             let mut out = std::mem::MaybeUninit::<T>::uninit();

@@ -17,7 +17,7 @@
 use facet::Facet;
 
 use crate::fast::{self, SPLIT_AT_LEAST};
-use crate::wire::codec::read_varint;
+use crate::wire::varint::read_varint;
 
 /// Finds where a large item's trailing bytes begin (see the module docs).
 pub(crate) type Splitter = fn(&[u8]) -> Option<usize>;

@@ -21,7 +21,7 @@ use super::Counters;
 use super::outbound::ErasedTx;
 use crate::link::{LinkError, RoomWait};
 use crate::wire::Message;
-use crate::wire::codec::{varint_len, write_varint};
+use crate::wire::varint::{varint_len, write_varint};
 
 /// The largest message gathered into a batch; larger ones go alone.
 const MAX_GATHERED: usize = 256;

@@ -18,72 +18,8 @@
 //! every count is checked against the bytes that remain before anything is
 //! allocated, and a frame must be consumed exactly.
 
+use super::varint::{VarintError, read_varint, varint_len, write_varint};
 use super::{Message, MetaEntry, MetaValue, Metadata, Outcome, Settings};
-
-/// Bytes a varint of `v` takes.
-pub(crate) const fn varint_len(v: u64) -> usize {
-    // 1 byte per started group of 7 bits; zero takes one byte.
-    let bits = 64 - (v | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
-}
-
-/// Writes `v` as a varint at the front of `buf` (at least
-/// [`varint_len`]`(v)` bytes) and returns the bytes written.
-pub(crate) fn write_varint(buf: &mut [u8], mut v: u64) -> usize {
-    let mut at = 0;
-    while v >= 0x80 {
-        buf[at] = (v as u8) | 0x80;
-        at += 1;
-        v >>= 7;
-    }
-    buf[at] = v as u8;
-    at + 1
-}
-
-/// Why a varint could not be read.
-pub(crate) enum VarintError {
-    /// The bytes end inside the number.
-    Truncated,
-    /// The number has more bits than its type (`bits`).
-    Overflow,
-}
-
-/// Reads a varint of at most `bits` bits (16, 32 or 64) from `bytes` at
-/// `*at`, advancing `*at` past it. A number with bits beyond `bits` (or more
-/// groups than `bits` needs) is refused rather than truncated.
-#[inline]
-pub(crate) fn read_varint(bytes: &[u8], at: &mut usize, bits: u32) -> Result<u64, VarintError> {
-    // Most numbers on the wire (kinds, small ids, lengths, a stream's
-    // counters) take one byte: that case stays inline in every reader.
-    if let Some(&b) = bytes.get(*at)
-        && b < 0x80
-    {
-        *at += 1;
-        return Ok(b.into());
-    }
-    read_varint_long(bytes, at, bits)
-}
-
-/// [`read_varint`] of a number that takes more than one byte (or of none).
-fn read_varint_long(bytes: &[u8], at: &mut usize, bits: u32) -> Result<u64, VarintError> {
-    let mut v = 0u64;
-    let mut shift = 0u32;
-    loop {
-        let Some(&b) = bytes.get(*at) else {
-            return Err(VarintError::Truncated);
-        };
-        *at += 1;
-        let group = u64::from(b & 0x7f);
-        if shift >= bits || (bits - shift < 7 && group >> (bits - shift) != 0) {
-            return Err(VarintError::Overflow);
-        }
-        v |= group << shift;
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-        shift += 7;
-    }
-}
 
 fn bytes_len(b: &[u8]) -> usize {
     varint_len(b.len() as u64) + b.len()
@@ -549,6 +485,14 @@ pub(crate) fn decode(frame: &[u8]) -> Result<Message<'_>, DecodeError> {
 /// byte payload (a call's arguments, a response's value or error, an item),
 /// which is then borrowed without them.
 pub(crate) fn decode_parts(frame: &[u8], tail: usize) -> Result<Message<'_>, DecodeError> {
+    match usual_call_or_response(frame, tail) {
+        Some(m) => Ok(m),
+        None => decode_fully(frame, tail),
+    }
+}
+
+/// [`decode_parts`] of any frame, every field through the checking reader.
+pub(super) fn decode_fully(frame: &[u8], tail: usize) -> Result<Message<'_>, DecodeError> {
     let mut r = Reader::new(frame, tail);
     let kind = r.u32("message kind")?;
     let m = match kind {
@@ -638,6 +582,71 @@ pub(crate) fn decode_parts(frame: &[u8], tail: usize) -> Result<Message<'_>, Dec
     };
     r.finish()?;
     Ok(m)
+}
+
+/// A `Call`, or an `Ok` or `UserError` `Response`, with no metadata and no
+/// channels (nearly every call and answer), read with no error bookkeeping;
+/// `None` for anything else, which [`decode_parts`]' full reader then
+/// accepts or refuses with its reasons. What it returns is exactly what the
+/// full reader would.
+#[inline]
+fn usual_call_or_response(frame: &[u8], tail: usize) -> Option<Message<'_>> {
+    let kind = *frame.first()?;
+    if kind != 10 && kind != 11 {
+        return None;
+    }
+    let mut at = 1;
+    let number = |at: &mut usize| read_varint(frame, at, 64).ok();
+    let conn = number(&mut at)?;
+    let request = number(&mut at)?;
+    let (method, deadline_us) = if kind == 10 {
+        (number(&mut at)?, number(&mut at)?)
+    } else {
+        (0, 0)
+    };
+    // No metadata entries, no channels: two zero counts.
+    if frame.get(at..at + 2)? != [0, 0] {
+        return None;
+    }
+    at += 2;
+    let ok = kind == 10 || {
+        let outcome = *frame.get(at)?;
+        at += 1;
+        match outcome {
+            0 => true,
+            1 => false,
+            _ => return None,
+        }
+    };
+    // The payload runs to the frame's end, or on into the bytes held apart.
+    let len = number(&mut at)?;
+    if len != (frame.len() - at) as u64 + tail as u64 {
+        return None;
+    }
+    let payload = &frame[at..];
+    Some(if kind == 10 {
+        Message::Call {
+            conn,
+            request,
+            method,
+            deadline_us,
+            metadata: Vec::new(),
+            channels: Vec::new(),
+            args: payload,
+        }
+    } else {
+        Message::Response {
+            conn,
+            request,
+            metadata: Vec::new(),
+            channels: Vec::new(),
+            outcome: if ok {
+                Outcome::Ok(payload)
+            } else {
+                Outcome::UserError(payload)
+            },
+        }
+    })
 }
 
 /// The kind of an `Item` message.

@@ -32,6 +32,7 @@ pub(crate) mod codec;
 pub(crate) mod spliced;
 #[cfg(test)]
 mod split_tests;
+pub(crate) mod varint;
 
 /// The protocol version this build speaks. Version 2: a channel handle in a
 /// payload is its position in the message's channel list, not its id.
@@ -626,6 +627,97 @@ mod tests {
             let payload = r.bytes();
             let m = random_message(&mut r, &payload);
             round_trip(m);
+        }
+    }
+
+    #[test]
+    fn a_long_varint_read_in_one_load_is_what_reading_it_byte_by_byte_gives() {
+        use varint::{read_varint, read_varint_stepwise, write_varint};
+        let outcome = |r: Result<u64, varint::VarintError>, at: usize| match r {
+            Ok(v) => Ok((v, at)),
+            Err(varint::VarintError::Truncated) => Err("truncated"),
+            Err(varint::VarintError::Overflow) => Err("overflow"),
+        };
+        let mut r = Rng(0x5eed_0f7a_1100);
+        for round in 0..200_000u32 {
+            // An encoded number (cut short, or its bytes damaged, or not),
+            // or bytes that mostly carry continuation bits.
+            let mut bytes = vec![0u8; 32];
+            let mut len = if round % 2 == 0 {
+                write_varint(&mut bytes, r.number())
+            } else {
+                let n = (r.next() % 13) as usize;
+                for b in &mut bytes[..n] {
+                    *b = (r.next() as u8) | if r.next().is_multiple_of(4) { 0 } else { 0x80 };
+                }
+                n
+            };
+            match r.next() % 4 {
+                0 => len = len.saturating_sub(1 + (r.next() % 3) as usize),
+                1 => bytes[(r.next() % 16) as usize] ^= 0x80,
+                _ => {}
+            }
+            // Whatever follows the number in the frame, if anything.
+            let extra = (r.next() % 10) as usize;
+            for b in &mut bytes[len..len + extra] {
+                *b = r.next() as u8;
+            }
+            let frame = &bytes[..len + extra];
+            for bits in [16, 32, 64] {
+                let (mut a, mut b) = (0, 0);
+                let fast = read_varint(frame, &mut a, bits);
+                let slow = read_varint_stepwise(frame, &mut b, bits);
+                assert_eq!(outcome(fast, a), outcome(slow, b), "{frame:?} as {bits} bits");
+            }
+        }
+    }
+
+    #[test]
+    fn a_usual_call_or_answer_decodes_as_the_full_reader_decodes_it() {
+        let mut r = Rng(0xca11_ab1e);
+        for round in 0..50_000u32 {
+            let payload = r.bytes();
+            let m = match round % 3 {
+                0 => Message::Call {
+                    conn: r.number(),
+                    request: r.number(),
+                    method: r.number(),
+                    deadline_us: r.number(),
+                    metadata: Vec::new(),
+                    channels: Vec::new(),
+                    args: &payload,
+                },
+                n => Message::Response {
+                    conn: r.number(),
+                    request: r.number(),
+                    metadata: Vec::new(),
+                    channels: Vec::new(),
+                    outcome: if n == 1 {
+                        Outcome::Ok(&payload)
+                    } else {
+                        Outcome::UserError(&payload)
+                    },
+                },
+            };
+            let mut frame = m.to_vec();
+            match r.next() % 4 {
+                0 => {
+                    let i = (r.next() as usize) % frame.len();
+                    frame[i] = r.next() as u8;
+                }
+                1 => frame.truncate((r.next() as usize) % frame.len()),
+                2 => frame.push(r.next() as u8),
+                _ => {}
+            }
+            // Held apart as a split frame's tail, or not.
+            let tail = match r.next() % 3 {
+                0 => (r.next() as usize) % (payload.len() + 2),
+                _ => 0,
+            };
+            let frame = &frame[..frame.len() - tail.min(frame.len())];
+            let ours = codec::decode_parts(frame, tail).map_err(|e| e.to_string());
+            let full = codec::decode_fully(frame, tail).map_err(|e| e.to_string());
+            assert_eq!(ours, full, "{frame:?} with {tail} bytes held apart");
         }
     }
 

@@ -15,7 +15,8 @@
 //! written with an empty payload, whose one-byte length (0) ends it, and that
 //! byte is then replaced by the real length and the payload.
 
-use super::codec::{ITEM, varint_len, write_varint};
+use super::codec::ITEM;
+use super::varint::{varint_len, write_varint};
 use super::{Message, Outcome};
 use crate::fast::Direct;
 
