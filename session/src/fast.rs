@@ -511,24 +511,8 @@ unsafe fn assemble<T>(values: Values) -> T {
 /// Decodes `bytes` (all of them) directly if `T` has a direct codec.
 pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String>> {
     let plan = plan::<T>()?;
-    if let Plan::One([(kind, _)]) = plan
-        && let Some(bits) = kind.varint_bits()
-    {
-        // A lone number (a stream of them, a call's result): read and
-        // placed with no reader; anything wrong takes the reader below,
-        // which says what.
-        let mut at = 0;
-        if let Ok(v) = crate::wire::varint::read_varint(bytes, &mut at, bits)
-            && at == bytes.len()
-        {
-            let mut out = std::mem::MaybeUninit::<T>::uninit();
-            // SAFETY: `plan` matched: T is this kind's type itself, which
-            // `place` writes whole.
-            unsafe {
-                place(kind.number(v), out.as_mut_ptr().cast::<u8>());
-                return Some(Ok(out.assume_init()));
-            }
-        }
+    if let Some(v) = numbers_only::<T>(&plan, bytes) {
+        return Some(Ok(v));
     }
     let mut r = Reader { bytes, at: 0 };
     let spare = |at: usize| {
@@ -574,6 +558,31 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
     }
     // SAFETY: `read_all` decoded every element of the plan.
     Some(Ok(unsafe { assemble(values) }))
+}
+
+/// A value made of numbers only (a lone number: a stream of them, a call's
+/// result; a tuple of them: a service's usual arguments), read and placed
+/// with no reader; `None` for any other type, and for bytes that do not
+/// decode cleanly, which [`decode`]'s reader then refuses with its reason.
+#[inline]
+fn numbers_only<T>(plan: &Plan, bytes: &[u8]) -> Option<T> {
+    let elements = elements(plan);
+    if !elements.iter().all(|&(kind, _)| kind.varint_bits().is_some()) {
+        return None;
+    }
+    let mut out = std::mem::MaybeUninit::<T>::uninit();
+    let base = out.as_mut_ptr().cast::<u8>();
+    let mut at = 0;
+    for &(kind, offset) in elements {
+        let v = crate::wire::varint::read_varint(bytes, &mut at, kind.varint_bits()?).ok()?;
+        // SAFETY: `plan` matched T: T is this kind's type itself (offset
+        // 0), or its tuple element at `offset` is. A number needs no drop,
+        // so leaving early with some placed loses nothing.
+        unsafe { place(kind.number(v), base.add(offset)) };
+    }
+    // SAFETY: every element of T was placed above; a tuple has no other
+    // bytes that need initializing.
+    (at == bytes.len()).then(|| unsafe { out.assume_init() })
 }
 
 /// Decodes the encoding `head ++ tail` as a `T`, the whole encoding and

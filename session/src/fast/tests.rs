@@ -170,6 +170,12 @@ fn direct_decoding_refuses_what_does_not_fit() {
                 {
                     assert_eq!(x, y);
                 }
+                if let (Some(Ok(x)), Ok(y)) = (
+                    decode::<(u16, i32)>(input),
+                    facet_postcard::from_slice::<(u16, i32)>(input),
+                ) {
+                    assert_eq!(x, y);
+                }
                 let _ = decode::<String>(input);
                 let _ = decode::<Vec<u8>>(input);
                 let _ = decode::<i64>(input);
