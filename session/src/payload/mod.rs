@@ -31,10 +31,16 @@ pub(crate) fn encode_reflected<'f, T: Facet<'f>>(value: &T) -> Result<Vec<u8>, S
 /// with bytes to spare. The parser's position after the value must be the
 /// end of the payload.
 pub(crate) fn decode_exact<T: Facet<'static>>(bytes: &[u8]) -> Result<T, String> {
-    use facet_format::FormatParser as _;
-    if let Some(r) = crate::fast::decode(bytes) {
-        return r;
+    match crate::fast::decode(bytes) {
+        Some(r) => r,
+        None => decode_reflected(bytes),
     }
+}
+
+/// [`decode_exact`] through facet's reflection, for a type without a
+/// direct codec.
+pub(crate) fn decode_reflected<T: Facet<'static>>(bytes: &[u8]) -> Result<T, String> {
+    use facet_format::FormatParser as _;
     let mut parser = facet_postcard::PostcardParser::new(bytes);
     let value: T = facet_format::FormatDeserializer::new_owned(&mut parser)
         .deserialize()

@@ -237,9 +237,19 @@ where
         }
         let result = match outcome {
             Outcome::Ok(bytes) => {
-                let (r, _) = channel::with_decode_context(shared, channels, || match tail {
-                    None => crate::payload::decode_exact::<T>(bytes),
-                    Some(tail) => crate::fast::decode_split_or_join::<T>(bytes, tail),
+                // A value with a direct codec holds no channel handles: it
+                // needs no binding context.
+                let direct = match tail {
+                    None => crate::fast::decode::<T>(bytes).ok_or(None),
+                    Some(tail) => Err(Some(tail)),
+                };
+                let r = direct.unwrap_or_else(|tail| {
+                    let (r, _) = channel::with_decode_context(shared, channels, || match tail {
+                        // `fast::decode` said the type has no direct codec.
+                        None => crate::payload::decode_reflected::<T>(bytes),
+                        Some(tail) => crate::fast::decode_split_or_join::<T>(bytes, tail),
+                    });
+                    r
                 });
                 r.map_err(|detail| CallError::Decode { detail })
             }
