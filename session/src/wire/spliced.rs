@@ -133,27 +133,40 @@ impl Encode for Spliced<'_, '_> {
 
     fn encoded_len(&self) -> usize {
         let n = self.payload_len();
-        let envelope = match Usual::of(self.msg) {
-            Some(u) => u.fields().iter().map(|&v| varint_len(v)).sum::<usize>() + u.tail().len(),
-            // The empty payload's length byte is replaced.
-            None => self.msg.encoded_len() - 1,
+        let envelope = match self.msg {
+            // A stream's item, the most frequent: its kind and channel.
+            Message::Item { channel, .. } => 1 + varint_len(*channel),
+            m => match Usual::of(m) {
+                Some(u) => u.fields().iter().map(|&v| varint_len(v)).sum::<usize>() + u.tail().len(),
+                // The empty payload's length byte is replaced.
+                None => m.encoded_len() - 1,
+            },
         };
         envelope + varint_len(n as u64) + n
     }
 
     fn write_to(&self, buf: &mut [u8]) -> usize {
-        let mut at = match Usual::of(self.msg) {
-            Some(u) => {
-                let mut at = 0;
-                for &v in u.fields() {
-                    at += write_varint(&mut buf[at..], v);
-                }
-                let tail = u.tail();
-                buf[at..at + tail.len()].copy_from_slice(tail);
-                at + tail.len()
+        let mut at = match self.msg {
+            Message::Item { channel, .. } => {
+                buf[0] = ITEM as u8;
+                1 + write_varint(&mut buf[1..], *channel)
             }
-            // The message ends with its empty payload's length, one 0 byte.
-            None => self.msg.write_to(buf) - 1,
+            m => match Usual::of(m) {
+                Some(u) => {
+                    let mut at = 0;
+                    for &v in u.fields() {
+                        at += write_varint(&mut buf[at..], v);
+                    }
+                    // At most three bytes: no call to `memcpy`.
+                    for &b in u.tail() {
+                        buf[at] = b;
+                        at += 1;
+                    }
+                    at
+                }
+                // The message ends with its empty payload's length, one 0 byte.
+                None => m.write_to(buf) - 1,
+            },
         };
         at += write_varint(&mut buf[at..], self.payload_len() as u64);
         match &self.body {
@@ -172,15 +185,13 @@ impl Encode for Spliced<'_, '_> {
     }
 }
 
-/// The envelope of a spliced message of the usual shapes, before its
-/// payload's length: its kind and numbers, then the bytes of an empty
-/// metadata list, an empty channel list and a response's outcome, as the
-/// codec writes them. An item; a call or an answer with no metadata and no
-/// channels (nearly all of them). Written here field by field instead of
-/// through the general writer, which a call's frame took ~500 instructions.
+/// The envelope of a spliced call or answer with no metadata and no
+/// channels (nearly all of them), before its payload's length: its kind and
+/// numbers, then the bytes of an empty metadata list, an empty channel list
+/// and a response's outcome, as the codec writes them. Written here field
+/// by field instead of through the general writer, which took a call's
+/// frame ~500 instructions.
 enum Usual {
-    /// The kind and the channel.
-    Item([u64; 2]),
     /// The kind, connection, request, method and deadline; two zeros.
     Call([u64; 5]),
     /// The kind, connection and request; two zeros, then the outcome
@@ -191,7 +202,6 @@ enum Usual {
 impl Usual {
     fn of(m: &Message<'_>) -> Option<Usual> {
         Some(match m {
-            Message::Item { channel, .. } => Usual::Item([ITEM.into(), *channel]),
             Message::Call {
                 conn,
                 request,
@@ -224,7 +234,6 @@ impl Usual {
     /// The numbers, each a varint.
     fn fields(&self) -> &[u64] {
         match self {
-            Usual::Item(f) => f,
             Usual::Call(f) => f,
             Usual::Response(f, _) => f,
         }
@@ -234,7 +243,6 @@ impl Usual {
     /// outcome's index).
     fn tail(&self) -> &'static [u8] {
         match self {
-            Usual::Item(_) => &[],
             Usual::Call(_) => &[0, 0],
             Usual::Response(_, true) => &[0, 0, 0],
             Usual::Response(_, false) => &[0, 0, 1],

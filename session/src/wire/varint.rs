@@ -47,6 +47,14 @@ pub(crate) fn read_varint(bytes: &[u8], at: &mut usize, bits: u32) -> Result<u64
         *at += 1;
         return Ok(b.into());
     }
+    // Two bytes (128 to 16383: a stream's counters, lengths of small
+    // payloads) fit every width read here: also inline.
+    if let (Some(&b0), Some(&b1)) = (bytes.get(*at), bytes.get(at.wrapping_add(1)))
+        && b1 < 0x80
+    {
+        *at += 2;
+        return Ok(u64::from(b0 & 0x7f) | u64::from(b1) << 7);
+    }
     read_varint_long(bytes, at, bits)
 }
 
