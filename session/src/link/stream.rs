@@ -53,6 +53,7 @@
 use crate::rules::Rule;
 use std::io;
 use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -120,6 +121,7 @@ where
                 failed: None,
                 closed: false,
                 max_frame,
+                socket: None,
             },
             rx: StreamRx {
                 read,
@@ -159,8 +161,11 @@ impl UnixLink {
     ///
     /// If `max_frame` is above `u32::MAX`.
     pub fn unix(stream: UnixStream, max_frame: usize) -> Self {
+        let socket = stream.as_raw_fd();
         let (read, write) = stream.into_split();
-        StreamLink::from_halves(read, write, max_frame)
+        let mut link = StreamLink::from_halves(read, write, max_frame);
+        link.tx.socket = Some(socket);
+        link
     }
 }
 
@@ -181,8 +186,11 @@ impl TcpLink {
                 format!("could not set TCP_NODELAY on the link's socket: {e}"),
             ))
         })?;
+        let socket = stream.as_raw_fd();
         let (read, write) = stream.into_split();
-        Ok(StreamLink::from_halves(read, write, max_frame))
+        let mut link = StreamLink::from_halves(read, write, max_frame);
+        link.tx.socket = Some(socket);
+        Ok(link)
     }
 }
 
@@ -310,6 +318,21 @@ pub struct StreamTx<W> {
     /// Set by `close`.
     closed: bool,
     max_frame: usize,
+    /// The socket under `write`, for [`LinkTx::peer_behind`] (set by
+    /// [`StreamLink::unix`] and [`StreamLink::tcp`]; `write` owns it, so it
+    /// stays open as long as this half).
+    socket: Option<RawFd>,
+}
+
+/// Bytes this end has written that the peer has not yet read (a Unix
+/// socket), or that it has not yet acknowledged (TCP): `SIOCOUTQ`. `None`
+/// when the kernel does not say.
+fn unread_bytes(socket: RawFd) -> Option<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `SIOCOUTQ` writes one `int` through the pointer, which points
+    // at one; `socket` is open (see `StreamTx::socket`).
+    let r = unsafe { libc::ioctl(socket, libc::TIOCOUTQ, &mut n) };
+    (r == 0).then(|| u32::try_from(n).ok()).flatten()
 }
 
 impl<W> std::fmt::Debug for StreamTx<W> {
@@ -406,6 +429,15 @@ impl<W: AsyncWrite + Unpin + Send + 'static> LinkTx for StreamTx<W> {
         let prefix = u32::try_from(len).expect("len <= max_frame <= u32::MAX, checked at construction");
         self.buf[..PREFIX_LEN].copy_from_slice(&prefix.to_le_bytes());
         Ok(StreamPermit { tx: self, len })
+    }
+
+    /// Over a Unix or TCP socket: the socket still holds bytes of earlier
+    /// frames that the peer has not read (TCP: not acknowledged). One
+    /// `ioctl` per question, against the `write` it saves each item that
+    /// joins a batch. Other streams (and a kernel that does not say):
+    /// never behind.
+    fn peer_behind(&mut self) -> bool {
+        self.socket.and_then(unread_bytes).is_some_and(|n| n > 0)
     }
 
     /// Finishes any partly written frame, flushes, and shuts the write half

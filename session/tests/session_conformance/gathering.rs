@@ -1,5 +1,6 @@
 //! Small items gathered into `Batch` frames while the receiver is behind:
-//! over the links that report a backlog (memory, shm), between two real
+//! over the links that report a backlog (memory, shm, a Unix socket's
+//! unread bytes), between two real
 //! sessions and against a raw receiver that reads the frames itself; and
 //! batches a lying peer sends, over every link (in `raw_bodies.rs`).
 
@@ -47,6 +48,11 @@ async fn memory_a_stream_sent_without_pausing_shares_frames() {
 #[tokio::test]
 async fn shm_a_stream_sent_without_pausing_shares_frames() {
     a_stream_sent_without_pausing_shares_frames(ShmFactory).await;
+}
+
+#[tokio::test]
+async fn unix_a_stream_sent_without_pausing_shares_frames() {
+    a_stream_sent_without_pausing_shares_frames(UnixFactory).await;
 }
 
 /// A client against a raw peer that reads nothing until the test says: the
