@@ -620,6 +620,23 @@ mod tests {
         }
     }
 
+    /// A frame damaged one of four ways: a byte replaced, cut short, one
+    /// byte more, or a varint's continuation bit flipped.
+    fn damage(r: &mut Rng, frame: &mut Vec<u8>) {
+        match r.next() % 4 {
+            0 => {
+                let i = (r.next() as usize) % frame.len();
+                frame[i] = r.next() as u8;
+            }
+            1 => frame.truncate((r.next() as usize) % frame.len()),
+            2 => frame.push(r.next() as u8),
+            _ => {
+                let i = (r.next() as usize) % frame.len();
+                frame[i] ^= 0x80;
+            }
+        }
+    }
+
     #[test]
     fn the_codec_writes_and_reads_what_facet_postcard_does() {
         let mut r = Rng(0x9e37_79b9_7f4a_7c15);
@@ -700,14 +717,9 @@ mod tests {
                 },
             };
             let mut frame = m.to_vec();
-            match r.next() % 4 {
-                0 => {
-                    let i = (r.next() as usize) % frame.len();
-                    frame[i] = r.next() as u8;
-                }
-                1 => frame.truncate((r.next() as usize) % frame.len()),
-                2 => frame.push(r.next() as u8),
-                _ => {}
+            // Damaged, or as written.
+            if !r.next().is_multiple_of(4) {
+                damage(&mut r, &mut frame);
             }
             // Held apart as a split frame's tail, or not.
             let tail = match r.next() % 3 {
@@ -736,18 +748,7 @@ mod tests {
         for _ in 0..20_000 {
             let payload = r.bytes();
             let mut frame = random_message(&mut r, &payload).to_vec();
-            match r.next() % 4 {
-                0 => {
-                    let i = (r.next() as usize) % frame.len();
-                    frame[i] = r.next() as u8;
-                }
-                1 => frame.truncate((r.next() as usize) % frame.len()),
-                2 => frame.push(r.next() as u8),
-                _ => {
-                    let i = (r.next() as usize) % frame.len();
-                    frame[i] ^= 0x80;
-                }
-            }
+            damage(&mut r, &mut frame);
             let ours = decode(&frame);
             let reference = reference_decode(&frame);
             match (&ours, &reference) {
