@@ -239,18 +239,25 @@ where
             Outcome::Ok(bytes) => {
                 // A value with a direct codec holds no channel handles: it
                 // needs no binding context.
-                let direct = match tail {
-                    None => crate::fast::decode::<T>(bytes).ok_or(None),
-                    Some(tail) => Err(Some(tail)),
+                let r = match tail {
+                    None => match crate::fast::decode::<T>(bytes) {
+                        Some(r) => r,
+                        // No direct codec: the value may hold channel
+                        // handles, which bind while it decodes.
+                        None => {
+                            channel::with_decode_context(shared, channels, || {
+                                crate::payload::decode_reflected::<T>(bytes)
+                            })
+                            .0
+                        }
+                    },
+                    Some(tail) => {
+                        channel::with_decode_context(shared, channels, || {
+                            crate::fast::decode_split_or_join::<T>(bytes, tail)
+                        })
+                        .0
+                    }
                 };
-                let r = direct.unwrap_or_else(|tail| {
-                    let (r, _) = channel::with_decode_context(shared, channels, || match tail {
-                        // `fast::decode` said the type has no direct codec.
-                        None => crate::payload::decode_reflected::<T>(bytes),
-                        Some(tail) => crate::fast::decode_split_or_join::<T>(bytes, tail),
-                    });
-                    r
-                });
                 r.map_err(|detail| CallError::Decode { detail })
             }
             Outcome::UserError(bytes) => match match tail {

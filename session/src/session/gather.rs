@@ -15,7 +15,6 @@
 //! [`LinkTx::peer_behind`]: crate::link::LinkTx::peer_behind
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::Counters;
 use super::outbound::ErasedTx;
@@ -166,8 +165,7 @@ impl Sender {
     /// The batch went out in a frame of `len` bytes.
     fn batch_sent(&mut self, len: usize) {
         self.batch.clear();
-        self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+        self.stats.frame_sent(len);
     }
 
     /// Sends a small message (a channel's item) of `len` bytes now, or

@@ -444,10 +444,20 @@ pub(crate) struct Shared {
 pub(super) struct Counters {
     calls_made: AtomicU64,
     calls_served: AtomicU64,
-    pub(super) frames_sent: AtomicU64,
-    pub(super) bytes_sent: AtomicU64,
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
     frames_received: AtomicU64,
     bytes_received: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a frame of `len` bytes sent (alone or as a batch).
+    fn frame_sent(&self, len: usize) {
+        // ORDERING: Relaxed: statistics, read by `stats` as a snapshot; they
+        // publish nothing else.
+        self.frames_sent.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+    }
 }
 
 /// A snapshot of a session's traffic and queues.

@@ -319,8 +319,7 @@ impl Shared {
 
     /// Counts a frame sent.
     fn sent(&self, len: usize) {
-        self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+        self.stats.frame_sent(len);
         self.link_stall.progress();
     }
 

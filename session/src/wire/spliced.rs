@@ -51,6 +51,9 @@ impl Encode for Message<'_> {
 pub(crate) struct Spliced<'m, 'a> {
     msg: &'m Message<'a>,
     body: Body<'m>,
+    /// The envelope's fields when the message is a call or answer of the
+    /// usual shape (worked out once: both the length and the writing need it).
+    usual: Option<Usual>,
 }
 
 /// Where a [`Spliced`] message's payload comes from.
@@ -106,7 +109,11 @@ impl<'m, 'a> Spliced<'m, 'a> {
             _ => false,
         };
         assert!(empty, "a {} message cannot carry a spliced payload", msg.kind());
-        Spliced { msg, body }
+        Spliced {
+            msg,
+            body,
+            usual: Usual::of(msg),
+        }
     }
 
     fn payload_len(&self) -> usize {
@@ -136,7 +143,7 @@ impl Encode for Spliced<'_, '_> {
         let envelope = match self.msg {
             // A stream's item, the most frequent: its kind and channel.
             Message::Item { channel, .. } => 1 + varint_len(*channel),
-            m => match Usual::of(m) {
+            m => match &self.usual {
                 Some(u) => u.fields().iter().map(|&v| varint_len(v)).sum::<usize>() + u.tail().len(),
                 // The empty payload's length byte is replaced.
                 None => m.encoded_len() - 1,
@@ -151,7 +158,7 @@ impl Encode for Spliced<'_, '_> {
                 buf[0] = ITEM as u8;
                 1 + write_varint(&mut buf[1..], *channel)
             }
-            m => match Usual::of(m) {
+            m => match &self.usual {
                 Some(u) => {
                     let mut at = 0;
                     for &v in u.fields() {
