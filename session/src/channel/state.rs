@@ -309,7 +309,31 @@ impl ChannelCore {
         payload: &[u8],
         tail: Option<Vec<u8>>,
     ) -> Result<(), crate::error::Violation> {
+        let splitter = self.splitter.get().copied();
+        self.accept_item(&mut self.lock(), payload, tail, splitter)
+    }
+
+    /// A run of items that came one after another in one batch, in order:
+    /// each checked and queued as [`on_item`](Self::on_item) does, under
+    /// one lock. Those before a refused one stay queued (the refusal ends
+    /// the session).
+    pub(crate) fn on_items(&self, payloads: &[&[u8]]) -> Result<(), crate::error::Violation> {
+        let splitter = self.splitter.get().copied();
         let mut c = self.lock();
+        for payload in payloads {
+            self.accept_item(&mut c, payload, None, splitter)?;
+        }
+        Ok(())
+    }
+
+    /// [`on_item`](Self::on_item) with the lock held.
+    fn accept_item(
+        &self,
+        c: &mut ChanInner,
+        payload: &[u8],
+        tail: Option<Vec<u8>>,
+        splitter: Option<Splitter>,
+    ) -> Result<(), crate::error::Violation> {
         let len = (payload.len() + tail.as_ref().map_or(0, Vec::len)) as u64;
         let cost = credit_cost(len);
         if c.remote_closed {
@@ -356,7 +380,7 @@ impl ChannelCore {
                     head: payload.to_vec(),
                     tail,
                 },
-                None => Queued::new(payload, self.splitter.get().copied()),
+                None => Queued::new(payload, splitter),
             });
         }
         Ok(())

@@ -254,12 +254,30 @@ impl LastChannel {
         };
         let len = payload.len() + tail.as_ref().map_or(0, Vec::len);
         core.on_item(payload, tail)?;
-        self.owed += 1;
-        self.owed_bytes += len;
+        self.owe(1, len);
+        Ok(())
+    }
+
+    /// Queues items that came one after another for channel `id` in one
+    /// batch, as [`item`](Self::item) does each, under one lock of the
+    /// channel.
+    fn items(&mut self, shared: &Shared, id: u64, payloads: &[&[u8]]) -> Result<(), Violation> {
+        let Some(core) = self.get(shared, id, "Item")? else {
+            return Ok(());
+        };
+        core.on_items(payloads)?;
+        self.owe(payloads.len() as u32, payloads.iter().map(|p| p.len()).sum());
+        Ok(())
+    }
+
+    /// Counts `n` items of `bytes` queued, waking their receiver now unless
+    /// the wake is deferred and not yet due.
+    fn owe(&mut self, n: u32, bytes: usize) {
+        self.owed += n;
+        self.owed_bytes += bytes;
         if !self.defer || self.owed >= ANNOUNCE_EVERY || self.owed_bytes >= ANNOUNCE_BYTES {
             self.announce();
         }
-        Ok(())
     }
 
     /// Wakes the receiver of the items queued and not yet announced.
@@ -270,6 +288,57 @@ impl LastChannel {
         {
             c.announce_items();
         }
+    }
+}
+
+/// Items of one channel met one after another in a batch, held to be
+/// queued together ([`LastChannel`] queues each run under one lock of its
+/// channel instead of one per item). A run ends at an item of another
+/// channel, at any other message (which may concern the channel, so the
+/// items before it must be queued first), at the batch's end, and after
+/// [`ANNOUNCE_EVERY`] items, so the receiver is woken as often as it would
+/// be item by item.
+pub(super) struct ItemRun<'m> {
+    channel: u64,
+    payloads: [&'m [u8]; ANNOUNCE_EVERY as usize],
+    len: usize,
+}
+
+impl<'m> ItemRun<'m> {
+    /// An empty run.
+    pub(super) fn new() -> Self {
+        ItemRun {
+            channel: 0,
+            payloads: [&[]; ANNOUNCE_EVERY as usize],
+            len: 0,
+        }
+    }
+
+    /// Adds an item that came for `channel`, first queuing the run held if
+    /// it is another channel's or full.
+    pub(super) fn push(
+        &mut self,
+        shared: &Shared,
+        last: &mut LastChannel,
+        channel: u64,
+        payload: &'m [u8],
+    ) -> Result<(), Violation> {
+        if self.len == self.payloads.len() || (self.len > 0 && self.channel != channel) {
+            self.flush(shared, last)?;
+        }
+        self.channel = channel;
+        self.payloads[self.len] = payload;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Queues the items held, in order.
+    pub(super) fn flush(&mut self, shared: &Shared, last: &mut LastChannel) -> Result<(), Violation> {
+        let n = std::mem::take(&mut self.len);
+        if n == 0 {
+            return Ok(());
+        }
+        last.items(shared, self.channel, &self.payloads[..n])
     }
 }
 

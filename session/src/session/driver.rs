@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::calls::{expire_calls, on_response};
-use super::channels::{LastChannel, channel_for};
+use super::channels::{ItemRun, LastChannel, channel_for};
 use super::connections::{close_connection, on_connection_answer, on_connection_open};
 use super::outbound::PEER_CLOSE_GRACE;
 use super::serving::{IncomingCall, on_call};
@@ -382,11 +382,29 @@ fn handle_message(
             }
             last.deferring_during(|last| {
                 let (mut at, mut handled) = (0, 0usize);
+                // A stream's items in a row go to their channel together.
+                // Each message is smaller than the batch, whose size was
+                // checked: only the item's own envelope is left to check.
+                let mut run = ItemRun::new();
                 while let Some(m) = wire::codec::next_in_batch(messages, &mut at) {
                     let m = m.map_err(|e| violation(Rule::FrameDecodable.name(), e))?;
-                    handle_message(shared, m, None, last, true)?;
                     handled += 1;
+                    if let Some(item) = wire::codec::decode_item(m, 0) {
+                        let (channel, payload) = match item {
+                            Ok(item) => item,
+                            Err(e) => {
+                                // The items before it first, as one by one.
+                                run.flush(shared, last)?;
+                                return Err(violation(Rule::FrameDecodable.name(), e.to_string()));
+                            }
+                        };
+                        run.push(shared, last, channel, payload)?;
+                        continue;
+                    }
+                    run.flush(shared, last)?;
+                    handle_message(shared, m, None, last, true)?;
                 }
+                run.flush(shared, last)?;
                 if handled == 0 {
                     return Err(violation(Rule::FrameBatchFlat.name(), "an empty batch"));
                 }

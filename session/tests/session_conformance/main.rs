@@ -64,6 +64,7 @@ macro_rules! conformance {
                 too_many_concurrent_requests_is_a_violation,
                 credit_overrun_and_data_after_close_are_violations,
                 interleaved_items_reach_their_channels_and_late_ones_are_dropped,
+                items_in_one_batch_reach_their_channels_in_order,
                 a_silent_peer_times_out,
                 keepalive_keeps_an_idle_session_up,
                 a_dropped_link_fails_pending_calls,

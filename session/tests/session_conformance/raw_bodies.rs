@@ -284,6 +284,27 @@ pub(crate) async fn lying_frames_are_violations<F: Factory>(f: F) {
                 ]),
             })],
         ),
+        // Items in a row are queued together, yet the first broken rule is
+        // still the one named: the unknown channel, not the cut item after.
+        (
+            "channel.known",
+            vec![enc(Message::Batch {
+                messages: &batch_of(&[
+                    enc(Message::Item {
+                        channel: 5,
+                        payload: &[1],
+                    }),
+                    {
+                        let mut cut = enc(Message::Item {
+                            channel: 5,
+                            payload: &[1, 2],
+                        });
+                        cut.pop();
+                        cut
+                    },
+                ]),
+            })],
+        ),
     ];
     for (rule, frames) in cases {
         let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
@@ -404,6 +425,21 @@ pub(crate) async fn credit_overrun_and_data_after_close_are_violations<F: Factor
     .await;
     expect_violation(&mut raw, &server, "credit.no-overrun").await;
 
+    // Two items in one batch, each within the window but not both: the
+    // second overruns, though the two are queued together.
+    let (mut raw, server, _) = raw_against_server(&f, server_settings.clone(), None).await;
+    raw.send(&call(1)).await;
+    let item = wire::encode(&Message::Item {
+        channel: 1,
+        payload: &[0; 8],
+    })
+    .unwrap();
+    raw.send(&Message::Batch {
+        messages: &batch_of(&[item.clone(), item]),
+    })
+    .await;
+    expect_violation(&mut raw, &server, "credit.no-overrun").await;
+
     let (mut raw, server, _) = raw_against_server(&f, server_settings, None).await;
     raw.send(&call(1)).await;
     raw.send(&Message::Item {
@@ -492,6 +528,58 @@ pub(crate) async fn interleaved_items_reach_their_channels_and_late_ones_are_dro
         .await;
     }
     let want: std::collections::HashMap<u64, Vec<u8>> = [(1, 7u64), (3, 60), (5, 7), (7, 60)]
+        .into_iter()
+        .map(|(request, sum)| (request, wire::encode(&sum).unwrap()))
+        .collect();
+    assert_eq!(sums, want);
+    assert!(server.ended().is_none(), "{:?}", server.ended());
+}
+
+/// Items that share a `Batch` frame reach their channels as if each had
+/// come alone: runs of one channel's items (one longer than the session
+/// queues at once), runs broken by the other channel's, and each channel's
+/// `Close` behind its items in the same batch.
+pub(crate) async fn items_in_one_batch_reach_their_channels_in_order<F: Factory>(f: F) {
+    let args = sum_args();
+    let (mut raw, server, _) = raw_against_server(&f, Settings::default(), None).await;
+    let (a, b) = (1u64, 3u64);
+    raw.send(&sum_call(a, a, &args)).await;
+    raw.send(&sum_call(b, b, &args)).await;
+    let item = |channel: u64, v: u64| {
+        wire::encode(&Message::Item {
+            channel,
+            payload: &wire::encode(&v).unwrap(),
+        })
+        .unwrap()
+    };
+    let mut messages = vec![item(a, 1), item(a, 2), item(b, 10), item(a, 4)];
+    messages.extend((0..40).map(|_| item(b, 100)));
+    messages.push(item(a, 8));
+    messages.push(wire::encode(&Message::Close { channel: a }).unwrap());
+    messages.push(item(b, 20));
+    messages.push(wire::encode(&Message::Close { channel: b }).unwrap());
+    raw.send(&Message::Batch {
+        messages: &batch_of(&messages),
+    })
+    .await;
+    let mut sums = std::collections::HashMap::new();
+    while sums.len() < 2 {
+        let bytes = raw
+            .recv_until(|m| matches!(m, Message::Response { .. } | Message::ProtocolError { .. }))
+            .await
+            .expect("an answer");
+        match wire::decode(&bytes).unwrap() {
+            Message::Response {
+                request,
+                outcome: Outcome::Ok(v),
+                ..
+            } => {
+                sums.insert(request, v.to_vec());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let want: std::collections::HashMap<u64, Vec<u8>> = [(a, 15u64), (b, 4030)]
         .into_iter()
         .map(|(request, sum)| (request, wire::encode(&sum).unwrap()))
         .collect();
