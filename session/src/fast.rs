@@ -95,10 +95,11 @@ const MAX_FIELDS: usize = 8;
 
 /// How a type is encoded directly: one value, or a tuple of them (a
 /// service's argument list) as `(kind, offset)` per element in order.
+#[derive(Clone, Copy)]
 enum Plan {
     /// `(kind, 0)`: the value is of the kind's type itself.
-    One([(Kind, usize); 1]),
-    Tuple([(Kind, usize); MAX_FIELDS], usize),
+    One([(Kind, u16); 1]),
+    Tuple([(Kind, u16); MAX_FIELDS], usize),
 }
 
 fn plan<'f, T: Facet<'f>>() -> Option<Plan> {
@@ -113,7 +114,7 @@ fn plan<'f, T: Facet<'f>>() -> Option<Plan> {
     }
     let mut fields = [(Kind::Bool, 0); MAX_FIELDS];
     for (slot, f) in fields.iter_mut().zip(st.fields) {
-        *slot = (kind_of(f.shape.get())?, f.offset);
+        *slot = (kind_of(f.shape.get())?, u16::try_from(f.offset).ok()?);
     }
     Some(Plan::Tuple(fields, st.fields.len()))
 }
@@ -225,7 +226,7 @@ unsafe fn put(out: &mut Vec<u8>, kind: Kind, ptr: *const u8) {
 }
 
 /// The `(kind, offset)` of each element `plan` encodes, in order.
-fn elements(plan: &Plan) -> &[(Kind, usize)] {
+fn elements(plan: &Plan) -> &[(Kind, u16)] {
     match plan {
         Plan::One(one) => one,
         Plan::Tuple(fields, n) => &fields[..*n],
@@ -249,15 +250,57 @@ unsafe impl Sync for Direct<'_> {}
 // SAFETY: as above; the borrow it stands for is a shared one.
 unsafe impl Send for Direct<'_> {}
 
+/// Whether `T` has a direct codec, and how it is laid out, worked out once:
+/// a channel's handle keeps its item type's, so each item skips
+/// recognizing the type (comparing its id with each of the kinds').
+pub(crate) struct Codec<T> {
+    plan: Option<Plan>,
+    _type: std::marker::PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Codec<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Codec<T> {}
+
+impl<'f, T: Facet<'f>> Codec<T> {
+    /// `T`'s codec.
+    pub(crate) fn of() -> Self {
+        Codec {
+            plan: plan::<T>(),
+            _type: std::marker::PhantomData,
+        }
+    }
+
+    /// `v` ready to be written directly, if `T` has a direct codec.
+    pub(crate) fn direct<'v>(&self, v: &'v T) -> Option<Direct<'v>> {
+        direct_with(self.plan?, v)
+    }
+}
+
+impl<T: Facet<'static>> Codec<T> {
+    /// Decodes `bytes` (all of them) directly if `T` has a direct codec.
+    pub(crate) fn decode(&self, bytes: &[u8]) -> Option<Result<T, String>> {
+        decode_with(&self.plan?, bytes)
+    }
+}
+
 /// `v` ready to be written directly, if its type has a direct codec.
 pub(crate) fn direct<'v, 'f, T: Facet<'f>>(v: &'v T) -> Option<Direct<'v>> {
-    let plan = plan::<T>()?;
+    direct_with(plan::<T>()?, v)
+}
+
+/// [`direct`] with `T`'s plan.
+fn direct_with<'v, T>(plan: Plan, v: &'v T) -> Option<Direct<'v>> {
     let base = (v as *const T).cast::<u8>();
     let len = elements(&plan)
         .iter()
         // SAFETY: `plan` matched T's shape: the value's type is T itself
         // (offset 0) or the tuple element at `offset`, of this kind's type.
-        .map(|&(kind, offset)| unsafe { size(kind, base.add(offset)) })
+        .map(|&(kind, offset)| unsafe { size(kind, base.add(usize::from(offset))) })
         .sum();
     Some(Direct {
         base,
@@ -279,7 +322,7 @@ impl Direct<'_> {
         let mut at = 0;
         for &(kind, offset) in elements(&self.plan) {
             // SAFETY: as in `direct`; the value outlives `self`.
-            at += unsafe { put_at(&mut out[at..], kind, self.base.add(offset)) };
+            at += unsafe { put_at(&mut out[at..], kind, self.base.add(usize::from(offset))) };
         }
         debug_assert_eq!(at, self.len);
         at
@@ -320,14 +363,14 @@ pub(crate) fn split<'v, 'f, T: Facet<'f>>(v: &'v T, min_tail: usize) -> Option<S
     let base = (v as *const T).cast::<u8>();
     // SAFETY: as in `direct`: the last element is of `last`'s type, and it
     // lives as long as `v`.
-    let tail: &'v [u8] = unsafe { bytes_of(last, base.add(last_at)) }?;
+    let tail: &'v [u8] = unsafe { bytes_of(last, base.add(usize::from(last_at))) }?;
     if tail.len() < min_tail {
         return None;
     }
     let mut head = Vec::with_capacity(16 * elements(&plan).len());
     for &(kind, offset) in before {
         // SAFETY: as in `direct`.
-        unsafe { put(&mut head, kind, base.add(offset)) };
+        unsafe { put(&mut head, kind, base.add(usize::from(offset))) };
     }
     put_varint(&mut head, tail.len() as u64);
     Some(Split { head, tail })
@@ -482,9 +525,9 @@ unsafe fn place(value: Value, ptr: *mut u8) {
 type Values = [Option<(Value, usize)>; MAX_FIELDS];
 
 /// Decodes `kinds` front to back from `r` into `values`.
-fn read_all(r: &mut Reader<'_>, kinds: &[(Kind, usize)], values: &mut Values) -> Result<(), String> {
+fn read_all(r: &mut Reader<'_>, kinds: &[(Kind, u16)], values: &mut Values) -> Result<(), String> {
     for (slot, &(kind, offset)) in values.iter_mut().zip(kinds) {
-        *slot = Some((r.value(kind)?, offset));
+        *slot = Some((r.value(kind)?, usize::from(offset)));
     }
     Ok(())
 }
@@ -510,8 +553,12 @@ unsafe fn assemble<T>(values: Values) -> T {
 
 /// Decodes `bytes` (all of them) directly if `T` has a direct codec.
 pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String>> {
-    let plan = plan::<T>()?;
-    if let Some(v) = numbers_only::<T>(&plan, bytes) {
+    decode_with(&plan::<T>()?, bytes)
+}
+
+/// [`decode`] with `T`'s plan.
+fn decode_with<T>(plan: &Plan, bytes: &[u8]) -> Option<Result<T, String>> {
+    if let Some(v) = numbers_only::<T>(plan, bytes) {
         return Some(Ok(v));
     }
     let mut r = Reader { bytes, at: 0 };
@@ -522,21 +569,21 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
             std::any::type_name::<T>(),
         )
     };
-    if matches!(plan, Plan::One(_)) || !elements(&plan).iter().any(|&(kind, _)| kind.owns()) {
+    if matches!(plan, Plan::One(_)) || !elements(plan).iter().any(|&(kind, _)| kind.owns()) {
         // One value (a stream of numbers or strings), or numbers and bools
         // only (a service's usual arguments): no staging. Nothing placed
         // needs dropping when an element fails (a lone value has no later
         // element), so each goes straight to its place.
         let mut out = std::mem::MaybeUninit::<T>::uninit();
         let base = out.as_mut_ptr().cast::<u8>();
-        for &(kind, offset) in elements(&plan) {
+        for &(kind, offset) in elements(plan) {
             let value = match r.value(kind) {
                 Ok(v) => v,
                 Err(e) => return Some(Err(e)),
             };
             // SAFETY: `plan` matched: T is this kind's type itself (offset
             // 0), or its tuple element at `offset` is.
-            unsafe { place(value, base.add(offset)) };
+            unsafe { place(value, base.add(usize::from(offset))) };
         }
         // SAFETY: every element of T (the one value, or each element of the
         // tuple) was written above; a tuple has no other bytes that need
@@ -550,7 +597,7 @@ pub(crate) fn decode<T: Facet<'static>>(bytes: &[u8]) -> Option<Result<T, String
     // Every element is decoded before any is placed, so a failure leaves
     // nothing half-built.
     let mut values: Values = Default::default();
-    if let Err(e) = read_all(&mut r, elements(&plan), &mut values) {
+    if let Err(e) = read_all(&mut r, elements(plan), &mut values) {
         return Some(Err(e));
     }
     if r.at != bytes.len() {
@@ -578,7 +625,7 @@ fn numbers_only<T>(plan: &Plan, bytes: &[u8]) -> Option<T> {
         // SAFETY: `plan` matched T: T is this kind's type itself (offset
         // 0), or its tuple element at `offset` is. A number needs no drop,
         // so leaving early with some placed loses nothing.
-        unsafe { place(kind.number(v), base.add(offset)) };
+        unsafe { place(kind.number(v), base.add(usize::from(offset))) };
     }
     // SAFETY: every element of T was placed above; a tuple has no other
     // bytes that need initializing.
@@ -630,7 +677,7 @@ pub(crate) fn decode_split<T: Facet<'static>>(
             Err(_) => return Ok(Err("a string is not valid UTF-8".into())),
         },
     };
-    values[before.len()] = Some((value, last_at));
+    values[before.len()] = Some((value, usize::from(last_at)));
     // SAFETY: every element before the last was decoded by `read_all`, and
     // the last is of its kind (checked above) at its offset.
     Ok(Ok(unsafe { assemble(values) }))

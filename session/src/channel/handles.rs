@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use facet::Facet;
 
@@ -36,6 +36,8 @@ pub struct Tx<T> {
     bound: Option<Bound>,
     /// Set once the handle was encoded into a message (handed to the peer) or closed.
     done: AtomicBool,
+    /// The item type's direct codec, worked out at the first send.
+    codec: OnceLock<fast::Codec<T>>,
     _items: PhantomData<fn(T)>,
 }
 
@@ -58,6 +60,8 @@ pub struct Rx<T> {
     /// Items taken from the channel's queue with the last one received,
     /// their credit already granted back (see `ChannelCore::try_next_item`).
     ready: VecDeque<Queued>,
+    /// The item type's direct codec, worked out at the first receive.
+    codec: Option<fast::Codec<T>>,
     _items: PhantomData<fn() -> T>,
 }
 
@@ -85,6 +89,7 @@ pub(crate) fn pair<T>(shared: &Arc<Shared>, core: Arc<ChannelCore>) -> (Tx<T>, R
             core: core.clone(),
         }),
         done: AtomicBool::new(false),
+        codec: OnceLock::new(),
         _items: PhantomData,
     };
     let rx = Rx {
@@ -96,6 +101,7 @@ pub(crate) fn pair<T>(shared: &Arc<Shared>, core: Arc<ChannelCore>) -> (Tx<T>, R
         done: AtomicBool::new(false),
         failed: false,
         ready: VecDeque::new(),
+        codec: None,
         _items: PhantomData,
     };
     (tx, rx)
@@ -109,6 +115,7 @@ impl<T> TryFrom<ChannelId> for Tx<T> {
             id,
             bound: Some(Bound { shared, core }),
             done: AtomicBool::new(false),
+            codec: OnceLock::new(),
             _items: PhantomData,
         })
     }
@@ -131,6 +138,7 @@ impl<T> TryFrom<ChannelId> for Rx<T> {
             done: AtomicBool::new(false),
             failed: false,
             ready: VecDeque::new(),
+            codec: None,
             _items: PhantomData,
         })
     }
@@ -192,17 +200,24 @@ where
         // An item of a type with a direct codec (a number, a string, bytes,
         // a tuple of them) is encoded straight into the frame: no buffer,
         // and its bytes are copied once, from `item`.
-        if let Some(value) = fast::direct(item) {
-            let b = self.take_credit(value.len()).await?;
+        if let Some(value) = self.codec.get_or_init(fast::Codec::of).direct(item) {
             let empty = Message::Item {
                 channel: self.id,
                 payload: &[],
             };
-            return b
-                .shared
-                .send_item(&Spliced::value(&empty, &value))
-                .await
-                .map_err(session_ended);
+            let msg = Spliced::value(&empty, &value);
+            // Most items find credit and room at once: they are sent with
+            // no wait built for them.
+            let b = match self.try_take_credit(value.len())? {
+                Some(b) => {
+                    if b.shared.try_send_item(&msg).map_err(session_ended)? {
+                        return Ok(());
+                    }
+                    b
+                }
+                None => self.wait_for_credit(value.len()).await?,
+            };
+            return b.shared.send_item(&msg).await.map_err(session_ended);
         }
         let bytes = encode_reflected(item).map_err(|detail| ChannelError::Encode { detail })?;
         self.send_bytes(&bytes).await
@@ -237,6 +252,15 @@ fn item_limits(shared: &Shared) -> (u64, u64) {
     let window = u64::from(shared.peer_settings().initial_credit);
     let largest = shared.max_message().saturating_sub(ITEM_HEADROOM) as u64;
     (window, largest)
+}
+
+/// Taking credit failed with `e`: a peer that broke the credit rules ends
+/// the session.
+fn credit_failed(b: &Bound, e: ChannelError) -> ChannelError {
+    if let ChannelError::PeerBrokeProtocol { rule, detail } = &e {
+        b.shared.fail_violation(rule, detail.clone());
+    }
+    e
 }
 
 /// A send failed because the session ended.
@@ -280,6 +304,16 @@ impl<T> Tx<T> {
     /// Takes credit for an item of `len` encoded bytes, waiting for the
     /// receiver to grant it; refuses an item that can never fit.
     async fn take_credit(&self, len: usize) -> Result<&Bound, ChannelError> {
+        // Most items find credit: take it without building the wait.
+        match self.try_take_credit(len)? {
+            Some(b) => Ok(b),
+            None => self.wait_for_credit(len).await,
+        }
+    }
+
+    /// Takes credit for an item of `len` encoded bytes if there is enough
+    /// now (`None` if not); refuses an item that can never fit.
+    fn try_take_credit(&self, len: usize) -> Result<Option<&Bound>, ChannelError> {
         let b = self.bound()?;
         let len = len as u64;
         if let Some(why) = never_sendable(&b.shared, len) {
@@ -287,19 +321,21 @@ impl<T> Tx<T> {
                 detail: format!("an item of {why}"),
             });
         }
-        // Most items find credit: take it without building the wait.
-        let taken = match b.core.try_take_credit_now(len) {
-            Ok(true) => Ok(()),
-            Ok(false) => b.core.wait_for_credit(len).await,
-            Err(e) => Err(e),
-        };
-        match taken {
+        match b.core.try_take_credit_now(len) {
+            Ok(true) => Ok(Some(b)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(credit_failed(b, e)),
+        }
+    }
+
+    /// Waits for the receiver to grant credit for an item of `len` encoded
+    /// bytes (one [`try_take_credit`](Self::try_take_credit) found short),
+    /// and takes it.
+    async fn wait_for_credit(&self, len: usize) -> Result<&Bound, ChannelError> {
+        let b = self.bound()?;
+        match b.core.wait_for_credit(len as u64).await {
             Ok(()) => Ok(b),
-            Err(ChannelError::PeerBrokeProtocol { rule, detail }) => {
-                b.shared.fail_violation(rule, detail.clone());
-                Err(ChannelError::PeerBrokeProtocol { rule, detail })
-            }
-            Err(e) => Err(e),
+            Err(e) => Err(credit_failed(b, e)),
         }
     }
 
@@ -439,7 +475,13 @@ where
             b.core.use_splitter(super::queued::splitter_for::<T>());
         }
         match self.recv_queued().await? {
-            Ok(item) => Some(item.decode().map_err(|detail| ChannelError::Decode { detail })),
+            Ok(item) => {
+                let codec = self.codec.get_or_insert_with(fast::Codec::of);
+                Some(
+                    item.decode(codec)
+                        .map_err(|detail| ChannelError::Decode { detail }),
+                )
+            }
             Err(e) => Some(Err(e)),
         }
     }

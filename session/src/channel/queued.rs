@@ -99,11 +99,16 @@ impl Queued {
         }
     }
 
-    /// Decodes the item as a `T`, the whole encoding and nothing more.
-    pub(crate) fn decode<T: Facet<'static>>(self) -> Result<T, String> {
+    /// Decodes the item as a `T` (whose direct codec, if any, is `codec`),
+    /// the whole encoding and nothing more.
+    pub(crate) fn decode<T: Facet<'static>>(self, codec: &fast::Codec<T>) -> Result<T, String> {
+        let whole = |bytes: &[u8]| match codec.decode(bytes) {
+            Some(r) => r,
+            None => crate::payload::decode_reflected(bytes),
+        };
         match self {
-            Queued::Inline { len, bytes } => crate::payload::decode_exact(&bytes[..usize::from(len)]),
-            Queued::Whole(b) => crate::payload::decode_exact(&b),
+            Queued::Inline { len, bytes } => whole(&bytes[..usize::from(len)]),
+            Queued::Whole(b) => whole(&b),
             Queued::Split { head, tail } => fast::decode_split_or_join(&head, tail),
         }
     }
@@ -132,7 +137,7 @@ mod tests {
         assert_eq!([head.as_slice(), tail].concat(), enc);
         let at = tail.as_ptr();
         assert_eq!(q.len(), enc.len());
-        let got: Vec<u8> = q.decode().unwrap();
+        let got: Vec<u8> = q.decode(&fast::Codec::of()).unwrap();
         assert_eq!(got, data);
         assert_eq!(got.as_ptr(), at, "moved, not copied");
     }
@@ -149,12 +154,14 @@ mod tests {
             let (head, tail) = q.parts();
             assert!(head.is_empty());
             assert_eq!(tail, enc.as_slice());
-            assert_eq!(q.decode::<String>().unwrap(), text);
+            assert_eq!(q.decode(&fast::Codec::<String>::of()).unwrap(), text);
             assert_eq!(Queued::new(&enc, None).into_bytes(), enc);
         }
         // A short item of the wrong type fails the same way inline.
         let enc = crate::payload::encode_value(&(1u32, 300u32)).unwrap();
-        let e = Queued::new(&enc, None).decode::<u32>().unwrap_err();
+        let e = Queued::new(&enc, None)
+            .decode(&fast::Codec::<u32>::of())
+            .unwrap_err();
         assert!(e.contains("ends after 1"), "{e}");
     }
 
@@ -167,7 +174,11 @@ mod tests {
         odd.push(1);
         let q = Queued::new(&odd, None);
         assert!(matches!(q, Queued::Whole(_)));
-        assert!(q.decode::<Vec<u8>>().unwrap_err().contains("ends after"));
+        assert!(
+            q.decode(&fast::Codec::<Vec<u8>>::of())
+                .unwrap_err()
+                .contains("ends after")
+        );
     }
 
     #[test]
@@ -185,7 +196,7 @@ mod tests {
         };
         let at = tail.as_ptr();
         assert_eq!(q.len(), enc.len());
-        let got: Item = q.decode().unwrap();
+        let got: Item = q.decode(&fast::Codec::of()).unwrap();
         assert_eq!(got, item);
         assert_eq!(got.2.as_ptr(), at, "moved, not copied");
         // The item type decides: a Vec<u16> that looks like a byte string
@@ -206,7 +217,7 @@ mod tests {
         let enc = crate::payload::encode_value(&v).unwrap();
         let q = Queued::new(&enc, None);
         assert!(matches!(q, Queued::Split { .. }));
-        assert_eq!(q.decode::<Vec<u16>>().unwrap(), v);
+        assert_eq!(q.decode(&fast::Codec::<Vec<u16>>::of()).unwrap(), v);
         // Raw bytes come back exactly as they came.
         assert_eq!(Queued::new(&enc, None).into_bytes(), enc);
         let text = "x".repeat(SPLIT_AT_LEAST);
@@ -219,7 +230,7 @@ mod tests {
         *bad.last_mut().unwrap() = 0xff;
         assert!(
             Queued::new(&bad, None)
-                .decode::<String>()
+                .decode(&fast::Codec::<String>::of())
                 .unwrap_err()
                 .contains("UTF-8")
         );

@@ -492,6 +492,7 @@ impl Shared {
         &self.peer
     }
 
+    #[inline]
     fn ended(&self) -> Option<SessionError> {
         // Every send asks: a live session answers without its lock.
         // ORDERING: Acquire pairs with the Release stores after `ended` is
@@ -499,6 +500,11 @@ impl Shared {
         if !self.has_ended.load(Ordering::Acquire) {
             return None;
         }
+        self.ended_reason()
+    }
+
+    #[cold]
+    fn ended_reason(&self) -> Option<SessionError> {
         self.lock().ended.clone()
     }
 

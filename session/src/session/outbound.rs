@@ -154,6 +154,9 @@ impl Shared {
         msg: &(impl Encode + ?Sized),
         committing: Option<&(dyn Fn() + Sync)>,
     ) -> Result<(), SessionError> {
+        // Callers that try [`try_send_item`](Self::try_send_item) first come
+        // here only when it could not send: they pay the checks twice, on
+        // the slow path alone.
         let len = msg.encoded_len();
         self.check_sendable(msg.kind(), len)?;
         let fill = |buf: &mut [u8]| {
@@ -170,6 +173,23 @@ impl Shared {
         match r {
             Ok(()) => Ok(()),
             Err(e) => Err(self.send_failure(e).await),
+        }
+    }
+
+    /// [`send_item`](Self::send_item) if it can be done now without
+    /// waiting: `Ok(true)` once the item is sent or gathered, `Ok(false)` if
+    /// it would have to wait (and an error only where `send_item` would
+    /// fail the same way). Most items of a stream go this way, with no
+    /// future built for them.
+    pub(crate) fn try_send_item(&self, msg: &(impl Encode + ?Sized)) -> Result<bool, SessionError> {
+        let len = msg.encoded_len();
+        self.check_sendable(msg.kind(), len)?;
+        match self.try_send::<true>(len, &|buf: &mut [u8]| {
+            msg.write_to(buf);
+        }) {
+            Ok(sent) => Ok(sent),
+            // `send_item` reports a broken link with the session's reason.
+            Err(_) => Ok(false),
         }
     }
 
