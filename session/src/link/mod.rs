@@ -277,6 +277,13 @@ pub trait RxClaim: Send {
     /// `block_until`: the thread may block until then (`None`: it must not
     /// block at all).
     fn wait(&mut self, block_until: Option<std::time::Instant>) -> WaitHere;
+
+    /// Whether the peer last ran on another CPU than this thread's, so
+    /// that work done here runs beside the peer's instead of in turn with
+    /// it (`false` where the link cannot tell).
+    fn peer_runs_elsewhere(&self) -> bool {
+        false
+    }
 }
 
 /// What [`RxClaim::next`] found.

@@ -181,6 +181,8 @@ pub(super) struct LastChannel {
     owed: u32,
     /// Their bytes.
     owed_bytes: usize,
+    /// Items queued on any channel since this was made.
+    queued: u64,
 }
 
 /// The most items a deferring receiver queues before it wakes their
@@ -198,6 +200,7 @@ impl LastChannel {
             defer: true,
             owed: 0,
             owed_bytes: 0,
+            queued: 0,
         }
     }
 
@@ -273,11 +276,17 @@ impl LastChannel {
     /// Counts `n` items of `bytes` queued, waking their receiver now unless
     /// the wake is deferred and not yet due.
     fn owe(&mut self, n: u32, bytes: usize) {
+        self.queued += u64::from(n);
         self.owed += n;
         self.owed_bytes += bytes;
         if !self.defer || self.owed >= ANNOUNCE_EVERY || self.owed_bytes >= ANNOUNCE_BYTES {
             self.announce();
         }
+    }
+
+    /// How many items were queued on any channel since this was made.
+    pub(super) fn queued(&self) -> u64 {
+        self.queued
     }
 
     /// Wakes the receiver of the items queued and not yet announced.

@@ -229,6 +229,19 @@ impl Shared {
                             self.drain_here(claim, &mut last, started);
                             return Received::settle(look);
                         }
+                        // Items came for a channel whose receiver may not
+                        // have been polled yet (it may even share this
+                        // caller's task, joined with the call): with the
+                        // peer on another CPU, let the executor run it,
+                        // claim held, so it consumes them while the peer
+                        // sends the rest (and, once waiting, takes the
+                        // receive side over as above) instead of finding
+                        // the whole stream queued when the answer comes.
+                        // On the peer's CPU the two would only take turns.
+                        if !drain && last.queued() > 0 && claim.peer_runs_elsewhere() {
+                            last.announce();
+                            return Received::Yield;
+                        }
                         // A peer that keeps sending does not keep this
                         // thread from the rest of its work.
                         frames = frames.wrapping_add(1);

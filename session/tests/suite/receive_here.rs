@@ -37,6 +37,7 @@ impl Side for Impl {
 struct Raw {
     sender: FrameSender,
     receiver: FrameReceiver,
+    liveness: osmos_shm::Liveness,
 }
 
 impl Raw {
@@ -110,10 +111,19 @@ async fn start<T: Send + 'static>(
 ) -> (Connection, std::thread::JoinHandle<T>) {
     let host = Segment::create(&SegmentConfig::default(), 1).unwrap();
     let cell = host.attach_peer().unwrap();
-    let Endpoint { sender, receiver, .. } = cell.endpoint().unwrap();
+    let Endpoint {
+        sender,
+        receiver,
+        liveness,
+        ..
+    } = cell.endpoint().unwrap();
     let peer = std::thread::spawn(move || {
         let _cell = cell;
-        let mut raw = Raw { sender, receiver };
+        let mut raw = Raw {
+            sender,
+            receiver,
+            liveness,
+        };
         raw.hello();
         peer(raw)
     });
@@ -370,4 +380,92 @@ async fn a_caller_that_woke_its_peer_waits_for_the_answer_awake() {
         *rounds.last().expect("a round") < CALLS / 4,
         "the calling thread slept {rounds:?} times in rounds of {CALLS} calls to a sleeping peer"
     );
+}
+
+/// Items that come while a call waits for its answer reach a receiver that
+/// shares the call's task (joined with it) before the answer does, when the
+/// peer runs on another CPU: the waiting caller lets the task's other work
+/// run once it has queued items, so the stream is consumed while the peer
+/// sends it, not found whole in the queue when the answer comes.
+///
+/// Counted over rounds: a round whose frames all reach the driver instead
+/// (another test's threads may hold this CPU when the call goes out) has
+/// the items and the answer handled together either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_joined_with_its_call_gets_items_before_the_answer() {
+    let Some((mine, theirs)) = two_cpus() else {
+        eprintln!("skipped: this needs two CPUs");
+        return;
+    };
+    const ITEMS: u32 = 50;
+    const ROUNDS: usize = 10;
+    pin_this_thread(mine);
+    let (conn, peer) = start(move |mut raw| {
+        pin_this_thread(theirs);
+        // Where this side runs is recorded when it waits; it may not wait
+        // again before the items go (the call may be there already).
+        raw.liveness.where_peer_runs();
+        for _ in 0..ROUNDS {
+            let (request, channel) = loop {
+                let bytes = raw.next().expect("the session's call");
+                if let Message::Call {
+                    request, channels, ..
+                } = wire::decode(&bytes).unwrap()
+                {
+                    break (request, channels[0]);
+                }
+            };
+            for i in 0..ITEMS {
+                raw.send(&Message::Item {
+                    channel,
+                    payload: &wire::encode(&i).unwrap(),
+                });
+            }
+            raw.send(&Message::Close { channel });
+            raw.answer(request, ITEMS);
+        }
+    })
+    .await;
+    let mut early = 0;
+    for _ in 0..ROUNDS {
+        let (tx, mut rx) = conn.channel::<u32>().unwrap();
+        let answered = std::cell::Cell::new(false);
+        let call = async {
+            let r = conn
+                .call::<(osmos_session::Tx<u32>,), u32, String>(
+                    method_id("Peer", "fill"),
+                    &(tx,),
+                    CallOptions::default(),
+                )
+                .await;
+            answered.set(true);
+            r
+        };
+        let receive = async {
+            let (mut first_before_answer, mut got) = (None, Vec::new());
+            while let Some(item) = rx.recv().await {
+                first_before_answer.get_or_insert(!answered.get());
+                got.push(item.unwrap());
+            }
+            (first_before_answer, got)
+        };
+        let (r, (first_before_answer, got)) =
+            bounded("the call and its stream", async { tokio::join!(call, receive) }).await;
+        assert_eq!(r.unwrap(), ITEMS);
+        assert_eq!(got, (0..ITEMS).collect::<Vec<_>>());
+        if first_before_answer == Some(true) {
+            early += 1;
+        }
+    }
+    bounded(
+        "the peer",
+        tokio::task::spawn_blocking(move || peer.join().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        early * 2 > ROUNDS,
+        "the receiver got its first item before the answer in only {early} of {ROUNDS} rounds"
+    );
+    assert!(conn.ended().is_none(), "{:?}", conn.ended());
 }

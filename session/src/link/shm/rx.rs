@@ -630,6 +630,10 @@ impl RxClaim for ShmClaim {
         }
     }
 
+    fn peer_runs_elsewhere(&self) -> bool {
+        self.core.liveness.where_peer_runs() == PeerCpu::Other
+    }
+
     fn wait(&mut self, block_until: Option<Instant>) -> WaitHere {
         if self.core.closed() {
             return WaitHere::Stop;
