@@ -474,7 +474,12 @@ where
         if let Some(b) = &self.bound {
             b.core.use_splitter(super::queued::splitter_for::<T>());
         }
-        match self.recv_queued().await? {
+        // An item taken ahead is handed out without the wait's future.
+        let next = match self.ready_item() {
+            Some(next) => next,
+            None => self.recv_queued().await,
+        };
+        match next? {
             Ok(item) => {
                 let codec = self.codec.get_or_insert_with(fast::Codec::of);
                 Some(
@@ -497,19 +502,12 @@ impl<T> Rx<T> {
     /// The next item as it was queued, granting credit back as items are
     /// consumed.
     async fn recv_queued(&mut self) -> Option<Result<Queued, ChannelError>> {
-        if self.failed {
-            return None;
+        if let Some(next) = self.ready_item() {
+            return next;
         }
-        let b = match &self.bound {
-            Some(b) if !self.done.load(Ordering::Acquire) => b,
-            _ => {
-                self.failed = true;
-                return Some(Err(ChannelError::Unbound));
-            }
+        let Some(b) = &self.bound else {
+            return Some(Err(ChannelError::Unbound));
         };
-        if let Some(item) = self.ready.pop_front() {
-            return Some(Ok(item));
-        }
         match b.shared.channel_item(&b.core, &mut self.ready).await {
             Ok(None) => None,
             Err(e) => {
@@ -530,6 +528,23 @@ impl<T> Rx<T> {
                 Some(Ok(bytes))
             }
         }
+    }
+}
+
+impl<T> Rx<T> {
+    /// What [`recv_queued`](Self::recv_queued) returns without waiting: the
+    /// end after a failure, [`ChannelError::Unbound`] for a handle handed
+    /// over or never bound, or an item taken ahead; `None` when it must
+    /// wait for the channel.
+    fn ready_item(&mut self) -> Option<Option<Result<Queued, ChannelError>>> {
+        if self.failed {
+            return Some(None);
+        }
+        if self.bound.is_none() || self.done.load(Ordering::Acquire) {
+            self.failed = true;
+            return Some(Some(Err(ChannelError::Unbound)));
+        }
+        self.ready.pop_front().map(|item| Some(Ok(item)))
     }
 }
 

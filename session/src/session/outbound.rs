@@ -181,6 +181,7 @@ impl Shared {
     /// it would have to wait (and an error only where `send_item` would
     /// fail the same way). Most items of a stream go this way, with no
     /// future built for them.
+    #[inline]
     pub(crate) fn try_send_item(&self, msg: &(impl Encode + ?Sized)) -> Result<bool, SessionError> {
         let len = msg.encoded_len();
         self.check_sendable(msg.kind(), len)?;
