@@ -149,6 +149,16 @@ async fn start<T: Send + 'static>(
     (conn, peer)
 }
 
+/// What the raw peer's thread returned, once it has (within the bound).
+async fn join<T: Send + 'static>(peer: std::thread::JoinHandle<T>) -> T {
+    bounded(
+        "the peer",
+        tokio::task::spawn_blocking(move || peer.join().unwrap()),
+    )
+    .await
+    .unwrap()
+}
+
 /// `Peer.next(x)` on the raw peer.
 async fn next(conn: &Connection, x: u32, options: CallOptions) -> Result<u32, CallError<String>> {
     conn.call::<(u32,), u32, String>(method_id("Peer", "next"), &(x,), options)
@@ -192,12 +202,7 @@ async fn what_arrives_before_the_answer_is_handled_by_the_waiting_caller() {
     .await;
     let got = bounded("the answer", next(&conn, 41, CallOptions::default())).await;
     assert_eq!(got.unwrap(), 42);
-    let (pong, doubled) = bounded(
-        "the peer",
-        tokio::task::spawn_blocking(move || peer.join().unwrap()),
-    )
-    .await
-    .unwrap();
+    let (pong, doubled) = join(peer).await;
     assert_eq!(pong, Some(99), "the Ping that came before the answer got no Pong");
     assert_eq!(
         doubled,
@@ -228,12 +233,7 @@ async fn a_broken_frame_before_the_answer_ends_the_session_with_its_rule() {
         SessionError::Violation { rule, .. } => assert_eq!(rule, "frame.decodable"),
         e => panic!("expected a violation of frame.decodable, got {e}"),
     }
-    let told = bounded(
-        "the peer",
-        tokio::task::spawn_blocking(move || peer.join().unwrap()),
-    )
-    .await
-    .unwrap();
+    let told = join(peer).await;
     assert_eq!(told.as_deref(), Some("frame.decodable"));
 }
 
@@ -278,12 +278,7 @@ async fn a_caller_that_stops_waiting_leaves_receiving_to_the_driver() {
     assert_eq!(bounded("the peer's call answered", doubled_rx).await.unwrap(), 42);
     let second = bounded("the second call", next(&conn, 1, CallOptions::default())).await;
     assert_eq!(second.unwrap(), 2);
-    let answered = bounded(
-        "the peer",
-        tokio::task::spawn_blocking(move || peer.join().unwrap()),
-    )
-    .await
-    .unwrap();
+    let answered = join(peer).await;
     assert!(answered);
 }
 
@@ -370,12 +365,7 @@ async fn a_caller_that_woke_its_peer_waits_for_the_answer_awake() {
     }
     let got = bounded("the last call", next(&conn, LAST, CallOptions::default())).await;
     assert_eq!(got.unwrap(), 0);
-    bounded(
-        "the peer",
-        tokio::task::spawn_blocking(move || peer.join().unwrap()),
-    )
-    .await
-    .unwrap();
+    join(peer).await;
     assert!(
         *rounds.last().expect("a round") < CALLS / 4,
         "the calling thread slept {rounds:?} times in rounds of {CALLS} calls to a sleeping peer"
@@ -457,12 +447,7 @@ async fn a_receiver_joined_with_its_call_gets_items_before_the_answer() {
             early += 1;
         }
     }
-    bounded(
-        "the peer",
-        tokio::task::spawn_blocking(move || peer.join().unwrap()),
-    )
-    .await
-    .unwrap();
+    join(peer).await;
     assert!(
         early * 2 > ROUNDS,
         "the receiver got its first item before the answer in only {early} of {ROUNDS} rounds"
