@@ -13,7 +13,7 @@
 use facet::Facet;
 
 /// One of the types with a direct codec.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Bool,
     U8,
@@ -95,18 +95,49 @@ const MAX_FIELDS: usize = 8;
 
 /// How a type is encoded directly: one value, or a tuple of them (a
 /// service's argument list) as `(kind, offset)` per element in order.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Plan {
     /// `(kind, 0)`: the value is of the kind's type itself.
     One([(Kind, u16); 1]),
     Tuple([(Kind, u16); MAX_FIELDS], usize),
 }
 
+/// Plans this thread worked out, by the address of their type's shape (a
+/// `'static` value: one address, one shape), in a small direct-mapped
+/// table. A call's arguments and result are planned at every call: a hit
+/// costs a lookup instead of comparing type ids with each kind's.
+const PLAN_CACHE: usize = 16;
+
+thread_local! {
+    static PLANS: [std::cell::Cell<(usize, Option<Plan>)>; PLAN_CACHE] =
+        const { [const { std::cell::Cell::new((0, None)) }; PLAN_CACHE] };
+}
+
+/// How `T` is encoded directly, if it is.
 fn plan<'f, T: Facet<'f>>() -> Option<Plan> {
-    if let Some(k) = kind_of(T::SHAPE) {
+    let shape = T::SHAPE;
+    let key = std::ptr::from_ref(shape) as usize;
+    // Shapes are at least 8-aligned: the low bits say nothing.
+    let at = (key >> 3) % PLAN_CACHE;
+    let planned = PLANS.try_with(|plans| match plans[at].get() {
+        (k, plan) if k == key => Some(plan),
+        _ => None,
+    });
+    if let Ok(Some(plan)) = planned {
+        return plan;
+    }
+    let plan = plan_of(shape);
+    // A thread being torn down plans each time.
+    let _ = PLANS.try_with(|plans| plans[at].set((key, plan)));
+    plan
+}
+
+/// How a value of `shape` is encoded directly, if it is.
+fn plan_of(shape: &facet::Shape) -> Option<Plan> {
+    if let Some(k) = kind_of(shape) {
         return Some(Plan::One([(k, 0)]));
     }
-    let facet::Type::User(facet::UserType::Struct(st)) = T::SHAPE.ty else {
+    let facet::Type::User(facet::UserType::Struct(st)) = shape.ty else {
         return None;
     };
     if st.kind != facet::StructKind::Tuple || st.fields.len() > MAX_FIELDS {

@@ -183,3 +183,40 @@ fn direct_decoding_refuses_what_does_not_fit() {
         }
     }
 }
+
+/// Planning many types in turn, more than the per-thread plan table holds
+/// (so that types share its slots), gives each type its own plan, as
+/// working it out afresh does.
+#[test]
+fn each_type_gets_its_own_plan_from_the_table() {
+    fn check<T: facet::Facet<'static>>() {
+        assert_eq!(
+            super::plan::<T>(),
+            super::plan_of(T::SHAPE),
+            "{}",
+            std::any::type_name::<T>()
+        );
+    }
+    for _ in 0..3 {
+        check::<bool>();
+        check::<u8>();
+        check::<u16>();
+        check::<u32>();
+        check::<u64>();
+        check::<i16>();
+        check::<i32>();
+        check::<i64>();
+        check::<String>();
+        check::<Vec<u8>>();
+        check::<(u32, u32)>();
+        check::<(u8, String)>();
+        check::<(i64,)>();
+        check::<(bool, Vec<u8>, u16)>();
+        check::<(String, String)>();
+        check::<(u64, i32, u8, bool)>();
+        check::<Vec<u32>>();
+        check::<Option<u32>>();
+        check::<(u32, f64)>();
+        check::<std::collections::BTreeMap<String, u32>>();
+    }
+}
