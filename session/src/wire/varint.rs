@@ -16,14 +16,20 @@ pub(crate) const fn varint_len(v: u64) -> usize {
 /// Writes `v` as a varint at the front of `buf` (at least
 /// [`varint_len`]`(v)` bytes) and returns the bytes written.
 pub(crate) fn write_varint(buf: &mut [u8], mut v: u64) -> usize {
-    let mut at = 0;
-    while v >= 0x80 {
-        buf[at] = (v as u8) | 0x80;
-        at += 1;
+    if v < 0x80 {
+        buf[0] = v as u8;
+        return 1;
+    }
+    // One bounds check for the whole number, not one per byte (a method
+    // id takes nine or ten).
+    let n = varint_len(v);
+    let out = &mut buf[..n];
+    for b in &mut out[..n - 1] {
+        *b = (v as u8) | 0x80;
         v >>= 7;
     }
-    buf[at] = v as u8;
-    at + 1
+    out[n - 1] = v as u8;
+    n
 }
 
 /// Why a varint could not be read.
@@ -131,5 +137,29 @@ pub(super) fn read_varint_stepwise(bytes: &[u8], at: &mut usize, bits: u32) -> R
             return Ok(v);
         }
         shift += 7;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{varint_len, write_varint};
+
+    /// Every length of varint is written as postcard writes a `u64`, and
+    /// takes `varint_len` bytes: zero, each power of two and its
+    /// neighbours, and the largest number.
+    #[test]
+    fn written_varints_are_postcards() {
+        let mut values = vec![0u64, 1, u64::MAX];
+        for shift in 0..64 {
+            let p = 1u64 << shift;
+            values.extend([p - 1, p, p + 1, p | (p >> 1)]);
+        }
+        for v in values {
+            let mut buf = [0xeeu8; 12];
+            let n = write_varint(&mut buf, v);
+            assert_eq!(n, varint_len(v), "{v}");
+            assert_eq!(&buf[..n], facet_postcard::to_vec(&v).unwrap(), "{v}");
+            assert!(buf[n..].iter().all(|&b| b == 0xee), "{v}: wrote past its end");
+        }
     }
 }
