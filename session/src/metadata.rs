@@ -20,7 +20,7 @@
 //! `response.metadata-bounded`, which ends the session.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::wire::{MetaEntry, MetaValue, Metadata};
 
@@ -111,22 +111,55 @@ impl std::error::Error for MetadataError {}
 
 /// One call's response metadata on the serving side: open (`Some`) until
 /// the answer takes it. Shared by every copy of the call's context.
+///
+/// Most handlers never look at their context, so the shared slot is made
+/// only when it is first needed: when an entry is set, or when the
+/// context is copied (the copies must share it). A call answered before
+/// that costs no allocation for it.
+#[derive(Debug, Default)]
+pub(crate) struct Answering(OnceLock<Slot>);
+
+/// [`Answering`]'s state once decided.
 #[derive(Clone, Debug)]
-pub(crate) struct Answering(Arc<Mutex<Option<Metadata>>>);
+enum Slot {
+    /// Answered before anything needed the shared slot: nothing more can
+    /// be set.
+    Answered,
+    /// The shared slot.
+    Shared(Arc<Mutex<Option<Metadata>>>),
+}
+
+impl Clone for Answering {
+    fn clone(&self) -> Self {
+        Answering(OnceLock::from(self.slot().clone()))
+    }
+}
 
 impl Answering {
     /// Open, with no entries.
     pub(crate) fn open() -> Self {
-        Answering(Arc::new(Mutex::new(Some(Metadata::new()))))
+        Answering::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Metadata>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    /// The slot, made open and empty if nothing decided it yet.
+    fn slot(&self) -> &Slot {
+        self.0
+            .get_or_init(|| Slot::Shared(Arc::new(Mutex::new(Some(Metadata::new())))))
+    }
+
+    /// The shared slot's entries (`None`: answered).
+    fn lock(&self) -> Option<MutexGuard<'_, Option<Metadata>>> {
+        match self.slot() {
+            Slot::Answered => None,
+            Slot::Shared(s) => Some(s.lock().unwrap_or_else(|p| p.into_inner())),
+        }
     }
 
     /// Sets entry `key` (replacing one of the same key), within the bounds.
     pub(crate) fn set(&self, key: String, value: MetaValue) -> Result<(), MetadataError> {
-        let mut slot = self.lock();
+        let Some(mut slot) = self.lock() else {
+            return Err(MetadataError::Answered);
+        };
         let Some(entries) = slot.as_mut() else {
             return Err(MetadataError::Answered);
         };
@@ -143,14 +176,20 @@ impl Answering {
     /// Replaces every entry with `metadata`, as received from the next hop
     /// (and checked there): a forwarder's relay.
     pub(crate) fn relay(&self, metadata: Metadata) {
-        if let Some(entries) = self.lock().as_mut() {
+        if let Some(mut slot) = self.lock()
+            && let Some(entries) = slot.as_mut()
+        {
             *entries = metadata;
         }
     }
 
     /// The entries, for the answer; later sets are refused.
     pub(crate) fn take(&self) -> Metadata {
-        self.lock().take().unwrap_or_default()
+        if self.0.set(Slot::Answered).is_ok() {
+            // Nothing needed the slot: no entries, and none can come.
+            return Metadata::new();
+        }
+        self.lock().and_then(|mut s| s.take()).unwrap_or_default()
     }
 }
 
@@ -213,5 +252,44 @@ impl ResponseMetadata {
     /// Fills the slot (the call's response arrived).
     pub(crate) fn fill(&self, metadata: Metadata) {
         *self.lock() = Some(metadata);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> MetaValue {
+        MetaValue::Str(s.to_string())
+    }
+
+    /// Copies share the slot, made when the first copy is taken; an
+    /// answer takes what any copy set, and nothing is set after it,
+    /// whether or not the slot was ever made.
+    #[test]
+    fn the_slot_is_made_when_needed_and_closed_by_the_answer() {
+        let untouched = Answering::open();
+        assert!(untouched.0.get().is_none(), "made before it was needed");
+        assert!(untouched.take().is_empty());
+        assert!(
+            matches!(untouched.0.get(), Some(Slot::Answered)),
+            "the answer made the slot"
+        );
+        assert!(matches!(
+            untouched.set("late".into(), text("x")),
+            Err(MetadataError::Answered)
+        ));
+        assert!(untouched.clone().set("late".into(), text("x")).is_err());
+
+        let original = Answering::open();
+        let copy = original.clone();
+        copy.set("k".into(), text("v")).unwrap();
+        let answered = original.take();
+        assert_eq!(answered.len(), 1);
+        assert_eq!(answered[0].key, "k");
+        assert!(matches!(
+            copy.set("k2".into(), text("v")),
+            Err(MetadataError::Answered)
+        ));
     }
 }

@@ -117,21 +117,23 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
             let deadline =
                 std::time::Instant::now().checked_add(std::time::Duration::from_micros(deadline_us));
             let deadline = deadline.filter(|_| deadline_us > 0);
-            let answering = Answering::open();
+            // The context's response-metadata slot is made only if the
+            // handler needs it; its answer takes the entries from the
+            // context polled (copies share the slot).
             let mut ctx = Some(CallContext {
                 conn: Connection::unguarded(shared.clone(), conn),
                 method,
                 metadata: metadata.clone(),
                 deadline,
                 caller,
-                answer: answering.clone(),
+                answer: Answering::open(),
             });
             // Most handlers answer without waiting: poll once here, and such a
             // call costs no task at all. A handler that waits moves to its
             // own task, where a Cancel can abort it, and so can its deadline.
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             match catch_poll(&mut handler, &mut ctx, &mut cx) {
-                Poll::Ready(reply) => answer(shared, conn, request, reply, answering.take()),
+                Poll::Ready(reply) => answer(shared, conn, request, reply, answered_metadata(&ctx)),
                 Poll::Pending => {
                     let sh = shared.clone();
                     // The entry goes in before the task can finish (it takes
@@ -150,7 +152,7 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
                         };
                         // Done (or cancelled): what it held goes before the answer.
                         drop(handler);
-                        let metadata = answering.take();
+                        let metadata = answered_metadata(&ctx);
                         // Still counted while the response waits for room:
                         // a peer that does not read runs into request.limit.
                         let live = sh.lock().serving.contains_key(&(conn, request));
@@ -170,6 +172,12 @@ pub(super) fn on_call(shared: &Arc<Shared>, call: IncomingCall<'_>) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The response metadata a handler's context collected, for its answer
+/// (later sets are refused).
+fn answered_metadata(ctx: &Option<CallContext>) -> Metadata {
+    ctx.as_ref().map_or_else(Metadata::new, |c| c.answer.take())
 }
 
 /// Answers the built-in describe call: the services served on `conn`.
