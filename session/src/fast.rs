@@ -105,7 +105,11 @@ enum Plan {
 /// Plans this thread worked out, by the address of their type's shape (a
 /// `'static` value: one address, one shape), in a small direct-mapped
 /// table. A call's arguments and result are planned at every call: a hit
-/// costs a lookup instead of comparing type ids with each kind's.
+/// costs a lookup instead of comparing type ids with each kind's. The
+/// unsafe placing and reading that a plan drives rely on it being `T`'s:
+/// a shape holds its type's id, so two types never share one (even
+/// constants merged by the compiler would have to be equal), and the
+/// cached plan is the one `plan_of` works out from that very shape.
 const PLAN_CACHE: usize = 16;
 
 thread_local! {

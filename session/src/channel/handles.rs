@@ -477,7 +477,7 @@ where
         // An item taken ahead is handed out without the wait's future.
         let next = match self.ready_item() {
             Some(next) => next,
-            None => self.recv_queued().await,
+            None => self.wait_item().await,
         };
         match next? {
             Ok(item) => {
@@ -502,9 +502,16 @@ impl<T> Rx<T> {
     /// The next item as it was queued, granting credit back as items are
     /// consumed.
     async fn recv_queued(&mut self) -> Option<Result<Queued, ChannelError>> {
-        if let Some(next) = self.ready_item() {
-            return next;
+        match self.ready_item() {
+            Some(next) => next,
+            None => self.wait_item().await,
         }
+    }
+
+    /// The next item once the channel has one (what
+    /// [`ready_item`](Self::ready_item) found missing), granting credit
+    /// back as items are consumed.
+    async fn wait_item(&mut self) -> Option<Result<Queued, ChannelError>> {
         let Some(b) = &self.bound else {
             return Some(Err(ChannelError::Unbound));
         };
@@ -529,9 +536,7 @@ impl<T> Rx<T> {
             }
         }
     }
-}
 
-impl<T> Rx<T> {
     /// What [`recv_queued`](Self::recv_queued) returns without waiting: the
     /// end after a failure, [`ChannelError::Unbound`] for a handle handed
     /// over or never bound, or an item taken ahead; `None` when it must

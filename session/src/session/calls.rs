@@ -239,21 +239,19 @@ where
             Outcome::Ok(bytes) => {
                 // A value with a direct codec holds no channel handles: it
                 // needs no binding context.
-                let r = match tail {
-                    None => match crate::fast::decode::<T>(bytes) {
-                        Some(r) => r,
-                        // No direct codec: the value may hold channel
-                        // handles, which bind while it decodes.
-                        None => {
-                            channel::with_decode_context(shared, channels, || {
-                                crate::payload::decode_reflected::<T>(bytes)
-                            })
-                            .0
-                        }
-                    },
-                    Some(tail) => {
-                        channel::with_decode_context(shared, channels, || {
-                            crate::fast::decode_split_or_join::<T>(bytes, tail)
+                let direct = if tail.is_none() {
+                    crate::fast::decode::<T>(bytes)
+                } else {
+                    None
+                };
+                let r = match direct {
+                    Some(r) => r,
+                    // Anything else may hold channel handles, which bind
+                    // while it decodes.
+                    None => {
+                        channel::with_decode_context(shared, channels, || match tail {
+                            None => crate::payload::decode_reflected::<T>(bytes),
+                            Some(tail) => crate::fast::decode_split_or_join::<T>(bytes, tail),
                         })
                         .0
                     }

@@ -196,6 +196,7 @@ impl Sender {
         self.try_send_now(len, fill).map(Gathered::sent_or_wait)
     }
 
+    #[inline]
     fn append(&mut self, len: usize, fill: Fill<'_>) {
         let mut prefix = [0u8; 10];
         let n = write_varint(&mut prefix, len as u64);

@@ -238,8 +238,8 @@ impl Shared {
                         // receive side over as above) instead of finding
                         // the whole stream queued when the answer comes.
                         // On the peer's CPU the two would only take turns.
+                        // (`last` announces the items when it goes.)
                         if !drain && last.queued() > 0 && claim.peer_runs_elsewhere() {
-                            last.announce();
                             return Received::Yield;
                         }
                         // A peer that keeps sending does not keep this
