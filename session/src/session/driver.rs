@@ -236,6 +236,12 @@ pub(super) async fn fail_with_violation(shared: &Arc<Shared>, v: Violation) {
     shared.end(why);
 }
 
+/// The violation for a frame or message that does not decode: `detail`
+/// says what the decoder found.
+fn undecodable(detail: impl std::fmt::Display) -> Violation {
+    violation(Rule::FrameDecodable.name(), detail.to_string())
+}
+
 /// Handles one incoming frame (`frame ++ tail`). Errors are protocol
 /// violations.
 fn handle_frame(
@@ -270,11 +276,10 @@ fn handle_message(
     // A stream's items, most of the frames, go to their channel without a
     // `Message` built for them.
     if let Some(item) = wire::codec::decode_item(frame, tail_len) {
-        let (channel, payload) = item.map_err(|e| violation(Rule::FrameDecodable.name(), e.to_string()))?;
+        let (channel, payload) = item.map_err(undecodable)?;
         return last.item(shared, channel, payload, tail);
     }
-    let msg = wire::codec::decode_parts(frame, tail_len)
-        .map_err(|e| violation(Rule::FrameDecodable.name(), e.to_string()))?;
+    let msg = wire::codec::decode_parts(frame, tail_len).map_err(undecodable)?;
     match msg {
         Message::Hello { .. } | Message::HelloYourself { .. } => Err(violation(
             Rule::HandshakeOnce.name(),
@@ -387,7 +392,7 @@ fn handle_message(
                 // checked: only the item's own envelope is left to check.
                 let mut run = ItemRun::new();
                 while let Some(m) = wire::codec::next_in_batch(messages, &mut at) {
-                    let m = m.map_err(|e| violation(Rule::FrameDecodable.name(), e))?;
+                    let m = m.map_err(undecodable)?;
                     handled += 1;
                     if let Some(item) = wire::codec::decode_item(m, 0) {
                         let (channel, payload) = match item {
@@ -395,7 +400,7 @@ fn handle_message(
                             Err(e) => {
                                 // The items before it first, as one by one.
                                 run.flush(shared, last)?;
-                                return Err(violation(Rule::FrameDecodable.name(), e.to_string()));
+                                return Err(undecodable(e));
                             }
                         };
                         run.push(shared, last, channel, payload)?;
