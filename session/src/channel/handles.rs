@@ -555,6 +555,11 @@ impl<T> Rx<T> {
 
 impl<T> Drop for Rx<T> {
     fn drop(&mut self) {
+        // A receiver may have lent the receive side (see `RxClaim::lend`);
+        // nobody will take it back for it now.
+        if let Some(b) = &self.bound {
+            b.shared.end_lend();
+        }
         if let Some(b) = &self.bound
             && !self.done.swap(true, Ordering::AcqRel)
         {

@@ -680,6 +680,12 @@ impl ChannelCore {
         }
     }
 
+    /// Whether items wait in the queue (taken by the next
+    /// [`try_next_item`](Self::try_next_item)).
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.lock().queue.is_empty()
+    }
+
     /// The next queued item, the end of the channel, or `None` if the
     /// receiver has to wait (see [`next_item`](Self::next_item)).
     ///

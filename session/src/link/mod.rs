@@ -259,9 +259,15 @@ pub trait LinkRx: Send + 'static {
 /// stay in order: one receiver at a time, and each frame is handled before
 /// the next is taken.
 pub trait DirectRx: Send + Sync {
-    /// The receive side, if nobody is receiving now; holding the claim keeps
-    /// everyone else from receiving until it is dropped.
+    /// The receive side, if nobody is receiving now (or it was lent back,
+    /// see [`RxClaim::lend`]); holding the claim keeps everyone else from
+    /// receiving until it is dropped.
     fn claim(&self) -> Option<Box<dyn RxClaim>>;
+
+    /// Lets a lent receive side go, if one is lent (see
+    /// [`RxClaim::lend`]): the receiving task receives again. For a holder
+    /// that lent it and will not claim again (its stream ended).
+    fn end_lend(&self) {}
 }
 
 /// A held claim on a link's receive side (see [`DirectRx`]).
@@ -284,6 +290,14 @@ pub trait RxClaim: Send {
     fn peer_runs_elsewhere(&self) -> bool {
         false
     }
+
+    /// Lets the claim go for a holder about to claim again (a stream's
+    /// receiver with items left to hand out): the receive side stays held,
+    /// so the peer's next frames wait in the link instead of waking the
+    /// receiving task, but whoever claims next gets it, and the receiving
+    /// task takes it back when nobody has claimed it for a while. Where the
+    /// link cannot lend, the claim is simply dropped.
+    fn lend(self: Box<Self>) {}
 }
 
 /// What [`RxClaim::next`] found.

@@ -186,6 +186,14 @@ impl Shared {
         .await
     }
 
+    /// Lets a lent receive side go (see `RxClaim::lend`): a stream's
+    /// receiver that lent it will not claim it again.
+    pub(crate) fn end_lend(&self) {
+        if let Some(direct) = &self.direct {
+            direct.end_lend();
+        }
+    }
+
     /// Ends the session for a frame a caller found breaking a rule, the
     /// way the driver would (in a task: the caller cannot wait for it).
     fn fail_soon(self: &Arc<Self>, v: crate::error::Violation) {
@@ -337,6 +345,10 @@ impl Shared {
         let mut claim = None;
         loop {
             if let Some(r) = core.try_next_item(Some(ahead)) {
+                if !matches!(r, Ok(Some(_))) {
+                    // The stream ended: this receiver will not claim again.
+                    self.end_lend();
+                }
                 return r;
             }
             if claim.is_none() {
@@ -359,7 +371,27 @@ impl Shared {
                 block_until,
                 true,
             ) {
-                Received::Answer(r) => return r,
+                Received::Answer(r) => {
+                    // With items left to hand out, this receiver claims
+                    // again soon: lend the receive side (see
+                    // `RxClaim::lend`), so that the peer's next frames
+                    // wake nobody meanwhile. Only with the peer on another
+                    // CPU: on this one it cannot send while this thread
+                    // runs, and lending measured slower there (a stream
+                    // fed by a call in a task of its own, pinned).
+                    let more = matches!(r, Ok(Some(_)));
+                    if let Some(c) = claim.take()
+                        && more
+                        && c.peer_runs_elsewhere()
+                        && (!ahead.is_empty() || core.has_queued())
+                    {
+                        c.lend();
+                    }
+                    if !more {
+                        self.end_lend();
+                    }
+                    return r;
+                }
                 Received::LetGo => {
                     drop(claim.take());
                     return core.next_item(Some(ahead)).await;

@@ -16,6 +16,7 @@ mod response_metadata;
 mod schema;
 mod service_attribute;
 mod shm_cross_process;
+mod shm_lends;
 mod shm_wakes;
 mod stable_failures;
 mod stable_session;

@@ -282,6 +282,20 @@ async fn a_caller_that_stops_waiting_leaves_receiving_to_the_driver() {
     assert!(answered);
 }
 
+/// The session's next call that passes a channel: its request id and the
+/// first channel.
+fn expect_stream_call(raw: &mut Raw) -> (u64, u64) {
+    loop {
+        let bytes = raw.next().expect("the session's call");
+        if let Message::Call {
+            request, channels, ..
+        } = wire::decode(&bytes).unwrap()
+        {
+            return (request, channels[0]);
+        }
+    }
+}
+
 /// The first two CPUs this thread may run on, if it may run on two.
 fn two_cpus() -> Option<(usize, usize)> {
     // SAFETY: an all-zero cpu_set_t is a valid empty set, and the call gets
@@ -396,15 +410,7 @@ async fn a_receiver_joined_with_its_call_gets_items_before_the_answer() {
         // again before the items go (the call may be there already).
         raw.liveness.where_peer_runs();
         for _ in 0..ROUNDS {
-            let (request, channel) = loop {
-                let bytes = raw.next().expect("the session's call");
-                if let Message::Call {
-                    request, channels, ..
-                } = wire::decode(&bytes).unwrap()
-                {
-                    break (request, channels[0]);
-                }
-            };
+            let (request, channel) = expect_stream_call(&mut raw);
             for i in 0..ITEMS {
                 raw.send(&Message::Item {
                     channel,
@@ -452,5 +458,78 @@ async fn a_receiver_joined_with_its_call_gets_items_before_the_answer() {
         early * 2 > ROUNDS,
         "the receiver got its first item before the answer in only {early} of {ROUNDS} rounds"
     );
+    assert!(conn.ended().is_none(), "{:?}", conn.ended());
+}
+
+/// A stream's receiver that stops receiving with items left (it may have
+/// lent the receive side, see `RxClaim::lend`) holds up no one: a call of
+/// its task gets its answer, the peer's own call is served while nobody
+/// receives, and the items, the rest of them included, all arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_stops_with_items_left_holds_up_no_one() {
+    const ITEMS: u32 = 300;
+    let (served_tx, served_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (conn, peer) = start(move |mut raw| {
+        let (request, channel) = expect_stream_call(&mut raw);
+        raw.answer(request, ITEMS);
+        // The items come once the receiver waits for them (it then takes
+        // them itself, and lends the receive side with items left).
+        go_rx.recv().unwrap();
+        for i in 0..ITEMS {
+            raw.send(&Message::Item {
+                channel,
+                payload: &wire::encode(&i).unwrap(),
+            });
+        }
+        // The receiver's task calls while it holds items back.
+        let (request, x) = expect_call(&mut raw);
+        raw.answer(request, x + 1);
+        // Our own call, which only whoever receives can serve.
+        raw.call_double(7, 21);
+        let mut served_tx = Some(served_tx);
+        while let Some(bytes) = raw.next() {
+            if let Message::Response {
+                request: 7,
+                outcome: Outcome::Ok(p),
+                ..
+            } = wire::decode(&bytes).unwrap()
+            {
+                if let Some(tx) = served_tx.take() {
+                    let _ = tx.send(facet_postcard::from_slice::<u32>(p).unwrap());
+                }
+                break;
+            }
+        }
+        raw.send(&Message::Close { channel });
+    })
+    .await;
+    let (tx, mut rx) = conn.channel::<u32>().unwrap();
+    let args = (tx,);
+    let filled = conn.call::<(osmos_session::Tx<u32>,), u32, String>(
+        method_id("Peer", "fill"),
+        &args,
+        CallOptions::default(),
+    );
+    assert_eq!(bounded("the stream's call", filled).await.unwrap(), ITEMS);
+    go_tx.send(()).unwrap();
+    let mut got = vec![bounded("the first item", rx.recv()).await.unwrap().unwrap()];
+    let answered = bounded(
+        "a call while the receiver holds items back",
+        next(&conn, 5, CallOptions::default()),
+    )
+    .await;
+    assert_eq!(answered.unwrap(), 6);
+    assert_eq!(
+        bounded("the peer's call served while nobody receives", served_rx)
+            .await
+            .unwrap(),
+        42
+    );
+    while let Some(item) = bounded("the rest of the stream", rx.recv()).await {
+        got.push(item.unwrap());
+    }
+    assert_eq!(got, (0..ITEMS).collect::<Vec<_>>());
+    join(peer).await;
     assert!(conn.ended().is_none(), "{:?}", conn.ended());
 }

@@ -89,7 +89,7 @@ async fn wake_rounds(rounds: u32, mut after: impl FnMut(&Segment)) {
 }
 
 /// Counts the wakes of a hand-polled future.
-struct CountWakes(std::sync::atomic::AtomicUsize);
+pub(crate) struct CountWakes(pub(crate) std::sync::atomic::AtomicUsize);
 
 impl std::task::Wake for CountWakes {
     fn wake(self: std::sync::Arc<Self>) {
@@ -103,7 +103,7 @@ impl std::task::Wake for CountWakes {
 
 /// A peer's raw sending end, and this side's link split, with the receive
 /// side that callers claim.
-fn claimable() -> (
+pub(crate) fn claimable() -> (
     osmos_shm::Endpoint,
     osmos_session::link::shm::ShmTx,
     osmos_session::link::shm::ShmRx,

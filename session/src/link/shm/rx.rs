@@ -23,6 +23,19 @@
 //! mark, the driver marks itself and then tries the lock; one of them sees
 //! the other).
 //!
+//! A stream's receiver that has taken a batch of items, its peer running
+//! on another CPU, lends the receive side back instead of letting it go
+//! ([`RxClaim::lend`]): it will want it again once its user has taken
+//! those items, and a hand-back in between would put the driver's mark
+//! back, so that the peer's next frame woke the driver (a thread wake, on
+//! the peer's CPU as often as not, where it takes that CPU from the
+//! producer) only to find the receiver claiming again. A lent lock stays
+//! held, with the mark off; whoever claims next gets it. The driver, woken
+//! once when lending begins, watches the lends with a timer
+//! ([`LEND_CHECK`]) and takes the lock back when no new lend came for a
+//! whole period (a receiver whose user stopped receiving): frames for
+//! anyone else wait a few milliseconds at most.
+//!
 //! Yielding is what makes one CPU fast: a peer that shares this side's CPU
 //! and was just woken (or has not gone to sleep yet) is queued behind this
 //! thread, and giving the CPU up runs it at once. Its answer, written while
@@ -62,6 +75,9 @@ const CALLER_YIELDS: u32 = 2;
 /// How many times the driver gives its CPU to a peer on the same CPU before
 /// it parks.
 const DRIVER_YIELDS: u32 = 2;
+/// How often a driver behind a lent receive side looks whether the lends
+/// go on (see the module doc).
+const LEND_CHECK: Duration = Duration::from_millis(1);
 /// How many ring checks a caller's spin makes in one poll (a few
 /// microseconds) before letting its executor run other work.
 const SPIN_CHUNK: u32 = 16 * RECV_CHECKS;
@@ -250,6 +266,22 @@ impl RxInner {
     }
 }
 
+/// The receive lock as a claim lent it back (see the module doc).
+#[derive(Default)]
+struct Lent {
+    /// The lent lock, until someone claims it or the driver takes it back.
+    guard: Option<OwnedTryGuard<RxInner>>,
+    /// Lends so far: a lend that no new one followed for a whole
+    /// [`LEND_CHECK`] is taken back.
+    lends: u64,
+    /// The driver watches the lends; otherwise a lend wakes it so that it
+    /// does.
+    watched: bool,
+    /// `lends` when the driver last stopped watching with nothing lent: no
+    /// lend since, no watch needed.
+    idle_at: u64,
+}
+
 /// What the driver and the claims share.
 struct Core {
     inner: Arc<TryLock<RxInner>>,
@@ -260,8 +292,11 @@ struct Core {
     /// when it parks, without it when it finds the lock claimed; cleared by
     /// the driver under the lock.
     driver_parked: AtomicBool,
-    /// A permit for the driver: a hand-back found a frame waiting.
+    /// A permit for the driver: a hand-back found a frame waiting, or a
+    /// lend began that nobody watches.
     handed_back: Notify,
+    /// The receive lock lent back by a claim.
+    lent: std::sync::Mutex<Lent>,
     /// The driver's half is gone: nobody receives any more.
     closed: AtomicBool,
     readable: BellWatcher,
@@ -311,6 +346,65 @@ impl Core {
             biased;
             _ = handed_back => Ok(0),
             slept = self.waiters.sleep(passed_on) => Ok(u32::from(slept?)),
+            () = self.watch_lends() => Ok(0),
+        }
+    }
+
+    fn lent(&self) -> std::sync::MutexGuard<'_, Lent> {
+        // A panic while holding this lock leaves a guard and counters
+        // behind; keep going.
+        self.lent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watches the lends while a claim lends the receive lock (a stream's
+    /// receiver claiming batch after batch): returns once it took back a
+    /// lock that no new lend followed for a whole [`LEND_CHECK`] (and let
+    /// it go: the driver's loop takes it). Without a lend since the last
+    /// watch, or once a whole period passed with the lock claimed and no
+    /// lend, it never returns: the claim hands the ring back when it ends,
+    /// and a lend it makes next wakes the driver, which then watches again.
+    async fn watch_lends(&self) {
+        /// Stops the watch, however the driver's sleep ends. With nothing
+        /// lent, the next watch waits for a new lend.
+        struct Watching<'a>(&'a Core);
+        impl Drop for Watching<'_> {
+            fn drop(&mut self) {
+                let mut l = self.0.lent();
+                l.watched = false;
+                if l.guard.is_none() {
+                    l.idle_at = l.lends;
+                }
+            }
+        }
+        let watch = {
+            let mut l = self.lent();
+            l.watched = l.guard.is_some() || l.lends != l.idle_at;
+            l.watched.then_some(l.lends)
+        };
+        let Some(mut seen) = watch else {
+            return std::future::pending().await;
+        };
+        let _watching = Watching(self);
+        loop {
+            tokio::time::sleep(LEND_CHECK).await;
+            let stale = {
+                let mut l = self.lent();
+                if l.lends != seen {
+                    seen = l.lends;
+                    continue;
+                }
+                l.watched = false;
+                l.idle_at = l.lends;
+                l.guard.take()
+            };
+            match stale {
+                Some(g) => {
+                    drop(g);
+                    return;
+                }
+                // Claimed and not lent again for a whole period.
+                None => return std::future::pending().await,
+            }
         }
     }
 
@@ -395,6 +489,7 @@ impl ShmRx {
                 })),
                 driver_parked: AtomicBool::new(false),
                 handed_back: Notify::new(),
+                lent: std::sync::Mutex::new(Lent::default()),
                 closed: AtomicBool::new(false),
                 readable,
                 sent_to,
@@ -567,22 +662,26 @@ impl DirectRx for ShmDirect {
         if core.closed() {
             return None;
         }
-        let g = core.inner.clone().try_lock_owned()?;
+        // A held lock may be lent (only then is the lent one looked at).
+        let g = match core.inner.clone().try_lock_owned() {
+            Some(g) => g,
+            None => core.lent().guard.take()?,
+        };
         if core.driver_parked() {
             // The peer's rings wake this claim's thread (if it blocks),
             // not the driver's, while the claim holds the lock.
             core.readable.disarm_reactor();
         }
-        Some(Box::new(ShmClaim {
-            g: Some(g),
-            core: core.clone(),
-            spin_until: None,
-            spun: false,
-            woke_spun: false,
-            yielded: false,
-            blocked: false,
-            error: None,
-        }))
+        Some(Box::new(ShmClaim::new(g, core.clone())))
+    }
+
+    fn end_lend(&self) {
+        let core = &self.0;
+        let Some(g) = core.lent().guard.take() else {
+            return;
+        };
+        // Let go the way a claim does, handing the ring back.
+        drop(ShmClaim::new(g, core.clone()));
     }
 }
 
@@ -603,6 +702,22 @@ struct ShmClaim {
     blocked: bool,
     /// An error found while waiting, reported by the next `next`.
     error: Option<LinkError>,
+}
+
+impl ShmClaim {
+    /// A fresh claim on the held lock `g` (each way of waiting tried anew).
+    fn new(g: OwnedTryGuard<RxInner>, core: Arc<Core>) -> Self {
+        ShmClaim {
+            g: Some(g),
+            core,
+            spin_until: None,
+            spun: false,
+            woke_spun: false,
+            yielded: false,
+            blocked: false,
+            error: None,
+        }
+    }
 }
 
 impl RxClaim for ShmClaim {
@@ -632,6 +747,26 @@ impl RxClaim for ShmClaim {
 
     fn peer_runs_elsewhere(&self) -> bool {
         self.core.liveness.where_peer_runs() == PeerCpu::Other
+    }
+
+    fn lend(mut self: Box<Self>) {
+        // An error waiting to be reported goes to whoever receives next
+        // through an ordinary hand-back.
+        if self.error.is_some() || self.core.closed() {
+            return;
+        }
+        let Some(g) = self.g.take() else { return };
+        let wake = {
+            let mut l = self.core.lent();
+            l.guard = Some(g);
+            l.lends = l.lends.wrapping_add(1);
+            !l.watched
+        };
+        // The driver may sleep with nobody to hand the ring back to it:
+        // it takes up watching (a permit if it is not asleep yet).
+        if wake {
+            self.core.handed_back.notify_one();
+        }
     }
 
     fn wait(&mut self, block_until: Option<Instant>) -> WaitHere {

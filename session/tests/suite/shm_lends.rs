@@ -1,0 +1,117 @@
+//! The shm link's lent receive side (`RxClaim::lend`): a stream's receiver
+//! that lends the receive lock between batches keeps the driver's mark off
+//! (the peer's frames wake nobody), yet whoever claims next gets the lock,
+//! a lend nobody takes back returns to the driver, and ending a lend hands
+//! the ring back at once.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use osmos_session::link::LinkRx;
+
+use super::shm_wakes::{CountWakes, claimable};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+/// A lent receive side goes to whoever claims next, and its frames with
+/// it: the peer's frame written while it was lent is the claimant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lent_receive_side_goes_to_whoever_claims_next() {
+    let (mut peer, _tx, _rx, direct) = claimable();
+    let claim = direct.claim().expect("nobody receives yet");
+    assert!(
+        direct.claim().is_none(),
+        "a second claim was granted while the first held the receive side"
+    );
+    claim.lend();
+    let bell = peer.sender.producer().readable_watcher();
+    assert!(
+        !bell.someone_parked(),
+        "a lend put a mark on the bell: the peer's frames would wake a receiver"
+    );
+    peer.sender
+        .send(b"while lent", Some(Instant::now() + BOUND))
+        .unwrap();
+    let mut next = direct
+        .claim()
+        .expect("the lent receive side was refused to the next claim");
+    match next.next() {
+        osmos_session::link::Here::Frame(frame, _) => assert_eq!(frame, b"while lent"),
+        other => panic!("the claim that took the lent side found {other:?}"),
+    }
+    assert!(direct.claim().is_none(), "the lent side went to two claims");
+}
+
+/// A lend that nobody takes back returns to the driver: the driver, asleep
+/// behind the claim before it was lent (so only the lend can tell it to
+/// watch), takes the lock back and receives the frame the peer wrote
+/// meanwhile, although nothing rang for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lend_nobody_takes_back_returns_to_the_driver() {
+    let (mut peer, _tx, mut rx, direct) = claimable();
+    let claim = direct.claim().expect("nobody receives yet");
+    let recv = rx.recv();
+    tokio::pin!(recv);
+    let woken = Arc::new(CountWakes(Default::default()));
+    let waker = Waker::from(woken.clone());
+    assert!(
+        recv.as_mut().poll(&mut Context::from_waker(&waker)).is_pending(),
+        "the driver received while a claim held the receive side"
+    );
+    claim.lend();
+    peer.sender
+        .send(b"nobody came back", Some(Instant::now() + BOUND))
+        .unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(10), recv)
+        .await
+        .expect("a lend nobody took back kept the driver from the peer's frame")
+        .expect("the link works")
+        .expect("the link is open");
+    assert_eq!(&*frame, b"nobody came back");
+}
+
+/// Ending a lend hands the ring back as a claim let go does: with a frame
+/// waiting, the driver behind it is woken then and there (not when it next
+/// looks at the lends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_lend_wakes_the_driver_for_a_waiting_frame_at_once() {
+    let (mut peer, _tx, mut rx, direct) = claimable();
+    direct.claim().expect("nobody receives yet").lend();
+    let recv = rx.recv();
+    tokio::pin!(recv);
+    let woken = Arc::new(CountWakes(Default::default()));
+    let waker = Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
+    assert!(
+        recv.as_mut().poll(&mut cx).is_pending(),
+        "the driver received while the receive side was lent"
+    );
+    peer.sender
+        .send(b"handed back", Some(Instant::now() + BOUND))
+        .unwrap();
+    let before = woken.0.load(Ordering::SeqCst);
+    direct.end_lend();
+    assert!(
+        woken.0.load(Ordering::SeqCst) > before,
+        "ending the lend with a frame waiting did not wake the driver"
+    );
+    let deadline = Instant::now() + BOUND;
+    loop {
+        match recv.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(Some(frame))) => {
+                assert_eq!(&*frame, b"handed back");
+                break;
+            }
+            Poll::Ready(other) => panic!("the link ended: {:?}", other.err()),
+            Poll::Pending => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the woken driver never received the frame"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
