@@ -17,7 +17,7 @@ use crate::fast;
 use crate::payload::encode_reflected;
 use crate::session::Shared;
 use crate::wire::Message;
-use crate::wire::spliced::Spliced;
+use crate::wire::spliced::{DirectItem, Spliced};
 
 /// The binding of a handle to its session.
 pub(super) struct Bound {
@@ -201,11 +201,10 @@ where
         // a tuple of them) is encoded straight into the frame: no buffer,
         // and its bytes are copied once, from `item`.
         if let Some(value) = self.codec.get_or_init(fast::Codec::of).direct(item) {
-            let empty = Message::Item {
+            let msg = DirectItem {
                 channel: self.id,
-                payload: &[],
+                value: &value,
             };
-            let msg = Spliced::value(&empty, &value);
             // Most items find credit and room at once: they are sent with
             // no wait built for them.
             let b = match self.try_take_credit(value.len())? {

@@ -39,8 +39,12 @@ pub(super) type Fill<'a> = &'a (dyn Fn(&mut [u8]) + Sync);
 /// it; everything that sends holds the session's send lock around this.
 pub(super) struct Sender {
     link: Option<Box<dyn ErasedTx>>,
-    /// The gathered messages, each length-prefixed; empty when none wait.
-    batch: Vec<u8>,
+    /// The gathered messages, each length-prefixed, in the first `used`
+    /// bytes (none wait when it is 0). Allocated once, as long as a batch
+    /// may be: a message is written in place, with no buffer growth and no
+    /// zeroing before it is written.
+    batch: Box<[u8]>,
+    used: usize,
     /// The most bytes `batch` may hold: [`BATCH_BYTES`], or less when the
     /// peer accepts smaller messages.
     batch_limit: usize,
@@ -72,10 +76,12 @@ impl Sender {
     /// A sender over `link`, whose peer accepts messages of up to
     /// `max_message` bytes.
     pub(super) fn new(link: Box<dyn ErasedTx>, max_message: usize, stats: Arc<Counters>) -> Self {
+        let batch_limit = BATCH_BYTES.min(max_message.saturating_sub(BATCH_OVERHEAD));
         Sender {
             link: Some(link),
-            batch: Vec::new(),
-            batch_limit: BATCH_BYTES.min(max_message.saturating_sub(BATCH_OVERHEAD)),
+            batch: vec![0; batch_limit].into_boxed_slice(),
+            used: 0,
+            batch_limit,
             stats,
         }
     }
@@ -84,7 +90,8 @@ impl Sender {
     pub(super) fn closed() -> Self {
         Sender {
             link: None,
-            batch: Vec::new(),
+            batch: Box::default(),
+            used: 0,
             batch_limit: 0,
             stats: Arc::default(),
         }
@@ -107,7 +114,7 @@ impl Sender {
     /// [`ErasedTx::room_wait`]); none while a batch waits, which must go
     /// first and needs the half.
     pub(super) fn room_wait(&mut self, len: usize) -> Option<RoomWait> {
-        if !self.batch.is_empty() {
+        if self.used > 0 {
             return None;
         }
         self.link.as_mut()?.room_wait(len)
@@ -121,7 +128,7 @@ impl Sender {
 
     /// Sends the batch, if one waits, waiting for room.
     pub(super) async fn flush(&mut self) -> Result<(), LinkError> {
-        if self.batch.is_empty() {
+        if self.used == 0 {
             return Ok(());
         }
         let (link, msg) = self.batch_frame()?;
@@ -137,7 +144,7 @@ impl Sender {
     /// Sends the batch, if one waits and the link has room for it now;
     /// whether none waits any more.
     fn try_flush(&mut self) -> Result<bool, LinkError> {
-        if self.batch.is_empty() {
+        if self.used == 0 {
             return Ok(true);
         }
         let (link, msg) = self.batch_frame()?;
@@ -157,14 +164,14 @@ impl Sender {
         Ok((
             link,
             Message::Batch {
-                messages: &self.batch,
+                messages: &self.batch[..self.used],
             },
         ))
     }
 
     /// The batch went out in a frame of `len` bytes.
     fn batch_sent(&mut self, len: usize) {
-        self.batch.clear();
+        self.used = 0;
         self.stats.frame_sent(len);
     }
 
@@ -175,8 +182,8 @@ impl Sender {
         if len > MAX_GATHERED || framed > self.batch_limit {
             return self.alone(len, fill);
         }
-        if !self.batch.is_empty() {
-            if self.batch.len() + framed <= self.batch_limit {
+        if self.used > 0 {
+            if self.used + framed <= self.batch_limit {
                 self.append(len, fill);
                 return Ok(Gathered::Added);
             }
@@ -196,14 +203,13 @@ impl Sender {
         self.try_send_now(len, fill).map(Gathered::sent_or_wait)
     }
 
+    /// Adds a message of `len` bytes (its length prefix included, at most
+    /// `batch_limit - used` bytes: `try_gather` checks).
     #[inline]
     fn append(&mut self, len: usize, fill: Fill<'_>) {
-        let mut prefix = [0u8; 10];
-        let n = write_varint(&mut prefix, len as u64);
-        self.batch.extend_from_slice(&prefix[..n]);
-        let at = self.batch.len();
-        self.batch.resize(at + len, 0);
-        fill(&mut self.batch[at..]);
+        let at = self.used + write_varint(&mut self.batch[self.used..], len as u64);
+        fill(&mut self.batch[at..at + len]);
+        self.used = at + len;
     }
 
     /// Sends the batch, then closes the link; the half is gone after.

@@ -192,6 +192,36 @@ impl Encode for Spliced<'_, '_> {
     }
 }
 
+/// A stream's item whose value has a direct codec (the most frequent
+/// message): the bytes of [`Spliced::value`] over an empty `Item`, written
+/// without building or matching a [`Message`] for each item.
+pub(crate) struct DirectItem<'m> {
+    /// The item's channel.
+    pub(crate) channel: u64,
+    /// The item's value.
+    pub(crate) value: &'m Direct<'m>,
+}
+
+impl Encode for DirectItem<'_> {
+    fn kind(&self) -> &'static str {
+        "Item"
+    }
+
+    #[inline]
+    fn encoded_len(&self) -> usize {
+        let n = self.value.len();
+        1 + varint_len(self.channel) + varint_len(n as u64) + n
+    }
+
+    #[inline]
+    fn write_to(&self, buf: &mut [u8]) -> usize {
+        buf[0] = ITEM as u8;
+        let mut at = 1 + write_varint(&mut buf[1..], self.channel);
+        at += write_varint(&mut buf[at..], self.value.len() as u64);
+        at + self.value.write_to(&mut buf[at..])
+    }
+}
+
 /// The envelope of a spliced call or answer with no metadata and no
 /// channels (nearly all of them), before its payload's length: its kind and
 /// numbers, then the bytes of an empty metadata list, an empty channel list
@@ -412,6 +442,13 @@ mod tests {
                 };
                 let s = Spliced::value(&empty, &d);
                 assert_eq!(s.to_vec(), full.to_vec(), "channel {channel}");
+                let item = DirectItem { channel, value: &d };
+                assert_eq!(item.kind(), full.kind());
+                assert_eq!(item.encoded_len(), full.encoded_len(), "channel {channel}");
+                let mut buf = vec![0xa5u8; item.encoded_len() + 8];
+                assert_eq!(item.write_to(&mut buf), full.encoded_len());
+                assert_eq!(&buf[..full.encoded_len()], full.to_vec().as_slice());
+                assert!(buf[full.encoded_len()..].iter().all(|&b| b == 0xa5));
             }
             let full = Message::Item {
                 channel: 1 << 40,

@@ -15,6 +15,7 @@ pub(crate) const fn varint_len(v: u64) -> usize {
 
 /// Writes `v` as a varint at the front of `buf` (at least
 /// [`varint_len`]`(v)` bytes) and returns the bytes written.
+#[inline]
 pub(crate) fn write_varint(buf: &mut [u8], mut v: u64) -> usize {
     if v < 0x80 {
         buf[0] = v as u8;
