@@ -54,6 +54,9 @@ enum Received<R> {
     Answer(R),
     /// Let the claim go and wait for whoever receives.
     LetGo,
+    /// Lend the claim to a channel's receiver that waits (see
+    /// `RxClaim::lend`), and wait for whoever receives.
+    HandOver,
     /// Keep the claim, let the executor run other work, look again.
     Yield,
 }
@@ -170,6 +173,16 @@ impl Shared {
                         return Poll::Ready(r);
                     }
                     Received::LetGo => claim = None,
+                    // The receiver woken for the items claims next: lent,
+                    // the receive side rings nobody until it does (only
+                    // with the peer on another CPU, as in `channel_item`).
+                    Received::HandOver => {
+                        if let Some(c) = claim.take()
+                            && c.peer_runs_elsewhere()
+                        {
+                            c.lend();
+                        }
+                    }
                     Received::Yield => {
                         // Yield with the claim held: the executor polls again soon.
                         cx.waker().wake_by_ref();
@@ -235,7 +248,7 @@ impl Shared {
                         // ORDERING: Relaxed, a hint (see `ChannelWaiter`).
                         if !drain && self.channel_waiters.load(Ordering::Relaxed) > 0 {
                             self.drain_here(claim, &mut last, started);
-                            return Received::settle(look);
+                            return look().map_or(Received::HandOver, Received::Answer);
                         }
                         // Items came for a channel whose receiver may not
                         // have been polled yet (it may even share this
@@ -392,7 +405,8 @@ impl Shared {
                     }
                     return r;
                 }
-                Received::LetGo => {
+                // (A receiver hands over to nobody: it drains instead.)
+                Received::LetGo | Received::HandOver => {
                     drop(claim.take());
                     return core.next_item(Some(ahead)).await;
                 }
