@@ -296,7 +296,8 @@ pub trait RxClaim: Send {
     /// so the peer's next frames wait in the link instead of waking the
     /// receiving task, but whoever claims next gets it, and the receiving
     /// task takes it back when nobody has claimed it for a while. Where the
-    /// link cannot lend, the claim is simply dropped.
+    /// link cannot lend, or lending does not pay (for the shm link: the
+    /// peer runs on this CPU), the claim is simply dropped.
     fn lend(self: Box<Self>) {}
 }
 

@@ -174,12 +174,9 @@ impl Shared {
                     }
                     Received::LetGo => claim = None,
                     // The receiver woken for the items claims next: lent,
-                    // the receive side rings nobody until it does (only
-                    // with the peer on another CPU, as in `channel_item`).
+                    // the receive side rings nobody until it does.
                     Received::HandOver => {
-                        if let Some(c) = claim.take()
-                            && c.peer_runs_elsewhere()
-                        {
+                        if let Some(c) = claim.take() {
                             c.lend();
                         }
                     }
@@ -388,14 +385,10 @@ impl Shared {
                     // With items left to hand out, this receiver claims
                     // again soon: lend the receive side (see
                     // `RxClaim::lend`), so that the peer's next frames
-                    // wake nobody meanwhile. Only with the peer on another
-                    // CPU: on this one it cannot send while this thread
-                    // runs, and lending measured slower there (a stream
-                    // fed by a call in a task of its own, pinned).
+                    // wake nobody meanwhile.
                     let more = matches!(r, Ok(Some(_)));
                     if let Some(c) = claim.take()
                         && more
-                        && c.peer_runs_elsewhere()
                         && (!ahead.is_empty() || core.has_queued())
                     {
                         c.lend();

@@ -297,7 +297,7 @@ fn expect_stream_call(raw: &mut Raw) -> (u64, u64) {
 }
 
 /// The first two CPUs this thread may run on, if it may run on two.
-fn two_cpus() -> Option<(usize, usize)> {
+pub(crate) fn two_cpus() -> Option<(usize, usize)> {
     // SAFETY: an all-zero cpu_set_t is a valid empty set, and the call gets
     // its exact size.
     let set = unsafe {
@@ -312,7 +312,7 @@ fn two_cpus() -> Option<(usize, usize)> {
 }
 
 /// Pins the calling thread to `cpu`.
-fn pin_this_thread(cpu: usize) {
+pub(crate) fn pin_this_thread(cpu: usize) {
     // SAFETY: an all-zero cpu_set_t is a valid empty set, CPU_SET writes one
     // bit of it within its size, and the call gets its exact size.
     unsafe {

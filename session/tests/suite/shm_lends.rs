@@ -2,7 +2,12 @@
 //! that lends the receive lock between batches keeps the driver's mark off
 //! (the peer's frames wake nobody), yet whoever claims next gets the lock,
 //! a lend nobody takes back returns to the driver, and ending a lend hands
-//! the ring back at once.
+//! the ring back at once. With the peer on the lender's CPU a lend is an
+//! ordinary let-go.
+//!
+//! Each test pins its thread and records the raw peer as running on the
+//! other CPU (or the same one), as the peer's own waits would; on a
+//! machine with one CPU they are skipped.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,15 +16,38 @@ use std::time::{Duration, Instant};
 
 use osmos_session::link::LinkRx;
 
+use super::receive_here::{pin_this_thread, two_cpus};
 use super::shm_wakes::{CountWakes, claimable};
 
 const BOUND: Duration = Duration::from_secs(30);
+
+/// Pins this thread to one CPU and records `peer` as running on the other
+/// one (`same`: on this one); `None` with a single CPU.
+fn place_peer(peer: &osmos_shm::Endpoint, same: bool) -> Option<()> {
+    let Some((mine, theirs)) = two_cpus() else {
+        eprintln!("skipped: this needs two CPUs");
+        return None;
+    };
+    pin_this_thread(mine);
+    let live = peer.liveness.clone();
+    let cpu = if same { mine } else { theirs };
+    std::thread::spawn(move || {
+        pin_this_thread(cpu);
+        live.where_peer_runs();
+    })
+    .join()
+    .unwrap();
+    Some(())
+}
 
 /// A lent receive side goes to whoever claims next, and its frames with
 /// it: the peer's frame written while it was lent is the claimant's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lent_receive_side_goes_to_whoever_claims_next() {
     let (mut peer, _tx, _rx, direct) = claimable();
+    let Some(()) = place_peer(&peer, false) else {
+        return;
+    };
     let claim = direct.claim().expect("nobody receives yet");
     assert!(
         direct.claim().is_none(),
@@ -51,6 +79,9 @@ async fn a_lent_receive_side_goes_to_whoever_claims_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lend_nobody_takes_back_returns_to_the_driver() {
     let (mut peer, _tx, mut rx, direct) = claimable();
+    let Some(()) = place_peer(&peer, false) else {
+        return;
+    };
     let claim = direct.claim().expect("nobody receives yet");
     let recv = rx.recv();
     tokio::pin!(recv);
@@ -78,6 +109,9 @@ async fn a_lend_nobody_takes_back_returns_to_the_driver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_lend_wakes_the_driver_for_a_waiting_frame_at_once() {
     let (mut peer, _tx, mut rx, direct) = claimable();
+    let Some(()) = place_peer(&peer, false) else {
+        return;
+    };
     direct.claim().expect("nobody receives yet").lend();
     let recv = rx.recv();
     tokio::pin!(recv);
@@ -114,4 +148,33 @@ async fn an_ended_lend_wakes_the_driver_for_a_waiting_frame_at_once() {
             }
         }
     }
+}
+
+/// With the peer on the lender's CPU there is nothing to spare (the peer
+/// cannot send while the lender runs): a lend lets the claim go as usual,
+/// and the driver behind it has its mark back, so the peer's next frame
+/// wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lend_with_the_peer_on_this_cpu_lets_go_as_usual() {
+    let (mut peer, _tx, mut rx, direct) = claimable();
+    let Some(()) = place_peer(&peer, true) else { return };
+    let bell = peer.sender.producer().readable_watcher();
+    let claim = direct.claim().expect("nobody receives yet");
+    let recv = rx.recv();
+    tokio::pin!(recv);
+    let woken = Arc::new(CountWakes(Default::default()));
+    let waker = Waker::from(woken.clone());
+    assert!(
+        recv.as_mut().poll(&mut Context::from_waker(&waker)).is_pending(),
+        "the driver received while a claim held the receive side"
+    );
+    claim.lend();
+    assert!(
+        bell.someone_parked(),
+        "a lend with the peer on this CPU kept the driver's mark off"
+    );
+    assert!(
+        direct.claim().is_some(),
+        "the receive side let go is not free to claim"
+    );
 }

@@ -124,8 +124,14 @@ impl RxClaim for ShmClaim {
 
     fn lend(mut self: Box<Self>) {
         // An error waiting to be reported goes to whoever receives next
-        // through an ordinary hand-back.
-        if self.error.is_some() || self.core.closed() {
+        // through an ordinary hand-back. A peer on this CPU cannot send
+        // while the lender's thread runs, so there are no rings to spare,
+        // and lending measured slower there (a stream fed by a call in a
+        // task of its own, pinned): let go as usual.
+        if self.error.is_some()
+            || self.core.closed()
+            || self.core.liveness.where_peer_runs() != PeerCpu::Other
+        {
             return;
         }
         let Some(g) = self.g.take() else { return };
