@@ -142,7 +142,7 @@ impl Encode for Spliced<'_, '_> {
         let n = self.payload_len();
         let envelope = match self.msg {
             // A stream's item, the most frequent: its kind and channel.
-            Message::Item { channel, .. } => 1 + varint_len(*channel),
+            Message::Item { channel, .. } => item_head_len(*channel),
             m => match &self.usual {
                 Some(u) => u.fields().iter().map(|&v| varint_len(v)).sum::<usize>() + u.tail().len(),
                 // The empty payload's length byte is replaced.
@@ -154,10 +154,7 @@ impl Encode for Spliced<'_, '_> {
 
     fn write_to(&self, buf: &mut [u8]) -> usize {
         let mut at = match self.msg {
-            Message::Item { channel, .. } => {
-                buf[0] = ITEM as u8;
-                1 + write_varint(&mut buf[1..], *channel)
-            }
+            Message::Item { channel, .. } => write_item_head(buf, *channel),
             m => match &self.usual {
                 Some(u) => {
                     let mut at = 0;
@@ -210,16 +207,30 @@ impl Encode for DirectItem<'_> {
     #[inline]
     fn encoded_len(&self) -> usize {
         let n = self.value.len();
-        1 + varint_len(self.channel) + varint_len(n as u64) + n
+        item_head_len(self.channel) + varint_len(n as u64) + n
     }
 
     #[inline]
     fn write_to(&self, buf: &mut [u8]) -> usize {
-        buf[0] = ITEM as u8;
-        let mut at = 1 + write_varint(&mut buf[1..], self.channel);
+        let mut at = write_item_head(buf, self.channel);
         at += write_varint(&mut buf[at..], self.value.len() as u64);
         at + self.value.write_to(&mut buf[at..])
     }
+}
+
+/// The length of an `Item`'s envelope before its payload's length: its
+/// kind and channel.
+#[inline]
+fn item_head_len(channel: u64) -> usize {
+    1 + varint_len(channel)
+}
+
+/// Writes an `Item`'s kind and channel at the front of `buf`; returns
+/// their length.
+#[inline]
+fn write_item_head(buf: &mut [u8], channel: u64) -> usize {
+    buf[0] = ITEM as u8;
+    1 + write_varint(&mut buf[1..], channel)
 }
 
 /// The envelope of a spliced call or answer with no metadata and no
