@@ -14,9 +14,11 @@ use tokio::time::Instant;
 
 use super::budget::ReplayBudget;
 use super::handshake::{self, Registry};
-use super::wire::{self, ACK_AT, Token};
+use super::incoming::{self, Reader};
+use super::wire::{self, ACK_AT, NUMBERED_HEADER, Token};
 use super::{BoxRead, BoxWrite, Connector, ResumeFailure, StableConfig, StableStatus};
 use crate::link::LinkError;
+use crate::link::stream::StreamRx;
 
 /// Frames received without an ack going back before the receiver sends a
 /// standalone one at once (otherwise it waits `ack_delay` for a piggyback).
@@ -103,8 +105,11 @@ pub(super) struct Shared {
 pub(super) struct State {
     /// The current connection's generation (1 for the first).
     pub generation: u64,
-    /// The read half of the current connection, until the receiver takes it.
-    pub reader: Option<(u64, BoxRead)>,
+    /// The read half of the current connection, until the receiver (or,
+    /// once the receiver is done, the driver) takes it.
+    pub reader: Option<Reader>,
+    /// The receiver returned the end or was dropped: the driver reads.
+    pub rx_done: bool,
     /// The last `seq` received in order.
     pub received: u64,
     pub terminal: Option<Terminal>,
@@ -456,6 +461,7 @@ impl Shared {
             state: Mutex::new(State {
                 generation: 0,
                 reader: None,
+                rx_done: false,
                 received: 0,
                 terminal: None,
                 halves: 2,
@@ -571,7 +577,8 @@ impl Shared {
         }
         st.generation += 1;
         let cgen = st.generation;
-        st.reader = Some((cgen, read));
+        let max = self.config.max_frame + NUMBERED_HEADER;
+        st.reader = Some((cgen, StreamRx::new(read, max)));
         let first = cgen == 1;
         drop(st);
         self.peer_acked.fetch_max(peer_received, Ordering::AcqRel);
@@ -606,11 +613,20 @@ pub(super) async fn drive(sh: Arc<Shared>) {
     let mut broken_since: Option<Instant> = None;
     let mut resume_deadline: Option<Instant> = None;
     let mut linger_until: Option<Instant> = None;
+    // The connection's reader once the receiver is done with it.
+    let mut reader: Option<Reader> = None;
     loop {
         let wake = sh.driver_wake.notified();
         let far = Instant::now() + Duration::from_secs(3600);
+        let mut drained = false;
         tokio::select! {
             _ = wake => {}
+            () = async {
+                match reader.as_mut() {
+                    Some(r) => incoming::drain(&sh, r).await,
+                    None => std::future::pending().await,
+                }
+            } => drained = true,
             _ = tick.tick() => {
                 if sh.budget.is_some()
                     && let Ok(mut w) = sh.writer.try_lock()
@@ -646,14 +662,33 @@ pub(super) async fn drive(sh: Arc<Shared>) {
                 sh.ack_now.store(true, Ordering::Release);
             }
         }
+        if drained {
+            reader = None;
+        }
         let (terminal, halves, close_seq, peer_closed) = {
-            let st = sh.lock();
+            let mut st = sh.lock();
+            if st.rx_done && st.reader.is_some() {
+                // A newer connection, or the receiver's reader handed over.
+                reader = st.reader.take();
+            }
             (st.terminal.is_some(), st.halves, st.close_seq, st.peer_closed)
         };
         if terminal {
             break;
         }
         let all_acked = sh.peer_acked.load(Ordering::Acquire) >= sh.sent.load(Ordering::Acquire);
+        let ack_due = sh.received.load(Ordering::Acquire) > sh.ack_written.load(Ordering::Acquire);
+        if close_seq.is_some() && peer_closed && all_acked {
+            // Both directions ended and everything sent is acknowledged:
+            // acknowledge what came (the peer's CLOSE above all), done.
+            if ack_due && let Ok(mut w) = sh.writer.try_lock() {
+                driver_ack(&sh, &mut w).await;
+            }
+            if sh.received.load(Ordering::Acquire) <= sh.ack_written.load(Ordering::Acquire) {
+                sh.status.send_replace(StableStatus::Ended);
+                break;
+            }
+        }
         if halves == 0 {
             match close_seq {
                 None => {
@@ -669,25 +704,16 @@ pub(super) async fn drive(sh: Arc<Shared>) {
                     }
                     break;
                 }
-                Some(_) if all_acked => break,
                 Some(_) => {
-                    // Closed but not yet acknowledged: linger (resuming if
-                    // need be) so that nothing committed is lost.
+                    // Closed, but the peer has not closed or not everything
+                    // is acknowledged: linger (reading, resuming if need be)
+                    // so that nothing committed is lost.
                     let until = *linger_until.get_or_insert(Instant::now() + cfg.resume_timeout);
                     if Instant::now() >= until {
                         break;
                     }
                 }
             }
-        }
-        if close_seq.is_some()
-            && peer_closed
-            && all_acked
-            && sh.received.load(Ordering::Acquire) <= sh.ack_written.load(Ordering::Acquire)
-        {
-            // Both directions ended and everything is acknowledged.
-            sh.status.send_replace(StableStatus::Ended);
-            break;
         }
         if sh.ack_now.swap(false, Ordering::AcqRel) {
             let due = sh.received.load(Ordering::Acquire) > sh.ack_written.load(Ordering::Acquire);

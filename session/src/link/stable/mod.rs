@@ -38,9 +38,13 @@
 //! The session's own keepalive still runs above: a break longer than its
 //! timeout ends the session even if the conduit could still resume.
 //!
-//! Closing ([`LinkTx::close`]) sends a numbered `CLOSE`; a conduit whose
-//! halves are dropped before everything it sent was acknowledged lingers
-//! (resuming if need be) for up to `resume_timeout` so that nothing
+//! Closing ([`LinkTx::close`]) sends a numbered `CLOSE`. A conduit ends
+//! ([`StableStatus::Ended`]) when both sides closed and each acknowledged
+//! everything the other sent, the `CLOSE`s included; once the receiver has
+//! returned the end or was dropped, the driver reads the connection so that
+//! those acks still arrive (frames nobody receives any more are acknowledged
+//! and dropped). A conduit whose halves are dropped before that lingers
+//! (reading, resuming if need be) for up to `resume_timeout` so that nothing
 //! committed is lost, and a conduit dropped without closing tells the peer
 //! (`GONE`), whose receiver then ends as if closed.
 //!
@@ -61,19 +65,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs, UnixStream};
 use tokio::sync::watch;
 
-use super::stream::{PREFIX_LEN, StreamRx};
+use super::stream::PREFIX_LEN;
 use super::{CreditMode, Link, LinkError, LinkRx, LinkTx, SendPermit};
 use crate::reconnect::RetryPolicy;
-use crate::rules::Rule;
 
 mod budget;
 mod conduit;
 mod handshake;
+mod incoming;
 mod wire;
 
 use conduit::{Shared, Terminal, Writer};
 pub use handshake::{Accepted, StableAcceptor};
-use wire::{Incoming, NUMBERED_HEADER};
+use incoming::{Reader, Take};
+use wire::NUMBERED_HEADER;
 
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
@@ -308,6 +313,7 @@ pub struct StableLink {
 impl Drop for StableLink {
     fn drop(&mut self) {
         if !self.split {
+            self.sh.receiver_done(None);
             half_dropped(&self.sh);
             half_dropped(&self.sh);
         }
@@ -608,7 +614,7 @@ impl Drop for StablePermit<'_> {
 pub struct StableRx {
     sh: Arc<Shared>,
     /// The current connection's generation and reader.
-    cur: Option<(u64, StreamRx<BoxRead>)>,
+    cur: Option<Reader>,
     /// The peer's CLOSE (or GONE) arrived: `recv` returns `Ok(None)`.
     ended: bool,
 }
@@ -623,20 +629,11 @@ impl std::fmt::Debug for StableRx {
 
 impl Drop for StableRx {
     fn drop(&mut self) {
+        if !self.ended {
+            self.sh.receiver_done(self.cur.take());
+        }
         half_dropped(&self.sh);
     }
-}
-
-/// What the receiver does with a frame.
-enum Take {
-    /// Return this payload.
-    Payload(std::ops::Range<usize>),
-    /// Nothing for the session; read on.
-    Next,
-    /// The peer's direction ended.
-    End,
-    /// The frame came from a connection already cut: drop the reader.
-    Stale,
 }
 
 impl StableRx {
@@ -657,96 +654,13 @@ impl StableRx {
                         t => Err(t.to_error()),
                     };
                 }
-                if let Some((cgen, read)) = st.reader.take() {
-                    let max = self.sh.config.max_frame + NUMBERED_HEADER;
-                    self.cur = Some((cgen, StreamRx::new(read, max)));
+                if let Some(reader) = st.reader.take() {
+                    self.cur = Some(reader);
                     return Ok(());
                 }
             }
             wake.await;
         }
-    }
-
-    /// Accepts frame `seq` from connection `cgen`, in order.
-    fn accept(&self, cgen: u64, seq: u64) -> Result<bool, LinkError> {
-        let mut st = self.sh.lock();
-        if *self.sh.broken.borrow() >= cgen {
-            return Ok(false);
-        }
-        if seq != st.received + 1 {
-            let detail = format!(
-                "frame #{seq} arrived after #{}: frames must come in order, once",
-                st.received
-            );
-            drop(st);
-            let t = Terminal::Violation(Rule::StableSequenceInOrder.name(), detail);
-            self.sh.fail(t.clone());
-            return Err(t.to_error());
-        }
-        st.received = seq;
-        // ORDERING: Release pairs with the writer's Acquire load when it puts the ack in a frame.
-        self.sh.received.store(seq, Ordering::Release);
-        drop(st);
-        self.sh.activity.fetch_add(1, Ordering::Relaxed);
-        let unacked = seq.saturating_sub(self.sh.ack_written.load(Ordering::Acquire));
-        if unacked >= conduit::ACK_BATCH && unacked.is_multiple_of(conduit::ACK_BATCH) {
-            self.sh.ack_now.store(true, Ordering::Release);
-            self.sh.driver_wake.notify_one();
-        } else if !self.sh.ack_armed.swap(true, Ordering::AcqRel) {
-            self.sh.driver_wake.notify_one();
-        }
-        Ok(true)
-    }
-
-    fn violation(&self, detail: String) -> LinkError {
-        let t = Terminal::Violation(Rule::StableFrameWellFormed.name(), detail);
-        self.sh.fail(t.clone());
-        t.to_error()
-    }
-
-    /// Handles one frame of connection `cgen`.
-    fn take(&mut self, cgen: u64, range: std::ops::Range<usize>) -> Result<Take, LinkError> {
-        let (_, reader) = self.cur.as_ref().expect("a reader is attached");
-        let parsed = wire::parse(reader.bytes(range.clone()));
-        let incoming = match parsed {
-            Ok(i) => i,
-            Err(detail) => return Err(self.violation(detail)),
-        };
-        let ack = match &incoming {
-            Incoming::Data { ack, .. } | Incoming::Close { ack, .. } | Incoming::Ack { ack } => Some(*ack),
-            Incoming::Gone => None,
-        };
-        if let Some(ack) = ack
-            && let Err(t) = self.sh.on_ack(ack)
-        {
-            self.sh.fail(t.clone());
-            return Err(t.to_error());
-        }
-        Ok(match incoming {
-            Incoming::Data { seq, .. } => {
-                if !self.accept(cgen, seq)? {
-                    return Ok(Take::Stale);
-                }
-                Take::Payload(range.start + NUMBERED_HEADER..range.end)
-            }
-            Incoming::Ack { .. } => {
-                self.sh.activity.fetch_add(1, Ordering::Relaxed);
-                Take::Next
-            }
-            Incoming::Close { seq, .. } => {
-                if !self.accept(cgen, seq)? {
-                    return Ok(Take::Stale);
-                }
-                self.sh.lock().peer_closed = true;
-                self.sh.ack_now.store(true, Ordering::Release);
-                self.sh.driver_wake.notify_one();
-                Take::End
-            }
-            Incoming::Gone => {
-                self.sh.fail(Terminal::PeerDropped);
-                Take::End
-            }
-        })
     }
 }
 
@@ -763,35 +677,17 @@ impl LinkRx for StableRx {
                 self.attach().await?;
                 continue;
             }
-            let (cgen, reader) = self.cur.as_mut().expect("checked");
-            let cgen = *cgen;
-            let mut broken = self.sh.broken.subscribe();
-            let next = tokio::select! {
-                biased;
-                r = reader.next_frame() => Some(r),
-                _ = broken.wait_for(|b| *b >= cgen) => None,
-            };
-            match next {
-                Some(Ok(Some(range))) => match self.take(cgen, range)? {
-                    Take::Payload(r) => break r,
-                    Take::Next => {}
-                    Take::End => self.ended = true,
-                    Take::Stale => self.cur = None,
-                },
-                Some(Ok(None)) => {
-                    self.sh.declare_broken(cgen, "the connection was closed".into());
-                    self.cur = None;
+            let reader = self.cur.as_mut().expect("checked");
+            let read = incoming::read(&self.sh, reader).await;
+            match self.sh.apply(reader, read)? {
+                Take::Payload(r) => break r,
+                Take::Next => {}
+                Take::End => {
+                    self.ended = true;
+                    // The driver reads the peer's last acks.
+                    self.sh.receiver_done(self.cur.take());
                 }
-                Some(Err(LinkError::Violation { rule, detail })) => {
-                    let t = Terminal::Violation(rule, detail);
-                    self.sh.fail(t.clone());
-                    return Err(t.to_error());
-                }
-                Some(Err(e)) => {
-                    self.sh.declare_broken(cgen, format!("reading failed: {e}"));
-                    self.cur = None;
-                }
-                None => self.cur = None,
+                Take::Gone => self.cur = None,
             }
         };
         let (_, reader) = self.cur.as_ref().expect("a frame was just read from it");

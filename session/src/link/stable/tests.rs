@@ -673,3 +673,108 @@ async fn the_sessions_of_an_acceptor_share_one_replay_budget() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn closes_crossing_in_flight_end_both_sides_without_reconnecting() {
+    let mut srv = server(quick()).await;
+    let client = StableLink::connect_tcp(srv.addr, quick()).await.unwrap();
+    let server_link = within("the server's link", srv.links.recv()).await.unwrap();
+    let (mut cmon, mut smon) = (client.monitor(), server_link.monitor());
+    let (mut ctx, mut crx) = client.split();
+    let (mut stx, mut srx) = server_link.split();
+    // Both close before either has seen the other's CLOSE, then read to the
+    // end and drop their halves, the way a session says goodbye.
+    send(&mut ctx, b"bye from the client").await;
+    send(&mut stx, b"bye from the server").await;
+    let (c, s) = tokio::join!(ctx.close(), stx.close());
+    c.unwrap();
+    s.unwrap();
+    assert_eq!(
+        within("the server's frame", crx.recv()).await.unwrap().unwrap(),
+        b"bye from the server"
+    );
+    assert!(within("the server's close", crx.recv()).await.unwrap().is_none());
+    assert_eq!(
+        within("the client's frame", srx.recv()).await.unwrap().unwrap(),
+        b"bye from the client"
+    );
+    assert!(within("the client's close", srx.recv()).await.unwrap().is_none());
+    drop((ctx, crx, stx, srx));
+    let ended = |s: &StableStatus| matches!(s, StableStatus::Ended);
+    // Well within one heartbeat silence (3 × 200 ms): the ends need no resume.
+    let c = tokio::time::timeout(Duration::from_millis(500), cmon.wait_for(ended)).await;
+    let s = tokio::time::timeout(Duration::from_millis(500), smon.wait_for(ended)).await;
+    assert!(
+        matches!((&c, &s), (Ok(StableStatus::Ended), Ok(StableStatus::Ended))),
+        "both sides end: client {c:?}, server {s:?}"
+    );
+    assert_eq!(
+        cmon.resumes() + srv.resumed.load(Ordering::SeqCst) as u64,
+        0,
+        "no reconnect after the ends"
+    );
+}
+
+#[tokio::test]
+async fn sessions_that_stop_reading_before_closing_still_end_cleanly() {
+    let mut srv = server(quick()).await;
+    let client = StableLink::connect_tcp(srv.addr, quick()).await.unwrap();
+    let server_link = within("the server's link", srv.links.recv()).await.unwrap();
+    let (mut cmon, mut smon) = (client.monitor(), server_link.monitor());
+    let (mut ctx, crx) = client.split();
+    let (mut stx, srx) = server_link.split();
+    // A session's goodbye: stop reading first, then close the sending half.
+    drop((crx, srx));
+    send(&mut ctx, b"unread").await;
+    send(&mut stx, b"unread").await;
+    let (c, s) = tokio::join!(ctx.close(), stx.close());
+    c.unwrap();
+    s.unwrap();
+    drop((ctx, stx));
+    let ended = |s: &StableStatus| matches!(s, StableStatus::Ended);
+    let c = tokio::time::timeout(Duration::from_millis(500), cmon.wait_for(ended)).await;
+    let s = tokio::time::timeout(Duration::from_millis(500), smon.wait_for(ended)).await;
+    assert!(
+        matches!((&c, &s), (Ok(StableStatus::Ended), Ok(StableStatus::Ended))),
+        "both sides end: client {c:?}, server {s:?}"
+    );
+    assert_eq!(
+        cmon.resumes() + srv.resumed.load(Ordering::SeqCst) as u64,
+        0,
+        "no reconnect after the ends"
+    );
+}
+
+#[tokio::test]
+async fn a_sender_whose_receiver_was_dropped_still_gets_its_acks() {
+    let cfg = quick().replay(1 << 20, 8);
+    let mut srv = server(cfg.clone()).await;
+    let client = StableLink::connect_tcp(srv.addr, cfg).await.unwrap();
+    let server_link = within("the server's link", srv.links.recv()).await.unwrap();
+    let cmon = client.monitor();
+    let (mut ctx, crx) = client.split();
+    let (_stx, mut srx) = server_link.split();
+    drop(crx);
+    // Far more frames than the replay window holds: each send needs the
+    // acks that only a reader of the client's connection sees.
+    let sender = tokio::spawn(async move {
+        for i in 0..200u32 {
+            send(&mut ctx, &i.to_le_bytes()).await;
+        }
+        ctx
+    });
+    for i in 0..200u32 {
+        let f = within("a frame at the server", srx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(f, i.to_le_bytes());
+    }
+    within("the sender", sender).await.unwrap();
+    // Not through resumes, whose handshakes also carry acks.
+    assert_eq!(
+        cmon.resumes() + srv.resumed.load(Ordering::SeqCst) as u64,
+        0,
+        "no reconnect"
+    );
+}
