@@ -7,8 +7,11 @@
 //! its `/tcp` twin from the same pass.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use osmos_session::link::stable::{Accepted, StableAcceptor, StableConfig, StableLink, Transport};
+use osmos_session::link::stable::{
+    Accepted, StableAcceptor, StableConfig, StableLink, StableMonitor, StableStatus, Transport,
+};
 use osmos_session::link::stream::{StreamLink, connect_tcp};
 use osmos_session::tls::{self, TlsAcceptor, TlsConnector};
 use osmos_session::{Connection, SessionBuilder};
@@ -45,9 +48,12 @@ async fn serve(link: impl osmos_session::Link) {
     }
 }
 
-/// A connection to a bench server over `link` (one of [`LINKS`]); the
-/// server runs on `rt`.
-async fn connect(link: &str, rt: &tokio::runtime::Runtime) -> Result<Connection, BoxError> {
+/// A connection to a bench server over `link` (one of [`LINKS`]), and the
+/// monitor of its stable conduit if it has one; the server runs on `rt`.
+async fn connect(
+    link: &str,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(Connection, Option<StableMonitor>), BoxError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -62,9 +68,10 @@ async fn connect(link: &str, rt: &tokio::runtime::Runtime) -> Result<Connection,
                     serve(link).await;
                 }
             });
-            Ok(SessionBuilder::new()
+            let conn = SessionBuilder::new()
                 .initiate(connect_tcp(addr, MAX_FRAME).await?)
-                .await?)
+                .await?;
+            Ok((conn, None))
         }
         "stable_tcp" => {
             let acceptor = StableAcceptor::new(config.clone())?;
@@ -77,9 +84,9 @@ async fn connect(link: &str, rt: &tokio::runtime::Runtime) -> Result<Connection,
                     serve(link).await;
                 }
             });
-            Ok(SessionBuilder::new()
-                .initiate(StableLink::connect_tcp(addr, config).await?)
-                .await?)
+            let link = StableLink::connect_tcp(addr, config).await?;
+            let monitor = link.monitor();
+            Ok((SessionBuilder::new().initiate(link).await?, Some(monitor)))
         }
         _ => {
             let (host, cell) = tls::pair("bench-host", "bench-cell")?;
@@ -110,7 +117,8 @@ async fn connect(link: &str, rt: &tokio::runtime::Runtime) -> Result<Connection,
                 config,
             )
             .await?;
-            Ok(SessionBuilder::new().initiate(link).await?)
+            let monitor = link.monitor();
+            Ok((SessionBuilder::new().initiate(link).await?, Some(monitor)))
         }
     }
 }
@@ -124,7 +132,8 @@ pub async fn network(p: &Params, f: &Floors) -> Result<Vec<Row>, BoxError> {
             continue;
         }
         let rt = one_worker_runtime()?;
-        let client = BenchClient::new(connect(link, &rt).await?);
+        let (conn, monitor) = connect(link, &rt).await?;
+        let client = BenchClient::new(conn);
         let note = "both peers in this process, loopback TCP";
         let mut measured = Vec::new();
         if p.wants(&names[0]) {
@@ -137,6 +146,21 @@ pub async fn network(p: &Params, f: &Floors) -> Result<Vec<Row>, BoxError> {
             measured.push(stream(&client, &names[2], p, f).await?.note(note));
         }
         client.connection().goodbye("measured").await;
+        // A stable conduit ends once both closes are acknowledged: let it,
+        // so that it does not try to resume against a stopped server
+        // (and cost CPU in the rows measured after this one).
+        if let Some(mut m) = monitor {
+            let over = |s: &StableStatus| matches!(s, StableStatus::Ended | StableStatus::Failed(_));
+            if tokio::time::timeout(Duration::from_secs(2), m.wait_for(over))
+                .await
+                .is_err()
+            {
+                eprintln!(
+                    "  {link}: the conduit did not end within 2 s of the goodbye ({:?})",
+                    m.status()
+                );
+            }
+        }
         rt.shutdown_background();
         rows.extend(measured);
     }
