@@ -12,6 +12,7 @@ use facet::Facet;
 use tokio::sync::oneshot;
 
 use super::channels::open_peer_channels;
+use super::held;
 use super::{Connection, Ids, Shared};
 use crate::channel::{self, ChannelCore, End};
 use crate::error::{CallError, SessionError, Violation, violation};
@@ -273,7 +274,10 @@ where
             Outcome::Cancelled => Err(CallError::Cancelled),
             Outcome::Internal(d) => Err(CallError::Internal { detail: d.clone() }),
         };
-        let _ = self.tx.send(result);
+        let tx = self.tx;
+        held::complete(move || {
+            let _ = tx.send(result);
+        });
     }
 
     fn fail(self: Box<Self>, error: CallFailure) {
@@ -575,11 +579,15 @@ impl PendingCall for RawPending {
             }
             cores.push(core);
         }
-        let _ = self.tx.send(Ok(RawReply {
+        let reply = RawReply {
             outcome: ReplyOutcome::from_wire_parts(outcome, tail),
             channels: cores,
             metadata,
-        }));
+        };
+        let tx = self.tx;
+        held::complete(move || {
+            let _ = tx.send(Ok(reply));
+        });
     }
 
     fn fail(self: Box<Self>, error: CallFailure) {

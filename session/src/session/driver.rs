@@ -13,6 +13,7 @@ use tracing::warn;
 use super::calls::{expire_calls, on_response};
 use super::channels::{ItemRun, LastChannel, channel_for};
 use super::connections::{close_connection, on_connection_answer, on_connection_open};
+use super::held;
 use super::outbound::PEER_CLOSE_GRACE;
 use super::serving::{IncomingCall, on_call};
 use super::{SessionConfig, Shared, link_failed, wait_ended};
@@ -139,15 +140,18 @@ pub(super) async fn run<R: LinkRx>(shared: Arc<Shared>, mut rx: R, config: Sessi
                     }
                 };
                 let tail = frame.take_tail();
-                if let Err(v) = on_received(&shared, &frame, tail, &mut last) {
-                    drop(frame);
+                let (handled, held) = held::holding(|| on_received(&shared, &frame, tail, &mut last));
+                // The answers it completed wake their callers once the
+                // receive side is let go (see `held`).
+                drop(frame);
+                drop(held);
+                if let Err(v) = handled {
                     fail_with_violation(&shared, v).await;
                     break;
                 }
                 if shared.reading_stopped() {
                     // A caller found a frame that broke a rule; the session
                     // is ending on its own.
-                    drop(frame);
                     session_ended.as_mut().await;
                     break;
                 }

@@ -102,6 +102,7 @@ mod connections;
 mod driver;
 mod gather;
 mod handshake;
+mod held;
 mod here;
 mod liveness;
 mod outbound;

@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod answers_after_frames;
 mod answers_aside;
 mod call_context;
 mod following_target;
