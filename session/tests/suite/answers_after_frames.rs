@@ -24,9 +24,12 @@ pub trait Counter {
     async fn next(&self, x: u32) -> u32;
 }
 
-struct Impl;
+/// Answers each call once the test lets it: after the caller registered
+/// its waker.
+struct Impl(Arc<tokio::sync::Semaphore>);
 impl Counter for Impl {
     async fn next(&self, x: u32) -> u32 {
+        self.0.acquire().await.expect("the gate stays open").forget();
         x + 1
     }
 }
@@ -123,9 +126,11 @@ impl Wake for Recorder {
 async fn a_callers_answer_wakes_it_after_the_driver_let_its_frame_go() {
     let (ours, theirs) = memory::pair(64 << 10, 64);
     let held = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let answer = gate.clone();
     let server = tokio::spawn(async move {
         let conn = SessionBuilder::new()
-            .serve(CounterDispatcher::new(Impl))
+            .serve(CounterDispatcher::new(Impl(answer)))
             .accept(theirs)
             .await
             .unwrap();
@@ -147,11 +152,18 @@ async fn a_callers_answer_wakes_it_after_the_driver_let_its_frame_go() {
         woken: tokio::sync::Notify::new(),
     });
     let waker = Waker::from(recorder.clone());
-    for x in 0..200u32 {
+    const CALLS: u32 = 200;
+    for x in 0..CALLS {
         let mut call = std::pin::pin!(client.next(x));
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            call.as_mut().poll(&mut cx).is_pending(),
+            "the answer waits for the gate"
+        );
+        gate.add_permits(1);
         let got = loop {
             let woken = recorder.woken.notified();
-            if let Poll::Ready(r) = call.as_mut().poll(&mut Context::from_waker(&waker)) {
+            if let Poll::Ready(r) = call.as_mut().poll(&mut cx) {
                 break r;
             }
             bounded("a wake", woken).await;
@@ -160,7 +172,7 @@ async fn a_callers_answer_wakes_it_after_the_driver_let_its_frame_go() {
     }
     let seen = recorder.seen.lock().unwrap().clone();
     assert!(
-        seen.len() >= 200,
+        seen.len() >= CALLS as usize,
         "each call was woken for its answer: {} wakes",
         seen.len()
     );
