@@ -19,6 +19,8 @@
 //!   session, and the [`Connection`] handle;
 //! - `handshake.rs`: `Hello` / `HelloYourself` and the version check;
 //! - `driver.rs`: the driver task, frame dispatch and the keepalive;
+//! - `held.rs`: the answers the driver completes, held back until it has
+//!   let go of the frame they came in;
 //! - `here.rs`: a waiting caller receiving on its own thread;
 //! - `outbound.rs`: every path a frame takes out, the outbox and its writer
 //!   task, the stall guard;
