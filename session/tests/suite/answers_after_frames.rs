@@ -154,7 +154,11 @@ async fn a_callers_answer_wakes_it_after_the_driver_let_its_frame_go() {
     let waker = Waker::from(recorder.clone());
     const CALLS: u32 = 200;
     for x in 0..CALLS {
-        let mut call = std::pin::pin!(client.next(x));
+        // Unconstrained: a call polled by hand in a loop that may not yield
+        // to the runtime must not run out of tokio's cooperative budget,
+        // whose exhaustion wakes at once (a wake that is no answer, and a
+        // loop that would spin without ever yielding).
+        let mut call = std::pin::pin!(tokio::task::unconstrained(client.next(x)));
         let mut cx = Context::from_waker(&waker);
         assert!(
             call.as_mut().poll(&mut cx).is_pending(),

@@ -11,6 +11,7 @@ mod answers_aside;
 mod call_context;
 mod following_target;
 mod peer_rules;
+mod raw_peer;
 mod receive_here;
 mod reconnect;
 mod response_metadata;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use osmos_session::link::LinkRx;
 
-use super::receive_here::{pin_this_thread, two_cpus};
+use super::raw_peer::{pin_this_thread, two_cpus};
 use super::shm_wakes::{CountWakes, claimable};
 
 const BOUND: Duration = Duration::from_secs(30);
