@@ -40,6 +40,19 @@ fn place_peer(peer: &osmos_shm::Endpoint, same: bool) -> Option<()> {
     Some(())
 }
 
+/// Polls the driver's pending `recv` once with a waker that counts its
+/// wakes, which it returns with the count; the driver must wait (`what`
+/// holds the receive side).
+fn driver_waits<F: std::future::Future>(recv: std::pin::Pin<&mut F>, what: &str) -> (Arc<CountWakes>, Waker) {
+    let woken = Arc::new(CountWakes(Default::default()));
+    let waker = Waker::from(woken.clone());
+    assert!(
+        recv.poll(&mut Context::from_waker(&waker)).is_pending(),
+        "the driver received while {what}"
+    );
+    (woken, waker)
+}
+
 /// A lent receive side goes to whoever claims next, and its frames with
 /// it: the peer's frame written while it was lent is the claimant's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,12 +98,7 @@ async fn a_lend_nobody_takes_back_returns_to_the_driver() {
     let claim = direct.claim().expect("nobody receives yet");
     let recv = rx.recv();
     tokio::pin!(recv);
-    let woken = Arc::new(CountWakes(Default::default()));
-    let waker = Waker::from(woken.clone());
-    assert!(
-        recv.as_mut().poll(&mut Context::from_waker(&waker)).is_pending(),
-        "the driver received while a claim held the receive side"
-    );
+    driver_waits(recv.as_mut(), "a claim held the receive side");
     claim.lend();
     peer.sender
         .send(b"nobody came back", Some(Instant::now() + BOUND))
@@ -115,13 +123,8 @@ async fn an_ended_lend_wakes_the_driver_for_a_waiting_frame_at_once() {
     direct.claim().expect("nobody receives yet").lend();
     let recv = rx.recv();
     tokio::pin!(recv);
-    let woken = Arc::new(CountWakes(Default::default()));
-    let waker = Waker::from(woken.clone());
+    let (woken, waker) = driver_waits(recv.as_mut(), "the receive side was lent");
     let mut cx = Context::from_waker(&waker);
-    assert!(
-        recv.as_mut().poll(&mut cx).is_pending(),
-        "the driver received while the receive side was lent"
-    );
     peer.sender
         .send(b"handed back", Some(Instant::now() + BOUND))
         .unwrap();
@@ -162,12 +165,7 @@ async fn a_lend_with_the_peer_on_this_cpu_lets_go_as_usual() {
     let claim = direct.claim().expect("nobody receives yet");
     let recv = rx.recv();
     tokio::pin!(recv);
-    let woken = Arc::new(CountWakes(Default::default()));
-    let waker = Waker::from(woken.clone());
-    assert!(
-        recv.as_mut().poll(&mut Context::from_waker(&waker)).is_pending(),
-        "the driver received while a claim held the receive side"
-    );
+    driver_waits(recv.as_mut(), "a claim held the receive side");
     claim.lend();
     assert!(
         bell.someone_parked(),
